@@ -1,0 +1,46 @@
+//! `dialstack`: the operator's command line.
+//!
+//! - `dialstack up` runs all five services in one process on the embedded
+//!   defaults (SQLite under `./data`, in-process channels, the `sim://` trunk).
+//! - `dialstack demo` runs a demo campaign against a running suite and shows
+//!   its progress live.
+
+mod demo;
+mod up;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "dialstack",
+    version,
+    about = "dialstack outbound call-center platform"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run all five services in one process on the embedded defaults.
+    Up(up::UpArgs),
+    /// Run a demo campaign against a running suite.
+    Demo(demo::DemoArgs),
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dialstack: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

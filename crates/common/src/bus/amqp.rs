@@ -1,0 +1,331 @@
+//! RabbitMQ backend (lapin). Publishing uses publisher confirms on a channel
+//! that is re-opened after a broker failure; consuming uses one durable quorum
+//! queue per group (`dialstack.<group>`), manual acks, a prefetch equal to the
+//! consumer's concurrency, a delivery limit, and a dead-letter queue
+//! `dialstack.<group>.dlq` behind the exchange `dialstack.dlx`.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::{Mutex, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Backend, BusError, Delivery, HandleError, Handler, OutMessage, ParsedUrl, Subscription,
+};
+
+pub(crate) struct AmqpBackend {
+    uri: String,
+    exchange: String,
+    parsed: ParsedUrl,
+    /// The publishing connection and confirm-mode channel; `None` after a failure.
+    publisher: Mutex<Option<(Connection, lapin::Channel)>>,
+}
+
+fn broker(e: impl std::fmt::Display) -> BusError {
+    BusError::Broker(e.to_string())
+}
+
+async fn open(uri: &str) -> Result<Connection, BusError> {
+    let props = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    Connection::connect(uri, props).await.map_err(broker)
+}
+
+async fn declare_exchange(
+    ch: &lapin::Channel,
+    name: &str,
+    kind: ExchangeKind,
+) -> Result<(), BusError> {
+    ch.exchange_declare(
+        name,
+        kind,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .map_err(broker)
+}
+
+impl AmqpBackend {
+    pub(crate) async fn connect(parsed: &ParsedUrl, logical: &str) -> Result<Self, BusError> {
+        let backend = Self {
+            uri: format!("amqp://{}", parsed.rest),
+            exchange: parsed.name(logical),
+            parsed: parsed.clone(),
+            publisher: Mutex::new(None),
+        };
+        // Fail fast at start when the broker is unreachable.
+        let mut guard = backend.publisher.lock().await;
+        *guard = Some(backend.open_publisher().await?);
+        drop(guard);
+        Ok(backend)
+    }
+
+    async fn open_publisher(&self) -> Result<(Connection, lapin::Channel), BusError> {
+        let conn = open(&self.uri).await?;
+        let ch = conn.create_channel().await.map_err(broker)?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(broker)?;
+        declare_exchange(&ch, &self.exchange, ExchangeKind::Topic).await?;
+        Ok((conn, ch))
+    }
+
+    async fn publisher_channel(&self) -> Result<lapin::Channel, BusError> {
+        let mut guard = self.publisher.lock().await;
+        if let Some((conn, ch)) = guard.as_ref() {
+            if conn.status().connected() && ch.status().connected() {
+                return Ok(ch.clone());
+            }
+        }
+        *guard = None;
+        let (conn, ch) = self.open_publisher().await?;
+        *guard = Some((conn, ch.clone()));
+        Ok(ch)
+    }
+
+    async fn consume_once(
+        &self,
+        sub: &Subscription,
+        handler: &Arc<dyn Handler>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), BusError> {
+        let conn = open(&self.uri).await?;
+        let ch = conn.create_channel().await.map_err(broker)?;
+        declare_exchange(&ch, &self.exchange, ExchangeKind::Topic).await?;
+        let dlx = self.parsed.name("dialstack.dlx");
+        declare_exchange(&ch, &dlx, ExchangeKind::Direct).await?;
+        let queue = self.parsed.name(&format!("dialstack.{}", sub.group));
+        let dlq = format!("{queue}.dlq");
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let mut dlq_args = FieldTable::default();
+        dlq_args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        ch.queue_declare(&dlq, durable, dlq_args)
+            .await
+            .map_err(broker)?;
+        ch.queue_bind(
+            &dlq,
+            &dlx,
+            &queue,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker)?;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(sub.max_deliveries.saturating_sub(1) as i32),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(LongString::from(dlx.clone())),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(LongString::from(queue.clone())),
+        );
+        ch.queue_declare(&queue, durable, args)
+            .await
+            .map_err(broker)?;
+        for b in &sub.bindings {
+            ch.queue_bind(
+                &queue,
+                &self.exchange,
+                b,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker)?;
+        }
+        ch.basic_qos(
+            sub.concurrency.min(u16::MAX as usize) as u16,
+            BasicQosOptions::default(),
+        )
+        .await
+        .map_err(broker)?;
+        let mut consumer = ch
+            .basic_consume(
+                &queue,
+                "",
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker)?;
+        tracing::info!(%queue, "consuming");
+
+        let permits = Arc::new(Semaphore::new(sub.concurrency));
+        let tasks = tokio_util::task::TaskTracker::new();
+        let abandon = CancellationToken::new();
+        let result = loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                n = consumer.next() => n,
+            };
+            let delivery = match next {
+                None => break Err(BusError::Broker("consumer stream ended".into())),
+                Some(Err(e)) => break Err(broker(e)),
+                Some(Ok(d)) => d,
+            };
+            let permit = match permits.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => break Ok(()),
+            };
+            let handler = handler.clone();
+            let abandon = abandon.clone();
+            tasks.spawn(async move {
+                let _permit = permit;
+                let count = delivery
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get("x-delivery-count").cloned())
+                    .and_then(|v| match v {
+                        AMQPValue::LongLongInt(n) => Some(n as u32),
+                        AMQPValue::LongInt(n) => Some(n as u32),
+                        AMQPValue::LongUInt(n) => Some(n),
+                        AMQPValue::ShortInt(n) => Some(n as u32),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                let msg = Delivery {
+                    routing_key: delivery.routing_key.as_str().to_owned(),
+                    key: delivery
+                        .properties
+                        .correlation_id()
+                        .as_ref()
+                        .map(|s: &ShortString| s.as_str().to_owned())
+                        .unwrap_or_default(),
+                    payload: bytes::Bytes::from(delivery.data.clone()),
+                    attempt: count + 1,
+                };
+                let result = tokio::select! {
+                    r = handler.handle(&msg) => r,
+                    // Left unacknowledged: the broker redelivers when the channel closes.
+                    _ = abandon.cancelled() => return,
+                };
+                let outcome = match result {
+                    Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+                    Err(HandleError::Permanent(reason)) => {
+                        tracing::warn!(routing_key = %msg.routing_key, %reason, "message dead-lettered");
+                        delivery
+                            .nack(BasicNackOptions {
+                                requeue: false,
+                                ..Default::default()
+                            })
+                            .await
+                    }
+                    Err(HandleError::Transient(reason)) => {
+                        tracing::info!(routing_key = %msg.routing_key, %reason, attempt = msg.attempt, "message will be redelivered");
+                        tokio::time::sleep(super::backoff(msg.attempt.saturating_sub(1))).await;
+                        delivery
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..Default::default()
+                            })
+                            .await
+                    }
+                };
+                if let Err(e) = outcome {
+                    tracing::warn!(error = %e, "ack failed; the broker will redeliver");
+                }
+            });
+        };
+        tasks.close();
+        if tokio::time::timeout(sub.drain_timeout, tasks.wait())
+            .await
+            .is_err()
+        {
+            abandon.cancel();
+            tasks.wait().await;
+        }
+        let _ = ch.close(200, "consumer stopping").await;
+        let _ = conn.close(200, "consumer stopping").await;
+        result
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for AmqpBackend {
+    async fn publish(&self, msg: &OutMessage) -> Result<(), BusError> {
+        let ch = self.publisher_channel().await?;
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(msg.id.clone().into())
+            .with_correlation_id(msg.key.clone().into())
+            .with_content_type("application/cloudevents+json".into());
+        let confirm = ch
+            .basic_publish(
+                &self.exchange,
+                &msg.routing_key,
+                BasicPublishOptions::default(),
+                &msg.payload,
+                props,
+            )
+            .await
+            .map_err(broker)?
+            .await
+            .map_err(broker)?;
+        match confirm {
+            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Nack(_) => Err(BusError::Broker("publish nacked by broker".into())),
+        }
+    }
+
+    async fn consume(
+        &self,
+        sub: Subscription,
+        handler: Arc<dyn Handler>,
+        shutdown: CancellationToken,
+    ) -> Result<(), BusError> {
+        let mut failures = 0;
+        loop {
+            match self.consume_once(&sub, &handler, &shutdown).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, group = %sub.group, "consumer lost the broker, reconnecting");
+                    failures += 1;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(super::backoff(failures)) => {}
+            }
+        }
+    }
+
+    async fn health(&self) -> Result<(), String> {
+        self.publisher_channel()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn describe(&self) -> String {
+        format!("amqp exchange {}", self.exchange)
+    }
+}

@@ -1,0 +1,261 @@
+//! Kafka backend (rdkafka). The producer is idempotent with `acks=all` and
+//! `publish` waits for the delivery report. A consumer group stores an offset
+//! only after the handler returned `Ok` (auto-commit then commits stored
+//! offsets), so a message whose handler did not finish is read again by the
+//! next member of the group. Transient failures are retried in place up to the
+//! delivery limit; permanent ones and exhausted retries go to `<topic>.dlq`.
+//! Topics are created at start through the admin API (brokers such as tansu
+//! do not auto-create them).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Backend, BusError, Delivery, HandleError, Handler, OutMessage, ParsedUrl, Subscription,
+};
+
+pub(crate) struct KafkaBackend {
+    brokers: String,
+    topic: String,
+    dlq: String,
+    namespace: ParsedUrl,
+    producer: FutureProducer,
+}
+
+fn broker(e: impl std::fmt::Display) -> BusError {
+    BusError::Broker(e.to_string())
+}
+
+const TYPE_HEADER: &str = "ce_type";
+const ID_HEADER: &str = "ce_id";
+
+impl KafkaBackend {
+    pub(crate) async fn connect(parsed: &ParsedUrl, logical: &str) -> Result<Self, BusError> {
+        let brokers = parsed.rest.trim_end_matches('/').to_owned();
+        if brokers.is_empty() {
+            return Err(BusError::BadUrl {
+                url: format!("kafka://{}", parsed.rest),
+                reason: "no broker address".into(),
+            });
+        }
+        let topic = parsed.name(logical);
+        let dlq = format!("{topic}.dlq");
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .map_err(broker)?;
+        let topics = [
+            NewTopic::new(&topic, parsed.partitions, TopicReplication::Fixed(1)),
+            NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
+        ];
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(10)))
+            .request_timeout(Some(Duration::from_secs(10)));
+        let results = admin.create_topics(&topics, &opts).await.map_err(broker)?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(BusError::Broker(format!(
+                        "cannot create topic {name}: {code}"
+                    )))
+                }
+            }
+        }
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", "10000")
+            .create()
+            .map_err(broker)?;
+        Ok(Self {
+            brokers,
+            topic,
+            dlq,
+            namespace: parsed.clone(),
+            producer,
+        })
+    }
+
+    async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        ty: &str,
+        id: &str,
+        payload: &[u8],
+    ) -> Result<(), BusError> {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: TYPE_HEADER,
+                value: Some(ty),
+            })
+            .insert(Header {
+                key: ID_HEADER,
+                value: Some(id),
+            });
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        self.producer
+            .send(record, Duration::from_secs(0))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| broker(e))
+    }
+}
+
+fn header<'a>(msg: &'a impl Message, name: &str) -> Option<&'a str> {
+    let headers = msg.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+#[async_trait::async_trait]
+impl Backend for KafkaBackend {
+    async fn publish(&self, msg: &OutMessage) -> Result<(), BusError> {
+        self.send(
+            &self.topic,
+            &msg.key,
+            &msg.routing_key,
+            &msg.id,
+            &msg.payload,
+        )
+        .await
+    }
+
+    async fn consume(
+        &self,
+        sub: Subscription,
+        handler: Arc<dyn Handler>,
+        shutdown: CancellationToken,
+    ) -> Result<(), BusError> {
+        let group = self.namespace.name(&format!("dialstack.{}", sub.group));
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .create()
+            .map_err(broker)?;
+        consumer.subscribe(&[&self.topic]).map_err(broker)?;
+        tracing::info!(topic = %self.topic, %group, "consuming");
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = consumer.recv() => m,
+            };
+            let msg = match next {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let routing_key = header(&msg, TYPE_HEADER).unwrap_or("").to_owned();
+            if !sub.matches(&routing_key) {
+                let _ = consumer.store_offset_from_message(&msg);
+                continue;
+            }
+            let mut delivery = Delivery {
+                routing_key,
+                key: msg
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .unwrap_or_default(),
+                payload: bytes::Bytes::copy_from_slice(msg.payload().unwrap_or(&[])),
+                attempt: 1,
+            };
+            let dead_reason = loop {
+                let result = tokio::select! {
+                    r = handler.handle(&delivery) => r,
+                    // Not stored: the next member of the group reads it again.
+                    _ = async {
+                        shutdown.cancelled().await;
+                        tokio::time::sleep(sub.drain_timeout).await;
+                    } => return Ok(()),
+                };
+                match result {
+                    Ok(()) => break None,
+                    Err(HandleError::Permanent(reason)) => break Some(reason),
+                    Err(HandleError::Transient(reason))
+                        if delivery.attempt >= sub.max_deliveries =>
+                    {
+                        break Some(format!("delivery limit reached: {reason}"))
+                    }
+                    Err(HandleError::Transient(reason)) => {
+                        tracing::info!(routing_key = %delivery.routing_key, %reason, attempt = delivery.attempt, "retrying message");
+                        tokio::time::sleep(super::backoff(delivery.attempt - 1)).await;
+                        delivery.attempt += 1;
+                    }
+                }
+            };
+            if let Some(reason) = dead_reason {
+                tracing::warn!(routing_key = %delivery.routing_key, %reason, "message dead-lettered");
+                let id = header(&msg, ID_HEADER).unwrap_or("").to_owned();
+                // Keep retrying the dead-letter write: dropping the message is not an option.
+                let mut n = 0;
+                while let Err(e) = self
+                    .send(
+                        &self.dlq,
+                        &delivery.key,
+                        &delivery.routing_key,
+                        &id,
+                        &delivery.payload,
+                    )
+                    .await
+                {
+                    tracing::warn!(error = %e, "dead-letter publish failed, retrying");
+                    n += 1;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(super::backoff(n)) => {}
+                    }
+                }
+            }
+            if let Err(e) = consumer.store_offset_from_message(&msg) {
+                tracing::warn!(error = %e, "cannot store offset");
+            }
+        }
+        let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<(), String> {
+        let client = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            client
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    fn describe(&self) -> String {
+        format!("kafka topic {}", self.topic)
+    }
+}

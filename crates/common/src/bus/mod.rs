@@ -1,0 +1,331 @@
+//! One publish/subscribe abstraction over three backends, chosen by URL:
+//! `memory://` (in-process), `amqp://` (RabbitMQ through lapin) and `kafka://`
+//! (rdkafka).
+//!
+//! A [`Channel`] is one logical stream (the events exchange or the commands
+//! topic). `publish` returns only once the broker has confirmed the message;
+//! `consume` delivers to a [`Handler`] and acknowledges only after the handler
+//! returned `Ok`, so a handler commits its own transaction first.
+//!
+//! URL query parameters understood by every backend:
+//! - `namespace=x`: prefixes every exchange, queue, topic and group name with
+//!   `x.` (tests use a random one per test);
+//! - `partitions=n` (Kafka): partitions of a topic created at start (default 12).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+pub mod amqp;
+pub mod kafka;
+pub mod memory;
+
+/// The URL schemes accepted for a channel.
+pub const SCHEMES: &[&str] = &["memory://", "amqp://", "kafka://"];
+
+/// Logical name of the events channel (DESIGN §2).
+pub const EVENTS: &str = "dialstack.events";
+/// Logical name of the commands channel (DESIGN §2).
+pub const COMMANDS: &str = "dialstack.call-commands";
+
+/// A message to publish.
+#[derive(Debug, Clone)]
+pub struct OutMessage {
+    /// Unique id (the CloudEvent id): AMQP `message_id`, Kafka header `ce_id`.
+    pub id: String,
+    /// Routing key (the CloudEvent type).
+    pub routing_key: String,
+    /// Partition key (the call or agent id): per-key ordering on Kafka.
+    pub key: String,
+    /// The encoded CloudEvent.
+    pub payload: Bytes,
+}
+
+/// A message handed to a handler.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Routing key (the CloudEvent type).
+    pub routing_key: String,
+    /// Partition key, where the backend carries one.
+    pub key: String,
+    /// The raw payload.
+    pub payload: Bytes,
+    /// 1 for the first delivery, more when redelivered.
+    pub attempt: u32,
+}
+
+/// Why a handler did not accept a message.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// Try again later (a database blip); after the delivery limit the message
+    /// is dead-lettered.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// The message can never be processed (malformed): dead-letter it now.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+/// Consumes messages.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Processes one message; `Ok` means it may be acknowledged.
+    async fn handle(&self, delivery: &Delivery) -> Result<(), HandleError>;
+}
+
+/// How a consumer subscribes.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// Consumer group / queue suffix, normally the service name.
+    pub group: String,
+    /// Routing-key patterns (`*` one word, `#` any number of words).
+    pub bindings: Vec<String>,
+    /// Messages handled at once.
+    pub concurrency: usize,
+    /// Deliveries before a message that keeps failing is dead-lettered.
+    pub max_deliveries: u32,
+    /// How long to let in-flight handlers finish after shutdown; the rest are
+    /// left unacknowledged and will be redelivered.
+    pub drain_timeout: Duration,
+}
+
+impl Subscription {
+    /// A subscription with the defaults (concurrency 1, 5 deliveries, 10 s drain).
+    pub fn new(group: impl Into<String>, bindings: &[&str]) -> Self {
+        Self {
+            group: group.into(),
+            bindings: bindings.iter().map(|b| (*b).to_owned()).collect(),
+            concurrency: 1,
+            max_deliveries: 5,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Sets the number of messages handled at once.
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Whether `routing_key` matches one of the bindings.
+    pub fn matches(&self, routing_key: &str) -> bool {
+        self.bindings.iter().any(|b| topic_matches(b, routing_key))
+    }
+}
+
+/// AMQP topic-exchange matching: `*` is one word, `#` zero or more.
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn go(p: &[&str], k: &[&str]) -> bool {
+        match p.split_first() {
+            None => k.is_empty(),
+            Some((&"#", rest)) => (0..=k.len()).any(|i| go(rest, &k[i..])),
+            Some((first, rest)) => match k.split_first() {
+                Some((kf, krest)) => (*first == "*" || first == kf) && go(rest, krest),
+                None => false,
+            },
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = key.split('.').collect();
+    go(&p, &k)
+}
+
+/// A bus failure.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The URL cannot be used.
+    #[error("bad bus url {url:?}: {reason}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The broker refused, did not confirm, or is unreachable.
+    #[error("broker error: {0}")]
+    Broker(String),
+}
+
+#[async_trait::async_trait]
+pub(crate) trait Backend: Send + Sync {
+    async fn publish(&self, msg: &OutMessage) -> Result<(), BusError>;
+    async fn consume(
+        &self,
+        sub: Subscription,
+        handler: Arc<dyn Handler>,
+        shutdown: CancellationToken,
+    ) -> Result<(), BusError>;
+    async fn health(&self) -> Result<(), String>;
+    fn describe(&self) -> String;
+}
+
+/// One logical channel on one backend. Cheap to clone.
+#[derive(Clone)]
+pub struct Channel {
+    backend: Arc<dyn Backend>,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.backend.describe())
+    }
+}
+
+/// A URL split into the part the backend sees and the parameters we own.
+#[derive(Debug, Clone)]
+pub(crate) struct ParsedUrl {
+    pub scheme: String,
+    /// Everything after `scheme://` without our query parameters.
+    pub rest: String,
+    pub namespace: Option<String>,
+    pub partitions: i32,
+}
+
+impl ParsedUrl {
+    pub(crate) fn parse(url: &str) -> Result<Self, BusError> {
+        let bad = |reason: &str| BusError::BadUrl {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (scheme, after) = url.split_once("://").ok_or_else(|| bad("missing scheme"))?;
+        let (base, query) = match after.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (after, None),
+        };
+        let mut namespace = None;
+        let mut partitions = 12;
+        let mut passthrough = Vec::new();
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "namespace" => {
+                    if v.is_empty()
+                        || !v
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                    {
+                        return Err(bad("namespace must be [A-Za-z0-9_-]+"));
+                    }
+                    namespace = Some(v.to_owned());
+                }
+                "partitions" => {
+                    partitions = v
+                        .parse()
+                        .ok()
+                        .filter(|n: &i32| *n > 0)
+                        .ok_or_else(|| bad("partitions must be a positive integer"))?;
+                }
+                _ => passthrough.push(pair),
+            }
+        }
+        let rest = if passthrough.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", passthrough.join("&"))
+        };
+        Ok(Self {
+            scheme: scheme.to_owned(),
+            rest,
+            namespace,
+            partitions,
+        })
+    }
+
+    pub(crate) fn name(&self, logical: &str) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}.{logical}"),
+            None => logical.to_owned(),
+        }
+    }
+}
+
+impl Channel {
+    /// Connects to the channel `logical` (e.g. [`EVENTS`]) on the backend named
+    /// by `url`, creating the exchange or topic if needed.
+    pub async fn connect(url: &str, logical: &str) -> Result<Self, BusError> {
+        let parsed = ParsedUrl::parse(url)?;
+        let backend: Arc<dyn Backend> = match parsed.scheme.as_str() {
+            "memory" => Arc::new(memory::MemoryBackend::new(&parsed, logical)),
+            "amqp" => Arc::new(amqp::AmqpBackend::connect(&parsed, logical).await?),
+            "kafka" => Arc::new(kafka::KafkaBackend::connect(&parsed, logical).await?),
+            other => {
+                return Err(BusError::BadUrl {
+                    url: url.to_owned(),
+                    reason: format!("unknown scheme {other}"),
+                })
+            }
+        };
+        Ok(Self { backend })
+    }
+
+    /// Publishes and waits for the broker's confirmation.
+    pub async fn publish(&self, msg: &OutMessage) -> Result<(), BusError> {
+        self.backend.publish(msg).await
+    }
+
+    /// Consumes until `shutdown` is cancelled, reconnecting after broker
+    /// failures. Returns when the consumer has drained.
+    pub async fn consume(
+        &self,
+        sub: Subscription,
+        handler: Arc<dyn Handler>,
+        shutdown: CancellationToken,
+    ) -> Result<(), BusError> {
+        self.backend.consume(sub, handler, shutdown).await
+    }
+
+    /// `Ok` when the broker answers.
+    pub async fn health(&self) -> Result<(), String> {
+        self.backend.health().await
+    }
+}
+
+/// Readiness check of a channel.
+pub struct ChannelReady {
+    /// Name shown when failing.
+    pub name: &'static str,
+    /// The channel.
+    pub channel: Channel,
+}
+
+#[async_trait::async_trait]
+impl crate::http::ReadyCheck for ChannelReady {
+    fn name(&self) -> &str {
+        self.name
+    }
+    async fn check(&self) -> Result<(), String> {
+        self.channel.health().await
+    }
+}
+
+/// Backoff for reconnect loops: 200 ms doubling to 5 s.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((200u64 << attempt.min(5)).min(5_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_patterns_match_like_amqp() {
+        assert!(topic_matches("call.*", "call.completed"));
+        assert!(!topic_matches("call.*", "call.recording.ready"));
+        assert!(topic_matches("call.#", "call.recording.ready"));
+        assert!(topic_matches("#", "agent.state"));
+        assert!(topic_matches("dial", "dial"));
+        assert!(!topic_matches("dial", "hangup"));
+    }
+
+    #[test]
+    fn url_parameters_are_ours_and_stripped() {
+        let p = ParsedUrl::parse("amqp://127.0.0.1:5672/%2f?namespace=t1&heartbeat=10").unwrap();
+        assert_eq!(p.rest, "127.0.0.1:5672/%2f?heartbeat=10");
+        assert_eq!(p.name(EVENTS), "t1.dialstack.events");
+        assert!(ParsedUrl::parse("kafka://x?partitions=0").is_err());
+        assert!(ParsedUrl::parse("kafka://x?namespace=a/b").is_err());
+        assert!(ParsedUrl::parse("nothing").is_err());
+    }
+}

@@ -1,0 +1,566 @@
+//! Database access for `sqlite://` and `mysql://` (MariaDB 10.6+, MySQL 8)
+//! through one sqlx `Any` pool, embedded migrations, and the transactional
+//! outbox and inbox of DESIGN §2.
+//!
+//! SQL here and in the services is written once for both engines: `?`
+//! placeholders, `VARCHAR` keys, `BIGINT` millisecond timestamps, `DOUBLE`, and
+//! the few statements that differ (insert-or-ignore, upsert) come from
+//! [`Dialect`]. Aggregates are cast to `SIGNED` where MySQL would return DECIMAL.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{Channel, OutMessage};
+use crate::events::CloudEvent;
+use crate::metrics::Metrics;
+
+/// A transaction on the service's database.
+pub type Tx = Transaction<'static, Any>;
+
+/// Which SQL engine is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite 3.
+    Sqlite,
+    /// MySQL 8 or MariaDB 10.6+.
+    MySql,
+}
+
+impl Dialect {
+    /// `INSERT` that silently skips a duplicate key.
+    pub fn insert_ignore(self) -> &'static str {
+        match self {
+            Self::Sqlite => "INSERT OR IGNORE",
+            Self::MySql => "INSERT IGNORE",
+        }
+    }
+
+    /// The clause that turns an `INSERT` into an upsert on `key` (the primary
+    /// key); `updates` are `col = <expr>` items where `new(col)` is the value
+    /// being inserted, e.g. `&[("state", "new(state)")]`.
+    pub fn upsert(self, key: &str, updates: &[(&str, &str)]) -> String {
+        let new = |expr: &str| match self {
+            Self::Sqlite => expr.replace("new(", "excluded."),
+            Self::MySql => expr.replace("new(", "VALUES("),
+        };
+        let items: Vec<String> = updates
+            .iter()
+            .map(|(col, expr)| format!("{col} = {}", fix_excluded(&new(expr))))
+            .collect();
+        match self {
+            Self::Sqlite => format!("ON CONFLICT({key}) DO UPDATE SET {}", items.join(", ")),
+            Self::MySql => format!("ON DUPLICATE KEY UPDATE {}", items.join(", ")),
+        }
+    }
+}
+
+/// `excluded.col)` → `excluded.col`: drops the parenthesis `new(col)` left.
+fn fix_excluded(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find("excluded.") {
+        out.push_str(&rest[..pos + "excluded.".len()]);
+        rest = &rest[pos + "excluded.".len()..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        out.push_str(&rest[..end]);
+        rest = &rest[end..];
+        if let Some(stripped) = rest.strip_prefix(')') {
+            rest = stripped;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A database failure at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL is not usable.
+    #[error("bad database url: {0}")]
+    BadUrl(String),
+    /// The server refused or a statement failed.
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration {
+        /// Its version.
+        version: i64,
+        /// Its name.
+        name: &'static str,
+        /// The SQL error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// One schema change, applied once, in version order.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Strictly increasing per service.
+    pub version: i64,
+    /// Short description.
+    pub name: &'static str,
+    /// Statements separated by `;`, portable between SQLite and MySQL.
+    pub sql: &'static str,
+}
+
+/// The migrations every service gets: the outbox and the inbox.
+const COMMON_MIGRATIONS: &[Migration] = &[Migration {
+    version: 0,
+    name: "outbox and inbox",
+    sql: "CREATE TABLE IF NOT EXISTS outbox (
+            id VARCHAR(64) NOT NULL PRIMARY KEY,
+            channel VARCHAR(32) NOT NULL,
+            routing_key VARCHAR(128) NOT NULL,
+            msg_key VARCHAR(128) NOT NULL,
+            payload MEDIUMTEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            sent_at BIGINT NULL
+          );
+          CREATE INDEX outbox_pending ON outbox (sent_at, id);
+          CREATE TABLE IF NOT EXISTS inbox (
+            consumer VARCHAR(64) NOT NULL,
+            event_id VARCHAR(64) NOT NULL,
+            received_at BIGINT NOT NULL,
+            PRIMARY KEY (consumer, event_id)
+          )",
+}];
+
+/// A pool plus the engine it talks to. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Db {
+    /// The pool.
+    pub pool: AnyPool,
+    /// The engine.
+    pub dialect: Dialect,
+}
+
+static DRIVERS: Once = Once::new();
+
+impl Db {
+    /// Connects, creating the SQLite file (and its folder) or the MySQL
+    /// database when missing.
+    pub async fn connect(url: &str) -> Result<Self, DbError> {
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            let memory = rest.contains(":memory:") || rest.contains("mode=memory");
+            let mut url = url.to_owned();
+            if !memory {
+                let path = rest.trim_start_matches("//");
+                let path = path.split('?').next().unwrap_or(path);
+                if let Some(parent) = std::path::Path::new(path).parent() {
+                    if !parent.as_os_str().is_empty() {
+                        std::fs::create_dir_all(parent)
+                            .map_err(|e| DbError::BadUrl(format!("{}: {e}", parent.display())))?;
+                    }
+                }
+                if !url.contains("mode=") {
+                    url.push_str(if url.contains('?') {
+                        "&mode=rwc"
+                    } else {
+                        "?mode=rwc"
+                    });
+                }
+            }
+            let pool = AnyPoolOptions::new()
+                .max_connections(if memory { 1 } else { 4 })
+                .min_connections(if memory { 1 } else { 0 })
+                .idle_timeout(if memory {
+                    None
+                } else {
+                    Some(Duration::from_secs(600))
+                })
+                .max_lifetime(if memory {
+                    None
+                } else {
+                    Some(Duration::from_secs(1800))
+                })
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        Ok(())
+                    })
+                })
+                .connect(&url)
+                .await?;
+            if !memory {
+                sqlx::query("PRAGMA journal_mode = WAL")
+                    .execute(&pool)
+                    .await?;
+            }
+            Ok(Self {
+                pool,
+                dialect: Dialect::Sqlite,
+            })
+        } else if url.starts_with("mysql:") {
+            let (server, database) = split_mysql_url(url)?;
+            let admin = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(&server)
+                .await?;
+            sqlx::query(&format!(
+                "CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+            ))
+            .execute(&admin)
+            .await?;
+            admin.close().await;
+            let pool = AnyPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await?;
+            Ok(Self {
+                pool,
+                dialect: Dialect::MySql,
+            })
+        } else {
+            Err(DbError::BadUrl(format!(
+                "{url:?} must start with sqlite: or mysql:"
+            )))
+        }
+    }
+
+    /// Applies the common and the service's migrations not yet applied.
+    pub async fn migrate(&self, migrations: &[Migration]) -> Result<(), DbError> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS dialstack_migrations (
+               version BIGINT NOT NULL PRIMARY KEY,
+               name VARCHAR(255) NOT NULL,
+               applied_at BIGINT NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await?;
+        let applied: Vec<i64> = sqlx::query("SELECT version FROM dialstack_migrations")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.get::<i64, _>(0))
+            .collect();
+        let all = COMMON_MIGRATIONS
+            .iter()
+            .map(|m| (m.version - 1_000_000, m))
+            .chain(migrations.iter().map(|m| (m.version, m)));
+        let mut pending: Vec<_> = all.filter(|(v, _)| !applied.contains(v)).collect();
+        pending.sort_by_key(|(v, _)| *v);
+        for (version, m) in pending {
+            let wrap = |source| DbError::Migration {
+                version: m.version,
+                name: m.name,
+                source,
+            };
+            for stmt in m.sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                sqlx::query(stmt).execute(&self.pool).await.map_err(wrap)?;
+            }
+            sqlx::query(
+                "INSERT INTO dialstack_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+            )
+            .bind(version)
+            .bind(m.name)
+            .bind(crate::now_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(wrap)?;
+            tracing::info!(version = m.version, name = m.name, "migration applied");
+        }
+        Ok(())
+    }
+
+    /// Begins a transaction.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        self.pool.begin().await
+    }
+}
+
+fn split_mysql_url(url: &str) -> Result<(String, String), DbError> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let after_scheme = base
+        .strip_prefix("mysql://")
+        .ok_or_else(|| DbError::BadUrl("expected mysql://".into()))?;
+    let (authority, database) = after_scheme
+        .split_once('/')
+        .filter(|(_, db)| !db.is_empty())
+        .ok_or_else(|| DbError::BadUrl("mysql url must name a database".into()))?;
+    if !database
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(DbError::BadUrl(format!(
+            "database name {database:?} is not [A-Za-z0-9_-]+"
+        )));
+    }
+    let server = match query {
+        Some(q) => format!("mysql://{authority}?{q}"),
+        None => format!("mysql://{authority}"),
+    };
+    Ok((server, database.to_owned()))
+}
+
+/// Readiness check of the database.
+pub struct DbReady(pub Db);
+
+#[async_trait::async_trait]
+impl crate::http::ReadyCheck for DbReady {
+    fn name(&self) -> &str {
+        "database"
+    }
+    async fn check(&self) -> Result<(), String> {
+        sqlx::query("SELECT 1")
+            .execute(&self.0.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Outbox channel names.
+pub mod channel {
+    /// The events channel.
+    pub const EVENTS: &str = "events";
+    /// The commands channel.
+    pub const COMMANDS: &str = "commands";
+}
+
+/// Writes `event` into the outbox inside `tx`, to be published on `channel`
+/// (one of [`channel`]) with partition key `key` once `tx` commits.
+pub async fn outbox_enqueue(
+    tx: &mut Tx,
+    channel: &str,
+    key: &str,
+    event: &CloudEvent,
+) -> Result<(), sqlx::Error> {
+    let payload = serde_json::to_string(event).unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO outbox (id, channel, routing_key, msg_key, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&event.id)
+    .bind(channel)
+    .bind(&event.ty)
+    .bind(key)
+    .bind(payload)
+    .bind(crate::now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records `event_id` as processed by `consumer` inside `tx`. Returns `false`
+/// when it was already processed: the caller then skips its side effects.
+pub async fn inbox_claim(
+    tx: &mut Tx,
+    dialect: Dialect,
+    consumer: &str,
+    event_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(&format!(
+        "{} INTO inbox (consumer, event_id, received_at) VALUES (?, ?, ?)",
+        dialect.insert_ignore()
+    ))
+    .bind(consumer)
+    .bind(event_id)
+    .bind(crate::now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Publishes outbox rows and marks each sent only after the broker confirmed it.
+#[derive(Clone)]
+pub struct OutboxRelay {
+    db: Db,
+    channels: Arc<HashMap<String, Channel>>,
+    wake: Arc<Notify>,
+    metrics: Option<Metrics>,
+}
+
+/// How many rows one pass publishes at once.
+const RELAY_BATCH: i64 = 256;
+
+impl OutboxRelay {
+    /// A relay over `channels` (outbox channel name → bus channel).
+    pub fn new(db: Db, channels: HashMap<String, Channel>, metrics: Option<Metrics>) -> Self {
+        Self {
+            db,
+            channels: Arc::new(channels),
+            wake: Arc::new(Notify::new()),
+            metrics,
+        }
+    }
+
+    /// Wakes the relay now (call after committing an outbox row).
+    pub fn notify(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Rows written but not yet confirmed.
+    pub async fn pending(&self) -> Result<i64, sqlx::Error> {
+        let row = sqlx::query("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
+            .fetch_one(&self.db.pool)
+            .await?;
+        Ok(row.get::<i64, _>(0))
+    }
+
+    /// One pass: publishes up to a batch of pending rows. Returns how many were
+    /// confirmed, or the first broker error (rows not confirmed stay pending).
+    pub async fn relay_once(&self) -> Result<usize, anyhow::Error> {
+        let rows: Vec<AnyRow> = sqlx::query(
+            "SELECT id, channel, routing_key, msg_key, payload FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?",
+        )
+        .bind(RELAY_BATCH)
+        .fetch_all(&self.db.pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut sends = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.get(0);
+            let channel: String = row.get(1);
+            let msg = OutMessage {
+                id: id.clone(),
+                routing_key: row.get(2),
+                key: row.get(3),
+                payload: bytes::Bytes::from(row.get::<String, _>(4)),
+            };
+            let Some(ch) = self.channels.get(&channel).cloned() else {
+                tracing::error!(%id, %channel, "outbox row for an unknown channel left pending");
+                continue;
+            };
+            sends.push(async move { (id, ch.publish(&msg).await) });
+        }
+        let results = futures_util::future::join_all(sends).await;
+        let mut confirmed = Vec::new();
+        let mut first_err = None;
+        for (id, r) in results {
+            match r {
+                Ok(()) => confirmed.push(id),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if !confirmed.is_empty() {
+            let placeholders = vec!["?"; confirmed.len()].join(",");
+            let sql = format!("UPDATE outbox SET sent_at = ? WHERE id IN ({placeholders})");
+            let mut q = sqlx::query(&sql).bind(crate::now_ms());
+            for id in &confirmed {
+                q = q.bind(id);
+            }
+            q.execute(&self.db.pool).await?;
+        }
+        match first_err {
+            Some(e) if confirmed.is_empty() => Err(e.into()),
+            Some(e) => {
+                tracing::warn!(error = %e, confirmed = confirmed.len(), "some outbox rows not confirmed");
+                Ok(confirmed.len())
+            }
+            None => Ok(confirmed.len()),
+        }
+    }
+
+    /// Relays until `shutdown`, then makes a last pass so nothing committed
+    /// before the signal stays behind.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        let mut last_gauge = std::time::Instant::now() - Duration::from_secs(10);
+        let mut last_cleanup = std::time::Instant::now();
+        loop {
+            let result = self.relay_once().await;
+            let more = match &result {
+                Ok(n) => {
+                    failures = 0;
+                    *n as i64 == RELAY_BATCH
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, "outbox relay pass failed");
+                    false
+                }
+            };
+            if last_gauge.elapsed() > Duration::from_secs(1) {
+                if let (Some(m), Ok(n)) = (&self.metrics, self.pending().await) {
+                    m.set_outbox_pending(n);
+                }
+                last_gauge = std::time::Instant::now();
+            }
+            if last_cleanup.elapsed() > Duration::from_secs(60) {
+                let cutoff = crate::now_ms() - 3_600_000;
+                let _ = sqlx::query("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?")
+                    .bind(cutoff)
+                    .execute(&self.db.pool)
+                    .await;
+                last_cleanup = std::time::Instant::now();
+            }
+            if shutdown.is_cancelled() {
+                if result.is_ok() && !more {
+                    break;
+                }
+                if failures > 3 {
+                    tracing::warn!(
+                        "outbox relay stopping with rows pending; they go out at next start"
+                    );
+                    break;
+                }
+            }
+            if more {
+                continue;
+            }
+            let wait = if failures > 0 {
+                crate::bus::backoff(failures)
+            } else {
+                Duration::from_millis(250)
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled(), if !shutdown.is_cancelled() => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upsert_clauses_per_dialect() {
+        let s = Dialect::Sqlite.upsert("id", &[("state", "new(state)"), ("n", "n + 1")]);
+        assert_eq!(
+            s,
+            "ON CONFLICT(id) DO UPDATE SET state = excluded.state, n = n + 1"
+        );
+        let m = Dialect::MySql.upsert("id", &[("state", "COALESCE(new(state), state)")]);
+        assert_eq!(
+            m,
+            "ON DUPLICATE KEY UPDATE state = COALESCE(VALUES(state), state)"
+        );
+        let s = Dialect::Sqlite.upsert("id", &[("state", "COALESCE(new(state), state)")]);
+        assert_eq!(
+            s,
+            "ON CONFLICT(id) DO UPDATE SET state = COALESCE(excluded.state, state)"
+        );
+    }
+
+    #[test]
+    fn mysql_url_is_split_into_server_and_database() {
+        let (server, db) = split_mysql_url("mysql://root@127.0.0.1:3306/dialstack_x").unwrap();
+        assert_eq!(server, "mysql://root@127.0.0.1:3306");
+        assert_eq!(db, "dialstack_x");
+        assert!(split_mysql_url("mysql://root@127.0.0.1:3306/").is_err());
+        assert!(split_mysql_url("mysql://h/a;drop").is_err());
+    }
+}

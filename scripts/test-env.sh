@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Makes sure every real dependency of the test suite answers on loopback,
+# installing and starting what is missing. Idempotent: a dependency that
+# already answers is used as it is. Prints what it started.
+#
+#   RabbitMQ 5672, MariaDB 3306, Kafka-protocol broker (tansu) 9092, SIPp.
+#
+# Installed tools are cached: tansu under $DIALSTACK_TOOLS (default
+# ~/.cache/dialstack/tools), so only the first run on a machine builds it.
+set -euo pipefail
+
+TOOLS="${DIALSTACK_TOOLS:-$HOME/.cache/dialstack/tools}"
+LOGS="${DIALSTACK_ENV_LOGS:-/tmp/dialstack-test-env}"
+mkdir -p "$TOOLS/bin" "$LOGS"
+export PATH="$TOOLS/bin:$HOME/.cargo/bin:$PATH"
+
+say() { printf 'test-env: %s\n' "$*"; }
+
+answers() { # host port
+  (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+}
+
+wait_for() { # name host port seconds
+  local i
+  for ((i = 0; i < $4 * 4; i++)); do
+    if answers "$2" "$3"; then return 0; fi
+    sleep 0.25
+  done
+  say "$1 did not start answering on $2:$3 within $4 s; see $LOGS" >&2
+  exit 1
+}
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then
+    say "apt-get update"
+    $SUDO apt-get update -qq >"$LOGS/apt-update.log" 2>&1
+    apt_updated=1
+  fi
+  say "installing Debian packages: $*"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >>"$LOGS/apt-install.log" 2>&1
+}
+
+# Build tools for rdkafka's bundled librdkafka, and SIPp.
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+command -v sipp >/dev/null || need+=(sip-tester)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+dpkg -s zlib1g-dev >/dev/null 2>&1 || need+=(zlib1g-dev)
+dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need+=(libcurl4-openssl-dev)
+if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
+
+# MariaDB on 3306 (root, empty password, over TCP).
+if answers 127.0.0.1 3306; then
+  say "mariadb: already answering on 3306"
+else
+  command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || apt_install mariadb-server
+  mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null || true
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql \
+    >"$LOGS/mariadb.log" 2>&1
+  wait_for mariadb 127.0.0.1 3306 60
+  say "mariadb: started on 3306"
+fi
+
+# RabbitMQ on 5672 (guest/guest).
+if answers 127.0.0.1 5672; then
+  say "rabbitmq: already answering on 5672"
+else
+  command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || apt_install rabbitmq-server
+  rabbitmq-server -detached >"$LOGS/rabbitmq.log" 2>&1 || true
+  wait_for rabbitmq 127.0.0.1 5672 120
+  say "rabbitmq: started on 5672"
+fi
+
+# Kafka-protocol broker on 9092: tansu, built once and cached.
+if answers 127.0.0.1 9092; then
+  say "kafka: already answering on 9092"
+else
+  if ! command -v tansu >/dev/null; then
+    say "building the tansu broker (about 11 minutes, once per machine)"
+    cargo install tansu --locked --features dynostore --root "$TOOLS" >"$LOGS/tansu-install.log" 2>&1
+  fi
+  (
+    cd "$LOGS"
+    nohup tansu broker --storage-engine memory://tansu/ \
+      --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
+      >"$LOGS/tansu.log" 2>&1 &
+  )
+  wait_for kafka 127.0.0.1 9092 60
+  say "kafka: started tansu on 9092"
+fi
+
+say "sipp: $(command -v sipp)"
+say "ready"

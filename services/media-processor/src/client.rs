@@ -1,0 +1,108 @@
+//! The REST calls media-processor makes: a service-account token from
+//! user-service, and attempt claims on task-scheduler.
+
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+/// Refresh the token this long before it expires.
+const TOKEN_MARGIN: Duration = Duration::from_secs(120);
+
+/// A claim's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimResult {
+    /// Ours: dial it.
+    Granted,
+    /// Not ours (claimed elsewhere, finished, or unknown): do not dial.
+    Refused(String),
+}
+
+/// Talks to user-service and task-scheduler.
+pub struct SchedulerClient {
+    http: reqwest::Client,
+    scheduler_url: String,
+    users_url: String,
+    username: String,
+    password: String,
+    /// The current token and when it must be replaced.
+    token: tokio::sync::Mutex<Option<(String, Instant)>>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: u64,
+}
+
+impl SchedulerClient {
+    /// A client for the given base URLs and service account.
+    pub fn new(scheduler_url: &str, users_url: &str, username: &str, password: &str) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .pool_max_idle_per_host(64)
+                .build()
+                .unwrap_or_default(),
+            scheduler_url: scheduler_url.trim_end_matches('/').to_owned(),
+            users_url: users_url.trim_end_matches('/').to_owned(),
+            username: username.to_owned(),
+            password: password.to_owned(),
+            token: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn token(&self, force: bool) -> anyhow::Result<String> {
+        let mut guard = self.token.lock().await;
+        if let Some((t, until)) = guard.as_ref() {
+            if !force && Instant::now() < *until {
+                return Ok(t.clone());
+            }
+        }
+        let resp = self
+            .http
+            .post(format!("{}/v1/auth/login", self.users_url))
+            .json(&serde_json::json!({"username": self.username, "password": self.password}))
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            anyhow::bail!("service login refused: {}", resp.status());
+        }
+        let t: TokenResponse = resp.json().await?;
+        let until = Instant::now() + Duration::from_secs(t.expires_in).saturating_sub(TOKEN_MARGIN);
+        *guard = Some((t.access_token.clone(), until));
+        Ok(t.access_token)
+    }
+
+    /// Claims `attempt_id` for `claimer`. Errors are transient (retry later).
+    pub async fn claim(
+        &self,
+        attempt_id: &str,
+        claimer: &str,
+        lease_ms: i64,
+    ) -> anyhow::Result<ClaimResult> {
+        let mut force = false;
+        loop {
+            let token = self.token(force).await?;
+            let resp = self
+                .http
+                .post(format!(
+                    "{}/v1/attempts/{attempt_id}/claim",
+                    self.scheduler_url
+                ))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"claimer": claimer, "lease_ms": lease_ms}))
+                .send()
+                .await?;
+            match resp.status().as_u16() {
+                200 => return Ok(ClaimResult::Granted),
+                401 if !force => force = true,
+                404 | 409 => {
+                    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                    let msg = body["message"].as_str().unwrap_or("refused").to_owned();
+                    return Ok(ClaimResult::Refused(msg));
+                }
+                other => anyhow::bail!("claim failed with status {other}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! media-processor routes.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use dialstack_common::auth::{require_auth, Keys, Principal, Role};
+use dialstack_common::http::{ApiError, ApiJson, BearerSecurity, ErrorBody};
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+
+use crate::AppState;
+
+const VIEW: &[Role] = &[Role::Admin, Role::Supervisor, Role::Service];
+
+/// What the media tier is doing now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MediaStatus {
+    /// Calls in progress on this instance.
+    pub active_calls: usize,
+    /// The SIP socket.
+    pub sip_addr: String,
+    /// The trunk calls go to.
+    pub trunk: String,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "dialstack media-processor", version = "1"),
+    paths(status),
+    components(schemas(MediaStatus, ErrorBody)),
+    modifiers(&BearerSecurity)
+)]
+struct Doc;
+
+/// The OpenAPI document.
+pub fn openapi() -> serde_json::Value {
+    dialstack_common::http::openapi_json(Doc::openapi())
+}
+
+/// The `/v1` routes.
+pub fn router(state: AppState, keys: Keys) -> Router {
+    Router::new()
+        .route("/v1/media/status", get(status))
+        .route_layer(axum::middleware::from_fn_with_state(keys, require_auth))
+        .with_state(state)
+}
+
+/// Calls in progress on this instance and where they go.
+#[utoipa::path(get, path = "/v1/media/status", security(("bearer" = [])),
+    responses((status = 200, body = MediaStatus), (status = 401, body = ErrorBody)))]
+async fn status(
+    State(state): State<AppState>,
+    who: Principal,
+) -> Result<ApiJson<MediaStatus>, ApiError> {
+    who.require(VIEW)?;
+    Ok(ApiJson(MediaStatus {
+        active_calls: state.ctx.transport.active(),
+        sip_addr: state
+            .ctx
+            .transport
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        trunk: state.ctx.trunk.to_string(),
+    }))
+}

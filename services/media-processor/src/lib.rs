@@ -1,0 +1,323 @@
+//! media-processor is the SIP user agent of dialstack. It consumes `dial`
+//! commands, claims each attempt on task-scheduler (dial once), places the
+//! call over UDP to the trunk with an SDP offer (PCMU/PCMA), exchanges RTP
+//! with the answered callee, hangs up after the talk time, and reports
+//! `call.dialing`, `call.ringing`, `call.answered` and `call.completed`
+//! through its outbox. `sim://` as the trunk starts a simulated carrier.
+//!
+//! # Layout
+//! - [`sip`]: SIP message parsing and building, SDP
+//! - [`transport`]: the shared SIP socket and per-call routing
+//! - [`call`]: one call's INVITE/CANCEL/ACK/BYE state machine
+//! - [`media`]: RTP and G.711
+//! - [`sim`]: the simulated carrier
+//! - [`client`]: service token and attempt claims
+//! - [`db`]: placed calls and event emission
+//! - [`messaging`]: the `dial` consumer
+//! - [`http`]: routes, OpenAPI
+//!
+//! Service-specific settings: `DIALSTACK_SIP_TRUNK` (`sip:host:port` or
+//! `sim://?...`), `DIALSTACK_SIP_ADDR` (default `0.0.0.0:5060`),
+//! `DIALSTACK_MEDIA_IP` (address put in SDP/Via/Contact; default: the local
+//! address that routes to the trunk), `DIALSTACK_RTP_PORTS` (default
+//! `20000-29999`, `0` for ephemeral), `DIALSTACK_SIP_T1_MS` (default 500),
+//! `DIALSTACK_MAX_CALLS` (default 1000), `DIALSTACK_SCHEDULER_URL`,
+//! `DIALSTACK_USER_SERVICE_URL`, `DIALSTACK_SERVICE_USER` (default
+//! `dialstack-service`), `DIALSTACK_SERVICE_PASSWORD`.
+
+pub mod call;
+pub mod client;
+pub mod db;
+pub mod http;
+pub mod media;
+pub mod messaging;
+pub mod sim;
+pub mod sip;
+pub mod transport;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dialstack_common::bus::Subscription;
+use dialstack_common::config::{CommonConfig, ConfigError, Env};
+use dialstack_common::events::types;
+use dialstack_common::service::{Built, Channels, Service, ServiceBase};
+use tokio_util::sync::CancellationToken;
+
+/// The service's name.
+pub const NAME: &str = "media-processor";
+/// Default HTTP port (DESIGN §1).
+pub const PORT: u16 = 9090;
+
+/// Where calls go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trunk {
+    /// A real SIP peer at `host:port`.
+    Sip(String),
+    /// The simulated carrier.
+    Sim(sim::SimConfig),
+}
+
+/// media-processor settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Shared settings.
+    pub common: CommonConfig,
+    /// The trunk.
+    pub trunk: Trunk,
+    /// SIP bind address.
+    pub sip_addr: SocketAddr,
+    /// Address to advertise.
+    pub media_ip: Option<IpAddr>,
+    /// RTP port range.
+    pub rtp_ports: String,
+    /// T1.
+    pub t1: Duration,
+    /// Calls at once.
+    pub max_calls: usize,
+    /// task-scheduler base URL.
+    pub scheduler_url: String,
+    /// user-service base URL.
+    pub users_url: String,
+    /// Service account.
+    pub service_user: String,
+    /// Its password.
+    pub service_password: String,
+}
+
+/// Parses `DIALSTACK_SIP_TRUNK`.
+pub fn parse_trunk(v: &str) -> Result<Trunk, ConfigError> {
+    let bad = |why: String| ConfigError::new("DIALSTACK_SIP_TRUNK", why);
+    if v.starts_with("sim://") {
+        return sim::SimConfig::parse(v).map(Trunk::Sim).map_err(bad);
+    }
+    let rest = v
+        .strip_prefix("sip:")
+        .ok_or_else(|| bad(format!("{v:?} must be sip:host[:port] or sim://")))?;
+    let hostport = rest
+        .trim_start_matches("//")
+        .split(';')
+        .next()
+        .unwrap_or("");
+    let hostport = hostport.rsplit('@').next().unwrap_or(hostport);
+    if hostport.is_empty() {
+        return Err(bad("no host".into()));
+    }
+    let with_port = if hostport
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:5060")
+    };
+    Ok(Trunk::Sip(with_port))
+}
+
+impl Config {
+    /// Reads the settings.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let common = CommonConfig::from_env(env, PORT)?.require_jwks()?;
+        let trunk = parse_trunk(&env.required("DIALSTACK_SIP_TRUNK")?)?;
+        let rtp_ports = env.or("DIALSTACK_RTP_PORTS", "20000-29999");
+        media::PortPool::parse(&rtp_ports)
+            .map_err(|e| ConfigError::new("DIALSTACK_RTP_PORTS", e))?;
+        let t1_ms: u64 = env.parse_or("DIALSTACK_SIP_T1_MS", 500)?;
+        if !(10..=5_000).contains(&t1_ms) {
+            return Err(ConfigError::new("DIALSTACK_SIP_T1_MS", "must be 10-5000"));
+        }
+        let max_calls: usize = env.parse_or("DIALSTACK_MAX_CALLS", 1000)?;
+        if max_calls == 0 {
+            return Err(ConfigError::new(
+                "DIALSTACK_MAX_CALLS",
+                "must be at least 1",
+            ));
+        }
+        let media_ip = match env.get("DIALSTACK_MEDIA_IP") {
+            Some(_) => Some(env.parse_required("DIALSTACK_MEDIA_IP")?),
+            None => None,
+        };
+        Ok(Self {
+            common,
+            trunk,
+            sip_addr: env.parse_or("DIALSTACK_SIP_ADDR", SocketAddr::from(([0, 0, 0, 0], 5060)))?,
+            media_ip,
+            rtp_ports,
+            t1: Duration::from_millis(t1_ms),
+            max_calls,
+            scheduler_url: env.required("DIALSTACK_SCHEDULER_URL")?,
+            users_url: env.required("DIALSTACK_USER_SERVICE_URL")?,
+            service_user: env.or("DIALSTACK_SERVICE_USER", "dialstack-service"),
+            service_password: env.required("DIALSTACK_SERVICE_PASSWORD")?,
+        })
+    }
+}
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// Call context.
+    pub ctx: Arc<call::CallContext>,
+}
+
+/// A built media-processor.
+pub struct Application(Built);
+
+/// The local address the OS would use to reach `peer`.
+fn route_to(peer: SocketAddr) -> std::io::Result<IpAddr> {
+    let probe = std::net::UdpSocket::bind(if peer.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })?;
+    probe.connect(peer)?;
+    Ok(probe.local_addr()?.ip())
+}
+
+impl Service for Application {
+    type Config = Config;
+
+    fn config(env: &Env) -> Result<Config, ConfigError> {
+        Config::from_env(env)
+    }
+
+    async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let base = ServiceBase::start(
+            NAME,
+            config.common.clone(),
+            db::MIGRATIONS,
+            Channels {
+                events: true,
+                commands: true,
+            },
+            shutdown,
+        )
+        .await?;
+        let (trunk, trunk_host) = match &config.trunk {
+            Trunk::Sip(hostport) => {
+                let addr = tokio::net::lookup_host(hostport)
+                    .await?
+                    .next()
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("DIALSTACK_SIP_TRUNK: {hostport} does not resolve")
+                    })?;
+                (addr, hostport.clone())
+            }
+            Trunk::Sim(sim_config) => {
+                let addr = sim::SimTrunk::start(sim_config.clone(), base.shutdown.clone()).await?;
+                (addr, addr.to_string())
+            }
+        };
+        let media_ip = match config.media_ip {
+            Some(ip) => ip,
+            None => route_to(trunk)?,
+        };
+        let malformed = base.metrics.register(&prometheus::IntCounter::new(
+            "dialstack_sip_malformed_total",
+            "SIP datagrams that did not parse",
+        )?);
+        let setup = base.metrics.register(&prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "dialstack_call_setup_seconds",
+                "time from INVITE to answer or final response",
+            )
+            .buckets(vec![
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+            ]),
+        )?);
+        let active = base.metrics.register(&prometheus::IntGauge::new(
+            "dialstack_media_calls_in_progress",
+            "calls this media processor is handling now",
+        )?);
+        let transport = transport::SipTransport::bind(config.sip_addr, malformed).await?;
+        tokio::spawn(transport.clone().run(base.shutdown.clone()));
+        tracing::info!(sip = %transport.local_addr()?, %trunk, %media_ip, "sip user agent ready");
+        let ctx = Arc::new(call::CallContext {
+            transport,
+            trunk,
+            trunk_host,
+            media_ip,
+            ports: Arc::new(
+                media::PortPool::parse(&config.rtp_ports)
+                    .map_err(|e| anyhow::anyhow!("DIALSTACK_RTP_PORTS: {e}"))?,
+            ),
+            t1: config.t1,
+            setup_seconds: setup,
+        });
+        let client = Arc::new(client::SchedulerClient::new(
+            &config.scheduler_url,
+            &config.users_url,
+            &config.service_user,
+            &config.service_password,
+        ));
+        let claimer = format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| NAME.to_owned()),
+            uuid::Uuid::now_v7().simple()
+        );
+        let handler = Arc::new(messaging::DialHandler {
+            ctx: ctx.clone(),
+            client,
+            claimer,
+            repo: db::Repo {
+                db: base.db.clone(),
+            },
+            relay: base.relay.clone(),
+            tasks: base.tasks.clone(),
+            limit: Arc::new(tokio::sync::Semaphore::new(config.max_calls)),
+            shutdown: base.shutdown.clone(),
+            active,
+        });
+        if let Some(commands) = &base.commands {
+            base.spawn_consumer(
+                commands,
+                Subscription::new(NAME, &[types::DIAL]).with_concurrency(16),
+                handler,
+            );
+        }
+        let keys = base
+            .keys
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no JWKS configured"))?;
+        Ok(Self(
+            Built::new(base, http::router(AppState { ctx }, keys), http::openapi()).await?,
+        ))
+    }
+
+    fn local_addr(&self) -> std::net::SocketAddr {
+        self.0.local_addr()
+    }
+
+    async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.0.run().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trunk_urls() {
+        assert_eq!(
+            parse_trunk("sip:carrier.example.net").unwrap(),
+            Trunk::Sip("carrier.example.net:5060".into())
+        );
+        assert_eq!(
+            parse_trunk("sip:127.0.0.1:5080").unwrap(),
+            Trunk::Sip("127.0.0.1:5080".into())
+        );
+        assert_eq!(
+            parse_trunk("sip:user@10.0.0.1:5070;transport=udp").unwrap(),
+            Trunk::Sip("10.0.0.1:5070".into())
+        );
+        assert!(matches!(
+            parse_trunk("sim://?answer=1").unwrap(),
+            Trunk::Sim(_)
+        ));
+        let e = parse_trunk("http://x").unwrap_err();
+        assert_eq!(e.var, "DIALSTACK_SIP_TRUNK");
+        assert!(parse_trunk("sim://?answer=7").is_err());
+    }
+}

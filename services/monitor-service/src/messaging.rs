@@ -1,0 +1,75 @@
+//! The call-event consumer and the loop that keeps the active-calls gauge true.
+
+use std::time::Duration;
+
+use dialstack_common::bus::{Delivery, HandleError, Handler};
+use dialstack_common::events::{types, CallEventData, CloudEvent};
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{Applied, Repo};
+use crate::CallMetrics;
+
+/// Bindings of monitor-service's queue.
+pub const BINDINGS: &[&str] = &[types::CALL_DIALING, types::CALL_COMPLETED];
+
+/// Counts calls.
+pub struct CallEvents {
+    /// Outcomes and active calls.
+    pub repo: Repo,
+    /// Metrics.
+    pub metrics: CallMetrics,
+}
+
+#[async_trait::async_trait]
+impl Handler for CallEvents {
+    async fn handle(&self, d: &Delivery) -> Result<(), HandleError> {
+        let ev = CloudEvent::from_slice(&d.payload)
+            .map_err(|e| HandleError::Permanent(e.to_string()))?;
+        let data: CallEventData = ev
+            .data_as()
+            .map_err(|e| HandleError::Permanent(e.to_string()))?;
+        if data.call_id.is_empty() || data.call_id.len() > 36 || data.campaign_id.len() > 36 {
+            return Err(HandleError::Permanent(
+                "call_id or campaign_id missing or too long".into(),
+            ));
+        }
+        let applied = self
+            .repo
+            .apply(&ev.id, &ev.ty, &data)
+            .await
+            .map_err(|e| HandleError::Transient(e.to_string()))?;
+        match applied {
+            Applied::Nothing => {}
+            Applied::Started => self.metrics.active.inc(),
+            Applied::Completed(outcome) => {
+                self.metrics
+                    .calls
+                    .with_label_values(&[&data.campaign_id, &outcome])
+                    .inc();
+                if self.metrics.active.get() > 0 {
+                    self.metrics.active.dec();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Re-reads the active-calls count from the database every few seconds (the
+/// gauge survives restarts and events that raced) and forgets calls that have
+/// been active for more than two hours.
+pub async fn run_gauge(repo: Repo, metrics: CallMetrics, shutdown: CancellationToken) {
+    loop {
+        if let Err(e) = repo.reap_active(2 * 3_600_000).await {
+            tracing::warn!(error = %e, "cannot reap stale active calls");
+        }
+        match repo.active().await {
+            Ok(n) => metrics.active.set(n),
+            Err(e) => tracing::warn!(error = %e, "cannot count active calls"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! storage-service routes.
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::Router;
+use dialstack_common::auth::{require_auth, Keys, Principal, Role};
+use dialstack_common::events::Outcome;
+use dialstack_common::http::{ApiError, ApiJson, ApiQuery, BearerSecurity, ErrorBody};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::db::{Cdr, CdrQuery};
+use crate::AppState;
+
+const READ: &[Role] = &[Role::Admin, Role::Supervisor, Role::Service];
+/// Page size when none is asked for.
+pub const DEFAULT_LIMIT: i64 = 50;
+/// Largest page.
+pub const MAX_LIMIT: i64 = 500;
+
+/// `GET /v1/calls` query.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListParams {
+    /// Only this campaign.
+    pub campaign_id: Option<String>,
+    /// Only this outcome.
+    pub outcome: Option<String>,
+    /// Page size (1-500, default 50).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of CDRs.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CdrPage {
+    /// The records.
+    pub items: Vec<Cdr>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "dialstack storage-service", version = "1"),
+    paths(list_calls, get_call),
+    components(schemas(Cdr, CdrPage, ErrorBody)),
+    modifiers(&BearerSecurity)
+)]
+struct Doc;
+
+/// The OpenAPI document.
+pub fn openapi() -> serde_json::Value {
+    dialstack_common::http::openapi_json(Doc::openapi())
+}
+
+/// The `/v1` routes.
+pub fn router(state: AppState, keys: Keys) -> Router {
+    Router::new()
+        .route("/v1/calls", get(list_calls))
+        .route("/v1/calls/{id}", get(get_call))
+        .route_layer(axum::middleware::from_fn_with_state(keys, require_auth))
+        .with_state(state)
+}
+
+/// Call detail records, oldest first, filtered and paged.
+#[utoipa::path(get, path = "/v1/calls", params(ListParams), security(("bearer" = [])),
+    responses((status = 200, body = CdrPage), (status = 400, body = ErrorBody)))]
+async fn list_calls(
+    State(state): State<AppState>,
+    who: Principal,
+    ApiQuery(p): ApiQuery<ListParams>,
+) -> Result<ApiJson<CdrPage>, ApiError> {
+    who.require(READ)?;
+    let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid("limit", format!("must be 1-{MAX_LIMIT}")));
+    }
+    if let Some(o) = &p.outcome {
+        if Outcome::parse(o).is_none() {
+            return Err(ApiError::invalid(
+                "outcome",
+                format!("{o:?} is not an outcome"),
+            ));
+        }
+    }
+    for (field, v) in [("campaign_id", &p.campaign_id), ("cursor", &p.cursor)] {
+        if v.as_ref().is_some_and(|v| v.is_empty() || v.len() > 64) {
+            return Err(ApiError::invalid(field, "must be 1-64 characters"));
+        }
+    }
+    let items = state
+        .repo
+        .list(&CdrQuery {
+            campaign_id: p.campaign_id,
+            outcome: p.outcome,
+            after: p.cursor,
+            limit,
+        })
+        .await?;
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| items.last().map(|c| c.call_id.clone()))
+        .flatten();
+    Ok(ApiJson(CdrPage { items, next_cursor }))
+}
+
+/// One call detail record.
+#[utoipa::path(get, path = "/v1/calls/{id}", security(("bearer" = [])),
+    responses((status = 200, body = Cdr), (status = 404, body = ErrorBody)))]
+async fn get_call(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Cdr>, ApiError> {
+    who.require(READ)?;
+    state
+        .repo
+        .get(&id)
+        .await?
+        .map(ApiJson)
+        .ok_or_else(|| ApiError::not_found("call"))
+}

@@ -1,0 +1,500 @@
+//! Campaigns, leads and attempts.
+//!
+//! Attempt states: `pending` → `queued` (dial command in the outbox) →
+//! `claimed` (a media processor holds the lease) → `dialing` (INVITE sent) →
+//! `completed` (with outcome). Every transition is a conditional UPDATE, so
+//! two scheduler replicas or a redelivered message never move an attempt twice.
+
+use std::collections::BTreeMap;
+
+use dialstack_common::db::{outbox_enqueue, Db, Migration, Tx};
+use dialstack_common::events::{types, CallEventData, CampaignStateData, CloudEvent, DialCommand};
+use sqlx::Row;
+
+use crate::domain::NewCampaign;
+
+/// task-scheduler's schema.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "campaigns, leads, attempts",
+    sql: "CREATE TABLE campaigns (
+            id VARCHAR(36) NOT NULL PRIMARY KEY,
+            name VARCHAR(255) NOT NULL,
+            caller_id VARCHAR(16) NOT NULL,
+            max_concurrent BIGINT NOT NULL,
+            max_cps DOUBLE NOT NULL,
+            talk_time_ms BIGINT NOT NULL,
+            ring_timeout_ms BIGINT NOT NULL,
+            state VARCHAR(16) NOT NULL,
+            created_at BIGINT NOT NULL,
+            started_at BIGINT NULL,
+            completed_at BIGINT NULL
+          );
+          CREATE TABLE leads (
+            id VARCHAR(36) NOT NULL PRIMARY KEY,
+            campaign_id VARCHAR(36) NOT NULL,
+            seq BIGINT NOT NULL,
+            phone VARCHAR(16) NOT NULL
+          );
+          CREATE INDEX leads_campaign ON leads (campaign_id, seq);
+          CREATE TABLE attempts (
+            id VARCHAR(36) NOT NULL PRIMARY KEY,
+            campaign_id VARCHAR(36) NOT NULL,
+            lead_id VARCHAR(36) NOT NULL,
+            seq BIGINT NOT NULL,
+            phone VARCHAR(16) NOT NULL,
+            call_id VARCHAR(36) NULL,
+            state VARCHAR(16) NOT NULL,
+            outcome VARCHAR(32) NULL,
+            reason VARCHAR(64) NULL,
+            sip_status BIGINT NULL,
+            claimed_by VARCHAR(128) NULL,
+            lease_until BIGINT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL
+          );
+          CREATE INDEX attempts_campaign_state ON attempts (campaign_id, state, seq);
+          CREATE INDEX attempts_lease ON attempts (state, lease_until)",
+}];
+
+/// A stored campaign.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct Campaign {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Caller id.
+    pub caller_id: String,
+    /// Concurrency cap.
+    pub max_concurrent: i64,
+    /// Calls per second cap.
+    pub max_cps: f64,
+    /// Talk time (ms).
+    pub talk_time_ms: i64,
+    /// Ring timeout (ms).
+    pub ring_timeout_ms: i64,
+    /// `draft`, `running` or `completed`.
+    pub state: String,
+    /// Created (ms since epoch).
+    pub created_at: i64,
+}
+
+/// Counts of a campaign's attempts.
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct Progress {
+    /// Contacts.
+    pub total: i64,
+    /// Attempts by state.
+    pub states: BTreeMap<String, i64>,
+    /// Completed attempts by outcome.
+    pub outcomes: BTreeMap<String, i64>,
+    /// Completed attempts.
+    pub done: i64,
+}
+
+/// Result of a claim.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// The caller holds the attempt.
+    Granted(DialTarget),
+    /// Someone else has it, or it is past the point of dialing.
+    Taken(String),
+    /// No such attempt.
+    Unknown,
+}
+
+/// What the claimer needs to dial.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DialTarget {
+    /// The attempt.
+    pub attempt_id: String,
+    /// Its lease end (ms since epoch).
+    pub lease_until: i64,
+}
+
+/// The repository.
+#[derive(Clone, Debug)]
+pub struct Repo {
+    /// The database.
+    pub db: Db,
+}
+
+fn campaign_from(r: &sqlx::any::AnyRow) -> Campaign {
+    Campaign {
+        id: r.get(0),
+        name: r.get(1),
+        caller_id: r.get(2),
+        max_concurrent: r.get(3),
+        max_cps: r.get(4),
+        talk_time_ms: r.get(5),
+        ring_timeout_ms: r.get(6),
+        state: r.get(7),
+        created_at: r.get(8),
+    }
+}
+
+const CAMPAIGN_COLS: &str =
+    "id, name, caller_id, max_concurrent, max_cps, talk_time_ms, ring_timeout_ms, state, created_at";
+
+/// Rows per multi-row INSERT.
+const INSERT_CHUNK: usize = 500;
+
+impl Repo {
+    /// Stores a new campaign and its leads.
+    pub async fn create_campaign(&self, c: &NewCampaign) -> Result<Campaign, sqlx::Error> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = dialstack_common::now_ms();
+        let mut tx = self.db.begin().await?;
+        sqlx::query(&format!(
+            "INSERT INTO campaigns ({CAMPAIGN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, 'draft', ?)"
+        ))
+        .bind(&id)
+        .bind(&c.name)
+        .bind(c.caller_id.as_str())
+        .bind(c.max_concurrent as i64)
+        .bind(c.max_cps)
+        .bind(c.talk_time_ms as i64)
+        .bind(c.ring_timeout_ms as i64)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for (chunk_no, chunk) in c.contacts.chunks(INSERT_CHUNK).enumerate() {
+            let values = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
+            let sql = format!("INSERT INTO leads (id, campaign_id, seq, phone) VALUES {values}");
+            let mut q = sqlx::query(&sql);
+            for (i, phone) in chunk.iter().enumerate() {
+                q = q
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(&id)
+                    .bind((chunk_no * INSERT_CHUNK + i) as i64)
+                    .bind(phone.as_str().to_owned());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        self.campaign(&id).await?.ok_or(sqlx::Error::RowNotFound)
+    }
+
+    /// A campaign by id.
+    pub async fn campaign(&self, id: &str) -> Result<Option<Campaign>, sqlx::Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {CAMPAIGN_COLS} FROM campaigns WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        Ok(row.as_ref().map(campaign_from))
+    }
+
+    /// Campaigns in state `running`.
+    pub async fn running_campaigns(&self) -> Result<Vec<Campaign>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CAMPAIGN_COLS} FROM campaigns WHERE state = 'running'"
+        ))
+        .fetch_all(&self.db.pool)
+        .await?;
+        Ok(rows.iter().map(campaign_from).collect())
+    }
+
+    /// Starts a draft campaign: one pending attempt per lead. Returns `false`
+    /// when it was not a draft (already started or finished).
+    pub async fn start_campaign(&self, id: &str, source: &str) -> Result<bool, sqlx::Error> {
+        let now = dialstack_common::now_ms();
+        let mut tx = self.db.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE campaigns SET state = 'running', started_at = ? WHERE id = ? AND state = 'draft'",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let leads =
+            sqlx::query("SELECT id, seq, phone FROM leads WHERE campaign_id = ? ORDER BY seq")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+        for chunk in leads.chunks(INSERT_CHUNK) {
+            let values = vec!["(?, ?, ?, ?, ?, 'pending', ?, ?)"; chunk.len()].join(", ");
+            let sql = format!(
+                "INSERT INTO attempts (id, campaign_id, lead_id, seq, phone, state, created_at, updated_at) VALUES {values}"
+            );
+            let mut q = sqlx::query(&sql);
+            for lead in chunk {
+                q = q
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(id)
+                    .bind(lead.get::<String, _>(0))
+                    .bind(lead.get::<i64, _>(1))
+                    .bind(lead.get::<String, _>(2))
+                    .bind(now)
+                    .bind(now);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        campaign_event(&mut tx, source, id, "running").await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Attempts in progress (queued, claimed or dialing).
+    pub async fn in_flight(&self, campaign_id: &str) -> Result<i64, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM attempts WHERE campaign_id = ? AND state IN ('queued', 'claimed', 'dialing')",
+        )
+        .bind(campaign_id)
+        .fetch_one(&self.db.pool)
+        .await?;
+        Ok(row.get(0))
+    }
+
+    /// Queues up to `n` pending attempts: each gets a call id and a `dial`
+    /// command in the outbox, in one transaction. Returns how many.
+    pub async fn queue_attempts(
+        &self,
+        c: &Campaign,
+        n: u64,
+        source: &str,
+    ) -> Result<u64, sqlx::Error> {
+        if n == 0 {
+            return Ok(0);
+        }
+        let rows = sqlx::query(
+            "SELECT id, phone FROM attempts WHERE campaign_id = ? AND state = 'pending' ORDER BY seq LIMIT ?",
+        )
+        .bind(&c.id)
+        .bind(n as i64)
+        .fetch_all(&self.db.pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let now = dialstack_common::now_ms();
+        let mut tx = self.db.begin().await?;
+        let mut queued = 0;
+        for r in &rows {
+            let attempt_id: String = r.get(0);
+            let phone: String = r.get(1);
+            let call_id = uuid::Uuid::now_v7().to_string();
+            let moved = sqlx::query(
+                "UPDATE attempts SET state = 'queued', call_id = ?, updated_at = ? WHERE id = ? AND state = 'pending'",
+            )
+            .bind(&call_id)
+            .bind(now)
+            .bind(&attempt_id)
+            .execute(&mut *tx)
+            .await?;
+            if moved.rows_affected() != 1 {
+                continue;
+            }
+            let cmd = DialCommand {
+                attempt_id,
+                call_id: call_id.clone(),
+                campaign_id: c.id.clone(),
+                phone,
+                caller_id: c.caller_id.clone(),
+                talk_time_ms: c.talk_time_ms as u64,
+                ring_timeout_ms: c.ring_timeout_ms as u64,
+            };
+            let ev = CloudEvent::new(source, types::DIAL, &call_id, &cmd);
+            outbox_enqueue(
+                &mut tx,
+                dialstack_common::db::channel::COMMANDS,
+                &call_id,
+                &ev,
+            )
+            .await?;
+            queued += 1;
+        }
+        tx.commit().await?;
+        Ok(queued)
+    }
+
+    /// Marks a running campaign completed once no attempt is left open.
+    /// Returns `true` when it did.
+    pub async fn complete_if_done(
+        &self,
+        campaign_id: &str,
+        source: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let open: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM attempts WHERE campaign_id = ? AND state <> 'completed'",
+        )
+        .bind(campaign_id)
+        .fetch_one(&self.db.pool)
+        .await?
+        .get(0);
+        if open > 0 {
+            return Ok(false);
+        }
+        let mut tx = self.db.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE campaigns SET state = 'completed', completed_at = ? WHERE id = ? AND state = 'running'",
+        )
+        .bind(dialstack_common::now_ms())
+        .bind(campaign_id)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() == 1 {
+            campaign_event(&mut tx, source, campaign_id, "completed").await?;
+        }
+        tx.commit().await?;
+        Ok(moved.rows_affected() == 1)
+    }
+
+    /// Claims a queued attempt for `claimer` until `lease_until`. Claiming an
+    /// attempt one already holds is granted again (idempotent).
+    pub async fn claim(
+        &self,
+        attempt_id: &str,
+        claimer: &str,
+        lease_until: i64,
+    ) -> Result<Claim, sqlx::Error> {
+        let moved = sqlx::query(
+            "UPDATE attempts SET state = 'claimed', claimed_by = ?, lease_until = ?, updated_at = ?
+             WHERE id = ? AND state = 'queued'",
+        )
+        .bind(claimer)
+        .bind(lease_until)
+        .bind(dialstack_common::now_ms())
+        .bind(attempt_id)
+        .execute(&self.db.pool)
+        .await?;
+        if moved.rows_affected() == 1 {
+            return Ok(Claim::Granted(DialTarget {
+                attempt_id: attempt_id.to_owned(),
+                lease_until,
+            }));
+        }
+        let row = sqlx::query("SELECT state, claimed_by, lease_until FROM attempts WHERE id = ?")
+            .bind(attempt_id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        Ok(match row {
+            None => Claim::Unknown,
+            Some(r) => {
+                let state: String = r.get(0);
+                let by: Option<String> = r.get(1);
+                if state == "claimed" && by.as_deref() == Some(claimer) {
+                    Claim::Granted(DialTarget {
+                        attempt_id: attempt_id.to_owned(),
+                        lease_until: r.get::<Option<i64>, _>(2).unwrap_or(lease_until),
+                    })
+                } else {
+                    Claim::Taken(state)
+                }
+            }
+        })
+    }
+
+    /// Applies a call event to its attempt, once (inbox). Returns the campaign
+    /// id when the attempt was completed by it.
+    pub async fn apply_call_event(
+        &self,
+        event_id: &str,
+        ty: &str,
+        data: &CallEventData,
+    ) -> Result<Option<String>, sqlx::Error> {
+        let mut tx = self.db.begin().await?;
+        if !dialstack_common::db::inbox_claim(&mut tx, self.db.dialect, crate::NAME, event_id)
+            .await?
+        {
+            return Ok(None);
+        }
+        let now = dialstack_common::now_ms();
+        let completed = match ty {
+            types::CALL_DIALING => {
+                sqlx::query(
+                    "UPDATE attempts SET state = 'dialing', updated_at = ? WHERE id = ? AND state IN ('queued', 'claimed')",
+                )
+                .bind(now)
+                .bind(&data.attempt_id)
+                .execute(&mut *tx)
+                .await?;
+                false
+            }
+            types::CALL_COMPLETED => {
+                let moved = sqlx::query(
+                    "UPDATE attempts SET state = 'completed', outcome = ?, reason = ?, sip_status = ?, updated_at = ?
+                     WHERE id = ? AND state <> 'completed'",
+                )
+                .bind(data.outcome.map(|o| o.as_str()).unwrap_or("failed"))
+                .bind(data.reason.clone())
+                .bind(data.sip_status.map(i64::from))
+                .bind(now)
+                .bind(&data.attempt_id)
+                .execute(&mut *tx)
+                .await?;
+                moved.rows_affected() == 1
+            }
+            _ => false,
+        };
+        tx.commit().await?;
+        Ok(completed.then(|| data.campaign_id.clone()))
+    }
+
+    /// Fails every claimed attempt whose lease ran out without a
+    /// `call.dialing`: `failed/media_lost`, never redialed automatically.
+    pub async fn expire_leases(&self) -> Result<u64, sqlx::Error> {
+        let now = dialstack_common::now_ms();
+        let done = sqlx::query(
+            "UPDATE attempts SET state = 'completed', outcome = 'failed', reason = 'media_lost', updated_at = ?
+             WHERE state = 'claimed' AND lease_until < ?",
+        )
+        .bind(now)
+        .bind(now)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// A campaign's progress.
+    pub async fn progress(&self, campaign_id: &str) -> Result<Progress, sqlx::Error> {
+        let mut p = Progress::default();
+        let total: i64 = sqlx::query("SELECT COUNT(*) FROM leads WHERE campaign_id = ?")
+            .bind(campaign_id)
+            .fetch_one(&self.db.pool)
+            .await?
+            .get(0);
+        p.total = total;
+        for r in
+            sqlx::query("SELECT state, COUNT(*) FROM attempts WHERE campaign_id = ? GROUP BY state")
+                .bind(campaign_id)
+                .fetch_all(&self.db.pool)
+                .await?
+        {
+            p.states.insert(r.get(0), r.get(1));
+        }
+        for r in sqlx::query(
+            "SELECT outcome, COUNT(*) FROM attempts WHERE campaign_id = ? AND state = 'completed' GROUP BY outcome",
+        )
+        .bind(campaign_id)
+        .fetch_all(&self.db.pool)
+        .await?
+        {
+            let outcome: Option<String> = r.get(0);
+            p.outcomes.insert(outcome.unwrap_or_else(|| "unknown".into()), r.get(1));
+        }
+        p.done = p.states.get("completed").copied().unwrap_or(0);
+        Ok(p)
+    }
+}
+
+async fn campaign_event(
+    tx: &mut Tx,
+    source: &str,
+    id: &str,
+    state: &str,
+) -> Result<(), sqlx::Error> {
+    let data = CampaignStateData {
+        campaign_id: id.to_owned(),
+        state: state.to_owned(),
+    };
+    let ev = CloudEvent::new(source, types::CAMPAIGN_STATE, id, &data);
+    outbox_enqueue(tx, dialstack_common::db::channel::EVENTS, id, &ev).await
+}

@@ -1,0 +1,134 @@
+//! The call-event consumer, the dispatcher that turns pending attempts into
+//! `dial` commands at the campaign's pace, and the lease reaper.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dialstack_common::bus::{Delivery, HandleError, Handler};
+use dialstack_common::db::OutboxRelay;
+use dialstack_common::events::{types, CallEventData, CloudEvent};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::Repo;
+use crate::domain::Pacer;
+
+/// Applies `call.dialing` and `call.completed` to attempts.
+pub struct CallEvents {
+    /// The repository.
+    pub repo: Repo,
+    /// Woken when an attempt completes (frees a slot).
+    pub dispatcher_wake: Arc<Notify>,
+}
+
+#[async_trait::async_trait]
+impl Handler for CallEvents {
+    async fn handle(&self, d: &Delivery) -> Result<(), HandleError> {
+        let ev = CloudEvent::from_slice(&d.payload)
+            .map_err(|e| HandleError::Permanent(e.to_string()))?;
+        let data: CallEventData = ev
+            .data_as()
+            .map_err(|e| HandleError::Permanent(e.to_string()))?;
+        if data.attempt_id.is_empty() {
+            return Err(HandleError::Permanent("attempt_id is empty".into()));
+        }
+        let completed = self
+            .repo
+            .apply_call_event(&ev.id, &ev.ty, &data)
+            .await
+            .map_err(|e| HandleError::Transient(e.to_string()))?;
+        if completed.is_some() {
+            self.dispatcher_wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// Bindings of the scheduler's consumer.
+pub const BINDINGS: &[&str] = &[types::CALL_DIALING, types::CALL_COMPLETED];
+
+/// Queues attempts of running campaigns within their limits until shutdown.
+pub async fn run_dispatcher(
+    repo: Repo,
+    relay: OutboxRelay,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut pacers: HashMap<String, Pacer> = HashMap::new();
+    let mut campaigns = Vec::new();
+    let mut last_load = Instant::now() - Duration::from_secs(60);
+    loop {
+        if last_load.elapsed() > Duration::from_millis(500) {
+            match repo.running_campaigns().await {
+                Ok(c) => campaigns = c,
+                Err(e) => tracing::warn!(error = %e, "cannot load running campaigns"),
+            }
+            pacers.retain(|id, _| campaigns.iter().any(|c| &c.id == id));
+            last_load = Instant::now();
+        }
+        let mut next = Duration::from_millis(200);
+        for c in &campaigns {
+            let now = Instant::now();
+            let pacer = pacers
+                .entry(c.id.clone())
+                .or_insert_with(|| Pacer::new(c.max_cps, now));
+            let in_flight = match repo.in_flight(&c.id).await {
+                Ok(n) => n.max(0) as u64,
+                Err(e) => {
+                    tracing::warn!(error = %e, campaign_id = %c.id, "cannot count calls in flight");
+                    continue;
+                }
+            };
+            let allowed = pacer.allowance(now, in_flight, c.max_concurrent.max(0) as u64);
+            match repo.queue_attempts(c, allowed.min(500), crate::NAME).await {
+                Ok(0) => {
+                    if in_flight == 0 {
+                        match repo.complete_if_done(&c.id, crate::NAME).await {
+                            Ok(true) => {
+                                tracing::info!(campaign_id = %c.id, "campaign completed");
+                                relay.notify();
+                                last_load = Instant::now() - Duration::from_secs(60);
+                            }
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(error = %e, "cannot complete campaign"),
+                        }
+                    }
+                }
+                Ok(n) => {
+                    pacer.take(n);
+                    relay.notify();
+                    tracing::debug!(campaign_id = %c.id, queued = n, "attempts queued");
+                }
+                Err(e) => tracing::warn!(error = %e, campaign_id = %c.id, "cannot queue attempts"),
+            }
+            next = next.min(pacer.next_token_in().max(Duration::from_millis(5)));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(next) => {}
+        }
+    }
+}
+
+/// Fails attempts whose claim lease ran out, every second until shutdown.
+pub async fn run_lease_reaper(repo: Repo, wake: Arc<Notify>, shutdown: CancellationToken) {
+    loop {
+        match repo.expire_leases().await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(
+                    attempts = n,
+                    "claim leases expired without dialing: failed/media_lost"
+                );
+                wake.notify_one();
+            }
+            Err(e) => tracing::warn!(error = %e, "lease reaper failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Usernames and the password policy. Hashing is argon2id with the `argon2`
+//! crate's defaults (19 MiB, 2 passes, 1 lane), which meet OWASP's minimum.
+
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::Argon2;
+
+/// Shortest password accepted.
+pub const MIN_PASSWORD_LEN: usize = 12;
+
+/// A few of the most common passwords, refused whatever their length.
+const COMMON: &[&str] = &[
+    "123456789012",
+    "password1234",
+    "qwertyuiop12",
+    "111111111111",
+    "passwordpassword",
+    "iloveyou1234",
+    "administrator",
+    "letmein12345",
+    "welcome12345",
+    "changeme1234",
+];
+
+/// Checks a new password against the policy.
+pub fn check_password(p: &str) -> Result<(), String> {
+    if p.chars().count() < MIN_PASSWORD_LEN {
+        return Err(format!("must be at least {MIN_PASSWORD_LEN} characters"));
+    }
+    if COMMON.contains(&p.to_lowercase().as_str()) {
+        return Err("is one of the most common passwords".into());
+    }
+    Ok(())
+}
+
+/// Checks a username: 3-64 of `[a-z0-9._-]`.
+pub fn check_username(u: &str) -> Result<(), String> {
+    let ok_len = (3..=64).contains(&u.len());
+    let ok_chars = u
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok_len && ok_chars {
+        Ok(())
+    } else {
+        Err("must be 3-64 characters of a-z, 0-9, '.', '_', '-'".into())
+    }
+}
+
+/// Hashes a password off the async runtime.
+pub async fn hash_password(p: &str) -> anyhow::Result<String> {
+    let p = p.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(p.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))
+    })
+    .await?
+}
+
+/// A hash of a random password, verified against when the user is unknown so
+/// that timing does not reveal which usernames exist.
+static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(b"no such user, no such password", &salt)
+        .map(|h| h.to_string())
+        .unwrap_or_default()
+});
+
+/// Verifies `p` against `hash` (or against a dummy when `hash` is `None`) off
+/// the async runtime.
+pub async fn verify_password(p: &str, hash: Option<String>) -> bool {
+    let p = p.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let known = hash.is_some();
+        let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
+        let ok = PasswordHash::new(&hash)
+            .map(|h| Argon2::default().verify_password(p.as_bytes(), &h).is_ok())
+            .unwrap_or(false);
+        ok && known
+    })
+    .await
+    .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_refuses_short_and_common_passwords() {
+        assert!(check_password("short").is_err());
+        assert!(check_password("Password1234").is_err());
+        assert!(check_password("correct horse battery").is_ok());
+        assert!(check_username("ab").is_err());
+        assert!(check_username("Admin").is_err());
+        assert!(check_username("agent.007").is_ok());
+    }
+
+    #[tokio::test]
+    async fn hashes_verify_only_the_right_password() {
+        let h = hash_password("correct horse battery").await.unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse battery", Some(h.clone())).await);
+        assert!(!verify_password("wrong horse battery", Some(h)).await);
+        assert!(!verify_password("anything at all", None).await);
+    }
+}
