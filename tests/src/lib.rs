@@ -1,0 +1,93 @@
+//! Helpers for dialstack's tests against real infrastructure. Every helper
+//! that needs a dependency fails loudly when it is missing: run
+//! `scripts/test-env.sh` (which `scripts/test.sh` does) to bring them up.
+//!
+//! Addresses come from the environment with loopback defaults:
+//! `DIALSTACK_TEST_MYSQL` (`mysql://root@127.0.0.1:3306`),
+//! `DIALSTACK_TEST_AMQP` (`amqp://guest:guest@127.0.0.1:5672/%2f`),
+//! `DIALSTACK_TEST_KAFKA` (`127.0.0.1:9092`).
+
+pub mod procs;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// A short random suffix for names that must not collide between tests.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{:08x}", fastrand::u32(..))
+}
+
+/// MariaDB/MySQL server URL without a database.
+pub fn mysql_server() -> String {
+    std::env::var("DIALSTACK_TEST_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+/// A URL of a fresh MariaDB database (created on first connect).
+pub fn fresh_mysql_url() -> String {
+    format!("{}/{}", mysql_server(), unique("dstest_"))
+}
+
+/// A URL of a fresh SQLite database in a temporary folder.
+pub fn fresh_sqlite_url() -> String {
+    let dir = std::env::temp_dir().join(unique("dialstack-test-"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    format!("sqlite://{}/test.db", dir.display())
+}
+
+/// Both database engines, for tests that must pass on each.
+pub fn both_databases() -> [(&'static str, String); 2] {
+    [("sqlite", fresh_sqlite_url()), ("mariadb", fresh_mysql_url())]
+}
+
+/// RabbitMQ URL with a fresh namespace.
+pub fn amqp_url(namespace: &str) -> String {
+    let base = std::env::var("DIALSTACK_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    format!("{base}?namespace={namespace}")
+}
+
+/// Kafka bootstrap address.
+pub fn kafka_addr() -> String {
+    std::env::var("DIALSTACK_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// Kafka URL with a fresh namespace.
+pub fn kafka_url(namespace: &str) -> String {
+    format!("kafka://{}?namespace={namespace}&partitions=3", kafka_addr())
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes; panics with
+/// `what` and the last value seen on timeout.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A free UDP port on loopback (bound, then released).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
+}
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free TCP port")
+}
