@@ -8,6 +8,7 @@
 //! `DIALSTACK_TEST_KAFKA` (`127.0.0.1:9092`).
 
 pub mod procs;
+pub mod proxy;
 
 use std::future::Future;
 use std::time::Duration;
@@ -36,7 +37,10 @@ pub fn fresh_sqlite_url() -> String {
 
 /// Both database engines, for tests that must pass on each.
 pub fn both_databases() -> [(&'static str, String); 2] {
-    [("sqlite", fresh_sqlite_url()), ("mariadb", fresh_mysql_url())]
+    [
+        ("sqlite", fresh_sqlite_url()),
+        ("mariadb", fresh_mysql_url()),
+    ]
 }
 
 /// RabbitMQ URL with a fresh namespace.
@@ -53,7 +57,10 @@ pub fn kafka_addr() -> String {
 
 /// Kafka URL with a fresh namespace.
 pub fn kafka_url(namespace: &str) -> String {
-    format!("kafka://{}?namespace={namespace}&partitions=3", kafka_addr())
+    format!(
+        "kafka://{}?namespace={namespace}&partitions=3",
+        kafka_addr()
+    )
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes; panics with

@@ -63,7 +63,9 @@ impl ServiceProc {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let stdout = child.stdout.take().expect("stdout piped");
         let stderr = child.stderr.take().expect("stderr piped");
         let log_path = logs.join(format!("{name}.log"));
@@ -117,7 +119,10 @@ impl ServiceProc {
     /// Sends SIGTERM and waits for the exit status.
     pub async fn stop(mut self) -> Option<i32> {
         if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
         }
         let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
         status.ok().and_then(|s| s.ok()).and_then(|s| s.code())
@@ -154,7 +159,10 @@ pub struct Suite {
 }
 
 fn env_of(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 impl Suite {
@@ -166,7 +174,14 @@ impl Suite {
         let common = |db: &str| {
             env_of(&[
                 ("DIALSTACK_HTTP_ADDR", "127.0.0.1:0"),
-                ("DIALSTACK_DATABASE_URL", &format!("{}/{}", crate::mysql_server(), crate::unique(&format!("dstest_{db}_")))),
+                (
+                    "DIALSTACK_DATABASE_URL",
+                    &format!(
+                        "{}/{}",
+                        crate::mysql_server(),
+                        crate::unique(&format!("dstest_{db}_"))
+                    ),
+                ),
                 ("DIALSTACK_EVENTS_URL", &opts.events_url),
                 ("DIALSTACK_COMMANDS_URL", &opts.commands_url),
                 ("DIALSTACK_SHUTDOWN_GRACE_SECS", "5"),
@@ -174,7 +189,10 @@ impl Suite {
         };
         let mut env = common("users");
         env.insert("DIALSTACK_ADMIN_PASSWORD".into(), admin_password.clone());
-        env.insert("DIALSTACK_SERVICE_PASSWORD".into(), service_password.clone());
+        env.insert(
+            "DIALSTACK_SERVICE_PASSWORD".into(),
+            service_password.clone(),
+        );
         let users = ServiceProc::start("user-service", &env, &logs).await;
         let jwks = format!("{}/.well-known/jwks.json", users.url);
         let mut env = common("sched");
@@ -213,7 +231,13 @@ impl Suite {
 
     /// All five services.
     pub fn all(&self) -> [&ServiceProc; 5] {
-        [&self.users, &self.scheduler, &self.storage, &self.monitor, &self.media]
+        [
+            &self.users,
+            &self.scheduler,
+            &self.storage,
+            &self.monitor,
+            &self.media,
+        ]
     }
 
     /// Waits until every `/health/ready` answers 200.
@@ -221,18 +245,22 @@ impl Suite {
         let http = reqwest::Client::new();
         for s in self.all() {
             let url = format!("{}/health/ready", s.url);
-            crate::eventually(&format!("{} ready", s.name), Duration::from_secs(60), || {
-                let http = http.clone();
-                let url = url.clone();
-                async move {
-                    let r = http.get(&url).send().await.map_err(|e| e.to_string())?;
-                    if r.status().is_success() {
-                        Ok(())
-                    } else {
-                        Err(r.text().await.unwrap_or_default())
+            crate::eventually(
+                &format!("{} ready", s.name),
+                Duration::from_secs(60),
+                || {
+                    let http = http.clone();
+                    let url = url.clone();
+                    async move {
+                        let r = http.get(&url).send().await.map_err(|e| e.to_string())?;
+                        if r.status().is_success() {
+                            Ok(())
+                        } else {
+                            Err(r.text().await.unwrap_or_default())
+                        }
                     }
-                }
-            })
+                },
+            )
             .await;
         }
     }
@@ -273,7 +301,9 @@ impl Drop for Sipp {
 
 /// Folder of the project's SIPp scenarios.
 pub fn scenario(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sipp").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("sipp")
+        .join(name)
 }
 
 impl Sipp {
@@ -293,20 +323,33 @@ impl Sipp {
                 cmd.arg("-sn").arg("uas").arg("-rtp_echo");
             }
         }
-        cmd.args(["-i", "127.0.0.1", "-p", &port.to_string(), "-mp", &media_port.to_string()])
-            .args(["-m", &calls.to_string(), "-nostdin", "-trace_msg", "-message_file"])
-            .arg(&trace)
-            .arg("-trace_err")
-            .arg("-error_file")
-            .arg(logs.join(format!("sipp-{port}-errors.log")))
-            .current_dir(&logs)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start sipp (install sip-tester; scripts/test-env.sh does): {e}"));
+        cmd.args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-mp",
+            &media_port.to_string(),
+        ])
+        .args([
+            "-m",
+            &calls.to_string(),
+            "-nostdin",
+            "-trace_msg",
+            "-message_file",
+        ])
+        .arg(&trace)
+        .arg("-trace_err")
+        .arg("-error_file")
+        .arg(logs.join(format!("sipp-{port}-errors.log")))
+        .current_dir(&logs)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot start sipp (install sip-tester; scripts/test-env.sh does): {e}")
+        });
         // SIPp binds at once; give it a moment before calls arrive.
         tokio::time::sleep(Duration::from_millis(300)).await;
         Self { child, port, trace }
@@ -327,7 +370,9 @@ impl Sipp {
         let mut ids = std::collections::HashSet::new();
         let mut count = 0;
         for block in text.split("UDP message received") {
-            let mut lines = block.lines().skip_while(|l| l.trim().is_empty() || l.contains("bytes"));
+            let mut lines = block
+                .lines()
+                .skip_while(|l| l.trim().is_empty() || l.contains("bytes"));
             if lines.next().is_some_and(|l| l.starts_with("INVITE ")) {
                 count += 1;
                 if let Some(id) = block.lines().find_map(|l| l.strip_prefix("Call-ID: ")) {

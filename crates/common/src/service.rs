@@ -112,8 +112,15 @@ impl ServiceBase {
         })
     }
 
-    /// Runs a consumer until shutdown, as a tracked task.
-    pub fn spawn_consumer(&self, channel: &Channel, sub: Subscription, handler: Arc<dyn Handler>) {
+    /// Declares the consumer's queue, then runs the consumer until shutdown
+    /// as a tracked task.
+    pub async fn spawn_consumer(
+        &self,
+        channel: &Channel,
+        sub: Subscription,
+        handler: Arc<dyn Handler>,
+    ) -> Result<(), crate::bus::BusError> {
+        channel.prepare(&sub).await?;
         let channel = channel.clone();
         let shutdown = self.shutdown.clone();
         let group = sub.group.clone();
@@ -122,6 +129,7 @@ impl ServiceBase {
                 tracing::error!(error = %e, %group, "consumer stopped");
             }
         });
+        Ok(())
     }
 
     /// The HTTP context for [`crate::http::finish_router`].

@@ -274,7 +274,8 @@ impl Service for Application {
                 commands,
                 Subscription::new(NAME, &[types::DIAL]).with_concurrency(16),
                 handler,
-            );
+            )
+            .await?;
         }
         let keys = base
             .keys

@@ -88,7 +88,8 @@ impl Service for Application {
                     repo: repo.clone(),
                     metrics: metrics.clone(),
                 }),
-            );
+            )
+            .await?;
         }
         base.tasks.spawn(messaging::run_gauge(
             repo.clone(),

@@ -60,7 +60,8 @@ impl Service for Application {
                 events,
                 Subscription::new(NAME, messaging::BINDINGS).with_concurrency(16),
                 Arc::new(messaging::CallEvents { repo: repo.clone() }),
-            );
+            )
+            .await?;
         }
         let keys = base
             .keys

@@ -89,7 +89,8 @@ impl Service for Application {
                     repo: repo.clone(),
                     dispatcher_wake: wake.clone(),
                 }),
-            );
+            )
+            .await?;
         }
         base.tasks.spawn(messaging::run_dispatcher(
             repo.clone(),

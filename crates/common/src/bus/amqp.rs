@@ -96,18 +96,17 @@ impl AmqpBackend {
         Ok(ch)
     }
 
-    async fn consume_once(
-        &self,
-        sub: &Subscription,
-        handler: &Arc<dyn Handler>,
-        shutdown: &CancellationToken,
-    ) -> Result<(), BusError> {
-        let conn = open(&self.uri).await?;
-        let ch = conn.create_channel().await.map_err(broker)?;
-        declare_exchange(&ch, &self.exchange, ExchangeKind::Topic).await?;
+    fn queue_name(&self, group: &str) -> String {
+        self.parsed.name(&format!("dialstack.{group}"))
+    }
+
+    /// Declares the exchange, the dead-letter exchange and queue, the group's
+    /// quorum queue and its bindings; returns the queue name.
+    async fn declare(&self, ch: &lapin::Channel, sub: &Subscription) -> Result<String, BusError> {
+        declare_exchange(ch, &self.exchange, ExchangeKind::Topic).await?;
         let dlx = self.parsed.name("dialstack.dlx");
-        declare_exchange(&ch, &dlx, ExchangeKind::Direct).await?;
-        let queue = self.parsed.name(&format!("dialstack.{}", sub.group));
+        declare_exchange(ch, &dlx, ExchangeKind::Direct).await?;
+        let queue = self.queue_name(&sub.group);
         let dlq = format!("{queue}.dlq");
         let durable = QueueDeclareOptions {
             durable: true,
@@ -161,6 +160,18 @@ impl AmqpBackend {
             .await
             .map_err(broker)?;
         }
+        Ok(queue)
+    }
+
+    async fn consume_once(
+        &self,
+        sub: &Subscription,
+        handler: &Arc<dyn Handler>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), BusError> {
+        let conn = open(&self.uri).await?;
+        let ch = conn.create_channel().await.map_err(broker)?;
+        let queue = self.declare(&ch, sub).await?;
         ch.basic_qos(
             sub.concurrency.min(u16::MAX as usize) as u16,
             BasicQosOptions::default(),
@@ -327,5 +338,37 @@ impl Backend for AmqpBackend {
 
     fn describe(&self) -> String {
         format!("amqp exchange {}", self.exchange)
+    }
+
+    async fn prepare(&self, sub: &Subscription) -> Result<(), BusError> {
+        let conn = open(&self.uri).await?;
+        let ch = conn.create_channel().await.map_err(broker)?;
+        let declared = self.declare(&ch, sub).await;
+        let _ = conn.close(200, "declared").await;
+        declared.map(|_| ())
+    }
+
+    async fn dead_letters(&self, group: &str, max: usize) -> Result<Vec<Delivery>, BusError> {
+        let conn = open(&self.uri).await?;
+        let ch = conn.create_channel().await.map_err(broker)?;
+        let dlq = format!("{}.dlq", self.queue_name(group));
+        let mut out = Vec::new();
+        while out.len() < max {
+            let got = ch
+                .basic_get(&dlq, lapin::options::BasicGetOptions { no_ack: false })
+                .await
+                .map_err(broker)?;
+            let Some(m) = got else { break };
+            out.push(Delivery {
+                routing_key: m.delivery.routing_key.as_str().to_owned(),
+                key: String::new(),
+                payload: bytes::Bytes::from(m.delivery.data.clone()),
+                attempt: 0,
+            });
+        }
+        // Closing without acknowledging puts them back.
+        let _ = ch.close(200, "peeked").await;
+        let _ = conn.close(200, "peeked").await;
+        Ok(out)
     }
 }

@@ -117,6 +117,49 @@ impl KafkaBackend {
     }
 }
 
+/// Commits stored offsets (when asked) and closes the consumer on a thread of
+/// its own: both block until the group coordinator answers, which must never
+/// stall the async runtime, and a coordinator that is gone must not hang
+/// shutdown (the process may exit with the thread still waiting).
+fn close_in_background(consumer: StreamConsumer, commit: bool) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        // Not on the runtime: closing here blocks nobody.
+        if commit {
+            let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+        }
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("kafka-close".into())
+        .spawn(move || {
+            if commit {
+                let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+            }
+            drop(consumer);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot spawn the kafka close thread");
+    }
+}
+
+/// A consumer that is closed in the background however its owner returns.
+struct Closing(Option<StreamConsumer>);
+
+impl std::ops::Deref for Closing {
+    type Target = StreamConsumer;
+    fn deref(&self) -> &StreamConsumer {
+        self.0.as_ref().expect("present until drop")
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            close_in_background(c, true);
+        }
+    }
+}
+
 fn header<'a>(msg: &'a impl Message, name: &str) -> Option<&'a str> {
     let headers = msg.headers()?;
     headers
@@ -158,6 +201,7 @@ impl Backend for KafkaBackend {
             .create()
             .map_err(broker)?;
         consumer.subscribe(&[&self.topic]).map_err(broker)?;
+        let consumer = Closing(Some(consumer));
         tracing::info!(topic = %self.topic, %group, "consuming");
         loop {
             let next = tokio::select! {
@@ -237,7 +281,7 @@ impl Backend for KafkaBackend {
                 tracing::warn!(error = %e, "cannot store offset");
             }
         }
-        let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+        drop(consumer);
         Ok(())
     }
 
@@ -257,5 +301,41 @@ impl Backend for KafkaBackend {
 
     fn describe(&self) -> String {
         format!("kafka topic {}", self.topic)
+    }
+
+    async fn prepare(&self, _sub: &Subscription) -> Result<(), BusError> {
+        // Topics are created at connect; a new group reads from the earliest offset.
+        Ok(())
+    }
+
+    async fn dead_letters(&self, _group: &str, max: usize) -> Result<Vec<Delivery>, BusError> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set(
+                "group.id",
+                format!("dialstack.dlq-reader.{}", uuid::Uuid::now_v7().simple()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(broker)?;
+        consumer.subscribe(&[&self.dlq]).map_err(broker)?;
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while out.len() < max {
+            let next = tokio::time::timeout_at(deadline, consumer.recv()).await;
+            let Ok(Ok(msg)) = next else { break };
+            out.push(Delivery {
+                routing_key: header(&msg, TYPE_HEADER).unwrap_or("").to_owned(),
+                key: msg
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .unwrap_or_default(),
+                payload: bytes::Bytes::copy_from_slice(msg.payload().unwrap_or(&[])),
+                attempt: 0,
+            });
+        }
+        close_in_background(consumer, false);
+        Ok(out)
     }
 }

@@ -20,6 +20,8 @@ static BROKERS: LazyLock<Mutex<HashMap<String, Arc<Broker>>>> = LazyLock::new(De
 struct Broker {
     /// Queues by group name.
     groups: Mutex<HashMap<String, Arc<GroupQueue>>>,
+    /// Set by tests to simulate a broker outage: publishing fails.
+    down: std::sync::atomic::AtomicBool,
 }
 
 struct GroupQueue {
@@ -59,17 +61,31 @@ impl MemoryBackend {
     }
 }
 
-/// Messages dead-lettered for `group` on the memory channel `url`/`logical`.
-pub fn dead_letters(url: &str, logical: &str, group: &str) -> Vec<Delivery> {
-    let Ok(parsed) = ParsedUrl::parse(url) else {
-        return Vec::new();
-    };
-    let backend = MemoryBackend::new(&parsed, logical);
-    let groups = lock(&backend.broker.groups);
-    groups
-        .get(group)
-        .map(|g| lock(&g.dead).clone())
-        .unwrap_or_default()
+/// Simulates an outage of the memory channel `url`/`logical`: while down,
+/// publishing fails as it would with an unreachable broker.
+pub fn set_down(url: &str, logical: &str, down: bool) {
+    if let Ok(parsed) = ParsedUrl::parse(url) {
+        MemoryBackend::new(&parsed, logical)
+            .broker
+            .down
+            .store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl MemoryBackend {
+    fn group(&self, sub: &Subscription) -> Arc<GroupQueue> {
+        lock(&self.broker.groups)
+            .entry(sub.group.clone())
+            .or_insert_with(|| {
+                Arc::new(GroupQueue {
+                    bindings: sub.bindings.clone(),
+                    queue: Mutex::new(VecDeque::new()),
+                    dead: Mutex::new(Vec::new()),
+                    notify: Notify::new(),
+                })
+            })
+            .clone()
+    }
 }
 
 /// Puts a message back when its handler is dropped before finishing (the
@@ -91,6 +107,9 @@ impl Drop for InFlight {
 #[async_trait::async_trait]
 impl Backend for MemoryBackend {
     async fn publish(&self, msg: &OutMessage) -> Result<(), BusError> {
+        if self.broker.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(BusError::Broker("memory broker is down".into()));
+        }
         let groups: Vec<_> = lock(&self.broker.groups).values().cloned().collect();
         for g in groups {
             if g.bindings
@@ -114,17 +133,7 @@ impl Backend for MemoryBackend {
         handler: Arc<dyn Handler>,
         shutdown: CancellationToken,
     ) -> Result<(), BusError> {
-        let queue = lock(&self.broker.groups)
-            .entry(sub.group.clone())
-            .or_insert_with(|| {
-                Arc::new(GroupQueue {
-                    bindings: sub.bindings.clone(),
-                    queue: Mutex::new(VecDeque::new()),
-                    dead: Mutex::new(Vec::new()),
-                    notify: Notify::new(),
-                })
-            })
-            .clone();
+        let queue = self.group(&sub);
         let permits = Arc::new(Semaphore::new(sub.concurrency));
         let tasks = tokio_util::task::TaskTracker::new();
         let abandon = CancellationToken::new();
@@ -191,7 +200,23 @@ impl Backend for MemoryBackend {
     }
 
     async fn health(&self) -> Result<(), String> {
+        if self.broker.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("memory broker is down".into());
+        }
         Ok(())
+    }
+
+    async fn prepare(&self, sub: &Subscription) -> Result<(), BusError> {
+        self.group(sub);
+        Ok(())
+    }
+
+    async fn dead_letters(&self, group: &str, max: usize) -> Result<Vec<Delivery>, BusError> {
+        let groups = lock(&self.broker.groups);
+        Ok(groups
+            .get(group)
+            .map(|g| lock(&g.dead).iter().take(max).cloned().collect())
+            .unwrap_or_default())
     }
 
     fn describe(&self) -> String {

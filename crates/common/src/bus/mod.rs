@@ -159,6 +159,11 @@ pub(crate) trait Backend: Send + Sync {
     ) -> Result<(), BusError>;
     async fn health(&self) -> Result<(), String>;
     fn describe(&self) -> String;
+    /// Declares what `consume` needs (queue, bindings) so that messages
+    /// published from now on are kept for the group.
+    async fn prepare(&self, sub: &Subscription) -> Result<(), BusError>;
+    /// Up to `max` dead-lettered messages of `group`, without removing them.
+    async fn dead_letters(&self, group: &str, max: usize) -> Result<Vec<Delivery>, BusError>;
 }
 
 /// One logical channel on one backend. Cheap to clone.
@@ -279,6 +284,18 @@ impl Channel {
     /// `Ok` when the broker answers.
     pub async fn health(&self) -> Result<(), String> {
         self.backend.health().await
+    }
+
+    /// Declares the group's queue and bindings, so that what is published
+    /// from now on waits for the consumer even if it has not started yet.
+    pub async fn prepare(&self, sub: &Subscription) -> Result<(), BusError> {
+        self.backend.prepare(sub).await
+    }
+
+    /// Up to `max` messages dead-lettered for `group`, left where they are
+    /// (for operators and tests).
+    pub async fn dead_letters(&self, group: &str, max: usize) -> Result<Vec<Delivery>, BusError> {
+        self.backend.dead_letters(group, max).await
     }
 }
 

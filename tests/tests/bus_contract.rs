@@ -1,0 +1,523 @@
+//! The bus contract: the same tests against `memory://`, RabbitMQ and Kafka.
+//!
+//! - publish N, consume N;
+//! - a message not acknowledged before its consumer dies is delivered again;
+//! - a poison message is dead-lettered and the consumer keeps going, and a
+//!   message that keeps failing is dead-lettered after the delivery limit;
+//! - the outbox relay marks rows sent only once the broker confirmed them:
+//!   broker down → rows stay pending → broker back → all delivered, and the
+//!   inbox lets none be processed twice.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dialstack_common::bus::{
+    Channel, Delivery, HandleError, Handler, OutMessage, Subscription, EVENTS,
+};
+use dialstack_common::db::{inbox_claim, outbox_enqueue, Db, OutboxRelay};
+use dialstack_common::events::CloudEvent;
+use dialstack_tests::proxy::Proxy;
+use dialstack_tests::{eventually, unique};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Memory,
+    Amqp,
+    Kafka,
+}
+
+const KINDS: [Kind; 3] = [Kind::Memory, Kind::Amqp, Kind::Kafka];
+
+fn url(kind: Kind, ns: &str) -> String {
+    match kind {
+        Kind::Memory => format!("memory://contract?namespace={ns}"),
+        Kind::Amqp => dialstack_tests::amqp_url(ns),
+        Kind::Kafka => dialstack_tests::kafka_url(ns),
+    }
+}
+
+fn msg(i: usize, body: &str) -> OutMessage {
+    OutMessage {
+        id: format!("m{i}"),
+        routing_key: "call.completed".into(),
+        key: format!("k{}", i % 7),
+        payload: bytes::Bytes::from(body.to_owned()),
+    }
+}
+
+fn sub(group: &str) -> Subscription {
+    let mut s = Subscription::new(group, &["call.*"]).with_concurrency(4);
+    s.drain_timeout = Duration::from_millis(200);
+    s.max_deliveries = 3;
+    s
+}
+
+/// Records payloads; refuses "poison" for good and "flaky" every time.
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl Handler for Recorder {
+    async fn handle(&self, d: &Delivery) -> Result<(), HandleError> {
+        let body = String::from_utf8_lossy(&d.payload).into_owned();
+        match body.as_str() {
+            "poison" => Err(HandleError::Permanent("poison".into())),
+            "flaky" => Err(HandleError::Transient("always failing".into())),
+            _ => {
+                self.seen.lock().unwrap().push(body);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Recorder {
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+    fn set(&self) -> HashSet<String> {
+        self.seen.lock().unwrap().iter().cloned().collect()
+    }
+}
+
+fn spawn_consumer(
+    ch: &Channel,
+    s: Subscription,
+    h: Arc<dyn Handler>,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let token = CancellationToken::new();
+    let ch = ch.clone();
+    let t = token.clone();
+    let handle = tokio::spawn(async move {
+        ch.consume(s, h, t).await.expect("consume");
+    });
+    (token, handle)
+}
+
+async fn publish_n_consume_n(kind: Kind) {
+    let ns = unique("pn");
+    let ch = Channel::connect(&url(kind, &ns), EVENTS)
+        .await
+        .expect("connect");
+    let s = sub("consumer");
+    ch.prepare(&s).await.expect("prepare");
+    let rec = Arc::new(Recorder::default());
+    let (stop, handle) = spawn_consumer(&ch, s, rec.clone());
+    let n = 100;
+    for i in 0..n {
+        ch.publish(&msg(i, &format!("body-{i}")))
+            .await
+            .expect("confirmed");
+    }
+    eventually(
+        &format!("{kind:?}: {n} messages consumed"),
+        Duration::from_secs(30),
+        || async {
+            if rec.count() >= n {
+                Ok(())
+            } else {
+                Err(format!("{} so far", rec.count()))
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rec.count(), n, "{kind:?}: each message exactly once");
+    assert_eq!(rec.set().len(), n, "{kind:?}: all distinct");
+    stop.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn publish_n_consume_n_memory() {
+    publish_n_consume_n(Kind::Memory).await;
+}
+#[tokio::test]
+async fn publish_n_consume_n_rabbitmq() {
+    publish_n_consume_n(Kind::Amqp).await;
+}
+#[tokio::test]
+async fn publish_n_consume_n_kafka() {
+    publish_n_consume_n(Kind::Kafka).await;
+}
+
+/// Takes the first message and never finishes it.
+struct Stuck {
+    got: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+#[async_trait::async_trait]
+impl Handler for Stuck {
+    async fn handle(&self, d: &Delivery) -> Result<(), HandleError> {
+        let _ = self
+            .got
+            .send(String::from_utf8_lossy(&d.payload).into_owned());
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+async fn unacked_is_redelivered(kind: Kind) {
+    let ns = unique("rd");
+    let ch = Channel::connect(&url(kind, &ns), EVENTS)
+        .await
+        .expect("connect");
+    let mut s = sub("consumer");
+    s.concurrency = 1;
+    ch.prepare(&s).await.expect("prepare");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (stop, handle) = spawn_consumer(&ch, s.clone(), Arc::new(Stuck { got: tx }));
+    ch.publish(&msg(1, "only-once-acked"))
+        .await
+        .expect("confirmed");
+    let first = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("first delivery")
+        .expect("payload");
+    assert_eq!(first, "only-once-acked");
+    // The consumer dies with the message unacknowledged.
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), handle)
+        .await
+        .expect("consumer stops")
+        .unwrap();
+    let rec = Arc::new(Recorder::default());
+    let (stop, handle) = spawn_consumer(&ch, s, rec.clone());
+    eventually(
+        &format!("{kind:?}: redelivery"),
+        Duration::from_secs(60),
+        || async {
+            if rec.set().contains("only-once-acked") {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        },
+    )
+    .await;
+    stop.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn unacked_is_redelivered_memory() {
+    unacked_is_redelivered(Kind::Memory).await;
+}
+#[tokio::test]
+async fn unacked_is_redelivered_rabbitmq() {
+    unacked_is_redelivered(Kind::Amqp).await;
+}
+#[tokio::test]
+async fn unacked_is_redelivered_kafka() {
+    unacked_is_redelivered(Kind::Kafka).await;
+}
+
+async fn poison_is_dead_lettered(kind: Kind) {
+    let ns = unique("dl");
+    let ch = Channel::connect(&url(kind, &ns), EVENTS)
+        .await
+        .expect("connect");
+    let s = sub("consumer");
+    ch.prepare(&s).await.expect("prepare");
+    let rec = Arc::new(Recorder::default());
+    let (stop, handle) = spawn_consumer(&ch, s, rec.clone());
+    ch.publish(&msg(0, "poison")).await.unwrap();
+    ch.publish(&msg(1, "flaky")).await.unwrap();
+    for i in 2..7 {
+        ch.publish(&msg(i, &format!("good-{i}"))).await.unwrap();
+    }
+    eventually(
+        &format!("{kind:?}: good messages after the poison"),
+        Duration::from_secs(30),
+        || async {
+            if rec.count() == 5 {
+                Ok(())
+            } else {
+                Err(format!("{} good so far", rec.count()))
+            }
+        },
+    )
+    .await;
+    let dead = eventually(
+        &format!("{kind:?}: both in the dead-letter queue"),
+        Duration::from_secs(60),
+        || {
+            let ch = ch.clone();
+            async move {
+                let dead = ch
+                    .dead_letters("consumer", 10)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let bodies: HashSet<String> = dead
+                    .iter()
+                    .map(|d| String::from_utf8_lossy(&d.payload).into_owned())
+                    .collect();
+                if bodies.contains("poison") && bodies.contains("flaky") {
+                    Ok(bodies)
+                } else {
+                    Err(format!("dead so far: {bodies:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    assert!(
+        !dead.iter().any(|b| b.starts_with("good")),
+        "{kind:?}: only the bad ones are dead"
+    );
+    // The consumer is still alive.
+    ch.publish(&msg(9, "after")).await.unwrap();
+    eventually(
+        &format!("{kind:?}: consumer still consuming"),
+        Duration::from_secs(30),
+        || async {
+            if rec.set().contains("after") {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        },
+    )
+    .await;
+    stop.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn poison_is_dead_lettered_memory() {
+    poison_is_dead_lettered(Kind::Memory).await;
+}
+#[tokio::test]
+async fn poison_is_dead_lettered_rabbitmq() {
+    poison_is_dead_lettered(Kind::Amqp).await;
+}
+#[tokio::test]
+async fn poison_is_dead_lettered_kafka() {
+    poison_is_dead_lettered(Kind::Kafka).await;
+}
+
+/// A broker this test can take down: a proxy in front of the shared RabbitMQ,
+/// or a private tansu broker advertised through a proxy.
+struct Outage {
+    url: String,
+    proxy: Option<Proxy>,
+    _broker: Option<tokio::process::Child>,
+}
+
+impl Outage {
+    async fn new(kind: Kind, ns: &str) -> Self {
+        match kind {
+            Kind::Memory => Self {
+                url: url(kind, ns),
+                proxy: None,
+                _broker: None,
+            },
+            Kind::Amqp => {
+                let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+                Self {
+                    url: format!(
+                        "amqp://guest:guest@127.0.0.1:{}/%2f?namespace={ns}",
+                        proxy.port
+                    ),
+                    proxy: Some(proxy),
+                    _broker: None,
+                }
+            }
+            Kind::Kafka => {
+                let port = dialstack_tests::free_tcp_port();
+                let proxy = Proxy::start(format!("127.0.0.1:{port}").parse().unwrap()).await;
+                let child = tokio::process::Command::new("tansu")
+                    .args(["broker", "--storage-engine", "memory://tansu/"])
+                    .arg("--listener-url")
+                    .arg(format!("tcp://127.0.0.1:{port}"))
+                    .arg("--advertised-listener-url")
+                    .arg(format!("tcp://127.0.0.1:{}", proxy.port))
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .expect("tansu on PATH (scripts/test-env.sh installs it)");
+                eventually("private tansu up", Duration::from_secs(20), || async move {
+                    tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+                .await;
+                Self {
+                    url: format!(
+                        "kafka://127.0.0.1:{}?namespace={ns}&partitions=2",
+                        proxy.port
+                    ),
+                    proxy: Some(proxy),
+                    _broker: Some(child),
+                }
+            }
+        }
+    }
+
+    async fn set_down(&self, down: bool) {
+        match &self.proxy {
+            None => dialstack_common::bus::memory::set_down(&self.url, EVENTS, down),
+            Some(p) if down => p.down(),
+            Some(p) => p.up().await,
+        }
+    }
+}
+
+/// Processes each event once, by its id, through the inbox.
+struct InboxCounter {
+    db: Db,
+    processed: AtomicUsize,
+    deliveries: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Handler for InboxCounter {
+    async fn handle(&self, d: &Delivery) -> Result<(), HandleError> {
+        self.deliveries.fetch_add(1, Ordering::SeqCst);
+        let ev = CloudEvent::from_slice(&d.payload)
+            .map_err(|e| HandleError::Permanent(e.to_string()))?;
+        let mut tx = self
+            .db
+            .begin()
+            .await
+            .map_err(|e| HandleError::Transient(e.to_string()))?;
+        let fresh = inbox_claim(&mut tx, self.db.dialect, "contract", &ev.id)
+            .await
+            .map_err(|e| HandleError::Transient(e.to_string()))?;
+        tx.commit()
+            .await
+            .map_err(|e| HandleError::Transient(e.to_string()))?;
+        if fresh {
+            self.processed.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+async fn outbox_survives_an_outage(kind: Kind) {
+    dialstack_common::telemetry::init(Some("pretty"), Some("info,rdkafka=warn"));
+    let ns = unique("ob");
+    let outage = Outage::new(kind, &ns).await;
+    let producer_db = Db::connect(&dialstack_tests::fresh_sqlite_url())
+        .await
+        .unwrap();
+    producer_db.migrate(&[]).await.unwrap();
+    let consumer_db = Db::connect(&dialstack_tests::fresh_sqlite_url())
+        .await
+        .unwrap();
+    consumer_db.migrate(&[]).await.unwrap();
+
+    let ch = Channel::connect(&outage.url, EVENTS)
+        .await
+        .expect("connect");
+    let s = sub("consumer");
+    ch.prepare(&s).await.expect("prepare");
+    let counter = Arc::new(InboxCounter {
+        db: consumer_db,
+        processed: AtomicUsize::new(0),
+        deliveries: AtomicUsize::new(0),
+    });
+    let (stop_consumer, consumer) = spawn_consumer(&ch, s, counter.clone());
+    let relay = OutboxRelay::new(
+        producer_db.clone(),
+        [("events".to_owned(), ch.clone())].into_iter().collect(),
+        None,
+    );
+
+    outage.set_down(true).await;
+    let n = 20;
+    let mut tx = producer_db.begin().await.unwrap();
+    for i in 0..n {
+        let ev = CloudEvent::new(
+            "contract",
+            "call.completed",
+            format!("c{i}"),
+            &serde_json::json!({"i": i}),
+        );
+        outbox_enqueue(&mut tx, "events", &format!("c{i}"), &ev)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    // Broker down: nothing is confirmed, so nothing is marked sent.
+    let stop_relay = CancellationToken::new();
+    let relay_task = tokio::spawn(relay.clone().run(stop_relay.clone()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        relay.pending().await.unwrap(),
+        n as i64,
+        "{kind:?}: rows stay pending while the broker is down"
+    );
+
+    outage.set_down(false).await;
+    eventually(
+        &format!("{kind:?}: outbox drained"),
+        Duration::from_secs(90),
+        || {
+            let relay = relay.clone();
+            async move {
+                let p = relay.pending().await.map_err(|e| e.to_string())?;
+                if p == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{p} pending"))
+                }
+            }
+        },
+    )
+    .await;
+    eventually(
+        &format!("{kind:?}: all processed"),
+        Duration::from_secs(90),
+        || async {
+            let p = counter.processed.load(Ordering::SeqCst);
+            if p >= n {
+                Ok(())
+            } else {
+                Err(format!("{p} processed"))
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        counter.processed.load(Ordering::SeqCst),
+        n,
+        "{kind:?}: none processed twice"
+    );
+    assert!(counter.deliveries.load(Ordering::SeqCst) >= n);
+    stop_relay.cancel();
+    relay_task.await.unwrap();
+    stop_consumer.cancel();
+    consumer.await.unwrap();
+}
+
+#[tokio::test]
+async fn outbox_survives_an_outage_memory() {
+    outbox_survives_an_outage(Kind::Memory).await;
+}
+#[tokio::test]
+async fn outbox_survives_an_outage_rabbitmq() {
+    outbox_survives_an_outage(Kind::Amqp).await;
+}
+#[tokio::test]
+async fn outbox_survives_an_outage_kafka() {
+    outbox_survives_an_outage(Kind::Kafka).await;
+}
+
+#[tokio::test]
+async fn bad_urls_are_refused() {
+    for bad in ["nats://x", "amqp", "kafka://", "memory://x?namespace=a b"] {
+        assert!(Channel::connect(bad, EVENTS).await.is_err(), "{bad}");
+    }
+    // Every kind is exercised above; keep the list honest.
+    assert_eq!(KINDS.len(), 3);
+}
