@@ -386,6 +386,24 @@ pub struct OutboxRelay {
     metrics: Option<Metrics>,
 }
 
+/// Reads one outbox row. Text columns may come back as bytes (MySQL reports
+/// TEXT with a binary collation as BLOB), so both are accepted.
+fn outbox_message(row: &AnyRow) -> Result<(String, String, OutMessage), sqlx::Error> {
+    let id: String = row.try_get(0)?;
+    let channel: String = row.try_get(1)?;
+    let payload = match row.try_get::<String, _>(4) {
+        Ok(s) => bytes::Bytes::from(s),
+        Err(_) => bytes::Bytes::from(row.try_get::<Vec<u8>, _>(4)?),
+    };
+    let msg = OutMessage {
+        id: id.clone(),
+        routing_key: row.try_get(2)?,
+        key: row.try_get(3)?,
+        payload,
+    };
+    Ok((id, channel, msg))
+}
+
 /// How many rows one pass publishes at once.
 const RELAY_BATCH: i64 = 256;
 
@@ -427,13 +445,12 @@ impl OutboxRelay {
         }
         let mut sends = Vec::with_capacity(rows.len());
         for row in &rows {
-            let id: String = row.get(0);
-            let channel: String = row.get(1);
-            let msg = OutMessage {
-                id: id.clone(),
-                routing_key: row.get(2),
-                key: row.get(3),
-                payload: bytes::Bytes::from(row.get::<String, _>(4)),
+            let (id, channel, msg) = match outbox_message(row) {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::error!(error = %e, "unreadable outbox row left pending");
+                    continue;
+                }
             };
             let Some(ch) = self.channels.get(&channel).cloned() else {
                 tracing::error!(%id, %channel, "outbox row for an unknown channel left pending");

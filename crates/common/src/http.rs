@@ -304,6 +304,8 @@ pub fn finish_router(api: Router, ctx: HttpContext) -> Router {
         .route("/openapi.json", get(openapi))
         .with_state(ctx.clone());
     api.merge(shared)
+        // A bug that panics in a handler becomes a 500 envelope, not a dropped connection.
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             ctx.request_timeout,
