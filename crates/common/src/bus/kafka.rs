@@ -7,6 +7,7 @@
 //! Topics are created at start through the admin API (brokers such as tansu
 //! do not auto-create them).
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +39,69 @@ fn broker(e: impl std::fmt::Display) -> BusError {
 const TYPE_HEADER: &str = "ce_type";
 const ID_HEADER: &str = "ce_id";
 
+/// A message whose handling ended.
+struct Finished {
+    partition: i32,
+    offset: i64,
+    id: String,
+    delivery: Delivery,
+    /// Why it is dead-lettered, if it is.
+    dead: Option<String>,
+}
+
 impl KafkaBackend {
+    /// Dead-letters the message if it must be, then stores the offsets of the
+    /// partition's finished prefix.
+    async fn finish(
+        &self,
+        consumer: &StreamConsumer,
+        in_flight: &mut HashMap<i32, BTreeMap<i64, bool>>,
+        f: Finished,
+        shutdown: &CancellationToken,
+    ) {
+        if let Some(reason) = &f.dead {
+            tracing::warn!(routing_key = %f.delivery.routing_key, %reason, "message dead-lettered");
+            // Keep retrying the dead-letter write: dropping the message is not an option.
+            let mut n = 0;
+            while let Err(e) = self
+                .send(
+                    &self.dlq,
+                    &f.delivery.key,
+                    &f.delivery.routing_key,
+                    &f.id,
+                    &f.delivery.payload,
+                )
+                .await
+            {
+                tracing::warn!(error = %e, "dead-letter publish failed, retrying");
+                n += 1;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(super::backoff(n)) => {}
+                }
+            }
+        }
+        let Some(offsets) = in_flight.get_mut(&f.partition) else {
+            return;
+        };
+        if let Some(done) = offsets.get_mut(&f.offset) {
+            *done = true;
+        }
+        let mut last = None;
+        while let Some(entry) = offsets.first_entry() {
+            if !*entry.get() {
+                break;
+            }
+            last = Some(*entry.key());
+            entry.remove();
+        }
+        if let Some(offset) = last {
+            if let Err(e) = consumer.store_offset(&self.topic, f.partition, offset) {
+                tracing::warn!(error = %e, partition = f.partition, "cannot store offset");
+            }
+        }
+    }
+
     pub(crate) async fn connect(parsed: &ParsedUrl, logical: &str) -> Result<Self, BusError> {
         let brokers = parsed.rest.trim_end_matches('/').to_owned();
         if brokers.is_empty() {
@@ -202,84 +265,111 @@ impl Backend for KafkaBackend {
             .map_err(broker)?;
         consumer.subscribe(&[&self.topic]).map_err(broker)?;
         let consumer = Closing(Some(consumer));
-        tracing::info!(topic = %self.topic, %group, "consuming");
+        tracing::info!(topic = %self.topic, %group, concurrency = sub.concurrency, "consuming");
+
+        // Messages are handled concurrently; an offset is stored only when
+        // every earlier message of its partition is done, so a crash never
+        // skips an unfinished message.
+        let permits = Arc::new(tokio::sync::Semaphore::new(sub.concurrency));
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Finished>();
+        let mut in_flight: HashMap<i32, BTreeMap<i64, bool>> = HashMap::new();
+        let abandon = CancellationToken::new();
+        let mut running = 0usize;
         loop {
-            let next = tokio::select! {
+            tokio::select! {
+                biased;
+                Some(f) = done_rx.recv() => {
+                    running -= 1;
+                    self.finish(&consumer, &mut in_flight, f, &shutdown).await;
+                }
                 _ = shutdown.cancelled() => break,
-                m = consumer.recv() => m,
-            };
-            let msg = match next {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "kafka consumer error");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            let routing_key = header(&msg, TYPE_HEADER).unwrap_or("").to_owned();
-            if !sub.matches(&routing_key) {
-                let _ = consumer.store_offset_from_message(&msg);
-                continue;
-            }
-            let mut delivery = Delivery {
-                routing_key,
-                key: msg
-                    .key()
-                    .map(|k| String::from_utf8_lossy(k).into_owned())
-                    .unwrap_or_default(),
-                payload: bytes::Bytes::copy_from_slice(msg.payload().unwrap_or(&[])),
-                attempt: 1,
-            };
-            let dead_reason = loop {
-                let result = tokio::select! {
-                    r = handler.handle(&delivery) => r,
-                    // Not stored: the next member of the group reads it again.
-                    _ = async {
-                        shutdown.cancelled().await;
-                        tokio::time::sleep(sub.drain_timeout).await;
-                    } => return Ok(()),
-                };
-                match result {
-                    Ok(()) => break None,
-                    Err(HandleError::Permanent(reason)) => break Some(reason),
-                    Err(HandleError::Transient(reason))
-                        if delivery.attempt >= sub.max_deliveries =>
-                    {
-                        break Some(format!("delivery limit reached: {reason}"))
+                permit = permits.clone().acquire_owned() => {
+                    let Ok(permit) = permit else { break };
+                    let next = tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        Some(f) = done_rx.recv() => {
+                            running -= 1;
+                            self.finish(&consumer, &mut in_flight, f, &shutdown).await;
+                            continue;
+                        }
+                        m = consumer.recv() => m,
+                    };
+                    let msg = match next {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "kafka consumer error");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    };
+                    let (partition, offset) = (msg.partition(), msg.offset());
+                    let routing_key = header(&msg, TYPE_HEADER).unwrap_or("").to_owned();
+                    let id = header(&msg, ID_HEADER).unwrap_or("").to_owned();
+                    in_flight.entry(partition).or_default().insert(offset, false);
+                    let delivery = Delivery {
+                        routing_key,
+                        key: msg
+                            .key()
+                            .map(|k| String::from_utf8_lossy(k).into_owned())
+                            .unwrap_or_default(),
+                        payload: bytes::Bytes::copy_from_slice(msg.payload().unwrap_or(&[])),
+                        attempt: 1,
+                    };
+                    drop(msg);
+                    running += 1;
+                    if !sub.matches(&delivery.routing_key) {
+                        drop(permit);
+                        let _ = done_tx.send(Finished { partition, offset, id, delivery, dead: None });
+                        continue;
                     }
-                    Err(HandleError::Transient(reason)) => {
-                        tracing::info!(routing_key = %delivery.routing_key, %reason, attempt = delivery.attempt, "retrying message");
-                        tokio::time::sleep(super::backoff(delivery.attempt - 1)).await;
-                        delivery.attempt += 1;
-                    }
-                }
-            };
-            if let Some(reason) = dead_reason {
-                tracing::warn!(routing_key = %delivery.routing_key, %reason, "message dead-lettered");
-                let id = header(&msg, ID_HEADER).unwrap_or("").to_owned();
-                // Keep retrying the dead-letter write: dropping the message is not an option.
-                let mut n = 0;
-                while let Err(e) = self
-                    .send(
-                        &self.dlq,
-                        &delivery.key,
-                        &delivery.routing_key,
-                        &id,
-                        &delivery.payload,
-                    )
-                    .await
-                {
-                    tracing::warn!(error = %e, "dead-letter publish failed, retrying");
-                    n += 1;
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(super::backoff(n)) => {}
-                    }
+                    let handler = handler.clone();
+                    let done_tx = done_tx.clone();
+                    let abandon = abandon.clone();
+                    let max = sub.max_deliveries;
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        let mut delivery = delivery;
+                        let dead = loop {
+                            let result = tokio::select! {
+                                r = handler.handle(&delivery) => r,
+                                // Not finished, so never stored: read again by the group.
+                                _ = abandon.cancelled() => return,
+                            };
+                            match result {
+                                Ok(()) => break None,
+                                Err(HandleError::Permanent(reason)) => break Some(reason),
+                                Err(HandleError::Transient(reason)) if delivery.attempt >= max => {
+                                    break Some(format!("delivery limit reached: {reason}"))
+                                }
+                                Err(HandleError::Transient(reason)) => {
+                                    tracing::info!(routing_key = %delivery.routing_key, %reason, attempt = delivery.attempt, "retrying message");
+                                    tokio::time::sleep(super::backoff(delivery.attempt - 1)).await;
+                                    delivery.attempt += 1;
+                                }
+                            }
+                        };
+                        let _ = done_tx.send(Finished { partition, offset, id, delivery, dead });
+                    });
                 }
             }
-            if let Err(e) = consumer.store_offset_from_message(&msg) {
-                tracing::warn!(error = %e, "cannot store offset");
+        }
+        // Drain: let running handlers finish within the grace, then abandon the rest.
+        let drain = async {
+            while running > 0 {
+                match done_rx.recv().await {
+                    Some(f) => {
+                        running -= 1;
+                        self.finish(&consumer, &mut in_flight, f, &shutdown).await;
+                    }
+                    None => break,
+                }
             }
+        };
+        if tokio::time::timeout(sub.drain_timeout, drain)
+            .await
+            .is_err()
+        {
+            abandon.cancel();
         }
         drop(consumer);
         Ok(())
