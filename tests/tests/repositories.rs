@@ -1,0 +1,521 @@
+//! Every repository on SQLite and on MariaDB: the same test body runs against
+//! a fresh database of each engine.
+
+use dialstack_common::auth::Role;
+use dialstack_common::db::{inbox_claim, outbox_enqueue, Db, Migration};
+use dialstack_common::events::{types, CallEventData, CloudEvent, Outcome};
+use dialstack_tests::both_databases;
+use sqlx::Row;
+
+async fn db(url: &str, migrations: &[Migration]) -> Db {
+    let db = Db::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    db.migrate(migrations).await.expect("migrations");
+    // Running them again is a no-op.
+    db.migrate(migrations)
+        .await
+        .expect("migrations are idempotent");
+    db
+}
+
+fn event(call: &str, attempt: &str, campaign: &str, outcome: Option<Outcome>) -> CallEventData {
+    CallEventData {
+        call_id: call.into(),
+        attempt_id: attempt.into(),
+        campaign_id: campaign.into(),
+        phone: "+14155550101".into(),
+        at_ms: dialstack_common::now_ms(),
+        outcome,
+        sip_status: outcome.map(|_| 200),
+        talk_ms: outcome.map(|_| 1500),
+        ..Default::default()
+    }
+}
+
+async fn count(db: &Db, sql: &str) -> i64 {
+    sqlx::query(sql).fetch_one(&db.pool).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn outbox_rows_exist_only_when_their_transaction_commits_and_inbox_deduplicates() {
+    for (engine, url) in both_databases() {
+        let db = db(&url, &[]).await;
+        let ev = CloudEvent::new("test", "call.completed", "c1", &serde_json::json!({}));
+        let mut tx = db.begin().await.unwrap();
+        outbox_enqueue(&mut tx, "events", "c1", &ev).await.unwrap();
+        tx.rollback().await.unwrap();
+        assert_eq!(
+            count(&db, "SELECT COUNT(*) FROM outbox").await,
+            0,
+            "{engine}"
+        );
+        let mut tx = db.begin().await.unwrap();
+        outbox_enqueue(&mut tx, "events", "c1", &ev).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            count(&db, "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").await,
+            1,
+            "{engine}"
+        );
+
+        let mut tx = db.begin().await.unwrap();
+        assert!(
+            inbox_claim(&mut tx, db.dialect, "a", "e1").await.unwrap(),
+            "{engine}"
+        );
+        assert!(
+            !inbox_claim(&mut tx, db.dialect, "a", "e1").await.unwrap(),
+            "{engine}"
+        );
+        assert!(
+            inbox_claim(&mut tx, db.dialect, "b", "e1").await.unwrap(),
+            "{engine}: another consumer"
+        );
+        tx.commit().await.unwrap();
+    }
+}
+
+mod scheduler {
+    use super::*;
+    use task_scheduler::db::{Claim, Repo, MIGRATIONS};
+    use task_scheduler::domain::NewCampaignRequest;
+
+    async fn campaign(repo: &Repo, n: usize) -> task_scheduler::db::Campaign {
+        let req = NewCampaignRequest {
+            name: "repo test".into(),
+            caller_id: "+14155550000".into(),
+            max_concurrent: 10,
+            max_cps: 10.0,
+            contacts: (0..n).map(|i| format!("+1415555{:04}", i)).collect(),
+            talk_time_ms: Some(1000),
+            ring_timeout_ms: None,
+        };
+        repo.create_campaign(&req.validate().unwrap())
+            .await
+            .unwrap()
+    }
+
+    async fn attempt_ids(repo: &Repo, state: &str) -> Vec<String> {
+        sqlx::query("SELECT id FROM attempts WHERE state = ? ORDER BY seq")
+            .bind(state)
+            .fetch_all(&repo.db.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn campaigns_start_once_and_queue_dial_commands_within_the_limit() {
+        for (engine, url) in both_databases() {
+            let repo = Repo {
+                db: db(&url, MIGRATIONS).await,
+            };
+            let c = campaign(&repo, 1200).await;
+            assert_eq!(c.state, "draft", "{engine}");
+            assert_eq!(repo.progress(&c.id).await.unwrap().total, 1200, "{engine}");
+            assert!(
+                repo.start_campaign(&c.id, "test").await.unwrap(),
+                "{engine}"
+            );
+            assert!(
+                !repo.start_campaign(&c.id, "test").await.unwrap(),
+                "{engine}: second start refused"
+            );
+            assert_eq!(repo.running_campaigns().await.unwrap().len(), 1, "{engine}");
+            let c = repo.campaign(&c.id).await.unwrap().unwrap();
+            assert_eq!(
+                repo.queue_attempts(&c, 7, "test").await.unwrap(),
+                7,
+                "{engine}"
+            );
+            assert_eq!(repo.in_flight(&c.id).await.unwrap(), 7, "{engine}");
+            let dials = count(
+                &repo.db,
+                "SELECT COUNT(*) FROM outbox WHERE channel = 'commands' AND routing_key = 'dial'",
+            )
+            .await;
+            assert_eq!(dials, 7, "{engine}: one dial command per queued attempt");
+            let p = repo.progress(&c.id).await.unwrap();
+            assert_eq!(p.states.get("pending"), Some(&1193), "{engine}");
+            assert_eq!(p.states.get("queued"), Some(&7), "{engine}");
+            assert!(
+                !repo.complete_if_done(&c.id, "test").await.unwrap(),
+                "{engine}"
+            );
+            assert!(repo.campaign("nope").await.unwrap().is_none(), "{engine}");
+        }
+    }
+
+    #[tokio::test]
+    async fn claims_are_compare_and_set_and_idempotent_for_the_holder() {
+        for (engine, url) in both_databases() {
+            let repo = Repo {
+                db: db(&url, MIGRATIONS).await,
+            };
+            let c = campaign(&repo, 2).await;
+            repo.start_campaign(&c.id, "test").await.unwrap();
+            let c = repo.campaign(&c.id).await.unwrap().unwrap();
+            repo.queue_attempts(&c, 2, "test").await.unwrap();
+            let ids = attempt_ids(&repo, "queued").await;
+            let until = dialstack_common::now_ms() + 30_000;
+            assert!(
+                matches!(
+                    repo.claim(&ids[0], "mp-1", until).await.unwrap(),
+                    Claim::Granted(_)
+                ),
+                "{engine}"
+            );
+            assert!(
+                matches!(
+                    repo.claim(&ids[0], "mp-1", until).await.unwrap(),
+                    Claim::Granted(_)
+                ),
+                "{engine}: same holder"
+            );
+            assert_eq!(
+                repo.claim(&ids[0], "mp-2", until).await.unwrap(),
+                Claim::Taken("claimed".into()),
+                "{engine}"
+            );
+            assert_eq!(
+                repo.claim("no-such-attempt", "mp-1", until).await.unwrap(),
+                Claim::Unknown,
+                "{engine}"
+            );
+            // A lease that runs out without dialing fails the attempt for good.
+            assert!(
+                matches!(
+                    repo.claim(&ids[1], "mp-1", 1).await.unwrap(),
+                    Claim::Granted(_)
+                ),
+                "{engine}"
+            );
+            assert_eq!(repo.expire_leases().await.unwrap(), 1, "{engine}");
+            let row = sqlx::query("SELECT state, outcome, reason FROM attempts WHERE id = ?")
+                .bind(&ids[1])
+                .fetch_one(&repo.db.pool)
+                .await
+                .unwrap();
+            assert_eq!(
+                (
+                    row.get::<String, _>(0),
+                    row.get::<Option<String>, _>(1),
+                    row.get::<Option<String>, _>(2)
+                ),
+                (
+                    "completed".into(),
+                    Some("failed".into()),
+                    Some("media_lost".into())
+                ),
+                "{engine}"
+            );
+            assert_eq!(
+                repo.queue_attempts(&c, 10, "test").await.unwrap(),
+                0,
+                "{engine}: never redialed"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn call_events_close_attempts_once_and_complete_the_campaign() {
+        for (engine, url) in both_databases() {
+            let repo = Repo {
+                db: db(&url, MIGRATIONS).await,
+            };
+            let c = campaign(&repo, 1).await;
+            repo.start_campaign(&c.id, "test").await.unwrap();
+            let c = repo.campaign(&c.id).await.unwrap().unwrap();
+            repo.queue_attempts(&c, 1, "test").await.unwrap();
+            let id = attempt_ids(&repo, "queued").await.remove(0);
+            let dialing = event("call-1", &id, &c.id, None);
+            assert_eq!(
+                repo.apply_call_event("ev-1", types::CALL_DIALING, &dialing)
+                    .await
+                    .unwrap(),
+                None,
+                "{engine}"
+            );
+            assert_eq!(
+                attempt_ids(&repo, "dialing").await,
+                vec![id.clone()],
+                "{engine}"
+            );
+            let done = event("call-1", &id, &c.id, Some(Outcome::Busy));
+            assert_eq!(
+                repo.apply_call_event("ev-2", types::CALL_COMPLETED, &done)
+                    .await
+                    .unwrap(),
+                Some(c.id.clone()),
+                "{engine}"
+            );
+            assert_eq!(
+                repo.apply_call_event("ev-2", types::CALL_COMPLETED, &done)
+                    .await
+                    .unwrap(),
+                None,
+                "{engine}: duplicate"
+            );
+            let p = repo.progress(&c.id).await.unwrap();
+            assert_eq!(
+                (p.done, p.outcomes.get("busy").copied()),
+                (1, Some(1)),
+                "{engine}"
+            );
+            assert!(
+                repo.complete_if_done(&c.id, "test").await.unwrap(),
+                "{engine}"
+            );
+            assert_eq!(
+                repo.campaign(&c.id).await.unwrap().unwrap().state,
+                "completed",
+                "{engine}"
+            );
+            let states = count(
+                &repo.db,
+                "SELECT COUNT(*) FROM outbox WHERE routing_key = 'campaign.state'",
+            )
+            .await;
+            assert_eq!(states, 2, "{engine}: running and completed announced");
+        }
+    }
+}
+
+mod storage {
+    use super::*;
+    use storage_service::db::{CdrQuery, Repo, MIGRATIONS};
+
+    #[tokio::test]
+    async fn events_in_any_order_make_one_cdr_that_never_regresses() {
+        for (engine, url) in both_databases() {
+            let repo = Repo {
+                db: db(&url, MIGRATIONS).await,
+            };
+            let done = event("c1", "a1", "k1", Some(Outcome::AnsweredHuman));
+            assert!(
+                repo.apply("e3", types::CALL_COMPLETED, &done)
+                    .await
+                    .unwrap(),
+                "{engine}"
+            );
+            assert!(
+                repo.apply("e1", types::CALL_DIALING, &event("c1", "a1", "k1", None))
+                    .await
+                    .unwrap(),
+                "{engine}"
+            );
+            assert!(
+                repo.apply("e2", types::CALL_ANSWERED, &event("c1", "a1", "k1", None))
+                    .await
+                    .unwrap(),
+                "{engine}"
+            );
+            assert!(
+                !repo
+                    .apply("e2", types::CALL_ANSWERED, &event("c1", "a1", "k1", None))
+                    .await
+                    .unwrap(),
+                "{engine}: duplicate"
+            );
+            let cdr = repo.get("c1").await.unwrap().unwrap();
+            assert_eq!(cdr.state, "completed", "{engine}");
+            assert_eq!(cdr.outcome.as_deref(), Some("answered_human"), "{engine}");
+            assert_eq!(cdr.talk_ms, Some(1500), "{engine}");
+            assert!(
+                cdr.dialed_at.is_some() && cdr.answered_at.is_some() && cdr.ended_at.is_some(),
+                "{engine}"
+            );
+            assert!(repo.get("nope").await.unwrap().is_none(), "{engine}");
+        }
+    }
+
+    #[tokio::test]
+    async fn listing_filters_and_pages_without_gaps() {
+        for (engine, url) in both_databases() {
+            let repo = Repo {
+                db: db(&url, MIGRATIONS).await,
+            };
+            for i in 0..5 {
+                let outcome = if i % 2 == 0 {
+                    Outcome::Busy
+                } else {
+                    Outcome::AnsweredHuman
+                };
+                let call = format!("call-{i}");
+                repo.apply(
+                    &format!("e{i}"),
+                    types::CALL_COMPLETED,
+                    &event(&call, "a", "k1", Some(outcome)),
+                )
+                .await
+                .unwrap();
+            }
+            repo.apply(
+                "other",
+                types::CALL_COMPLETED,
+                &event("call-x", "a", "k2", Some(Outcome::Busy)),
+            )
+            .await
+            .unwrap();
+            let mut seen = Vec::new();
+            let mut after = None;
+            loop {
+                let page = repo
+                    .list(&CdrQuery {
+                        campaign_id: Some("k1".into()),
+                        outcome: None,
+                        after: after.clone(),
+                        limit: 2,
+                    })
+                    .await
+                    .unwrap();
+                if page.is_empty() {
+                    break;
+                }
+                after = page.last().map(|c| c.call_id.clone());
+                seen.extend(page.into_iter().map(|c| c.call_id));
+            }
+            assert_eq!(
+                seen,
+                (0..5).map(|i| format!("call-{i}")).collect::<Vec<_>>(),
+                "{engine}"
+            );
+            let busy = repo
+                .list(&CdrQuery {
+                    campaign_id: Some("k1".into()),
+                    outcome: Some("busy".into()),
+                    after: None,
+                    limit: 50,
+                })
+                .await
+                .unwrap();
+            assert_eq!(busy.len(), 3, "{engine}");
+        }
+    }
+}
+
+mod monitor {
+    use super::*;
+    use monitor_service::db::{Applied, Repo, MIGRATIONS};
+
+    #[tokio::test]
+    async fn calls_are_counted_once_and_active_calls_follow_events() {
+        for (engine, url) in both_databases() {
+            let repo = Repo {
+                db: db(&url, MIGRATIONS).await,
+            };
+            assert_eq!(
+                repo.apply("d1", types::CALL_DIALING, &event("c1", "a", "k1", None))
+                    .await
+                    .unwrap(),
+                Applied::Started,
+                "{engine}"
+            );
+            assert_eq!(
+                repo.apply("d1", types::CALL_DIALING, &event("c1", "a", "k1", None))
+                    .await
+                    .unwrap(),
+                Applied::Nothing,
+                "{engine}"
+            );
+            assert_eq!(repo.active().await.unwrap(), 1, "{engine}");
+            let done = event("c1", "a", "k1", Some(Outcome::Busy));
+            assert_eq!(
+                repo.apply("x1", types::CALL_COMPLETED, &done)
+                    .await
+                    .unwrap(),
+                Applied::Completed("busy".into()),
+                "{engine}"
+            );
+            assert_eq!(repo.active().await.unwrap(), 0, "{engine}");
+            // Completion seen before dialing: the call never counts as active.
+            let done2 = event("c2", "a", "k2", Some(Outcome::AnsweredHuman));
+            repo.apply("x2", types::CALL_COMPLETED, &done2)
+                .await
+                .unwrap();
+            assert_eq!(
+                repo.apply("d2", types::CALL_DIALING, &event("c2", "a", "k2", None))
+                    .await
+                    .unwrap(),
+                Applied::Nothing,
+                "{engine}"
+            );
+            assert_eq!(repo.active().await.unwrap(), 0, "{engine}");
+            let all = repo.outcomes_since(0, None).await.unwrap();
+            assert_eq!(
+                (all.get("busy"), all.get("answered_human")),
+                (Some(&1), Some(&1)),
+                "{engine}"
+            );
+            let k1 = repo.outcomes_since(0, Some("k1")).await.unwrap();
+            assert_eq!(k1.values().sum::<i64>(), 1, "{engine}");
+            assert!(
+                repo.outcomes_since(dialstack_common::now_ms() + 60_000, None)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "{engine}"
+            );
+            repo.apply(
+                "d3",
+                types::CALL_DIALING,
+                &CallEventData {
+                    at_ms: 1,
+                    ..event("c3", "a", "k1", None)
+                },
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                repo.reap_active(60_000).await.unwrap(),
+                1,
+                "{engine}: stale active call forgotten"
+            );
+        }
+    }
+}
+
+mod users {
+    use super::*;
+    use user_service::db::{Repo, MIGRATIONS};
+
+    #[tokio::test]
+    async fn users_and_signing_keys() {
+        for (engine, url) in both_databases() {
+            let repo = Repo::new(db(&url, MIGRATIONS).await);
+            assert!(!repo.has_role(Role::Admin).await.unwrap(), "{engine}");
+            let u = repo
+                .upsert_user("alice", Role::Agent, "hash-1")
+                .await
+                .unwrap();
+            let again = repo
+                .upsert_user("alice", Role::Supervisor, "hash-2")
+                .await
+                .unwrap();
+            assert_eq!(again.id, u.id, "{engine}: same user updated");
+            assert_eq!(
+                (again.role, again.password_hash.as_str()),
+                (Role::Supervisor, "hash-2"),
+                "{engine}"
+            );
+            assert_eq!(
+                repo.user_by_id(&u.id).await.unwrap().unwrap().username,
+                "alice",
+                "{engine}"
+            );
+            assert!(
+                repo.user_by_name("bob").await.unwrap().is_none(),
+                "{engine}"
+            );
+            assert!(repo.has_role(Role::Supervisor).await.unwrap(), "{engine}");
+            let k1 = repo.current_signing_key().await.unwrap();
+            let k2 = repo.current_signing_key().await.unwrap();
+            assert_eq!(k1.kid, k2.kid, "{engine}: the key is stable");
+            let jwks = repo.jwks().await.unwrap();
+            assert_eq!(jwks.keys, vec![k1.jwk()], "{engine}");
+        }
+    }
+}
