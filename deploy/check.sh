@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Static checks of the deployment files (called by scripts/test.sh).
+set -euo pipefail
+cd "$(dirname "$0")"
+out="${TMPDIR:-/tmp}/dialstack-deploy-check"
+rm -rf "$out" && mkdir -p "$out"
+
+echo "-- hadolint"
+hadolint docker/Dockerfile
+
+echo "-- docker-compose config"
+DIALSTACK_ADMIN_PASSWORD=check DIALSTACK_SERVICE_PASSWORD=check docker-compose -f compose.yml config -q
+DIALSTACK_ADMIN_PASSWORD=check DIALSTACK_SERVICE_PASSWORD=check docker-compose -f compose.yml config >"$out/compose.yml"
+
+echo "-- kustomize + kubernetes-validate"
+rendered=()
+for overlay in k8s/overlays/*/; do
+  name=$(basename "$overlay")
+  kubectl kustomize "$overlay" >"$out/k8s-$name.yml"
+  # Custom resources (the Multus NAD) have no schema here; check_config.py checks them.
+  python3 - "$out/k8s-$name.yml" "$out/k8s-$name-core.yml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] != "NetworkAttachmentDefinition"]
+yaml.safe_dump_all(docs, open(sys.argv[2], "w"))
+PY
+  kubernetes-validate --strict --quiet "$out/k8s-$name-core.yml"
+  rendered+=("$out/k8s-$name.yml")
+done
+
+echo "-- promtool"
+cp prometheus/rules.yml "$out/rules.yml"
+sed 's|/etc/prometheus/rules.yml|rules.yml|' prometheus/prometheus.yml >"$out/prometheus.yml"
+promtool check config "$out/prometheus.yml"
+promtool check rules prometheus/rules.yml
+promtool test rules prometheus/rules_test.yml
+
+echo "-- services vs deployment files"
+python3 check_config.py "$out/compose.yml" "${rendered[@]}"
+
+echo "-- grafana dashboards: JSON, datasource, and every panel's PromQL parses"
+python3 - "$out/panels.yml" grafana/dashboards/*.json <<'PY'
+import json, sys, yaml
+rules = []
+for path in sys.argv[2:]:
+    d = json.load(open(path))
+    assert d.get("uid") and d.get("panels"), f"{path}: no uid or panels"
+    for p in d["panels"]:
+        assert p["datasource"]["uid"] == "prometheus", f"{path}: panel {p['title']} datasource"
+        for t in p["targets"]:
+            rules.append({"record": f"panel:{d['uid'].replace('-', '_')}:{p['id']}_{t['refId']}", "expr": t["expr"]})
+yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}, open(sys.argv[1], "w"))
+print(f"{len(rules)} panel queries")
+PY
+promtool check rules "$out/panels.yml"
+
+echo "-- qos.sh --dry-run"
+network/qos.sh --dev eth1 --rate 1gbit --voice-rate 200mbit --dry-run | grep -q "set-dscp 46"
+if network/qos.sh --dev eth1 2>/dev/null; then echo "qos.sh accepted missing rates" >&2; exit 1; fi
