@@ -54,5 +54,7 @@ PY
 promtool check rules "$out/panels.yml"
 
 echo "-- qos.sh --dry-run"
-network/qos.sh --dev eth1 --rate 1gbit --voice-rate 200mbit --dry-run | grep -q "set-dscp 46"
+dry=$(network/qos.sh --dev eth1 --rate 1gbit --voice-rate 200mbit --dry-run)
+grep -q "set-dscp 46" <<<"$dry"
+grep -q "htb rate 200mbit" <<<"$dry"
 if network/qos.sh --dev eth1 2>/dev/null; then echo "qos.sh accepted missing rates" >&2; exit 1; fi

@@ -6,7 +6,10 @@ use dialstack_common::db::{Db, Migration};
 use sqlx::Row;
 
 /// user-service's schema.
-pub const MIGRATIONS: &[Migration] = &[Migration {
+pub const MIGRATIONS: &[Migration] = &[MIGRATION_USERS, MIGRATION_SESSIONS];
+
+/// Users and signing keys.
+pub const MIGRATION_USERS: Migration = Migration {
     version: 1,
     name: "users and signing keys",
     sql: "CREATE TABLE users (
@@ -23,7 +26,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             created_at BIGINT NOT NULL,
             retired_at BIGINT NULL
           )",
-}];
+};
 
 /// A stored user.
 #[derive(Debug, Clone, PartialEq)]
@@ -168,5 +171,232 @@ impl Repo {
             })
             .collect();
         Ok(Jwks { keys })
+    }
+}
+
+/// Refresh tokens, login failures and the audit log.
+pub const MIGRATION_SESSIONS: Migration = Migration {
+    version: 2,
+    name: "refresh tokens, login failures, audit log",
+    sql: "CREATE TABLE refresh_tokens (
+            token_hash VARCHAR(64) NOT NULL PRIMARY KEY,
+            family_id VARCHAR(36) NOT NULL,
+            user_id VARCHAR(36) NOT NULL,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            used_at BIGINT NULL,
+            revoked_at BIGINT NULL
+          );
+          CREATE INDEX refresh_tokens_family ON refresh_tokens (family_id);
+          CREATE TABLE login_failures (
+            id VARCHAR(36) NOT NULL PRIMARY KEY,
+            username VARCHAR(64) NOT NULL,
+            ip VARCHAR(64) NOT NULL,
+            at BIGINT NOT NULL
+          );
+          CREATE INDEX login_failures_user ON login_failures (username, at);
+          CREATE INDEX login_failures_ip ON login_failures (ip, at);
+          CREATE TABLE audit_log (
+            id VARCHAR(36) NOT NULL PRIMARY KEY,
+            at BIGINT NOT NULL,
+            kind VARCHAR(64) NOT NULL,
+            subject VARCHAR(128) NOT NULL,
+            ip VARCHAR(64) NOT NULL,
+            detail VARCHAR(255) NOT NULL
+          );
+          CREATE INDEX audit_log_at ON audit_log (at)",
+};
+
+/// What presenting a refresh token did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RefreshUse {
+    /// Valid and now used: issue the next token of the family to this user.
+    Rotated {
+        /// The user.
+        user_id: String,
+        /// The family.
+        family_id: String,
+    },
+    /// Already used once: the whole family has been revoked.
+    Reused {
+        /// The revoked family.
+        family_id: String,
+    },
+    /// Unknown, expired or revoked.
+    Invalid,
+}
+
+/// One audit entry.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    /// When (ms since epoch).
+    pub at: i64,
+    /// `login_succeeded`, `login_failed`, `login_rate_limited`,
+    /// `token_family_revoked`, `logout`.
+    pub kind: String,
+    /// The user or username concerned.
+    pub subject: String,
+    /// Client address.
+    pub ip: String,
+    /// Details (never a secret).
+    pub detail: String,
+}
+
+impl Repo {
+    /// Stores a refresh token (its hash) in `family`.
+    pub async fn store_refresh(
+        &self,
+        hash: &str,
+        family_id: &str,
+        user_id: &str,
+        ttl_ms: i64,
+    ) -> Result<(), sqlx::Error> {
+        let now = dialstack_common::now_ms();
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, family_id, user_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(hash)
+        .bind(family_id)
+        .bind(user_id)
+        .bind(now)
+        .bind(now + ttl_ms)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Uses a refresh token once. A second use of the same token revokes
+    /// every token of its family (someone holds a stolen copy).
+    pub async fn use_refresh(&self, hash: &str) -> Result<RefreshUse, sqlx::Error> {
+        let now = dialstack_common::now_ms();
+        let row = sqlx::query(
+            "SELECT family_id, user_id, expires_at, used_at, revoked_at FROM refresh_tokens WHERE token_hash = ?",
+        )
+        .bind(hash)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(RefreshUse::Invalid);
+        };
+        let family_id: String = row.try_get(0)?;
+        let user_id: String = row.try_get(1)?;
+        let expires_at: i64 = row.try_get(2)?;
+        let used_at: Option<i64> = row.try_get(3)?;
+        let revoked_at: Option<i64> = row.try_get(4)?;
+        if revoked_at.is_some() || expires_at < now {
+            return Ok(RefreshUse::Invalid);
+        }
+        if used_at.is_some() {
+            self.revoke_family(&family_id).await?;
+            return Ok(RefreshUse::Reused { family_id });
+        }
+        let claimed = sqlx::query(
+            "UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
+        )
+        .bind(now)
+        .bind(hash)
+        .execute(&self.db.pool)
+        .await?;
+        if claimed.rows_affected() != 1 {
+            // Two presentations raced: treat as reuse.
+            self.revoke_family(&family_id).await?;
+            return Ok(RefreshUse::Reused { family_id });
+        }
+        Ok(RefreshUse::Rotated { user_id, family_id })
+    }
+
+    /// Revokes every token of a family; returns how many were still live.
+    pub async fn revoke_family(&self, family_id: &str) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
+        )
+        .bind(dialstack_common::now_ms())
+        .bind(family_id)
+        .execute(&self.db.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// The family of a refresh token, if it exists.
+    pub async fn refresh_family(&self, hash: &str) -> Result<Option<String>, sqlx::Error> {
+        let row = sqlx::query("SELECT family_id FROM refresh_tokens WHERE token_hash = ?")
+            .bind(hash)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        row.map(|r| r.try_get(0)).transpose()
+    }
+
+    /// Records a failed login.
+    pub async fn record_failure(&self, username: &str, ip: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO login_failures (id, username, ip, at) VALUES (?, ?, ?, ?)")
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(username)
+            .bind(ip)
+            .bind(dialstack_common::now_ms())
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Failures since `since_ms` for a username (`by_ip` false) or an IP, and
+    /// the time of the oldest of them.
+    pub async fn failures_since(
+        &self,
+        key: &str,
+        by_ip: bool,
+        since_ms: i64,
+    ) -> Result<(i64, Option<i64>), sqlx::Error> {
+        let col = if by_ip { "ip" } else { "username" };
+        let row = sqlx::query(&format!(
+            "SELECT COUNT(*), MIN(at) FROM login_failures WHERE {col} = ? AND at > ?"
+        ))
+        .bind(key)
+        .bind(since_ms)
+        .fetch_one(&self.db.pool)
+        .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
+    /// Appends to the audit log.
+    pub async fn audit(
+        &self,
+        kind: &str,
+        subject: &str,
+        ip: &str,
+        detail: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO audit_log (id, at, kind, subject, ip, detail) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(dialstack_common::now_ms())
+        .bind(kind)
+        .bind(subject)
+        .bind(ip)
+        .bind(detail)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest audit entries first.
+    pub async fn audit_list(&self, limit: i64) -> Result<Vec<AuditEntry>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT at, kind, subject, ip, detail FROM audit_log ORDER BY at DESC, id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    at: r.try_get(0)?,
+                    kind: r.try_get(1)?,
+                    subject: r.try_get(2)?,
+                    ip: r.try_get(3)?,
+                    detail: r.try_get(4)?,
+                })
+            })
+            .collect()
     }
 }

@@ -4,17 +4,95 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use dialstack_common::auth::{new_claims, require_auth, Jwks, Keys, Principal, Role, StaticKeys};
-use dialstack_common::http::{ApiError, ApiJson, BearerSecurity, ErrorBody, ErrorCode};
+use dialstack_common::http::{ApiError, ApiJson, ApiQuery, BearerSecurity, ErrorBody, ErrorCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
+use crate::db::{AuditEntry, RefreshUse};
 use crate::AppState;
 
 /// Lifetime of an access token.
 pub const ACCESS_TTL: Duration = Duration::from_secs(15 * 60);
+/// Lifetime of a refresh token (each use replaces it).
+pub const REFRESH_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Failed logins allowed per account per hour (OWASP ASVS 2.2.1: at most 100).
+pub const ACCOUNT_FAILURES_PER_HOUR: i64 = 100;
+/// Failed logins allowed per client address per hour.
+pub const IP_FAILURES_PER_HOUR: i64 = 1_000;
+const HOUR_MS: i64 = 3_600_000;
+
+/// The client's address (the TCP peer; a proxy in front must be trusted to
+/// be the only client).
+#[derive(Debug, Clone)]
+pub struct ClientIp(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string())
+                .unwrap_or_else(|| "unknown".into()),
+        ))
+    }
+}
+
+/// A new opaque refresh token and the hash that is stored.
+fn new_refresh_token() -> (String, String) {
+    use argon2::password_hash::rand_core::{OsRng, RngCore};
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let hash = hash_refresh(&token);
+    (token, hash)
+}
+
+fn hash_refresh(token: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `POST /v1/auth/refresh` and `/v1/auth/logout` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RefreshRequest {
+    /// The refresh token from the last login or refresh.
+    pub refresh_token: String,
+}
+
+/// `GET /v1/audit` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct AuditParams {
+    /// At most this many entries (1-1000, default 100).
+    pub limit: Option<i64>,
+}
+
+fn too_many(retry_after_s: i64) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let mut resp = ApiError::new(
+        ErrorCode::RateLimited,
+        "too many failed logins; try again later",
+    )
+    .into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&retry_after_s.max(1).to_string()) {
+        resp.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, v);
+    }
+    resp
+}
 
 /// `POST /v1/auth/login` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -25,7 +103,7 @@ pub struct LoginRequest {
     pub password: String,
 }
 
-/// A new access token.
+/// A new access token and the refresh token that replaces it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TokenResponse {
     /// The JWT.
@@ -34,6 +112,10 @@ pub struct TokenResponse {
     pub token_type: String,
     /// Seconds until expiry.
     pub expires_in: u64,
+    /// Opaque, single use: present it to `/v1/auth/refresh` for the next pair.
+    pub refresh_token: String,
+    /// Seconds until the refresh token expires.
+    pub refresh_expires_in: u64,
 }
 
 /// The caller, as `GET /v1/users/me` shows them.
@@ -50,8 +132,8 @@ pub struct Me {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "dialstack user-service", version = "1"),
-    paths(login, jwks, me),
-    components(schemas(LoginRequest, TokenResponse, Me, ErrorBody, Jwks)),
+    paths(login, refresh, logout, jwks, me, audit),
+    components(schemas(LoginRequest, RefreshRequest, TokenResponse, Me, ErrorBody, Jwks, AuditEntry)),
     modifiers(&BearerSecurity)
 )]
 struct Doc;
@@ -66,23 +148,48 @@ pub fn router(state: AppState, keys: Arc<StaticKeys>) -> Router {
     let keys: Keys = keys;
     let protected = Router::new()
         .route("/v1/users/me", get(me))
+        .route("/v1/audit", get(audit))
         .route_layer(axum::middleware::from_fn_with_state(keys, require_auth));
     Router::new()
         .route("/v1/auth/login", post(login))
+        .route("/v1/auth/refresh", post(refresh))
+        .route("/v1/auth/logout", post(logout))
         .route("/.well-known/jwks.json", get(jwks))
         .merge(protected)
         .with_state(state)
 }
 
-/// Exchanges a username and password for an access token.
+/// Exchanges a username and password for an access token and a refresh
+/// token. After 100 failures in an hour an account is refused (429, even with
+/// the right password) until the oldest failure leaves the window; so is a
+/// client address after 1,000.
 #[utoipa::path(post, path = "/v1/auth/login", request_body = LoginRequest,
-    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn login(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<LoginRequest>,
-) -> Result<ApiJson<TokenResponse>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
     if req.username.is_empty() || req.username.len() > 64 || req.password.len() > 1024 {
         return Err(ApiError::invalid("username", "must be 1-64 characters"));
+    }
+    let since = dialstack_common::now_ms() - HOUR_MS;
+    for (key, by_ip, limit) in [
+        (req.username.as_str(), false, ACCOUNT_FAILURES_PER_HOUR),
+        (ip.as_str(), true, IP_FAILURES_PER_HOUR),
+    ] {
+        let (failures, oldest) = state.repo.failures_since(key, by_ip, since).await?;
+        if failures >= limit {
+            let retry = (oldest.unwrap_or(since) + HOUR_MS - dialstack_common::now_ms()) / 1000 + 1;
+            let what = if by_ip { "client address" } else { "account" };
+            tracing::warn!(username = %req.username, %ip, failures, "login rate limited");
+            state
+                .repo
+                .audit("login_rate_limited", &req.username, &ip, what)
+                .await?;
+            return Ok(too_many(retry));
+        }
     }
     let user = state.repo.user_by_name(&req.username).await?;
     let ok = crate::domain::verify_password(
@@ -91,21 +198,125 @@ async fn login(
     )
     .await;
     let Some(user) = user.filter(|_| ok) else {
-        tracing::info!(username = %req.username, "login failed");
+        tracing::info!(username = %req.username, %ip, "login failed");
+        state.repo.record_failure(&req.username, &ip).await?;
+        state
+            .repo
+            .audit("login_failed", &req.username, &ip, "")
+            .await?;
         return Err(ApiError::new(
             ErrorCode::Unauthorized,
             "invalid username or password",
         ));
     };
     tracing::info!(user_id = %user.id, role = user.role.as_str(), "login succeeded");
-    let token = state
-        .signer
-        .sign(&new_claims(&user.id, user.role, ACCESS_TTL));
+    state
+        .repo
+        .audit("login_succeeded", &user.id, &ip, user.role.as_str())
+        .await?;
+    let family = uuid::Uuid::now_v7().to_string();
+    Ok(issue(&state, &user.id, user.role, &family)
+        .await?
+        .into_response())
+}
+
+/// An access token and a new refresh token of `family`.
+async fn issue(
+    state: &AppState,
+    user_id: &str,
+    role: Role,
+    family: &str,
+) -> Result<ApiJson<TokenResponse>, ApiError> {
+    let (refresh_token, hash) = new_refresh_token();
+    state
+        .repo
+        .store_refresh(&hash, family, user_id, REFRESH_TTL.as_millis() as i64)
+        .await?;
     Ok(ApiJson(TokenResponse {
-        access_token: token,
+        access_token: state.signer.sign(&new_claims(user_id, role, ACCESS_TTL)),
         token_type: "Bearer".into(),
         expires_in: ACCESS_TTL.as_secs(),
+        refresh_token,
+        refresh_expires_in: REFRESH_TTL.as_secs(),
     }))
+}
+
+/// Trades a refresh token for a new pair. Each refresh token works once:
+/// presenting a used one revokes its whole family (the session), since one of
+/// the two presenters holds a stolen copy.
+#[utoipa::path(post, path = "/v1/auth/refresh", request_body = RefreshRequest,
+    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody)))]
+async fn refresh(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(req): ApiJson<RefreshRequest>,
+) -> Result<ApiJson<TokenResponse>, ApiError> {
+    let refused = || ApiError::new(ErrorCode::Unauthorized, "invalid refresh token");
+    if req.refresh_token.is_empty() || req.refresh_token.len() > 256 {
+        return Err(refused());
+    }
+    match state
+        .repo
+        .use_refresh(&hash_refresh(&req.refresh_token))
+        .await?
+    {
+        RefreshUse::Rotated { user_id, family_id } => {
+            let user = state.repo.user_by_id(&user_id).await?.ok_or_else(refused)?;
+            issue(&state, &user.id, user.role, &family_id).await
+        }
+        RefreshUse::Reused { family_id } => {
+            tracing::warn!(%family_id, %ip, "refresh token reused, session revoked");
+            state
+                .repo
+                .audit(
+                    "token_family_revoked",
+                    &family_id,
+                    &ip,
+                    "refresh token reused",
+                )
+                .await?;
+            Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "refresh token reused; the session is revoked",
+            ))
+        }
+        RefreshUse::Invalid => Err(refused()),
+    }
+}
+
+/// Ends the session of a refresh token (its whole family).
+#[utoipa::path(post, path = "/v1/auth/logout", request_body = RefreshRequest,
+    responses((status = 204)))]
+async fn logout(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(req): ApiJson<RefreshRequest>,
+) -> Result<StatusCode, ApiError> {
+    if let Some(family) = state
+        .repo
+        .refresh_family(&hash_refresh(&req.refresh_token))
+        .await?
+    {
+        state.repo.revoke_family(&family).await?;
+        state.repo.audit("logout", &family, &ip, "").await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Authentication events, newest first (admins only).
+#[utoipa::path(get, path = "/v1/audit", params(AuditParams), security(("bearer" = [])),
+    responses((status = 200, body = [AuditEntry]), (status = 403, body = ErrorBody)))]
+async fn audit(
+    State(state): State<AppState>,
+    who: Principal,
+    ApiQuery(p): ApiQuery<AuditParams>,
+) -> Result<ApiJson<Vec<AuditEntry>>, ApiError> {
+    who.require(&[Role::Admin])?;
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be 1-1000"));
+    }
+    Ok(ApiJson(state.repo.audit_list(limit).await?))
 }
 
 /// The public keys that verify access tokens.

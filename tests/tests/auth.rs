@@ -1,0 +1,213 @@
+//! user-service sessions on SQLite and on MariaDB: refresh-token rotation and
+//! reuse detection, logout, the per-account brute-force limit, and the audit
+//! log. Each case runs a real user-service on a free port.
+
+use std::time::Duration;
+
+use dialstack_common::config::Env;
+use dialstack_common::service::Service;
+use dialstack_tests::both_databases;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+const ADMIN_PASSWORD: &str = "correct horse battery staple";
+const SERVICE_PASSWORD: &str = "service account secret 42";
+
+struct Users {
+    url: String,
+    stop: CancellationToken,
+    http: reqwest::Client,
+}
+
+impl Drop for Users {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn users(database_url: &str) -> Users {
+    let env = Env::from_pairs([
+        ("DIALSTACK_HTTP_ADDR", "127.0.0.1:0"),
+        ("DIALSTACK_DATABASE_URL", database_url),
+        ("DIALSTACK_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ("DIALSTACK_SERVICE_PASSWORD", SERVICE_PASSWORD),
+        ("DIALSTACK_SHUTDOWN_GRACE_SECS", "1"),
+    ]);
+    let stop = CancellationToken::new();
+    let app = user_service::Application::build(
+        user_service::Application::config(&env).unwrap(),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}", app.local_addr());
+    tokio::spawn(app.run_until_stopped());
+    Users {
+        url,
+        stop,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Users {
+    async fn post(&self, path: &str, body: Value) -> (u16, Value, Option<String>) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (status, r.json().await.unwrap_or(Value::Null), retry)
+    }
+
+    async fn login(&self, username: &str, password: &str) -> (u16, Value, Option<String>) {
+        self.post(
+            "/v1/auth/login",
+            json!({"username": username, "password": password}),
+        )
+        .await
+    }
+
+    async fn audit(&self, token: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}/v1/audit?limit=1000", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn refresh_tokens_rotate_and_a_reused_one_revokes_the_session() {
+    for (engine, url) in both_databases() {
+        let u = users(&url).await;
+        let (status, first, _) = u.login("admin", ADMIN_PASSWORD).await;
+        assert_eq!(status, 200, "{engine}");
+        let r1 = first["refresh_token"].as_str().unwrap().to_owned();
+        let (status, second, _) = u
+            .post("/v1/auth/refresh", json!({"refresh_token": r1}))
+            .await;
+        assert_eq!(status, 200, "{engine}: rotation");
+        let r2 = second["refresh_token"].as_str().unwrap().to_owned();
+        assert_ne!(r1, r2, "{engine}");
+        assert!(
+            second["access_token"].as_str().unwrap().split('.').count() == 3,
+            "{engine}"
+        );
+        // The old token again: reuse, the whole family is revoked...
+        let (status, body, _) = u
+            .post("/v1/auth/refresh", json!({"refresh_token": r1}))
+            .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{engine}"
+        );
+        // ...so the newest token of the family no longer works either.
+        let (status, _, _) = u
+            .post("/v1/auth/refresh", json!({"refresh_token": r2}))
+            .await;
+        assert_eq!(status, 401, "{engine}: family revoked");
+        let (status, _, _) = u
+            .post("/v1/auth/refresh", json!({"refresh_token": "made-up"}))
+            .await;
+        assert_eq!(status, 401, "{engine}");
+        let (status, body, _) = u.post("/v1/auth/refresh", json!({"token": 1})).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some("invalid_json")),
+            "{engine}"
+        );
+
+        let token = first["access_token"].as_str().unwrap();
+        let (status, log) = u.audit(token).await;
+        assert_eq!(status, 200, "{engine}");
+        let kinds: Vec<&str> = log
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        assert!(
+            kinds.contains(&"login_succeeded") && kinds.contains(&"token_family_revoked"),
+            "{engine}: {kinds:?}"
+        );
+        assert!(
+            !log.to_string().contains(&r1),
+            "{engine}: no secret in the audit log"
+        );
+    }
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_and_the_audit_log_is_for_admins() {
+    for (engine, url) in both_databases() {
+        let u = users(&url).await;
+        let (_, session, _) = u.login("admin", ADMIN_PASSWORD).await;
+        let r = session["refresh_token"].as_str().unwrap();
+        let resp = u
+            .http
+            .post(format!("{}/v1/auth/logout", u.url))
+            .json(&json!({"refresh_token": r}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204, "{engine}");
+        let (status, _, _) = u
+            .post("/v1/auth/refresh", json!({"refresh_token": r}))
+            .await;
+        assert_eq!(status, 401, "{engine}: logged out");
+        let (status, service, _) = u
+            .login(user_service::SERVICE_ACCOUNT, SERVICE_PASSWORD)
+            .await;
+        assert_eq!(status, 200, "{engine}");
+        let (status, body) = u.audit(service["access_token"].as_str().unwrap()).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (403, Some("forbidden")),
+            "{engine}: service accounts cannot read the audit log"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_101st_failed_login_in_an_hour_is_refused_even_with_the_right_password() {
+    for (engine, url) in both_databases() {
+        let u = users(&url).await;
+        for i in 0..100 {
+            let (status, _, _) = u.login("admin", &format!("wrong password {i}")).await;
+            assert_eq!(status, 401, "{engine}: failure {i}");
+        }
+        let (status, body, retry) = u.login("admin", "wrong password again").await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (429, Some("rate_limited")),
+            "{engine}"
+        );
+        let retry: u64 = retry.expect("Retry-After").parse().unwrap();
+        assert!(
+            (3500..=3601).contains(&retry),
+            "{engine}: about an hour, got {retry}"
+        );
+        let (status, _, _) = u.login("admin", ADMIN_PASSWORD).await;
+        assert_eq!(
+            status, 429,
+            "{engine}: the right password is refused too while limited"
+        );
+        // Another account from the same address is not locked by it.
+        let (status, _, _) = u
+            .login(user_service::SERVICE_ACCOUNT, SERVICE_PASSWORD)
+            .await;
+        assert_eq!(status, 200, "{engine}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
