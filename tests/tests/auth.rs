@@ -29,6 +29,7 @@ async fn users(database_url: &str) -> Users {
     let env = Env::from_pairs([
         ("DIALSTACK_HTTP_ADDR", "127.0.0.1:0"),
         ("DIALSTACK_DATABASE_URL", database_url),
+        ("DIALSTACK_EVENTS_URL", "memory://auth-tests"),
         ("DIALSTACK_ADMIN_PASSWORD", ADMIN_PASSWORD),
         ("DIALSTACK_SERVICE_PASSWORD", SERVICE_PASSWORD),
         ("DIALSTACK_SHUTDOWN_GRACE_SECS", "1"),

@@ -568,10 +568,6 @@ const PANELS_WITHOUT_DATA_YET: &[(&str, &str)] = &[
         "dialstack_rtp_jitter_seconds comes with the jitter buffer",
     ),
     (
-        "Agents by state",
-        "dialstack_agents comes with agent state in user-service (issue 3)",
-    ),
-    (
         "Abandon ratio per campaign",
         "dialstack_campaign_abandon_ratio comes with predictive pacing",
     ),

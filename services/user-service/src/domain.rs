@@ -109,3 +109,107 @@ mod tests {
         assert!(!verify_password("anything at all", None).await);
     }
 }
+
+/// Where an agent is, as the dialer sees it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    /// Not logged in, or gone (no heartbeat).
+    Offline,
+    /// Waiting for a call.
+    Available,
+    /// A call is being routed to them.
+    Reserved,
+    /// Talking.
+    OnCall,
+    /// After-call work.
+    WrapUp,
+    /// Away, with a pause code.
+    Paused,
+}
+
+impl AgentState {
+    /// Every state, in a stable order.
+    pub const ALL: [AgentState; 6] = [
+        Self::Offline,
+        Self::Available,
+        Self::Reserved,
+        Self::OnCall,
+        Self::WrapUp,
+        Self::Paused,
+    ];
+
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Offline => "offline",
+            Self::Available => "available",
+            Self::Reserved => "reserved",
+            Self::OnCall => "on_call",
+            Self::WrapUp => "wrap_up",
+            Self::Paused => "paused",
+        }
+    }
+
+    /// Parses the snake_case name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// Whether an agent may move from `self` to `to` on request. Going
+    /// offline for lack of heartbeats is the system's doing and is always
+    /// allowed (see [`AgentState::can_time_out`]).
+    pub fn can_become(self, to: AgentState) -> bool {
+        use AgentState::*;
+        matches!(
+            (self, to),
+            (Offline, Available)
+                | (Available, Reserved | Paused | Offline)
+                | (Reserved, OnCall | Available)
+                | (OnCall, WrapUp)
+                | (WrapUp, Available | Paused | Offline)
+                | (Paused, Available | Offline)
+        )
+    }
+
+    /// Whether a missing heartbeat takes the agent offline from here.
+    pub fn can_time_out(self) -> bool {
+        self != AgentState::Offline
+    }
+}
+
+#[cfg(test)]
+mod agent_tests {
+    use super::AgentState::{self, *};
+
+    #[test]
+    fn the_transition_table() {
+        let allowed = [
+            (Offline, Available),
+            (Available, Reserved),
+            (Available, Paused),
+            (Available, Offline),
+            (Reserved, OnCall),
+            (Reserved, Available),
+            (OnCall, WrapUp),
+            (WrapUp, Available),
+            (WrapUp, Paused),
+            (WrapUp, Offline),
+            (Paused, Available),
+            (Paused, Offline),
+        ];
+        for from in AgentState::ALL {
+            for to in AgentState::ALL {
+                assert_eq!(
+                    from.can_become(to),
+                    allowed.contains(&(from, to)),
+                    "{from:?} -> {to:?}"
+                );
+            }
+            assert_eq!(AgentState::parse(from.as_str()), Some(from));
+        }
+        assert!(!Offline.can_time_out() && OnCall.can_time_out());
+    }
+}

@@ -132,8 +132,12 @@ pub struct Me {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "dialstack user-service", version = "1"),
-    paths(login, refresh, logout, jwks, me, audit),
-    components(schemas(LoginRequest, RefreshRequest, TokenResponse, Me, ErrorBody, Jwks, AuditEntry)),
+    paths(login, refresh, logout, jwks, me, audit,
+        crate::agents::create_user, crate::agents::put_agent, crate::agents::get_agent,
+        crate::agents::list_agents, crate::agents::change_state, crate::agents::heartbeat),
+    components(schemas(LoginRequest, RefreshRequest, TokenResponse, Me, ErrorBody, Jwks, AuditEntry,
+        crate::agents::NewUser, crate::agents::UserView, crate::agents::AgentProfile,
+        crate::agents::AgentView, crate::agents::StateRequest, crate::db::Agent, crate::domain::AgentState)),
     modifiers(&BearerSecurity)
 )]
 struct Doc;
@@ -147,6 +151,7 @@ pub fn openapi() -> serde_json::Value {
 pub fn router(state: AppState, keys: Arc<StaticKeys>) -> Router {
     let keys: Keys = keys;
     let protected = Router::new()
+        .merge(crate::agents::routes())
         .route("/v1/users/me", get(me))
         .route("/v1/audit", get(audit))
         .route_layer(axum::middleware::from_fn_with_state(keys, require_auth));

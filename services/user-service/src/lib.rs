@@ -6,13 +6,17 @@
 //! # Layout
 //! - [`domain`]: usernames and the password policy
 //! - [`db`]: the users and signing-key repositories, migrations
-//! - [`http`]: routes, OpenAPI
+//! - [`http`]: login, sessions, JWKS, audit; OpenAPI
+//! - [`agents`]: users, agent profiles, agent state and presence
 //!
 //! Service-specific settings: `DIALSTACK_ADMIN_PASSWORD` (creates the `admin`
 //! user on first start; required while no admin exists),
+//! `DIALSTACK_AGENT_HEARTBEAT_TIMEOUT_SECS` (default 30: an agent silent that
+//! long goes offline),
 //! `DIALSTACK_SERVICE_PASSWORD` (creates or updates the `dialstack-service`
 //! service account that other services log in with).
 
+pub mod agents;
 pub mod db;
 pub mod domain;
 pub mod http;
@@ -40,17 +44,24 @@ pub struct Config {
     pub admin_password: Option<String>,
     /// Password for the service account.
     pub service_password: Option<String>,
+    /// Silence after which an agent goes offline.
+    pub heartbeat_timeout: std::time::Duration,
 }
 
 impl Config {
-    /// Reads the settings. The events and commands URLs are optional here:
-    /// user-service publishes nothing yet.
+    /// Reads the settings. The commands URL is optional here: user-service
+    /// publishes `agent.state` on the events channel only.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let mut env = env.clone();
-        for var in ["DIALSTACK_EVENTS_URL", "DIALSTACK_COMMANDS_URL"] {
-            if env.get(var).is_none() {
-                env.set(var, "memory://");
-            }
+        if env.get("DIALSTACK_COMMANDS_URL").is_none() {
+            env.set("DIALSTACK_COMMANDS_URL", "memory://");
+        }
+        let heartbeat_secs: u64 = env.parse_or("DIALSTACK_AGENT_HEARTBEAT_TIMEOUT_SECS", 30)?;
+        if !(1..=3600).contains(&heartbeat_secs) {
+            return Err(ConfigError::new(
+                "DIALSTACK_AGENT_HEARTBEAT_TIMEOUT_SECS",
+                "must be 1-3600",
+            ));
         }
         let admin_password = env.get("DIALSTACK_ADMIN_PASSWORD").map(str::to_owned);
         if let Some(p) = &admin_password {
@@ -66,6 +77,7 @@ impl Config {
             common: CommonConfig::from_env(&env, PORT)?,
             admin_password,
             service_password,
+            heartbeat_timeout: std::time::Duration::from_secs(heartbeat_secs),
         })
     }
 }
@@ -79,6 +91,8 @@ pub struct AppState {
     pub signer: Arc<SigningKey>,
     /// The published keys.
     pub jwks: Arc<Jwks>,
+    /// The outbox relay (woken after agent state changes).
+    pub relay: dialstack_common::db::OutboxRelay,
 }
 
 /// A built user-service, ready to run.
@@ -96,7 +110,10 @@ impl Service for Application {
             NAME,
             config.common.clone(),
             db::MIGRATIONS,
-            Channels::default(),
+            Channels {
+                events: true,
+                commands: false,
+            },
             shutdown,
         )
         .await?;
@@ -127,7 +144,23 @@ impl Service for Application {
         let signer = Arc::new(repo.current_signing_key().await?);
         let jwks = Arc::new(repo.jwks().await?);
         let keys = Arc::new(StaticKeys::from_jwks(&jwks));
-        let state = AppState { repo, signer, jwks };
+        let gauge = base.metrics.register(&prometheus::IntGaugeVec::new(
+            prometheus::Opts::new("dialstack_agents", "agents by state"),
+            &["state"],
+        )?);
+        base.tasks.spawn(agents::run_presence(
+            repo.clone(),
+            base.relay.clone(),
+            gauge,
+            config.heartbeat_timeout,
+            base.shutdown.clone(),
+        ));
+        let state = AppState {
+            repo,
+            signer,
+            jwks,
+            relay: base.relay.clone(),
+        };
         Ok(Self(
             Built::new(base, http::router(state, keys), http::openapi()).await?,
         ))

@@ -1,0 +1,386 @@
+//! Users and agents: creating users (admins), agent profiles (admins and
+//! supervisors), agent state with its transition table, heartbeats, and the
+//! presence loop that takes silent agents offline.
+//!
+//! Object level: an agent sees and changes only itself; asking about another
+//! agent is a 404, so ids cannot be probed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use dialstack_common::auth::{Principal, Role};
+use dialstack_common::http::{ApiError, ApiJson, ApiQuery, ErrorBody, ErrorCode};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::db::{Agent, Repo, StateChange};
+use crate::domain::AgentState;
+use crate::AppState;
+
+const MANAGE: &[Role] = &[Role::Admin, Role::Supervisor];
+const VIEW: &[Role] = &[Role::Admin, Role::Supervisor, Role::Service];
+
+/// `POST /v1/users` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewUser {
+    /// Login name.
+    pub username: String,
+    /// Initial password.
+    pub password: String,
+    /// Role.
+    pub role: Role,
+}
+
+/// A user as the API shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserView {
+    /// Id.
+    pub id: String,
+    /// Login name.
+    pub username: String,
+    /// Role.
+    pub role: Role,
+}
+
+/// `PUT /v1/agents/{id}` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AgentProfile {
+    /// Name shown to supervisors.
+    pub display_name: String,
+    /// Where answered calls are bridged (`sip:` or `sips:` URI).
+    pub sip_uri: String,
+    /// Teams.
+    #[serde(default)]
+    pub teams: Vec<String>,
+    /// Skills with levels 1-10.
+    #[serde(default)]
+    pub skills: BTreeMap<String, u8>,
+    /// Calls at once (1-10, default 1).
+    #[serde(default)]
+    pub max_concurrent: Option<i64>,
+}
+
+/// An agent with the time spent in its state.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AgentView {
+    /// The agent.
+    #[serde(flatten)]
+    pub agent: Agent,
+    /// Seconds in the current state.
+    pub seconds_in_state: i64,
+}
+
+impl From<Agent> for AgentView {
+    fn from(agent: Agent) -> Self {
+        let seconds_in_state = (dialstack_common::now_ms() - agent.state_since).max(0) / 1000;
+        Self {
+            agent,
+            seconds_in_state,
+        }
+    }
+}
+
+/// `POST /v1/agents/{id}/state` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct StateRequest {
+    /// The new state.
+    pub state: AgentState,
+    /// Required with `paused`.
+    #[serde(default)]
+    pub pause_code: Option<String>,
+    /// Free text kept in the event.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `GET /v1/agents` filters.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AgentFilter {
+    /// Only this state.
+    pub state: Option<String>,
+    /// Only this team.
+    pub team: Option<String>,
+    /// Only agents with this skill.
+    pub skill: Option<String>,
+}
+
+/// The routes (mounted behind the auth layer).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/users", post(create_user))
+        .route("/v1/agents", get(list_agents))
+        .route("/v1/agents/{id}", put(put_agent).get(get_agent))
+        .route("/v1/agents/{id}/state", post(change_state))
+        .route("/v1/agents/{id}/heartbeat", post(heartbeat))
+}
+
+fn name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// Creates a user (admins only).
+#[utoipa::path(post, path = "/v1/users", request_body = NewUser, security(("bearer" = [])),
+    responses((status = 201, body = UserView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_user(
+    State(state): State<AppState>,
+    who: Principal,
+    ApiJson(req): ApiJson<NewUser>,
+) -> Result<(StatusCode, ApiJson<UserView>), ApiError> {
+    who.require(&[Role::Admin])?;
+    crate::domain::check_username(&req.username).map_err(|e| ApiError::invalid("username", e))?;
+    crate::domain::check_password(&req.password).map_err(|e| ApiError::invalid("password", e))?;
+    let hash = crate::domain::hash_password(&req.password)
+        .await
+        .map_err(ApiError::internal)?;
+    let user = state
+        .repo
+        .create_user(&req.username, req.role, &hash)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "username is taken"))?;
+    state
+        .repo
+        .audit("user_created", &user.id, "", req.role.as_str())
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(UserView {
+            id: user.id,
+            username: user.username,
+            role: user.role,
+        }),
+    ))
+}
+
+/// Creates or updates the profile of an agent user (admins, supervisors).
+#[utoipa::path(put, path = "/v1/agents/{id}", request_body = AgentProfile, security(("bearer" = [])),
+    responses((status = 200, body = AgentView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn put_agent(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+    ApiJson(p): ApiJson<AgentProfile>,
+) -> Result<ApiJson<AgentView>, ApiError> {
+    who.require(MANAGE)?;
+    let user = state
+        .repo
+        .user_by_id(&id)
+        .await?
+        .filter(|u| u.role == Role::Agent)
+        .ok_or_else(|| ApiError::not_found("agent user"))?;
+    if p.display_name.trim().is_empty() || p.display_name.len() > 128 {
+        return Err(ApiError::invalid(
+            "display_name",
+            "must be 1-128 characters",
+        ));
+    }
+    if !(p.sip_uri.starts_with("sip:") || p.sip_uri.starts_with("sips:"))
+        || p.sip_uri.len() > 255
+        || p.sip_uri.contains(char::is_whitespace)
+    {
+        return Err(ApiError::invalid("sip_uri", "must be a sip: or sips: URI"));
+    }
+    if let Some(t) = p.teams.iter().find(|t| !name_ok(t)) {
+        return Err(ApiError::invalid(
+            "teams",
+            format!("{t:?} must be 1-64 of [A-Za-z0-9._-]"),
+        ));
+    }
+    if let Some((k, v)) = p
+        .skills
+        .iter()
+        .find(|(k, v)| !name_ok(k) || !(1..=10).contains(*v))
+    {
+        return Err(ApiError::invalid(
+            "skills",
+            format!("{k:?}: {v} must be a name with a level 1-10"),
+        ));
+    }
+    let max_concurrent = p.max_concurrent.unwrap_or(1);
+    if !(1..=10).contains(&max_concurrent) {
+        return Err(ApiError::invalid("max_concurrent", "must be 1-10"));
+    }
+    let agent = state
+        .repo
+        .upsert_agent(&Agent {
+            id: user.id,
+            display_name: p.display_name.trim().to_owned(),
+            sip_uri: p.sip_uri,
+            teams: p.teams,
+            skills: p.skills,
+            max_concurrent,
+            state: AgentState::Offline,
+            pause_code: None,
+            state_since: 0,
+            last_heartbeat: 0,
+        })
+        .await?;
+    Ok(ApiJson(agent.into()))
+}
+
+/// The agent, if the caller may see it: agents see only themselves.
+async fn visible(state: &AppState, who: &Principal, id: &str) -> Result<Agent, ApiError> {
+    let allowed = VIEW.contains(&who.role) || (who.role == Role::Agent && who.sub == id);
+    let agent = if allowed {
+        state.repo.agent(id).await?
+    } else {
+        None
+    };
+    agent.ok_or_else(|| ApiError::not_found("agent"))
+}
+
+/// One agent (agents: only themselves).
+#[utoipa::path(get, path = "/v1/agents/{id}", security(("bearer" = [])),
+    responses((status = 200, body = AgentView), (status = 404, body = ErrorBody)))]
+pub async fn get_agent(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<ApiJson<AgentView>, ApiError> {
+    Ok(ApiJson(visible(&state, &who, &id).await?.into()))
+}
+
+/// Agents by state, team and skill, with time in state (supervisor view;
+/// the scheduler's pacing reads it with a service token).
+#[utoipa::path(get, path = "/v1/agents", params(AgentFilter), security(("bearer" = [])),
+    responses((status = 200, body = [AgentView]), (status = 400, body = ErrorBody)))]
+pub async fn list_agents(
+    State(state): State<AppState>,
+    who: Principal,
+    ApiQuery(f): ApiQuery<AgentFilter>,
+) -> Result<ApiJson<Vec<AgentView>>, ApiError> {
+    who.require(VIEW)?;
+    if let Some(s) = &f.state {
+        AgentState::parse(s)
+            .ok_or_else(|| ApiError::invalid("state", format!("{s:?} is not an agent state")))?;
+    }
+    for (field, v) in [("team", &f.team), ("skill", &f.skill)] {
+        if v.as_deref().is_some_and(|v| !name_ok(v)) {
+            return Err(ApiError::invalid(field, "must be 1-64 of [A-Za-z0-9._-]"));
+        }
+    }
+    let agents = state
+        .repo
+        .agents(f.state.as_deref(), f.team.as_deref(), f.skill.as_deref())
+        .await?;
+    Ok(ApiJson(agents.into_iter().map(AgentView::from).collect()))
+}
+
+/// Changes an agent's state. Agents change their own; supervisors, admins
+/// and services anyone's. An invalid transition is a 409 whose body carries
+/// `current_state`.
+#[utoipa::path(post, path = "/v1/agents/{id}/state", request_body = StateRequest, security(("bearer" = [])),
+    responses((status = 200, body = AgentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn change_state(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<StateRequest>,
+) -> Result<Response, ApiError> {
+    visible(&state, &who, &id).await?;
+    let pause_code = match (req.state, req.pause_code.as_deref()) {
+        (AgentState::Paused, Some(code)) if name_ok(code) => Some(code),
+        (AgentState::Paused, _) => {
+            return Err(ApiError::invalid(
+                "pause_code",
+                "is required with paused (1-64 of [A-Za-z0-9._-])",
+            ))
+        }
+        (_, _) => None,
+    };
+    let reason = req.reason.as_deref().unwrap_or("requested");
+    if reason.len() > 128 {
+        return Err(ApiError::invalid(
+            "reason",
+            "must be at most 128 characters",
+        ));
+    }
+    match state.repo.set_state(&id, req.state, pause_code, reason, false).await? {
+        StateChange::Changed(agent) => {
+            state.relay.notify();
+            Ok(ApiJson(AgentView::from(agent)).into_response())
+        }
+        StateChange::Refused(current) => Ok((
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({
+                "code": ErrorCode::Conflict.as_str(),
+                "message": format!("an agent cannot go from {} to {}", current.as_str(), req.state.as_str()),
+                "request_id": dialstack_common::http::current_request_id(),
+                "current_state": current.as_str(),
+            })),
+        )
+            .into_response()),
+        StateChange::Unknown => Err(ApiError::not_found("agent")),
+    }
+}
+
+/// Records that the agent's client is alive.
+#[utoipa::path(post, path = "/v1/agents/{id}/heartbeat", security(("bearer" = [])),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    visible(&state, &who, &id).await?;
+    if state.repo.heartbeat(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("agent"))
+    }
+}
+
+/// Takes agents without a heartbeat for `timeout` offline, and keeps the
+/// `dialstack_agents{state}` gauge, until shutdown.
+pub async fn run_presence(
+    repo: Repo,
+    relay: dialstack_common::db::OutboxRelay,
+    gauge: prometheus::IntGaugeVec,
+    timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let period = (timeout / 3).clamp(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        let cutoff = dialstack_common::now_ms() - timeout.as_millis() as i64;
+        match repo.silent_agents(cutoff).await {
+            Ok(ids) => {
+                for id in ids {
+                    match repo
+                        .set_state(&id, AgentState::Offline, None, "heartbeat_timeout", true)
+                        .await
+                    {
+                        Ok(StateChange::Changed(_)) => {
+                            tracing::info!(agent_id = %id, "agent went silent, now offline");
+                            relay.notify();
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "cannot take a silent agent offline"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "presence check failed"),
+        }
+        if let Ok(counts) = repo.agent_counts().await {
+            for s in AgentState::ALL {
+                let n = counts
+                    .iter()
+                    .find(|(k, _)| k == s.as_str())
+                    .map(|(_, n)| *n)
+                    .unwrap_or(0);
+                gauge.with_label_values(&[s.as_str()]).set(n);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+    }
+}
