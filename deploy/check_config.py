@@ -120,8 +120,9 @@ def main():
             annotated = [d for d in deployments.values()
                          if d["spec"]["template"]["metadata"].get("annotations", {}).get("k8s.v1.cni.cncf.io/networks")
                          == nad["metadata"]["name"]]
-            if [d["metadata"]["name"] for d in annotated] != ["media-processor"]:
-                errors.append(f"{path}: NAD {nad['metadata']['name']} must be attached to media-processor only")
+            names = [d["metadata"]["name"] for d in annotated]
+            if "media-processor" not in names or any(not n.startswith("media-processor") for n in names):
+                errors.append(f"{path}: NAD {nad['metadata']['name']} must be attached to the media tier only: {names}")
 
     for e in errors:
         print(e)
