@@ -313,6 +313,60 @@ pub async fn verify(token: &str, keys: &dyn KeySource, now_s: i64) -> Result<Cla
     Ok(claims)
 }
 
+/// Tokens already verified, so that a client presenting the same token on
+/// every request pays for the signature check once. An entry is used only
+/// while its key is still published and its `exp`/`nbf` hold.
+#[derive(Default)]
+pub struct VerifiedTokens {
+    /// Claims and key id by token; cleared when full.
+    entries: std::sync::RwLock<HashMap<String, (String, Claims)>>,
+}
+
+/// Tokens remembered at most.
+const VERIFIED_CAPACITY: usize = 10_000;
+
+impl VerifiedTokens {
+    /// Verifies `token`, from memory when it was verified before.
+    pub async fn verify(
+        &self,
+        token: &str,
+        keys: &dyn KeySource,
+        now_s: i64,
+    ) -> Result<Claims, AuthError> {
+        let hit = self.entries.read().ok().and_then(|e| e.get(token).cloned());
+        if let Some((kid, claims)) = hit {
+            if keys.key(&kid).await.is_none() {
+                return Err(AuthError::UnknownKey);
+            }
+            if claims.exp + LEEWAY_SECS < now_s {
+                return Err(AuthError::Expired);
+            }
+            if claims.nbf - LEEWAY_SECS > now_s {
+                return Err(AuthError::NotYetValid);
+            }
+            return Ok(claims);
+        }
+        let claims = verify(token, keys, now_s).await?;
+        let kid = token
+            .split('.')
+            .next()
+            .and_then(|h| B64.decode(h).ok())
+            .and_then(|b| serde_json::from_slice::<Header>(&b).ok())
+            .and_then(|h| h.kid)
+            .unwrap_or_default();
+        if let Ok(mut e) = self.entries.write() {
+            if e.len() >= VERIFIED_CAPACITY {
+                e.clear();
+            }
+            e.insert(token.to_owned(), (kid, claims.clone()));
+        }
+        Ok(claims)
+    }
+}
+
+static VERIFIED: std::sync::LazyLock<VerifiedTokens> =
+    std::sync::LazyLock::new(VerifiedTokens::default);
+
 /// Keys fetched from a JWKS URL, refreshed when a token names an unknown
 /// `kid`, at most once per `min_refresh`.
 pub struct JwksCache {
@@ -459,7 +513,10 @@ pub async fn require_auth(State(keys): State<Keys>, mut req: Request, next: Next
     let Some(token) = token else {
         return AuthError::Missing.into_response();
     };
-    match verify(token, keys.as_ref(), crate::now_ms() / 1000).await {
+    match VERIFIED
+        .verify(token, keys.as_ref(), crate::now_ms() / 1000)
+        .await
+    {
         Ok(claims) => {
             req.extensions_mut().insert(Principal {
                 sub: claims.sub,
@@ -561,6 +618,36 @@ mod tests {
         // garbage
         assert_eq!(verify("a.b", &ks, now()).await, Err(AuthError::Malformed));
         assert_eq!(verify("a.b.c", &ks, now()).await, Err(AuthError::Malformed));
+    }
+
+    #[tokio::test]
+    async fn remembered_tokens_still_expire_and_lose_their_key() {
+        let k = SigningKey::generate();
+        let ks = keys(&k);
+        let cache = VerifiedTokens::default();
+        let mut c = new_claims("u1", Role::Agent, Duration::from_secs(60));
+        c.exp = now() + 60;
+        let t = k.sign(&c);
+        assert!(cache.verify(&t, &ks, now()).await.is_ok());
+        assert!(cache.verify(&t, &ks, now()).await.is_ok(), "from memory");
+        assert_eq!(
+            cache.verify(&t, &ks, now() + 3600).await,
+            Err(AuthError::Expired)
+        );
+        ks.replace(&Jwks {
+            keys: vec![SigningKey::generate().jwk()],
+        });
+        assert_eq!(
+            cache.verify(&t, &ks, now()).await,
+            Err(AuthError::UnknownKey),
+            "key withdrawn"
+        );
+        let mut forged = t.clone();
+        forged.push('x');
+        assert!(
+            cache.verify(&forged, &keys(&k), now()).await.is_err(),
+            "a different string is verified afresh"
+        );
     }
 
     #[test]
