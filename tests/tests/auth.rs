@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dialstack_common::config::Env;
 use dialstack_common::service::Service;
-use dialstack_tests::both_databases;
+use dialstack_tests::{both_databases, eventually};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -211,4 +211,164 @@ async fn the_101st_failed_login_in_an_hour_is_refused_even_with_the_right_passwo
         assert_eq!(status, 200, "{engine}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+fn kid_of(token: &str) -> String {
+    use base64::Engine as _;
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.split('.').next().unwrap())
+        .unwrap();
+    serde_json::from_slice::<Value>(&header).unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn rotation_on(engine: &str, url: String) {
+    let env = Env::from_pairs([
+        ("DIALSTACK_HTTP_ADDR", "127.0.0.1:0"),
+        ("DIALSTACK_DATABASE_URL", url.as_str()),
+        ("DIALSTACK_EVENTS_URL", "memory://rotation-tests"),
+        ("DIALSTACK_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ("DIALSTACK_ACCESS_TOKEN_TTL_SECS", "1"),
+        ("DIALSTACK_KEY_PUBLISH_DELAY_SECS", "2"),
+        ("DIALSTACK_SHUTDOWN_GRACE_SECS", "1"),
+    ]);
+    let stop = CancellationToken::new();
+    let app = user_service::Application::build(
+        user_service::Application::config(&env).unwrap(),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let users = Users {
+        url: format!("http://{}", app.local_addr()),
+        stop,
+        http: reqwest::Client::new(),
+    };
+    tokio::spawn(app.run_until_stopped());
+    let u = &users;
+    let jwks = || async {
+        let v: Value = u
+            .http
+            .get(format!("{}/.well-known/jwks.json", u.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let (_, first, _) = u.login("admin", ADMIN_PASSWORD).await;
+    let old_kid = kid_of(first["access_token"].as_str().unwrap());
+    assert_eq!(jwks().await, vec![old_kid.clone()], "{engine}");
+    // A long-lived token signed with the old key, as a client could hold one.
+    let db = dialstack_common::db::Db::connect(&url).await.unwrap();
+    let seed: String = sqlx::Row::get(
+        &sqlx::query("SELECT seed FROM signing_keys WHERE kid = ?")
+            .bind(&old_kid)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap(),
+        0,
+    );
+    let seed = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(seed)
+            .unwrap()
+    };
+    let old_key = dialstack_common::auth::SigningKey::from_seed(old_kid.clone(), &seed).unwrap();
+    let held = old_key.sign(&dialstack_common::auth::new_claims(
+        "someone",
+        dialstack_common::auth::Role::Admin,
+        Duration::from_secs(3600),
+    ));
+    let me = |t: String| async move {
+        u.http
+            .get(format!("{}/v1/users/me", u.url))
+            .bearer_auth(t)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+
+    let r = u
+        .http
+        .post(format!("{}/v1/keys/rotate", u.url))
+        .bearer_auth(first["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{engine}");
+    let rotation: Value = r.json().await.unwrap();
+    let new_kid = rotation["kid"].as_str().unwrap().to_owned();
+    let mut published = jwks().await;
+    published.sort();
+    let mut both = vec![old_kid.clone(), new_kid.clone()];
+    both.sort();
+    assert_eq!(
+        published, both,
+        "{engine}: the new key is published before it signs"
+    );
+    let (_, early, _) = u.login("admin", ADMIN_PASSWORD).await;
+    assert_eq!(
+        kid_of(early["access_token"].as_str().unwrap()),
+        old_kid,
+        "{engine}: not signing yet"
+    );
+
+    eventually(
+        &format!("{engine}: new key signs"),
+        Duration::from_secs(10),
+        || async {
+            let (_, t, _) = u.login("admin", ADMIN_PASSWORD).await;
+            let kid = kid_of(t["access_token"].as_str().unwrap());
+            if kid == new_kid {
+                Ok(())
+            } else {
+                Err(kid)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        me(held.clone()).await,
+        404,
+        "{engine}: the old key still verifies (no such user, but authenticated)"
+    );
+    // After a token lifetime plus the leeway the old key leaves the JWKS, and
+    // what it signed is refused.
+    eventually(
+        &format!("{engine}: old key retired"),
+        Duration::from_secs(60),
+        || async {
+            let keys = jwks().await;
+            if keys == vec![new_kid.clone()] {
+                Ok(())
+            } else {
+                Err(format!("{keys:?}"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        me(held).await,
+        401,
+        "{engine}: signed by a key no longer in the JWKS"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_keys_rotate_published_first_and_retired_after_their_tokens() {
+    let [(e1, u1), (e2, u2)] = both_databases();
+    tokio::join!(rotation_on(e1, u1), rotation_on(e2, u2));
 }

@@ -6,7 +6,12 @@ use dialstack_common::db::{Db, Migration};
 use sqlx::Row;
 
 /// user-service's schema.
-pub const MIGRATIONS: &[Migration] = &[MIGRATION_USERS, MIGRATION_SESSIONS, MIGRATION_AGENTS];
+pub const MIGRATIONS: &[Migration] = &[
+    MIGRATION_USERS,
+    MIGRATION_SESSIONS,
+    MIGRATION_AGENTS,
+    MIGRATION_KEY_ROTATION,
+];
 
 /// Users and signing keys.
 pub const MIGRATION_USERS: Migration = Migration {
@@ -134,8 +139,10 @@ impl Repo {
     /// The newest active signing key, created on first use.
     pub async fn current_signing_key(&self) -> Result<SigningKey, sqlx::Error> {
         let row = sqlx::query(
-            "SELECT kid, seed FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC, kid DESC LIMIT 1",
+            "SELECT kid, seed FROM signing_keys WHERE retired_at IS NULL AND activates_at <= ?
+             ORDER BY activates_at DESC, created_at DESC, kid DESC LIMIT 1",
         )
+        .bind(dialstack_common::now_ms())
         .fetch_optional(&self.db.pool)
         .await?;
         if let Some(r) = row {
@@ -680,5 +687,66 @@ impl Repo {
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()
+    }
+}
+
+/// Signing keys that start signing some time after they are published.
+pub const MIGRATION_KEY_ROTATION: Migration = Migration {
+    version: 4,
+    name: "signing key activation",
+    sql: "ALTER TABLE signing_keys ADD COLUMN activates_at BIGINT NOT NULL DEFAULT 0",
+};
+
+impl Repo {
+    /// Adds a key that is published now and signs from `activates_at`.
+    pub async fn add_signing_key(&self, activates_at: i64) -> Result<SigningKey, sqlx::Error> {
+        let key = SigningKey::generate();
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, seed, created_at, activates_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&key.kid)
+        .bind(b64().encode(key.seed()))
+        .bind(dialstack_common::now_ms())
+        .bind(activates_at)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(key)
+    }
+
+    /// Retires every key older than the signing one once the signing one has
+    /// been active for `after_ms` (the last token an old key signed has
+    /// expired by then). Returns the retired kids.
+    pub async fn retire_superseded(&self, after_ms: i64) -> Result<Vec<String>, sqlx::Error> {
+        let now = dialstack_common::now_ms();
+        let current = sqlx::query(
+            "SELECT kid, activates_at FROM signing_keys WHERE retired_at IS NULL AND activates_at <= ?
+             ORDER BY activates_at DESC, created_at DESC, kid DESC LIMIT 1",
+        )
+        .bind(now)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        let Some(current) = current else {
+            return Ok(Vec::new());
+        };
+        let (kid, since): (String, i64) = (current.try_get(0)?, current.try_get(1)?);
+        if now < since + after_ms {
+            return Ok(Vec::new());
+        }
+        let old: Vec<String> = sqlx::query("SELECT kid FROM signing_keys WHERE retired_at IS NULL AND kid <> ? AND activates_at <= ?")
+            .bind(&kid)
+            .bind(since)
+            .fetch_all(&self.db.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        for k in &old {
+            sqlx::query("UPDATE signing_keys SET retired_at = ? WHERE kid = ?")
+                .bind(now)
+                .bind(k)
+                .execute(&self.db.pool)
+                .await?;
+        }
+        Ok(old)
     }
 }

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use dialstack_common::auth::{new_claims, require_auth, Jwks, Keys, Principal, Role, StaticKeys};
+
 use dialstack_common::http::{ApiError, ApiJson, ApiQuery, BearerSecurity, ErrorBody, ErrorCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
@@ -132,10 +133,10 @@ pub struct Me {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "dialstack user-service", version = "1"),
-    paths(login, refresh, logout, jwks, me, audit,
+    paths(login, refresh, logout, jwks, me, audit, rotate_keys,
         crate::agents::create_user, crate::agents::put_agent, crate::agents::get_agent,
         crate::agents::list_agents, crate::agents::change_state, crate::agents::heartbeat),
-    components(schemas(LoginRequest, RefreshRequest, TokenResponse, Me, ErrorBody, Jwks, AuditEntry,
+    components(schemas(LoginRequest, RefreshRequest, TokenResponse, Me, ErrorBody, Jwks, AuditEntry, Rotation,
         crate::agents::NewUser, crate::agents::UserView, crate::agents::AgentProfile,
         crate::agents::AgentView, crate::agents::StateRequest, crate::db::Agent, crate::domain::AgentState)),
     modifiers(&BearerSecurity)
@@ -154,6 +155,7 @@ pub fn router(state: AppState, keys: Arc<StaticKeys>) -> Router {
         .merge(crate::agents::routes())
         .route("/v1/users/me", get(me))
         .route("/v1/audit", get(audit))
+        .route("/v1/keys/rotate", post(rotate_keys))
         .route_layer(axum::middleware::from_fn_with_state(keys, require_auth));
     Router::new()
         .route("/v1/auth/login", post(login))
@@ -238,9 +240,12 @@ async fn issue(
         .store_refresh(&hash, family, user_id, REFRESH_TTL.as_millis() as i64)
         .await?;
     Ok(ApiJson(TokenResponse {
-        access_token: state.signer.sign(&new_claims(user_id, role, ACCESS_TTL)),
+        access_token: state
+            .keyring
+            .signer()
+            .sign(&new_claims(user_id, role, state.access_ttl)),
         token_type: "Bearer".into(),
-        expires_in: ACCESS_TTL.as_secs(),
+        expires_in: state.access_ttl.as_secs(),
         refresh_token,
         refresh_expires_in: REFRESH_TTL.as_secs(),
     }))
@@ -308,6 +313,34 @@ async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A signing-key rotation that was scheduled.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Rotation {
+    /// The new key's id (already in the JWKS).
+    pub kid: String,
+    /// When it starts signing (ms since epoch).
+    pub activates_at: i64,
+}
+
+/// Publishes a new signing key now; it signs after the publish delay and the
+/// old one is retired once its last token has expired (admins only).
+#[utoipa::path(post, path = "/v1/keys/rotate", security(("bearer" = [])),
+    responses((status = 202, body = Rotation), (status = 403, body = ErrorBody)))]
+async fn rotate_keys(
+    State(state): State<AppState>,
+    who: Principal,
+    ClientIp(ip): ClientIp,
+) -> Result<(StatusCode, ApiJson<Rotation>), ApiError> {
+    who.require(&[Role::Admin])?;
+    let (kid, activates_at) = state.keyring.rotate(state.key_publish_delay).await?;
+    tracing::info!(%kid, activates_at, "signing key rotation scheduled");
+    state.repo.audit("key_rotated", &kid, &ip, &who.sub).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        ApiJson(Rotation { kid, activates_at }),
+    ))
+}
+
 /// Authentication events, newest first (admins only).
 #[utoipa::path(get, path = "/v1/audit", params(AuditParams), security(("bearer" = [])),
     responses((status = 200, body = [AuditEntry]), (status = 403, body = ErrorBody)))]
@@ -327,7 +360,7 @@ async fn audit(
 /// The public keys that verify access tokens.
 #[utoipa::path(get, path = "/.well-known/jwks.json", responses((status = 200, body = Jwks)))]
 async fn jwks(State(state): State<AppState>) -> ApiJson<Jwks> {
-    ApiJson(state.jwks.as_ref().clone())
+    ApiJson(state.keyring.jwks())
 }
 
 /// The caller's own account.

@@ -8,11 +8,13 @@
 //! - [`db`]: the users and signing-key repositories, migrations
 //! - [`http`]: login, sessions, JWKS, audit; OpenAPI
 //! - [`agents`]: users, agent profiles, agent state and presence
+//! - [`keyring`]: the signing key in use, rotation and retirement
 //!
 //! Service-specific settings: `DIALSTACK_ADMIN_PASSWORD` (creates the `admin`
 //! user on first start; required while no admin exists),
 //! `DIALSTACK_AGENT_HEARTBEAT_TIMEOUT_SECS` (default 30: an agent silent that
-//! long goes offline),
+//! long goes offline), `DIALSTACK_ACCESS_TOKEN_TTL_SECS` (default 900),
+//! `DIALSTACK_KEY_PUBLISH_DELAY_SECS` (default 30),
 //! `DIALSTACK_SERVICE_PASSWORD` (creates or updates the `dialstack-service`
 //! service account that other services log in with).
 
@@ -20,10 +22,11 @@ pub mod agents;
 pub mod db;
 pub mod domain;
 pub mod http;
+pub mod keyring;
 
 use std::sync::Arc;
 
-use dialstack_common::auth::{Jwks, Role, SigningKey, StaticKeys};
+use dialstack_common::auth::Role;
 use dialstack_common::config::{CommonConfig, ConfigError, Env};
 use dialstack_common::service::{Built, Channels, Service, ServiceBase};
 use tokio_util::sync::CancellationToken;
@@ -46,6 +49,11 @@ pub struct Config {
     pub service_password: Option<String>,
     /// Silence after which an agent goes offline.
     pub heartbeat_timeout: std::time::Duration,
+    /// `DIALSTACK_ACCESS_TOKEN_TTL_SECS` (default 900).
+    pub access_ttl: std::time::Duration,
+    /// `DIALSTACK_KEY_PUBLISH_DELAY_SECS` (default 30): a new key is in the
+    /// JWKS this long before it signs.
+    pub key_publish_delay: std::time::Duration,
 }
 
 impl Config {
@@ -63,6 +71,20 @@ impl Config {
                 "must be 1-3600",
             ));
         }
+        let ttl_secs: u64 = env.parse_or("DIALSTACK_ACCESS_TOKEN_TTL_SECS", 900)?;
+        if !(1..=3600).contains(&ttl_secs) {
+            return Err(ConfigError::new(
+                "DIALSTACK_ACCESS_TOKEN_TTL_SECS",
+                "must be 1-3600",
+            ));
+        }
+        let publish_secs: u64 = env.parse_or("DIALSTACK_KEY_PUBLISH_DELAY_SECS", 30)?;
+        if publish_secs > 3600 {
+            return Err(ConfigError::new(
+                "DIALSTACK_KEY_PUBLISH_DELAY_SECS",
+                "must be at most 3600",
+            ));
+        }
         let admin_password = env.get("DIALSTACK_ADMIN_PASSWORD").map(str::to_owned);
         if let Some(p) = &admin_password {
             domain::check_password(p)
@@ -78,6 +100,8 @@ impl Config {
             admin_password,
             service_password,
             heartbeat_timeout: std::time::Duration::from_secs(heartbeat_secs),
+            access_ttl: std::time::Duration::from_secs(ttl_secs),
+            key_publish_delay: std::time::Duration::from_secs(publish_secs),
         })
     }
 }
@@ -87,10 +111,12 @@ impl Config {
 pub struct AppState {
     /// Users and keys.
     pub repo: db::Repo,
-    /// The key that signs new tokens.
-    pub signer: Arc<SigningKey>,
-    /// The published keys.
-    pub jwks: Arc<Jwks>,
+    /// The signing keys.
+    pub keyring: Arc<keyring::Keyring>,
+    /// Access token lifetime.
+    pub access_ttl: std::time::Duration,
+    /// How long a new signing key is published before it signs.
+    pub key_publish_delay: std::time::Duration,
     /// The outbox relay (woken after agent state changes).
     pub relay: dialstack_common::db::OutboxRelay,
 }
@@ -141,9 +167,13 @@ impl Service for Application {
             )
             .await?;
         }
-        let signer = Arc::new(repo.current_signing_key().await?);
-        let jwks = Arc::new(repo.jwks().await?);
-        let keys = Arc::new(StaticKeys::from_jwks(&jwks));
+        let keyring = keyring::Keyring::load(repo.clone()).await?;
+        let keys = keyring.verify_keys();
+        base.tasks.spawn(keyring::run_keyring(
+            keyring.clone(),
+            config.access_ttl,
+            base.shutdown.clone(),
+        ));
         let gauge = base.metrics.register(&prometheus::IntGaugeVec::new(
             prometheus::Opts::new("dialstack_agents", "agents by state"),
             &["state"],
@@ -157,8 +187,9 @@ impl Service for Application {
         ));
         let state = AppState {
             repo,
-            signer,
-            jwks,
+            keyring,
+            access_ttl: config.access_ttl,
+            key_publish_delay: config.key_publish_delay,
             relay: base.relay.clone(),
         };
         Ok(Self(
