@@ -383,3 +383,38 @@ impl Sipp {
         (ids, count)
     }
 }
+
+/// `dialstack up` on free ports; returns the child and the URL of each service.
+pub async fn dialstack_up(
+    data: &std::path::Path,
+    trunk: &str,
+) -> (tokio::process::Child, HashMap<String, String>) {
+    let mut child = tokio::process::Command::new(bin_path("dialstack"))
+        .arg("up")
+        .arg("--ephemeral-ports")
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--trunk", trunk, "--log-format", "json", "--log", "warn"])
+        .env_remove("DIALSTACK_ADMIN_PASSWORD")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("dialstack binary");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut urls = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while urls.len() < 5 {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("dialstack up reports five services within 60 s")
+            .unwrap()
+            .expect("dialstack up still running");
+        if let Some((name, url)) = line.split_once(" listening on ") {
+            urls.insert(name.trim().to_owned(), url.trim().to_owned());
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, urls)
+}

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use dialstack_common::bus::{Channel, OutMessage, EVENTS};
-use dialstack_tests::procs::{bin_path, log_dir, login, scenario, Sipp, Suite, SuiteOptions};
+use dialstack_tests::procs::{
+    bin_path, dialstack_up, log_dir, login, scenario, Sipp, Suite, SuiteOptions,
+};
 use dialstack_tests::{amqp_url, eventually, kafka_url, unique};
 use serde_json::{json, Value};
 
@@ -294,42 +296,6 @@ async fn sipp_busy_fifty_calls() {
     assert_eq!(stats["total"], 50);
     assert_eq!(stats["failures"], 50);
     assert_eq!(stats["failure_rate"], 1.0);
-}
-
-/// `dialstack up` on free ports; returns the child and the URL of each service.
-async fn dialstack_up(
-    data: &std::path::Path,
-    trunk: &str,
-) -> (tokio::process::Child, HashMap<String, String>) {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(bin_path("dialstack"))
-        .arg("up")
-        .arg("--ephemeral-ports")
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--trunk", trunk, "--log-format", "json", "--log", "warn"])
-        .env_remove("DIALSTACK_ADMIN_PASSWORD")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("dialstack binary");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut urls = HashMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while urls.len() < 5 {
-        let line = tokio::time::timeout_at(deadline, lines.next_line())
-            .await
-            .expect("dialstack up reports five services within 60 s")
-            .unwrap()
-            .expect("dialstack up still running");
-        if let Some((name, url)) = line.split_once(" listening on ") {
-            urls.insert(name.trim().to_owned(), url.trim().to_owned());
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, urls)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

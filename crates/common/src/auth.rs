@@ -26,7 +26,7 @@ pub const AUDIENCE: &str = "dialstack";
 pub const LEEWAY_SECS: i64 = 30;
 
 /// The roles of DESIGN §6.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Everything.
@@ -529,6 +529,54 @@ pub async fn require_auth(State(keys): State<Keys>, mut req: Request, next: Next
             e.into_response()
         }
     }
+}
+
+/// Who may call one route: the declaration every `/v1` route carries.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteRoles {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path as routed (with `{param}` segments).
+    pub path: &'static str,
+    /// Roles allowed; empty means public (no token).
+    pub roles: &'static [Role],
+}
+
+/// Every role, for routes open to any authenticated caller (object-level
+/// rules then apply in the handler).
+pub const ANY_ROLE: &[Role] = &[Role::Admin, Role::Supervisor, Role::Agent, Role::Service];
+
+/// Axum middleware for one route: 403 unless the caller's role is declared.
+/// Runs before the body is read, so a refused caller learns nothing about
+/// what the route would have accepted.
+pub async fn require_roles(
+    State(roles): State<&'static [Role]>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match req.extensions().get::<Principal>() {
+        None => AuthError::Missing.into_response(),
+        Some(p) => match p.require(roles) {
+            Ok(()) => next.run(req).await,
+            Err(e) => e.into_response(),
+        },
+    }
+}
+
+/// The boxed future of [`require_roles`].
+type RolesFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>;
+/// [`require_roles`] as a plain function pointer, so the layer has a nameable type.
+type RolesFn = fn(State<&'static [Role]>, Request, Next) -> RolesFuture;
+/// The per-route authorisation layer.
+pub type RolesLayer =
+    axum::middleware::FromFnLayer<RolesFn, &'static [Role], (State<&'static [Role]>, Request)>;
+
+/// The layer that enforces `roles` on one route.
+pub fn roles(roles: &'static [Role]) -> RolesLayer {
+    fn run(s: State<&'static [Role]>, req: Request, next: Next) -> RolesFuture {
+        Box::pin(require_roles(s, req, next))
+    }
+    axum::middleware::from_fn_with_state(roles, run as RolesFn)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
-use dialstack_common::auth::{require_auth, Keys, Principal, Role};
+use dialstack_common::auth::{require_auth, roles, Keys, Principal, Role, RouteRoles};
 use dialstack_common::http::{ApiError, ApiJson, BearerSecurity, ErrorBody};
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
@@ -32,6 +32,13 @@ pub struct MediaStatus {
 )]
 struct Doc;
 
+/// Who may call each route.
+pub const ROUTES: &[RouteRoles] = &[RouteRoles {
+    method: "GET",
+    path: "/v1/media/status",
+    roles: VIEW,
+}];
+
 /// The OpenAPI document.
 pub fn openapi() -> serde_json::Value {
     dialstack_common::http::openapi_json(Doc::openapi())
@@ -40,7 +47,7 @@ pub fn openapi() -> serde_json::Value {
 /// The `/v1` routes.
 pub fn router(state: AppState, keys: Keys) -> Router {
     Router::new()
-        .route("/v1/media/status", get(status))
+        .route("/v1/media/status", get(status).route_layer(roles(VIEW)))
         .route_layer(axum::middleware::from_fn_with_state(keys, require_auth))
         .with_state(state)
 }

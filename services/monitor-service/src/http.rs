@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
-use dialstack_common::auth::{require_auth, Keys, Principal, Role};
+use dialstack_common::auth::{require_auth, roles, Keys, Principal, Role, RouteRoles};
 use dialstack_common::http::{ApiError, ApiJson, ApiQuery, BearerSecurity, ErrorBody};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -49,6 +49,13 @@ pub struct Stats {
 )]
 struct Doc;
 
+/// Who may call each route.
+pub const ROUTES: &[RouteRoles] = &[RouteRoles {
+    method: "GET",
+    path: "/v1/stats",
+    roles: READ,
+}];
+
 /// The OpenAPI document.
 pub fn openapi() -> serde_json::Value {
     dialstack_common::http::openapi_json(Doc::openapi())
@@ -57,7 +64,7 @@ pub fn openapi() -> serde_json::Value {
 /// The `/v1` routes.
 pub fn router(state: AppState, keys: Keys) -> Router {
     Router::new()
-        .route("/v1/stats", get(stats))
+        .route("/v1/stats", get(stats).route_layer(roles(READ)))
         .route_layer(axum::middleware::from_fn_with_state(keys, require_auth))
         .with_state(state)
 }

@@ -3,7 +3,7 @@
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::Router;
-use dialstack_common::auth::{require_auth, Keys, Principal, Role};
+use dialstack_common::auth::{require_auth, roles, Keys, Principal, Role, RouteRoles};
 use dialstack_common::events::Outcome;
 use dialstack_common::http::{ApiError, ApiJson, ApiQuery, BearerSecurity, ErrorBody};
 use serde::{Deserialize, Serialize};
@@ -49,6 +49,20 @@ pub struct CdrPage {
 )]
 struct Doc;
 
+/// Who may call each route.
+pub const ROUTES: &[RouteRoles] = &[
+    RouteRoles {
+        method: "GET",
+        path: "/v1/calls",
+        roles: READ,
+    },
+    RouteRoles {
+        method: "GET",
+        path: "/v1/calls/{id}",
+        roles: READ,
+    },
+];
+
 /// The OpenAPI document.
 pub fn openapi() -> serde_json::Value {
     dialstack_common::http::openapi_json(Doc::openapi())
@@ -57,8 +71,8 @@ pub fn openapi() -> serde_json::Value {
 /// The `/v1` routes.
 pub fn router(state: AppState, keys: Keys) -> Router {
     Router::new()
-        .route("/v1/calls", get(list_calls))
-        .route("/v1/calls/{id}", get(get_call))
+        .route("/v1/calls", get(list_calls).route_layer(roles(READ)))
+        .route("/v1/calls/{id}", get(get_call).route_layer(roles(READ)))
         .route_layer(axum::middleware::from_fn_with_state(keys, require_auth))
         .with_state(state)
 }

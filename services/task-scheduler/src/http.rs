@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
-use dialstack_common::auth::{require_auth, Keys, Principal, Role};
+use dialstack_common::auth::{require_auth, roles, Keys, Principal, Role, RouteRoles};
 use dialstack_common::http::{ApiError, ApiJson, BearerSecurity, ErrorBody, ErrorCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
@@ -54,6 +54,30 @@ pub struct ClaimResponse {
 )]
 struct Doc;
 
+/// Who may call each route.
+pub const ROUTES: &[RouteRoles] = &[
+    RouteRoles {
+        method: "POST",
+        path: "/v1/campaigns",
+        roles: MANAGE,
+    },
+    RouteRoles {
+        method: "GET",
+        path: "/v1/campaigns/{id}",
+        roles: MANAGE,
+    },
+    RouteRoles {
+        method: "POST",
+        path: "/v1/campaigns/{id}/start",
+        roles: MANAGE,
+    },
+    RouteRoles {
+        method: "POST",
+        path: "/v1/attempts/{id}/claim",
+        roles: CLAIM,
+    },
+];
+
 /// The OpenAPI document.
 pub fn openapi() -> serde_json::Value {
     dialstack_common::http::openapi_json(Doc::openapi())
@@ -62,10 +86,22 @@ pub fn openapi() -> serde_json::Value {
 /// The `/v1` routes behind the auth layer.
 pub fn router(state: AppState, keys: Keys) -> Router {
     Router::new()
-        .route("/v1/campaigns", post(create_campaign))
-        .route("/v1/campaigns/{id}", get(get_campaign))
-        .route("/v1/campaigns/{id}/start", post(start_campaign))
-        .route("/v1/attempts/{id}/claim", post(claim_attempt))
+        .route(
+            "/v1/campaigns",
+            post(create_campaign).route_layer(roles(MANAGE)),
+        )
+        .route(
+            "/v1/campaigns/{id}",
+            get(get_campaign).route_layer(roles(MANAGE)),
+        )
+        .route(
+            "/v1/campaigns/{id}/start",
+            post(start_campaign).route_layer(roles(MANAGE)),
+        )
+        .route(
+            "/v1/attempts/{id}/claim",
+            post(claim_attempt).route_layer(roles(CLAIM)),
+        )
         .route_layer(axum::middleware::from_fn_with_state(keys, require_auth))
         .with_state(state)
 }

@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use dialstack_common::auth::{Principal, Role};
+use dialstack_common::auth::{roles, Principal, Role, RouteRoles, ANY_ROLE};
 use dialstack_common::http::{ApiError, ApiJson, ApiQuery, ErrorBody, ErrorCode};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -23,8 +23,43 @@ use crate::db::{Agent, Repo, StateChange};
 use crate::domain::AgentState;
 use crate::AppState;
 
+const ADMIN: &[Role] = &[Role::Admin];
 const MANAGE: &[Role] = &[Role::Admin, Role::Supervisor];
 const VIEW: &[Role] = &[Role::Admin, Role::Supervisor, Role::Service];
+
+/// Who may call each route (agents then only reach their own record).
+pub const ROUTES: &[RouteRoles] = &[
+    RouteRoles {
+        method: "POST",
+        path: "/v1/users",
+        roles: ADMIN,
+    },
+    RouteRoles {
+        method: "GET",
+        path: "/v1/agents",
+        roles: VIEW,
+    },
+    RouteRoles {
+        method: "PUT",
+        path: "/v1/agents/{id}",
+        roles: MANAGE,
+    },
+    RouteRoles {
+        method: "GET",
+        path: "/v1/agents/{id}",
+        roles: ANY_ROLE,
+    },
+    RouteRoles {
+        method: "POST",
+        path: "/v1/agents/{id}/state",
+        roles: ANY_ROLE,
+    },
+    RouteRoles {
+        method: "POST",
+        path: "/v1/agents/{id}/heartbeat",
+        roles: ANY_ROLE,
+    },
+];
 
 /// `POST /v1/users` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -113,11 +148,22 @@ pub struct AgentFilter {
 /// The routes (mounted behind the auth layer).
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/users", post(create_user))
-        .route("/v1/agents", get(list_agents))
-        .route("/v1/agents/{id}", put(put_agent).get(get_agent))
-        .route("/v1/agents/{id}/state", post(change_state))
-        .route("/v1/agents/{id}/heartbeat", post(heartbeat))
+        .route("/v1/users", post(create_user).route_layer(roles(ADMIN)))
+        .route("/v1/agents", get(list_agents).route_layer(roles(VIEW)))
+        .route(
+            "/v1/agents/{id}",
+            put(put_agent)
+                .route_layer(roles(MANAGE))
+                .merge(get(get_agent).route_layer(roles(ANY_ROLE))),
+        )
+        .route(
+            "/v1/agents/{id}/state",
+            post(change_state).route_layer(roles(ANY_ROLE)),
+        )
+        .route(
+            "/v1/agents/{id}/heartbeat",
+            post(heartbeat).route_layer(roles(ANY_ROLE)),
+        )
 }
 
 fn name_ok(s: &str) -> bool {

@@ -7,7 +7,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
-use dialstack_common::auth::{new_claims, require_auth, Jwks, Keys, Principal, Role, StaticKeys};
+use dialstack_common::auth::{
+    new_claims, require_auth, roles, Jwks, Keys, Principal, Role, RouteRoles, StaticKeys, ANY_ROLE,
+};
 
 use dialstack_common::http::{ApiError, ApiJson, ApiQuery, BearerSecurity, ErrorBody, ErrorCode};
 use serde::{Deserialize, Serialize};
@@ -143,6 +145,48 @@ pub struct Me {
 )]
 struct Doc;
 
+const ADMIN: &[Role] = &[Role::Admin];
+
+/// Who may call each route (empty: public). The agents' routes come from
+/// [`crate::agents::ROUTES`].
+pub const ROUTES: &[RouteRoles] = &[
+    RouteRoles {
+        method: "POST",
+        path: "/v1/auth/login",
+        roles: &[],
+    },
+    RouteRoles {
+        method: "POST",
+        path: "/v1/auth/refresh",
+        roles: &[],
+    },
+    RouteRoles {
+        method: "POST",
+        path: "/v1/auth/logout",
+        roles: &[],
+    },
+    RouteRoles {
+        method: "GET",
+        path: "/.well-known/jwks.json",
+        roles: &[],
+    },
+    RouteRoles {
+        method: "GET",
+        path: "/v1/users/me",
+        roles: ANY_ROLE,
+    },
+    RouteRoles {
+        method: "GET",
+        path: "/v1/audit",
+        roles: ADMIN,
+    },
+    RouteRoles {
+        method: "POST",
+        path: "/v1/keys/rotate",
+        roles: ADMIN,
+    },
+];
+
 /// The OpenAPI document.
 pub fn openapi() -> serde_json::Value {
     dialstack_common::http::openapi_json(Doc::openapi())
@@ -153,9 +197,12 @@ pub fn router(state: AppState, keys: Arc<StaticKeys>) -> Router {
     let keys: Keys = keys;
     let protected = Router::new()
         .merge(crate::agents::routes())
-        .route("/v1/users/me", get(me))
-        .route("/v1/audit", get(audit))
-        .route("/v1/keys/rotate", post(rotate_keys))
+        .route("/v1/users/me", get(me).route_layer(roles(ANY_ROLE)))
+        .route("/v1/audit", get(audit).route_layer(roles(ADMIN)))
+        .route(
+            "/v1/keys/rotate",
+            post(rotate_keys).route_layer(roles(ADMIN)),
+        )
         .route_layer(axum::middleware::from_fn_with_state(keys, require_auth));
     Router::new()
         .route("/v1/auth/login", post(login))
