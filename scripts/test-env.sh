@@ -65,13 +65,32 @@ else
   say "mariadb: started on 3306"
 fi
 
-# RabbitMQ on 5672 (guest/guest).
-if answers 127.0.0.1 5672; then
-  say "rabbitmq: already answering on 5672"
-else
+# RabbitMQ on 5672 (guest/guest). A broker that accepts TCP but no longer
+# answers the AMQP handshake is restarted.
+amqp_answers() {
+  timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672 && printf "AMQP\x00\x00\x09\x01" >&3 && timeout 4 head -c 8 <&3 | grep -q .' 2>/dev/null
+}
+start_rabbitmq() {
   command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || apt_install rabbitmq-server
   rabbitmq-server -detached >"$LOGS/rabbitmq.log" 2>&1 || true
-  wait_for rabbitmq 127.0.0.1 5672 120
+  local i
+  for ((i = 0; i < 120; i++)); do
+    if amqp_answers; then return 0; fi
+    sleep 1
+  done
+  say "rabbitmq did not answer AMQP within 120 s; see $LOGS" >&2
+  exit 1
+}
+if amqp_answers; then
+  say "rabbitmq: already answering on 5672"
+elif answers 127.0.0.1 5672; then
+  say "rabbitmq: port open but no AMQP answer; restarting it"
+  pkill -9 -f beam.smp || true
+  sleep 2
+  start_rabbitmq
+  say "rabbitmq: restarted on 5672"
+else
+  start_rabbitmq
   say "rabbitmq: started on 5672"
 fi
 

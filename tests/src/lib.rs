@@ -47,7 +47,9 @@ pub fn both_databases() -> [(&'static str, String); 2] {
 pub fn amqp_url(namespace: &str) -> String {
     let base = std::env::var("DIALSTACK_TEST_AMQP")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    format!("{base}?namespace={namespace}")
+    // Test queues disappear ten minutes after their last consumer left, so
+    // runs do not pile up quorum queues on the shared broker.
+    format!("{base}?namespace={namespace}&queue_expires_ms=600000")
 }
 
 /// Kafka bootstrap address.

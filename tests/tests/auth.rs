@@ -372,3 +372,46 @@ async fn signing_keys_rotate_published_first_and_retired_after_their_tokens() {
     let [(e1, u1), (e2, u2)] = both_databases();
     tokio::join!(rotation_on(e1, u1), rotation_on(e2, u2));
 }
+
+#[tokio::test]
+async fn changing_the_password_ends_every_session() {
+    for (engine, url) in both_databases() {
+        let u = users(&url).await;
+        let (_, session, _) = u.login("admin", ADMIN_PASSWORD).await;
+        let token = session["access_token"].as_str().unwrap().to_owned();
+        let change = |current: &str, new: &str| {
+            u.http
+                .put(format!("{}/v1/users/me/password", u.url))
+                .bearer_auth(&token)
+                .json(&json!({"current_password": current, "new_password": new}))
+                .send()
+        };
+        let r = change("not the password", "a brand new passphrase")
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{engine}: wrong current password");
+        let r = change(ADMIN_PASSWORD, "short").await.unwrap();
+        assert_eq!(r.status(), 400, "{engine}: policy");
+        let r = change(ADMIN_PASSWORD, "a brand new passphrase")
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "{engine}");
+        assert_eq!(
+            u.login("admin", ADMIN_PASSWORD).await.0,
+            401,
+            "{engine}: old password"
+        );
+        assert_eq!(
+            u.login("admin", "a brand new passphrase").await.0,
+            200,
+            "{engine}: new password"
+        );
+        let (status, _, _) = u
+            .post(
+                "/v1/auth/refresh",
+                json!({"refresh_token": session["refresh_token"]}),
+            )
+            .await;
+        assert_eq!(status, 401, "{engine}: the earlier session ended");
+    }
+}

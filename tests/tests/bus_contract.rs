@@ -321,7 +321,7 @@ impl Outage {
                 let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
                 Self {
                     url: format!(
-                        "amqp://guest:guest@127.0.0.1:{}/%2f?namespace={ns}",
+                        "amqp://guest:guest@127.0.0.1:{}/%2f?namespace={ns}&queue_expires_ms=600000",
                         proxy.port
                     ),
                     proxy: Some(proxy),

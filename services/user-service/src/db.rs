@@ -750,3 +750,25 @@ impl Repo {
         Ok(old)
     }
 }
+
+impl Repo {
+    /// Replaces a user's password hash and ends every session of that user.
+    pub async fn set_password(&self, user_id: &str, hash: &str) -> Result<(), sqlx::Error> {
+        let now = dialstack_common::now_ms();
+        let mut tx = self.db.begin().await?;
+        sqlx::query("UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?")
+            .bind(hash)
+            .bind(now)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+}

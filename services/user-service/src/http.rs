@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use dialstack_common::auth::{
     new_claims, require_auth, roles, Jwks, Keys, Principal, Role, RouteRoles, StaticKeys, ANY_ROLE,
@@ -135,10 +135,10 @@ pub struct Me {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "dialstack user-service", version = "1"),
-    paths(login, refresh, logout, jwks, me, audit, rotate_keys,
+    paths(login, refresh, logout, jwks, me, change_password, audit, rotate_keys,
         crate::agents::create_user, crate::agents::put_agent, crate::agents::get_agent,
         crate::agents::list_agents, crate::agents::change_state, crate::agents::heartbeat),
-    components(schemas(LoginRequest, RefreshRequest, TokenResponse, Me, ErrorBody, Jwks, AuditEntry, Rotation,
+    components(schemas(LoginRequest, RefreshRequest, TokenResponse, Me, ErrorBody, Jwks, AuditEntry, Rotation, PasswordChange,
         crate::agents::NewUser, crate::agents::UserView, crate::agents::AgentProfile,
         crate::agents::AgentView, crate::agents::StateRequest, crate::db::Agent, crate::domain::AgentState)),
     modifiers(&BearerSecurity)
@@ -176,6 +176,11 @@ pub const ROUTES: &[RouteRoles] = &[
         roles: ANY_ROLE,
     },
     RouteRoles {
+        method: "PUT",
+        path: "/v1/users/me/password",
+        roles: ANY_ROLE,
+    },
+    RouteRoles {
         method: "GET",
         path: "/v1/audit",
         roles: ADMIN,
@@ -198,6 +203,10 @@ pub fn router(state: AppState, keys: Arc<StaticKeys>) -> Router {
     let protected = Router::new()
         .merge(crate::agents::routes())
         .route("/v1/users/me", get(me).route_layer(roles(ANY_ROLE)))
+        .route(
+            "/v1/users/me/password",
+            put(change_password).route_layer(roles(ANY_ROLE)),
+        )
         .route("/v1/audit", get(audit).route_layer(roles(ADMIN)))
         .route(
             "/v1/keys/rotate",
@@ -357,6 +366,52 @@ async fn logout(
         state.repo.revoke_family(&family).await?;
         state.repo.audit("logout", &family, &ip, "").await?;
     }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /v1/users/me/password` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PasswordChange {
+    /// The password in use.
+    pub current_password: String,
+    /// The new one (policy: at least 12 characters, not a common password).
+    pub new_password: String,
+}
+
+/// Changes the caller's own password; every session (refresh token) of the
+/// caller ends.
+#[utoipa::path(put, path = "/v1/users/me/password", request_body = PasswordChange, security(("bearer" = [])),
+    responses((status = 204), (status = 400, body = ErrorBody)))]
+async fn change_password(
+    State(state): State<AppState>,
+    who: Principal,
+    ClientIp(ip): ClientIp,
+    ApiJson(req): ApiJson<PasswordChange>,
+) -> Result<StatusCode, ApiError> {
+    let user = state
+        .repo
+        .user_by_id(&who.sub)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    if req.current_password.len() > 1024
+        || !crate::domain::verify_password(&req.current_password, Some(user.password_hash)).await
+    {
+        state.repo.record_failure(&user.username, &ip).await?;
+        return Err(ApiError::invalid(
+            "current_password",
+            "is not the password in use",
+        ));
+    }
+    crate::domain::check_password(&req.new_password)
+        .map_err(|e| ApiError::invalid("new_password", e))?;
+    let hash = crate::domain::hash_password(&req.new_password)
+        .await
+        .map_err(ApiError::internal)?;
+    state.repo.set_password(&user.id, &hash).await?;
+    state
+        .repo
+        .audit("password_changed", &user.id, &ip, "")
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -117,6 +117,9 @@ impl AmqpBackend {
             "x-queue-type".into(),
             AMQPValue::LongString("quorum".into()),
         );
+        if let Some(ms) = self.parsed.queue_expires_ms {
+            dlq_args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
+        }
         ch.queue_declare(&dlq, durable, dlq_args)
             .await
             .map_err(broker)?;
@@ -134,6 +137,9 @@ impl AmqpBackend {
             "x-queue-type".into(),
             AMQPValue::LongString("quorum".into()),
         );
+        if let Some(ms) = self.parsed.queue_expires_ms {
+            args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
+        }
         args.insert(
             "x-delivery-limit".into(),
             AMQPValue::LongInt(sub.max_deliveries.saturating_sub(1) as i32),

@@ -10,7 +10,10 @@
 //! URL query parameters understood by every backend:
 //! - `namespace=x`: prefixes every exchange, queue, topic and group name with
 //!   `x.` (tests use a random one per test);
-//! - `partitions=n` (Kafka): partitions of a topic created at start (default 12).
+//! - `partitions=n` (Kafka): partitions of a topic created at start (default 12);
+//! - `queue_expires_ms=n` (RabbitMQ): queues declared by this channel are
+//!   deleted by the broker after `n` ms without consumers (`x-expires`); for
+//!   test namespaces, never for production queues.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -186,6 +189,7 @@ pub(crate) struct ParsedUrl {
     pub rest: String,
     pub namespace: Option<String>,
     pub partitions: i32,
+    pub queue_expires_ms: Option<i64>,
 }
 
 impl ParsedUrl {
@@ -201,6 +205,7 @@ impl ParsedUrl {
         };
         let mut namespace = None;
         let mut partitions = 12;
+        let mut queue_expires_ms = None;
         let mut passthrough = Vec::new();
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -222,6 +227,14 @@ impl ParsedUrl {
                         .filter(|n: &i32| *n > 0)
                         .ok_or_else(|| bad("partitions must be a positive integer"))?;
                 }
+                "queue_expires_ms" => {
+                    queue_expires_ms = Some(
+                        v.parse()
+                            .ok()
+                            .filter(|n: &i64| *n > 0)
+                            .ok_or_else(|| bad("queue_expires_ms must be a positive integer"))?,
+                    );
+                }
                 _ => passthrough.push(pair),
             }
         }
@@ -235,6 +248,7 @@ impl ParsedUrl {
             rest,
             namespace,
             partitions,
+            queue_expires_ms,
         })
     }
 
