@@ -154,13 +154,7 @@ impl Repo {
                 return Ok(k);
             }
         }
-        let key = SigningKey::generate();
-        sqlx::query("INSERT INTO signing_keys (kid, seed, created_at) VALUES (?, ?, ?)")
-            .bind(&key.kid)
-            .bind(b64().encode(key.seed()))
-            .bind(dialstack_common::now_ms())
-            .execute(&self.db.pool)
-            .await?;
+        let key = self.add_signing_key(0).await?;
         tracing::info!(kid = %key.kid, "signing key created");
         Ok(key)
     }
