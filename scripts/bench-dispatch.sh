@@ -37,7 +37,7 @@ start() { # name port extra-env...
   env -i PATH="$PATH" DIALSTACK_LOG_FORMAT=json RUST_LOG=warn \
     DIALSTACK_HTTP_ADDR="127.0.0.1:$port" \
     DIALSTACK_DATABASE_URL="$MYSQL/${RUN}_${name//-/_}" \
-    DIALSTACK_EVENTS_URL="amqp://guest:guest@127.0.0.1:5672/%2f?namespace=$RUN" \
+    DIALSTACK_EVENTS_URL="amqp://guest:guest@127.0.0.1:5672/%2f?namespace=$RUN&queue_expires_ms=600000" \
     DIALSTACK_COMMANDS_URL="kafka://127.0.0.1:9092?namespace=$RUN" \
     "$@" "$BIN/$name" >"$LOGS/$name.log" 2>&1 &
   pids+=($!)
