@@ -100,3 +100,39 @@ pub fn free_tcp_port() -> u16 {
         .map(|a| a.port())
         .expect("a free TCP port")
 }
+
+/// A service running inside the test process on a free port; stopped when
+/// dropped.
+pub struct InProcess {
+    /// Its HTTP base URL.
+    pub url: String,
+    /// A client for it.
+    pub http: reqwest::Client,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Builds and runs service `S` from exactly these variables (plus a free
+/// HTTP port and a one-second shutdown grace).
+pub async fn in_process<S: dialstack_common::service::Service>(vars: &[(&str, &str)]) -> InProcess {
+    let mut env = dialstack_common::config::Env::from_pairs(vars.iter().copied());
+    env.set("DIALSTACK_HTTP_ADDR", "127.0.0.1:0");
+    env.set("DIALSTACK_SHUTDOWN_GRACE_SECS", "1");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let config = S::config(&env).unwrap_or_else(|e| panic!("{e}"));
+    let app = S::build(config, stop.clone())
+        .await
+        .expect("service starts");
+    let url = format!("http://{}", app.local_addr());
+    tokio::spawn(app.run_until_stopped());
+    InProcess {
+        url,
+        http: reqwest::Client::new(),
+        stop,
+    }
+}

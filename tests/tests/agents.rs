@@ -7,53 +7,34 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dialstack_common::bus::{Channel, Delivery, HandleError, Handler, Subscription, EVENTS};
-use dialstack_common::config::Env;
 use dialstack_common::events::CloudEvent;
-use dialstack_common::service::Service;
-use dialstack_tests::{amqp_url, both_databases, eventually, unique};
+use dialstack_tests::{amqp_url, both_databases, eventually, in_process, unique, InProcess};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 const ADMIN_PASSWORD: &str = "correct horse battery staple";
 
-struct Users {
-    url: String,
-    stop: CancellationToken,
-    http: reqwest::Client,
-}
+/// A user-service in this process.
+struct Users(InProcess);
 
-impl Drop for Users {
-    fn drop(&mut self) {
-        self.stop.cancel();
+impl std::ops::Deref for Users {
+    type Target = InProcess;
+    fn deref(&self) -> &InProcess {
+        &self.0
     }
 }
 
 async fn users(database_url: &str, events_url: &str, heartbeat_secs: u64) -> Users {
-    let env = Env::from_pairs([
-        ("DIALSTACK_HTTP_ADDR", "127.0.0.1:0".to_owned()),
-        ("DIALSTACK_DATABASE_URL", database_url.to_owned()),
-        ("DIALSTACK_EVENTS_URL", events_url.to_owned()),
-        ("DIALSTACK_ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
-        (
-            "DIALSTACK_AGENT_HEARTBEAT_TIMEOUT_SECS",
-            heartbeat_secs.to_string(),
-        ),
-        ("DIALSTACK_SHUTDOWN_GRACE_SECS", "1".to_owned()),
-    ]);
-    let stop = CancellationToken::new();
-    let app = user_service::Application::build(
-        user_service::Application::config(&env).unwrap(),
-        stop.clone(),
+    let heartbeat = heartbeat_secs.to_string();
+    Users(
+        in_process::<user_service::Application>(&[
+            ("DIALSTACK_DATABASE_URL", database_url),
+            ("DIALSTACK_EVENTS_URL", events_url),
+            ("DIALSTACK_ADMIN_PASSWORD", ADMIN_PASSWORD),
+            ("DIALSTACK_AGENT_HEARTBEAT_TIMEOUT_SECS", &heartbeat),
+        ])
+        .await,
     )
-    .await
-    .unwrap();
-    let url = format!("http://{}", app.local_addr());
-    tokio::spawn(app.run_until_stopped());
-    Users {
-        url,
-        stop,
-        http: reqwest::Client::new(),
-    }
 }
 
 impl Users {

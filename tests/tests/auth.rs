@@ -4,50 +4,32 @@
 
 use std::time::Duration;
 
-use dialstack_common::config::Env;
-use dialstack_common::service::Service;
-use dialstack_tests::{both_databases, eventually};
+use dialstack_tests::{both_databases, eventually, in_process, InProcess};
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 const ADMIN_PASSWORD: &str = "correct horse battery staple";
 const SERVICE_PASSWORD: &str = "service account secret 42";
 
-struct Users {
-    url: String,
-    stop: CancellationToken,
-    http: reqwest::Client,
-}
+/// A user-service in this process.
+struct Users(InProcess);
 
-impl Drop for Users {
-    fn drop(&mut self) {
-        self.stop.cancel();
+impl std::ops::Deref for Users {
+    type Target = InProcess;
+    fn deref(&self) -> &InProcess {
+        &self.0
     }
 }
 
 async fn users(database_url: &str) -> Users {
-    let env = Env::from_pairs([
-        ("DIALSTACK_HTTP_ADDR", "127.0.0.1:0"),
-        ("DIALSTACK_DATABASE_URL", database_url),
-        ("DIALSTACK_EVENTS_URL", "memory://auth-tests"),
-        ("DIALSTACK_ADMIN_PASSWORD", ADMIN_PASSWORD),
-        ("DIALSTACK_SERVICE_PASSWORD", SERVICE_PASSWORD),
-        ("DIALSTACK_SHUTDOWN_GRACE_SECS", "1"),
-    ]);
-    let stop = CancellationToken::new();
-    let app = user_service::Application::build(
-        user_service::Application::config(&env).unwrap(),
-        stop.clone(),
+    Users(
+        in_process::<user_service::Application>(&[
+            ("DIALSTACK_DATABASE_URL", database_url),
+            ("DIALSTACK_EVENTS_URL", "memory://auth-tests"),
+            ("DIALSTACK_ADMIN_PASSWORD", ADMIN_PASSWORD),
+            ("DIALSTACK_SERVICE_PASSWORD", SERVICE_PASSWORD),
+        ])
+        .await,
     )
-    .await
-    .unwrap();
-    let url = format!("http://{}", app.local_addr());
-    tokio::spawn(app.run_until_stopped());
-    Users {
-        url,
-        stop,
-        http: reqwest::Client::new(),
-    }
 }
 
 impl Users {
@@ -225,28 +207,16 @@ fn kid_of(token: &str) -> String {
 }
 
 async fn rotation_on(engine: &str, url: String) {
-    let env = Env::from_pairs([
-        ("DIALSTACK_HTTP_ADDR", "127.0.0.1:0"),
-        ("DIALSTACK_DATABASE_URL", url.as_str()),
-        ("DIALSTACK_EVENTS_URL", "memory://rotation-tests"),
-        ("DIALSTACK_ADMIN_PASSWORD", ADMIN_PASSWORD),
-        ("DIALSTACK_ACCESS_TOKEN_TTL_SECS", "1"),
-        ("DIALSTACK_KEY_PUBLISH_DELAY_SECS", "2"),
-        ("DIALSTACK_SHUTDOWN_GRACE_SECS", "1"),
-    ]);
-    let stop = CancellationToken::new();
-    let app = user_service::Application::build(
-        user_service::Application::config(&env).unwrap(),
-        stop.clone(),
-    )
-    .await
-    .unwrap();
-    let users = Users {
-        url: format!("http://{}", app.local_addr()),
-        stop,
-        http: reqwest::Client::new(),
-    };
-    tokio::spawn(app.run_until_stopped());
+    let users = Users(
+        in_process::<user_service::Application>(&[
+            ("DIALSTACK_DATABASE_URL", url.as_str()),
+            ("DIALSTACK_EVENTS_URL", "memory://rotation-tests"),
+            ("DIALSTACK_ADMIN_PASSWORD", ADMIN_PASSWORD),
+            ("DIALSTACK_ACCESS_TOKEN_TTL_SECS", "1"),
+            ("DIALSTACK_KEY_PUBLISH_DELAY_SECS", "2"),
+        ])
+        .await,
+    );
     let u = &users;
     let jwks = || async {
         let v: Value = u
