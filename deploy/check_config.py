@@ -8,22 +8,43 @@
 - every port a service listens on (its `PORT` constant, SIP 5060 for the
   media tier) is exposed in both;
 - the Multus NetworkAttachmentDefinition holds a valid JSON CNI config for
-  macvlan with whereabouts IPAM.
+  macvlan with whereabouts IPAM, and the pods attached to it (and only they)
+  set DIALSTACK_MEDIA_INTERFACE to the attachment's interface;
+- every pod meets Pod Security "restricted" and has requests, limits and
+  probes; every image has a pinned tag;
+- a StatefulSet has its headless Service and volume claims; a connection URL
+  that names a Service rendered in the same files names its port, that
+  Service's pods admit the services on it, and the passwords that create the
+  accounts match the ones in the URLs;
+- every Secret key, ConfigMap key or ConfigMap volume a pod names exists;
+- every workload with more than one replica (its own or its HPA's minimum)
+  has a PodDisruptionBudget, and every budget covers such a workload;
+- with --elk: the profile's services start only with it, Filebeat's config is
+  the one mounted, keeps the label every service carries and names the
+  `service` and `call_id` fields.
 
-Usage: check_config.py COMPOSE_CONFIG_YAML K8S_YAML [K8S_YAML ...]
-(the first is the output of `docker-compose config`, the others of
-`kubectl kustomize`).
+Usage: check_config.py [--elk COMPOSE_ELK_YAML FILEBEAT_YML] COMPOSE_CONFIG_YAML
+K8S_YAML [K8S_YAML ...] (the compose files are the output of `docker-compose
+config`, without and with `--profile elk`; the others of `kubectl kustomize`).
 """
 import json
 import pathlib
 import re
 import sys
+from urllib.parse import urlsplit
 
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SERVICES = ["user-service", "task-scheduler", "media-processor", "storage-service", "monitor-service"]
 COMMON_REQUIRED = {"DIALSTACK_DATABASE_URL", "DIALSTACK_EVENTS_URL", "DIALSTACK_COMMANDS_URL"}
+# The interface Multus gives the first attachment of a pod.
+MEDIA_INTERFACE = "net1"
+# Volume types the "restricted" Pod Security level allows.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                      "persistentVolumeClaim", "projected", "secret"}
+# Which account-creating Secret key must match the password in URLs of a scheme.
+URL_PASSWORD_KEYS = {"mysql": "MYSQL_PASSWORD", "amqp": "RABBITMQ_PASSWORD"}
 
 
 def required_vars(service):
@@ -61,9 +82,36 @@ def compose_ports(spec):
     return out
 
 
-def main():
-    errors = []
-    compose = yaml.safe_load(open(sys.argv[1]))
+def image_pinned(image):
+    name = image.rsplit("/", 1)[-1]
+    tag = name.partition(":")[2] if "@" not in name else "digest"
+    return bool(tag) and tag != "latest"
+
+
+def selects(selector, labels):
+    """Whether a label selector (matchLabels / matchExpressions, or a plain
+    Service selector map) picks a pod with these labels."""
+    if selector is None:
+        return False
+    if "matchLabels" not in selector and "matchExpressions" not in selector:
+        selector = {"matchLabels": selector}
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in selector.get("matchExpressions") or []:
+        op, key, values = e["operator"], e["key"], e.get("values", [])
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def check_compose(compose, errors):
     for svc in SERVICES:
         spec = compose["services"].get(svc)
         if spec is None:
@@ -75,60 +123,336 @@ def main():
             errors.append(f"compose: {svc} does not set {var}")
         for port in sorted(ports(svc) - compose_ports(spec)):
             errors.append(f"compose: {svc} does not expose {port}")
+    for name, spec in compose["services"].items():
+        if "build" not in spec and not image_pinned(spec.get("image", "")):
+            errors.append(f"compose: {name} image {spec.get('image')} has no pinned tag")
 
-    for path in sys.argv[2:]:
-        docs = [d for d in yaml.safe_load_all(open(path)) if d]
-        configmaps = {d["metadata"]["name"]: set(d.get("data", {})) for d in docs if d["kind"] == "ConfigMap"}
-        secrets = {d["metadata"]["name"]: set(d.get("stringData", {})) | set(d.get("data", {}) or {})
-                   for d in docs if d["kind"] == "Secret"}
-        deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
-        services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
-        for svc in SERVICES:
-            dep = deployments.get(svc)
-            if dep is None:
-                errors.append(f"{path}: no Deployment {svc}")
-                continue
-            container = dep["spec"]["template"]["spec"]["containers"][0]
-            keys = {e["name"] for e in container.get("env", [])}
-            for src in container.get("envFrom", []):
-                if "configMapRef" in src:
-                    keys |= configmaps.get(src["configMapRef"]["name"], set())
-                if "secretRef" in src:
-                    keys |= secrets.get(src["secretRef"]["name"], set())
-            for e in container.get("env", []):
-                ref = e.get("valueFrom", {}).get("secretKeyRef")
-                if ref and ref["key"] not in secrets.get(ref["name"], set()):
-                    errors.append(f"{path}: {svc} reads missing secret key {ref['key']}")
-            for var in sorted(required_vars(svc) - keys):
-                errors.append(f"{path}: {svc} does not set {var}")
-            exposed = {(p["containerPort"], p.get("protocol", "TCP").lower()) for p in container.get("ports", [])}
-            for port in sorted(ports(svc) - exposed):
-                errors.append(f"{path}: {svc} does not expose {port}")
-            if svc not in services:
-                errors.append(f"{path}: no Service {svc}")
-        for nad in (d for d in docs if d["kind"] == "NetworkAttachmentDefinition"):
-            try:
-                cni = json.loads(nad["spec"]["config"])
-            except (KeyError, json.JSONDecodeError) as e:
-                errors.append(f"{path}: NAD {nad['metadata']['name']}: config is not JSON: {e}")
-                continue
-            if cni.get("type") != "macvlan" or not cni.get("master"):
-                errors.append(f"{path}: NAD {nad['metadata']['name']}: not a macvlan on a master interface")
-            ipam = cni.get("ipam", {})
-            if ipam.get("type") != "whereabouts" or not ipam.get("range"):
-                errors.append(f"{path}: NAD {nad['metadata']['name']}: ipam is not whereabouts with a range")
-            annotated = [d for d in deployments.values()
-                         if d["spec"]["template"]["metadata"].get("annotations", {}).get("k8s.v1.cni.cncf.io/networks")
-                         == nad["metadata"]["name"]]
-            names = [d["metadata"]["name"] for d in annotated]
-            if "media-processor" not in names or any(not n.startswith("media-processor") for n in names):
-                errors.append(f"{path}: NAD {nad['metadata']['name']} must be attached to the media tier only: {names}")
+
+def check_elk(compose, compose_elk, filebeat_path, errors):
+    profiled = {n for n, s in compose_elk["services"].items() if s.get("profiles")}
+    for name in ("elasticsearch", "filebeat"):
+        spec = compose_elk["services"].get(name)
+        if spec is None:
+            errors.append(f"compose --profile elk: no service {name}")
+        elif spec.get("profiles") != ["elk"]:
+            errors.append(f"compose: {name} is not in profile elk alone")
+    # docker-compose 1.x lists profiled services in a plain `config` too; what
+    # keeps them from starting is their `profiles` key.
+    started = {n for n, spec in compose["services"].items() if not spec.get("profiles")}
+    for name in profiled & started:
+        errors.append(f"compose: {name} starts without its profile")
+    for name, spec in compose_elk["services"].items():
+        if name in profiled:
+            continue
+        for dep in spec.get("depends_on") or {}:
+            if dep in profiled:
+                errors.append(f"compose: {name} depends on {dep}, which only a profile starts")
+
+    try:
+        fb = yaml.safe_load(open(filebeat_path))
+    except yaml.YAMLError as e:
+        errors.append(f"{filebeat_path}: not YAML: {e}")
+        return
+    fb_spec = compose_elk["services"].get("filebeat", {})
+    mounts = [v if isinstance(v, str) else f"{v.get('source')}:{v.get('target')}" for v in fb_spec.get("volumes", [])]
+    target = "/usr/share/filebeat/filebeat.yml"
+    want = pathlib.Path(filebeat_path).resolve()
+    if not any(pathlib.Path(m.split(":")[0]).resolve() == want and m.split(":")[1] == target for m in mounts):
+        errors.append(f"compose: filebeat does not mount {filebeat_path} at {target}")
+
+    inputs = fb.get("filebeat.inputs") or []
+    if not inputs or not all(any(p.startswith("/var/lib/docker/containers/") for p in i.get("paths", []))
+                             for i in inputs):
+        errors.append(f"{filebeat_path}: an input does not read the Docker container logs")
+    processors = [p for i in inputs for p in i.get("processors", [])] + (fb.get("processors") or [])
+    by_name = {}
+    for p in processors:
+        for k, v in p.items():
+            by_name.setdefault(k, []).append(v)
+    if not by_name.get("decode_json_fields"):
+        errors.append(f"{filebeat_path}: lines are not decoded as JSON")
+    copied = {f["to"]: f["from"] for c in by_name.get("copy_fields", []) for f in c.get("fields", [])}
+    decoded_at_root = any(d.get("target") == "" for d in by_name.get("decode_json_fields", []))
+    for field in ("service", "call_id"):
+        if field not in copied and not (field == "call_id" and decoded_at_root):
+            errors.append(f"{filebeat_path}: does not name the field {field}")
+    if copied.get("service") != "container.labels.com_docker_compose_service":
+        errors.append(f"{filebeat_path}: service does not come from the compose service name")
+    # The label the drop_event keeps, in Filebeat's dedotted spelling.
+    kept = {}
+    for d in by_name.get("drop_event", []):
+        cond = (d.get("when") or {}).get("not", {}).get("equals", {})
+        kept.update({k.removeprefix("container.labels."): v for k, v in cond.items()})
+    if not kept:
+        errors.append(f"{filebeat_path}: no drop_event keeps the services' containers by label")
+    for svc in SERVICES:
+        labels = compose_elk["services"].get(svc, {}).get("labels", {})
+        if isinstance(labels, list):
+            labels = dict(label.split("=", 1) for label in labels)
+        flat = {k.replace(".", "_"): v for k, v in labels.items()}
+        for k, v in kept.items():
+            if flat.get(k) != v:
+                errors.append(f"compose: {svc} lacks the label {k}={v} that Filebeat keeps")
+    hosts = (fb.get("output.elasticsearch") or {}).get("hosts", [])
+    for h in hosts:
+        host = urlsplit(h if "://" in h else f"http://{h}").hostname
+        if host not in compose_elk["services"]:
+            errors.append(f"{filebeat_path}: output host {host} is no compose service")
+    if not hosts:
+        errors.append(f"{filebeat_path}: no Elasticsearch output")
+
+
+def pod_workloads(docs):
+    return [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet")]
+
+
+def check_pod_security(path, w, errors):
+    name = f"{path}: {w['kind']} {w['metadata']['name']}"
+    pod = w["spec"]["template"]["spec"]
+    psc = pod.get("securityContext", {})
+    if psc.get("runAsNonRoot") is not True:
+        errors.append(f"{name}: runAsNonRoot is not true")
+    if (psc.get("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+        errors.append(f"{name}: no RuntimeDefault seccomp profile")
+    if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
+        errors.append(f"{name}: shares a host namespace")
+    for v in pod.get("volumes", []):
+        kind = next(k for k in v if k != "name")
+        if kind not in RESTRICTED_VOLUMES:
+            errors.append(f"{name}: volume {v['name']} of type {kind} is not allowed")
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        cname = f"{name} container {c['name']}"
+        sc = c.get("securityContext", {})
+        if sc.get("allowPrivilegeEscalation") is not False:
+            errors.append(f"{cname}: allowPrivilegeEscalation is not false")
+        if "ALL" not in (sc.get("capabilities") or {}).get("drop", []):
+            errors.append(f"{cname}: does not drop ALL capabilities")
+        if set((sc.get("capabilities") or {}).get("add", [])) - {"NET_BIND_SERVICE"}:
+            errors.append(f"{cname}: adds capabilities")
+        if sc.get("privileged"):
+            errors.append(f"{cname}: privileged")
+        if not sc.get("runAsUser", psc.get("runAsUser")):
+            errors.append(f"{cname}: no non-zero runAsUser")
+        # Read-only where the image allows it; where not, the manifest says
+        # false explicitly (with its reason beside it).
+        if "readOnlyRootFilesystem" not in sc:
+            errors.append(f"{cname}: readOnlyRootFilesystem not decided")
+        res = c.get("resources", {})
+        for kind in ("requests", "limits"):
+            for r in ("cpu", "memory"):
+                if r not in res.get(kind, {}):
+                    errors.append(f"{cname}: no {r} {kind[:-1]}")
+        if c in pod["containers"]:
+            for probe in ("readinessProbe", "livenessProbe"):
+                if probe not in c:
+                    errors.append(f"{cname}: no {probe}")
+        if not image_pinned(c["image"]):
+            errors.append(f"{cname}: image {c['image']} has no pinned tag")
+
+
+def check_references(path, w, configmaps, secrets, errors):
+    name = f"{path}: {w['kind']} {w['metadata']['name']}"
+    pod = w["spec"]["template"]["spec"]
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        for e in c.get("env", []):
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            if ref and ref["key"] not in secrets.get(ref["name"], set()):
+                errors.append(f"{name}: reads missing secret key {ref['name']}/{ref['key']}")
+            ref = e.get("valueFrom", {}).get("configMapKeyRef")
+            if ref and ref["key"] not in configmaps.get(ref["name"], set()):
+                errors.append(f"{name}: reads missing config key {ref['name']}/{ref['key']}")
+    for v in pod.get("volumes", []):
+        if "configMap" in v and v["configMap"]["name"] not in configmaps:
+            errors.append(f"{name}: volume {v['name']} names missing ConfigMap {v['configMap']['name']}")
+        if "secret" in v and v["secret"]["secretName"] not in secrets:
+            errors.append(f"{name}: volume {v['name']} names missing Secret {v['secret']['secretName']}")
+
+
+def check_statefulset(path, sts, services, errors):
+    name = f"{path}: StatefulSet {sts['metadata']['name']}"
+    svc = services.get(sts["spec"].get("serviceName"))
+    if svc is None or svc["spec"].get("clusterIP") != "None":
+        errors.append(f"{name}: no headless Service {sts['spec'].get('serviceName')}")
+    elif not selects(svc["spec"].get("selector"), sts["spec"]["template"]["metadata"]["labels"]):
+        errors.append(f"{name}: its Service does not select its pods")
+    claims = {t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])}
+    if not claims:
+        errors.append(f"{name}: no volumeClaimTemplates")
+    mounted = {m["name"] for c in sts["spec"]["template"]["spec"]["containers"] for m in c.get("volumeMounts", [])}
+    for claim in sorted(claims - mounted):
+        errors.append(f"{name}: claim {claim} is not mounted")
+
+
+def policy_admits(policy, pod_labels, client_labels, port):
+    spec = policy["spec"]
+    if "Ingress" not in spec.get("policyTypes", ["Ingress"]) or not selects(spec["podSelector"], pod_labels):
+        return False
+    for rule in spec.get("ingress", []):
+        peers = rule.get("from")
+        if peers and not any("podSelector" in p and "namespaceSelector" not in p and selects(p["podSelector"], client_labels)
+                             for p in peers):
+            continue
+        for p in rule.get("ports") or [{"port": port}]:
+            lo = p.get("port")
+            hi = p.get("endPort", lo)
+            if p.get("protocol", "TCP") == "TCP" and isinstance(lo, int) and lo <= port <= hi:
+                return True
+    return False
+
+
+def check_connections(path, docs, services, configmaps_data, secrets_data, errors):
+    """URLs that name a Service rendered here: port, policy, passwords."""
+    namespaces = {d["metadata"].get("namespace") for d in docs} - {None}
+    workloads = pod_workloads(docs)
+    clients = [w["spec"]["template"]["metadata"]["labels"] for w in workloads if w["metadata"]["name"] in SERVICES]
+    urls = {}
+    for src in (configmaps_data, secrets_data):
+        for cm, data in src.items():
+            for key, value in data.items():
+                if key.endswith("_URL") and re.match(r"^(mysql|amqp|kafka)://", str(value)):
+                    urls[f"{cm}/{key}"] = value
+    used = set()
+    for where, url in sorted(urls.items()):
+        u = urlsplit(url)
+        host, _, rest = u.hostname.partition(".")
+        ns = rest.removesuffix(".svc").removesuffix(".svc.cluster.local") if rest else "dialstack"
+        if ns not in namespaces:
+            continue  # outside this deployment: managed or another namespace
+        svc = services.get(host)
+        if svc is None:
+            errors.append(f"{path}: {where} names Service {host}, which is not rendered")
+            continue
+        used.add(host)
+        port = u.port
+        if port not in {p["port"] for p in svc["spec"]["ports"]}:
+            errors.append(f"{path}: {where} uses port {port}, not one of Service {host}'s")
+            continue
+        targets = [w["spec"]["template"]["metadata"]["labels"] for w in workloads
+                   if selects(svc["spec"].get("selector"), w["spec"]["template"]["metadata"]["labels"])]
+        policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+        for t in targets:
+            for c in clients:
+                if not any(policy_admits(p, t, c, port) for p in policies):
+                    errors.append(f"{path}: no NetworkPolicy admits {c.get('app.kubernetes.io/name')} "
+                                  f"to {t.get('app.kubernetes.io/name')} on {port}")
+        key = URL_PASSWORD_KEYS.get(u.scheme)
+        if key:
+            for sec, data in secrets_data.items():
+                if key in data and data[key] != u.password:
+                    errors.append(f"{path}: {where} password differs from {sec}/{key}, which creates the account")
+    for sts in (d for d in docs if d["kind"] == "StatefulSet"):
+        if sts["spec"].get("serviceName") not in used:
+            errors.append(f"{path}: no URL points at StatefulSet {sts['metadata']['name']}")
+
+
+def check_disruption_budgets(path, docs, errors):
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    hpa_min = {h["spec"]["scaleTargetRef"]["name"]: h["spec"].get("minReplicas", 1)
+               for h in docs if h["kind"] == "HorizontalPodAutoscaler"}
+    replicas = {w["metadata"]["name"]: max(w["spec"].get("replicas", 1), hpa_min.get(w["metadata"]["name"], 0))
+                for w in workloads}
+    pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    for pdb in pdbs:
+        covered = [w["metadata"]["name"] for w in workloads
+                   if selects(pdb["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"])]
+        if not any(replicas[n] > 1 for n in covered):
+            errors.append(f"{path}: PDB {pdb['metadata']['name']} covers no workload with more than one replica: {covered}")
+    for w in workloads:
+        n = w["metadata"]["name"]
+        if replicas[n] > 1 and not any(selects(p["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"])
+                                       for p in pdbs):
+            errors.append(f"{path}: {n} runs {replicas[n]} replicas without a PDB")
+
+
+def check_macvlan(path, docs, deployments, errors):
+    nads = {d["metadata"]["name"] for d in docs if d["kind"] == "NetworkAttachmentDefinition"}
+    for name, dep in deployments.items():
+        attached = dep["spec"]["template"]["metadata"].get("annotations", {}).get("k8s.v1.cni.cncf.io/networks")
+        env = {e["name"]: e.get("value") for c in dep["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
+        iface = env.get("DIALSTACK_MEDIA_INTERFACE")
+        if attached and attached not in nads:
+            errors.append(f"{path}: {name} attaches to {attached}, which is not rendered")
+        if attached and iface != MEDIA_INTERFACE:
+            errors.append(f"{path}: {name} is attached to {attached} but DIALSTACK_MEDIA_INTERFACE is {iface!r}, "
+                          f"not {MEDIA_INTERFACE}")
+        if iface and not attached:
+            errors.append(f"{path}: {name} sets DIALSTACK_MEDIA_INTERFACE without a network attachment")
+
+
+def check_k8s(path, errors):
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    configmaps_data = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    secrets_data = {d["metadata"]["name"]: {**(d.get("data") or {}), **d.get("stringData", {})}
+                    for d in docs if d["kind"] == "Secret"}
+    configmaps = {k: set(v) for k, v in configmaps_data.items()}
+    secrets = {k: set(v) for k, v in secrets_data.items()}
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    for svc in SERVICES:
+        dep = deployments.get(svc)
+        if dep is None:
+            errors.append(f"{path}: no Deployment {svc}")
+            continue
+        container = dep["spec"]["template"]["spec"]["containers"][0]
+        keys = {e["name"] for e in container.get("env", [])}
+        for src in container.get("envFrom", []):
+            if "configMapRef" in src:
+                keys |= configmaps.get(src["configMapRef"]["name"], set())
+            if "secretRef" in src:
+                keys |= secrets.get(src["secretRef"]["name"], set())
+        for var in sorted(required_vars(svc) - keys):
+            errors.append(f"{path}: {svc} does not set {var}")
+        exposed = {(p["containerPort"], p.get("protocol", "TCP").lower()) for p in container.get("ports", [])}
+        for port in sorted(ports(svc) - exposed):
+            errors.append(f"{path}: {svc} does not expose {port}")
+        if svc not in services:
+            errors.append(f"{path}: no Service {svc}")
+    for w in pod_workloads(docs):
+        check_pod_security(path, w, errors)
+        check_references(path, w, configmaps, secrets, errors)
+    for sts in (d for d in docs if d["kind"] == "StatefulSet"):
+        check_statefulset(path, sts, services, errors)
+    check_connections(path, docs, services, configmaps_data, secrets_data, errors)
+    check_disruption_budgets(path, docs, errors)
+    check_macvlan(path, docs, deployments, errors)
+    for nad in (d for d in docs if d["kind"] == "NetworkAttachmentDefinition"):
+        try:
+            cni = json.loads(nad["spec"]["config"])
+        except (KeyError, json.JSONDecodeError) as e:
+            errors.append(f"{path}: NAD {nad['metadata']['name']}: config is not JSON: {e}")
+            continue
+        if cni.get("type") != "macvlan" or not cni.get("master"):
+            errors.append(f"{path}: NAD {nad['metadata']['name']}: not a macvlan on a master interface")
+        ipam = cni.get("ipam", {})
+        if ipam.get("type") != "whereabouts" or not ipam.get("range"):
+            errors.append(f"{path}: NAD {nad['metadata']['name']}: ipam is not whereabouts with a range")
+        annotated = [d for d in deployments.values()
+                     if d["spec"]["template"]["metadata"].get("annotations", {}).get("k8s.v1.cni.cncf.io/networks")
+                     == nad["metadata"]["name"]]
+        names = [d["metadata"]["name"] for d in annotated]
+        if "media-processor" not in names or any(not n.startswith("media-processor") for n in names):
+            errors.append(f"{path}: NAD {nad['metadata']['name']} must be attached to the media tier only: {names}")
+
+
+def main():
+    args = sys.argv[1:]
+    elk = None
+    if args[:1] == ["--elk"]:
+        elk, args = args[1:3], args[3:]
+    errors = []
+    compose = yaml.safe_load(open(args[0]))
+    check_compose(compose, errors)
+    if elk:
+        check_elk(compose, yaml.safe_load(open(elk[0])), elk[1], errors)
+    for path in args[1:]:
+        check_k8s(path, errors)
 
     for e in errors:
         print(e)
     if errors:
         sys.exit(1)
-    print(f"deployment files agree with the services ({len(SERVICES)} services, {len(sys.argv) - 1} files)")
+    print(f"deployment files agree with the services ({len(SERVICES)} services, {len(args)} files"
+          f"{', elk profile' if elk else ''})")
 
 
 if __name__ == "__main__":
