@@ -78,22 +78,93 @@ async fn outbox_rows_exist_only_when_their_transaction_commits_and_inbox_dedupli
 
 mod scheduler {
     use super::*;
-    use task_scheduler::db::{Claim, Repo, MIGRATIONS};
-    use task_scheduler::domain::NewCampaignRequest;
+    use task_scheduler::db::{Claim, LeadQuery, Repo, MIGRATIONS};
+    use task_scheduler::domain::{ContactInput, NewCampaignRequest};
 
     async fn campaign(repo: &Repo, n: usize) -> task_scheduler::db::Campaign {
+        team_campaign(repo, n, None).await
+    }
+
+    /// A campaign of `n` leads; the first is owned by agent `ann`.
+    async fn team_campaign(
+        repo: &Repo,
+        n: usize,
+        team: Option<&str>,
+    ) -> task_scheduler::db::Campaign {
         let req = NewCampaignRequest {
             name: "repo test".into(),
             caller_id: "+14155550000".into(),
             max_concurrent: 10,
             max_cps: 10.0,
-            contacts: (0..n).map(|i| format!("+1415555{:04}", i)).collect(),
+            contacts: (0..n)
+                .map(|i| {
+                    let phone = format!("+1415555{:04}", i);
+                    if i == 0 {
+                        ContactInput::Lead {
+                            phone,
+                            agent_id: Some("ann".into()),
+                        }
+                    } else {
+                        ContactInput::Phone(phone)
+                    }
+                })
+                .collect(),
             talk_time_ms: Some(1000),
             ring_timeout_ms: None,
+            team: team.map(str::to_owned),
         };
         repo.create_campaign(&req.validate().unwrap())
             .await
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn leads_are_scoped_to_their_owner_or_their_campaign_team() {
+        for (engine, url) in both_databases() {
+            let repo = Repo {
+                db: db(&url, MIGRATIONS).await,
+            };
+            let sales = team_campaign(&repo, 3, Some("sales")).await;
+            let support = team_campaign(&repo, 2, Some("support")).await;
+            assert_eq!(sales.team.as_deref(), Some("sales"), "{engine}");
+            let q = |f: fn(&mut LeadQuery)| {
+                let mut q = LeadQuery {
+                    limit: 100,
+                    ..Default::default()
+                };
+                f(&mut q);
+                q
+            };
+            let all = repo.leads(&q(|_| {})).await.unwrap();
+            assert_eq!(all.len(), 5, "{engine}");
+            let ann = repo
+                .leads(&q(|q| q.agent_id = Some("ann".into())))
+                .await
+                .unwrap();
+            assert_eq!(ann.len(), 2, "{engine}: ann owns the first lead of each");
+            let sales_leads = repo
+                .leads(&q(|q| q.teams = Some(vec!["sales".into()])))
+                .await
+                .unwrap();
+            assert_eq!(sales_leads.len(), 3, "{engine}");
+            assert!(sales_leads.iter().all(|l| l.campaign_id == sales.id));
+            let none = repo.leads(&q(|q| q.teams = Some(vec![]))).await.unwrap();
+            assert!(none.is_empty(), "{engine}");
+            let one = repo
+                .leads(&q(|q| {
+                    q.teams = Some(vec!["support".into()]);
+                    q.agent_id = Some("ann".into());
+                }))
+                .await
+                .unwrap();
+            assert_eq!(one.len(), 1, "{engine}");
+            assert_eq!(one[0].campaign_id, support.id, "{engine}");
+            assert!(repo.start_campaign(&sales.id, "test").await.unwrap());
+            let lead = repo.lead(&sales_leads[0].id).await.unwrap().unwrap();
+            assert_eq!(lead.attempts.len(), 1, "{engine}");
+            assert_eq!(lead.attempts[0].state, "pending", "{engine}");
+            assert!(repo.lead("no-such-lead").await.unwrap().is_none());
+        }
     }
 
     async fn attempt_ids(repo: &Repo, state: &str) -> Vec<String> {
@@ -369,6 +440,7 @@ mod storage {
                         outcome: None,
                         after: after.clone(),
                         limit: 2,
+                        ..Default::default()
                     })
                     .await
                     .unwrap();
@@ -389,10 +461,83 @@ mod storage {
                     outcome: Some("busy".into()),
                     after: None,
                     limit: 50,
+                    ..Default::default()
                 })
                 .await
                 .unwrap();
             assert_eq!(busy.len(), 3, "{engine}");
+        }
+    }
+
+    #[tokio::test]
+    async fn listing_is_scoped_to_an_agent_or_to_teams() {
+        for (engine, url) in both_databases() {
+            let repo = Repo {
+                db: db(&url, MIGRATIONS).await,
+            };
+            let calls = [
+                ("c-ann", Some("sales"), Some("ann")),
+                ("c-bob", Some("sales"), Some("bob")),
+                ("c-sup", Some("support"), Some("cid")),
+                ("c-none", None, None),
+            ];
+            for (call, team, agent) in calls {
+                // The team arrives with the first event, the agent later.
+                let first = CallEventData {
+                    team: team.map(str::to_owned),
+                    ..event(call, "a", "k1", None)
+                };
+                repo.apply(&format!("{call}-1"), types::CALL_DIALING, &first)
+                    .await
+                    .unwrap();
+                let last = CallEventData {
+                    agent_id: agent.map(str::to_owned),
+                    ..event(call, "a", "k1", Some(Outcome::AnsweredHuman))
+                };
+                repo.apply(&format!("{call}-2"), types::CALL_COMPLETED, &last)
+                    .await
+                    .unwrap();
+            }
+            let ids = |q: CdrQuery| {
+                let repo = repo.clone();
+                async move {
+                    let q = CdrQuery { limit: 50, ..q };
+                    let page = repo.list(&q).await.unwrap();
+                    page.into_iter().map(|c| c.call_id).collect::<Vec<_>>()
+                }
+            };
+            let ann = ids(CdrQuery {
+                agent_id: Some("ann".into()),
+                ..Default::default()
+            })
+            .await;
+            assert_eq!(ann, ["c-ann"], "{engine}");
+            let sales = ids(CdrQuery {
+                teams: Some(vec!["sales".into()]),
+                ..Default::default()
+            })
+            .await;
+            assert_eq!(sales, ["c-ann", "c-bob"], "{engine}");
+            let both = ids(CdrQuery {
+                teams: Some(vec!["sales".into(), "support".into()]),
+                ..Default::default()
+            })
+            .await;
+            assert_eq!(both.len(), 3, "{engine}");
+            let no_team = ids(CdrQuery {
+                teams: Some(vec![]),
+                ..Default::default()
+            })
+            .await;
+            assert!(
+                no_team.is_empty(),
+                "{engine}: a supervisor of no team sees nothing"
+            );
+            let all = ids(CdrQuery::default()).await;
+            assert_eq!(all.len(), 4, "{engine}");
+            let one = repo.get("c-ann").await.unwrap().unwrap();
+            assert_eq!(one.team.as_deref(), Some("sales"), "{engine}");
+            assert_eq!(one.agent_id.as_deref(), Some("ann"), "{engine}");
         }
     }
 }

@@ -15,6 +15,7 @@ fn declared() -> Vec<(&'static str, &'static [RouteRoles])> {
     vec![
         ("user-service", user_service::http::ROUTES),
         ("user-service", user_service::agents::ROUTES),
+        ("user-service", user_service::users::ROUTES),
         ("task-scheduler", task_scheduler::http::ROUTES),
         ("storage-service", storage_service::http::ROUTES),
         ("monitor-service", monitor_service::http::ROUTES),

@@ -81,6 +81,10 @@ pub struct Claims {
     pub exp: i64,
     /// Token id.
     pub jti: String,
+    /// The teams of an agent or supervisor, which scope what they may see in
+    /// every service. Absent for admins and service accounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teams: Vec<String>,
 }
 
 /// Why a token was refused. Every variant is a 401 to the client.
@@ -215,6 +219,7 @@ pub fn new_claims(sub: &str, role: Role, ttl: Duration) -> Claims {
         nbf: now,
         exp: now + ttl.as_secs() as i64,
         jti: uuid::Uuid::now_v7().to_string(),
+        teams: Vec::new(),
     }
 }
 
@@ -467,9 +472,24 @@ pub struct Principal {
     pub sub: String,
     /// Role.
     pub role: Role,
+    /// Teams (agents and supervisors), from the token.
+    pub teams: Vec<String>,
 }
 
 impl Principal {
+    /// Whether the caller sees everything: admins and service accounts.
+    pub fn sees_all(&self) -> bool {
+        matches!(self.role, Role::Admin | Role::Service)
+    }
+
+    /// Whether a supervisor caller leads one of `teams`.
+    pub fn leads_any<S: AsRef<str>>(&self, teams: &[S]) -> bool {
+        self.role == Role::Supervisor
+            && teams
+                .iter()
+                .any(|t| self.teams.iter().any(|mine| mine == t.as_ref()))
+    }
+
     /// `Ok` when the caller has one of `roles`; otherwise a 403.
     pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
         if roles.contains(&self.role) {
@@ -521,6 +541,7 @@ pub async fn require_auth(State(keys): State<Keys>, mut req: Request, next: Next
             req.extensions_mut().insert(Principal {
                 sub: claims.sub,
                 role: claims.role,
+                teams: claims.teams,
             });
             next.run(req).await
         }

@@ -124,6 +124,10 @@ pub struct DialCommand {
     pub talk_time_ms: u64,
     /// How long to let it ring before giving up (ms); at least 15 s by law.
     pub ring_timeout_ms: u64,
+    /// The team the campaign belongs to, carried into the call's events so
+    /// that its supervisors can read the call records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
 }
 
 /// How a call ended (DESIGN §3).
@@ -216,6 +220,12 @@ pub struct CallEventData {
     /// RTP packets received.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtp_received: Option<u64>,
+    /// The campaign's team (from the dial command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// The agent the call was bridged to (`call.bridged` onwards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
 }
 
 /// `campaign.state`: a campaign started, paused or finished.

@@ -57,6 +57,13 @@ fn check(cmd: &DialCommand) -> Result<(), String> {
     if cmd.call_id.contains(|c: char| c.is_whitespace()) {
         return Err("call_id must not contain whitespace".into());
     }
+    if cmd
+        .team
+        .as_ref()
+        .is_some_and(|t| t.is_empty() || t.len() > 64)
+    {
+        return Err("team must be 1-64 characters".into());
+    }
     Ok(())
 }
 
@@ -145,6 +152,7 @@ async fn run_call(
         attempt_id: cmd.attempt_id.clone(),
         campaign_id: cmd.campaign_id.clone(),
         phone: cmd.phone.clone(),
+        team: cmd.team.clone(),
         ..Default::default()
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -196,6 +204,7 @@ mod tests {
             caller_id: "+14155550100".into(),
             talk_time_ms: 1,
             ring_timeout_ms: 15_000,
+            team: None,
         };
         assert!(check(&good).is_ok());
         let mut bad = good.clone();
@@ -203,6 +212,9 @@ mod tests {
         assert!(check(&bad).is_err());
         let mut bad = good.clone();
         bad.call_id = "a b".into();
+        assert!(check(&bad).is_err());
+        let mut bad = good.clone();
+        bad.team = Some(String::new());
         assert!(check(&bad).is_err());
         let mut bad = good;
         bad.attempt_id = String::new();

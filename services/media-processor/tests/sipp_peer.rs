@@ -108,6 +108,7 @@ fn command(talk_time_ms: u64, ring_timeout_ms: u64) -> DialCommand {
         caller_id: "+14155550100".into(),
         talk_time_ms,
         ring_timeout_ms,
+        team: None,
     }
 }
 

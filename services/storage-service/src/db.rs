@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 /// storage-service's schema.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "cdrs",
-    sql: "CREATE TABLE cdrs (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "cdrs",
+        sql: "CREATE TABLE cdrs (
             call_id VARCHAR(36) NOT NULL PRIMARY KEY,
             attempt_id VARCHAR(36) NOT NULL,
             campaign_id VARCHAR(36) NOT NULL,
@@ -34,7 +35,16 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
           );
           CREATE INDEX cdrs_campaign ON cdrs (campaign_id, call_id);
           CREATE INDEX cdrs_outcome ON cdrs (outcome, call_id)",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "cdr team and agent",
+        sql: "ALTER TABLE cdrs ADD COLUMN team VARCHAR(64) NULL;
+              ALTER TABLE cdrs ADD COLUMN agent_id VARCHAR(36) NULL;
+              CREATE INDEX cdrs_agent ON cdrs (agent_id, call_id);
+              CREATE INDEX cdrs_team ON cdrs (team, call_id)",
+    },
+];
 
 /// One call detail record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -71,6 +81,10 @@ pub struct Cdr {
     pub rtp_sent: Option<i64>,
     /// RTP packets received.
     pub rtp_received: Option<i64>,
+    /// The campaign's team.
+    pub team: Option<String>,
+    /// The agent the call was bridged to.
+    pub agent_id: Option<String>,
 }
 
 /// Filters of a CDR listing.
@@ -82,6 +96,10 @@ pub struct CdrQuery {
     pub outcome: Option<String>,
     /// Calls after this id.
     pub after: Option<String>,
+    /// Only calls bridged to this agent (an agent reading its own calls).
+    pub agent_id: Option<String>,
+    /// Only calls of these teams (a supervisor); `Some(empty)` matches none.
+    pub teams: Option<Vec<String>>,
     /// At most this many.
     pub limit: i64,
 }
@@ -93,7 +111,7 @@ pub struct Repo {
     pub db: Db,
 }
 
-const COLS: &str = "call_id, attempt_id, campaign_id, phone, state, outcome, reason, sip_status, dialed_at, ringing_at, answered_at, ended_at, ring_ms, talk_ms, rtp_sent, rtp_received";
+const COLS: &str = "call_id, attempt_id, campaign_id, phone, state, outcome, reason, sip_status, dialed_at, ringing_at, answered_at, ended_at, ring_ms, talk_ms, rtp_sent, rtp_received, team, agent_id";
 
 fn cdr_from(r: &sqlx::any::AnyRow) -> Cdr {
     Cdr {
@@ -113,6 +131,8 @@ fn cdr_from(r: &sqlx::any::AnyRow) -> Cdr {
         talk_ms: r.get(13),
         rtp_sent: r.get(14),
         rtp_received: r.get(15),
+        team: r.get(16),
+        agent_id: r.get(17),
     }
 }
 
@@ -158,6 +178,8 @@ impl Repo {
                 ("talk_ms", "COALESCE(new(talk_ms), talk_ms)"),
                 ("rtp_sent", "COALESCE(new(rtp_sent), rtp_sent)"),
                 ("rtp_received", "COALESCE(new(rtp_received), rtp_received)"),
+                ("team", "COALESCE(team, new(team))"),
+                ("agent_id", "COALESCE(new(agent_id), agent_id)"),
                 ("updated_at", "new(updated_at)"),
                 // MySQL applies these in order, so state is set before its rank changes.
                 ("state", "CASE WHEN new(state_rank) > state_rank THEN new(state) ELSE state END"),
@@ -165,7 +187,7 @@ impl Repo {
             ],
         );
         let sql = format!(
-            "INSERT INTO cdrs ({COLS}, state_rank, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) {upsert}"
+            "INSERT INTO cdrs ({COLS}, state_rank, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) {upsert}"
         );
         sqlx::query(&sql)
             .bind(&d.call_id)
@@ -184,6 +206,8 @@ impl Repo {
             .bind(d.talk_ms)
             .bind(d.rtp_sent.map(|n| n as i64))
             .bind(d.rtp_received.map(|n| n as i64))
+            .bind(d.team.clone())
+            .bind(d.agent_id.clone())
             .bind(rank)
             .bind(dialstack_common::now_ms())
             .execute(&mut *tx)
@@ -213,9 +237,26 @@ impl Repo {
         if q.after.is_some() {
             sql.push_str(" AND call_id > ?");
         }
+        if q.agent_id.is_some() {
+            sql.push_str(" AND agent_id = ?");
+        }
+        let teams = q.teams.as_deref().unwrap_or_default();
+        match (&q.teams, teams.len()) {
+            (None, _) => {}
+            (Some(_), 0) => sql.push_str(" AND 1 = 0"),
+            (Some(_), n) => {
+                sql.push_str(" AND team IN (?");
+                sql.push_str(&", ?".repeat(n - 1));
+                sql.push(')');
+            }
+        }
         sql.push_str(" ORDER BY call_id LIMIT ?");
         let mut query = sqlx::query(&sql);
-        for v in [&q.campaign_id, &q.outcome, &q.after].into_iter().flatten() {
+        for v in [&q.campaign_id, &q.outcome, &q.after, &q.agent_id]
+            .into_iter()
+            .flatten()
+            .chain(teams)
+        {
             query = query.bind(v);
         }
         let rows = query.bind(q.limit).fetch_all(&self.db.pool).await?;

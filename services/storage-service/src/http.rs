@@ -12,7 +12,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use crate::db::{Cdr, CdrQuery};
 use crate::AppState;
 
-const READ: &[Role] = &[Role::Admin, Role::Supervisor, Role::Service];
+const READ: &[Role] = &[Role::Admin, Role::Supervisor, Role::Agent, Role::Service];
 /// Page size when none is asked for.
 pub const DEFAULT_LIMIT: i64 = 50;
 /// Largest page.
@@ -110,6 +110,8 @@ async fn list_calls(
             outcome: p.outcome,
             after: p.cursor,
             limit,
+            agent_id: (who.role == Role::Agent).then(|| who.sub.clone()),
+            teams: (who.role == Role::Supervisor).then(|| who.teams.clone()),
         })
         .await?;
     let next_cursor = (items.len() as i64 == limit)
@@ -131,6 +133,18 @@ async fn get_call(
         .repo
         .get(&id)
         .await?
+        .filter(|c| may_read(&who, c))
         .map(ApiJson)
         .ok_or_else(|| ApiError::not_found("call"))
+}
+
+/// Object level: admins and services read every call, supervisors the calls
+/// of their teams, agents the calls bridged to them. Another's call is a 404
+/// (not a 403), so call ids cannot be probed.
+fn may_read(who: &Principal, cdr: &Cdr) -> bool {
+    match who.role {
+        Role::Admin | Role::Service => true,
+        Role::Supervisor => cdr.team.as_ref().is_some_and(|t| who.leads_any(&[t])),
+        Role::Agent => cdr.agent_id.as_deref() == Some(who.sub.as_str()),
+    }
 }

@@ -14,10 +14,11 @@ use sqlx::Row;
 use crate::domain::NewCampaign;
 
 /// task-scheduler's schema.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "campaigns, leads, attempts",
-    sql: "CREATE TABLE campaigns (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "campaigns, leads, attempts",
+        sql: "CREATE TABLE campaigns (
             id VARCHAR(36) NOT NULL PRIMARY KEY,
             name VARCHAR(255) NOT NULL,
             caller_id VARCHAR(16) NOT NULL,
@@ -55,7 +56,16 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
           );
           CREATE INDEX attempts_campaign_state ON attempts (campaign_id, state, seq);
           CREATE INDEX attempts_lease ON attempts (state, lease_until)",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "campaign teams, lead owners",
+        sql: "ALTER TABLE campaigns ADD COLUMN team VARCHAR(64) NULL;
+              ALTER TABLE leads ADD COLUMN agent_id VARCHAR(64) NULL;
+              CREATE INDEX leads_agent ON leads (agent_id, id);
+              CREATE INDEX campaigns_team ON campaigns (team)",
+    },
+];
 
 /// A stored campaign.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
@@ -78,6 +88,8 @@ pub struct Campaign {
     pub state: String,
     /// Created (ms since epoch).
     pub created_at: i64,
+    /// The team that works it.
+    pub team: Option<String>,
 }
 
 /// Counts of a campaign's attempts.
@@ -133,11 +145,12 @@ fn campaign_from(r: &sqlx::any::AnyRow) -> Campaign {
         ring_timeout_ms: r.get(6),
         state: r.get(7),
         created_at: r.get(8),
+        team: r.get(9),
     }
 }
 
 const CAMPAIGN_COLS: &str =
-    "id, name, caller_id, max_concurrent, max_cps, talk_time_ms, ring_timeout_ms, state, created_at";
+    "id, name, caller_id, max_concurrent, max_cps, talk_time_ms, ring_timeout_ms, state, created_at, team";
 
 /// Rows per multi-row INSERT.
 const INSERT_CHUNK: usize = 500;
@@ -149,7 +162,7 @@ impl Repo {
         let now = dialstack_common::now_ms();
         let mut tx = self.db.begin().await?;
         sqlx::query(&format!(
-            "INSERT INTO campaigns ({CAMPAIGN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, 'draft', ?)"
+            "INSERT INTO campaigns ({CAMPAIGN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, 'draft', ?, ?)"
         ))
         .bind(&id)
         .bind(&c.name)
@@ -159,18 +172,22 @@ impl Repo {
         .bind(c.talk_time_ms as i64)
         .bind(c.ring_timeout_ms as i64)
         .bind(now)
+        .bind(c.team.clone())
         .execute(&mut *tx)
         .await?;
         for (chunk_no, chunk) in c.contacts.chunks(INSERT_CHUNK).enumerate() {
-            let values = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
-            let sql = format!("INSERT INTO leads (id, campaign_id, seq, phone) VALUES {values}");
+            let values = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let sql = format!(
+                "INSERT INTO leads (id, campaign_id, seq, phone, agent_id) VALUES {values}"
+            );
             let mut q = sqlx::query(&sql);
-            for (i, phone) in chunk.iter().enumerate() {
+            for (i, lead) in chunk.iter().enumerate() {
                 q = q
                     .bind(uuid::Uuid::now_v7().to_string())
                     .bind(&id)
                     .bind((chunk_no * INSERT_CHUNK + i) as i64)
-                    .bind(phone.as_str().to_owned());
+                    .bind(lead.phone.as_str().to_owned())
+                    .bind(lead.agent_id.clone());
             }
             q.execute(&mut *tx).await?;
         }
@@ -300,6 +317,7 @@ impl Repo {
                 caller_id: c.caller_id.clone(),
                 talk_time_ms: c.talk_time_ms as u64,
                 ring_timeout_ms: c.ring_timeout_ms as u64,
+                team: c.team.clone(),
             };
             let ev = CloudEvent::new(source, types::DIAL, &call_id, &cmd);
             outbox_enqueue(
@@ -497,4 +515,141 @@ async fn campaign_event(
     };
     let ev = CloudEvent::new(source, types::CAMPAIGN_STATE, id, &data);
     outbox_enqueue(tx, dialstack_common::db::channel::EVENTS, id, &ev).await
+}
+
+/// A lead with its attempts, as its owner or a supervisor reads it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Lead {
+    /// Id.
+    pub id: String,
+    /// Campaign.
+    pub campaign_id: String,
+    /// The campaign's team.
+    pub team: Option<String>,
+    /// The number.
+    pub phone: String,
+    /// The owning agent.
+    pub agent_id: Option<String>,
+    /// Attempts, oldest first.
+    pub attempts: Vec<LeadAttempt>,
+}
+
+/// One attempt at a lead.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct LeadAttempt {
+    /// Attempt id.
+    pub id: String,
+    /// State.
+    pub state: String,
+    /// The call, once queued.
+    pub call_id: Option<String>,
+    /// Outcome, once completed.
+    pub outcome: Option<String>,
+}
+
+/// Filters of a lead listing; the scope fields come from the caller.
+#[derive(Debug, Clone, Default)]
+pub struct LeadQuery {
+    /// Only this campaign.
+    pub campaign_id: Option<String>,
+    /// Only leads owned by this agent.
+    pub agent_id: Option<String>,
+    /// Only leads of campaigns of these teams; `Some(empty)` matches none.
+    pub teams: Option<Vec<String>>,
+    /// Leads after this id.
+    pub after: Option<String>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+impl Repo {
+    /// Leads in id order, filtered and scoped, with their attempts.
+    pub async fn leads(&self, q: &LeadQuery) -> Result<Vec<Lead>, sqlx::Error> {
+        let mut sql = String::from(
+            "SELECT l.id, l.campaign_id, c.team, l.phone, l.agent_id FROM leads l
+             JOIN campaigns c ON c.id = l.campaign_id WHERE 1 = 1",
+        );
+        for (cond, v) in [
+            (" AND l.campaign_id = ?", &q.campaign_id),
+            (" AND l.agent_id = ?", &q.agent_id),
+            (" AND l.id > ?", &q.after),
+        ] {
+            if v.is_some() {
+                sql.push_str(cond);
+            }
+        }
+        let teams = q.teams.as_deref().unwrap_or_default();
+        match (&q.teams, teams.len()) {
+            (None, _) => {}
+            (Some(_), 0) => sql.push_str(" AND 1 = 0"),
+            (Some(_), n) => {
+                sql.push_str(" AND c.team IN (?");
+                sql.push_str(&", ?".repeat(n - 1));
+                sql.push(')');
+            }
+        }
+        sql.push_str(" ORDER BY l.id LIMIT ?");
+        let mut query = sqlx::query(&sql);
+        for v in [&q.campaign_id, &q.agent_id, &q.after]
+            .into_iter()
+            .flatten()
+            .chain(teams)
+        {
+            query = query.bind(v);
+        }
+        let rows = query.bind(q.limit).fetch_all(&self.db.pool).await?;
+        let mut leads = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: String = r.try_get(0)?;
+            let attempts = self.lead_attempts(&id).await?;
+            leads.push(Lead {
+                id,
+                campaign_id: r.try_get(1)?,
+                team: r.try_get(2)?,
+                phone: r.try_get(3)?,
+                agent_id: r.try_get(4)?,
+                attempts,
+            });
+        }
+        Ok(leads)
+    }
+
+    /// One lead with its attempts.
+    pub async fn lead(&self, id: &str) -> Result<Option<Lead>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT l.id, l.campaign_id, c.team, l.phone, l.agent_id FROM leads l
+             JOIN campaigns c ON c.id = l.campaign_id WHERE l.id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(Lead {
+            id: r.try_get(0)?,
+            campaign_id: r.try_get(1)?,
+            team: r.try_get(2)?,
+            phone: r.try_get(3)?,
+            agent_id: r.try_get(4)?,
+            attempts: self.lead_attempts(id).await?,
+        }))
+    }
+
+    async fn lead_attempts(&self, lead_id: &str) -> Result<Vec<LeadAttempt>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, state, call_id, outcome FROM attempts WHERE lead_id = ? ORDER BY created_at, id",
+        )
+        .bind(lead_id)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LeadAttempt {
+                    id: r.try_get(0)?,
+                    state: r.try_get(1)?,
+                    call_id: r.try_get(2)?,
+                    outcome: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
 }

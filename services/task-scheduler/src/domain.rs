@@ -45,14 +45,64 @@ pub struct NewCampaignRequest {
     pub max_concurrent: u32,
     /// Most new calls per second.
     pub max_cps: f64,
-    /// Numbers to dial, E.164.
-    pub contacts: Vec<String>,
+    /// Numbers to dial, E.164, each alone or with the agent who owns the
+    /// lead (`{"phone": "+1...", "agent_id": "..."}`).
+    pub contacts: Vec<ContactInput>,
+    /// The team that works the campaign: its supervisors manage it and read
+    /// its calls. Required when a supervisor creates the campaign.
+    #[serde(default)]
+    pub team: Option<String>,
     /// Talk time for prompt-only calls (ms, default 5000).
     #[serde(default)]
     pub talk_time_ms: Option<u64>,
     /// Ring timeout (ms, default 30000, at least 15000).
     #[serde(default)]
     pub ring_timeout_ms: Option<u64>,
+}
+
+/// One contact as sent: a bare number, or a number with its agent.
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum ContactInput {
+    /// A number, E.164.
+    Phone(String),
+    /// A number owned by an agent (a personal callback or a preview lead).
+    Lead {
+        /// The number, E.164.
+        phone: String,
+        /// The owning agent's user id.
+        #[serde(default)]
+        agent_id: Option<String>,
+    },
+}
+
+impl From<&str> for ContactInput {
+    fn from(s: &str) -> Self {
+        Self::Phone(s.to_owned())
+    }
+}
+
+impl From<String> for ContactInput {
+    fn from(s: String) -> Self {
+        Self::Phone(s)
+    }
+}
+
+/// A validated lead.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewLead {
+    /// The number.
+    pub phone: Phone,
+    /// The owning agent, if any.
+    pub agent_id: Option<String>,
+}
+
+/// Team and agent ids: 1-64 of `[A-Za-z0-9._-]`.
+pub fn name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// A validated campaign.
@@ -66,8 +116,10 @@ pub struct NewCampaign {
     pub max_concurrent: u32,
     /// Calls per second cap.
     pub max_cps: f64,
-    /// Contacts in order.
-    pub contacts: Vec<Phone>,
+    /// Leads in order.
+    pub contacts: Vec<NewLead>,
+    /// The team that works it.
+    pub team: Option<String>,
     /// Talk time (ms).
     pub talk_time_ms: u64,
     /// Ring timeout (ms).
@@ -114,8 +166,25 @@ impl NewCampaignRequest {
             .contacts
             .iter()
             .enumerate()
-            .map(|(i, c)| Phone::parse(c).map_err(|e| invalid(format!("contacts[{i}]"), e)))
+            .map(|(i, c)| {
+                let (phone, agent_id) = match c {
+                    ContactInput::Phone(p) => (p, None),
+                    ContactInput::Lead { phone, agent_id } => (phone, agent_id.clone()),
+                };
+                let phone =
+                    Phone::parse(phone).map_err(|e| invalid(format!("contacts[{i}]"), e))?;
+                if agent_id.as_deref().is_some_and(|a| !name_ok(a)) {
+                    return Err(invalid(
+                        format!("contacts[{i}].agent_id"),
+                        "must be 1-64 of [A-Za-z0-9._-]",
+                    ));
+                }
+                Ok(NewLead { phone, agent_id })
+            })
             .collect::<Result<Vec<_>, _>>()?;
+        if self.team.as_deref().is_some_and(|t| !name_ok(t)) {
+            return Err(invalid("team", "must be 1-64 of [A-Za-z0-9._-]"));
+        }
         let talk_time_ms = self.talk_time_ms.unwrap_or(5_000);
         if talk_time_ms > 3_600_000 {
             return Err(invalid("talk_time_ms", "must be at most 3600000"));
@@ -135,6 +204,7 @@ impl NewCampaignRequest {
             contacts,
             talk_time_ms,
             ring_timeout_ms,
+            team: self.team,
         })
     }
 }
@@ -200,6 +270,7 @@ mod tests {
             contacts: vec!["+14155550101".into()],
             talk_time_ms: None,
             ring_timeout_ms: None,
+            team: None,
         }
     }
 
@@ -236,6 +307,35 @@ mod tests {
         let mut r = req();
         r.contacts.clear();
         assert_eq!(r.validate().unwrap_err().field, "contacts");
+        let mut r = req();
+        r.team = Some("sales floor".into());
+        assert_eq!(r.validate().unwrap_err().field, "team");
+        let mut r = req();
+        r.contacts.push(ContactInput::Lead {
+            phone: "+14155550102".into(),
+            agent_id: Some("bad id".into()),
+        });
+        assert_eq!(r.validate().unwrap_err().field, "contacts[1].agent_id");
+    }
+
+    #[test]
+    fn contacts_are_numbers_or_numbers_with_an_agent() {
+        let r: NewCampaignRequest = serde_json::from_value(serde_json::json!({
+            "name": "n", "caller_id": "+14155550100", "max_concurrent": 1, "max_cps": 1.0,
+            "team": "sales",
+            "contacts": ["+14155550101", {"phone": "+14155550102", "agent_id": "ann"}]
+        }))
+        .unwrap();
+        let c = r.validate().unwrap();
+        assert_eq!(c.team.as_deref(), Some("sales"));
+        assert_eq!(c.contacts[0].agent_id, None);
+        assert_eq!(c.contacts[1].agent_id.as_deref(), Some("ann"));
+        assert_eq!(c.contacts[1].phone.as_str(), "+14155550102");
+        let bad: Result<NewCampaignRequest, _> = serde_json::from_value(serde_json::json!({
+            "name": "n", "caller_id": "+14155550100", "max_concurrent": 1, "max_cps": 1.0,
+            "contacts": [42]
+        }));
+        assert!(bad.is_err());
     }
 
     #[test]

@@ -5,16 +5,56 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use dialstack_common::auth::{require_auth, roles, Keys, Principal, Role, RouteRoles};
+use dialstack_common::http::ApiQuery;
 use dialstack_common::http::{ApiError, ApiJson, BearerSecurity, ErrorBody, ErrorCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
-use crate::db::{Campaign, Claim, Progress};
-use crate::domain::NewCampaignRequest;
+use crate::db::{Campaign, Claim, Lead, LeadAttempt, LeadQuery, Progress};
+use crate::domain::{ContactInput, NewCampaignRequest};
 use crate::AppState;
 
 const MANAGE: &[Role] = &[Role::Admin, Role::Supervisor];
 const CLAIM: &[Role] = &[Role::Service, Role::Admin];
+const READ_LEADS: &[Role] = &[Role::Admin, Role::Supervisor, Role::Agent, Role::Service];
+
+/// Largest page of leads.
+pub const MAX_LEADS: i64 = 500;
+
+/// `GET /v1/leads` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct LeadParams {
+    /// Only this campaign.
+    pub campaign_id: Option<String>,
+    /// Page size (1-500, default 100).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of leads.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LeadPage {
+    /// The leads.
+    pub items: Vec<Lead>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Whether `who` may see a campaign of `team`: admins and services all,
+/// supervisors those of the teams they lead. Others' are 404s.
+fn sees_campaign(who: &Principal, team: Option<&String>) -> bool {
+    who.sees_all() || team.is_some_and(|t| who.leads_any(&[t]))
+}
+
+/// Whether `who` may read a lead: as for its campaign, and agents the leads
+/// they own.
+fn sees_lead(who: &Principal, lead: &Lead) -> bool {
+    match who.role {
+        Role::Agent => lead.agent_id.as_deref() == Some(who.sub.as_str()),
+        _ => sees_campaign(who, lead.team.as_ref()),
+    }
+}
 
 /// A campaign with its progress.
 #[derive(Debug, Serialize, ToSchema)]
@@ -48,8 +88,9 @@ pub struct ClaimResponse {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "dialstack task-scheduler", version = "1"),
-    paths(create_campaign, start_campaign, get_campaign, claim_attempt),
-    components(schemas(NewCampaignRequest, Campaign, Progress, ClaimRequest, ClaimResponse, ErrorBody)),
+    paths(create_campaign, start_campaign, get_campaign, claim_attempt, list_leads, get_lead),
+    components(schemas(NewCampaignRequest, ContactInput, Campaign, Progress, ClaimRequest, ClaimResponse,
+        Lead, LeadAttempt, LeadPage, ErrorBody)),
     modifiers(&BearerSecurity)
 )]
 struct Doc;
@@ -75,6 +116,16 @@ pub const ROUTES: &[RouteRoles] = &[
         method: "POST",
         path: "/v1/attempts/{id}/claim",
         roles: CLAIM,
+    },
+    RouteRoles {
+        method: "GET",
+        path: "/v1/leads",
+        roles: READ_LEADS,
+    },
+    RouteRoles {
+        method: "GET",
+        path: "/v1/leads/{id}",
+        roles: READ_LEADS,
     },
 ];
 
@@ -102,6 +153,11 @@ pub fn router(state: AppState, keys: Keys) -> Router {
             "/v1/attempts/{id}/claim",
             post(claim_attempt).route_layer(roles(CLAIM)),
         )
+        .route("/v1/leads", get(list_leads).route_layer(roles(READ_LEADS)))
+        .route(
+            "/v1/leads/{id}",
+            get(get_lead).route_layer(roles(READ_LEADS)),
+        )
         .route_layer(axum::middleware::from_fn_with_state(keys, require_auth))
         .with_state(state)
 }
@@ -118,6 +174,12 @@ async fn create_campaign(
     let new = req
         .validate()
         .map_err(|e| ApiError::invalid(&e.field, e.reason))?;
+    if who.role == Role::Supervisor && !new.team.as_ref().is_some_and(|t| who.leads_any(&[t])) {
+        return Err(ApiError::invalid(
+            "team",
+            "a supervisor's campaign must belong to a team they lead",
+        ));
+    }
     let campaign = state.repo.create_campaign(&new).await?;
     let progress = state.repo.progress(&campaign.id).await?;
     tracing::info!(campaign_id = %campaign.id, contacts = new.contacts.len(), "campaign created");
@@ -140,6 +202,7 @@ async fn get_campaign(
         .repo
         .campaign(&id)
         .await?
+        .filter(|c| sees_campaign(&who, c.team.as_ref()))
         .ok_or_else(|| ApiError::not_found("campaign"))?;
     let progress = state.repo.progress(&id).await?;
     Ok(ApiJson(CampaignView { campaign, progress }))
@@ -158,6 +221,7 @@ async fn start_campaign(
         .repo
         .campaign(&id)
         .await?
+        .filter(|c| sees_campaign(&who, c.team.as_ref()))
         .ok_or_else(|| ApiError::not_found("campaign"))?;
     if !state.repo.start_campaign(&id, crate::NAME).await? {
         return Err(ApiError::new(
@@ -205,4 +269,58 @@ async fn claim_attempt(
         )),
         Claim::Unknown => Err(ApiError::not_found("attempt")),
     }
+}
+
+/// Leads with their attempts: agents get the leads they own, supervisors
+/// those of their teams' campaigns, admins and services all.
+#[utoipa::path(get, path = "/v1/leads", params(LeadParams), security(("bearer" = [])),
+    responses((status = 200, body = LeadPage), (status = 400, body = ErrorBody)))]
+async fn list_leads(
+    State(state): State<AppState>,
+    who: Principal,
+    ApiQuery(p): ApiQuery<LeadParams>,
+) -> Result<ApiJson<LeadPage>, ApiError> {
+    who.require(READ_LEADS)?;
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=MAX_LEADS).contains(&limit) {
+        return Err(ApiError::invalid("limit", format!("must be 1-{MAX_LEADS}")));
+    }
+    for (field, v) in [("campaign_id", &p.campaign_id), ("cursor", &p.cursor)] {
+        if v.as_ref().is_some_and(|v| v.is_empty() || v.len() > 64) {
+            return Err(ApiError::invalid(field, "must be 1-64 characters"));
+        }
+    }
+    let items = state
+        .repo
+        .leads(&LeadQuery {
+            campaign_id: p.campaign_id,
+            agent_id: (who.role == Role::Agent).then(|| who.sub.clone()),
+            teams: (who.role == Role::Supervisor).then(|| who.teams.clone()),
+            after: p.cursor,
+            limit,
+        })
+        .await?;
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| items.last().map(|l| l.id.clone()))
+        .flatten();
+    Ok(ApiJson(LeadPage { items, next_cursor }))
+}
+
+/// One lead with its attempts; another agent's or another team's lead is a
+/// 404, so lead ids cannot be probed.
+#[utoipa::path(get, path = "/v1/leads/{id}", security(("bearer" = [])),
+    responses((status = 200, body = Lead), (status = 404, body = ErrorBody)))]
+async fn get_lead(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Lead>, ApiError> {
+    who.require(READ_LEADS)?;
+    state
+        .repo
+        .lead(&id)
+        .await?
+        .filter(|l| sees_lead(&who, l))
+        .map(ApiJson)
+        .ok_or_else(|| ApiError::not_found("lead"))
 }

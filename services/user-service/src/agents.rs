@@ -23,17 +23,11 @@ use crate::db::{Agent, Repo, StateChange};
 use crate::domain::AgentState;
 use crate::AppState;
 
-const ADMIN: &[Role] = &[Role::Admin];
 const MANAGE: &[Role] = &[Role::Admin, Role::Supervisor];
 const VIEW: &[Role] = &[Role::Admin, Role::Supervisor, Role::Service];
 
 /// Who may call each route (agents then only reach their own record).
 pub const ROUTES: &[RouteRoles] = &[
-    RouteRoles {
-        method: "POST",
-        path: "/v1/users",
-        roles: ADMIN,
-    },
     RouteRoles {
         method: "GET",
         path: "/v1/agents",
@@ -60,28 +54,6 @@ pub const ROUTES: &[RouteRoles] = &[
         roles: ANY_ROLE,
     },
 ];
-
-/// `POST /v1/users` body.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct NewUser {
-    /// Login name.
-    pub username: String,
-    /// Initial password.
-    pub password: String,
-    /// Role.
-    pub role: Role,
-}
-
-/// A user as the API shows it.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct UserView {
-    /// Id.
-    pub id: String,
-    /// Login name.
-    pub username: String,
-    /// Role.
-    pub role: Role,
-}
 
 /// `PUT /v1/agents/{id}` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -148,7 +120,6 @@ pub struct AgentFilter {
 /// The routes (mounted behind the auth layer).
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/users", post(create_user).route_layer(roles(ADMIN)))
         .route("/v1/agents", get(list_agents).route_layer(roles(VIEW)))
         .route(
             "/v1/agents/{id}",
@@ -166,44 +137,60 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-fn name_ok(s: &str) -> bool {
+/// What a caller may see of agents and teams: everything (admins and
+/// services), the teams they lead (supervisors, read from the database so a
+/// change applies at once) or only themselves (agents).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scope {
+    /// Every agent and team.
+    All,
+    /// Agents in any of these teams, and these teams.
+    Teams(Vec<String>),
+    /// Only this agent.
+    Own(String),
+}
+
+impl Scope {
+    /// The scope of `who`.
+    pub async fn of(state: &AppState, who: &Principal) -> Result<Self, ApiError> {
+        Ok(match who.role {
+            Role::Admin | Role::Service => Self::All,
+            Role::Supervisor => Self::Teams(
+                state
+                    .repo
+                    .user_by_id(&who.sub)
+                    .await?
+                    .map(|u| u.teams)
+                    .unwrap_or_default(),
+            ),
+            Role::Agent => Self::Own(who.sub.clone()),
+        })
+    }
+
+    /// Whether the scope reaches any of `teams`.
+    pub fn covers(&self, teams: &[String]) -> bool {
+        match self {
+            Self::All => true,
+            Self::Teams(mine) => teams.iter().any(|t| mine.contains(t)),
+            Self::Own(_) => false,
+        }
+    }
+
+    /// Whether the scope reaches `agent`.
+    pub fn sees(&self, agent: &Agent) -> bool {
+        match self {
+            Self::Own(id) => &agent.id == id,
+            _ => self.covers(&agent.teams),
+        }
+    }
+}
+
+/// Team, skill and pause-code names: 1-64 of `[A-Za-z0-9._-]`.
+pub fn name_ok(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
-
-/// Creates a user (admins only).
-#[utoipa::path(post, path = "/v1/users", request_body = NewUser, security(("bearer" = [])),
-    responses((status = 201, body = UserView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn create_user(
-    State(state): State<AppState>,
-    who: Principal,
-    ApiJson(req): ApiJson<NewUser>,
-) -> Result<(StatusCode, ApiJson<UserView>), ApiError> {
-    who.require(&[Role::Admin])?;
-    crate::domain::check_username(&req.username).map_err(|e| ApiError::invalid("username", e))?;
-    crate::domain::check_password(&req.password).map_err(|e| ApiError::invalid("password", e))?;
-    let hash = crate::domain::hash_password(&req.password)
-        .await
-        .map_err(ApiError::internal)?;
-    let user = state
-        .repo
-        .create_user(&req.username, req.role, &hash)
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "username is taken"))?;
-    state
-        .repo
-        .audit("user_created", &user.id, "", req.role.as_str())
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        ApiJson(UserView {
-            id: user.id,
-            username: user.username,
-            role: user.role,
-        }),
-    ))
 }
 
 /// Creates or updates the profile of an agent user (admins, supervisors).
@@ -222,6 +209,21 @@ pub async fn put_agent(
         .await?
         .filter(|u| u.role == Role::Agent)
         .ok_or_else(|| ApiError::not_found("agent user"))?;
+    let scope = Scope::of(&state, &who).await?;
+    if let Scope::Teams(mine) = &scope {
+        // Supervisors manage the agents already in their teams, and only
+        // within those teams; placing an agent first is an admin's job.
+        let current = state.repo.agent(&id).await?;
+        if !current.is_some_and(|a| scope.sees(&a)) {
+            return Err(ApiError::not_found("agent user"));
+        }
+        if let Some(t) = p.teams.iter().find(|t| !mine.contains(t)) {
+            return Err(ApiError::invalid(
+                "teams",
+                format!("{t:?} is not a team you lead"),
+            ));
+        }
+    }
     if p.display_name.trim().is_empty() || p.display_name.len() > 128 {
         return Err(ApiError::invalid(
             "display_name",
@@ -272,15 +274,19 @@ pub async fn put_agent(
     Ok(ApiJson(agent.into()))
 }
 
-/// The agent, if the caller may see it: agents see only themselves.
+/// The agent, if the caller may see it: agents see only themselves,
+/// supervisors the agents of their teams; anyone else's is a 404.
 async fn visible(state: &AppState, who: &Principal, id: &str) -> Result<Agent, ApiError> {
-    let allowed = VIEW.contains(&who.role) || (who.role == Role::Agent && who.sub == id);
-    let agent = if allowed {
-        state.repo.agent(id).await?
-    } else {
-        None
-    };
-    agent.ok_or_else(|| ApiError::not_found("agent"))
+    let scope = Scope::of(state, who).await?;
+    if matches!(&scope, Scope::Own(me) if me != id) {
+        return Err(ApiError::not_found("agent"));
+    }
+    state
+        .repo
+        .agent(id)
+        .await?
+        .filter(|a| scope.sees(a))
+        .ok_or_else(|| ApiError::not_found("agent"))
 }
 
 /// One agent (agents: only themselves).
@@ -313,10 +319,12 @@ pub async fn list_agents(
             return Err(ApiError::invalid(field, "must be 1-64 of [A-Za-z0-9._-]"));
         }
     }
-    let agents = state
+    let scope = Scope::of(&state, &who).await?;
+    let mut agents = state
         .repo
         .agents(f.state.as_deref(), f.team.as_deref(), f.skill.as_deref())
         .await?;
+    agents.retain(|a| scope.sees(a));
     Ok(ApiJson(agents.into_iter().map(AgentView::from).collect()))
 }
 
@@ -393,8 +401,10 @@ pub async fn run_presence(
     timeout: Duration,
     shutdown: CancellationToken,
 ) {
-    let period = (timeout / 3).clamp(Duration::from_millis(200), Duration::from_secs(5));
+    // At most a second between passes, so states stay true to the second.
+    let period = (timeout / 3).clamp(Duration::from_millis(200), Duration::from_secs(1));
     loop {
+        end_overdue_wrap_ups(&repo, &relay).await;
         let cutoff = dialstack_common::now_ms() - timeout.as_millis() as i64;
         match repo.silent_agents(cutoff).await {
             Ok(ids) => {
@@ -427,6 +437,38 @@ pub async fn run_presence(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
+/// Ends the wrap-up of agents whose team's wrap-up timeout has passed.
+async fn end_overdue_wrap_ups(repo: &Repo, relay: &dialstack_common::db::OutboxRelay) {
+    let (teams, agents) = match (repo.teams().await, repo.agents_in_wrap_up().await) {
+        (Ok(t), Ok(a)) => (t, a),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "wrap-up check failed");
+            return;
+        }
+    };
+    let limits: std::collections::HashMap<String, i64> = teams
+        .into_iter()
+        .filter_map(|t| Some((t.name, t.wrap_up_timeout_secs?)))
+        .collect();
+    let now = dialstack_common::now_ms();
+    for a in agents {
+        if !crate::domain::wrap_up_due(&a.teams, &limits, a.state_since, now) {
+            continue;
+        }
+        match repo
+            .set_state(&a.id, AgentState::Available, None, "wrap_up_timeout", false)
+            .await
+        {
+            Ok(StateChange::Changed(_)) => {
+                tracing::info!(agent_id = %a.id, "wrap-up timed out, agent available");
+                relay.notify();
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(agent_id = %a.id, error = %e, "cannot end a wrap-up"),
         }
     }
 }

@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[Migration] = &[
     MIGRATION_SESSIONS,
     MIGRATION_AGENTS,
     MIGRATION_KEY_ROTATION,
+    MIGRATION_TEAMS,
 ];
 
 /// Users and signing keys.
@@ -44,6 +45,37 @@ pub struct User {
     pub role: Role,
     /// argon2id PHC string.
     pub password_hash: String,
+    /// The teams a supervisor leads (empty for other roles; an agent's
+    /// teams are in its profile).
+    pub teams: Vec<String>,
+}
+
+const USER_COLS: &str = "id, username, role, password_hash, teams";
+
+fn user_from(r: &sqlx::any::AnyRow) -> Option<User> {
+    Some(User {
+        id: r.get(0),
+        username: r.get(1),
+        role: Role::parse(&r.get::<String, _>(2))?,
+        password_hash: r.get(3),
+        teams: split_teams(&r.get::<String, _>(4)),
+    })
+}
+
+/// Teams are stored as `,a,b,` so that `LIKE '%,a,%'` finds members.
+fn join_teams(teams: &[String]) -> String {
+    if teams.is_empty() {
+        String::new()
+    } else {
+        format!(",{},", teams.join(","))
+    }
+}
+
+fn split_teams(s: &str) -> Vec<String> {
+    s.split(',')
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The repository.
@@ -108,19 +140,11 @@ impl Repo {
 
     /// A user by login name.
     pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, sqlx::Error> {
-        let row =
-            sqlx::query("SELECT id, username, role, password_hash FROM users WHERE username = ?")
-                .bind(username)
-                .fetch_optional(&self.db.pool)
-                .await?;
-        Ok(row.and_then(|r| {
-            Some(User {
-                id: r.get(0),
-                username: r.get(1),
-                role: Role::parse(&r.get::<String, _>(2))?,
-                password_hash: r.get(3),
-            })
-        }))
+        let row = sqlx::query(&format!("SELECT {USER_COLS} FROM users WHERE username = ?"))
+            .bind(username)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        Ok(row.as_ref().and_then(user_from))
     }
 
     /// A user by id.
@@ -468,11 +492,7 @@ fn agent_from(r: &sqlx::any::AnyRow) -> Result<Agent, sqlx::Error> {
         id: r.try_get(0)?,
         display_name: r.try_get(1)?,
         sip_uri: r.try_get(2)?,
-        teams: teams
-            .split(',')
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned)
-            .collect(),
+        teams: split_teams(&teams),
         skills: serde_json::from_str(&skills).unwrap_or_default(),
         max_concurrent: r.try_get(5)?,
         state: crate::domain::AgentState::parse(&state)
@@ -512,7 +532,7 @@ impl Repo {
 
     /// Creates or updates an agent's profile (the state is kept).
     pub async fn upsert_agent(&self, a: &Agent) -> Result<Agent, sqlx::Error> {
-        let teams = format!(",{},", a.teams.join(","));
+        let teams = join_teams(&a.teams);
         let skills = serde_json::to_string(&a.skills).unwrap_or_else(|_| "{}".into());
         let now = dialstack_common::now_ms();
         let sql = format!(
@@ -756,13 +776,197 @@ impl Repo {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "UPDATE refresh_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await?;
+        revoke_sessions(&mut tx, user_id, now).await?;
         tx.commit().await
     }
+}
+
+/// Supervisors' teams, and per-team settings (the wrap-up timeout).
+pub const MIGRATION_TEAMS: Migration = Migration {
+    version: 5,
+    name: "supervisor teams, team settings",
+    sql: "ALTER TABLE users ADD COLUMN teams VARCHAR(1024) NOT NULL DEFAULT '';
+          CREATE TABLE teams (
+            name VARCHAR(64) NOT NULL PRIMARY KEY,
+            wrap_up_timeout_secs BIGINT NULL,
+            updated_at BIGINT NOT NULL
+          )",
+};
+
+/// A team's settings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Team {
+    /// Name.
+    pub name: String,
+    /// Seconds after which wrap-up ends by itself (`null`: the agent ends it).
+    pub wrap_up_timeout_secs: Option<i64>,
+}
+
+/// A change to a user; `None` fields stay as they are.
+#[derive(Debug, Clone, Default)]
+pub struct UserUpdate {
+    /// New role.
+    pub role: Option<Role>,
+    /// New supervisor teams.
+    pub teams: Option<Vec<String>>,
+    /// New password hash.
+    pub password_hash: Option<String>,
+}
+
+/// What an update or delete did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UserChange {
+    /// Done: the user as it is now (`None` after a delete).
+    Done(Option<User>),
+    /// No such user.
+    Unknown,
+    /// Refused: it would leave no admin.
+    LastAdmin,
+}
+
+impl Repo {
+    /// Every user, by username.
+    pub async fn users(&self) -> Result<Vec<User>, sqlx::Error> {
+        let rows = sqlx::query(&format!("SELECT {USER_COLS} FROM users ORDER BY username"))
+            .fetch_all(&self.db.pool)
+            .await?;
+        Ok(rows.iter().filter_map(user_from).collect())
+    }
+
+    /// Applies `u` to a user in one transaction. A role or password change
+    /// ends every session of the user. Demoting the last admin is refused.
+    pub async fn update_user(&self, id: &str, u: &UserUpdate) -> Result<UserChange, sqlx::Error> {
+        let Some(before) = self.user_by_id(id).await? else {
+            return Ok(UserChange::Unknown);
+        };
+        let demotes_admin = before.role == Role::Admin && u.role.is_some_and(|r| r != Role::Admin);
+        let now = dialstack_common::now_ms();
+        let mut tx = self.db.begin().await?;
+        if demotes_admin && !self.another_admin(&mut tx, id).await? {
+            tx.rollback().await?;
+            return Ok(UserChange::LastAdmin);
+        }
+        let role = u.role.unwrap_or(before.role);
+        let teams = u
+            .teams
+            .as_deref()
+            .map(join_teams)
+            .unwrap_or_else(|| join_teams(&before.teams));
+        let hash = u.password_hash.as_deref().unwrap_or(&before.password_hash);
+        sqlx::query(
+            "UPDATE users SET role = ?, teams = ?, password_hash = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(role.as_str())
+        .bind(teams)
+        .bind(hash)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if role != before.role {
+            // Agent profiles only belong to agents.
+            sqlx::query("DELETE FROM agents WHERE user_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if role != before.role || u.password_hash.is_some() {
+            revoke_sessions(&mut tx, id, now).await?;
+        }
+        tx.commit().await?;
+        Ok(UserChange::Done(self.user_by_id(id).await?))
+    }
+
+    /// Deletes a user, its agent profile and its sessions. Deleting the last
+    /// admin is refused.
+    pub async fn delete_user(&self, id: &str) -> Result<UserChange, sqlx::Error> {
+        let Some(before) = self.user_by_id(id).await? else {
+            return Ok(UserChange::Unknown);
+        };
+        let now = dialstack_common::now_ms();
+        let mut tx = self.db.begin().await?;
+        if before.role == Role::Admin && !self.another_admin(&mut tx, id).await? {
+            tx.rollback().await?;
+            return Ok(UserChange::LastAdmin);
+        }
+        for sql in [
+            "DELETE FROM agents WHERE user_id = ?",
+            "DELETE FROM users WHERE id = ?",
+        ] {
+            sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+        }
+        revoke_sessions(&mut tx, id, now).await?;
+        tx.commit().await?;
+        Ok(UserChange::Done(None))
+    }
+
+    async fn another_admin(
+        &self,
+        tx: &mut dialstack_common::db::Tx,
+        id: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM users WHERE role = 'admin' AND id <> ?")
+            .bind(id)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get(0)?;
+        Ok(n > 0)
+    }
+
+    /// Every team with settings.
+    pub async fn teams(&self) -> Result<Vec<Team>, sqlx::Error> {
+        let rows = sqlx::query("SELECT name, wrap_up_timeout_secs FROM teams ORDER BY name")
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Team {
+                    name: r.try_get(0)?,
+                    wrap_up_timeout_secs: r.try_get(1)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Creates or replaces a team's settings.
+    pub async fn put_team(&self, t: &Team) -> Result<(), sqlx::Error> {
+        let sql = format!(
+            "INSERT INTO teams (name, wrap_up_timeout_secs, updated_at) VALUES (?, ?, ?) {}",
+            self.db.dialect.upsert(
+                "name",
+                &[
+                    ("wrap_up_timeout_secs", "new(wrap_up_timeout_secs)"),
+                    ("updated_at", "new(updated_at)"),
+                ]
+            )
+        );
+        sqlx::query(&sql)
+            .bind(&t.name)
+            .bind(t.wrap_up_timeout_secs)
+            .bind(dialstack_common::now_ms())
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Agents in `wrap_up`.
+    pub async fn agents_in_wrap_up(&self) -> Result<Vec<Agent>, sqlx::Error> {
+        self.agents(Some(crate::domain::AgentState::WrapUp.as_str()), None, None)
+            .await
+    }
+}
+
+async fn revoke_sessions(
+    tx: &mut dialstack_common::db::Tx,
+    user_id: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(user_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

@@ -180,6 +180,22 @@ impl AgentState {
     }
 }
 
+/// Whether an agent in `wrap_up` since `since_ms` is due to leave it at
+/// `now_ms`: the shortest timeout among its teams that set one applies; with
+/// none, only the agent ends its wrap-up.
+pub fn wrap_up_due(
+    teams: &[String],
+    timeouts_secs: &std::collections::HashMap<String, i64>,
+    since_ms: i64,
+    now_ms: i64,
+) -> bool {
+    teams
+        .iter()
+        .filter_map(|t| timeouts_secs.get(t))
+        .min()
+        .is_some_and(|secs| now_ms - since_ms >= secs * 1000)
+}
+
 #[cfg(test)]
 mod agent_tests {
     use super::AgentState::{self, *};
@@ -211,5 +227,18 @@ mod agent_tests {
             assert_eq!(AgentState::parse(from.as_str()), Some(from));
         }
         assert!(!Offline.can_time_out() && OnCall.can_time_out());
+    }
+
+    #[test]
+    fn wrap_up_ends_at_the_shortest_team_timeout() {
+        use super::wrap_up_due;
+        let limits: std::collections::HashMap<String, i64> =
+            [("sales".to_owned(), 30), ("vip".to_owned(), 10)].into();
+        let teams = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(!wrap_up_due(&teams(&["sales"]), &limits, 0, 29_999));
+        assert!(wrap_up_due(&teams(&["sales"]), &limits, 0, 30_000));
+        assert!(wrap_up_due(&teams(&["sales", "vip"]), &limits, 0, 10_000));
+        assert!(!wrap_up_due(&teams(&["support"]), &limits, 0, 1_000_000));
+        assert!(!wrap_up_due(&[], &limits, 0, 1_000_000));
     }
 }

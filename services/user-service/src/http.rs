@@ -136,10 +136,13 @@ pub struct Me {
 #[openapi(
     info(title = "dialstack user-service", version = "1"),
     paths(login, refresh, logout, jwks, me, change_password, audit, rotate_keys,
-        crate::agents::create_user, crate::agents::put_agent, crate::agents::get_agent,
+        crate::users::create_user, crate::users::list_users, crate::users::get_user,
+        crate::users::patch_user, crate::users::delete_user, crate::users::list_teams, crate::users::put_team,
+        crate::agents::put_agent, crate::agents::get_agent,
         crate::agents::list_agents, crate::agents::change_state, crate::agents::heartbeat),
     components(schemas(LoginRequest, RefreshRequest, TokenResponse, Me, ErrorBody, Jwks, AuditEntry, Rotation, PasswordChange,
-        crate::agents::NewUser, crate::agents::UserView, crate::agents::AgentProfile,
+        crate::users::NewUser, crate::users::UserView, crate::users::UserPatch, crate::users::TeamSettings,
+        crate::db::Team, crate::agents::AgentProfile,
         crate::agents::AgentView, crate::agents::StateRequest, crate::db::Agent, crate::domain::AgentState)),
     modifiers(&BearerSecurity)
 )]
@@ -147,8 +150,8 @@ struct Doc;
 
 const ADMIN: &[Role] = &[Role::Admin];
 
-/// Who may call each route (empty: public). The agents' routes come from
-/// [`crate::agents::ROUTES`].
+/// Who may call each route (empty: public). The users', teams' and agents'
+/// routes come from [`crate::users::ROUTES`] and [`crate::agents::ROUTES`].
 pub const ROUTES: &[RouteRoles] = &[
     RouteRoles {
         method: "POST",
@@ -202,6 +205,7 @@ pub fn router(state: AppState, keys: Arc<StaticKeys>) -> Router {
     let keys: Keys = keys;
     let protected = Router::new()
         .merge(crate::agents::routes())
+        .merge(crate::users::routes())
         .route("/v1/users/me", get(me).route_layer(roles(ANY_ROLE)))
         .route(
             "/v1/users/me/password",
@@ -278,28 +282,35 @@ async fn login(
         .audit("login_succeeded", &user.id, &ip, user.role.as_str())
         .await?;
     let family = uuid::Uuid::now_v7().to_string();
-    Ok(issue(&state, &user.id, user.role, &family)
-        .await?
-        .into_response())
+    Ok(issue(&state, &user, &family).await?.into_response())
 }
 
-/// An access token and a new refresh token of `family`.
+/// An access token and a new refresh token of `family`. The token carries
+/// the teams that scope what the user sees in every service: a supervisor's
+/// teams, or an agent's from its profile.
 async fn issue(
     state: &AppState,
-    user_id: &str,
-    role: Role,
+    user: &crate::db::User,
     family: &str,
 ) -> Result<ApiJson<TokenResponse>, ApiError> {
     let (refresh_token, hash) = new_refresh_token();
     state
         .repo
-        .store_refresh(&hash, family, user_id, REFRESH_TTL.as_millis() as i64)
+        .store_refresh(&hash, family, &user.id, REFRESH_TTL.as_millis() as i64)
         .await?;
+    let mut claims = new_claims(&user.id, user.role, state.access_ttl);
+    claims.teams = match user.role {
+        Role::Supervisor => user.teams.clone(),
+        Role::Agent => state
+            .repo
+            .agent(&user.id)
+            .await?
+            .map(|a| a.teams)
+            .unwrap_or_default(),
+        Role::Admin | Role::Service => Vec::new(),
+    };
     Ok(ApiJson(TokenResponse {
-        access_token: state
-            .keyring
-            .signer()
-            .sign(&new_claims(user_id, role, state.access_ttl)),
+        access_token: state.keyring.signer().sign(&claims),
         token_type: "Bearer".into(),
         expires_in: state.access_ttl.as_secs(),
         refresh_token,
@@ -328,7 +339,7 @@ async fn refresh(
     {
         RefreshUse::Rotated { user_id, family_id } => {
             let user = state.repo.user_by_id(&user_id).await?.ok_or_else(refused)?;
-            issue(&state, &user.id, user.role, &family_id).await
+            issue(&state, &user, &family_id).await
         }
         RefreshUse::Reused { family_id } => {
             tracing::warn!(%family_id, %ip, "refresh token reused, session revoked");

@@ -7,7 +7,8 @@
 //! - [`domain`]: usernames and the password policy
 //! - [`db`]: the users and signing-key repositories, migrations
 //! - [`http`]: login, sessions, JWKS, audit; OpenAPI
-//! - [`agents`]: users, agent profiles, agent state and presence
+//! - [`users`]: users (admin CRUD) and team settings
+//! - [`agents`]: agent profiles, agent state, presence and wrap-up timeouts
 //! - [`keyring`]: the signing key in use, rotation and retirement
 //!
 //! Service-specific settings: `DIALSTACK_ADMIN_PASSWORD` (creates the `admin`
@@ -23,6 +24,7 @@ pub mod db;
 pub mod domain;
 pub mod http;
 pub mod keyring;
+pub mod users;
 
 use std::sync::Arc;
 
