@@ -19,7 +19,9 @@
 //! Service-specific settings: `DIALSTACK_SIP_TRUNK` (`sip:host:port` or
 //! `sim://?...`), `DIALSTACK_SIP_ADDR` (default `0.0.0.0:5060`),
 //! `DIALSTACK_MEDIA_IP` (address put in SDP/Via/Contact; default: the local
-//! address that routes to the trunk), `DIALSTACK_RTP_PORTS` (default
+//! address that routes to the trunk), `DIALSTACK_MEDIA_INTERFACE` (a network
+//! interface, e.g. the Multus macvlan `net1`: SIP and RTP bind to its IPv4
+//! address, which is also advertised; overrides `DIALSTACK_MEDIA_IP`), `DIALSTACK_RTP_PORTS` (default
 //! `20000-29999`, `0` for ephemeral), `DIALSTACK_SIP_T1_MS` (default 500),
 //! `DIALSTACK_MAX_CALLS` (default 1000), `DIALSTACK_SCHEDULER_URL`,
 //! `DIALSTACK_USER_SERVICE_URL`, `DIALSTACK_SERVICE_USER` (default
@@ -134,14 +136,22 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        let media_ip = match env.get("DIALSTACK_MEDIA_IP") {
+        let mut media_ip = match env.get("DIALSTACK_MEDIA_IP") {
             Some(_) => Some(env.parse_required("DIALSTACK_MEDIA_IP")?),
             None => None,
         };
+        let mut sip_addr =
+            env.parse_or("DIALSTACK_SIP_ADDR", SocketAddr::from(([0, 0, 0, 0], 5060)))?;
+        if let Some(name) = env.get("DIALSTACK_MEDIA_INTERFACE") {
+            let ip = interface_ipv4(name)
+                .map_err(|e| ConfigError::new("DIALSTACK_MEDIA_INTERFACE", e))?;
+            media_ip = Some(ip);
+            sip_addr.set_ip(ip);
+        }
         Ok(Self {
             common,
             trunk,
-            sip_addr: env.parse_or("DIALSTACK_SIP_ADDR", SocketAddr::from(([0, 0, 0, 0], 5060)))?,
+            sip_addr,
             media_ip,
             rtp_ports,
             t1: Duration::from_millis(t1_ms),
@@ -165,6 +175,33 @@ pub struct AppState {
 pub struct Application(Built);
 
 /// The local address the OS would use to reach `peer`.
+/// The IPv4 address of network interface `name` (SIP and RTP are IPv4 here).
+pub fn interface_ipv4(name: &str) -> Result<IpAddr, String> {
+    let all = if_addrs::get_if_addrs().map_err(|e| format!("cannot list interfaces: {e}"))?;
+    pick_ipv4(all.iter().map(|i| (i.name.as_str(), i.ip())), name)
+}
+
+/// The first IPv4 address of `name` among `(interface, address)` pairs.
+pub fn pick_ipv4<'a>(
+    addrs: impl Iterator<Item = (&'a str, IpAddr)>,
+    name: &str,
+) -> Result<IpAddr, String> {
+    let mut seen = false;
+    for (iface, ip) in addrs {
+        if iface == name {
+            seen = true;
+            if ip.is_ipv4() {
+                return Ok(ip);
+            }
+        }
+    }
+    Err(if seen {
+        format!("interface {name:?} has no IPv4 address")
+    } else {
+        format!("no interface {name:?}")
+    })
+}
+
 fn route_to(peer: SocketAddr) -> std::io::Result<IpAddr> {
     let probe = std::net::UdpSocket::bind(if peer.is_ipv4() {
         "0.0.0.0:0"
@@ -320,5 +357,53 @@ mod tests {
         let e = parse_trunk("http://x").unwrap_err();
         assert_eq!(e.var, "DIALSTACK_SIP_TRUNK");
         assert!(parse_trunk("sim://?answer=7").is_err());
+    }
+
+    #[test]
+    fn media_interface_picks_its_ipv4_address() {
+        let v6: IpAddr = "fe80::1".parse().unwrap();
+        let v4: IpAddr = "192.0.2.10".parse().unwrap();
+        let addrs = [
+            ("eth0", "10.0.0.5".parse().unwrap()),
+            ("net1", v6),
+            ("net1", v4),
+        ];
+        assert_eq!(pick_ipv4(addrs.into_iter(), "net1"), Ok(v4));
+        assert!(pick_ipv4([("net1", v6)].into_iter(), "net1")
+            .unwrap_err()
+            .contains("no IPv4"));
+        assert!(pick_ipv4(addrs.into_iter(), "net9")
+            .unwrap_err()
+            .contains("no interface"));
+        // The real lookup, on the loopback interface every host has.
+        assert_eq!(interface_ipv4("lo"), Ok(IpAddr::from([127, 0, 0, 1])));
+    }
+
+    #[test]
+    fn media_interface_binds_sip_and_names_itself_when_missing() {
+        let base = [
+            ("DIALSTACK_SIP_TRUNK", "sim://"),
+            ("DIALSTACK_DATABASE_URL", "sqlite://media.db"),
+            ("DIALSTACK_JWKS_URL", "http://127.0.0.1:1/jwks"),
+            ("DIALSTACK_EVENTS_URL", "memory://"),
+            ("DIALSTACK_COMMANDS_URL", "memory://"),
+            ("DIALSTACK_SCHEDULER_URL", "http://127.0.0.1:1"),
+            ("DIALSTACK_USER_SERVICE_URL", "http://127.0.0.1:1"),
+            ("DIALSTACK_SERVICE_PASSWORD", "service account secret 42"),
+            ("DIALSTACK_SIP_ADDR", "0.0.0.0:5070"),
+            ("DIALSTACK_MEDIA_IP", "203.0.113.7"),
+        ];
+        let with = |iface: &str| {
+            let mut pairs = base.to_vec();
+            pairs.push(("DIALSTACK_MEDIA_INTERFACE", iface));
+            Config::from_env(&Env::from_pairs(pairs))
+        };
+        let c = with("lo").unwrap();
+        assert_eq!(c.sip_addr, "127.0.0.1:5070".parse().unwrap());
+        assert_eq!(c.media_ip, Some(IpAddr::from([127, 0, 0, 1])));
+        let e = with("no-such-if0").unwrap_err();
+        assert_eq!(e.var, "DIALSTACK_MEDIA_INTERFACE");
+        let c = Config::from_env(&Env::from_pairs(base)).unwrap();
+        assert_eq!(c.media_ip, Some(IpAddr::from([203, 0, 113, 7])));
     }
 }

@@ -1,6 +1,7 @@
 //! Authentication costs: token verification per second (one core), the
 //! latency the auth layer adds to a request (median and p99, same run), and
-//! login latency with argon2id.
+//! login latency with argon2id, alone and through a running user-service
+//! under concurrent logins.
 //!
 //! `cargo bench -p user-service --bench auth`
 
@@ -129,5 +130,72 @@ fn main() {
             percentile(&times, 0.5).as_secs_f64() * 1e3,
             times[20].as_secs_f64() * 1e3
         );
+    });
+    login_under_load();
+}
+
+/// Logins through a real user-service (SQLite, its own HTTP listener) with
+/// `CLIENTS` concurrent clients: latency percentiles and logins per second.
+fn login_under_load() {
+    use dialstack_common::service::Service as _;
+    const CLIENTS: usize = 8;
+    const PER_CLIENT: usize = 25;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = std::env::temp_dir().join(format!("dialstack-bench-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = format!("sqlite://{}/users.db", dir.display());
+        let env = dialstack_common::config::Env::from_pairs([
+            ("DIALSTACK_DATABASE_URL", db.as_str()),
+            ("DIALSTACK_EVENTS_URL", "memory://bench"),
+            ("DIALSTACK_HTTP_ADDR", "127.0.0.1:0"),
+            ("DIALSTACK_ADMIN_PASSWORD", "correct horse battery staple"),
+            ("DIALSTACK_LOG_FORMAT", "json"),
+            ("RUST_LOG", "warn"),
+        ]);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let config = user_service::Application::config(&env).unwrap();
+        let app = user_service::Application::build(config, stop.clone())
+            .await
+            .unwrap();
+        let url = format!("http://{}/v1/auth/login", app.local_addr());
+        let server = tokio::spawn(app.run_until_stopped());
+        let http = reqwest::Client::new();
+        let body = serde_json::json!({"username": "admin", "password": "correct horse battery staple"});
+        let t = Instant::now();
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let (http, url, body) = (http.clone(), url.clone(), body.clone());
+                tokio::spawn(async move {
+                    let mut times = Vec::with_capacity(PER_CLIENT);
+                    for _ in 0..PER_CLIENT {
+                        let t = Instant::now();
+                        let r = http.post(&url).json(&body).send().await.unwrap();
+                        assert_eq!(r.status(), 200);
+                        times.push(t.elapsed());
+                    }
+                    times
+                })
+            })
+            .collect();
+        let mut times = Vec::new();
+        for c in clients {
+            times.extend(c.await.unwrap());
+        }
+        let wall = t.elapsed();
+        times.sort();
+        println!(
+            "login over HTTP, {CLIENTS} concurrent clients, {} logins: p50 {:.1} ms, p99 {:.1} ms, {:.1} logins/s",
+            times.len(),
+            percentile(&times, 0.5).as_secs_f64() * 1e3,
+            percentile(&times, 0.99).as_secs_f64() * 1e3,
+            times.len() as f64 / wall.as_secs_f64()
+        );
+        stop.cancel();
+        let _ = server.await;
+        let _ = std::fs::remove_dir_all(&dir);
     });
 }
