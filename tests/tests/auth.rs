@@ -163,6 +163,68 @@ async fn logout_ends_the_session_and_the_audit_log_is_for_admins() {
 }
 
 #[tokio::test]
+async fn service_accounts_get_tokens_by_client_credentials_and_nobody_else() {
+    for (engine, url) in both_databases() {
+        let u = users(&url).await;
+        let grant = |id: &str, secret: &str| json!({"grant_type": "client_credentials", "client_id": id, "client_secret": secret});
+        let (status, body, _) = u
+            .post(
+                "/v1/auth/token",
+                grant(user_service::SERVICE_ACCOUNT, SERVICE_PASSWORD),
+            )
+            .await;
+        assert_eq!(status, 200, "{engine}: {body}");
+        assert!(
+            body.get("refresh_token").is_none(),
+            "{engine}: no refresh token"
+        );
+        let token = body["access_token"].as_str().unwrap();
+        let me: Value = u
+            .http
+            .get(format!("{}/v1/users/me", u.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(me["role"], "service", "{engine}");
+        for (body, want) in [
+            (grant(user_service::SERVICE_ACCOUNT, "wrong secret"), 401),
+            // The right password of a person is not a client credential.
+            (grant("admin", ADMIN_PASSWORD), 401),
+            (grant("nobody", "whatever"), 401),
+            (
+                json!({"grant_type": "password", "client_id": "admin", "client_secret": ADMIN_PASSWORD}),
+                400,
+            ),
+            (json!({"client_id": "admin"}), 400),
+            (
+                json!({"grant_type": "client_credentials", "client_id": "", "client_secret": "x"}),
+                400,
+            ),
+        ] {
+            let (status, b, _) = u.post("/v1/auth/token", body.clone()).await;
+            assert_eq!(status, want, "{engine}: {body} -> {b}");
+            assert!(b["request_id"].as_str().is_some(), "{engine}: {b}");
+        }
+        let admin = u.login("admin", ADMIN_PASSWORD).await.1["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (_, audit) = u.audit(&admin).await;
+        let failed = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "client_credentials_failed")
+            .count();
+        assert_eq!(failed, 3, "{engine}: {audit}");
+    }
+}
+
+#[tokio::test]
 async fn the_101st_failed_login_in_an_hour_is_refused_even_with_the_right_password() {
     for (engine, url) in both_databases() {
         let u = users(&url).await;

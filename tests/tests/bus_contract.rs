@@ -4,6 +4,8 @@
 //! - a message not acknowledged before its consumer dies is delivered again;
 //! - a poison message is dead-lettered and the consumer keeps going, and a
 //!   message that keeps failing is dead-lettered after the delivery limit;
+//! - the backlog (consumer lag) counts what waits for a group and drains to
+//!   zero once it is consumed;
 //! - the outbox relay marks rows sent only once the broker confirmed them:
 //!   broker down → rows stay pending → broker back → all delivered, and the
 //!   inbox lets none be processed twice.
@@ -511,6 +513,65 @@ async fn outbox_survives_an_outage_rabbitmq() {
 #[tokio::test]
 async fn outbox_survives_an_outage_kafka() {
     outbox_survives_an_outage(Kind::Kafka).await;
+}
+
+async fn backlog_counts_what_waits(kind: Kind) {
+    let ns = unique("bl");
+    let ch = Channel::connect(&url(kind, &ns), EVENTS)
+        .await
+        .expect("connect");
+    let s = sub("lagging");
+    ch.prepare(&s).await.expect("prepare");
+    assert_eq!(ch.backlog("lagging").await.expect("backlog"), 0, "{kind:?}");
+    for i in 0..10 {
+        ch.publish(&msg(i, &format!("waiting-{i}")))
+            .await
+            .expect("confirmed");
+    }
+    let backlog = |want: u64| {
+        let ch = ch.clone();
+        async move {
+            match ch.backlog("lagging").await {
+                Ok(n) if n == want => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    };
+    eventually(
+        &format!("{kind:?}: ten waiting"),
+        Duration::from_secs(30),
+        || backlog(10),
+    )
+    .await;
+    let rec = Arc::new(Recorder::default());
+    let (stop, handle) = spawn_consumer(&ch, s, rec.clone());
+    eventually(
+        &format!("{kind:?}: backlog drained"),
+        Duration::from_secs(30),
+        || async {
+            backlog(0).await?;
+            match rec.count() {
+                10 => Ok(()),
+                n => Err(format!("{n} consumed")),
+            }
+        },
+    )
+    .await;
+    stop.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn backlog_counts_what_waits_memory() {
+    backlog_counts_what_waits(Kind::Memory).await;
+}
+#[tokio::test]
+async fn backlog_counts_what_waits_rabbitmq() {
+    backlog_counts_what_waits(Kind::Amqp).await;
+}
+#[tokio::test]
+async fn backlog_counts_what_waits_kafka() {
+    backlog_counts_what_waits(Kind::Kafka).await;
 }
 
 #[tokio::test]

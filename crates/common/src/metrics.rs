@@ -15,6 +15,7 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     outbox_pending: IntGaugeVec,
+    consumer_lag: IntGaugeVec,
 }
 
 impl Metrics {
@@ -45,10 +46,19 @@ impl Metrics {
             &["service"],
         )
         .expect("valid metric");
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "dialstack_consumer_lag_messages",
+                "messages waiting for this service's consumer: queue depth (RabbitMQ) or committed-offset lag (Kafka)",
+            ),
+            &["service", "channel"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
             Box::new(outbox_pending.clone()),
+            Box::new(consumer_lag.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -58,6 +68,7 @@ impl Metrics {
             http_requests,
             http_duration,
             outbox_pending,
+            consumer_lag,
         }
     }
 
@@ -83,6 +94,13 @@ impl Metrics {
     pub fn set_outbox_pending(&self, n: i64) {
         self.outbox_pending
             .with_label_values(&[self.service])
+            .set(n);
+    }
+
+    /// Sets the consumer lag gauge of one channel (`events`, `commands`).
+    pub fn set_consumer_lag(&self, channel: &str, n: i64) {
+        self.consumer_lag
+            .with_label_values(&[self.service, channel])
             .set(n);
     }
 

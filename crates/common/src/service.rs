@@ -121,6 +121,12 @@ impl ServiceBase {
         handler: Arc<dyn Handler>,
     ) -> Result<(), crate::bus::BusError> {
         channel.prepare(&sub).await?;
+        self.tasks.spawn(watch_lag(
+            channel.clone(),
+            sub.group.clone(),
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        ));
         let channel = channel.clone();
         let shutdown = self.shutdown.clone();
         let group = sub.group.clone();
@@ -257,5 +263,26 @@ impl Built {
     /// Runs until shutdown and drains.
     pub async fn run(self) -> anyhow::Result<()> {
         self.base.run(self.listener, self.router).await
+    }
+}
+
+/// How often the consumer lag gauge is refreshed.
+const LAG_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keeps `dialstack_consumer_lag_messages` for one consumer until shutdown.
+/// A failed read leaves the last value and is logged at debug level: the
+/// broker's own health is reported by readiness.
+async fn watch_lag(channel: Channel, group: String, metrics: Metrics, shutdown: CancellationToken) {
+    loop {
+        match channel.backlog(&group).await {
+            Ok(n) => {
+                metrics.set_consumer_lag(channel.logical(), i64::try_from(n).unwrap_or(i64::MAX))
+            }
+            Err(e) => tracing::debug!(error = %e, %group, "consumer lag not read"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(LAG_PERIOD) => {}
+        }
     }
 }

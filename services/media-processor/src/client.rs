@@ -60,12 +60,16 @@ impl SchedulerClient {
         }
         let resp = self
             .http
-            .post(format!("{}/v1/auth/login", self.users_url))
-            .json(&serde_json::json!({"username": self.username, "password": self.password}))
+            .post(format!("{}/v1/auth/token", self.users_url))
+            .json(&serde_json::json!({
+                "grant_type": "client_credentials",
+                "client_id": self.username,
+                "client_secret": self.password,
+            }))
             .send()
             .await?;
         if !resp.status().is_success() {
-            anyhow::bail!("service login refused: {}", resp.status());
+            anyhow::bail!("service token refused: {}", resp.status());
         }
         let t: TokenResponse = resp.json().await?;
         let until = Instant::now() + Duration::from_secs(t.expires_in).saturating_sub(TOKEN_MARGIN);

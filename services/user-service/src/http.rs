@@ -135,12 +135,12 @@ pub struct Me {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "dialstack user-service", version = "1"),
-    paths(login, refresh, logout, jwks, me, change_password, audit, rotate_keys,
+    paths(login, client_token, refresh, logout, jwks, me, change_password, audit, rotate_keys,
         crate::users::create_user, crate::users::list_users, crate::users::get_user,
         crate::users::patch_user, crate::users::delete_user, crate::users::list_teams, crate::users::put_team,
         crate::agents::put_agent, crate::agents::get_agent,
         crate::agents::list_agents, crate::agents::change_state, crate::agents::heartbeat),
-    components(schemas(LoginRequest, RefreshRequest, TokenResponse, Me, ErrorBody, Jwks, AuditEntry, Rotation, PasswordChange,
+    components(schemas(LoginRequest, ClientCredentials, AccessToken, RefreshRequest, TokenResponse, Me, ErrorBody, Jwks, AuditEntry, Rotation, PasswordChange,
         crate::users::NewUser, crate::users::UserView, crate::users::UserPatch, crate::users::TeamSettings,
         crate::db::Team, crate::agents::AgentProfile,
         crate::agents::AgentView, crate::agents::StateRequest, crate::db::Agent, crate::domain::AgentState)),
@@ -156,6 +156,11 @@ pub const ROUTES: &[RouteRoles] = &[
     RouteRoles {
         method: "POST",
         path: "/v1/auth/login",
+        roles: &[],
+    },
+    RouteRoles {
+        method: "POST",
+        path: "/v1/auth/token",
         roles: &[],
     },
     RouteRoles {
@@ -219,6 +224,7 @@ pub fn router(state: AppState, keys: Arc<StaticKeys>) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(keys, require_auth));
     Router::new()
         .route("/v1/auth/login", post(login))
+        .route("/v1/auth/token", post(client_token))
         .route("/v1/auth/refresh", post(refresh))
         .route("/v1/auth/logout", post(logout))
         .route("/.well-known/jwks.json", get(jwks))
@@ -241,22 +247,8 @@ async fn login(
     if req.username.is_empty() || req.username.len() > 64 || req.password.len() > 1024 {
         return Err(ApiError::invalid("username", "must be 1-64 characters"));
     }
-    let since = dialstack_common::now_ms() - HOUR_MS;
-    for (key, by_ip, limit) in [
-        (req.username.as_str(), false, ACCOUNT_FAILURES_PER_HOUR),
-        (ip.as_str(), true, IP_FAILURES_PER_HOUR),
-    ] {
-        let (failures, oldest) = state.repo.failures_since(key, by_ip, since).await?;
-        if failures >= limit {
-            let retry = (oldest.unwrap_or(since) + HOUR_MS - dialstack_common::now_ms()) / 1000 + 1;
-            let what = if by_ip { "client address" } else { "account" };
-            tracing::warn!(username = %req.username, %ip, failures, "login rate limited");
-            state
-                .repo
-                .audit("login_rate_limited", &req.username, &ip, what)
-                .await?;
-            return Ok(too_many(retry));
-        }
+    if let Some(refused) = rate_limited(&state, &req.username, &ip).await? {
+        return Ok(refused);
     }
     let user = state.repo.user_by_name(&req.username).await?;
     let ok = crate::domain::verify_password(
@@ -283,6 +275,107 @@ async fn login(
         .await?;
     let family = uuid::Uuid::now_v7().to_string();
     Ok(issue(&state, &user, &family).await?.into_response())
+}
+
+/// The 429 to answer when the account or the client address has had too
+/// many failures in the last hour (audited), else `None`.
+async fn rate_limited(
+    state: &AppState,
+    username: &str,
+    ip: &str,
+) -> Result<Option<axum::response::Response>, ApiError> {
+    let since = dialstack_common::now_ms() - HOUR_MS;
+    for (key, by_ip, limit) in [
+        (username, false, ACCOUNT_FAILURES_PER_HOUR),
+        (ip, true, IP_FAILURES_PER_HOUR),
+    ] {
+        let (failures, oldest) = state.repo.failures_since(key, by_ip, since).await?;
+        if failures >= limit {
+            let retry = (oldest.unwrap_or(since) + HOUR_MS - dialstack_common::now_ms()) / 1000 + 1;
+            let what = if by_ip { "client address" } else { "account" };
+            tracing::warn!(%username, %ip, failures, "login rate limited");
+            state
+                .repo
+                .audit("login_rate_limited", username, ip, what)
+                .await?;
+            return Ok(Some(too_many(retry)));
+        }
+    }
+    Ok(None)
+}
+
+/// `POST /v1/auth/token` body: the OAuth 2.0 client-credentials grant of a
+/// service account (JSON).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCredentials {
+    /// Always `client_credentials`.
+    pub grant_type: String,
+    /// The service account's username.
+    pub client_id: String,
+    /// Its secret.
+    pub client_secret: String,
+}
+
+/// An access token without a refresh token (client credentials).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AccessToken {
+    /// The JWT.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until expiry.
+    pub expires_in: u64,
+}
+
+/// Issues an access token to a service account (client credentials): no
+/// refresh token, since the service simply asks again. Only `service`
+/// accounts may use it; failures count towards the same limits as logins.
+#[utoipa::path(post, path = "/v1/auth/token", request_body = ClientCredentials,
+    responses((status = 200, body = AccessToken), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn client_token(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(req): ApiJson<ClientCredentials>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    if req.grant_type != "client_credentials" {
+        return Err(ApiError::invalid(
+            "grant_type",
+            "must be client_credentials",
+        ));
+    }
+    if req.client_id.is_empty() || req.client_id.len() > 64 || req.client_secret.len() > 1024 {
+        return Err(ApiError::invalid("client_id", "must be 1-64 characters"));
+    }
+    if let Some(refused) = rate_limited(&state, &req.client_id, &ip).await? {
+        return Ok(refused);
+    }
+    let user = state.repo.user_by_name(&req.client_id).await?;
+    let ok = crate::domain::verify_password(
+        &req.client_secret,
+        user.as_ref().map(|u| u.password_hash.clone()),
+    )
+    .await;
+    let Some(user) = user.filter(|u| ok && u.role == Role::Service) else {
+        tracing::info!(client_id = %req.client_id, %ip, "client credentials refused");
+        state.repo.record_failure(&req.client_id, &ip).await?;
+        state
+            .repo
+            .audit("client_credentials_failed", &req.client_id, &ip, "")
+            .await?;
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "invalid client credentials",
+        ));
+    };
+    let claims = new_claims(&user.id, user.role, state.access_ttl);
+    Ok(ApiJson(AccessToken {
+        access_token: state.keyring.signer().sign(&claims),
+        token_type: "Bearer".into(),
+        expires_in: state.access_ttl.as_secs(),
+    })
+    .into_response())
 }
 
 /// An access token and a new refresh token of `family`. The token carries

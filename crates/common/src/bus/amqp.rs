@@ -346,6 +346,31 @@ impl Backend for AmqpBackend {
         format!("amqp exchange {}", self.exchange)
     }
 
+    async fn backlog(&self, group: &str) -> Result<u64, BusError> {
+        // A passive declare on a channel of its own: if the queue is missing
+        // the broker closes that channel, never the publisher's.
+        self.publisher_channel().await?;
+        let ch = {
+            let guard = self.publisher.lock().await;
+            match guard.as_ref() {
+                Some((conn, _)) => conn.create_channel().await.map_err(broker)?,
+                None => return Err(BusError::Broker("no connection".into())),
+            }
+        };
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = ch
+            .queue_declare(&self.queue_name(group), passive, FieldTable::default())
+            .await
+            .map_err(broker);
+        if queue.is_ok() {
+            let _ = ch.close(200, "backlog read").await;
+        }
+        Ok(u64::from(queue?.message_count()))
+    }
+
     async fn prepare(&self, sub: &Subscription) -> Result<(), BusError> {
         let conn = open(&self.uri).await?;
         let ch = conn.create_channel().await.map_err(broker)?;

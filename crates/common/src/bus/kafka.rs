@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -30,6 +30,39 @@ pub(crate) struct KafkaBackend {
     dlq: String,
     namespace: ParsedUrl,
     producer: FutureProducer,
+    /// Clients that read each group's committed offsets (never join it).
+    lag_readers: std::sync::Mutex<HashMap<String, Arc<BaseConsumer>>>,
+}
+
+/// A group's lag on `topic`: for each partition, the high watermark minus
+/// the committed offset (or minus the low watermark when nothing is
+/// committed yet, as the group starts from the earliest offset).
+fn group_lag(reader: &BaseConsumer, topic: &str) -> Result<u64, BusError> {
+    let timeout = Duration::from_secs(5);
+    let metadata = reader
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(broker)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut wanted = rdkafka::TopicPartitionList::new();
+    for p in &partitions {
+        wanted.add_partition(topic, *p);
+    }
+    let committed = reader.committed_offsets(wanted, timeout).map_err(broker)?;
+    let mut lag = 0u64;
+    for p in partitions {
+        let (low, high) = reader.fetch_watermarks(topic, p, timeout).map_err(broker)?;
+        let from = match committed.find_partition(topic, p).map(|e| e.offset()) {
+            Some(rdkafka::Offset::Offset(o)) => o,
+            _ => low,
+        };
+        lag += (high - from).max(0) as u64;
+    }
+    Ok(lag)
 }
 
 fn broker(e: impl std::fmt::Display) -> BusError {
@@ -148,6 +181,7 @@ impl KafkaBackend {
             dlq,
             namespace: parsed.clone(),
             producer,
+            lag_readers: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -391,6 +425,31 @@ impl Backend for KafkaBackend {
 
     fn describe(&self) -> String {
         format!("kafka topic {}", self.topic)
+    }
+
+    async fn backlog(&self, group: &str) -> Result<u64, BusError> {
+        let group = self.namespace.name(&format!("dialstack.{group}"));
+        let reader = {
+            let mut readers = self.lag_readers.lock().unwrap_or_else(|p| p.into_inner());
+            match readers.get(&group) {
+                Some(r) => r.clone(),
+                None => {
+                    let r: BaseConsumer = ClientConfig::new()
+                        .set("bootstrap.servers", &self.brokers)
+                        .set("group.id", &group)
+                        .set("enable.auto.commit", "false")
+                        .create()
+                        .map_err(broker)?;
+                    let r = Arc::new(r);
+                    readers.insert(group, r.clone());
+                    r
+                }
+            }
+        };
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || group_lag(&reader, &topic))
+            .await
+            .map_err(broker)?
     }
 
     async fn prepare(&self, _sub: &Subscription) -> Result<(), BusError> {

@@ -219,6 +219,14 @@ impl Backend for MemoryBackend {
             .unwrap_or_default())
     }
 
+    async fn backlog(&self, group: &str) -> Result<u64, BusError> {
+        let groups = lock(&self.broker.groups);
+        Ok(groups
+            .get(group)
+            .map(|g| lock(&g.queue).len() as u64)
+            .unwrap_or(0))
+    }
+
     fn describe(&self) -> String {
         format!("memory://{}", self.name)
     }

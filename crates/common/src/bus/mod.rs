@@ -167,12 +167,16 @@ pub(crate) trait Backend: Send + Sync {
     async fn prepare(&self, sub: &Subscription) -> Result<(), BusError>;
     /// Up to `max` dead-lettered messages of `group`, without removing them.
     async fn dead_letters(&self, group: &str, max: usize) -> Result<Vec<Delivery>, BusError>;
+    /// Messages waiting for `group`: ready in its queue (memory, RabbitMQ)
+    /// or not yet committed by the group (Kafka consumer lag).
+    async fn backlog(&self, group: &str) -> Result<u64, BusError>;
 }
 
 /// One logical channel on one backend. Cheap to clone.
 #[derive(Clone)]
 pub struct Channel {
     backend: Arc<dyn Backend>,
+    logical: Arc<str>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -276,7 +280,15 @@ impl Channel {
                 })
             }
         };
-        Ok(Self { backend })
+        Ok(Self {
+            backend,
+            logical: logical.into(),
+        })
+    }
+
+    /// The logical channel name ([`EVENTS`] or [`COMMANDS`]).
+    pub fn logical(&self) -> &str {
+        &self.logical
     }
 
     /// Publishes and waits for the broker's confirmation.
@@ -310,6 +322,14 @@ impl Channel {
     /// (for operators and tests).
     pub async fn dead_letters(&self, group: &str, max: usize) -> Result<Vec<Delivery>, BusError> {
         self.backend.dead_letters(group, max).await
+    }
+
+    /// How many messages wait for `group`: the RabbitMQ queue's ready
+    /// messages, the Kafka consumer group's lag summed over partitions, or
+    /// the in-process queue's length. Exported as
+    /// `dialstack_consumer_lag_messages`.
+    pub async fn backlog(&self, group: &str) -> Result<u64, BusError> {
+        self.backend.backlog(group).await
     }
 }
 
