@@ -257,6 +257,49 @@ async fn the_101st_failed_login_in_an_hour_is_refused_even_with_the_right_passwo
     }
 }
 
+#[tokio::test]
+async fn one_client_address_is_limited_across_accounts() {
+    for (engine, url) in both_databases() {
+        let u = Users(
+            in_process::<user_service::Application>(&[
+                ("DIALSTACK_DATABASE_URL", url.as_str()),
+                ("DIALSTACK_EVENTS_URL", "memory://auth-tests"),
+                ("DIALSTACK_ADMIN_PASSWORD", ADMIN_PASSWORD),
+                ("DIALSTACK_LOGIN_IP_FAILURES_PER_HOUR", "5"),
+            ])
+            .await,
+        );
+        // Password spraying: one guess each at many accounts.
+        for i in 0..5 {
+            let (status, _, _) = u.login(&format!("user{i}"), "Summer2026!").await;
+            assert_eq!(status, 401, "{engine}: guess {i}");
+        }
+        let (status, body, retry) = u.login("user5", "Summer2026!").await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (429, Some("rate_limited")),
+            "{engine}"
+        );
+        assert!(retry.is_some(), "{engine}: Retry-After");
+        let (status, _, _) = u.login("admin", ADMIN_PASSWORD).await;
+        assert_eq!(status, 429, "{engine}: the whole address waits");
+        let (status, _, _) = u
+            .post(
+                "/v1/auth/token",
+                json!({"grant_type": "client_credentials", "client_id": "svc", "client_secret": "x"}),
+            )
+            .await;
+        assert_eq!(status, 429, "{engine}: client credentials count too");
+    }
+    let bad = user_service::Config::from_env(&dialstack_common::config::Env::from_pairs([
+        ("DIALSTACK_DATABASE_URL", "sqlite://x.db"),
+        ("DIALSTACK_EVENTS_URL", "memory://"),
+        ("DIALSTACK_LOGIN_IP_FAILURES_PER_HOUR", "0"),
+    ]))
+    .unwrap_err();
+    assert_eq!(bad.var, "DIALSTACK_LOGIN_IP_FAILURES_PER_HOUR");
+}
+
 fn kid_of(token: &str) -> String {
     use base64::Engine as _;
     let header = base64::engine::general_purpose::URL_SAFE_NO_PAD

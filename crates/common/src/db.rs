@@ -60,6 +60,15 @@ impl Dialect {
     }
 }
 
+/// The condition ` AND col IN (?, ...)` for `n` bound values, or one that
+/// matches nothing when `n` is 0 (an empty scope sees no rows).
+pub fn and_in(col: &str, n: usize) -> String {
+    match n {
+        0 => " AND 1 = 0".to_owned(),
+        n => format!(" AND {col} IN (?{})", ", ?".repeat(n - 1)),
+    }
+}
+
 /// `excluded.col)` → `excluded.col`: drops the parenthesis `new(col)` left.
 fn fix_excluded(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -552,6 +561,13 @@ impl OutboxRelay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_lists() {
+        assert_eq!(and_in("team", 0), " AND 1 = 0");
+        assert_eq!(and_in("team", 1), " AND team IN (?)");
+        assert_eq!(and_in("c.team", 3), " AND c.team IN (?, ?, ?)");
+    }
 
     #[test]
     fn upsert_clauses_per_dialect() {

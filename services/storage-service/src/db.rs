@@ -241,14 +241,8 @@ impl Repo {
             sql.push_str(" AND agent_id = ?");
         }
         let teams = q.teams.as_deref().unwrap_or_default();
-        match (&q.teams, teams.len()) {
-            (None, _) => {}
-            (Some(_), 0) => sql.push_str(" AND 1 = 0"),
-            (Some(_), n) => {
-                sql.push_str(" AND team IN (?");
-                sql.push_str(&", ?".repeat(n - 1));
-                sql.push(')');
-            }
+        if q.teams.is_some() {
+            sql.push_str(&dialstack_common::db::and_in("team", teams.len()));
         }
         sql.push_str(" ORDER BY call_id LIMIT ?");
         let mut query = sqlx::query(&sql);

@@ -24,7 +24,9 @@ pub const ACCESS_TTL: Duration = Duration::from_secs(15 * 60);
 pub const REFRESH_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Failed logins allowed per account per hour (OWASP ASVS 2.2.1: at most 100).
 pub const ACCOUNT_FAILURES_PER_HOUR: i64 = 100;
-/// Failed logins allowed per client address per hour.
+/// Failed logins allowed per client address per hour, unless
+/// `DIALSTACK_LOGIN_IP_FAILURES_PER_HOUR` says otherwise (a call center
+/// behind one NAT address may need more).
 pub const IP_FAILURES_PER_HOUR: i64 = 1_000;
 const HOUR_MS: i64 = 3_600_000;
 
@@ -287,7 +289,7 @@ async fn rate_limited(
     let since = dialstack_common::now_ms() - HOUR_MS;
     for (key, by_ip, limit) in [
         (username, false, ACCOUNT_FAILURES_PER_HOUR),
-        (ip, true, IP_FAILURES_PER_HOUR),
+        (ip, true, state.ip_failures_per_hour),
     ] {
         let (failures, oldest) = state.repo.failures_since(key, by_ip, since).await?;
         if failures >= limit {

@@ -17,7 +17,9 @@
 //! long goes offline), `DIALSTACK_ACCESS_TOKEN_TTL_SECS` (default 900),
 //! `DIALSTACK_KEY_PUBLISH_DELAY_SECS` (default 30),
 //! `DIALSTACK_SERVICE_PASSWORD` (creates or updates the `dialstack-service`
-//! service account that other services log in with).
+//! service account that other services log in with),
+//! `DIALSTACK_LOGIN_IP_FAILURES_PER_HOUR` (default 1000: failed logins from
+//! one client address before it is refused for the rest of the hour).
 
 pub mod agents;
 pub mod db;
@@ -56,6 +58,8 @@ pub struct Config {
     /// `DIALSTACK_KEY_PUBLISH_DELAY_SECS` (default 30): a new key is in the
     /// JWKS this long before it signs.
     pub key_publish_delay: std::time::Duration,
+    /// `DIALSTACK_LOGIN_IP_FAILURES_PER_HOUR` (default 1000).
+    pub ip_failures_per_hour: i64,
 }
 
 impl Config {
@@ -87,6 +91,16 @@ impl Config {
                 "must be at most 3600",
             ));
         }
+        let ip_failures_per_hour: i64 = env.parse_or(
+            "DIALSTACK_LOGIN_IP_FAILURES_PER_HOUR",
+            http::IP_FAILURES_PER_HOUR,
+        )?;
+        if !(1..=1_000_000).contains(&ip_failures_per_hour) {
+            return Err(ConfigError::new(
+                "DIALSTACK_LOGIN_IP_FAILURES_PER_HOUR",
+                "must be 1-1000000",
+            ));
+        }
         let admin_password = env.get("DIALSTACK_ADMIN_PASSWORD").map(str::to_owned);
         if let Some(p) = &admin_password {
             domain::check_password(p)
@@ -104,6 +118,7 @@ impl Config {
             heartbeat_timeout: std::time::Duration::from_secs(heartbeat_secs),
             access_ttl: std::time::Duration::from_secs(ttl_secs),
             key_publish_delay: std::time::Duration::from_secs(publish_secs),
+            ip_failures_per_hour,
         })
     }
 }
@@ -121,6 +136,8 @@ pub struct AppState {
     pub key_publish_delay: std::time::Duration,
     /// The outbox relay (woken after agent state changes).
     pub relay: dialstack_common::db::OutboxRelay,
+    /// Failed logins allowed per client address per hour.
+    pub ip_failures_per_hour: i64,
 }
 
 /// A built user-service, ready to run.
@@ -193,6 +210,7 @@ impl Service for Application {
             access_ttl: config.access_ttl,
             key_publish_delay: config.key_publish_delay,
             relay: base.relay.clone(),
+            ip_failures_per_hour: config.ip_failures_per_hour,
         };
         Ok(Self(
             Built::new(base, http::router(state, keys), http::openapi()).await?,
