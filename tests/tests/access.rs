@@ -6,15 +6,19 @@
 //! through RabbitMQ) and leads (task-scheduler), and token attacks refused
 //! with 401 by a service that verifies against user-service's JWKS.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
 use dialstack_common::auth::{new_claims, Claims, Role, SigningKey};
-use dialstack_common::bus::{Channel, OutMessage, EVENTS};
+use dialstack_common::bus::{
+    Channel, Delivery, HandleError, Handler, OutMessage, Subscription, EVENTS,
+};
 use dialstack_common::events::{types, CallEventData, CloudEvent, Outcome};
 use dialstack_tests::{amqp_url, both_databases, eventually, in_process, unique, InProcess};
 use reqwest::Method;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 const ADMIN_PASSWORD: &str = "correct horse battery staple";
 const B64URL: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -156,7 +160,11 @@ fn ids(list: &Value, key: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admins_manage_users_and_supervisors_only_their_teams() {
     for (engine, url) in both_databases() {
-        let u = Users::start(&url, &format!("memory://{}", unique("access"))).await;
+        let events_url = format!("memory://{}", unique("access"));
+        let events = Channel::connect(&events_url, EVENTS).await.unwrap();
+        let watch = Subscription::new("watcher", &["agent.state"]);
+        events.prepare(&watch).await.unwrap();
+        let u = Users::start(&url, &events_url).await;
         let admin = u.token("admin", ADMIN_PASSWORD).await;
         let admin_id = u.call(Method::GET, "/v1/users/me", &admin, None).await.1["id"]
             .as_str()
@@ -422,6 +430,50 @@ async fn admins_manage_users_and_supervisors_only_their_teams() {
                 .any(|e| e["kind"] == "user_deleted" && e["subject"] == bob.as_str()),
             "{engine}"
         );
+        // Pacing hears that bob, deleted in wrap-up, is gone.
+        let seen = Arc::new(StateEvents::default());
+        let stop = CancellationToken::new();
+        let consumer = {
+            let (events, seen, stop) = (events.clone(), seen.clone(), stop.clone());
+            tokio::spawn(async move { events.consume(watch, seen, stop).await.unwrap() })
+        };
+        eventually(
+            &format!("{engine}: bob's last agent.state"),
+            Duration::from_secs(10),
+            || async {
+                let got = seen.0.lock().unwrap().clone();
+                let last = got.iter().rev().find(|(a, _, _, _)| *a == bob);
+                match last {
+                    Some((_, prev, to, why))
+                        if prev == "wrap_up" && to == "offline" && why == "user_deleted" =>
+                    {
+                        Ok(())
+                    }
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+        stop.cancel();
+        consumer.await.unwrap();
+    }
+}
+
+/// Records `agent.state` events: (agent, previous, state, reason).
+#[derive(Default)]
+struct StateEvents(Mutex<Vec<(String, String, String, String)>>);
+
+#[async_trait::async_trait]
+impl Handler for StateEvents {
+    async fn handle(&self, d: &Delivery) -> Result<(), HandleError> {
+        let ev = CloudEvent::from_slice(&d.payload)
+            .map_err(|e| HandleError::Permanent(e.to_string()))?;
+        let s = |k: &str| ev.data[k].as_str().unwrap_or("").to_owned();
+        self.0
+            .lock()
+            .unwrap()
+            .push((s("agent_id"), s("previous"), s("state"), s("reason")));
+        Ok(())
     }
 }
 

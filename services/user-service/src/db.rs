@@ -503,6 +503,66 @@ fn agent_from(r: &sqlx::any::AnyRow) -> Result<Agent, sqlx::Error> {
     })
 }
 
+/// One `agent.state` change, as the event carries it.
+struct AgentStateEvent<'a> {
+    previous: crate::domain::AgentState,
+    state: crate::domain::AgentState,
+    pause_code: Option<&'a str>,
+    reason: &'a str,
+    at_ms: i64,
+}
+
+/// Writes the `agent.state` event into the outbox inside `tx`.
+async fn enqueue_agent_state(
+    tx: &mut dialstack_common::db::Tx,
+    id: &str,
+    c: &AgentStateEvent<'_>,
+) -> Result<(), sqlx::Error> {
+    let data = serde_json::json!({
+        "agent_id": id,
+        "previous": c.previous.as_str(),
+        "state": c.state.as_str(),
+        "pause_code": c.pause_code,
+        "reason": c.reason,
+        "at_ms": c.at_ms,
+    });
+    let ev = dialstack_common::events::CloudEvent::new(crate::NAME, "agent.state", id, &data);
+    dialstack_common::db::outbox_enqueue(tx, dialstack_common::db::channel::EVENTS, id, &ev).await
+}
+
+/// Deletes an agent's profile inside `tx`; an agent that was not offline is
+/// reported gone (`agent.state` to `offline` with `reason`), so pacing stops
+/// counting it.
+async fn remove_agent(
+    tx: &mut dialstack_common::db::Tx,
+    id: &str,
+    reason: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let state: Option<String> = sqlx::query("SELECT state FROM agents WHERE user_id = ?")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+    sqlx::query("DELETE FROM agents WHERE user_id = ?")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    let previous = state.as_deref().and_then(crate::domain::AgentState::parse);
+    if let Some(previous) = previous.filter(|s| *s != crate::domain::AgentState::Offline) {
+        let change = AgentStateEvent {
+            previous,
+            state: crate::domain::AgentState::Offline,
+            pause_code: None,
+            reason,
+            at_ms: now,
+        };
+        enqueue_agent_state(tx, id, &change).await?;
+    }
+    Ok(())
+}
+
 impl Repo {
     /// Creates a user; `None` when the username is taken.
     pub async fn create_user(
@@ -647,22 +707,14 @@ impl Repo {
                 .unwrap_or(current.state);
             return Ok(StateChange::Refused(now_state));
         }
-        let data = serde_json::json!({
-            "agent_id": id,
-            "previous": current.state.as_str(),
-            "state": to.as_str(),
-            "pause_code": pause_code,
-            "reason": reason,
-            "at_ms": now,
-        });
-        let ev = dialstack_common::events::CloudEvent::new(crate::NAME, "agent.state", id, &data);
-        dialstack_common::db::outbox_enqueue(
-            &mut tx,
-            dialstack_common::db::channel::EVENTS,
-            id,
-            &ev,
-        )
-        .await?;
+        let change = AgentStateEvent {
+            previous: current.state,
+            state: to,
+            pause_code,
+            reason,
+            at_ms: now,
+        };
+        enqueue_agent_state(&mut tx, id, &change).await?;
         tx.commit().await?;
         Ok(StateChange::Changed(
             self.agent(id).await?.ok_or(sqlx::Error::RowNotFound)?,
@@ -865,10 +917,7 @@ impl Repo {
         .await?;
         if role != before.role {
             // Agent profiles only belong to agents.
-            sqlx::query("DELETE FROM agents WHERE user_id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            remove_agent(&mut tx, id, "role_changed", now).await?;
         }
         if role != before.role || u.password_hash.is_some() {
             revoke_sessions(&mut tx, id, now).await?;
@@ -889,12 +938,11 @@ impl Repo {
             tx.rollback().await?;
             return Ok(UserChange::LastAdmin);
         }
-        for sql in [
-            "DELETE FROM agents WHERE user_id = ?",
-            "DELETE FROM users WHERE id = ?",
-        ] {
-            sqlx::query(sql).bind(id).execute(&mut *tx).await?;
-        }
+        remove_agent(&mut tx, id, "user_deleted", now).await?;
+        sqlx::query("DELETE FROM users WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         revoke_sessions(&mut tx, id, now).await?;
         tx.commit().await?;
         Ok(UserChange::Done(None))

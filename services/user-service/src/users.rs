@@ -286,6 +286,7 @@ pub async fn patch_user(
         }
     };
     if user.role != before.role {
+        state.relay.notify();
         tracing::info!(user_id = %id, from = before.role.as_str(), to = user.role.as_str(), "role changed");
         let detail = format!(
             "{} -> {} by {}",
@@ -321,6 +322,7 @@ pub async fn delete_user(
     who.require(ADMIN)?;
     match state.repo.delete_user(&id).await? {
         UserChange::Done(_) => {
+            state.relay.notify();
             state.repo.audit("user_deleted", &id, &ip, &who.sub).await?;
             Ok(StatusCode::NO_CONTENT)
         }
