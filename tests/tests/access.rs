@@ -570,6 +570,13 @@ async fn agents_and_supervisors_read_only_their_own_calls_and_leads() {
             ("DIALSTACK_JWKS_URL", &jwks),
         ])
         .await;
+        let monitor = in_process::<monitor_service::Application>(&[
+            ("DIALSTACK_DATABASE_URL", &database("mon")),
+            ("DIALSTACK_EVENTS_URL", &events),
+            ("DIALSTACK_COMMANDS_URL", "memory://unused"),
+            ("DIALSTACK_JWKS_URL", &jwks),
+        ])
+        .await;
         let http = reqwest::Client::new();
         let admin = u.token("admin", ADMIN_PASSWORD).await;
         let (alice, alice_token) = u.agent(&admin, "alice", "sales").await;
@@ -671,6 +678,27 @@ async fn agents_and_supervisors_read_only_their_own_calls_and_leads() {
         )
         .await;
         assert_eq!(status, 404, "{engine}");
+
+        // Stats: a supervisor counts their teams' calls only.
+        let stats_url = format!("{}/v1/stats?window_s=3600", monitor.url);
+        eventually(
+            &format!("{engine}: both calls counted"),
+            Duration::from_secs(20),
+            || async {
+                let (_, s) = call(&http, Method::GET, &stats_url, &admin, None).await;
+                match s["total"].as_i64() {
+                    Some(2) => Ok(()),
+                    n => Err(format!("{n:?}")),
+                }
+            },
+        )
+        .await;
+        let (status, s) = call(&http, Method::GET, &stats_url, &sam, None).await;
+        assert_eq!(
+            (status, s["total"].as_i64()),
+            (200, Some(1)),
+            "{engine}: {s}"
+        );
 
         // Leads: each agent owns one; campaigns belong to teams.
         let campaigns_url = format!("{}/v1/campaigns", scheduler.url);

@@ -589,16 +589,46 @@ mod monitor {
                 "{engine}"
             );
             assert_eq!(repo.active().await.unwrap(), 0, "{engine}");
-            let all = repo.outcomes_since(0, None).await.unwrap();
+            let all = repo.outcomes_since(0, None, None).await.unwrap();
             assert_eq!(
                 (all.get("busy"), all.get("answered_human")),
                 (Some(&1), Some(&1)),
                 "{engine}"
             );
-            let k1 = repo.outcomes_since(0, Some("k1")).await.unwrap();
+            let k1 = repo.outcomes_since(0, Some("k1"), None).await.unwrap();
             assert_eq!(k1.values().sum::<i64>(), 1, "{engine}");
+            // Team scope: one sales call in progress, one completed.
+            let sales = |call: &str, outcome| CallEventData {
+                team: Some("sales".into()),
+                ..event(call, "a", "k9", outcome)
+            };
+            repo.apply("s1", types::CALL_DIALING, &sales("c8", None))
+                .await
+                .unwrap();
+            repo.apply(
+                "s2",
+                types::CALL_COMPLETED,
+                &sales("c9", Some(Outcome::Busy)),
+            )
+            .await
+            .unwrap();
+            let teams = ["sales".to_owned()];
+            let scoped = repo.outcomes_since(0, None, Some(&teams)).await.unwrap();
+            assert_eq!(scoped.get("busy"), Some(&1), "{engine}");
+            assert_eq!(scoped.values().sum::<i64>(), 1, "{engine}");
+            assert_eq!(repo.active_in(Some(&teams)).await.unwrap(), 1, "{engine}");
+            assert_eq!(repo.active_in(Some(&[])).await.unwrap(), 0, "{engine}");
+            let none = repo.outcomes_since(0, None, Some(&[])).await.unwrap();
+            assert!(none.is_empty(), "{engine}");
+            repo.apply(
+                "s3",
+                types::CALL_COMPLETED,
+                &sales("c8", Some(Outcome::Busy)),
+            )
+            .await
+            .unwrap();
             assert!(
-                repo.outcomes_since(dialstack_common::now_ms() + 60_000, None)
+                repo.outcomes_since(dialstack_common::now_ms() + 60_000, None, None)
                     .await
                     .unwrap()
                     .is_empty(),

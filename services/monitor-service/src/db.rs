@@ -7,10 +7,11 @@ use dialstack_common::events::{types, CallEventData};
 use sqlx::Row;
 
 /// monitor-service's schema.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "call outcomes and active calls",
-    sql: "CREATE TABLE call_outcomes (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "call outcomes and active calls",
+        sql: "CREATE TABLE call_outcomes (
             call_id VARCHAR(36) NOT NULL PRIMARY KEY,
             campaign_id VARCHAR(36) NOT NULL,
             outcome VARCHAR(32) NOT NULL,
@@ -22,7 +23,14 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             campaign_id VARCHAR(36) NOT NULL,
             started_at BIGINT NOT NULL
           )",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "campaign teams",
+        sql: "ALTER TABLE call_outcomes ADD COLUMN team VARCHAR(64) NULL;
+              ALTER TABLE active_calls ADD COLUMN team VARCHAR(64) NULL",
+    },
+];
 
 /// What applying an event changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,14 +68,15 @@ impl Repo {
         let applied = if ty == types::CALL_DIALING {
             // A call whose completion was already seen (events out of order) is not active.
             let done = sqlx::query(&format!(
-                "{} INTO active_calls (call_id, campaign_id, started_at)
-                 SELECT ?, ?, ? FROM (SELECT 1 AS one) AS single_row
+                "{} INTO active_calls (call_id, campaign_id, started_at, team)
+                 SELECT ?, ?, ?, ? FROM (SELECT 1 AS one) AS single_row
                  WHERE NOT EXISTS (SELECT 1 FROM call_outcomes WHERE call_id = ?)",
                 self.db.dialect.insert_ignore()
             ))
             .bind(&d.call_id)
             .bind(&d.campaign_id)
             .bind(d.at_ms)
+            .bind(d.team.clone())
             .bind(&d.call_id)
             .execute(&mut *tx)
             .await?;
@@ -83,13 +92,14 @@ impl Repo {
                 .execute(&mut *tx)
                 .await?;
             let done = sqlx::query(&format!(
-                "{} INTO call_outcomes (call_id, campaign_id, outcome, completed_at) VALUES (?, ?, ?, ?)",
+                "{} INTO call_outcomes (call_id, campaign_id, outcome, completed_at, team) VALUES (?, ?, ?, ?, ?)",
                 self.db.dialect.insert_ignore()
             ))
             .bind(&d.call_id)
             .bind(&d.campaign_id)
             .bind(&outcome)
             .bind(dialstack_common::now_ms())
+            .bind(d.team.clone())
             .execute(&mut *tx)
             .await?;
             if done.rows_affected() == 1 {
@@ -104,10 +114,20 @@ impl Repo {
 
     /// Calls in progress.
     pub async fn active(&self) -> Result<i64, sqlx::Error> {
-        Ok(sqlx::query("SELECT COUNT(*) FROM active_calls")
-            .fetch_one(&self.db.pool)
-            .await?
-            .get(0))
+        self.active_in(None).await
+    }
+
+    /// Calls in progress of campaigns of `teams` (all when `None`).
+    pub async fn active_in(&self, teams: Option<&[String]>) -> Result<i64, sqlx::Error> {
+        let mut sql = "SELECT COUNT(*) FROM active_calls WHERE 1 = 1".to_owned();
+        if let Some(t) = teams {
+            sql.push_str(&dialstack_common::db::and_in("team", t.len()));
+        }
+        let mut q = sqlx::query(&sql);
+        for t in teams.unwrap_or_default() {
+            q = q.bind(t);
+        }
+        Ok(q.fetch_one(&self.db.pool).await?.get(0))
     }
 
     /// Forgets calls in progress for longer than `max_age_ms` (their
@@ -120,21 +140,29 @@ impl Repo {
             .rows_affected())
     }
 
-    /// Completed calls by outcome since `since_ms`, optionally for one campaign.
+    /// Completed calls by outcome since `since_ms`, optionally for one
+    /// campaign and for the campaigns of `teams` (a supervisor's scope).
     pub async fn outcomes_since(
         &self,
         since_ms: i64,
         campaign_id: Option<&str>,
+        teams: Option<&[String]>,
     ) -> Result<BTreeMap<String, i64>, sqlx::Error> {
         let mut sql =
             "SELECT outcome, COUNT(*) FROM call_outcomes WHERE completed_at >= ?".to_owned();
         if campaign_id.is_some() {
             sql.push_str(" AND campaign_id = ?");
         }
+        if let Some(t) = teams {
+            sql.push_str(&dialstack_common::db::and_in("team", t.len()));
+        }
         sql.push_str(" GROUP BY outcome");
         let mut q = sqlx::query(&sql).bind(since_ms);
         if let Some(c) = campaign_id {
             q = q.bind(c);
+        }
+        for t in teams.unwrap_or_default() {
+            q = q.bind(t);
         }
         Ok(q.fetch_all(&self.db.pool)
             .await?

@@ -89,9 +89,11 @@ async fn stats(
         return Err(ApiError::invalid("campaign_id", "must be 1-64 characters"));
     }
     let since = dialstack_common::now_ms() - window * 1000;
+    // Supervisors see the calls of their teams' campaigns only.
+    let teams = (who.role == Role::Supervisor).then_some(who.teams.as_slice());
     let by_outcome = state
         .repo
-        .outcomes_since(since, p.campaign_id.as_deref())
+        .outcomes_since(since, p.campaign_id.as_deref(), teams)
         .await?;
     let (total, failures, failure_rate) = crate::domain::failure_rate(&by_outcome);
     Ok(ApiJson(Stats {
@@ -100,6 +102,6 @@ async fn stats(
         by_outcome,
         failures,
         failure_rate,
-        active_calls: state.repo.active().await?,
+        active_calls: state.repo.active_in(teams).await?,
     }))
 }
