@@ -693,4 +693,58 @@ mod users {
             assert_eq!(jwks.keys, vec![k1.jwk()], "{engine}");
         }
     }
+
+    #[tokio::test]
+    async fn agents_filter_by_exact_team_and_user_changes_keep_an_admin() {
+        use user_service::db::{Agent, UserChange, UserUpdate};
+        use user_service::domain::AgentState;
+        for (engine, url) in both_databases() {
+            let repo = Repo::new(db(&url, MIGRATIONS).await);
+            let admin = repo.upsert_user("root", Role::Admin, "h").await.unwrap();
+            for (name, team) in [("ann", "night_shift"), ("bob", "nightxshift")] {
+                let u = repo.upsert_user(name, Role::Agent, "h").await.unwrap();
+                repo.upsert_agent(&Agent {
+                    id: u.id,
+                    display_name: name.into(),
+                    sip_uri: format!("sip:{name}@x"),
+                    teams: vec![team.into()],
+                    skills: Default::default(),
+                    max_concurrent: 1,
+                    state: AgentState::Offline,
+                    pause_code: None,
+                    state_since: 0,
+                    last_heartbeat: 0,
+                })
+                .await
+                .unwrap();
+            }
+            let night = repo.agents(None, Some("night_shift"), None).await.unwrap();
+            assert_eq!(night.len(), 1, "{engine}: '_' is not a wildcard");
+            assert_eq!(night[0].display_name, "ann", "{engine}");
+            let demote = UserUpdate {
+                role: Some(Role::Supervisor),
+                ..Default::default()
+            };
+            assert_eq!(
+                repo.update_user(&admin.id, &demote).await.unwrap(),
+                UserChange::LastAdmin,
+                "{engine}"
+            );
+            assert_eq!(
+                repo.delete_user(&admin.id).await.unwrap(),
+                UserChange::LastAdmin,
+                "{engine}"
+            );
+            let second = repo.upsert_user("root2", Role::Admin, "h").await.unwrap();
+            assert!(matches!(
+                repo.update_user(&admin.id, &demote).await.unwrap(),
+                UserChange::Done(Some(u)) if u.role == Role::Supervisor
+            ));
+            assert_eq!(
+                repo.delete_user(&second.id).await.unwrap(),
+                UserChange::LastAdmin,
+                "{engine}: root is no longer an admin"
+            );
+        }
+    }
 }

@@ -645,7 +645,8 @@ impl Repo {
             sql.push_str(" AND state = ?");
         }
         if team.is_some() {
-            sql.push_str(" AND teams LIKE ?");
+            // `_` is a LIKE wildcard and may be part of a team name.
+            sql.push_str(" AND teams LIKE ? ESCAPE '!'");
         }
         sql.push_str(" ORDER BY user_id");
         let mut q = sqlx::query(&sql);
@@ -653,7 +654,8 @@ impl Repo {
             q = q.bind(s.to_owned());
         }
         if let Some(t) = team {
-            q = q.bind(format!("%,{t},%"));
+            let literal = t.replace('!', "!!").replace('_', "!_").replace('%', "!%");
+            q = q.bind(format!("%,{literal},%"));
         }
         let rows = q.fetch_all(&self.db.pool).await?;
         let mut out = rows.iter().map(agent_from).collect::<Result<Vec<_>, _>>()?;
