@@ -274,6 +274,47 @@ async fn admins_manage_users_and_supervisors_only_their_teams() {
             (200, Some("Alice A.")),
             "{engine}"
         );
+        // Teams the supervisor does not lead are kept whatever they send.
+        let profile = |teams: Value| {
+            Some(
+                json!({"display_name": "Alice A.", "sip_uri": "sip:alice@pbx.example", "teams": teams}),
+            )
+        };
+        let path = format!("/v1/agents/{alice}");
+        let (status, _) = u
+            .call(
+                Method::PUT,
+                &path,
+                &admin,
+                profile(json!(["sales", "support"])),
+            )
+            .await;
+        assert_eq!(status, 200, "{engine}");
+        let (_, b) = u
+            .call(Method::PUT, &path, &sam_token, profile(json!(["sales"])))
+            .await;
+        let mut teams: Vec<String> = serde_json::from_value(b["teams"].clone()).unwrap();
+        teams.sort();
+        assert_eq!(teams, ["sales", "support"], "{engine}: {b}");
+        let (_, b) = u
+            .call(Method::PUT, &path, &sam_token, profile(json!([])))
+            .await;
+        assert_eq!(
+            b["teams"],
+            json!(["support"]),
+            "{engine}: only sales was sam's to remove"
+        );
+        let (status, _) = u.call(Method::GET, &path, &sam_token, None).await;
+        assert_eq!(status, 404, "{engine}: out of sam's reach now");
+        let (status, _) = u
+            .call(Method::PUT, &path, &admin, profile(json!(["sales"])))
+            .await;
+        assert_eq!(status, 200, "{engine}");
+        let thirteen: Vec<String> = (0..13).map(|i| format!("t{i}")).collect();
+        let (status, _) = u
+            .call(Method::PUT, &path, &admin, profile(json!(thirteen)))
+            .await;
+        assert_eq!(status, 400, "{engine}: at most twelve teams");
 
         // Team settings: wrap-up ends by itself after the team's timeout.
         for bad in [
@@ -363,6 +404,32 @@ async fn admins_manage_users_and_supervisors_only_their_teams() {
                 .await
                 .unwrap();
         assert_eq!(r.status(), 401, "{engine}: a role change ends the sessions");
+        let (status, _) = u.call(Method::GET, "/v1/users/me", &sam_token, None).await;
+        assert_eq!(
+            status, 401,
+            "{engine}: and the access token issued before it"
+        );
+        // A demoted admin cannot use the old token to restore itself.
+        let (ada, ada_password) = u.user(&admin, "ada", "admin", &[]).await;
+        let ada_token = u.token("ada", &ada_password).await;
+        let (status, _) = u
+            .call(
+                Method::PATCH,
+                &format!("/v1/users/{ada}"),
+                &admin,
+                Some(json!({"role": "supervisor", "teams": ["sales"]})),
+            )
+            .await;
+        assert_eq!(status, 200, "{engine}");
+        let (status, _) = u
+            .call(
+                Method::PATCH,
+                &format!("/v1/users/{ada}"),
+                &ada_token,
+                Some(json!({"role": "admin"})),
+            )
+            .await;
+        assert_eq!(status, 401, "{engine}: stale admin token");
         let (_, audit) = u
             .call(Method::GET, "/v1/audit?limit=1000", &admin, None)
             .await;
@@ -413,7 +480,7 @@ async fn admins_manage_users_and_supervisors_only_their_teams() {
         let (_, users) = u.call(Method::GET, "/v1/users", &admin, None).await;
         let mut names = ids(&users, "username");
         names.sort();
-        assert_eq!(names, ["admin", "alice", "sam"], "{engine}");
+        assert_eq!(names, ["ada", "admin", "alice", "sam"], "{engine}");
         assert!(users
             .as_array()
             .unwrap()
@@ -882,7 +949,21 @@ async fn token_attacks_are_refused_with_401_by_every_verifier() {
         )
         .unwrap();
         let now = dialstack_common::now_ms() / 1000;
-        let good = new_claims("intruder", Role::Admin, Duration::from_secs(600));
+        // The admin's own id: the claims are valid in every respect but the
+        // one each attack breaks.
+        let admin_id = call(
+            &reqwest::Client::new(),
+            Method::GET,
+            &format!("{}/v1/users/me", u.0.url),
+            &admin,
+            None,
+        )
+        .await
+        .1["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let good = new_claims(&admin_id, Role::Admin, Duration::from_secs(600));
         let with = |f: fn(&mut Claims, i64)| {
             let mut c = good.clone();
             f(&mut c, now);
@@ -904,7 +985,7 @@ async fn token_attacks_are_refused_with_401_by_every_verifier() {
         );
         let tampered = {
             let agent = key.sign(&new_claims(
-                "intruder",
+                &admin_id,
                 Role::Agent,
                 Duration::from_secs(600),
             ));
@@ -930,15 +1011,7 @@ async fn token_attacks_are_refused_with_401_by_every_verifier() {
         ];
         for target in &targets {
             let (status, _) = call(&http, Method::GET, target, &key.sign(&good), None).await;
-            assert_eq!(
-                status,
-                if target.contains("/v1/users/me") {
-                    404
-                } else {
-                    200
-                },
-                "{engine}: control"
-            );
+            assert_eq!(status, 200, "{engine}: control");
             for (name, token) in &attacks {
                 let (status, b) = call(&http, Method::GET, target, token, None).await;
                 assert_eq!(

@@ -745,6 +745,29 @@ mod users {
                 UserChange::LastAdmin,
                 "{engine}: root is no longer an admin"
             );
+            // Two admins demoting each other at the same moment: one wins.
+            let third = repo.upsert_user("root3", Role::Admin, "h").await.unwrap();
+            for round in 0..5 {
+                let (x, y) = tokio::join!(
+                    repo.update_user(&second.id, &demote),
+                    repo.update_user(&third.id, &demote)
+                );
+                let admins = repo
+                    .users()
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .filter(|u| u.role == Role::Admin)
+                    .count();
+                assert_eq!(admins, 1, "{engine} round {round}: {x:?} / {y:?}");
+                let promote = UserUpdate {
+                    role: Some(Role::Admin),
+                    ..Default::default()
+                };
+                for id in [&second.id, &third.id] {
+                    repo.update_user(id, &promote).await.unwrap();
+                }
+            }
         }
     }
 }

@@ -274,7 +274,13 @@ const LAG_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
 /// broker's own health is reported by readiness.
 async fn watch_lag(channel: Channel, group: String, metrics: Metrics, shutdown: CancellationToken) {
     loop {
-        match channel.backlog(&group).await {
+        // A read against an unreachable broker can take a while; shutdown
+        // does not wait for it.
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            read = channel.backlog(&group) => read,
+        };
+        match read {
             Ok(n) => {
                 metrics.set_consumer_lag(channel.logical(), i64::try_from(n).unwrap_or(i64::MAX))
             }

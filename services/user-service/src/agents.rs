@@ -185,6 +185,10 @@ impl Scope {
     }
 }
 
+/// Most teams an agent belongs to or a supervisor leads (they are stored in
+/// 1,024 characters and travel in every token).
+pub const MAX_TEAMS: usize = 12;
+
 /// Team, skill and pause-code names: 1-64 of `[A-Za-z0-9._-]`.
 pub fn name_ok(s: &str) -> bool {
     !s.is_empty()
@@ -210,19 +214,30 @@ pub async fn put_agent(
         .filter(|u| u.role == Role::Agent)
         .ok_or_else(|| ApiError::not_found("agent user"))?;
     let scope = Scope::of(&state, &who).await?;
+    let mut teams = p.teams.clone();
     if let Scope::Teams(mine) = &scope {
         // Supervisors manage the agents already in their teams, and only
         // within those teams; placing an agent first is an admin's job.
-        let current = state.repo.agent(&id).await?;
-        if !current.is_some_and(|a| scope.sees(&a)) {
-            return Err(ApiError::not_found("agent user"));
-        }
+        let current = state
+            .repo
+            .agent(&id)
+            .await?
+            .filter(|a| scope.sees(a))
+            .ok_or_else(|| ApiError::not_found("agent user"))?;
         if let Some(t) = p.teams.iter().find(|t| !mine.contains(t)) {
             return Err(ApiError::invalid(
                 "teams",
                 format!("{t:?} is not a team you lead"),
             ));
         }
+        // Memberships in teams the supervisor does not lead stay as they are.
+        let kept = current.teams.into_iter().filter(|t| !mine.contains(t));
+        teams = kept.chain(p.teams.iter().cloned()).collect();
+    }
+    let mut seen = std::collections::HashSet::new();
+    teams.retain(|t| seen.insert(t.clone()));
+    if teams.len() > MAX_TEAMS {
+        return Err(ApiError::invalid("teams", format!("at most {MAX_TEAMS}")));
     }
     if p.display_name.trim().is_empty() || p.display_name.len() > 128 {
         return Err(ApiError::invalid(
@@ -262,7 +277,7 @@ pub async fn put_agent(
             id: user.id,
             display_name: p.display_name.trim().to_owned(),
             sip_uri: p.sip_uri,
-            teams: p.teams,
+            teams,
             skills: p.skills,
             max_concurrent,
             state: AgentState::Offline,
@@ -459,8 +474,10 @@ async fn end_overdue_wrap_ups(repo: &Repo, relay: &dialstack_common::db::OutboxR
         if !crate::domain::wrap_up_due(&a.teams, &limits, a.state_since, now) {
             continue;
         }
+        // Only if still in this very wrap-up: an agent who paused or moved
+        // on meanwhile is left alone.
         match repo
-            .set_state(&a.id, AgentState::Available, None, "wrap_up_timeout", false)
+            .transition(&a, AgentState::Available, None, "wrap_up_timeout")
             .await
         {
             Ok(StateChange::Changed(_)) => {

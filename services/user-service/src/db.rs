@@ -62,6 +62,11 @@ fn user_from(r: &sqlx::any::AnyRow) -> Option<User> {
     })
 }
 
+/// `s` cut to at most `max` characters (the audit columns' sizes).
+fn clip(s: &str, max: usize) -> &str {
+    s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
+}
+
 /// Teams are stored as `,a,b,` so that `LIKE '%,a,%'` finds members.
 fn join_teams(teams: &[String]) -> String {
     if teams.is_empty() {
@@ -396,9 +401,9 @@ impl Repo {
         .bind(uuid::Uuid::now_v7().to_string())
         .bind(dialstack_common::now_ms())
         .bind(kind)
-        .bind(subject)
-        .bind(ip)
-        .bind(detail)
+        .bind(clip(subject, 128))
+        .bind(clip(ip, 64))
+        .bind(clip(detail, 255))
         .execute(&self.db.pool)
         .await?;
         Ok(())
@@ -687,16 +692,31 @@ impl Repo {
         if !allowed {
             return Ok(StateChange::Refused(current.state));
         }
+        self.transition(&current, to, pause_code, reason).await
+    }
+
+    /// Moves `current` to `to` only if it is still exactly as read (same
+    /// state since the same moment), writing the `agent.state` event in the
+    /// same transaction.
+    pub async fn transition(
+        &self,
+        current: &Agent,
+        to: crate::domain::AgentState,
+        pause_code: Option<&str>,
+        reason: &str,
+    ) -> Result<StateChange, sqlx::Error> {
+        let id = current.id.as_str();
         let now = dialstack_common::now_ms();
         let mut tx = self.db.begin().await?;
         let moved = sqlx::query(
-            "UPDATE agents SET state = ?, pause_code = ?, state_since = ? WHERE user_id = ? AND state = ?",
+            "UPDATE agents SET state = ?, pause_code = ?, state_since = ? WHERE user_id = ? AND state = ? AND state_since = ?",
         )
         .bind(to.as_str())
         .bind(pause_code)
         .bind(now)
         .bind(id)
         .bind(current.state.as_str())
+        .bind(current.state_since)
         .execute(&mut *tx)
         .await?;
         if moved.rows_affected() != 1 {
@@ -890,38 +910,53 @@ impl Repo {
     /// Applies `u` to a user in one transaction. A role or password change
     /// ends every session of the user. Demoting the last admin is refused.
     pub async fn update_user(&self, id: &str, u: &UserUpdate) -> Result<UserChange, sqlx::Error> {
-        let Some(before) = self.user_by_id(id).await? else {
+        let now = dialstack_common::now_ms();
+        let mut tx = self.db.begin().await?;
+        // Admins first, then the user: every role change takes the locks in
+        // the same order, so two of them wait for each other, never deadlock.
+        let admins = match u.role {
+            Some(_) => self.lock_admins(&mut tx).await?,
+            None => Vec::new(),
+        };
+        let Some(before) = self.lock_user(&mut tx, id).await? else {
+            tx.rollback().await?;
             return Ok(UserChange::Unknown);
         };
         let demotes_admin = before.role == Role::Admin && u.role.is_some_and(|r| r != Role::Admin);
-        let now = dialstack_common::now_ms();
-        let mut tx = self.db.begin().await?;
-        if demotes_admin && !self.another_admin(&mut tx, id).await? {
+        if demotes_admin && !admins.iter().any(|a| a != id) {
             tx.rollback().await?;
             return Ok(UserChange::LastAdmin);
         }
-        let role = u.role.unwrap_or(before.role);
-        let teams = u
-            .teams
-            .as_deref()
-            .map(join_teams)
-            .unwrap_or_else(|| join_teams(&before.teams));
-        let hash = u.password_hash.as_deref().unwrap_or(&before.password_hash);
-        sqlx::query(
-            "UPDATE users SET role = ?, teams = ?, password_hash = ?, updated_at = ? WHERE id = ?",
-        )
-        .bind(role.as_str())
-        .bind(teams)
-        .bind(hash)
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        if role != before.role {
+        // Only the fields given are written, so concurrent changes of other
+        // fields are not undone.
+        let mut sets = vec!["updated_at = ?"];
+        if u.role.is_some() {
+            sets.push("role = ?");
+        }
+        if u.teams.is_some() {
+            sets.push("teams = ?");
+        }
+        if u.password_hash.is_some() {
+            sets.push("password_hash = ?");
+        }
+        let sql = format!("UPDATE users SET {} WHERE id = ?", sets.join(", "));
+        let mut q = sqlx::query(&sql).bind(now);
+        if let Some(r) = u.role {
+            q = q.bind(r.as_str());
+        }
+        if let Some(t) = &u.teams {
+            q = q.bind(join_teams(t));
+        }
+        if let Some(h) = &u.password_hash {
+            q = q.bind(h.clone());
+        }
+        q.bind(id).execute(&mut *tx).await?;
+        let role_changed = u.role.is_some_and(|r| r != before.role);
+        if role_changed {
             // Agent profiles only belong to agents.
             remove_agent(&mut tx, id, "role_changed", now).await?;
         }
-        if role != before.role || u.password_hash.is_some() {
+        if role_changed || u.password_hash.is_some() {
             revoke_sessions(&mut tx, id, now).await?;
         }
         tx.commit().await?;
@@ -931,12 +966,14 @@ impl Repo {
     /// Deletes a user, its agent profile and its sessions. Deleting the last
     /// admin is refused.
     pub async fn delete_user(&self, id: &str) -> Result<UserChange, sqlx::Error> {
-        let Some(before) = self.user_by_id(id).await? else {
-            return Ok(UserChange::Unknown);
-        };
         let now = dialstack_common::now_ms();
         let mut tx = self.db.begin().await?;
-        if before.role == Role::Admin && !self.another_admin(&mut tx, id).await? {
+        let admins = self.lock_admins(&mut tx).await?;
+        let Some(before) = self.lock_user(&mut tx, id).await? else {
+            tx.rollback().await?;
+            return Ok(UserChange::Unknown);
+        };
+        if before.role == Role::Admin && !admins.iter().any(|a| a != id) {
             tx.rollback().await?;
             return Ok(UserChange::LastAdmin);
         }
@@ -950,17 +987,44 @@ impl Repo {
         Ok(UserChange::Done(None))
     }
 
-    async fn another_admin(
+    /// The admins' ids. On MySQL their rows stay locked until `tx` ends, so
+    /// two admins demoting each other at once cannot both succeed (SQLite
+    /// runs one write transaction at a time).
+    async fn lock_admins(
+        &self,
+        tx: &mut dialstack_common::db::Tx,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT id FROM users WHERE role = 'admin' ORDER BY id{}",
+            self.for_update()
+        ))
+        .fetch_all(&mut **tx)
+        .await?;
+        rows.iter().map(|r| r.try_get(0)).collect()
+    }
+
+    /// ` FOR UPDATE` where the engine has row locks (MySQL).
+    fn for_update(&self) -> &'static str {
+        match self.db.dialect {
+            dialstack_common::db::Dialect::MySql => " FOR UPDATE",
+            dialstack_common::db::Dialect::Sqlite => "",
+        }
+    }
+
+    /// The user, read (and on MySQL locked) inside `tx`.
+    async fn lock_user(
         &self,
         tx: &mut dialstack_common::db::Tx,
         id: &str,
-    ) -> Result<bool, sqlx::Error> {
-        let n: i64 = sqlx::query("SELECT COUNT(*) FROM users WHERE role = 'admin' AND id <> ?")
-            .bind(id)
-            .fetch_one(&mut **tx)
-            .await?
-            .try_get(0)?;
-        Ok(n > 0)
+    ) -> Result<Option<User>, sqlx::Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLS} FROM users WHERE id = ?{}",
+            self.for_update()
+        ))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(row.as_ref().and_then(user_from))
     }
 
     /// Every team with settings.

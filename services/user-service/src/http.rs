@@ -223,6 +223,10 @@ pub fn router(state: AppState, keys: Arc<StaticKeys>) -> Router {
             "/v1/keys/rotate",
             post(rotate_keys).route_layer(roles(ADMIN)),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            still_current,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(keys, require_auth));
     Router::new()
         .route("/v1/auth/login", post(login))
@@ -232,6 +236,33 @@ pub fn router(state: AppState, keys: Arc<StaticKeys>) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .merge(protected)
         .with_state(state)
+}
+
+/// Refuses (401) a token whose user is gone or holds another role now: a
+/// demoted admin cannot use the token issued before the change to undo it.
+/// Here the database is at hand; the other services rely on the token's
+/// short lifetime (`DIALSTACK_ACCESS_TOKEN_TTL_SECS`).
+async fn still_current(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let Some(who) = req.extensions().get::<Principal>().cloned() else {
+        return next.run(req).await;
+    };
+    match state.repo.user_by_id(&who.sub).await {
+        Ok(Some(u)) if u.role == who.role => next.run(req).await,
+        Ok(_) => {
+            tracing::info!(user_id = %who.sub, "token of a deleted or changed user refused");
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "the token no longer matches the user; log in again",
+            )
+            .into_response()
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }
 
 /// Exchanges a username and password for an access token and a refresh

@@ -179,6 +179,19 @@ impl Service for Application {
             tracing::info!(username = "admin", "bootstrap admin created");
         }
         if let Some(password) = &config.service_password {
+            // The name is reserved for the service account: never turn a
+            // person's account (an admin, say) into it.
+            if let Some(u) = repo.user_by_name(SERVICE_ACCOUNT).await? {
+                if u.role != Role::Service {
+                    anyhow::bail!(ConfigError::new(
+                        "DIALSTACK_SERVICE_PASSWORD",
+                        format!(
+                            "user {SERVICE_ACCOUNT} exists with role {}; rename it first",
+                            u.role.as_str()
+                        )
+                    ));
+                }
+            }
             repo.upsert_user(
                 SERVICE_ACCOUNT,
                 Role::Service,

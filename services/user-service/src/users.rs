@@ -12,7 +12,7 @@ use dialstack_common::http::{ApiError, ApiJson, ErrorBody, ErrorCode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::agents::{name_ok, Scope};
+use crate::agents::{name_ok, Scope, MAX_TEAMS};
 use crate::db::{Team, User, UserChange, UserUpdate};
 use crate::http::ClientIp;
 use crate::AppState;
@@ -153,8 +153,8 @@ fn check_teams(role: Role, teams: &[String]) -> Result<(), ApiError> {
             "only supervisors lead teams (an agent's teams are in its profile)",
         ));
     }
-    if teams.len() > 32 {
-        return Err(ApiError::invalid("teams", "at most 32"));
+    if teams.len() > MAX_TEAMS {
+        return Err(ApiError::invalid("teams", format!("at most {MAX_TEAMS}")));
     }
     match teams.iter().find(|t| !name_ok(t)) {
         Some(t) => Err(ApiError::invalid(

@@ -39,6 +39,9 @@ pub(crate) struct KafkaBackend {
 /// committed yet, as the group starts from the earliest offset).
 fn group_lag(reader: &BaseConsumer, topic: &str) -> Result<u64, BusError> {
     let timeout = Duration::from_secs(5);
+    // The reader never subscribes; polling only drains the client's own
+    // events (errors while brokers are away), which would otherwise pile up.
+    while reader.poll(Duration::ZERO).is_some() {}
     let metadata = reader
         .fetch_metadata(Some(topic), timeout)
         .map_err(broker)?;
@@ -56,8 +59,9 @@ fn group_lag(reader: &BaseConsumer, topic: &str) -> Result<u64, BusError> {
     let mut lag = 0u64;
     for p in partitions {
         let (low, high) = reader.fetch_watermarks(topic, p, timeout).map_err(broker)?;
+        // Retention may have deleted messages past the committed offset.
         let from = match committed.find_partition(topic, p).map(|e| e.offset()) {
-            Some(rdkafka::Offset::Offset(o)) => o,
+            Some(rdkafka::Offset::Offset(o)) => o.max(low),
             _ => low,
         };
         lag += (high - from).max(0) as u64;
