@@ -884,6 +884,41 @@ async fn agents_and_supervisors_read_only_their_own_calls_and_leads() {
             .await;
             assert_eq!(status, 400, "{engine}: {bad}: {b}");
         }
+
+        // Bob is made a supervisor: the agent token he still holds is void
+        // in the other services too, as soon as they refetch the JWKS.
+        let bob_id = bob.clone();
+        let (status, _) = u
+            .call(
+                Method::PATCH,
+                &format!("/v1/users/{bob_id}"),
+                &admin,
+                Some(json!({"role": "supervisor", "teams": ["support"]})),
+            )
+            .await;
+        assert_eq!(status, 200, "{engine}");
+        let (_, jwks) = call(&http, Method::GET, &jwks, &admin, None).await;
+        assert!(
+            jwks["dialstack_revoked"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|e| e["sub"] == bob_id.as_str())),
+            "{engine}: {jwks}"
+        );
+        for url in [&calls_url, &leads_url] {
+            eventually(
+                &format!("{engine}: bob's old token refused at {url}"),
+                Duration::from_secs(30),
+                || async {
+                    match call(&http, Method::GET, url, &bob_token, None).await {
+                        (401, b) if b["message"] == "token revoked" => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    }
+                },
+            )
+            .await;
+        }
+        let (status, _) = call(&http, Method::GET, &calls_url, &alice_token, None).await;
+        assert_eq!(status, 200, "{engine}: others are not affected");
     }
 }
 

@@ -87,6 +87,23 @@ pub struct Claims {
     pub teams: Vec<String>,
 }
 
+impl Claims {
+    /// When the token was issued, to the millisecond: `jti` is a UUIDv7,
+    /// whose timestamp is the moment of issue (`iat` alone has whole
+    /// seconds, too coarse to tell a token from the revocation that follows
+    /// it within the same second). Falls back to `iat`.
+    pub fn issued_at_ms(&self) -> i64 {
+        uuid::Uuid::parse_str(&self.jti)
+            .ok()
+            .and_then(|u| u.get_timestamp())
+            .map(|t| {
+                let (s, ns) = t.to_unix();
+                s as i64 * 1000 + i64::from(ns / 1_000_000)
+            })
+            .unwrap_or(self.iat * 1000)
+    }
+}
+
 /// Why a token was refused. Every variant is a 401 to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -111,6 +128,9 @@ pub enum AuthError {
     /// `nbf` is in the future.
     #[error("token not yet valid")]
     NotYetValid,
+    /// Issued before its user's sessions were revoked.
+    #[error("token revoked")]
+    Revoked,
     /// Wrong `iss`.
     #[error("wrong issuer")]
     Issuer,
@@ -246,6 +266,26 @@ pub struct Jwk {
 pub struct Jwks {
     /// The keys.
     pub keys: Vec<Jwk>,
+    /// Users whose tokens issued before `not_before` are void (role changed,
+    /// password reset, deleted), for as long as such a token could live. An
+    /// extra member of the set (RFC 7517 §5: verifiers that do not know it
+    /// ignore it); dialstack's verifiers refuse those tokens.
+    #[serde(
+        default,
+        rename = "dialstack_revoked",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub revoked: Vec<Revoked>,
+}
+
+/// Tokens of `sub` issued before `not_before_ms` are void.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Revoked {
+    /// The user id.
+    pub sub: String,
+    /// Milliseconds since epoch; a token issued earlier is refused (see
+    /// [`Claims::issued_at_ms`]).
+    pub not_before_ms: i64,
 }
 
 impl Jwks {
@@ -267,6 +307,11 @@ impl Jwks {
 pub trait KeySource: Send + Sync {
     /// The key with this id, if published.
     async fn key(&self, kid: &str) -> Option<ed25519_dalek::VerifyingKey>;
+
+    /// Tokens of `sub` issued before this (ms since epoch) are void.
+    fn not_before(&self, _sub: &str) -> Option<i64> {
+        None
+    }
 }
 
 /// Verifies `token` at time `now_s` against `keys`.
@@ -382,6 +427,8 @@ pub struct JwksCache {
     keys: tokio::sync::RwLock<HashMap<String, ed25519_dalek::VerifyingKey>>,
     /// When the last fetch started; guards the refresh rate.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// Revocations by user id (`not_before_ms`).
+    revoked: std::sync::RwLock<HashMap<String, i64>>,
 }
 
 impl JwksCache {
@@ -396,6 +443,23 @@ impl JwksCache {
             min_refresh: Duration::from_secs(10),
             keys: Default::default(),
             last_fetch: Default::default(),
+            revoked: Default::default(),
+        }
+    }
+
+    /// Refetches the set every `every` until shutdown, so revocations arrive
+    /// within that time even when no unknown `kid` asks for a refresh.
+    pub async fn run(
+        self: Arc<Self>,
+        every: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            self.refresh().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
         }
     }
 
@@ -418,8 +482,20 @@ impl JwksCache {
         match fetched {
             Ok(jwks) => {
                 let keys = jwks.verifying_keys();
-                tracing::debug!(keys = keys.len(), "jwks refreshed");
+                tracing::debug!(
+                    keys = keys.len(),
+                    revoked = jwks.revoked.len(),
+                    "jwks refreshed"
+                );
                 *self.keys.write().await = keys;
+                let revoked = jwks
+                    .revoked
+                    .into_iter()
+                    .map(|r| (r.sub, r.not_before_ms))
+                    .collect();
+                if let Ok(mut r) = self.revoked.write() {
+                    *r = revoked;
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, url = %self.url, "jwks fetch failed");
@@ -438,6 +514,10 @@ impl KeySource for JwksCache {
         }
         self.refresh().await;
         self.keys.read().await.get(kid).copied()
+    }
+
+    fn not_before(&self, sub: &str) -> Option<i64> {
+        self.revoked.read().ok()?.get(sub).copied()
     }
 }
 
@@ -537,6 +617,14 @@ pub async fn require_auth(State(keys): State<Keys>, mut req: Request, next: Next
         .verify(token, keys.as_ref(), crate::now_ms() / 1000)
         .await
     {
+        Ok(claims)
+            if keys
+                .not_before(&claims.sub)
+                .is_some_and(|nb| claims.iat < nb) =>
+        {
+            tracing::info!(sub = %claims.sub, "revoked token refused");
+            AuthError::Revoked.into_response()
+        }
         Ok(claims) => {
             req.extensions_mut().insert(Principal {
                 sub: claims.sub,
@@ -607,11 +695,23 @@ mod tests {
     fn keys(k: &SigningKey) -> StaticKeys {
         StaticKeys::from_jwks(&Jwks {
             keys: vec![k.jwk()],
+            ..Default::default()
         })
     }
 
     fn now() -> i64 {
         crate::now_ms() / 1000
+    }
+
+    #[test]
+    fn issue_time_has_milliseconds() {
+        let before = crate::now_ms();
+        let c = new_claims("u1", Role::Agent, Duration::from_secs(60));
+        let at = c.issued_at_ms();
+        assert!(at >= before && at <= crate::now_ms(), "{before} <= {at}");
+        let mut other = c.clone();
+        other.jti = "not-a-uuid".into();
+        assert_eq!(other.issued_at_ms(), c.iat * 1000);
     }
 
     #[tokio::test]
@@ -705,6 +805,7 @@ mod tests {
         );
         ks.replace(&Jwks {
             keys: vec![SigningKey::generate().jwk()],
+            ..Default::default()
         });
         assert_eq!(
             cache.verify(&t, &ks, now()).await,

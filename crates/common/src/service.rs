@@ -93,10 +93,12 @@ impl ServiceBase {
             None
         };
         let relay = OutboxRelay::new(db.clone(), outbox_channels, Some(metrics.clone()));
-        let keys = config
-            .jwks_url
-            .as_ref()
-            .map(|url| Arc::new(JwksCache::new(url.clone())) as Keys);
+        let tasks = TaskTracker::new();
+        let keys = config.jwks_url.as_ref().map(|url| {
+            let cache = Arc::new(JwksCache::new(url.clone()));
+            tasks.spawn(cache.clone().run(JWKS_REFRESH, shutdown.clone()));
+            cache as Keys
+        });
         Ok(Self {
             name,
             config,
@@ -107,7 +109,7 @@ impl ServiceBase {
             readiness,
             relay,
             shutdown,
-            tasks: TaskTracker::new(),
+            tasks,
             keys,
         })
     }
@@ -265,6 +267,9 @@ impl Built {
         self.base.run(self.listener, self.router).await
     }
 }
+
+/// How often a verifier refetches the JWKS (new keys, revoked users).
+const JWKS_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often the consumer lag gauge is refreshed.
 const LAG_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);

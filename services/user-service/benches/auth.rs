@@ -30,6 +30,7 @@ fn main() {
         let key = SigningKey::generate();
         let keys = Arc::new(StaticKeys::from_jwks(&Jwks {
             keys: vec![key.jwk()],
+            ..Default::default()
         }));
         let token = key.sign(&new_claims("u1", Role::Agent, Duration::from_secs(900)));
         let now = dialstack_common::now_ms() / 1000;

@@ -12,6 +12,7 @@ pub const MIGRATIONS: &[Migration] = &[
     MIGRATION_AGENTS,
     MIGRATION_KEY_ROTATION,
     MIGRATION_TEAMS,
+    MIGRATION_REVOCATIONS,
 ];
 
 /// Users and signing keys.
@@ -200,7 +201,10 @@ impl Repo {
                 SigningKey::from_seed(r.get(0), &seed).map(|k| k.jwk())
             })
             .collect();
-        Ok(Jwks { keys })
+        Ok(Jwks {
+            keys,
+            ..Default::default()
+        })
     }
 }
 
@@ -850,7 +854,7 @@ impl Repo {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        revoke_sessions(&mut tx, user_id, now).await?;
+        revoke_sessions(&mut tx, self.db.dialect, user_id, now).await?;
         tx.commit().await
     }
 }
@@ -957,7 +961,7 @@ impl Repo {
             remove_agent(&mut tx, id, "role_changed", now).await?;
         }
         if role_changed || u.password_hash.is_some() {
-            revoke_sessions(&mut tx, id, now).await?;
+            revoke_sessions(&mut tx, self.db.dialect, id, now).await?;
         }
         tx.commit().await?;
         Ok(UserChange::Done(self.user_by_id(id).await?))
@@ -982,7 +986,7 @@ impl Repo {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        revoke_sessions(&mut tx, id, now).await?;
+        revoke_sessions(&mut tx, self.db.dialect, id, now).await?;
         tx.commit().await?;
         Ok(UserChange::Done(None))
     }
@@ -1072,6 +1076,7 @@ impl Repo {
 
 async fn revoke_sessions(
     tx: &mut dialstack_common::db::Tx,
+    dialect: dialstack_common::db::Dialect,
     user_id: &str,
     now: i64,
 ) -> Result<(), sqlx::Error> {
@@ -1082,5 +1087,50 @@ async fn revoke_sessions(
     .bind(user_id)
     .execute(&mut **tx)
     .await?;
+    // Access tokens already issued: published in the JWKS so that every
+    // verifier refuses them (user-service itself checks the user directly).
+    let sql = format!(
+        "INSERT INTO token_revocations (user_id, not_before_ms) VALUES (?, ?) {}",
+        dialect.upsert("user_id", &[("not_before_ms", "new(not_before_ms)")])
+    );
+    sqlx::query(&sql)
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
+}
+
+/// Users whose earlier access tokens are void.
+pub const MIGRATION_REVOCATIONS: Migration = Migration {
+    version: 6,
+    name: "access token revocations",
+    sql: "CREATE TABLE token_revocations (
+            user_id VARCHAR(36) NOT NULL PRIMARY KEY,
+            not_before_ms BIGINT NOT NULL
+          )",
+};
+
+impl Repo {
+    /// Revocations newer than `since_ms` (older ones void only tokens that
+    /// have expired anyway).
+    pub async fn revocations_since(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<dialstack_common::auth::Revoked>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT user_id, not_before_ms FROM token_revocations WHERE not_before_ms >= ? ORDER BY user_id",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(dialstack_common::auth::Revoked {
+                    sub: r.try_get(0)?,
+                    not_before_ms: r.try_get(1)?,
+                })
+            })
+            .collect()
+    }
 }

@@ -142,7 +142,7 @@ pub struct Me {
         crate::users::patch_user, crate::users::delete_user, crate::users::list_teams, crate::users::put_team,
         crate::agents::put_agent, crate::agents::get_agent,
         crate::agents::list_agents, crate::agents::change_state, crate::agents::heartbeat),
-    components(schemas(LoginRequest, ClientCredentials, AccessToken, RefreshRequest, TokenResponse, Me, ErrorBody, Jwks, AuditEntry, Rotation, PasswordChange,
+    components(schemas(LoginRequest, ClientCredentials, AccessToken, RefreshRequest, TokenResponse, Me, ErrorBody, Jwks, dialstack_common::auth::Revoked, AuditEntry, Rotation, PasswordChange,
         crate::users::NewUser, crate::users::UserView, crate::users::UserPatch, crate::users::TeamSettings,
         crate::db::Team, crate::agents::AgentProfile,
         crate::agents::AgentView, crate::agents::StateRequest, crate::db::Agent, crate::domain::AgentState)),
@@ -596,10 +596,19 @@ async fn audit(
     Ok(ApiJson(state.repo.audit_list(limit).await?))
 }
 
-/// The public keys that verify access tokens.
+/// The public keys that verify access tokens, and the users whose earlier
+/// tokens are void (`dialstack_revoked`).
 #[utoipa::path(get, path = "/.well-known/jwks.json", responses((status = 200, body = Jwks)))]
-async fn jwks(State(state): State<AppState>) -> ApiJson<Jwks> {
-    ApiJson(state.keyring.jwks())
+async fn jwks(State(state): State<AppState>) -> Result<ApiJson<Jwks>, ApiError> {
+    let mut jwks = state.keyring.jwks();
+    // Only as long as a token issued before the revocation could be valid.
+    let window_ms =
+        (state.access_ttl.as_secs() as i64 + dialstack_common::auth::LEEWAY_SECS) * 1000;
+    jwks.revoked = state
+        .repo
+        .revocations_since(dialstack_common::now_ms() - window_ms)
+        .await?;
+    Ok(ApiJson(jwks))
 }
 
 /// The caller's own account.
