@@ -648,7 +648,7 @@ async fn agents_and_supervisors_read_only_their_own_calls_and_leads() {
         let admin = u.token("admin", ADMIN_PASSWORD).await;
         let (alice, alice_token) = u.agent(&admin, "alice", "sales").await;
         let (bob, bob_token) = u.agent(&admin, "bob", "support").await;
-        let (_, sam_password) = u.user(&admin, "sam", "supervisor", &["sales"]).await;
+        let (sam_id, sam_password) = u.user(&admin, "sam", "supervisor", &["sales"]).await;
         let sam = u.token("sam", &sam_password).await;
 
         // Calls: one bridged to each agent, through the broker into storage.
@@ -919,6 +919,36 @@ async fn agents_and_supervisors_read_only_their_own_calls_and_leads() {
         }
         let (status, _) = call(&http, Method::GET, &calls_url, &alice_token, None).await;
         assert_eq!(status, 200, "{engine}: others are not affected");
+
+        // Sam now leads support instead of sales: his token's teams are
+        // void everywhere, and a new one shows the support call only.
+        let (status, _) = u
+            .call(
+                Method::PATCH,
+                &format!("/v1/users/{sam_id}"),
+                &admin,
+                Some(json!({"teams": ["support"]})),
+            )
+            .await;
+        assert_eq!(status, 200, "{engine}");
+        eventually(
+            &format!("{engine}: sam's token with the old teams refused"),
+            Duration::from_secs(30),
+            || async {
+                match call(&http, Method::GET, &calls_url, &sam, None).await {
+                    (401, _) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+        let sam = u.token("sam", &sam_password).await;
+        let (_, page) = call(&http, Method::GET, &calls_url, &sam, None).await;
+        assert_eq!(
+            ids(&page["items"], "call_id"),
+            vec![calls[1].clone()],
+            "{engine}: support now"
+        );
     }
 }
 

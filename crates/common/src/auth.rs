@@ -620,7 +620,7 @@ pub async fn require_auth(State(keys): State<Keys>, mut req: Request, next: Next
         Ok(claims)
             if keys
                 .not_before(&claims.sub)
-                .is_some_and(|nb| claims.iat < nb) =>
+                .is_some_and(|nb| claims.issued_at_ms() < nb) =>
         {
             tracing::info!(sub = %claims.sub, "revoked token refused");
             AuthError::Revoked.into_response()

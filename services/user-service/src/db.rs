@@ -617,17 +617,33 @@ impl Repo {
                 ]
             )
         );
+        let mut tx = self.db.begin().await?;
+        let before: Option<String> = sqlx::query(&format!(
+            "SELECT teams FROM agents WHERE user_id = ?{}",
+            self.for_update()
+        ))
+        .bind(&a.id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
         sqlx::query(&sql)
             .bind(&a.id)
             .bind(&a.display_name)
             .bind(&a.sip_uri)
-            .bind(teams)
+            .bind(&teams)
             .bind(skills)
             .bind(a.max_concurrent)
             .bind(now)
             .bind(now)
-            .execute(&self.db.pool)
+            .execute(&mut *tx)
             .await?;
+        // Tokens carry the teams: other services must not go on trusting
+        // the old ones.
+        if before.unwrap_or_default() != teams {
+            revoke_access_tokens(&mut tx, self.db.dialect, &a.id, now).await?;
+        }
+        tx.commit().await?;
         self.agent(&a.id).await?.ok_or(sqlx::Error::RowNotFound)
     }
 
@@ -962,6 +978,9 @@ impl Repo {
         }
         if role_changed || u.password_hash.is_some() {
             revoke_sessions(&mut tx, self.db.dialect, id, now).await?;
+        } else if u.teams.as_ref().is_some_and(|t| *t != before.teams) {
+            // Tokens carry the teams; the session goes on with a new token.
+            revoke_access_tokens(&mut tx, self.db.dialect, id, now).await?;
         }
         tx.commit().await?;
         Ok(UserChange::Done(self.user_by_id(id).await?))
@@ -1087,8 +1106,20 @@ async fn revoke_sessions(
     .bind(user_id)
     .execute(&mut **tx)
     .await?;
-    // Access tokens already issued: published in the JWKS so that every
-    // verifier refuses them (user-service itself checks the user directly).
+    revoke_access_tokens(tx, dialect, user_id, now).await
+}
+
+/// Voids the access tokens issued to `user_id` before `now` (ms) without
+/// ending its sessions: published in the JWKS so that every verifier refuses
+/// them (user-service itself checks the user directly); a client with a
+/// refresh token gets a new access token carrying the user's current role
+/// and teams.
+async fn revoke_access_tokens(
+    tx: &mut dialstack_common::db::Tx,
+    dialect: dialstack_common::db::Dialect,
+    user_id: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
     let sql = format!(
         "INSERT INTO token_revocations (user_id, not_before_ms) VALUES (?, ?) {}",
         dialect.upsert("user_id", &[("not_before_ms", "new(not_before_ms)")])
