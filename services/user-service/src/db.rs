@@ -155,15 +155,11 @@ impl Repo {
 
     /// A user by id.
     pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, sqlx::Error> {
-        let name: Option<String> = sqlx::query("SELECT username FROM users WHERE id = ?")
+        let row = sqlx::query(&format!("SELECT {USER_COLS} FROM users WHERE id = ?"))
             .bind(id)
             .fetch_optional(&self.db.pool)
-            .await?
-            .map(|r| r.get(0));
-        match name {
-            Some(n) => self.user_by_name(&n).await,
-            None => Ok(None),
-        }
+            .await?;
+        Ok(row.as_ref().and_then(user_from))
     }
 
     /// The newest active signing key, created on first use.
