@@ -136,3 +136,63 @@ pub async fn in_process<S: dialstack_common::service::Service>(vars: &[(&str, &s
         stop,
     }
 }
+
+/// The fields of any `call.*` event in one struct, so a test can build an
+/// event of any type from one literal; [`typed`] turns it into the contract's
+/// typed event.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CallEventData {
+    /// Call id.
+    pub call_id: String,
+    /// Attempt id.
+    pub attempt_id: String,
+    /// Campaign id.
+    pub campaign_id: String,
+    /// Number.
+    pub phone: String,
+    /// Event time.
+    pub at_ms: i64,
+    /// Outcome (`call.completed`; absent means `failed`).
+    pub outcome: Option<dialstack_contract::Outcome>,
+    /// Reason.
+    pub reason: Option<dialstack_contract::FailReason>,
+    /// Final SIP status.
+    pub sip_status: Option<u16>,
+    /// Ring time.
+    pub ring_ms: Option<i64>,
+    /// Talk time.
+    pub talk_ms: Option<i64>,
+    /// Team.
+    pub team: Option<String>,
+    /// Agent.
+    pub agent_id: Option<String>,
+}
+
+/// `d` as a typed event of type `ty`.
+pub fn typed(ty: &str, d: &CallEventData) -> dialstack_contract::CallEvent {
+    use dialstack_contract::*;
+    let call = CallRef {
+        call_id: d.call_id.clone(),
+        attempt_id: d.attempt_id.clone(),
+        campaign_id: d.campaign_id.clone(),
+        phone: d.phone.clone(),
+        at_ms: d.at_ms,
+        team: d.team.clone(),
+    };
+    match ty {
+        types::CALL_DIALING => CallEvent::Dialing(CallDialing { call }),
+        types::CALL_RINGING => CallEvent::Ringing(CallRinging { call }),
+        types::CALL_ANSWERED => CallEvent::Answered(CallAnswered {
+            call,
+            ring_ms: d.ring_ms.unwrap_or(0),
+        }),
+        types::CALL_COMPLETED => CallEvent::Completed(CallCompleted {
+            sip_status: d.sip_status,
+            ring_ms: d.ring_ms.unwrap_or(0),
+            talk_ms: d.talk_ms.unwrap_or(0),
+            agent_id: d.agent_id.clone(),
+            ..CallCompleted::unanswered(call, d.outcome.unwrap_or(Outcome::Failed), d.reason)
+        }),
+        other => panic!("not a call event type: {other}"),
+    }
+}

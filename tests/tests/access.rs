@@ -14,8 +14,10 @@ use dialstack_common::auth::{new_claims, Claims, Role, SigningKey};
 use dialstack_common::bus::{
     Channel, Delivery, HandleError, Handler, OutMessage, Subscription, EVENTS,
 };
-use dialstack_common::events::{types, CallEventData, CloudEvent, Outcome};
+use dialstack_common::events::CloudEvent;
+use dialstack_contract::{types, Outcome};
 use dialstack_tests::{amqp_url, both_databases, eventually, in_process, unique, InProcess};
+use dialstack_tests::{typed, CallEventData};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -670,7 +672,7 @@ async fn agents_and_supervisors_read_only_their_own_calls_and_leads() {
                 "media-processor",
                 types::CALL_COMPLETED,
                 &data.call_id,
-                &data,
+                &typed(types::CALL_COMPLETED, &data).to_value(),
             );
             channel
                 .publish(&OutMessage {

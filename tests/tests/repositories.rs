@@ -3,8 +3,10 @@
 
 use dialstack_common::auth::Role;
 use dialstack_common::db::{inbox_claim, outbox_enqueue, Db, Migration};
-use dialstack_common::events::{types, CallEventData, CloudEvent, Outcome};
+use dialstack_common::events::CloudEvent;
+use dialstack_contract::{types, Outcome};
 use dialstack_tests::both_databases;
+use dialstack_tests::{typed, CallEventData};
 use sqlx::Row;
 
 async fn db(url: &str, migrations: &[Migration]) -> Db {
@@ -264,7 +266,11 @@ mod scheduler {
                 ),
                 "{engine}"
             );
-            assert_eq!(repo.expire_leases().await.unwrap(), 1, "{engine}");
+            assert_eq!(
+                repo.reap_stuck(600_000, 500, "test").await.unwrap(),
+                vec![c.id.clone()],
+                "{engine}"
+            );
             let row = sqlx::query("SELECT state, outcome, reason FROM attempts WHERE id = ?")
                 .bind(&ids[1])
                 .fetch_one(&repo.db.pool)
@@ -304,7 +310,7 @@ mod scheduler {
             let id = attempt_ids(&repo, "queued").await.remove(0);
             let dialing = event("call-1", &id, &c.id, None);
             assert_eq!(
-                repo.apply_call_event("ev-1", types::CALL_DIALING, &dialing)
+                repo.apply_call_event("ev-1", &typed(types::CALL_DIALING, &dialing))
                     .await
                     .unwrap(),
                 None,
@@ -317,14 +323,14 @@ mod scheduler {
             );
             let done = event("call-1", &id, &c.id, Some(Outcome::Busy));
             assert_eq!(
-                repo.apply_call_event("ev-2", types::CALL_COMPLETED, &done)
+                repo.apply_call_event("ev-2", &typed(types::CALL_COMPLETED, &done))
                     .await
                     .unwrap(),
                 Some(c.id.clone()),
                 "{engine}"
             );
             assert_eq!(
-                repo.apply_call_event("ev-2", types::CALL_COMPLETED, &done)
+                repo.apply_call_event("ev-2", &typed(types::CALL_COMPLETED, &done))
                     .await
                     .unwrap(),
                 None,
@@ -367,26 +373,35 @@ mod storage {
             };
             let done = event("c1", "a1", "k1", Some(Outcome::AnsweredHuman));
             assert!(
-                repo.apply("e3", types::CALL_COMPLETED, &done)
+                repo.apply("e3", &typed(types::CALL_COMPLETED, &done))
                     .await
                     .unwrap(),
                 "{engine}"
             );
             assert!(
-                repo.apply("e1", types::CALL_DIALING, &event("c1", "a1", "k1", None))
-                    .await
-                    .unwrap(),
+                repo.apply(
+                    "e1",
+                    &typed(types::CALL_DIALING, &event("c1", "a1", "k1", None))
+                )
+                .await
+                .unwrap(),
                 "{engine}"
             );
             assert!(
-                repo.apply("e2", types::CALL_ANSWERED, &event("c1", "a1", "k1", None))
-                    .await
-                    .unwrap(),
+                repo.apply(
+                    "e2",
+                    &typed(types::CALL_ANSWERED, &event("c1", "a1", "k1", None))
+                )
+                .await
+                .unwrap(),
                 "{engine}"
             );
             assert!(
                 !repo
-                    .apply("e2", types::CALL_ANSWERED, &event("c1", "a1", "k1", None))
+                    .apply(
+                        "e2",
+                        &typed(types::CALL_ANSWERED, &event("c1", "a1", "k1", None))
+                    )
                     .await
                     .unwrap(),
                 "{engine}: duplicate"
@@ -418,16 +433,20 @@ mod storage {
                 let call = format!("call-{i}");
                 repo.apply(
                     &format!("e{i}"),
-                    types::CALL_COMPLETED,
-                    &event(&call, "a", "k1", Some(outcome)),
+                    &typed(
+                        types::CALL_COMPLETED,
+                        &event(&call, "a", "k1", Some(outcome)),
+                    ),
                 )
                 .await
                 .unwrap();
             }
             repo.apply(
                 "other",
-                types::CALL_COMPLETED,
-                &event("call-x", "a", "k2", Some(Outcome::Busy)),
+                &typed(
+                    types::CALL_COMPLETED,
+                    &event("call-x", "a", "k2", Some(Outcome::Busy)),
+                ),
             )
             .await
             .unwrap();
@@ -487,14 +506,14 @@ mod storage {
                     team: team.map(str::to_owned),
                     ..event(call, "a", "k1", None)
                 };
-                repo.apply(&format!("{call}-1"), types::CALL_DIALING, &first)
+                repo.apply(&format!("{call}-1"), &typed(types::CALL_DIALING, &first))
                     .await
                     .unwrap();
                 let last = CallEventData {
                     agent_id: agent.map(str::to_owned),
                     ..event(call, "a", "k1", Some(Outcome::AnsweredHuman))
                 };
-                repo.apply(&format!("{call}-2"), types::CALL_COMPLETED, &last)
+                repo.apply(&format!("{call}-2"), &typed(types::CALL_COMPLETED, &last))
                     .await
                     .unwrap();
             }
@@ -553,23 +572,29 @@ mod monitor {
                 db: db(&url, MIGRATIONS).await,
             };
             assert_eq!(
-                repo.apply("d1", types::CALL_DIALING, &event("c1", "a", "k1", None))
-                    .await
-                    .unwrap(),
+                repo.apply(
+                    "d1",
+                    &typed(types::CALL_DIALING, &event("c1", "a", "k1", None))
+                )
+                .await
+                .unwrap(),
                 Applied::Started,
                 "{engine}"
             );
             assert_eq!(
-                repo.apply("d1", types::CALL_DIALING, &event("c1", "a", "k1", None))
-                    .await
-                    .unwrap(),
+                repo.apply(
+                    "d1",
+                    &typed(types::CALL_DIALING, &event("c1", "a", "k1", None))
+                )
+                .await
+                .unwrap(),
                 Applied::Nothing,
                 "{engine}"
             );
             assert_eq!(repo.active().await.unwrap(), 1, "{engine}");
             let done = event("c1", "a", "k1", Some(Outcome::Busy));
             assert_eq!(
-                repo.apply("x1", types::CALL_COMPLETED, &done)
+                repo.apply("x1", &typed(types::CALL_COMPLETED, &done))
                     .await
                     .unwrap(),
                 Applied::Completed("busy".into()),
@@ -578,13 +603,16 @@ mod monitor {
             assert_eq!(repo.active().await.unwrap(), 0, "{engine}");
             // Completion seen before dialing: the call never counts as active.
             let done2 = event("c2", "a", "k2", Some(Outcome::AnsweredHuman));
-            repo.apply("x2", types::CALL_COMPLETED, &done2)
+            repo.apply("x2", &typed(types::CALL_COMPLETED, &done2))
                 .await
                 .unwrap();
             assert_eq!(
-                repo.apply("d2", types::CALL_DIALING, &event("c2", "a", "k2", None))
-                    .await
-                    .unwrap(),
+                repo.apply(
+                    "d2",
+                    &typed(types::CALL_DIALING, &event("c2", "a", "k2", None))
+                )
+                .await
+                .unwrap(),
                 Applied::Nothing,
                 "{engine}"
             );
@@ -602,13 +630,12 @@ mod monitor {
                 team: Some("sales".into()),
                 ..event(call, "a", "k9", outcome)
             };
-            repo.apply("s1", types::CALL_DIALING, &sales("c8", None))
+            repo.apply("s1", &typed(types::CALL_DIALING, &sales("c8", None)))
                 .await
                 .unwrap();
             repo.apply(
                 "s2",
-                types::CALL_COMPLETED,
-                &sales("c9", Some(Outcome::Busy)),
+                &typed(types::CALL_COMPLETED, &sales("c9", Some(Outcome::Busy))),
             )
             .await
             .unwrap();
@@ -622,8 +649,7 @@ mod monitor {
             assert!(none.is_empty(), "{engine}");
             repo.apply(
                 "s3",
-                types::CALL_COMPLETED,
-                &sales("c8", Some(Outcome::Busy)),
+                &typed(types::CALL_COMPLETED, &sales("c8", Some(Outcome::Busy))),
             )
             .await
             .unwrap();
@@ -636,11 +662,13 @@ mod monitor {
             );
             repo.apply(
                 "d3",
-                types::CALL_DIALING,
-                &CallEventData {
-                    at_ms: 1,
-                    ..event("c3", "a", "k1", None)
-                },
+                &typed(
+                    types::CALL_DIALING,
+                    &CallEventData {
+                        at_ms: 1,
+                        ..event("c3", "a", "k1", None)
+                    },
+                ),
             )
             .await
             .unwrap();

@@ -2,7 +2,8 @@
 //! `dial` never places a second call.
 
 use dialstack_common::db::{outbox_enqueue, Db, Migration};
-use dialstack_common::events::{CallEventData, CloudEvent};
+use dialstack_common::events::CloudEvent;
+use dialstack_contract::CallEvent;
 
 /// media-processor's schema.
 pub const MIGRATIONS: &[Migration] = &[Migration {
@@ -52,25 +53,25 @@ impl Repo {
 
     /// Writes a call event into the outbox, updating the call's row in the
     /// same transaction.
-    pub async fn emit(
-        &self,
-        source: &str,
-        ty: &str,
-        data: &CallEventData,
-    ) -> Result<(), sqlx::Error> {
-        let ev = CloudEvent::new(source, ty, &data.call_id, data);
+    pub async fn emit(&self, source: &str, event: &CallEvent) -> Result<(), sqlx::Error> {
+        let call = event.call();
+        let ev = CloudEvent::new(source, event.ty(), &call.call_id, &event.to_value());
+        let outcome = match event {
+            CallEvent::Completed(c) => Some(c.outcome.as_str()),
+            _ => None,
+        };
         let mut tx = self.db.begin().await?;
         sqlx::query("UPDATE calls SET state = ?, outcome = ?, updated_at = ? WHERE call_id = ?")
-            .bind(ty)
-            .bind(data.outcome.map(|o| o.as_str()))
+            .bind(event.ty())
+            .bind(outcome)
             .bind(dialstack_common::now_ms())
-            .bind(&data.call_id)
+            .bind(&call.call_id)
             .execute(&mut *tx)
             .await?;
         outbox_enqueue(
             &mut tx,
             dialstack_common::db::channel::EVENTS,
-            &data.call_id,
+            &call.call_id,
             &ev,
         )
         .await?;

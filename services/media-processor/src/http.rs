@@ -61,7 +61,7 @@ async fn status(
 ) -> Result<ApiJson<MediaStatus>, ApiError> {
     who.require(VIEW)?;
     Ok(ApiJson(MediaStatus {
-        active_calls: state.ctx.transport.active(),
+        active_calls: state.live.len(),
         sip_addr: state
             .ctx
             .transport

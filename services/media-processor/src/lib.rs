@@ -6,14 +6,14 @@
 //! through its outbox. `sim://` as the trunk starts a simulated carrier.
 //!
 //! # Layout
-//! - [`sip`]: SIP message parsing and building, SDP
-//! - [`transport`]: the shared SIP socket and per-call routing
-//! - [`call`]: one call's INVITE/CANCEL/ACK/BYE state machine
-//! - [`media`]: RTP and G.711
+//! - [`sip`]: the SIP edge: message, sdp, dialog, digest, transport
+//! - [`call`]: one call: the INVITE transaction ([`call::invite`]) and the
+//!   answered session ([`call::session`]), phases in [`call::CallPhase`]
+//! - [`rtp`]: RTP, G.711, the stream gate (source and SSRC)
 //! - [`sim`]: the simulated carrier
-//! - [`client`]: service token and attempt claims
+//! - [`scheduler_client`]: service token, attempt claims, lease heartbeats
 //! - [`db`]: placed calls and event emission
-//! - [`messaging`]: the `dial` consumer
+//! - [`messaging`]: the `dial`/`hangup` consumer and the heartbeat
 //! - [`http`]: routes, OpenAPI
 //!
 //! Service-specific settings: `DIALSTACK_SIP_TRUNK` (`sip:host:port` or
@@ -25,17 +25,21 @@
 //! `20000-29999`, `0` for ephemeral), `DIALSTACK_SIP_T1_MS` (default 500),
 //! `DIALSTACK_MAX_CALLS` (default 1000), `DIALSTACK_SCHEDULER_URL`,
 //! `DIALSTACK_USER_SERVICE_URL`, `DIALSTACK_SERVICE_USER` (default
-//! `dialstack-service`), `DIALSTACK_SERVICE_PASSWORD`.
+//! `dialstack-service`), `DIALSTACK_SERVICE_PASSWORD`,
+//! `DIALSTACK_SIP_USERNAME` / `DIALSTACK_SIP_PASSWORD` (digest credentials
+//! for the trunk, both or neither), `DIALSTACK_RTP_LATCH` (`1`: accept and
+//! send RTP to the first packet's source, for NATed carriers; default `0`),
+//! `DIALSTACK_DRAIN_TALK_SECS` (how long answered calls go on after SIGTERM,
+//! default a third of the shutdown grace, at most 10 s).
 
 pub mod call;
-pub mod client;
 pub mod db;
 pub mod http;
-pub mod media;
 pub mod messaging;
+pub mod rtp;
+pub mod scheduler_client;
 pub mod sim;
 pub mod sip;
-pub mod transport;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -43,8 +47,8 @@ use std::time::Duration;
 
 use dialstack_common::bus::Subscription;
 use dialstack_common::config::{CommonConfig, ConfigError, Env};
-use dialstack_common::events::types;
 use dialstack_common::service::{Built, Channels, Service, ServiceBase};
+use dialstack_contract::types;
 use tokio_util::sync::CancellationToken;
 
 /// The service's name.
@@ -86,6 +90,12 @@ pub struct Config {
     pub service_user: String,
     /// Its password.
     pub service_password: String,
+    /// Digest credentials for the trunk.
+    pub sip_credentials: Option<sip::digest::Credentials>,
+    /// RTP latching.
+    pub rtp_latch: bool,
+    /// Talk time left to answered calls at shutdown.
+    pub drain_talk: Duration,
 }
 
 /// Parses `DIALSTACK_SIP_TRUNK`.
@@ -123,8 +133,7 @@ impl Config {
         let common = CommonConfig::from_env(env, PORT)?.require_jwks()?;
         let trunk = parse_trunk(&env.required("DIALSTACK_SIP_TRUNK")?)?;
         let rtp_ports = env.or("DIALSTACK_RTP_PORTS", "20000-29999");
-        media::PortPool::parse(&rtp_ports)
-            .map_err(|e| ConfigError::new("DIALSTACK_RTP_PORTS", e))?;
+        rtp::PortPool::parse(&rtp_ports).map_err(|e| ConfigError::new("DIALSTACK_RTP_PORTS", e))?;
         let t1_ms: u64 = env.parse_or("DIALSTACK_SIP_T1_MS", 500)?;
         if !(10..=5_000).contains(&t1_ms) {
             return Err(ConfigError::new("DIALSTACK_SIP_T1_MS", "must be 10-5000"));
@@ -148,7 +157,53 @@ impl Config {
             media_ip = Some(ip);
             sip_addr.set_ip(ip);
         }
+        let sip_credentials = match (
+            env.get("DIALSTACK_SIP_USERNAME"),
+            env.get("DIALSTACK_SIP_PASSWORD"),
+        ) {
+            (None, None) => None,
+            (Some(u), Some(p)) if !u.is_empty() && !p.is_empty() => {
+                if u.chars().any(char::is_control) {
+                    return Err(ConfigError::new(
+                        "DIALSTACK_SIP_USERNAME",
+                        "must not hold control characters",
+                    ));
+                }
+                Some(sip::digest::Credentials {
+                    username: u.to_owned(),
+                    password: p.to_owned(),
+                })
+            }
+            (Some(_), None) | (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "DIALSTACK_SIP_PASSWORD",
+                    "must be set (non-empty) with DIALSTACK_SIP_USERNAME",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "DIALSTACK_SIP_USERNAME",
+                    "must be set with DIALSTACK_SIP_PASSWORD",
+                ))
+            }
+        };
+        let rtp_latch = match env.or("DIALSTACK_RTP_LATCH", "0").as_str() {
+            "0" => false,
+            "1" => true,
+            _ => return Err(ConfigError::new("DIALSTACK_RTP_LATCH", "must be 0 or 1")),
+        };
+        let grace = common.shutdown_grace.as_secs();
+        let drain_secs: u64 = env.parse_or("DIALSTACK_DRAIN_TALK_SECS", (grace / 3).min(10))?;
+        if drain_secs > 0 && drain_secs >= grace {
+            return Err(ConfigError::new(
+                "DIALSTACK_DRAIN_TALK_SECS",
+                "must be below the shutdown grace",
+            ));
+        }
         Ok(Self {
+            sip_credentials,
+            rtp_latch,
+            drain_talk: Duration::from_secs(drain_secs),
             common,
             trunk,
             sip_addr,
@@ -169,6 +224,8 @@ impl Config {
 pub struct AppState {
     /// Call context.
     pub ctx: Arc<call::CallContext>,
+    /// Live calls.
+    pub live: messaging::LiveCalls,
 }
 
 /// A built media-processor.
@@ -231,29 +288,27 @@ impl Service for Application {
             shutdown,
         )
         .await?;
-        let (trunk, trunk_host) = match &config.trunk {
+        let (trunk_addrs, trunk_host) = match &config.trunk {
             Trunk::Sip(hostport) => {
-                let addr = tokio::net::lookup_host(hostport)
-                    .await?
-                    .next()
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("DIALSTACK_SIP_TRUNK: {hostport} does not resolve")
-                    })?;
-                (addr, hostport.clone())
+                let addrs: Vec<SocketAddr> = tokio::net::lookup_host(hostport).await?.collect();
+                if addrs.is_empty() {
+                    anyhow::bail!("DIALSTACK_SIP_TRUNK: {hostport} does not resolve");
+                }
+                (addrs, hostport.clone())
             }
             Trunk::Sim(sim_config) => {
                 let addr = sim::SimTrunk::start(sim_config.clone(), base.shutdown.clone()).await?;
-                (addr, addr.to_string())
+                (vec![addr], addr.to_string())
             }
         };
+        let trunk = trunk_addrs[0];
         let media_ip = match config.media_ip {
             Some(ip) => ip,
             None => route_to(trunk)?,
         };
-        let malformed = base.metrics.register(&prometheus::IntCounter::new(
-            "dialstack_sip_malformed_total",
-            "SIP datagrams that did not parse",
-        )?);
+        let sip_metrics = sip::SipMetrics::new();
+        base.metrics.register(&sip_metrics.dropped);
+        base.metrics.register(&sip_metrics.restarts);
         let setup = base.metrics.register(&prometheus::Histogram::with_opts(
             prometheus::HistogramOpts::new(
                 "dialstack_call_setup_seconds",
@@ -267,22 +322,30 @@ impl Service for Application {
             "dialstack_media_calls_in_progress",
             "calls this media processor is handling now",
         )?);
-        let transport = transport::SipTransport::bind(config.sip_addr, malformed).await?;
-        tokio::spawn(transport.clone().run(base.shutdown.clone()));
-        tracing::info!(sip = %transport.local_addr()?, %trunk, %media_ip, "sip user agent ready");
+        let transport = sip::SipTransport::bind(config.sip_addr, trunk_addrs, sip_metrics).await?;
+        // The SIP edge outlives the consumers: it stops only once every call
+        // has ended (late 200s ACKed, CANCELs and BYEs answered).
+        let sip_stop = CancellationToken::new();
+        tokio::spawn(transport.clone().run(sip_stop.clone()));
+        base.readiness
+            .add(Arc::new(sip::transport::SipReady(transport.clone())));
+        tracing::info!(sip = %transport.local_addr()?, %trunk, %media_ip, auth = config.sip_credentials.is_some(), "sip user agent ready");
         let ctx = Arc::new(call::CallContext {
             transport,
             trunk,
             trunk_host,
             media_ip,
             ports: Arc::new(
-                media::PortPool::parse(&config.rtp_ports)
+                rtp::PortPool::parse(&config.rtp_ports)
                     .map_err(|e| anyhow::anyhow!("DIALSTACK_RTP_PORTS: {e}"))?,
             ),
             t1: config.t1,
             setup_seconds: setup,
+            credentials: config.sip_credentials.clone(),
+            rtp_latch: config.rtp_latch,
+            drain_talk: config.drain_talk,
         });
-        let client = Arc::new(client::SchedulerClient::new(
+        let client = Arc::new(scheduler_client::SchedulerClient::new(
             &config.scheduler_url,
             &config.users_url,
             &config.service_user,
@@ -293,33 +356,60 @@ impl Service for Application {
             std::env::var("HOSTNAME").unwrap_or_else(|_| NAME.to_owned()),
             uuid::Uuid::now_v7().simple()
         );
-        let handler = Arc::new(messaging::DialHandler {
+        let calls = tokio_util::task::TaskTracker::new();
+        let live = messaging::LiveCalls::default();
+        let handler = Arc::new(messaging::CommandHandler {
             ctx: ctx.clone(),
-            client,
-            claimer,
+            client: client.clone(),
+            claimer: claimer.clone(),
             repo: db::Repo {
                 db: base.db.clone(),
             },
             relay: base.relay.clone(),
-            tasks: base.tasks.clone(),
+            calls: calls.clone(),
             limit: Arc::new(tokio::sync::Semaphore::new(config.max_calls)),
             shutdown: base.shutdown.clone(),
             active,
+            live: live.clone(),
         });
         if let Some(commands) = &base.commands {
             base.spawn_consumer(
                 commands,
-                Subscription::new(NAME, &[types::DIAL]).with_concurrency(16),
+                Subscription::new(NAME, &[types::DIAL, types::HANGUP]).with_concurrency(16),
                 handler,
             )
             .await?;
         }
+        let heartbeat_stop = CancellationToken::new();
+        tokio::spawn(messaging::run_heartbeat(
+            client,
+            claimer,
+            live.clone(),
+            heartbeat_stop.clone(),
+        ));
+        // Drain: after SIGTERM the consumer stops taking dials; calls end
+        // (ringing ones canceled, answered ones given the drain talk time),
+        // each emitting call.completed; then the heartbeat and the SIP edge stop.
+        let shutdown = base.shutdown.clone();
+        base.tasks.spawn(async move {
+            shutdown.cancelled().await;
+            calls.close();
+            calls.wait().await;
+            heartbeat_stop.cancel();
+            sip_stop.cancel();
+            tracing::info!("calls drained, sip edge stopped");
+        });
         let keys = base
             .keys
             .clone()
             .ok_or_else(|| anyhow::anyhow!("no JWKS configured"))?;
         Ok(Self(
-            Built::new(base, http::router(AppState { ctx }, keys), http::openapi()).await?,
+            Built::new(
+                base,
+                http::router(AppState { ctx, live }, keys),
+                http::openapi(),
+            )
+            .await?,
         ))
     }
 

@@ -1,24 +1,98 @@
-//! The `dial` consumer: claim the attempt, record the call, place it, and
-//! report every step as a call event through the outbox.
+//! The commands consumer: `dial` (validate at the edge, hold a call slot,
+//! claim the attempt, record the call, place it, report every step through
+//! the outbox) and `hangup`; and the heartbeat that keeps the leases of live
+//! calls on task-scheduler.
+//!
+//! Dial once: the claim is made only once a call slot is held, so a lease
+//! never runs while the dial waits; while the call lives its lease is
+//! renewed every [`HEARTBEAT_EVERY`]. If this process dies, the leases run
+//! out and task-scheduler resolves the attempts as `failed/media_lost`
+//! without ever redialing them.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use dialstack_common::bus::{Delivery, HandleError, Handler};
 use dialstack_common::db::OutboxRelay;
-use dialstack_common::events::{types, CallEventData, CloudEvent, DialCommand};
+use dialstack_common::events::CloudEvent;
+use dialstack_contract::{
+    types, CallAnswered, CallCompleted, CallDialing, CallEvent, CallRef, CallRinging, DialCommand,
+    HangupCommand,
+};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::call::{place_call, CallContext, Progress};
-use crate::client::{ClaimResult, SchedulerClient};
 use crate::db::Repo;
+use crate::scheduler_client::{ClaimResult, SchedulerClient};
 
-/// How long a claim holds before an undialed attempt is given up.
+/// How long a claim holds without a heartbeat.
 pub const LEASE_MS: i64 = 30_000;
+/// How often live calls' leases are renewed.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 
-/// Consumes `dial` commands.
-pub struct DialHandler {
+/// The calls this instance is placing now, by call id.
+#[derive(Clone, Default)]
+pub struct LiveCalls(Arc<Mutex<HashMap<String, LiveCall>>>);
+
+#[derive(Clone)]
+struct LiveCall {
+    attempt_id: String,
+    hangup: CancellationToken,
+}
+
+impl LiveCalls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveCall>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(&self, call_id: &str, attempt_id: &str) -> CancellationToken {
+        let hangup = CancellationToken::new();
+        self.lock().insert(
+            call_id.to_owned(),
+            LiveCall {
+                attempt_id: attempt_id.to_owned(),
+                hangup: hangup.clone(),
+            },
+        );
+        hangup
+    }
+
+    fn remove(&self, call_id: &str) {
+        self.lock().remove(call_id);
+    }
+
+    /// Ends `call_id` if it lives here; `false` otherwise.
+    pub fn hang_up(&self, call_id: &str) -> bool {
+        match self.lock().get(call_id) {
+            Some(c) => {
+                c.hangup.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Attempt ids of the live calls.
+    pub fn attempts(&self) -> Vec<String> {
+        self.lock().values().map(|c| c.attempt_id.clone()).collect()
+    }
+
+    /// How many calls live.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none lives.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Consumes `dial` and `hangup` commands.
+pub struct CommandHandler {
     /// Where calls go.
     pub ctx: Arc<CallContext>,
     /// Claims.
@@ -29,57 +103,60 @@ pub struct DialHandler {
     pub repo: Repo,
     /// Woken after each event.
     pub relay: OutboxRelay,
-    /// Calls in progress.
-    pub tasks: TaskTracker,
+    /// Calls in progress (drained at shutdown before the SIP edge stops).
+    pub calls: TaskTracker,
     /// Caps calls in progress on this instance.
     pub limit: Arc<Semaphore>,
     /// Root token.
     pub shutdown: CancellationToken,
-    /// Calls placed, by final outcome.
+    /// Calls in progress (gauge).
     pub active: prometheus::IntGauge,
-}
-
-fn check(cmd: &DialCommand) -> Result<(), String> {
-    for (field, v) in [
-        ("attempt_id", &cmd.attempt_id),
-        ("call_id", &cmd.call_id),
-        ("campaign_id", &cmd.campaign_id),
-        ("phone", &cmd.phone),
-    ] {
-        if v.is_empty() || v.len() > 64 {
-            return Err(format!("{field} must be 1-64 characters"));
-        }
-    }
-    let digits = cmd.phone.strip_prefix('+').unwrap_or("");
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err("phone is not E.164".into());
-    }
-    if cmd.call_id.contains(|c: char| c.is_whitespace()) {
-        return Err("call_id must not contain whitespace".into());
-    }
-    if cmd
-        .team
-        .as_ref()
-        .is_some_and(|t| t.is_empty() || t.len() > 64)
-    {
-        return Err("team must be 1-64 characters".into());
-    }
-    Ok(())
+    /// Live calls, for hang-up and heartbeats.
+    pub live: LiveCalls,
 }
 
 #[async_trait::async_trait]
-impl Handler for DialHandler {
+impl Handler for CommandHandler {
     async fn handle(&self, d: &Delivery) -> Result<(), HandleError> {
         let ev = CloudEvent::from_slice(&d.payload)
             .map_err(|e| HandleError::Permanent(e.to_string()))?;
-        if ev.ty != types::DIAL {
-            tracing::debug!(ty = %ev.ty, "command ignored");
-            return Ok(());
+        match ev.ty.as_str() {
+            types::DIAL => self.dial(&ev).await,
+            types::HANGUP => {
+                let cmd: HangupCommand = ev
+                    .data_as()
+                    .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                cmd.validate()
+                    .map_err(|e| HandleError::Permanent(format!("hangup: {e}")))?;
+                let here = self.live.hang_up(&cmd.call_id);
+                tracing::info!(call_id = %cmd.call_id, here, "hang-up command");
+                Ok(())
+            }
+            other => {
+                tracing::debug!(ty = %other, "command ignored");
+                Ok(())
+            }
         }
+    }
+}
+
+impl CommandHandler {
+    async fn dial(&self, ev: &CloudEvent) -> Result<(), HandleError> {
         let cmd: DialCommand = ev
             .data_as()
             .map_err(|e| HandleError::Permanent(e.to_string()))?;
-        check(&cmd).map_err(HandleError::Permanent)?;
+        cmd.validate().map_err(|e| {
+            tracing::warn!(field = e.field, reason = %e.reason, "dial command refused at the edge");
+            HandleError::Permanent(format!("dial: {e}"))
+        })?;
+        if self.shutdown.is_cancelled() {
+            return Err(HandleError::Transient("shutting down".into()));
+        }
+        // A slot first, then the claim: a lease never runs while we wait.
+        let permit = tokio::select! {
+            p = self.limit.clone().acquire_owned() => p.map_err(|_| HandleError::Transient("shutting down".into()))?,
+            _ = self.shutdown.cancelled() => return Err(HandleError::Transient("shutting down".into())),
+        };
         match self
             .client
             .claim(&cmd.attempt_id, &self.claimer, LEASE_MS)
@@ -101,43 +178,41 @@ impl Handler for DialHandler {
             tracing::info!(call_id = %cmd.call_id, "dial redelivered for a call already placed, dropped");
             return Ok(());
         }
-        let permit = self
-            .limit
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| HandleError::Transient("shutting down".into()))?;
+        let hangup = self.live.insert(&cmd.call_id, &cmd.attempt_id);
         let ctx = self.ctx.clone();
         let repo = self.repo.clone();
         let relay = self.relay.clone();
         let shutdown = self.shutdown.clone();
         let active = self.active.clone();
-        self.tasks.spawn(async move {
+        let live = self.live.clone();
+        self.calls.spawn(async move {
             let _permit = permit;
             active.inc();
-            run_call(ctx, cmd, repo, relay, shutdown).await;
+            let call_id = cmd.call_id.clone();
+            run_call(ctx, cmd, repo, relay, hangup, shutdown).await;
+            live.remove(&call_id);
             active.dec();
         });
         Ok(())
     }
 }
 
-async fn emit(repo: &Repo, relay: &OutboxRelay, ty: &str, data: &CallEventData) {
+async fn emit(repo: &Repo, relay: &OutboxRelay, event: &CallEvent) {
     // An event that cannot be stored is retried: a lost call.completed would
-    // leave the attempt open forever.
+    // leave the attempt to the reaper.
     for attempt in 0..20u32 {
-        match repo.emit(crate::NAME, ty, data).await {
+        match repo.emit(crate::NAME, event).await {
             Ok(()) => {
                 relay.notify();
                 return;
             }
             Err(e) => {
-                tracing::warn!(call_id = %data.call_id, error = %e, attempt, "cannot store call event, retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(5))).await;
+                tracing::warn!(call_id = %event.call().call_id, error = %e, attempt, "cannot store call event, retrying");
+                tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
             }
         }
     }
-    tracing::error!(call_id = %data.call_id, %ty, "call event lost after retries");
+    tracing::error!(call_id = %event.call().call_id, ty = event.ty(), "call event lost after retries");
 }
 
 async fn run_call(
@@ -145,15 +220,20 @@ async fn run_call(
     cmd: DialCommand,
     repo: Repo,
     relay: OutboxRelay,
+    hangup: CancellationToken,
     shutdown: CancellationToken,
 ) {
-    let base = CallEventData {
+    let base = CallRef {
         call_id: cmd.call_id.clone(),
         attempt_id: cmd.attempt_id.clone(),
         campaign_id: cmd.campaign_id.clone(),
         phone: cmd.phone.clone(),
+        at_ms: 0,
         team: cmd.team.clone(),
-        ..Default::default()
+    };
+    let now = |b: &CallRef| CallRef {
+        at_ms: dialstack_common::now_ms(),
+        ..b.clone()
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let reporter = {
@@ -162,62 +242,65 @@ async fn run_call(
         let base = base.clone();
         tokio::spawn(async move {
             while let Some(p) = rx.recv().await {
-                let mut data = base.clone();
-                data.at_ms = dialstack_common::now_ms();
-                let ty = match p {
-                    Progress::Dialing => types::CALL_DIALING,
-                    Progress::Ringing => types::CALL_RINGING,
+                let call = now(&base);
+                let event = match p {
+                    Progress::Dialing => CallEvent::Dialing(CallDialing { call }),
+                    Progress::Ringing => CallEvent::Ringing(CallRinging { call }),
                     Progress::Answered { ring_ms } => {
-                        data.ring_ms = Some(ring_ms);
-                        types::CALL_ANSWERED
+                        CallEvent::Answered(CallAnswered { call, ring_ms })
                     }
                 };
-                emit(&repo, &relay, ty, &data).await;
+                emit(&repo, &relay, &event).await;
             }
         })
     };
-    let report = place_call(&ctx, &cmd, tx, shutdown).await;
+    let span = tracing::info_span!("call", call_id = %cmd.call_id);
+    let report =
+        tracing::Instrument::instrument(place_call(&ctx, &cmd, tx, hangup, shutdown), span).await;
     let _ = reporter.await;
-    let mut data = base;
-    data.at_ms = dialstack_common::now_ms();
-    data.outcome = Some(report.outcome);
-    data.reason = report.reason;
-    data.sip_status = report.sip_status;
-    data.ring_ms = Some(report.ring_ms);
-    data.talk_ms = Some(report.talk_ms);
-    data.rtp_sent = Some(report.rtp_sent);
-    data.rtp_received = Some(report.rtp_received);
-    emit(&repo, &relay, types::CALL_COMPLETED, &data).await;
+    let done = CallCompleted {
+        call: now(&base),
+        outcome: report.outcome,
+        reason: report.reason,
+        sip_status: report.sip_status,
+        ring_ms: report.ring_ms,
+        talk_ms: report.talk_ms,
+        rtp_sent: report.rtp_sent,
+        rtp_received: report.rtp_received,
+        agent_id: None,
+        quality: None,
+    };
+    emit(&repo, &relay, &CallEvent::Completed(done)).await;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn malformed_commands_are_refused() {
-        let good = DialCommand {
-            attempt_id: "a".into(),
-            call_id: "c".into(),
-            campaign_id: "k".into(),
-            phone: "+14155550101".into(),
-            caller_id: "+14155550100".into(),
-            talk_time_ms: 1,
-            ring_timeout_ms: 15_000,
-            team: None,
-        };
-        assert!(check(&good).is_ok());
-        let mut bad = good.clone();
-        bad.phone = "14155550101".into();
-        assert!(check(&bad).is_err());
-        let mut bad = good.clone();
-        bad.call_id = "a b".into();
-        assert!(check(&bad).is_err());
-        let mut bad = good.clone();
-        bad.team = Some(String::new());
-        assert!(check(&bad).is_err());
-        let mut bad = good;
-        bad.attempt_id = String::new();
-        assert!(check(&bad).is_err());
+/// Renews the leases of live calls every [`HEARTBEAT_EVERY`] until `stop`.
+pub async fn run_heartbeat(
+    client: Arc<SchedulerClient>,
+    claimer: String,
+    live: LiveCalls,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+        }
+        let ids = live.attempts();
+        if ids.is_empty() {
+            continue;
+        }
+        for chunk in ids.chunks(2_000) {
+            match client.heartbeat(&claimer, chunk, LEASE_MS).await {
+                Ok(n) if n < chunk.len() as u64 => {
+                    tracing::warn!(
+                        live = chunk.len(),
+                        renewed = n,
+                        "some call leases were not renewed (resolved by the reaper)"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, calls = chunk.len(), "lease heartbeat failed"),
+            }
+        }
     }
 }

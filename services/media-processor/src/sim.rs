@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use crate::media::{run_stream, RtpStats};
+use crate::rtp::send_tone;
 use crate::sip::{response_to, Message};
 
 /// The simulated carrier's behaviour.
@@ -285,16 +285,15 @@ impl SimTrunk {
             calls.remove(msg.call_id());
             return;
         }
-        let Ok(offer) = crate::sip::parse_sdp_answer(&call.invite.body) else {
+        let Ok(offer) = crate::sip::sdp::parse_remote(call.invite.body_str().unwrap_or("")) else {
             return;
         };
         let stop = CancellationToken::new();
         call.stop = stop.clone();
-        tokio::spawn(run_stream(
+        tokio::spawn(send_tone(
             self.rtp.clone(),
             offer.addr,
             offer.payload_type,
-            Arc::new(RtpStats::default()),
             stop,
         ));
     }

@@ -8,10 +8,10 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dialstack_common::events::{DialCommand, Outcome};
+use dialstack_contract::{DialCommand, FailReason, Outcome};
 use media_processor::call::{place_call, CallContext, Progress, Report};
-use media_processor::media::PortPool;
-use media_processor::transport::SipTransport;
+use media_processor::rtp::PortPool;
+use media_processor::sip::{SipMetrics, SipTransport};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -79,10 +79,13 @@ impl Sipp {
 
 async fn context(trunk: SocketAddr, t1: Duration) -> (CallContext, CancellationToken) {
     let stop = CancellationToken::new();
-    let malformed = prometheus::IntCounter::new("malformed", "malformed").unwrap();
-    let transport = SipTransport::bind("127.0.0.1:0".parse().unwrap(), malformed)
-        .await
-        .unwrap();
+    let transport = SipTransport::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![trunk],
+        SipMetrics::new(),
+    )
+    .await
+    .unwrap();
     tokio::spawn(transport.clone().run(stop.clone()));
     let ctx = CallContext {
         transport,
@@ -95,6 +98,9 @@ async fn context(trunk: SocketAddr, t1: Duration) -> (CallContext, CancellationT
             "setup", "setup",
         ))
         .unwrap(),
+        credentials: None,
+        rtp_latch: false,
+        drain_talk: Duration::from_secs(1),
     };
     (ctx, stop)
 }
@@ -116,7 +122,13 @@ async fn call(ctx: &CallContext, cmd: &DialCommand) -> (Report, Vec<Progress>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let report = tokio::time::timeout(
         Duration::from_secs(30),
-        place_call(ctx, cmd, tx, CancellationToken::new()),
+        place_call(
+            ctx,
+            cmd,
+            tx,
+            CancellationToken::new(),
+            CancellationToken::new(),
+        ),
     )
     .await
     .expect("the call ends");
@@ -202,7 +214,7 @@ async fn malformed_response_fails_the_call_at_once() {
     let started = Instant::now();
     let (report, _) = call(&ctx, &command(600, 15_000)).await;
     assert_eq!(report.outcome, Outcome::Failed);
-    assert_eq!(report.reason.as_deref(), Some("malformed_response"));
+    assert_eq!(report.reason, Some(FailReason::MalformedResponse));
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "no waiting for timer B"
@@ -217,7 +229,7 @@ async fn silent_trunk_times_out_after_timer_b() {
     let started = Instant::now();
     let (report, _) = call(&ctx, &command(600, 15_000)).await;
     assert_eq!(report.outcome, Outcome::Failed);
-    assert_eq!(report.reason.as_deref(), Some("timeout"));
+    assert_eq!(report.reason, Some(FailReason::Timeout));
     let elapsed = started.elapsed();
     assert!(
         elapsed >= Duration::from_millis(64 * 20) && elapsed < Duration::from_secs(10),

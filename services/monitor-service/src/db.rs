@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use dialstack_common::db::{inbox_claim, Db, Migration};
-use dialstack_common::events::{types, CallEventData};
+use dialstack_contract::CallEvent;
 use sqlx::Row;
 
 /// monitor-service's schema.
@@ -52,20 +52,18 @@ pub struct Repo {
 
 impl Repo {
     /// Applies one call event, once.
-    pub async fn apply(
-        &self,
-        event_id: &str,
-        ty: &str,
-        d: &CallEventData,
-    ) -> Result<Applied, sqlx::Error> {
-        if ty != types::CALL_DIALING && ty != types::CALL_COMPLETED {
-            return Ok(Applied::Nothing);
-        }
+    pub async fn apply(&self, event_id: &str, ev: &CallEvent) -> Result<Applied, sqlx::Error> {
+        let outcome = match ev {
+            CallEvent::Dialing(_) => None,
+            CallEvent::Completed(c) => Some(c.outcome.as_str().to_owned()),
+            _ => return Ok(Applied::Nothing),
+        };
+        let d = ev.call();
         let mut tx = self.db.begin().await?;
         if !inbox_claim(&mut tx, self.db.dialect, crate::NAME, event_id).await? {
             return Ok(Applied::Nothing);
         }
-        let applied = if ty == types::CALL_DIALING {
+        let applied = if outcome.is_none() {
             // A call whose completion was already seen (events out of order) is not active.
             let done = sqlx::query(&format!(
                 "{} INTO active_calls (call_id, campaign_id, started_at, team)
@@ -86,7 +84,7 @@ impl Repo {
                 Applied::Nothing
             }
         } else {
-            let outcome = d.outcome.map(|o| o.as_str()).unwrap_or("failed").to_owned();
+            let outcome = outcome.unwrap_or_default();
             sqlx::query("DELETE FROM active_calls WHERE call_id = ?")
                 .bind(&d.call_id)
                 .execute(&mut *tx)

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use dialstack_common::events::Outcome;
+use dialstack_contract::Outcome;
 
 /// Outcomes that count as failures for the failure-rate alert: the network or
 /// the callee refused the call or it broke (`busy`, `rejected`, `failed`).

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use dialstack_common::bus::{Delivery, HandleError, Handler};
-use dialstack_common::events::{types, CallEventData, CloudEvent};
+use dialstack_common::events::CloudEvent;
+use dialstack_contract::{types, CallEvent};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{Applied, Repo};
@@ -25,17 +26,14 @@ impl Handler for CallEvents {
     async fn handle(&self, d: &Delivery) -> Result<(), HandleError> {
         let ev = CloudEvent::from_slice(&d.payload)
             .map_err(|e| HandleError::Permanent(e.to_string()))?;
-        let data: CallEventData = ev
-            .data_as()
-            .map_err(|e| HandleError::Permanent(e.to_string()))?;
-        if data.call_id.is_empty() || data.call_id.len() > 36 || data.campaign_id.len() > 36 {
-            return Err(HandleError::Permanent(
-                "call_id or campaign_id missing or too long".into(),
-            ));
-        }
+        let Some(call) = CallEvent::parse(&ev.ty, &ev.data)
+            .map_err(|e| HandleError::Permanent(format!("{}: {e}", ev.ty)))?
+        else {
+            return Ok(());
+        };
         let applied = self
             .repo
-            .apply(&ev.id, &ev.ty, &data)
+            .apply(&ev.id, &call)
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))?;
         match applied {
@@ -44,7 +42,7 @@ impl Handler for CallEvents {
             Applied::Completed(outcome) => {
                 self.metrics
                     .calls
-                    .with_label_values(&[&data.campaign_id, &outcome])
+                    .with_label_values(&[&call.call().campaign_id, &outcome])
                     .inc();
                 if self.metrics.active.get() > 0 {
                     self.metrics.active.dec();

@@ -4,7 +4,7 @@
 //! event is applied once (inbox).
 
 use dialstack_common::db::{inbox_claim, Db, Migration};
-use dialstack_common::events::{types, CallEventData};
+use dialstack_contract::{types, CallEvent};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -150,14 +150,19 @@ pub fn stage(ty: &str) -> Option<(&'static str, i64)> {
 impl Repo {
     /// Applies one call event to its CDR, once. Returns `false` for an event
     /// already applied or of a type that does not change the CDR.
-    pub async fn apply(
-        &self,
-        event_id: &str,
-        ty: &str,
-        d: &CallEventData,
-    ) -> Result<bool, sqlx::Error> {
-        let Some((state, rank)) = stage(ty) else {
+    pub async fn apply(&self, event_id: &str, ev: &CallEvent) -> Result<bool, sqlx::Error> {
+        let Some((state, rank)) = stage(ev.ty()) else {
             return Ok(false);
+        };
+        let d = ev.call();
+        let done = match ev {
+            CallEvent::Completed(c) => Some(c),
+            _ => None,
+        };
+        let ring_ms = match ev {
+            CallEvent::Answered(a) => Some(a.ring_ms),
+            CallEvent::Completed(c) => Some(c.ring_ms),
+            _ => None,
         };
         let mut tx = self.db.begin().await?;
         if !inbox_claim(&mut tx, self.db.dialect, crate::NAME, event_id).await? {
@@ -195,19 +200,19 @@ impl Repo {
             .bind(&d.campaign_id)
             .bind(&d.phone)
             .bind(state)
-            .bind(d.outcome.map(|o| o.as_str()))
-            .bind(d.reason.clone())
-            .bind(d.sip_status.map(i64::from))
+            .bind(done.map(|c| c.outcome.as_str()))
+            .bind(done.and_then(|c| c.reason).map(|r| r.as_str()))
+            .bind(done.and_then(|c| c.sip_status).map(i64::from))
             .bind(at("dialing"))
             .bind(at("ringing"))
             .bind(at("answered"))
             .bind(at("completed"))
-            .bind(d.ring_ms)
-            .bind(d.talk_ms)
-            .bind(d.rtp_sent.map(|n| n as i64))
-            .bind(d.rtp_received.map(|n| n as i64))
+            .bind(ring_ms)
+            .bind(done.map(|c| c.talk_ms))
+            .bind(done.map(|c| c.rtp_sent as i64))
+            .bind(done.map(|c| c.rtp_received as i64))
             .bind(d.team.clone())
-            .bind(d.agent_id.clone())
+            .bind(done.and_then(|c| c.agent_id.clone()))
             .bind(rank)
             .bind(dialstack_common::now_ms())
             .execute(&mut *tx)

@@ -4,8 +4,8 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::Router;
 use dialstack_common::auth::{require_auth, roles, Keys, Principal, Role, RouteRoles};
-use dialstack_common::events::Outcome;
 use dialstack_common::http::{ApiError, ApiJson, ApiQuery, BearerSecurity, ErrorBody};
+use dialstack_contract::Outcome;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 

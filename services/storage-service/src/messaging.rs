@@ -1,7 +1,8 @@
 //! The call-event consumer.
 
 use dialstack_common::bus::{Delivery, HandleError, Handler};
-use dialstack_common::events::{CallEventData, CloudEvent};
+use dialstack_common::events::CloudEvent;
+use dialstack_contract::CallEvent;
 
 use crate::db::Repo;
 
@@ -19,20 +20,13 @@ impl Handler for CallEvents {
     async fn handle(&self, d: &Delivery) -> Result<(), HandleError> {
         let ev = CloudEvent::from_slice(&d.payload)
             .map_err(|e| HandleError::Permanent(e.to_string()))?;
-        let data: CallEventData = ev
-            .data_as()
-            .map_err(|e| HandleError::Permanent(e.to_string()))?;
-        if data.call_id.is_empty()
-            || data.call_id.len() > 36
-            || data.campaign_id.len() > 36
-            || data.attempt_id.len() > 36
-        {
-            return Err(HandleError::Permanent(
-                "call_id, attempt_id or campaign_id missing or too long".into(),
-            ));
-        }
+        let Some(call) = CallEvent::parse(&ev.ty, &ev.data)
+            .map_err(|e| HandleError::Permanent(format!("{}: {e}", ev.ty)))?
+        else {
+            return Ok(());
+        };
         self.repo
-            .apply(&ev.id, &ev.ty, &data)
+            .apply(&ev.id, &call)
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))?;
         Ok(())

@@ -8,7 +8,11 @@
 use std::collections::BTreeMap;
 
 use dialstack_common::db::{outbox_enqueue, Db, Migration, Tx};
-use dialstack_common::events::{types, CallEventData, CampaignStateData, CloudEvent, DialCommand};
+use dialstack_common::events::CloudEvent;
+use dialstack_contract::{
+    types, CallCompleted, CallEvent, CallRef, CampaignStateChanged, DialCommand, FailReason,
+    Outcome,
+};
 use sqlx::Row;
 
 use crate::domain::NewCampaign;
@@ -415,9 +419,9 @@ impl Repo {
     pub async fn apply_call_event(
         &self,
         event_id: &str,
-        ty: &str,
-        data: &CallEventData,
+        ev: &CallEvent,
     ) -> Result<Option<String>, sqlx::Error> {
+        let data = ev.call();
         let mut tx = self.db.begin().await?;
         if !dialstack_common::db::inbox_claim(&mut tx, self.db.dialect, crate::NAME, event_id)
             .await?
@@ -425,8 +429,8 @@ impl Repo {
             return Ok(None);
         }
         let now = dialstack_common::now_ms();
-        let completed = match ty {
-            types::CALL_DIALING => {
+        let completed = match ev {
+            CallEvent::Dialing(_) => {
                 sqlx::query(
                     "UPDATE attempts SET state = 'dialing', updated_at = ? WHERE id = ? AND state IN ('queued', 'claimed')",
                 )
@@ -436,14 +440,14 @@ impl Repo {
                 .await?;
                 false
             }
-            types::CALL_COMPLETED => {
+            CallEvent::Completed(done) => {
                 let moved = sqlx::query(
                     "UPDATE attempts SET state = 'completed', outcome = ?, reason = ?, sip_status = ?, updated_at = ?
                      WHERE id = ? AND state <> 'completed'",
                 )
-                .bind(data.outcome.map(|o| o.as_str()).unwrap_or("failed"))
-                .bind(data.reason.clone())
-                .bind(data.sip_status.map(i64::from))
+                .bind(done.outcome.as_str())
+                .bind(done.reason.map(|r| r.as_str()))
+                .bind(done.sip_status.map(i64::from))
                 .bind(now)
                 .bind(&data.attempt_id)
                 .execute(&mut *tx)
@@ -456,19 +460,112 @@ impl Repo {
         Ok(completed.then(|| data.campaign_id.clone()))
     }
 
-    /// Fails every claimed attempt whose lease ran out without a
-    /// `call.dialing`: `failed/media_lost`, never redialed automatically.
-    pub async fn expire_leases(&self) -> Result<u64, sqlx::Error> {
+    /// Extends the lease of the attempts `claimer` holds (claimed or
+    /// dialing) among `ids` to `lease_until`; returns how many it extended.
+    /// An attempt the reaper already resolved is not revived.
+    pub async fn renew_leases(
+        &self,
+        claimer: &str,
+        ids: &[String],
+        lease_until: i64,
+    ) -> Result<u64, sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "UPDATE attempts SET lease_until = ? WHERE claimed_by = ? AND state IN ('claimed', 'dialing'){}",
+            dialstack_common::db::and_in("id", ids.len())
+        );
+        let mut q = sqlx::query(&sql).bind(lease_until).bind(claimer);
+        for id in ids {
+            q = q.bind(id);
+        }
+        Ok(q.execute(&self.db.pool).await?.rows_affected())
+    }
+
+    /// Resolves attempts that will never hear from a media processor, each
+    /// to `failed` with a typed reason and a `call.completed` event (so the
+    /// CDR and the counters see it), never to a redial:
+    /// - `claimed` or `dialing` whose lease ran out (the media processor
+    ///   died or lost the call: it renews the lease while a call lives):
+    ///   `media_lost`;
+    /// - `queued` for longer than `queued_timeout_ms` (the dial command was
+    ///   dead-lettered or lost): `dial_lost`. A late dial then finds the
+    ///   attempt completed and its claim is refused.
+    ///
+    /// Returns the campaigns touched. At most `limit` attempts per call.
+    pub async fn reap_stuck(
+        &self,
+        queued_timeout_ms: i64,
+        limit: i64,
+        source: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
         let now = dialstack_common::now_ms();
-        let done = sqlx::query(
-            "UPDATE attempts SET state = 'completed', outcome = 'failed', reason = 'media_lost', updated_at = ?
-             WHERE state = 'claimed' AND lease_until < ?",
+        let rows = sqlx::query(
+            "SELECT a.id, a.state, a.call_id, a.campaign_id, a.phone, c.team FROM attempts a
+             JOIN campaigns c ON c.id = a.campaign_id
+             WHERE (a.state IN ('claimed', 'dialing') AND a.lease_until < ?)
+                OR (a.state = 'queued' AND a.updated_at < ?)
+             LIMIT ?",
         )
         .bind(now)
-        .bind(now)
-        .execute(&self.db.pool)
+        .bind(now - queued_timeout_ms)
+        .bind(limit)
+        .fetch_all(&self.db.pool)
         .await?;
-        Ok(done.rows_affected())
+        let mut touched = Vec::new();
+        for r in rows {
+            let id: String = r.get(0);
+            let state: String = r.get(1);
+            let reason = if state == "queued" {
+                FailReason::DialLost
+            } else {
+                FailReason::MediaLost
+            };
+            let mut tx = self.db.begin().await?;
+            let moved = sqlx::query(
+                "UPDATE attempts SET state = 'completed', outcome = 'failed', reason = ?, updated_at = ?
+                 WHERE id = ? AND state = ?",
+            )
+            .bind(reason.as_str())
+            .bind(now)
+            .bind(&id)
+            .bind(&state)
+            .execute(&mut *tx)
+            .await?;
+            if moved.rows_affected() != 1 {
+                continue;
+            }
+            let call_id: Option<String> = r.get(2);
+            let call_id = call_id.unwrap_or_else(|| id.clone());
+            let campaign_id: String = r.get(3);
+            let done = CallCompleted::unanswered(
+                CallRef {
+                    call_id: call_id.clone(),
+                    attempt_id: id.clone(),
+                    campaign_id: campaign_id.clone(),
+                    phone: r.get(4),
+                    at_ms: now,
+                    team: r.get(5),
+                },
+                Outcome::Failed,
+                Some(reason),
+            );
+            let ev = CloudEvent::new(source, types::CALL_COMPLETED, &call_id, &done);
+            outbox_enqueue(
+                &mut tx,
+                dialstack_common::db::channel::EVENTS,
+                &call_id,
+                &ev,
+            )
+            .await?;
+            tx.commit().await?;
+            tracing::warn!(attempt_id = %id, %call_id, from = %state, reason = reason.as_str(), "attempt resolved by the reaper");
+            if !touched.contains(&campaign_id) {
+                touched.push(campaign_id);
+            }
+        }
+        Ok(touched)
     }
 
     /// A campaign's progress.
@@ -509,7 +606,7 @@ async fn campaign_event(
     id: &str,
     state: &str,
 ) -> Result<(), sqlx::Error> {
-    let data = CampaignStateData {
+    let data = CampaignStateChanged {
         campaign_id: id.to_owned(),
         state: state.to_owned(),
     };

@@ -76,6 +76,26 @@ pub struct ClaimRequest {
     pub lease_ms: Option<i64>,
 }
 
+/// `POST /v1/attempts/heartbeat` body: the attempts whose calls still live.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// Who holds them (the claimer of each claim).
+    pub claimer: String,
+    /// The attempts (at most 2000).
+    pub attempt_ids: Vec<String>,
+    /// New lease length from now (ms, 1000-300000, default 30000).
+    #[serde(default)]
+    pub lease_ms: Option<i64>,
+}
+
+/// How many leases a heartbeat extended.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct HeartbeatResponse {
+    /// Leases extended; attempts not counted were resolved or are held by another claimer.
+    pub renewed: u64,
+}
+
 /// A granted claim.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ClaimResponse {
@@ -88,8 +108,8 @@ pub struct ClaimResponse {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "dialstack task-scheduler", version = "1"),
-    paths(create_campaign, start_campaign, get_campaign, claim_attempt, list_leads, get_lead),
-    components(schemas(NewCampaignRequest, ContactInput, Campaign, Progress, ClaimRequest, ClaimResponse,
+    paths(create_campaign, start_campaign, get_campaign, claim_attempt, heartbeat, list_leads, get_lead),
+    components(schemas(NewCampaignRequest, ContactInput, Campaign, Progress, ClaimRequest, ClaimResponse, HeartbeatRequest, HeartbeatResponse,
         Lead, LeadAttempt, LeadPage, ErrorBody)),
     modifiers(&BearerSecurity)
 )]
@@ -115,6 +135,11 @@ pub const ROUTES: &[RouteRoles] = &[
     RouteRoles {
         method: "POST",
         path: "/v1/attempts/{id}/claim",
+        roles: CLAIM,
+    },
+    RouteRoles {
+        method: "POST",
+        path: "/v1/attempts/heartbeat",
         roles: CLAIM,
     },
     RouteRoles {
@@ -152,6 +177,10 @@ pub fn router(state: AppState, keys: Keys) -> Router {
         .route(
             "/v1/attempts/{id}/claim",
             post(claim_attempt).route_layer(roles(CLAIM)),
+        )
+        .route(
+            "/v1/attempts/heartbeat",
+            post(heartbeat).route_layer(roles(CLAIM)),
         )
         .route("/v1/leads", get(list_leads).route_layer(roles(READ_LEADS)))
         .route(
@@ -269,6 +298,44 @@ async fn claim_attempt(
         )),
         Claim::Unknown => Err(ApiError::not_found("attempt")),
     }
+}
+
+/// Extends the leases of attempts whose calls still live (one request per
+/// media processor every few seconds). An attempt the reaper already
+/// resolved stays resolved.
+#[utoipa::path(post, path = "/v1/attempts/heartbeat", request_body = HeartbeatRequest, security(("bearer" = [])),
+    responses((status = 200, body = HeartbeatResponse), (status = 400, body = ErrorBody)))]
+async fn heartbeat(
+    State(state): State<AppState>,
+    who: Principal,
+    ApiJson(req): ApiJson<HeartbeatRequest>,
+) -> Result<ApiJson<HeartbeatResponse>, ApiError> {
+    who.require(CLAIM)?;
+    if req.claimer.is_empty() || req.claimer.len() > 128 {
+        return Err(ApiError::invalid("claimer", "must be 1-128 characters"));
+    }
+    if req.attempt_ids.len() > 2_000 {
+        return Err(ApiError::invalid(
+            "attempt_ids",
+            "at most 2000 per heartbeat",
+        ));
+    }
+    if req.attempt_ids.iter().any(|i| i.is_empty() || i.len() > 64) {
+        return Err(ApiError::invalid(
+            "attempt_ids",
+            "ids must be 1-64 characters",
+        ));
+    }
+    let lease_ms = req.lease_ms.unwrap_or(30_000);
+    if !(1_000..=300_000).contains(&lease_ms) {
+        return Err(ApiError::invalid("lease_ms", "must be 1000-300000"));
+    }
+    let until = dialstack_common::now_ms() + lease_ms;
+    let mut renewed = 0;
+    for chunk in req.attempt_ids.chunks(500) {
+        renewed += state.repo.renew_leases(&req.claimer, chunk, until).await?;
+    }
+    Ok(ApiJson(HeartbeatResponse { renewed }))
 }
 
 /// Leads with their attempts: agents get the leads they own, supervisors

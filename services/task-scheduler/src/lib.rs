@@ -8,7 +8,10 @@
 //! - [`domain`]: campaign validation (E.164), the pacer
 //! - [`db`]: campaigns, leads, attempts and their state transitions
 //! - [`http`]: routes, OpenAPI
-//! - [`messaging`]: call-event consumer, dispatcher, lease reaper
+//! - [`messaging`]: call-event consumer, dispatcher, reaper of attempts
+//!   stuck `queued`, `claimed` or `dialing`
+//!
+//! Service-specific settings: `DIALSTACK_QUEUED_TIMEOUT_SECS` (default 600).
 
 pub mod db;
 pub mod domain;
@@ -34,13 +37,27 @@ pub const PORT: u16 = 8080;
 pub struct Config {
     /// Shared settings (`DIALSTACK_JWKS_URL` is required).
     pub common: CommonConfig,
+    /// How long an attempt may wait `queued` (its dial command unclaimed)
+    /// before the reaper fails it as `dial_lost`
+    /// (`DIALSTACK_QUEUED_TIMEOUT_SECS`, default 600).
+    pub queued_timeout: std::time::Duration,
 }
 
 impl Config {
     /// Reads the settings.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let common = CommonConfig::from_env(env, PORT)?.require_jwks()?;
-        Ok(Self { common })
+        let secs: u64 = env.parse_or("DIALSTACK_QUEUED_TIMEOUT_SECS", 600)?;
+        if !(5..=86_400).contains(&secs) {
+            return Err(ConfigError::new(
+                "DIALSTACK_QUEUED_TIMEOUT_SECS",
+                "must be 5-86400",
+            ));
+        }
+        Ok(Self {
+            common,
+            queued_timeout: std::time::Duration::from_secs(secs),
+        })
     }
 }
 
@@ -98,9 +115,11 @@ impl Service for Application {
             wake.clone(),
             base.shutdown.clone(),
         ));
-        base.tasks.spawn(messaging::run_lease_reaper(
+        base.tasks.spawn(messaging::run_reaper(
             repo.clone(),
+            base.relay.clone(),
             wake.clone(),
+            config.queued_timeout,
             base.shutdown.clone(),
         ));
         let keys = base

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use dialstack_common::bus::{Delivery, HandleError, Handler};
 use dialstack_common::db::OutboxRelay;
-use dialstack_common::events::{types, CallEventData, CloudEvent};
+use dialstack_common::events::CloudEvent;
+use dialstack_contract::{types, CallEvent};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -27,15 +28,14 @@ impl Handler for CallEvents {
     async fn handle(&self, d: &Delivery) -> Result<(), HandleError> {
         let ev = CloudEvent::from_slice(&d.payload)
             .map_err(|e| HandleError::Permanent(e.to_string()))?;
-        let data: CallEventData = ev
-            .data_as()
-            .map_err(|e| HandleError::Permanent(e.to_string()))?;
-        if data.attempt_id.is_empty() {
-            return Err(HandleError::Permanent("attempt_id is empty".into()));
-        }
+        let Some(call) = CallEvent::parse(&ev.ty, &ev.data)
+            .map_err(|e| HandleError::Permanent(format!("{}: {e}", ev.ty)))?
+        else {
+            return Ok(());
+        };
         let completed = self
             .repo
-            .apply_call_event(&ev.id, &ev.ty, &data)
+            .apply_call_event(&ev.id, &call)
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))?;
         if completed.is_some() {
@@ -112,19 +112,30 @@ pub async fn run_dispatcher(
     }
 }
 
-/// Fails attempts whose claim lease ran out, every second until shutdown.
-pub async fn run_lease_reaper(repo: Repo, wake: Arc<Notify>, shutdown: CancellationToken) {
+/// Every second until shutdown, resolves attempts that no media processor
+/// will finish ([`Repo::reap_stuck`]).
+pub async fn run_reaper(
+    repo: Repo,
+    relay: OutboxRelay,
+    wake: Arc<Notify>,
+    queued_timeout: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
-        match repo.expire_leases().await {
-            Ok(0) => {}
-            Ok(n) => {
+        match repo
+            .reap_stuck(queued_timeout.as_millis() as i64, 500, crate::NAME)
+            .await
+        {
+            Ok(c) if c.is_empty() => {}
+            Ok(campaigns) => {
                 tracing::warn!(
-                    attempts = n,
-                    "claim leases expired without dialing: failed/media_lost"
+                    campaigns = campaigns.len(),
+                    "attempts stuck without a media processor resolved as failed"
                 );
+                relay.notify();
                 wake.notify_one();
             }
-            Err(e) => tracing::warn!(error = %e, "lease reaper failed"),
+            Err(e) => tracing::warn!(error = %e, "reaper failed"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -109,4 +109,37 @@ impl SchedulerClient {
             }
         }
     }
+
+    /// Renews the leases of `attempt_ids` held by `claimer`; returns how many
+    /// task-scheduler renewed.
+    pub async fn heartbeat(
+        &self,
+        claimer: &str,
+        attempt_ids: &[String],
+        lease_ms: i64,
+    ) -> anyhow::Result<u64> {
+        let mut force = false;
+        loop {
+            let token = self.token(force).await?;
+            let resp = self
+                .http
+                .post(format!("{}/v1/attempts/heartbeat", self.scheduler_url))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({
+                    "claimer": claimer,
+                    "attempt_ids": attempt_ids,
+                    "lease_ms": lease_ms,
+                }))
+                .send()
+                .await?;
+            match resp.status().as_u16() {
+                200 => {
+                    let body: serde_json::Value = resp.json().await?;
+                    return Ok(body["renewed"].as_u64().unwrap_or(0));
+                }
+                401 if !force => force = true,
+                other => anyhow::bail!("heartbeat failed with status {other}"),
+            }
+        }
+    }
 }

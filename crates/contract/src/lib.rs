@@ -1,0 +1,589 @@
+//! What crosses dialstack's service boundaries: the commands task-scheduler
+//! sends media-processor, and the events every service publishes, each typed
+//! per event type. The CloudEvents envelope that carries them is
+//! infrastructure and lives in `dialstack-common`; this crate is the payload.
+//!
+//! Producers build one of these structs and serialize it; consumers parse the
+//! envelope's `data` with [`CallEvent::parse`] (or the struct for their one
+//! type) and never look at loose JSON.
+//!
+//! # Layout
+//! - [`types`]: the event and command type names (RabbitMQ routing keys)
+//! - [`DialCommand`], [`HangupCommand`]: the commands, validated at the edge
+//! - [`Outcome`], [`FailReason`]: how a call ended and why it failed
+//! - [`CallRef`] and [`CallDialing`], [`CallRinging`], [`CallAnswered`],
+//!   [`CallCompleted`], gathered in [`CallEvent`]
+//! - [`Quality`]: per-call voice quality (filled by the RTP path)
+//! - [`AgentStateChanged`], [`CampaignStateChanged`]
+
+use serde::{Deserialize, Serialize};
+
+/// Event and command types; the RabbitMQ routing key is the type.
+pub mod types {
+    /// Command: place a call.
+    pub const DIAL: &str = "dial";
+    /// Command: end a call.
+    pub const HANGUP: &str = "hangup";
+    /// The INVITE was sent.
+    pub const CALL_DIALING: &str = "call.dialing";
+    /// 180/183 received.
+    pub const CALL_RINGING: &str = "call.ringing";
+    /// 200 OK received and acknowledged.
+    pub const CALL_ANSWERED: &str = "call.answered";
+    /// The call ended, with its outcome.
+    pub const CALL_COMPLETED: &str = "call.completed";
+    /// An agent's state changed.
+    pub const AGENT_STATE: &str = "agent.state";
+    /// A campaign changed state.
+    pub const CAMPAIGN_STATE: &str = "campaign.state";
+}
+
+/// A payload that breaks the contract; `field` names what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ContractError {
+    /// The offending field (or `data` for the whole payload).
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn bad(field: &'static str, reason: impl Into<String>) -> ContractError {
+    ContractError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Longest ring the edge accepts (ms); the scheduler enforces the legal floor.
+pub const MAX_RING_TIMEOUT_MS: u64 = 300_000;
+/// Shortest ring the edge accepts (ms).
+pub const MIN_RING_TIMEOUT_MS: u64 = 100;
+/// Longest talk time the edge accepts (ms).
+pub const MAX_TALK_TIME_MS: u64 = 3_600_000;
+
+/// Whether `s` is an E.164 number: `+`, then 2 to 15 digits, the first not 0.
+pub fn is_e164(s: &str) -> bool {
+    let Some(digits) = s.strip_prefix('+') else {
+        return false;
+    };
+    (2..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
+}
+
+/// An identifier that is safe in a SIP header and a log line: 1-64 of
+/// letters, digits and `-_.`.
+fn check_id(field: &'static str, v: &str) -> Result<(), ContractError> {
+    if v.is_empty() || v.len() > 64 {
+        return Err(bad(field, "must be 1-64 characters"));
+    }
+    if !v
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(bad(field, "only letters, digits and -_. are allowed"));
+    }
+    Ok(())
+}
+
+/// `dial`: place one call for one attempt.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DialCommand {
+    /// The attempt this call is for; claimed before the INVITE.
+    pub attempt_id: String,
+    /// The call id used in every event of this call and as the SIP Call-ID.
+    pub call_id: String,
+    /// The campaign.
+    pub campaign_id: String,
+    /// Destination, E.164.
+    pub phone: String,
+    /// Caller id to present, E.164.
+    pub caller_id: String,
+    /// How long to stay connected once answered (ms).
+    pub talk_time_ms: u64,
+    /// How long to let it ring before giving up (ms); at least 15 s by law.
+    pub ring_timeout_ms: u64,
+    /// The team the campaign belongs to, carried into the call's events so
+    /// that its supervisors can read the call records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+}
+
+impl DialCommand {
+    /// The edge rules: ids are header-safe tokens, numbers are E.164, no
+    /// value carries a line break or control character, timeouts are within
+    /// [`MIN_RING_TIMEOUT_MS`]..=[`MAX_RING_TIMEOUT_MS`] and
+    /// ..=[`MAX_TALK_TIME_MS`].
+    pub fn validate(&self) -> Result<(), ContractError> {
+        check_id("attempt_id", &self.attempt_id)?;
+        check_id("call_id", &self.call_id)?;
+        check_id("campaign_id", &self.campaign_id)?;
+        if !is_e164(&self.phone) {
+            return Err(bad("phone", "must be E.164 (+ and 2-15 digits)"));
+        }
+        if !is_e164(&self.caller_id) {
+            return Err(bad("caller_id", "must be E.164 (+ and 2-15 digits)"));
+        }
+        if !(MIN_RING_TIMEOUT_MS..=MAX_RING_TIMEOUT_MS).contains(&self.ring_timeout_ms) {
+            return Err(bad(
+                "ring_timeout_ms",
+                format!("must be {MIN_RING_TIMEOUT_MS}-{MAX_RING_TIMEOUT_MS}"),
+            ));
+        }
+        if self.talk_time_ms > MAX_TALK_TIME_MS {
+            return Err(bad(
+                "talk_time_ms",
+                format!("must be at most {MAX_TALK_TIME_MS}"),
+            ));
+        }
+        if let Some(t) = &self.team {
+            if t.is_empty() || t.len() > 64 || t.chars().any(char::is_control) {
+                return Err(bad(
+                    "team",
+                    "must be 1-64 characters without control characters",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `hangup`: end a call that is ringing (CANCEL) or answered (BYE).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HangupCommand {
+    /// The call.
+    pub call_id: String,
+    /// Who asked (user id), for the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+}
+
+impl HangupCommand {
+    /// The edge rules of [`DialCommand::validate`] for the call id.
+    pub fn validate(&self) -> Result<(), ContractError> {
+        check_id("call_id", &self.call_id)
+    }
+}
+
+macro_rules! named_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vm])* $v,)* }
+
+        impl $name {
+            /// Every value, in a stable order.
+            pub const ALL: &'static [$name] = &[$($name::$v,)*];
+
+            /// The snake_case name (as stored and serialized).
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$v => $s,)* }
+            }
+
+            /// Parses the snake_case name.
+            pub fn parse(s: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|o| o.as_str() == s)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+named_enum! {
+    /// How a call ended (DESIGN §3).
+    Outcome {
+        /// Answered by a person.
+        AnsweredHuman = "answered_human",
+        /// Answered by a machine.
+        AnsweredMachine = "answered_machine",
+        /// 486/600.
+        Busy = "busy",
+        /// Rang out.
+        NoAnswer = "no_answer",
+        /// Refused by the callee or network (4xx/6xx other than busy).
+        Rejected = "rejected",
+        /// Could not be placed or was lost ([`FailReason`] says why).
+        Failed = "failed",
+        /// Answered by a person, no agent within 2 s.
+        Abandoned = "abandoned",
+        /// Canceled by us before answer (hang-up command, shutdown).
+        Canceled = "canceled",
+    }
+}
+
+named_enum! {
+    /// Why a call `failed` (or, for `no_answer`, how it rang out).
+    FailReason {
+        /// The trunk answered 5xx or another final status we cannot use.
+        TrunkError = "trunk_error",
+        /// The trunk refused our credentials (or challenged twice).
+        TrunkAuth = "trunk_auth",
+        /// No response to the INVITE within Timer B.
+        Timeout = "timeout",
+        /// The call was lost by media-processor (lease or heartbeat ran out).
+        MediaLost = "media_lost",
+        /// The dial command never reached a media processor.
+        DialLost = "dial_lost",
+        /// The peer's response could not be parsed.
+        MalformedResponse = "malformed_response",
+        /// A 3xx redirect (not followed: the destination guard would be bypassed).
+        RedirectUnsupported = "redirect_unsupported",
+        /// No RTP port was free.
+        NoRtpPort = "no_rtp_port",
+        /// Our CANCEL got no final response.
+        CancelUnanswered = "cancel_unanswered",
+        /// The SIP edge was not running.
+        Internal = "internal",
+    }
+}
+
+/// Per-call voice quality, computed by the RTP path (reserved: filled once
+/// the jitter buffer and RTCP exist).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Quality {
+    /// RFC 3550 interarrival jitter (ms).
+    pub jitter_ms: f64,
+    /// Packets lost (never received).
+    pub lost: u64,
+    /// Packets that arrived after their playout time.
+    pub late: u64,
+    /// E-model MOS estimate.
+    pub mos: f64,
+}
+
+/// What every `call.*` event carries.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CallRef {
+    /// The call.
+    pub call_id: String,
+    /// The attempt.
+    pub attempt_id: String,
+    /// The campaign.
+    pub campaign_id: String,
+    /// Destination, E.164.
+    pub phone: String,
+    /// When this event happened (ms since epoch).
+    pub at_ms: i64,
+    /// The campaign's team (from the dial command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+}
+
+impl CallRef {
+    /// Consumer-side checks: ids present and at most 36 characters (UUIDs).
+    pub fn validate(&self) -> Result<(), ContractError> {
+        for (field, v) in [
+            ("call_id", &self.call_id),
+            ("attempt_id", &self.attempt_id),
+            ("campaign_id", &self.campaign_id),
+        ] {
+            if v.is_empty() || v.len() > 36 {
+                return Err(bad(field, "must be 1-36 characters"));
+            }
+        }
+        if self.phone.len() > 32 {
+            return Err(bad("phone", "must be at most 32 characters"));
+        }
+        Ok(())
+    }
+}
+
+/// `call.dialing`: the INVITE was sent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CallDialing {
+    /// The call.
+    #[serde(flatten)]
+    pub call: CallRef,
+}
+
+/// `call.ringing`: 180 or 183 received.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CallRinging {
+    /// The call.
+    #[serde(flatten)]
+    pub call: CallRef,
+}
+
+/// `call.answered`: 200 OK received and acknowledged.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CallAnswered {
+    /// The call.
+    #[serde(flatten)]
+    pub call: CallRef,
+    /// From INVITE to answer (ms).
+    pub ring_ms: i64,
+}
+
+/// `call.completed`: the call ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CallCompleted {
+    /// The call.
+    #[serde(flatten)]
+    pub call: CallRef,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why it failed (with `failed`, and `no_answer` by CANCEL timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<FailReason>,
+    /// Final SIP status of the INVITE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sip_status: Option<u16>,
+    /// From INVITE to answer or final response (ms).
+    pub ring_ms: i64,
+    /// From answer to hang-up (ms).
+    pub talk_ms: i64,
+    /// RTP packets sent.
+    pub rtp_sent: u64,
+    /// RTP packets accepted (right source and SSRC).
+    pub rtp_received: u64,
+    /// The agent the call was bridged to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// Voice quality (RTP path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<Quality>,
+}
+
+impl CallCompleted {
+    /// A call that ended before it was answered, with nothing measured.
+    pub fn unanswered(call: CallRef, outcome: Outcome, reason: Option<FailReason>) -> Self {
+        Self {
+            call,
+            outcome,
+            reason,
+            sip_status: None,
+            ring_ms: 0,
+            talk_ms: 0,
+            rtp_sent: 0,
+            rtp_received: 0,
+            agent_id: None,
+            quality: None,
+        }
+    }
+}
+
+/// One `call.*` event, typed by its type name.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallEvent {
+    /// `call.dialing`.
+    Dialing(CallDialing),
+    /// `call.ringing`.
+    Ringing(CallRinging),
+    /// `call.answered`.
+    Answered(CallAnswered),
+    /// `call.completed`.
+    Completed(CallCompleted),
+}
+
+impl CallEvent {
+    /// Reads `data` of an event of type `ty`: `Ok(None)` for a type that is
+    /// not a call event this crate knows (a consumer ignores it), an error
+    /// naming the field for data that breaks the contract.
+    pub fn parse(ty: &str, data: &serde_json::Value) -> Result<Option<Self>, ContractError> {
+        fn read<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Result<T, ContractError> {
+            T::deserialize(v).map_err(|e| bad("data", e.to_string()))
+        }
+        let ev = match ty {
+            types::CALL_DIALING => Self::Dialing(read(data)?),
+            types::CALL_RINGING => Self::Ringing(read(data)?),
+            types::CALL_ANSWERED => Self::Answered(read(data)?),
+            types::CALL_COMPLETED => Self::Completed(read(data)?),
+            _ => return Ok(None),
+        };
+        ev.call().validate()?;
+        Ok(Some(ev))
+    }
+
+    /// The type name.
+    pub fn ty(&self) -> &'static str {
+        match self {
+            Self::Dialing(_) => types::CALL_DIALING,
+            Self::Ringing(_) => types::CALL_RINGING,
+            Self::Answered(_) => types::CALL_ANSWERED,
+            Self::Completed(_) => types::CALL_COMPLETED,
+        }
+    }
+
+    /// What every call event carries.
+    pub fn call(&self) -> &CallRef {
+        match self {
+            Self::Dialing(e) => &e.call,
+            Self::Ringing(e) => &e.call,
+            Self::Answered(e) => &e.call,
+            Self::Completed(e) => &e.call,
+        }
+    }
+
+    /// The payload as JSON.
+    pub fn to_value(&self) -> serde_json::Value {
+        let v = match self {
+            Self::Dialing(e) => serde_json::to_value(e),
+            Self::Ringing(e) => serde_json::to_value(e),
+            Self::Answered(e) => serde_json::to_value(e),
+            Self::Completed(e) => serde_json::to_value(e),
+        };
+        // Plain structs of strings and numbers always serialize.
+        v.unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// `agent.state`: an agent moved from one state to another.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentStateChanged {
+    /// The agent (user id).
+    pub agent_id: String,
+    /// State before.
+    pub previous: String,
+    /// State now.
+    pub state: String,
+    /// Pause code, when paused.
+    #[serde(default)]
+    pub pause_code: Option<String>,
+    /// Why (`login`, `heartbeat_lost`, `deleted`, ...).
+    pub reason: String,
+    /// When (ms since epoch).
+    pub at_ms: i64,
+}
+
+/// `campaign.state`: a campaign started, paused or finished.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CampaignStateChanged {
+    /// The campaign.
+    pub campaign_id: String,
+    /// New state.
+    pub state: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dial() -> DialCommand {
+        DialCommand {
+            attempt_id: "0190a1b2-attempt".into(),
+            call_id: "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".into(),
+            campaign_id: "k1".into(),
+            phone: "+14155550101".into(),
+            caller_id: "+14155550100".into(),
+            talk_time_ms: 5_000,
+            ring_timeout_ms: 30_000,
+            team: Some("east".into()),
+        }
+    }
+
+    #[test]
+    fn dial_commands_are_checked_field_by_field() {
+        assert_eq!(dial().validate(), Ok(()));
+        type Mutation = Box<dyn Fn(&mut DialCommand)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("phone", Box::new(|d| d.phone = "14155550101".into())),
+            ("phone", Box::new(|d| d.phone = "+1415\r\nX: y".into())),
+            ("phone", Box::new(|d| d.phone = "+0123".into())),
+            ("phone", Box::new(|d| d.phone = "+1234567890123456".into())),
+            ("caller_id", Box::new(|d| d.caller_id = String::new())),
+            ("caller_id", Box::new(|d| d.caller_id = "anonymous".into())),
+            ("call_id", Box::new(|d| d.call_id = "a b".into())),
+            ("call_id", Box::new(|d| d.call_id = "c1\r\nVia: x".into())),
+            ("call_id", Box::new(|d| d.call_id = "x".repeat(65))),
+            ("attempt_id", Box::new(|d| d.attempt_id = String::new())),
+            ("campaign_id", Box::new(|d| d.campaign_id = "k;1".into())),
+            ("ring_timeout_ms", Box::new(|d| d.ring_timeout_ms = 0)),
+            (
+                "ring_timeout_ms",
+                Box::new(|d| d.ring_timeout_ms = u64::MAX),
+            ),
+            ("talk_time_ms", Box::new(|d| d.talk_time_ms = 3_600_001)),
+            ("team", Box::new(|d| d.team = Some(String::new()))),
+            ("team", Box::new(|d| d.team = Some("a\nb".into()))),
+        ];
+        for (field, mutate) in cases {
+            let mut d = dial();
+            mutate(&mut d);
+            assert_eq!(d.validate().unwrap_err().field, field, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for o in Outcome::ALL {
+            assert_eq!(Outcome::parse(o.as_str()), Some(*o));
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
+        for r in FailReason::ALL {
+            assert_eq!(FailReason::parse(r.as_str()), Some(*r));
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+        assert_eq!(Outcome::parse("nope"), None);
+        assert_eq!(FailReason::parse("Timeout"), None);
+    }
+
+    #[test]
+    fn call_events_parse_by_type_and_refuse_broken_data() {
+        let call = CallRef {
+            call_id: "c1".into(),
+            attempt_id: "a1".into(),
+            campaign_id: "k1".into(),
+            phone: "+14155550101".into(),
+            at_ms: 7,
+            team: None,
+        };
+        let done = CallCompleted {
+            sip_status: Some(486),
+            ..CallCompleted::unanswered(call.clone(), Outcome::Busy, None)
+        };
+        let ev = CallEvent::Completed(done.clone());
+        let back = CallEvent::parse(types::CALL_COMPLETED, &ev.to_value())
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, ev);
+        assert_eq!(back.call(), &call);
+        // The flattened wire shape: call fields beside the event's own.
+        let v = ev.to_value();
+        assert_eq!(v["call_id"], "c1");
+        assert_eq!(v["outcome"], "busy");
+        assert!(v.get("reason").is_none());
+        let answered = CallEvent::Answered(CallAnswered {
+            call: call.clone(),
+            ring_ms: 900,
+        });
+        assert_eq!(
+            CallEvent::parse(types::CALL_ANSWERED, &answered.to_value()).unwrap(),
+            Some(answered)
+        );
+        assert_eq!(
+            CallEvent::parse("agent.state", &serde_json::json!({})),
+            Ok(None)
+        );
+        // Unknown outcome or reason, missing outcome, oversized id.
+        let mut v = CallEvent::Completed(done.clone()).to_value();
+        v["outcome"] = "exploded".into();
+        assert_eq!(
+            CallEvent::parse(types::CALL_COMPLETED, &v)
+                .unwrap_err()
+                .field,
+            "data"
+        );
+        let mut v = CallEvent::Completed(done.clone()).to_value();
+        v["reason"] = "because".into();
+        assert!(CallEvent::parse(types::CALL_COMPLETED, &v).is_err());
+        let mut v = CallEvent::Completed(done.clone()).to_value();
+        v.as_object_mut().unwrap().remove("outcome");
+        assert!(CallEvent::parse(types::CALL_COMPLETED, &v).is_err());
+        let mut v = CallEvent::Completed(done).to_value();
+        v["call_id"] = "x".repeat(37).into();
+        assert_eq!(
+            CallEvent::parse(types::CALL_COMPLETED, &v)
+                .unwrap_err()
+                .field,
+            "call_id"
+        );
+        assert!(CallEvent::parse(types::CALL_DIALING, &serde_json::json!("str")).is_err());
+    }
+}

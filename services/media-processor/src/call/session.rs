@@ -1,0 +1,294 @@
+//! The answered call: ACK of the 2xx along the dialog's route, RTP while
+//! the call lasts, the peer's in-dialog requests (BYE; re-INVITE and UPDATE
+//! answered with our SDP, hold respected), and our BYE at the end (Timer E
+//! retransmission, one answer to a Digest challenge, Timer F).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dialstack_contract::{DialCommand, Outcome};
+use tokio::sync::{mpsc, watch};
+use tokio::time::sleep_until;
+use tokio_util::sync::CancellationToken;
+
+use super::{resolve_hop, CallContext, CallPhase, Phase, Progress, Report, StopSignals};
+use crate::rtp::{run_stream, RtpStats};
+use crate::sip::dialog::InDialog;
+use crate::sip::digest::Challenge;
+use crate::sip::sdp::{parse_remote, LocalSdp, RemoteMedia};
+use crate::sip::transport::Drop;
+use crate::sip::{response_to, Dialog, Inbound, Message};
+
+/// Runs the answered call until either side hangs up.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    ctx: &CallContext,
+    cmd: &DialCommand,
+    dialog: &mut Dialog,
+    local_sdp: &mut LocalSdp,
+    rx: &mut mpsc::Receiver<Inbound>,
+    answer: Message,
+    rtp: Arc<tokio::net::UdpSocket>,
+    progress: &mpsc::UnboundedSender<Progress>,
+    started: Instant,
+    stop: &StopSignals,
+    phase: &mut Phase,
+) -> Report {
+    let call_id = cmd.call_id.as_str();
+    dialog.confirm(&answer);
+    phase.go(CallPhase::Confirmed);
+    let hop = resolve_hop(&dialog.next_hop_uri(), ctx.trunk).await;
+    let ack = dialog.ack_2xx();
+    ctx.transport.send_for(call_id, hop, &ack).await;
+    let ring_ms = started.elapsed().as_millis() as i64;
+    ctx.setup_seconds.observe(started.elapsed().as_secs_f64());
+    let _ = progress.send(Progress::Answered { ring_ms });
+    let answered_at = Instant::now();
+    let stats = Arc::new(RtpStats::default());
+    let stop_media = CancellationToken::new();
+    let mut media_tx: Option<watch::Sender<RemoteMedia>> = None;
+    let mut media_task = None;
+    match answer.body_str().map(parse_remote) {
+        Some(Ok(remote)) => {
+            let (tx, rx_media) = watch::channel(remote);
+            media_tx = Some(tx);
+            media_task = Some(tokio::spawn(run_stream(
+                rtp,
+                rx_media,
+                ctx.rtp_latch,
+                stats.clone(),
+                stop_media.clone(),
+            )));
+        }
+        Some(Err(reason)) => {
+            tracing::warn!(%call_id, %reason, "unusable SDP answer, call continues without media");
+        }
+        None => tracing::warn!(%call_id, "SDP answer not UTF-8, call continues without media"),
+    }
+    let mut talk_end = tokio::time::Instant::now() + Duration::from_millis(cmd.talk_time_ms);
+    let mut draining = false;
+    let mut peer_hung_up = false;
+    loop {
+        tokio::select! {
+            inbound = rx.recv() => {
+                let (m, from) = match inbound {
+                    None => break,
+                    Some(Inbound::Msg { msg, from }) => (msg, from),
+                    Some(Inbound::Malformed { reason }) => {
+                        tracing::warn!(%call_id, %reason, "malformed sip message from the peer during the call");
+                        continue;
+                    }
+                };
+                match m.method() {
+                    None => {
+                        // A retransmitted 2xx of our INVITE: our ACK was lost.
+                        if dialog.matches_invite(&m) && m.status().is_some_and(|c| (200..300).contains(&c)) {
+                            ctx.transport.send_for(call_id, hop, &ack).await;
+                        } else {
+                            ctx.transport.metrics().drop(Drop::NoTransaction);
+                        }
+                    }
+                    Some(method) => {
+                        match dialog.check_request(&m) {
+                            InDialog::TagMismatch => {
+                                ctx.transport.metrics().drop(Drop::TagMismatch);
+                                tracing::warn!(%call_id, %from, %method, "in-dialog request with wrong tags dropped");
+                                continue;
+                            }
+                            InDialog::CseqOrder => {
+                                ctx.transport.metrics().drop(Drop::CseqOrder);
+                                if method != "ACK" {
+                                    ctx.transport.send(from, &response_to(&m, 500, "Server Internal Error", None, "", "")).await;
+                                }
+                                continue;
+                            }
+                            InDialog::Ok => {}
+                        }
+                        match method {
+                            "BYE" => {
+                                ctx.transport.send(from, &response_to(&m, 200, "OK", None, "", "")).await;
+                                peer_hung_up = true;
+                                break;
+                            }
+                            "ACK" => {}
+                            "INVITE" | "UPDATE" => {
+                                let resp = renegotiate(dialog, local_sdp, &m, media_tx.as_ref(), call_id);
+                                ctx.transport.send(from, &resp).await;
+                            }
+                            _ => {
+                                ctx.transport.send(from, &response_to(&m, 200, "OK", None, "", "")).await;
+                            }
+                        }
+                    }
+                }
+            }
+            _ = sleep_until(talk_end) => break,
+            _ = stop.hangup.cancelled() => {
+                tracing::info!(%call_id, "hang-up requested");
+                break;
+            }
+            _ = stop.shutdown.cancelled(), if !draining => {
+                draining = true;
+                talk_end = talk_end.min(tokio::time::Instant::now() + ctx.drain_talk);
+            }
+        }
+    }
+    let talk_ms = answered_at.elapsed().as_millis() as i64;
+    stop_media.cancel();
+    if let Some(h) = media_task {
+        let _ = h.await;
+    }
+    if !peer_hung_up {
+        phase.go(CallPhase::Terminating);
+        hang_up(ctx, dialog, rx, hop).await;
+    }
+    tracing::info!(%call_id, talk_ms, peer_hung_up, "call ended");
+    let dropped = stats.malformed.load(Ordering::Relaxed)
+        + stats.wrong_source.load(Ordering::Relaxed)
+        + stats.wrong_ssrc.load(Ordering::Relaxed);
+    Report {
+        outcome: Outcome::AnsweredHuman,
+        reason: None,
+        sip_status: answer.status(),
+        ring_ms,
+        talk_ms,
+        rtp_sent: stats.sent.load(Ordering::Relaxed),
+        rtp_received: stats.received.load(Ordering::Relaxed),
+        rtp_dropped: dropped,
+    }
+}
+
+/// The response to a re-INVITE or UPDATE: its offer answered with our SDP
+/// (new version) and the media moved; an offerless one answered with our
+/// current SDP as an offer; an offer we cannot take refused with 488.
+fn renegotiate(
+    dialog: &Dialog,
+    local_sdp: &mut LocalSdp,
+    req: &Message,
+    media: Option<&watch::Sender<RemoteMedia>>,
+    call_id: &str,
+) -> String {
+    let contact = format!(
+        "Contact: <{}>\r\nContent-Type: application/sdp\r\n",
+        dialog.contact
+    );
+    if req.body.is_empty() {
+        let sdp = local_sdp.reoffer();
+        return response_to(req, 200, "OK", None, &contact, &sdp);
+    }
+    match req.body_str().map(parse_remote) {
+        Some(Ok(remote)) => {
+            let sdp = local_sdp.answer(&remote);
+            if let Some(tx) = media {
+                let _ = tx.send(remote);
+            }
+            tracing::info!(%call_id, direction = remote.direction.as_str(), addr = %remote.addr, "media renegotiated");
+            response_to(req, 200, "OK", None, &contact, &sdp)
+        }
+        _ => {
+            tracing::warn!(%call_id, "re-offer we cannot accept");
+            response_to(req, 488, "Not Acceptable Here", None, "", "")
+        }
+    }
+}
+
+/// ACKs a 2xx that arrived after we canceled, then ends the dialog with BYE.
+pub async fn ack_and_bye(
+    ctx: &CallContext,
+    dialog: &mut Dialog,
+    answer: &Message,
+    rx: &mut mpsc::Receiver<Inbound>,
+) {
+    dialog.confirm(answer);
+    let hop = resolve_hop(&dialog.next_hop_uri(), ctx.trunk).await;
+    ctx.transport
+        .send_for(&dialog.call_id.clone(), hop, &dialog.ack_2xx())
+        .await;
+    hang_up(ctx, dialog, rx, hop).await;
+}
+
+/// Sends BYE to `hop` and retransmits it (Timer E, capped at T2 = 4 s)
+/// until a final response or Timer F; answers one Digest challenge.
+async fn hang_up(
+    ctx: &CallContext,
+    dialog: &mut Dialog,
+    rx: &mut mpsc::Receiver<Inbound>,
+    hop: SocketAddr,
+) {
+    let call_id = dialog.call_id.clone();
+    let (mut branch, mut bye) = dialog.bye(None);
+    let mut challenged = false;
+    let t0 = tokio::time::Instant::now();
+    let timer_f = t0 + ctx.t1 * 64;
+    let mut interval = ctx.t1;
+    let mut next = t0 + interval;
+    ctx.transport.send_for(&call_id, hop, &bye).await;
+    loop {
+        tokio::select! {
+            inbound = rx.recv() => {
+                let (m, from) = match inbound {
+                    None => return,
+                    Some(Inbound::Msg { msg, from }) => (msg, from),
+                    Some(Inbound::Malformed { .. }) => continue,
+                };
+                if let Some(method) = m.method() {
+                    match dialog.check_request(&m) {
+                        InDialog::TagMismatch => {
+                            ctx.transport.metrics().drop(Drop::TagMismatch);
+                            continue;
+                        }
+                        InDialog::CseqOrder => {
+                            ctx.transport.metrics().drop(Drop::CseqOrder);
+                            continue;
+                        }
+                        InDialog::Ok => {}
+                    }
+                    if method == "BYE" {
+                        ctx.transport.send(from, &response_to(&m, 200, "OK", None, "", "")).await;
+                        return;
+                    }
+                    continue;
+                }
+                let ours = m.top_branch() == Some(branch.as_str())
+                    && m.cseq().is_some_and(|(_, meth)| meth == "BYE");
+                if !ours {
+                    // Also a late 2xx retransmission of the INVITE: harmless.
+                    continue;
+                }
+                match m.status() {
+                    Some(401 | 407) if !challenged => {
+                        challenged = true;
+                        let (ask, answer) = if m.status() == Some(401) {
+                            ("www-authenticate", "Authorization")
+                        } else {
+                            ("proxy-authenticate", "Proxy-Authorization")
+                        };
+                        let (Some(creds), Ok(ch)) = (&ctx.credentials, Challenge::pick(m.header_values_raw(ask))) else {
+                            tracing::warn!(%call_id, "bye challenged and cannot be answered");
+                            return;
+                        };
+                        let cnonce = format!("{:016x}", fastrand::u64(..));
+                        let value = ch.authorize(creds, "BYE", &dialog.bye_uri(), 1, &cnonce);
+                        (branch, bye) = dialog.bye(Some((answer, value)));
+                        ctx.transport.send_for(&call_id, hop, &bye).await;
+                        interval = ctx.t1;
+                        next = tokio::time::Instant::now() + interval;
+                    }
+                    Some(c) if c >= 200 => return,
+                    _ => {}
+                }
+            }
+            _ = sleep_until(next) => {
+                if tokio::time::Instant::now() >= timer_f {
+                    tracing::warn!(%call_id, "no answer to BYE (timer F)");
+                    return;
+                }
+                ctx.transport.send_for(&call_id, hop, &bye).await;
+                interval = (interval * 2).min(Duration::from_secs(4));
+                next += interval;
+            }
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! RTP for answered calls: G.711 encoding, the port pool, the accept rule
+//! of an incoming stream ([`StreamGate`]: negotiated source, one SSRC), and
+//! the per-call loop that sends a 20 ms packet every 20 ms (not while the
+//! peer holds the call) and counts what it accepts and drops.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use webrtc_util::marshal::{Marshal, Unmarshal};
+
+use crate::sip::sdp::RemoteMedia;
+
+/// Samples per 20 ms packet at 8 kHz.
+pub const SAMPLES_PER_PACKET: usize = 160;
+
+/// G.711 µ-law encoding of one 16-bit linear sample.
+pub fn linear_to_ulaw(sample: i16) -> u8 {
+    const BIAS: i32 = 0x84;
+    const CLIP: i32 = 32_635;
+    let mut s = sample as i32;
+    let sign = if s < 0 {
+        s = -s;
+        0x80
+    } else {
+        0
+    };
+    s = s.min(CLIP) + BIAS;
+    let exponent = (7 - (s.leading_zeros() as i32 - 17)).clamp(0, 7);
+    let mantissa = (s >> (exponent + 3)) & 0x0F;
+    !(sign | (exponent << 4) as u8 as i32 | mantissa) as u8
+}
+
+/// G.711 A-law encoding of one 16-bit linear sample.
+pub fn linear_to_alaw(sample: i16) -> u8 {
+    let mut s = sample as i32;
+    let sign = if s >= 0 { 0x80 } else { 0 };
+    if s < 0 {
+        s = -s - 1;
+    }
+    s = s.min(32_767) >> 3;
+    let out = if s < 32 {
+        (s >> 1) as u8
+    } else {
+        let exponent = (31 - (s as u32).leading_zeros()) as i32 - 4;
+        ((exponent << 4) | ((s >> exponent) & 0x0F)) as u8
+    };
+    (out | sign) ^ 0x55
+}
+
+/// One 20 ms packet of a 425 Hz tone (the European ring-back pitch) at a low
+/// level, encoded for `payload_type` (0 µ-law, 8 A-law), starting at sample `n`.
+pub fn tone_payload(payload_type: u8, n: u64) -> Bytes {
+    let mut out = Vec::with_capacity(SAMPLES_PER_PACKET);
+    for i in 0..SAMPLES_PER_PACKET as u64 {
+        let t = (n + i) as f64 / 8_000.0;
+        let v = (2_000.0 * (2.0 * std::f64::consts::PI * 425.0 * t).sin()) as i16;
+        out.push(if payload_type == 8 {
+            linear_to_alaw(v)
+        } else {
+            linear_to_ulaw(v)
+        });
+    }
+    Bytes::from(out)
+}
+
+/// RTP ports handed out round-robin from a range; a port in use is skipped.
+pub struct PortPool {
+    lo: u16,
+    hi: u16,
+    next: AtomicU16,
+}
+
+impl PortPool {
+    /// Parses `lo-hi` (even ports only are used, RTCP takes the odd one), or
+    /// `0` for ephemeral ports.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "0" {
+            return Ok(Self {
+                lo: 0,
+                hi: 0,
+                next: AtomicU16::new(0),
+            });
+        }
+        let (lo, hi) = s
+            .split_once('-')
+            .ok_or("expected lo-hi, e.g. 20000-29999")?;
+        let lo: u16 = lo.trim().parse().map_err(|_| "bad lower port")?;
+        let hi: u16 = hi.trim().parse().map_err(|_| "bad upper port")?;
+        if lo < 1024 || hi <= lo {
+            return Err("range must be above 1023 and lo < hi".into());
+        }
+        Ok(Self {
+            lo,
+            hi,
+            next: AtomicU16::new(lo),
+        })
+    }
+
+    /// Binds a socket on `ip` at the next free port.
+    pub async fn bind(&self, ip: IpAddr) -> std::io::Result<UdpSocket> {
+        if self.lo == 0 {
+            return UdpSocket::bind(SocketAddr::new(ip, 0)).await;
+        }
+        let span = (self.hi - self.lo) / 2 + 1;
+        for _ in 0..span {
+            let p = self.next.fetch_add(2, Ordering::Relaxed);
+            let port = if p < self.lo || p > self.hi {
+                self.next.store(self.lo + 2, Ordering::Relaxed);
+                self.lo
+            } else {
+                p & !1
+            };
+            if let Ok(sock) = UdpSocket::bind(SocketAddr::new(ip, port)).await {
+                return Ok(sock);
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "no free RTP port in range",
+        ))
+    }
+}
+
+/// Packet counts of one call.
+#[derive(Debug, Default)]
+pub struct RtpStats {
+    /// Packets sent.
+    pub sent: AtomicU64,
+    /// Valid RTP packets accepted (right source and SSRC).
+    pub received: AtomicU64,
+    /// Datagrams that were not RTP, or of a payload type not negotiated.
+    pub malformed: AtomicU64,
+    /// Packets from an address other than the negotiated (or latched) one.
+    pub wrong_source: AtomicU64,
+    /// Packets of another SSRC than the one the stream is locked to.
+    pub wrong_ssrc: AtomicU64,
+}
+
+/// How long the locked SSRC must have been silent before a new SSRC from the
+/// right source takes over (a legitimate change: the far end switched
+/// streams, after a transfer say, and the old one stopped).
+pub const SSRC_RESYNC_SILENCE: Duration = Duration::from_millis(200);
+
+/// What a receiver decides about one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Accepted.
+    Accept,
+    /// Not RTP, or a payload type not negotiated.
+    Malformed,
+    /// From the wrong address.
+    WrongSource,
+    /// Of the wrong SSRC.
+    WrongSsrc,
+}
+
+/// The accept rule of one incoming stream: source address (negotiated in
+/// SDP, or latched to the first packet's source when latching is on) and
+/// one SSRC, with the resync rule above. Pure, so it is tested without
+/// sockets.
+#[derive(Debug, Clone)]
+pub struct StreamGate {
+    /// The address packets must come from (`None` until latched).
+    pub source: Option<SocketAddr>,
+    /// Latch to the first packet's source (`DIALSTACK_RTP_LATCH=1`).
+    pub latch: bool,
+    /// Payload types negotiated (audio and telephone-event).
+    pub payload_types: [Option<u8>; 2],
+    ssrc: Option<u32>,
+    last_accept: Option<std::time::Instant>,
+}
+
+impl StreamGate {
+    /// A gate for the stream negotiated at `source`.
+    pub fn new(source: SocketAddr, latch: bool, payload_types: [Option<u8>; 2]) -> Self {
+        Self {
+            source: (!latch).then_some(source),
+            latch,
+            payload_types,
+            ssrc: None,
+            last_accept: None,
+        }
+    }
+
+    /// The peer moved (re-INVITE): a new address, the SSRC lock released.
+    pub fn renegotiate(&mut self, source: SocketAddr, payload_types: [Option<u8>; 2]) {
+        if !self.latch {
+            self.source = Some(source);
+        }
+        self.payload_types = payload_types;
+        self.ssrc = None;
+    }
+
+    /// Judges one datagram from `from` at `now`.
+    pub fn judge(&mut self, buf: &[u8], from: SocketAddr, now: std::time::Instant) -> Verdict {
+        let Some(pkt) = parse_rtp_header(buf) else {
+            return Verdict::Malformed;
+        };
+        match self.source {
+            Some(s) if s != from => return Verdict::WrongSource,
+            _ => {}
+        }
+        if !self.payload_types.contains(&Some(pkt.payload_type)) {
+            return Verdict::Malformed;
+        }
+        match self.ssrc {
+            Some(locked) if locked != pkt.ssrc => {
+                let silent = self
+                    .last_accept
+                    .is_none_or(|t| now.duration_since(t) >= SSRC_RESYNC_SILENCE);
+                if !silent {
+                    return Verdict::WrongSsrc;
+                }
+                tracing::debug!(old = locked, new = pkt.ssrc, "rtp ssrc resync");
+            }
+            _ => {}
+        }
+        if self.source.is_none() {
+            self.source = Some(from);
+        }
+        self.ssrc = Some(pkt.ssrc);
+        self.last_accept = Some(now);
+        Verdict::Accept
+    }
+
+    /// Where to send: the latched source when latching, else `negotiated`.
+    pub fn send_to(&self, negotiated: SocketAddr) -> SocketAddr {
+        if self.latch {
+            self.source.unwrap_or(negotiated)
+        } else {
+            negotiated
+        }
+    }
+}
+
+/// Parses one datagram as RTP; `None` when it is not a valid RTP packet.
+pub fn parse_rtp(buf: &[u8]) -> Option<rtp::packet::Packet> {
+    let mut b = buf;
+    let pkt = rtp::packet::Packet::unmarshal(&mut b).ok()?;
+    (pkt.header.version == 2).then_some(pkt)
+}
+
+/// The RTP header fields the gate needs, without copying the payload.
+pub fn parse_rtp_header(buf: &[u8]) -> Option<rtp::header::Header> {
+    let mut b = buf;
+    let h = rtp::header::Header::unmarshal(&mut b).ok()?;
+    (h.version == 2).then_some(h)
+}
+
+/// Sends a 20 ms tone packet every 20 ms to the peer's current address
+/// while its SDP lets us send, and accepts what passes the gate, until
+/// `stop`. `media` carries re-negotiations (re-INVITE, hold).
+pub async fn run_stream(
+    sock: Arc<UdpSocket>,
+    mut media: tokio::sync::watch::Receiver<RemoteMedia>,
+    latch: bool,
+    stats: Arc<RtpStats>,
+    stop: CancellationToken,
+) {
+    let ssrc = fastrand::u32(..);
+    let mut seq = fastrand::u16(..);
+    let mut ts = fastrand::u32(..);
+    let mut samples = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = vec![0u8; 2048];
+    let mut first = true;
+    let mut current = *media.borrow_and_update();
+    let pts = |m: &RemoteMedia| [Some(m.payload_type), m.dtmf_payload_type];
+    let mut gate = StreamGate::new(current.addr, latch, pts(&current));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = media.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                current = *media.borrow_and_update();
+                gate.renegotiate(current.addr, pts(&current));
+                first = true;
+            }
+            _ = tick.tick() => {
+                // Timestamps advance on hold too, as the clock does.
+                let payload_type = current.payload_type;
+                let marker = first;
+                seq = seq.wrapping_add(1);
+                ts = ts.wrapping_add(SAMPLES_PER_PACKET as u32);
+                samples += SAMPLES_PER_PACKET as u64;
+                if !current.sending_allowed() {
+                    continue;
+                }
+                first = false;
+                let pkt = rtp::packet::Packet {
+                    header: rtp::header::Header {
+                        version: 2,
+                        marker,
+                        payload_type,
+                        sequence_number: seq,
+                        timestamp: ts,
+                        ssrc,
+                        ..Default::default()
+                    },
+                    payload: tone_payload(payload_type, samples),
+                };
+                if let Ok(bytes) = pkt.marshal() {
+                    if sock.send_to(&bytes, gate.send_to(current.addr)).await.is_ok() {
+                        stats.sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            r = sock.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { continue };
+                let counter = match gate.judge(&buf[..n], from, std::time::Instant::now()) {
+                    Verdict::Accept => &stats.received,
+                    Verdict::Malformed => &stats.malformed,
+                    Verdict::WrongSource => &stats.wrong_source,
+                    Verdict::WrongSsrc => &stats.wrong_ssrc,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Sends a tone to `remote` every 20 ms until `stop` (the simulated
+/// carrier's side of a call).
+pub async fn send_tone(
+    sock: Arc<UdpSocket>,
+    remote: SocketAddr,
+    payload_type: u8,
+    stop: CancellationToken,
+) {
+    let ssrc = fastrand::u32(..);
+    let mut seq = fastrand::u16(..);
+    let mut ts = fastrand::u32(..);
+    let mut samples = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let pkt = rtp::packet::Packet {
+                    header: rtp::header::Header {
+                        version: 2,
+                        marker: samples == 0,
+                        payload_type,
+                        sequence_number: seq,
+                        timestamp: ts,
+                        ssrc,
+                        ..Default::default()
+                    },
+                    payload: tone_payload(payload_type, samples),
+                };
+                seq = seq.wrapping_add(1);
+                ts = ts.wrapping_add(SAMPLES_PER_PACKET as u32);
+                samples += SAMPLES_PER_PACKET as u64;
+                if let Ok(bytes) = pkt.marshal() {
+                    let _ = sock.send_to(&bytes, remote).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn g711_reference_points() {
+        assert_eq!(linear_to_ulaw(0), 0xFF);
+        assert_eq!(linear_to_ulaw(-1), 0x7F);
+        assert_eq!(linear_to_ulaw(32_767), 0x80);
+        assert_eq!(linear_to_ulaw(-32_768), 0x00);
+        assert_eq!(linear_to_alaw(0), 0xD5);
+        assert_eq!(linear_to_alaw(-1), 0x55);
+        assert_eq!(linear_to_alaw(32_767), 0xAA);
+        assert_eq!(tone_payload(0, 0).len(), SAMPLES_PER_PACKET);
+    }
+
+    #[test]
+    fn rtp_round_trip_and_garbage() {
+        let pkt = rtp::packet::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                payload_type: 0,
+                sequence_number: 7,
+                timestamp: 160,
+                ssrc: 42,
+                ..Default::default()
+            },
+            payload: tone_payload(0, 0),
+        };
+        let bytes = pkt.marshal().unwrap();
+        let back = parse_rtp(&bytes).unwrap();
+        assert_eq!(back.header.sequence_number, 7);
+        assert_eq!(back.payload.len(), 160);
+        assert!(parse_rtp(b"").is_none());
+        assert!(parse_rtp(b"\x00\x01\x02").is_none());
+        let mut v1 = bytes.to_vec();
+        v1[0] = (v1[0] & 0x3F) | 0x40; // version 1
+        assert!(parse_rtp(&v1).is_none());
+    }
+
+    fn packet(ssrc: u32, pt: u8) -> Vec<u8> {
+        rtp::packet::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                payload_type: pt,
+                sequence_number: 1,
+                timestamp: 160,
+                ssrc,
+                ..Default::default()
+            },
+            payload: tone_payload(0, 0),
+        }
+        .marshal()
+        .unwrap()
+        .to_vec()
+    }
+
+    #[test]
+    fn gate_locks_source_and_ssrc() {
+        let peer: SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        let stranger: SocketAddr = "10.0.0.5:4002".parse().unwrap();
+        let t0 = std::time::Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut g = StreamGate::new(peer, false, [Some(0), Some(101)]);
+        assert_eq!(
+            g.judge(&packet(1, 0), stranger, ms(0)),
+            Verdict::WrongSource
+        );
+        assert_eq!(g.judge(&packet(1, 0), peer, ms(0)), Verdict::Accept);
+        assert_eq!(g.judge(&packet(1, 101), peer, ms(10)), Verdict::Accept);
+        assert_eq!(g.judge(&packet(1, 8), peer, ms(10)), Verdict::Malformed);
+        assert_eq!(g.judge(b"\x80", peer, ms(10)), Verdict::Malformed);
+        // Another SSRC while the first still flows: refused.
+        assert_eq!(g.judge(&packet(2, 0), peer, ms(20)), Verdict::WrongSsrc);
+        assert_eq!(g.judge(&packet(1, 0), peer, ms(40)), Verdict::Accept);
+        // The first went silent: the new one takes over, the old one is now foreign.
+        assert_eq!(g.judge(&packet(2, 0), peer, ms(300)), Verdict::Accept);
+        assert_eq!(g.judge(&packet(1, 0), peer, ms(310)), Verdict::WrongSsrc);
+        // Re-negotiated to a new address.
+        g.renegotiate(stranger, [Some(8), None]);
+        assert_eq!(g.judge(&packet(3, 8), peer, ms(320)), Verdict::WrongSource);
+        assert_eq!(g.judge(&packet(3, 8), stranger, ms(320)), Verdict::Accept);
+    }
+
+    #[test]
+    fn latching_takes_the_first_source_only() {
+        let sdp: SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        let nat: SocketAddr = "198.51.100.7:31000".parse().unwrap();
+        let other: SocketAddr = "198.51.100.8:31000".parse().unwrap();
+        let now = std::time::Instant::now();
+        let mut g = StreamGate::new(sdp, true, [Some(0), None]);
+        assert_eq!(g.send_to(sdp), sdp);
+        assert_eq!(g.judge(&packet(1, 0), nat, now), Verdict::Accept);
+        assert_eq!(g.send_to(sdp), nat);
+        assert_eq!(g.judge(&packet(1, 0), other, now), Verdict::WrongSource);
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert!(PortPool::parse("0").is_ok());
+        assert!(PortPool::parse("20000-29999").is_ok());
+        assert!(PortPool::parse("29999-20000").is_err());
+        assert!(PortPool::parse("80-90").is_err());
+        assert!(PortPool::parse("x").is_err());
+    }
+
+    #[tokio::test]
+    async fn pool_skips_ports_in_use() {
+        let pool = PortPool::parse("40000-40010").unwrap();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let a = pool.bind(ip).await.unwrap();
+        let b = pool.bind(ip).await.unwrap();
+        assert_ne!(
+            a.local_addr().unwrap().port(),
+            b.local_addr().unwrap().port()
+        );
+        assert_eq!(a.local_addr().unwrap().port() % 2, 0);
+    }
+}
