@@ -298,6 +298,133 @@ mod scheduler {
     }
 
     #[tokio::test]
+    async fn heartbeats_keep_live_calls_and_the_reaper_resolves_the_rest() {
+        for (engine, url) in both_databases() {
+            let repo = Repo {
+                db: db(&url, MIGRATIONS).await,
+            };
+            let c = campaign(&repo, 4).await;
+            repo.start_campaign(&c.id, "test").await.unwrap();
+            let c = repo.campaign(&c.id).await.unwrap().unwrap();
+            repo.queue_attempts(&c, 4, "test").await.unwrap();
+            let ids = attempt_ids(&repo, "queued").await;
+            let past = dialstack_common::now_ms() - 1;
+            // ids[0]: claimed by mp-1, its lease renewed by a heartbeat.
+            // ids[1]: claimed and dialing, lease lapsed (media processor killed).
+            // ids[2]: claimed by mp-2; mp-1's heartbeat cannot renew it.
+            // ids[3]: still queued (its dial command lost).
+            for (id, who) in [(&ids[0], "mp-1"), (&ids[1], "mp-1"), (&ids[2], "mp-2")] {
+                assert!(matches!(
+                    repo.claim(id, who, past).await.unwrap(),
+                    Claim::Granted(_)
+                ));
+            }
+            let dialing = typed(types::CALL_DIALING, &event("call-b", &ids[1], &c.id, None));
+            repo.apply_call_event("d-1", &dialing).await.unwrap();
+            let until = dialstack_common::now_ms() + 60_000;
+            assert_eq!(
+                repo.renew_leases(
+                    "mp-1",
+                    &[ids[0].clone(), ids[2].clone(), "nope".into()],
+                    until
+                )
+                .await
+                .unwrap(),
+                1,
+                "{engine}: only the heartbeat's own claims"
+            );
+            assert_eq!(repo.renew_leases("mp-1", &[], until).await.unwrap(), 0);
+            // The queued one is young: left alone with a long timeout.
+            let touched = repo.reap_stuck(600_000, 500, "test").await.unwrap();
+            assert_eq!(touched, vec![c.id.clone()], "{engine}");
+            let state = |id: String| {
+                let repo = repo.clone();
+                async move {
+                    let r = sqlx::query("SELECT state, outcome, reason FROM attempts WHERE id = ?")
+                        .bind(&id)
+                        .fetch_one(&repo.db.pool)
+                        .await
+                        .unwrap();
+                    (
+                        r.get::<String, _>(0),
+                        r.get::<Option<String>, _>(1),
+                        r.get::<Option<String>, _>(2),
+                    )
+                }
+            };
+            assert_eq!(
+                state(ids[0].clone()).await.0,
+                "claimed",
+                "{engine}: renewed lease kept"
+            );
+            for id in [&ids[1], &ids[2]] {
+                assert_eq!(
+                    state(id.clone()).await,
+                    (
+                        "completed".into(),
+                        Some("failed".into()),
+                        Some("media_lost".into())
+                    ),
+                    "{engine}"
+                );
+            }
+            assert_eq!(state(ids[3].clone()).await.0, "queued", "{engine}");
+            // A queued attempt older than the timeout: dial_lost.
+            assert_eq!(
+                repo.reap_stuck(-1, 500, "test").await.unwrap(),
+                vec![c.id.clone()]
+            );
+            assert_eq!(
+                state(ids[3].clone()).await,
+                (
+                    "completed".into(),
+                    Some("failed".into()),
+                    Some("dial_lost".into())
+                ),
+                "{engine}"
+            );
+            // Each resolution left one call.completed in the outbox, typed.
+            let rows =
+                sqlx::query("SELECT payload FROM outbox WHERE routing_key = 'call.completed'")
+                    .fetch_all(&repo.db.pool)
+                    .await
+                    .unwrap();
+            assert_eq!(rows.len(), 3, "{engine}");
+            for r in rows {
+                let payload = r
+                    .try_get::<String, _>(0)
+                    .map(String::into_bytes)
+                    .or_else(|_| r.try_get::<Vec<u8>, _>(0))
+                    .unwrap();
+                let ev = CloudEvent::from_slice(&payload).unwrap();
+                let Some(dialstack_contract::CallEvent::Completed(done)) =
+                    dialstack_contract::CallEvent::parse(&ev.ty, &ev.data).unwrap()
+                else {
+                    panic!("not a call.completed: {ev:?}");
+                };
+                assert_eq!(done.outcome, Outcome::Failed);
+                assert!(done.reason.is_some());
+            }
+            // A late heartbeat does not revive a resolved attempt, and a late
+            // dial cannot claim one.
+            assert_eq!(
+                repo.renew_leases("mp-1", &[ids[1].clone()], until)
+                    .await
+                    .unwrap(),
+                0
+            );
+            assert_eq!(
+                repo.claim(&ids[3], "mp-1", until).await.unwrap(),
+                Claim::Taken("completed".into())
+            );
+            assert!(
+                !repo.complete_if_done(&c.id, "test").await.unwrap(),
+                "{engine}: one call still lives"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn call_events_close_attempts_once_and_complete_the_campaign() {
         for (engine, url) in both_databases() {
             let repo = Repo {
