@@ -7,6 +7,7 @@
 //! `DIALSTACK_TEST_AMQP` (`amqp://guest:guest@127.0.0.1:5672/%2f`),
 //! `DIALSTACK_TEST_KAFKA` (`127.0.0.1:9092`).
 
+pub mod campaigns;
 pub mod procs;
 pub mod proxy;
 

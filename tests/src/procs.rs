@@ -116,6 +116,17 @@ impl ServiceProc {
         }
     }
 
+    /// Kills the process with SIGKILL (no drain, nothing flushed) and waits.
+    pub async fn kill9(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn stop(mut self) -> Option<i32> {
         if let Some(pid) = self.child.id() {
@@ -140,6 +151,8 @@ pub struct SuiteOptions {
     pub events_url: String,
     /// Commands channel URL.
     pub commands_url: String,
+    /// Extra environment of media-processor.
+    pub media_env: Vec<(String, String)>,
 }
 
 /// The five services as real processes.
@@ -156,6 +169,10 @@ pub struct Suite {
     pub media: ServiceProc,
     /// The admin password.
     pub admin_password: String,
+    /// media-processor's environment (to start it again).
+    pub media_env: HashMap<String, String>,
+    /// The test's log folder.
+    pub logs: PathBuf,
 }
 
 fn env_of(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -216,8 +233,11 @@ impl Suite {
         ] {
             env.insert(k.into(), v.into());
         }
+        env.extend(opts.media_env.iter().cloned());
         let media = ServiceProc::start("media-processor", &env, &logs).await;
         let suite = Self {
+            media_env: env,
+            logs: logs.clone(),
             users,
             scheduler,
             storage,
@@ -361,6 +381,49 @@ impl Sipp {
             Ok(Ok(s)) => s.code().unwrap_or(-1),
             _ => panic!("sipp did not finish its calls within {timeout:?}"),
         }
+    }
+
+    /// How many distinct calls sent SIPp a request starting with `prefix`
+    /// (e.g. `"BYE "`); retransmissions count once.
+    pub fn received(&self, prefix: &str) -> usize {
+        let text = std::fs::read_to_string(&self.trace).unwrap_or_default();
+        let mut ids = std::collections::HashSet::new();
+        for block in text.split("UDP message received") {
+            let mut lines = block
+                .lines()
+                .skip_while(|l| l.trim().is_empty() || l.contains("bytes"));
+            if lines.next().is_some_and(|l| l.starts_with(prefix)) {
+                if let Some(id) = block.lines().find_map(|l| l.strip_prefix("Call-ID: ")) {
+                    ids.insert(id.trim().to_owned());
+                }
+            }
+        }
+        ids.len()
+    }
+
+    /// For each Call-ID, the Via branches of the INVITEs SIPp received: one
+    /// branch per INVITE transaction (retransmissions share it).
+    pub fn invite_branches(&self) -> HashMap<String, std::collections::HashSet<String>> {
+        let text = std::fs::read_to_string(&self.trace).unwrap_or_default();
+        let mut out: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+        for block in text.split("UDP message received") {
+            let mut lines = block
+                .lines()
+                .skip_while(|l| l.trim().is_empty() || l.contains("bytes"));
+            if !lines.next().is_some_and(|l| l.starts_with("INVITE ")) {
+                continue;
+            }
+            let call_id = block.lines().find_map(|l| l.strip_prefix("Call-ID: "));
+            let branch = block
+                .lines()
+                .find(|l| l.starts_with("Via: "))
+                .and_then(|l| l.split(";branch=").nth(1))
+                .map(|b| b.split(';').next().unwrap_or(b).trim().to_owned());
+            if let (Some(id), Some(b)) = (call_id, branch) {
+                out.entry(id.trim().to_owned()).or_default().insert(b);
+            }
+        }
+        out
     }
 
     /// Distinct Call-IDs of the INVITEs SIPp received, and the number of

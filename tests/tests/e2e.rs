@@ -6,113 +6,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use dialstack_common::bus::{Channel, OutMessage, EVENTS};
+use dialstack_tests::campaigns::{completed_cdrs, start_campaign, wait_completed};
 use dialstack_tests::procs::{
     bin_path, dialstack_up, log_dir, login, scenario, Sipp, Suite, SuiteOptions,
 };
 use dialstack_tests::{amqp_url, eventually, kafka_url, unique};
 use serde_json::{json, Value};
-
-fn contacts(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("+1415555{:04}", i)).collect()
-}
-
-/// Creates and starts a campaign; returns its id.
-async fn start_campaign(scheduler: &str, token: &str, n: usize, talk_ms: u64) -> String {
-    let http = reqwest::Client::new();
-    let resp = http
-        .post(format!("{scheduler}/v1/campaigns"))
-        .bearer_auth(token)
-        .json(&json!({
-            "name": "e2e",
-            "caller_id": "+14155550000",
-            "max_concurrent": 20,
-            "max_cps": 25,
-            "talk_time_ms": talk_ms,
-            "contacts": contacts(n),
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let created: Value = resp.json().await.unwrap();
-    let id = created["id"].as_str().unwrap().to_owned();
-    assert_eq!(created["state"], "draft");
-    assert_eq!(created["progress"]["total"], n);
-    let resp = http
-        .post(format!("{scheduler}/v1/campaigns/{id}/start"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    id
-}
-
-/// Waits until the campaign is completed and returns its view.
-async fn wait_completed(scheduler: &str, token: &str, id: &str) -> Value {
-    let http = reqwest::Client::new();
-    eventually("campaign completed", Duration::from_secs(180), || {
-        let http = http.clone();
-        async move {
-            let v: Value = http
-                .get(format!("{scheduler}/v1/campaigns/{id}"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            if v["state"] == "completed" {
-                Ok(v)
-            } else {
-                Err(v["progress"].to_string())
-            }
-        }
-    })
-    .await
-}
-
-/// Every CDR of the campaign, following cursors.
-async fn cdrs(storage: &str, token: &str, id: &str) -> Vec<Value> {
-    let http = reqwest::Client::new();
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = format!("{storage}/v1/calls?campaign_id={id}&limit=20");
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let page: Value = http
-            .get(url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        out.extend(page["items"].as_array().cloned().unwrap_or_default());
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => return out,
-        }
-    }
-}
-
-/// CDRs of the campaign once all `n` are completed.
-async fn completed_cdrs(storage: &str, token: &str, id: &str, n: usize) -> Vec<Value> {
-    eventually("all CDRs completed", Duration::from_secs(60), || async {
-        let all = cdrs(storage, token, id).await;
-        let done = all.iter().filter(|c| c["state"] == "completed").count();
-        if all.len() == n && done == n {
-            Ok(all)
-        } else {
-            Err(format!("{} CDRs, {done} completed", all.len()))
-        }
-    })
-    .await
-}
 
 /// Sum of `dialstack_calls_total` for the campaign by outcome, from `/metrics`.
 async fn calls_metric(monitor: &str, campaign: &str) -> HashMap<String, u64> {
@@ -172,6 +71,7 @@ async fn sipp_answers_fifty_calls() {
         trunk: format!("sip:127.0.0.1:{}", sipp.port),
         events_url: events_url.clone(),
         commands_url: kafka_url(&ns),
+        media_env: vec![],
     })
     .await;
     let token = suite.admin_token().await;
@@ -266,6 +166,7 @@ async fn sipp_busy_fifty_calls() {
         trunk: format!("sip:127.0.0.1:{}", sipp.port),
         events_url: amqp_url(&ns),
         commands_url: kafka_url(&ns),
+        media_env: vec![],
     })
     .await;
     let token = suite.admin_token().await;

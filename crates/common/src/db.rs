@@ -504,6 +504,10 @@ impl OutboxRelay {
         let mut last_gauge = std::time::Instant::now() - Duration::from_secs(10);
         let mut last_cleanup = std::time::Instant::now();
         loop {
+            // Only a pass that starts after the signal is a last pass: one
+            // already running may have read the table before the last rows
+            // were committed.
+            let last_pass = shutdown.is_cancelled();
             let result = self.relay_once().await;
             let more = match &result {
                 Ok(n) => {
@@ -530,7 +534,7 @@ impl OutboxRelay {
                     .await;
                 last_cleanup = std::time::Instant::now();
             }
-            if shutdown.is_cancelled() {
+            if last_pass {
                 if result.is_ok() && !more {
                     break;
                 }

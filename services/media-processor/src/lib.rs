@@ -30,7 +30,9 @@
 //! for the trunk, both or neither), `DIALSTACK_RTP_LATCH` (`1`: accept and
 //! send RTP to the first packet's source, for NATed carriers; default `0`),
 //! `DIALSTACK_DRAIN_TALK_SECS` (how long answered calls go on after SIGTERM,
-//! default a third of the shutdown grace, at most 10 s).
+//! default a third of the shutdown grace, at most 10 s),
+//! `DIALSTACK_LEASE_SECS` (claim lease on an attempt, renewed every third of
+//! it while the call lives; default 30).
 
 pub mod call;
 pub mod db;
@@ -96,6 +98,8 @@ pub struct Config {
     pub rtp_latch: bool,
     /// Talk time left to answered calls at shutdown.
     pub drain_talk: Duration,
+    /// Claim lease.
+    pub lease: Duration,
 }
 
 /// Parses `DIALSTACK_SIP_TRUNK`.
@@ -200,7 +204,13 @@ impl Config {
                 "must be below the shutdown grace",
             ));
         }
+        let lease_secs: u64 =
+            env.parse_or("DIALSTACK_LEASE_SECS", messaging::DEFAULT_LEASE.as_secs())?;
+        if !(3..=300).contains(&lease_secs) {
+            return Err(ConfigError::new("DIALSTACK_LEASE_SECS", "must be 3-300"));
+        }
         Ok(Self {
+            lease: Duration::from_secs(lease_secs),
             sip_credentials,
             rtp_latch,
             drain_talk: Duration::from_secs(drain_secs),
@@ -371,6 +381,7 @@ impl Service for Application {
             shutdown: base.shutdown.clone(),
             active,
             live: live.clone(),
+            lease: config.lease,
         });
         if let Some(commands) = &base.commands {
             base.spawn_consumer(
@@ -385,6 +396,7 @@ impl Service for Application {
             client,
             claimer,
             live.clone(),
+            config.lease,
             heartbeat_stop.clone(),
         ));
         // Drain: after SIGTERM the consumer stops taking dials; calls end

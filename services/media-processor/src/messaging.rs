@@ -5,7 +5,8 @@
 //!
 //! Dial once: the claim is made only once a call slot is held, so a lease
 //! never runs while the dial waits; while the call lives its lease is
-//! renewed every [`HEARTBEAT_EVERY`]. If this process dies, the leases run
+//! renewed every third of the lease ([`DEFAULT_LEASE`] unless
+//! `DIALSTACK_LEASE_SECS` says otherwise). If this process dies, the leases run
 //! out and task-scheduler resolves the attempts as `failed/media_lost`
 //! without ever redialing them.
 
@@ -28,10 +29,9 @@ use crate::call::{place_call, CallContext, Progress};
 use crate::db::Repo;
 use crate::scheduler_client::{ClaimResult, SchedulerClient};
 
-/// How long a claim holds without a heartbeat.
-pub const LEASE_MS: i64 = 30_000;
-/// How often live calls' leases are renewed.
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+/// How long a claim holds without a heartbeat, by default
+/// (`DIALSTACK_LEASE_SECS`); live calls renew theirs every third of it.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// The calls this instance is placing now, by call id.
 #[derive(Clone, Default)]
@@ -113,6 +113,8 @@ pub struct CommandHandler {
     pub active: prometheus::IntGauge,
     /// Live calls, for hang-up and heartbeats.
     pub live: LiveCalls,
+    /// Claim lease.
+    pub lease: Duration,
 }
 
 #[async_trait::async_trait]
@@ -149,6 +151,9 @@ impl CommandHandler {
             tracing::warn!(field = e.field, reason = %e.reason, "dial command refused at the edge");
             HandleError::Permanent(format!("dial: {e}"))
         })?;
+        // Held until the call is spawned: the drain at shutdown waits for it,
+        // so the SIP edge never stops under a call about to start.
+        let _in_flight = self.calls.token();
         if self.shutdown.is_cancelled() {
             return Err(HandleError::Transient("shutting down".into()));
         }
@@ -159,7 +164,11 @@ impl CommandHandler {
         };
         match self
             .client
-            .claim(&cmd.attempt_id, &self.claimer, LEASE_MS)
+            .claim(
+                &cmd.attempt_id,
+                &self.claimer,
+                self.lease.as_millis() as i64,
+            )
             .await
         {
             Ok(ClaimResult::Granted) => {}
@@ -176,6 +185,22 @@ impl CommandHandler {
             .map_err(|e| HandleError::Transient(e.to_string()))?;
         if !fresh {
             tracing::info!(call_id = %cmd.call_id, "dial redelivered for a call already placed, dropped");
+            return Ok(());
+        }
+        if self.shutdown.is_cancelled() {
+            // Claimed but not dialed: nobody's phone rings for a process on
+            // its way out; the attempt ends as canceled.
+            tracing::info!(call_id = %cmd.call_id, "shutting down after the claim, not dialing");
+            let call = CallRef {
+                call_id: cmd.call_id.clone(),
+                attempt_id: cmd.attempt_id.clone(),
+                campaign_id: cmd.campaign_id.clone(),
+                phone: cmd.phone.clone(),
+                at_ms: dialstack_common::now_ms(),
+                team: cmd.team.clone(),
+            };
+            let done = CallCompleted::unanswered(call, dialstack_contract::Outcome::Canceled, None);
+            emit(&self.repo, &self.relay, &CallEvent::Completed(done)).await;
             return Ok(());
         }
         let hangup = self.live.insert(&cmd.call_id, &cmd.attempt_id);
@@ -273,24 +298,28 @@ async fn run_call(
     emit(&repo, &relay, &CallEvent::Completed(done)).await;
 }
 
-/// Renews the leases of live calls every [`HEARTBEAT_EVERY`] until `stop`.
+/// Renews the leases of live calls every third of `lease` until `stop`.
 pub async fn run_heartbeat(
     client: Arc<SchedulerClient>,
     claimer: String,
     live: LiveCalls,
+    lease: Duration,
     stop: CancellationToken,
 ) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+            _ = tokio::time::sleep(lease / 3) => {}
         }
         let ids = live.attempts();
         if ids.is_empty() {
             continue;
         }
         for chunk in ids.chunks(2_000) {
-            match client.heartbeat(&claimer, chunk, LEASE_MS).await {
+            match client
+                .heartbeat(&claimer, chunk, lease.as_millis() as i64)
+                .await
+            {
                 Ok(n) if n < chunk.len() as u64 => {
                     tracing::warn!(
                         live = chunk.len(),

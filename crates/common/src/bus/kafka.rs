@@ -299,6 +299,10 @@ impl Backend for KafkaBackend {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
+            // Also the rebalance timeout: how long a rebalance waits for a
+            // member that stopped polling (a replica killed with SIGKILL whose
+            // session the broker does not expire) before it goes on without it.
+            .set("max.poll.interval.ms", "30000")
             .create()
             .map_err(broker)?;
         consumer.subscribe(&[&self.topic]).map_err(broker)?;

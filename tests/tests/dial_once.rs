@@ -1,0 +1,238 @@
+//! Dial once under failure, with the five real binaries, MariaDB, RabbitMQ,
+//! Kafka (tansu) and SIPp as the trunk:
+//! - media-processor is killed with SIGKILL in the middle of a 300-call
+//!   campaign and started again: the campaign completes, SIPp never sees one
+//!   call dialed twice, every attempt has one outcome and one CDR;
+//! - media-processor gets SIGTERM with calls ringing and answered: ringing
+//!   calls are canceled, answered ones get BYE, every call reports
+//!   `call.completed`, and the process exits 0.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use dialstack_tests::campaigns::{cdrs, completed_cdrs, start_campaign_paced, wait_completed};
+use dialstack_tests::procs::{scenario, ServiceProc, Sipp, Suite, SuiteOptions};
+use dialstack_tests::{amqp_url, eventually, kafka_url, unique};
+use serde_json::Value;
+
+fn outcomes(all: &[Value]) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for c in all {
+        *out.entry(c["outcome"].as_str().unwrap_or("none").to_owned())
+            .or_default() += 1;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_media_processor_mid_campaign_dials_no_one_twice() {
+    let test = "dial_once_kill9";
+    let calls = 300;
+    let sipp = Sipp::uas(test, None, calls as u32).await;
+    let ns = unique("d1k");
+    // Commands over RabbitMQ here: the killed consumer's unacknowledged
+    // dials come back when its connection drops. On tansu, the test's Kafka
+    // broker, a consumer group never rebalances away from a member killed
+    // with SIGKILL (its partitions stay with the dead member; Apache Kafka
+    // expires it after session.timeout.ms), so the restarted replica would
+    // receive nothing. The SIGTERM test below runs its commands over Kafka.
+    let suite = Suite::start(SuiteOptions {
+        test: test.into(),
+        trunk: format!("sip:127.0.0.1:{}", sipp.port),
+        events_url: amqp_url(&ns),
+        commands_url: amqp_url(&format!("{ns}c")),
+        media_env: vec![("DIALSTACK_LEASE_SECS".into(), "6".into())],
+    })
+    .await;
+    let token = suite.admin_token().await;
+    let id = start_campaign_paced(&suite.scheduler.url, &token, calls, 1_500, 30, 30.0).await;
+
+    // Kill it once a fifth of the campaign is done, with calls in flight.
+    eventually(
+        "a fifth of the calls done",
+        Duration::from_secs(120),
+        || async {
+            let done = cdrs(&suite.storage.url, &token, &id)
+                .await
+                .iter()
+                .filter(|c| c["state"] == "completed")
+                .count();
+            if done >= calls / 5 {
+                Ok(())
+            } else {
+                Err(format!("{done} done"))
+            }
+        },
+    )
+    .await;
+    let Suite {
+        users,
+        scheduler,
+        storage,
+        monitor,
+        media,
+        media_env,
+        logs,
+        ..
+    } = suite;
+    media.kill9().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let restart_logs = logs.join("after-kill");
+    std::fs::create_dir_all(&restart_logs).unwrap();
+    let media = ServiceProc::start("media-processor", &media_env, &restart_logs).await;
+
+    let view = wait_completed(&scheduler.url, &token, &id).await;
+    assert_eq!(view["progress"]["done"], calls, "{view}");
+    let all = completed_cdrs(&storage.url, &token, &id, calls).await;
+    let by_outcome = outcomes(&all);
+    let answered = by_outcome.get("answered_human").copied().unwrap_or(0);
+    let lost = by_outcome.get("failed").copied().unwrap_or(0);
+    assert_eq!(
+        answered + lost,
+        calls,
+        "only answered or lost: {by_outcome:?}"
+    );
+    for c in all.iter().filter(|c| c["outcome"] == "failed") {
+        assert!(
+            c["reason"] == "media_lost" || c["reason"] == "dial_lost",
+            "{c}"
+        );
+    }
+    // Attempts and CDRs agree, one each.
+    let attempts: i64 = view["progress"]["outcomes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_i64().unwrap())
+        .sum();
+    assert_eq!(attempts, calls as i64, "{view}");
+    let mut ids: Vec<&str> = all.iter().map(|c| c["call_id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), calls, "one CDR per call");
+
+    // SIPp: every call at most one INVITE transaction, and no more calls
+    // than attempts.
+    let branches = sipp.invite_branches();
+    assert!(
+        branches.len() <= calls,
+        "{} calls reached SIPp",
+        branches.len()
+    );
+    assert!(
+        branches.len() >= answered,
+        "every answered call reached SIPp"
+    );
+    for (call_id, b) in &branches {
+        assert_eq!(b.len(), 1, "{call_id} was dialed {} times", b.len());
+    }
+    for s in [media, monitor, storage, scheduler, users] {
+        let name = s.name.clone();
+        assert_eq!(s.stop().await, Some(0), "{name} exits cleanly");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_cancels_ringing_calls_and_hangs_up_answered_ones_before_exit() {
+    let test = "dial_once_sigterm";
+    let sipp = Sipp::uas(test, Some(scenario("uas_ring_or_cancel.xml")), 40).await;
+    let ns = unique("d1t");
+    let suite = Suite::start(SuiteOptions {
+        test: test.into(),
+        trunk: format!("sip:127.0.0.1:{}", sipp.port),
+        events_url: amqp_url(&ns),
+        commands_url: kafka_url(&ns),
+        media_env: vec![],
+    })
+    .await;
+    let token = suite.admin_token().await;
+    // 5 calls a second, each ringing 1.5 s, then talking for a minute.
+    let id = start_campaign_paced(&suite.scheduler.url, &token, 40, 60_000, 40, 5.0).await;
+    eventually("a call answered", Duration::from_secs(60), || async {
+        let all = cdrs(&suite.storage.url, &token, &id).await;
+        if all.iter().any(|c| c["answered_at"].as_i64().is_some()) {
+            Ok(())
+        } else {
+            Err(format!("{} CDRs", all.len()))
+        }
+    })
+    .await;
+    let Suite {
+        users,
+        scheduler,
+        storage,
+        monitor,
+        media,
+        ..
+    } = suite;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        media.stop().await,
+        Some(0),
+        "media-processor drains and exits 0"
+    );
+    let drain = started.elapsed();
+    assert!(
+        drain < Duration::from_secs(5),
+        "within the grace: {drain:?}"
+    );
+
+    // Every call SIPp saw has a completed CDR: canceled while ringing, or
+    // answered and hung up by us.
+    let seen = sipp.invite_branches();
+    assert!(!seen.is_empty());
+    let all = eventually(
+        "every dialed call completed",
+        Duration::from_secs(30),
+        || async {
+            let all = cdrs(&storage.url, &token, &id).await;
+            let done: Vec<Value> = all
+                .into_iter()
+                .filter(|c| seen.contains_key(c["call_id"].as_str().unwrap_or("")))
+                .collect();
+            if done.len() == seen.len() && done.iter().all(|c| c["state"] == "completed") {
+                Ok(done)
+            } else {
+                Err(format!(
+                    "{} CDRs of {} calls: {:?}",
+                    done.len(),
+                    seen.len(),
+                    done.iter()
+                        .map(|c| (c["state"].clone(), c["outcome"].clone()))
+                        .collect::<Vec<_>>()
+                ))
+            }
+        },
+    )
+    .await;
+    let by_outcome = outcomes(&all);
+    assert_eq!(
+        by_outcome.get("answered_human").copied().unwrap_or(0)
+            + by_outcome.get("canceled").copied().unwrap_or(0),
+        seen.len(),
+        "{by_outcome:?}"
+    );
+    assert!(
+        by_outcome.get("canceled").copied().unwrap_or(0) >= 1,
+        "{by_outcome:?}"
+    );
+    assert!(
+        by_outcome.get("answered_human").copied().unwrap_or(0) >= 1,
+        "{by_outcome:?}"
+    );
+    // SIPp got a BYE for each answered call and a CANCEL for each canceled one.
+    assert_eq!(
+        sipp.received("BYE "),
+        by_outcome["answered_human"],
+        "one BYE per answered call"
+    );
+    assert_eq!(
+        sipp.received("CANCEL "),
+        by_outcome["canceled"],
+        "one CANCEL per ringing call"
+    );
+    for s in [monitor, storage, scheduler, users] {
+        let name = s.name.clone();
+        assert_eq!(s.stop().await, Some(0), "{name} exits cleanly");
+    }
+}
