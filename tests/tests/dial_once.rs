@@ -236,3 +236,58 @@ async fn sigterm_cancels_ringing_calls_and_hangs_up_answered_ones_before_exit() 
         assert_eq!(s.stop().await, Some(0), "{name} exits cleanly");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hangup_over_rest_ends_an_answered_call_with_bye() {
+    let test = "dial_once_hangup";
+    let sipp = Sipp::uas(test, None, 1).await;
+    let ns = unique("d1h");
+    let suite = Suite::start(SuiteOptions {
+        test: test.into(),
+        trunk: format!("sip:127.0.0.1:{}", sipp.port),
+        events_url: amqp_url(&ns),
+        commands_url: kafka_url(&ns),
+        media_env: vec![],
+    })
+    .await;
+    let token = suite.admin_token().await;
+    let id = start_campaign_paced(&suite.scheduler.url, &token, 1, 120_000, 1, 1.0).await;
+    let call_id = eventually("the call answered", Duration::from_secs(60), || async {
+        let all = cdrs(&suite.storage.url, &token, &id).await;
+        match all.first() {
+            Some(c) if c["answered_at"].as_i64().is_some() => {
+                Ok(c["call_id"].as_str().unwrap().to_owned())
+            }
+            _ => Err(format!("{all:?}")),
+        }
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let hangup = |call: String| {
+        let http = http.clone();
+        let url = format!("{}/v1/calls/{call}/hangup", suite.scheduler.url);
+        let token = token.clone();
+        async move { http.post(url).bearer_auth(token).send().await.unwrap() }
+    };
+    let r = hangup(call_id.clone()).await;
+    assert_eq!(r.status(), 202);
+    let view = wait_completed(&suite.scheduler.url, &token, &id).await;
+    assert_eq!(view["progress"]["outcomes"]["answered_human"], 1, "{view}");
+    let cdr = completed_cdrs(&suite.storage.url, &token, &id, 1)
+        .await
+        .remove(0);
+    assert!(
+        cdr["talk_ms"].as_i64().unwrap() < 60_000,
+        "ended early: {cdr}"
+    );
+    assert_eq!(sipp.received("BYE "), 1, "SIPp got our BYE");
+    let r = hangup(call_id).await;
+    assert_eq!(r.status(), 409, "the call is over");
+    let r = hangup("no-such-call".into()).await;
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["request_id"].is_string() && body["code"].is_string(),
+        "{body}"
+    );
+}

@@ -31,6 +31,8 @@
 //! send RTP to the first packet's source, for NATed carriers; default `0`),
 //! `DIALSTACK_DRAIN_TALK_SECS` (how long answered calls go on after SIGTERM,
 //! default a third of the shutdown grace, at most 10 s),
+//! `DIALSTACK_SIP_KEEPALIVE_SECS` (OPTIONS to the trunk, default 30, 0 off;
+//! while the trunk does not answer, no dial is claimed and readiness is red),
 //! `DIALSTACK_LEASE_SECS` (claim lease on an attempt, renewed every third of
 //! it while the call lives; default 30).
 
@@ -100,6 +102,8 @@ pub struct Config {
     pub drain_talk: Duration,
     /// Claim lease.
     pub lease: Duration,
+    /// OPTIONS keepalive interval (`None`: off).
+    pub keepalive: Option<Duration>,
 }
 
 /// Parses `DIALSTACK_SIP_TRUNK`.
@@ -209,7 +213,15 @@ impl Config {
         if !(3..=300).contains(&lease_secs) {
             return Err(ConfigError::new("DIALSTACK_LEASE_SECS", "must be 3-300"));
         }
+        let keepalive_secs: u64 = env.parse_or("DIALSTACK_SIP_KEEPALIVE_SECS", 30)?;
+        if keepalive_secs > 3_600 {
+            return Err(ConfigError::new(
+                "DIALSTACK_SIP_KEEPALIVE_SECS",
+                "must be 0 (off) to 3600",
+            ));
+        }
         Ok(Self {
+            keepalive: (keepalive_secs > 0).then(|| Duration::from_secs(keepalive_secs)),
             lease: Duration::from_secs(lease_secs),
             sip_credentials,
             rtp_latch,
@@ -332,6 +344,11 @@ impl Service for Application {
             "dialstack_media_calls_in_progress",
             "calls this media processor is handling now",
         )?);
+        let trunk_health =
+            sip::keepalive::TrunkHealth::new(base.metrics.register(&prometheus::IntGauge::new(
+                "dialstack_trunk_up",
+                "1 while the SIP trunk answers OPTIONS, 0 while it does not",
+            )?));
         let transport = sip::SipTransport::bind(config.sip_addr, trunk_addrs, sip_metrics).await?;
         // The SIP edge outlives the consumers: it stops only once every call
         // has ended (late 200s ACKed, CANCELs and BYEs answered).
@@ -382,6 +399,7 @@ impl Service for Application {
             active,
             live: live.clone(),
             lease: config.lease,
+            trunk: trunk_health.clone(),
         });
         if let Some(commands) = &base.commands {
             base.spawn_consumer(
@@ -392,6 +410,19 @@ impl Service for Application {
             .await?;
         }
         let heartbeat_stop = CancellationToken::new();
+        if let Some(every) = config.keepalive {
+            base.readiness
+                .add(Arc::new(sip::keepalive::TrunkReady(trunk_health.clone())));
+            tokio::spawn(sip::keepalive::run(
+                ctx.transport.clone(),
+                ctx.trunk,
+                ctx.trunk_host.clone(),
+                ctx.t1,
+                every,
+                trunk_health,
+                heartbeat_stop.clone(),
+            ));
+        }
         tokio::spawn(messaging::run_heartbeat(
             client,
             claimer,

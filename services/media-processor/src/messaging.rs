@@ -115,6 +115,8 @@ pub struct CommandHandler {
     pub live: LiveCalls,
     /// Claim lease.
     pub lease: Duration,
+    /// Whether the trunk answers (no claims while it does not).
+    pub trunk: crate::sip::keepalive::TrunkHealth,
 }
 
 #[async_trait::async_trait]
@@ -157,7 +159,12 @@ impl CommandHandler {
         if self.shutdown.is_cancelled() {
             return Err(HandleError::Transient("shutting down".into()));
         }
-        // A slot first, then the claim: a lease never runs while we wait.
+        // A trunk that answers, then a slot, then the claim: a lease never
+        // runs while we wait, and dials wait in the channel while the trunk
+        // is down.
+        if !self.trunk.wait_up(&self.shutdown).await {
+            return Err(HandleError::Transient("shutting down".into()));
+        }
         let permit = tokio::select! {
             p = self.limit.clone().acquire_owned() => p.map_err(|_| HandleError::Transient("shutting down".into()))?,
             _ = self.shutdown.cancelled() => return Err(HandleError::Transient("shutting down".into())),

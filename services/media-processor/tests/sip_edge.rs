@@ -457,3 +457,68 @@ async fn garbage_at_the_sip_port_does_not_disturb_a_call() {
     assert!(dropped >= 4_000, "the spray is accounted for: {dropped}");
     assert_eq!(peer.exit_code().await, 0);
 }
+
+#[tokio::test]
+async fn options_keepalive_tracks_the_trunk() {
+    use media_processor::sip::keepalive::{run, TrunkHealth};
+    let trunk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (ctx, _stop) = context(trunk.local_addr().unwrap(), Duration::from_millis(20)).await;
+    let gauge = prometheus::IntGauge::new("up", "up").unwrap();
+    let health = TrunkHealth::new(gauge.clone());
+    let stop = CancellationToken::new();
+    tokio::spawn(run(
+        ctx.transport.clone(),
+        ctx.trunk,
+        ctx.trunk_host.clone(),
+        ctx.t1,
+        Duration::from_millis(200),
+        health.clone(),
+        stop.clone(),
+    ));
+    // The trunk answers the first probes, then goes silent, then comes back.
+    let answer = |n: usize| {
+        let trunk = &trunk;
+        async move {
+            let mut buf = vec![0u8; 4096];
+            for _ in 0..n {
+                let (len, from) = trunk.recv_from(&mut buf).await.unwrap();
+                let req = media_processor::sip::Message::parse(&buf[..len]).unwrap();
+                assert_eq!(req.method(), Some("OPTIONS"));
+                let resp = media_processor::sip::response_to(&req, 200, "OK", Some("t"), "", "");
+                trunk.send_to(resp.as_bytes(), from).await.unwrap();
+            }
+        }
+    };
+    answer(2).await;
+    assert!(health.is_up());
+    let waited = Instant::now();
+    while health.is_up() && waited.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!health.is_up(), "down after two unanswered probes");
+    assert_eq!(gauge.get(), 0);
+    let up_again = health.clone();
+    let waiter = tokio::spawn(async move { up_again.wait_up(&CancellationToken::new()).await });
+    // Answer everything from now on until the waiter sees the trunk up.
+    let answering = tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((len, from)) = trunk.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok(req) = media_processor::sip::Message::parse(&buf[..len]) else {
+                continue;
+            };
+            let resp = media_processor::sip::response_to(&req, 200, "OK", Some("t"), "", "");
+            let _ = trunk.send_to(resp.as_bytes(), from).await;
+        }
+    });
+    let woke = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+    assert!(
+        matches!(woke, Ok(Ok(true))),
+        "dials resume once the trunk answers"
+    );
+    assert_eq!(gauge.get(), 1);
+    stop.cancel();
+    answering.abort();
+}

@@ -11,7 +11,7 @@ use dialstack_common::db::{outbox_enqueue, Db, Migration, Tx};
 use dialstack_common::events::CloudEvent;
 use dialstack_contract::{
     types, CallCompleted, CallEvent, CallRef, CampaignStateChanged, DialCommand, FailReason,
-    Outcome,
+    HangupCommand, Outcome,
 };
 use sqlx::Row;
 
@@ -460,6 +460,51 @@ impl Repo {
         Ok(completed.then(|| data.campaign_id.clone()))
     }
 
+    /// Asks media-processor to end the call `call_id` (a `hangup` command
+    /// on the commands channel, keyed by the call so that it reaches the
+    /// consumer of the call's dial). `may` decides on the call's campaign
+    /// team before anything is written.
+    pub async fn request_hangup(
+        &self,
+        call_id: &str,
+        requested_by: &str,
+        may: impl Fn(Option<&String>) -> bool,
+        source: &str,
+    ) -> Result<HangupRequest, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT a.state, c.team FROM attempts a JOIN campaigns c ON c.id = a.campaign_id WHERE a.call_id = ?",
+        )
+        .bind(call_id)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(HangupRequest::NoSuchCall);
+        };
+        let state: String = row.get(0);
+        let team: Option<String> = row.get(1);
+        if !may(team.as_ref()) {
+            return Ok(HangupRequest::NoSuchCall);
+        }
+        if state == "completed" {
+            return Ok(HangupRequest::Over);
+        }
+        let cmd = HangupCommand {
+            call_id: call_id.to_owned(),
+            requested_by: Some(requested_by.to_owned()),
+        };
+        let ev = CloudEvent::new(source, types::HANGUP, call_id, &cmd);
+        let mut tx = self.db.begin().await?;
+        outbox_enqueue(
+            &mut tx,
+            dialstack_common::db::channel::COMMANDS,
+            call_id,
+            &ev,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(HangupRequest::Sent)
+    }
+
     /// Extends the lease of the attempts `claimer` holds (claimed or
     /// dialing) among `ids` to `lease_until`; returns how many it extended.
     /// An attempt the reaper already resolved is not revived.
@@ -612,6 +657,17 @@ async fn campaign_event(
     };
     let ev = CloudEvent::new(source, types::CAMPAIGN_STATE, id, &data);
     outbox_enqueue(tx, dialstack_common::db::channel::EVENTS, id, &ev).await
+}
+
+/// What became of a hang-up request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HangupRequest {
+    /// The command is on its way.
+    Sent,
+    /// The call already ended.
+    Over,
+    /// No call by that id (or not one the caller may see).
+    NoSuchCall,
 }
 
 /// A lead with its attempts, as its owner or a supervisor reads it.

@@ -10,7 +10,7 @@ use dialstack_common::http::{ApiError, ApiJson, BearerSecurity, ErrorBody, Error
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
-use crate::db::{Campaign, Claim, Lead, LeadAttempt, LeadQuery, Progress};
+use crate::db::{Campaign, Claim, HangupRequest, Lead, LeadAttempt, LeadQuery, Progress};
 use crate::domain::{ContactInput, NewCampaignRequest};
 use crate::AppState;
 
@@ -108,8 +108,8 @@ pub struct ClaimResponse {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "dialstack task-scheduler", version = "1"),
-    paths(create_campaign, start_campaign, get_campaign, claim_attempt, heartbeat, list_leads, get_lead),
-    components(schemas(NewCampaignRequest, ContactInput, Campaign, Progress, ClaimRequest, ClaimResponse, HeartbeatRequest, HeartbeatResponse,
+    paths(create_campaign, start_campaign, get_campaign, claim_attempt, heartbeat, hangup_call, list_leads, get_lead),
+    components(schemas(HangupAccepted, NewCampaignRequest, ContactInput, Campaign, Progress, ClaimRequest, ClaimResponse, HeartbeatRequest, HeartbeatResponse,
         Lead, LeadAttempt, LeadPage, ErrorBody)),
     modifiers(&BearerSecurity)
 )]
@@ -136,6 +136,11 @@ pub const ROUTES: &[RouteRoles] = &[
         method: "POST",
         path: "/v1/attempts/{id}/claim",
         roles: CLAIM,
+    },
+    RouteRoles {
+        method: "POST",
+        path: "/v1/calls/{call_id}/hangup",
+        roles: MANAGE,
     },
     RouteRoles {
         method: "POST",
@@ -177,6 +182,10 @@ pub fn router(state: AppState, keys: Keys) -> Router {
         .route(
             "/v1/attempts/{id}/claim",
             post(claim_attempt).route_layer(roles(CLAIM)),
+        )
+        .route(
+            "/v1/calls/{call_id}/hangup",
+            post(hangup_call).route_layer(roles(MANAGE)),
         )
         .route(
             "/v1/attempts/heartbeat",
@@ -297,6 +306,55 @@ async fn claim_attempt(
             format!("attempt is {s}"),
         )),
         Claim::Unknown => Err(ApiError::not_found("attempt")),
+    }
+}
+
+/// A hang-up on its way to the media tier.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct HangupAccepted {
+    /// The call.
+    pub call_id: String,
+    /// `hangup_requested`: the call ends with CANCEL (ringing) or BYE
+    /// (answered) and its outcome arrives in `call.completed`.
+    pub state: String,
+}
+
+/// Ends a live call: CANCEL while it rings, BYE once answered (supervisors:
+/// calls of their teams' campaigns).
+#[utoipa::path(post, path = "/v1/calls/{call_id}/hangup", security(("bearer" = [])),
+    responses((status = 202, body = HangupAccepted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn hangup_call(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(call_id): Path<String>,
+) -> Result<(StatusCode, ApiJson<HangupAccepted>), ApiError> {
+    who.require(MANAGE)?;
+    if call_id.is_empty() || call_id.len() > 36 {
+        return Err(ApiError::invalid("call_id", "must be 1-36 characters"));
+    }
+    match state
+        .repo
+        .request_hangup(
+            &call_id,
+            &who.sub,
+            |team| sees_campaign(&who, team),
+            crate::NAME,
+        )
+        .await?
+    {
+        HangupRequest::Sent => {
+            state.relay.notify();
+            tracing::info!(%call_id, by = %who.sub, "hang-up requested");
+            Ok((
+                StatusCode::ACCEPTED,
+                ApiJson(HangupAccepted {
+                    call_id,
+                    state: "hangup_requested".into(),
+                }),
+            ))
+        }
+        HangupRequest::Over => Err(ApiError::new(ErrorCode::Conflict, "call already ended")),
+        HangupRequest::NoSuchCall => Err(ApiError::not_found("call")),
     }
 }
 

@@ -5,11 +5,13 @@
 //! - [`sdp`]: offer/answer (RFC 3264): our offer, the peer's media, hold
 //! - [`dialog`]: the dialog, route set and the requests we send in it
 //! - [`digest`]: Digest authentication (MD5, SHA-256, `qop=auth`)
+//! - [`keepalive`]: OPTIONS to the trunk, trunk health
 //! - [`transport`]: the shared socket, its supervised receive loop and the
 //!   source checks
 
 pub mod dialog;
 pub mod digest;
+pub mod keepalive;
 pub mod message;
 pub mod sdp;
 pub mod transport;
