@@ -80,6 +80,11 @@ async fn start<S: Service>(
     Ok(addr)
 }
 
+/// The `DIALSTACK_*` variables among `vars`, for the services `up` runs.
+pub fn inherited(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    vars.filter(|(k, _)| k.starts_with("DIALSTACK_")).collect()
+}
+
 /// Runs the suite until Ctrl-C.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     dialstack_common::telemetry::init(Some(&args.log_format), Some(&args.log));
@@ -91,19 +96,24 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let service_password = secret(&data.join("service-password"))?;
     let bus = format!("memory://up-{}", std::process::id());
+    let inherited = inherited(std::env::vars());
     let base = |name: &str, port: u16| {
-        Env::from_pairs([
-            (
-                "DIALSTACK_HTTP_ADDR",
-                SocketAddr::new(args.bind, port).to_string(),
-            ),
-            (
-                "DIALSTACK_DATABASE_URL",
-                format!("sqlite://{}/{name}.db", data.display()),
-            ),
-            ("DIALSTACK_EVENTS_URL", bus.clone()),
-            ("DIALSTACK_COMMANDS_URL", bus.clone()),
-        ])
+        // Every DIALSTACK_* variable of our environment reaches every
+        // service (a real trunk and its credentials, say); the wiring of
+        // the one process (ports, databases, in-process channels) and the
+        // flags below win over it.
+        let mut env = Env::from_pairs(inherited.clone());
+        env.set(
+            "DIALSTACK_HTTP_ADDR",
+            SocketAddr::new(args.bind, port).to_string(),
+        );
+        env.set(
+            "DIALSTACK_DATABASE_URL",
+            format!("sqlite://{}/{name}.db", data.display()),
+        );
+        env.set("DIALSTACK_EVENTS_URL", bus.clone());
+        env.set("DIALSTACK_COMMANDS_URL", bus.clone());
+        env
     };
     let shutdown = dialstack_common::shutdown::on_signals();
     let mut tasks = Vec::new();
@@ -179,4 +189,32 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_dialstack_variables_are_handed_on() {
+        let vars = [
+            ("DIALSTACK_SIP_USERNAME", "carrier-user"),
+            ("PATH", "/bin"),
+            ("XDIALSTACK_NOPE", "x"),
+            ("DIALSTACK_SIP_TRUNK", "sip:carrier.example.net"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let got = super::inherited(vars.into_iter());
+        assert_eq!(
+            got,
+            [
+                (
+                    "DIALSTACK_SIP_USERNAME".to_owned(),
+                    "carrier-user".to_owned()
+                ),
+                (
+                    "DIALSTACK_SIP_TRUNK".to_owned(),
+                    "sip:carrier.example.net".to_owned()
+                ),
+            ]
+        );
+    }
 }

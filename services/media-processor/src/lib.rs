@@ -165,12 +165,11 @@ impl Config {
             media_ip = Some(ip);
             sip_addr.set_ip(ip);
         }
-        let sip_credentials = match (
-            env.get("DIALSTACK_SIP_USERNAME"),
-            env.get("DIALSTACK_SIP_PASSWORD"),
-        ) {
+        // Empty counts as unset (an optional Secret key left blank).
+        let set = |k: &str| env.get(k).filter(|v| !v.is_empty());
+        let sip_credentials = match (set("DIALSTACK_SIP_USERNAME"), set("DIALSTACK_SIP_PASSWORD")) {
             (None, None) => None,
-            (Some(u), Some(p)) if !u.is_empty() && !p.is_empty() => {
+            (Some(u), Some(p)) => {
                 if u.chars().any(char::is_control) {
                     return Err(ConfigError::new(
                         "DIALSTACK_SIP_USERNAME",
@@ -182,10 +181,10 @@ impl Config {
                     password: p.to_owned(),
                 })
             }
-            (Some(_), None) | (Some(_), Some(_)) => {
+            (Some(_), None) => {
                 return Err(ConfigError::new(
                     "DIALSTACK_SIP_PASSWORD",
-                    "must be set (non-empty) with DIALSTACK_SIP_USERNAME",
+                    "must be set with DIALSTACK_SIP_USERNAME",
                 ))
             }
             (None, Some(_)) => {
@@ -538,5 +537,66 @@ mod tests {
         assert_eq!(e.var, "DIALSTACK_MEDIA_INTERFACE");
         let c = Config::from_env(&Env::from_pairs(base)).unwrap();
         assert_eq!(c.media_ip, Some(IpAddr::from([203, 0, 113, 7])));
+    }
+
+    #[test]
+    fn sip_edge_settings_are_checked_and_name_their_variable() {
+        let base = [
+            ("DIALSTACK_SIP_TRUNK", "sim://"),
+            ("DIALSTACK_DATABASE_URL", "sqlite://media.db"),
+            ("DIALSTACK_JWKS_URL", "http://127.0.0.1:1/jwks"),
+            ("DIALSTACK_EVENTS_URL", "memory://"),
+            ("DIALSTACK_COMMANDS_URL", "memory://"),
+            ("DIALSTACK_SCHEDULER_URL", "http://127.0.0.1:1"),
+            ("DIALSTACK_USER_SERVICE_URL", "http://127.0.0.1:1"),
+            ("DIALSTACK_SERVICE_PASSWORD", "service account secret 42"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = base.to_vec();
+            pairs.extend_from_slice(extra);
+            Config::from_env(&Env::from_pairs(pairs))
+        };
+        let c = with(&[]).unwrap();
+        assert!(c.sip_credentials.is_none() && !c.rtp_latch);
+        assert_eq!(c.lease, Duration::from_secs(30));
+        assert_eq!(c.keepalive, Some(Duration::from_secs(30)));
+        let c = with(&[
+            ("DIALSTACK_SIP_USERNAME", "trunkuser"),
+            ("DIALSTACK_SIP_PASSWORD", "s3cret"),
+            ("DIALSTACK_RTP_LATCH", "1"),
+            ("DIALSTACK_SIP_KEEPALIVE_SECS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.sip_credentials.unwrap().username, "trunkuser");
+        assert!(c.rtp_latch && c.keepalive.is_none());
+        // Blank keys (an optional Secret left empty) mean no credentials.
+        let c = with(&[
+            ("DIALSTACK_SIP_USERNAME", ""),
+            ("DIALSTACK_SIP_PASSWORD", ""),
+        ])
+        .unwrap();
+        assert!(c.sip_credentials.is_none());
+        for (extra, var) in [
+            (
+                &[("DIALSTACK_SIP_USERNAME", "u")][..],
+                "DIALSTACK_SIP_PASSWORD",
+            ),
+            (
+                &[("DIALSTACK_SIP_PASSWORD", "p")][..],
+                "DIALSTACK_SIP_USERNAME",
+            ),
+            (&[("DIALSTACK_RTP_LATCH", "yes")][..], "DIALSTACK_RTP_LATCH"),
+            (&[("DIALSTACK_LEASE_SECS", "1")][..], "DIALSTACK_LEASE_SECS"),
+            (
+                &[("DIALSTACK_SIP_KEEPALIVE_SECS", "99999")][..],
+                "DIALSTACK_SIP_KEEPALIVE_SECS",
+            ),
+            (
+                &[("DIALSTACK_DRAIN_TALK_SECS", "999")][..],
+                "DIALSTACK_DRAIN_TALK_SECS",
+            ),
+        ] {
+            assert_eq!(with(extra).unwrap_err().var, var);
+        }
     }
 }
