@@ -330,6 +330,7 @@ impl Service for Application {
         let sip_metrics = sip::SipMetrics::new();
         base.metrics.register(&sip_metrics.dropped);
         base.metrics.register(&sip_metrics.restarts);
+        base.metrics.register(&sip_metrics.rtp_dropped);
         let setup = base.metrics.register(&prometheus::Histogram::with_opts(
             prometheus::HistogramOpts::new(
                 "dialstack_call_setup_seconds",

@@ -522,3 +522,64 @@ async fn options_keepalive_tracks_the_trunk() {
     stop.cancel();
     answering.abort();
 }
+
+#[tokio::test]
+async fn forged_rtp_from_another_port_is_dropped_and_counted() {
+    let peer = sipp(None).await;
+    let tap = Proxy::start(peer.addr(), false).await;
+    let (ctx, _stop) = context(tap.addr, T1).await;
+    let cmd = command(2_000, 15_000);
+    let forge = async {
+        let invite = loop {
+            if let Some(i) = tap.from_caller("INVITE ").first().cloned() {
+                break i;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let port: u16 = invite
+            .lines()
+            .find_map(|l| l.strip_prefix("m=audio "))
+            .and_then(|m| m.split(' ').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap();
+        // Once answered, 2,000 well-formed RTP packets from a stranger.
+        while tap.from_callee("SIP/2.0 200").is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stranger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let target = format!("127.0.0.1:{port}");
+        for seq in 0..2_000u16 {
+            let mut pkt = vec![0x80, 0x00];
+            pkt.extend_from_slice(&seq.to_be_bytes());
+            pkt.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+            pkt.extend_from_slice(&0xdead_beefu32.to_be_bytes());
+            pkt.extend_from_slice(&[0xff; 160]);
+            stranger.send_to(&pkt, &target).await.unwrap();
+            if seq % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let ((report, _), ()) = tokio::join!(call(&ctx, &cmd), forge);
+    assert_eq!(report.outcome, Outcome::AnsweredHuman, "{report:?}");
+    assert!(
+        report.rtp_dropped >= 1_900,
+        "forged packets dropped: {report:?}"
+    );
+    assert!(
+        report.rtp_received > 0,
+        "SIPp's echo still accepted: {report:?}"
+    );
+    assert!(
+        report.rtp_received <= report.rtp_sent,
+        "nothing but the echo of what we sent was accepted: {report:?}"
+    );
+    let counted = ctx
+        .transport
+        .metrics()
+        .rtp_dropped
+        .with_label_values(&["source"])
+        .get();
+    assert!(counted >= 1_900, "{counted}");
+    assert_eq!(peer.exit_code().await, 0);
+}

@@ -145,9 +145,19 @@ pub async fn run(
         hang_up(ctx, dialog, rx, hop).await;
     }
     tracing::info!(%call_id, talk_ms, peer_hung_up, "call ended");
-    let dropped = stats.malformed.load(Ordering::Relaxed)
-        + stats.wrong_source.load(Ordering::Relaxed)
-        + stats.wrong_ssrc.load(Ordering::Relaxed);
+    let mut dropped = 0;
+    for (reason, n) in [
+        ("malformed", stats.malformed.load(Ordering::Relaxed)),
+        ("source", stats.wrong_source.load(Ordering::Relaxed)),
+        ("ssrc", stats.wrong_ssrc.load(Ordering::Relaxed)),
+    ] {
+        dropped += n;
+        ctx.transport
+            .metrics()
+            .rtp_dropped
+            .with_label_values(&[reason])
+            .inc_by(n);
+    }
     Report {
         outcome: Outcome::AnsweredHuman,
         reason: None,

@@ -99,6 +99,9 @@ pub struct SipMetrics {
     pub dropped: prometheus::IntCounterVec,
     /// `dialstack_sip_receive_restarts_total`.
     pub restarts: prometheus::IntCounter,
+    /// `dialstack_rtp_packets_dropped_total{reason}`: RTP refused by the
+    /// stream gate (`source`, `ssrc`, `malformed`), added as calls end.
+    pub rtp_dropped: prometheus::IntCounterVec,
 }
 
 impl SipMetrics {
@@ -116,6 +119,14 @@ impl SipMetrics {
             restarts: prometheus::IntCounter::new(
                 "dialstack_sip_receive_restarts_total",
                 "times the SIP receive loop failed and was restarted",
+            )
+            .unwrap_or_else(|_| unreachable!("static metric definition")),
+            rtp_dropped: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "dialstack_rtp_packets_dropped_total",
+                    "RTP packets refused: from the wrong source, of the wrong SSRC, or not RTP",
+                ),
+                &["reason"],
             )
             .unwrap_or_else(|_| unreachable!("static metric definition")),
         }
