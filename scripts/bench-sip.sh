@@ -7,6 +7,9 @@
 #
 #   scripts/bench-sip.sh [rates (default "200 500 800")] [seconds (default 10)]
 #
+# Then a flood run (BENCH_FLOOD=0 skips it): 50,000 garbage datagrams/s at
+# the SIP port for 10 s while 20 real calls run.
+#
 # Each rate line reports the achieved set-up rate, answered/failed calls,
 # set-up time p50/p99 (INVITE to 200), and CPU: seconds, share of one core,
 # ms per call. SIPp's own CPU is reported beside it (ps).
@@ -35,3 +38,16 @@ for rate in $RATES; do
   kill "$sipp_pid" 2>/dev/null || true
   sleep 1
 done
+
+# Flood: 50,000 garbage datagrams a second at the SIP port for the whole run
+# while 20 real calls (2 a second for 10 s) go on.
+if [ "${BENCH_FLOOD:-1}" = 1 ]; then
+  port=$((20000 + RANDOM % 20000))
+  sipp -sn uas -i 127.0.0.1 -p "$port" -mp $((port + 2)) -nostdin \
+    -trace_err -error_file "$LOGS/sipp-flood-errors.log" >/dev/null 2>&1 &
+  sipp_pid=$!
+  sleep 0.5
+  echo "flood run:"
+  "$BIN" --sipp "127.0.0.1:$port" --rate 2 --seconds 10 --talk-ms "$TALK_MS" --flood 50000
+  kill "$sipp_pid" 2>/dev/null || true
+fi

@@ -3,6 +3,11 @@
 //! CPU this process spends per set-up. Run by `scripts/bench-sip.sh`.
 //!
 //! Usage: sip_setup --sipp HOST:PORT --rate CALLS_PER_S --seconds N
+//! [--talk-ms MS] [--flood DATAGRAMS_PER_S]
+//!
+//! With `--flood`, a thread sprays the SIP port with garbage and mutated
+//! SIP at that rate for the length of the run, and the report adds what the
+//! edge dropped and the process's peak memory.
 //!
 //! Calls are started at the given rate for N seconds (open loop: a slow
 //! engine shows up as a lower achieved rate and longer set-up times, not as
@@ -35,6 +40,56 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
+}
+
+fn peak_rss_kib() -> u64 {
+    status_kib("VmHWM:")
+}
+
+/// Sends garbage and broken SIP to `sip` at `pps` datagrams a second until
+/// `stop`; returns how many it sent.
+fn spray(sip: std::net::SocketAddr, pps: u64, stop: &std::sync::atomic::AtomicBool) -> u64 {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("flood socket");
+    let mut rng = fastrand::Rng::with_seed(99);
+    let template = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKflood\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: bench-1-00000000\r\nCSeq: 1 INVITE\r\nContent-Length: 2\r\n\r\na\xc3\xa9".to_vec();
+    let batch = (pps / 1_000).max(1);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        for _ in 0..batch {
+            let mut d = template.clone();
+            match rng.u8(..3) {
+                0 => d.truncate(rng.usize(..d.len())),
+                1 => {
+                    let i = rng.usize(..d.len());
+                    d[i] = rng.u8(..);
+                }
+                _ => d = (0..rng.usize(1..1200)).map(|_| rng.u8(..)).collect(),
+            }
+            if sock.send_to(&d, sip).is_ok() {
+                sent += 1;
+            }
+        }
+        // Keep to the rate: sleep until the next millisecond's batch is due.
+        let due = Duration::from_secs_f64(sent as f64 / pps as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    sent
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -51,6 +106,7 @@ async fn main() {
     let rate: f64 = arg("--rate").map_or(500.0, |v| v.parse().expect("--rate"));
     let seconds: f64 = arg("--seconds").map_or(10.0, |v| v.parse().expect("--seconds"));
     let talk_ms: u64 = arg("--talk-ms").map_or(1_000, |v| v.parse().expect("--talk-ms"));
+    let flood: u64 = arg("--flood").map_or(0, |v| v.parse().expect("--flood"));
     let stop = CancellationToken::new();
     let transport = SipTransport::bind(
         "127.0.0.1:0".parse().unwrap(),
@@ -72,6 +128,13 @@ async fn main() {
         credentials: None,
         rtp_latch: false,
         drain_talk: Duration::from_secs(1),
+    });
+    let sip = ctx.transport.local_addr().expect("sip addr");
+    let flood_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rss0 = rss_kib();
+    let flooder = (flood > 0).then(|| {
+        let stop = flood_stop.clone();
+        std::thread::spawn(move || spray(sip, flood, &stop))
     });
     let total = (rate * seconds).round() as u64;
     let interval = Duration::from_secs_f64(1.0 / rate);
@@ -131,8 +194,25 @@ async fn main() {
             }
         }
     }
+    flood_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sprayed = flooder.map(|h| h.join().unwrap_or(0)).unwrap_or(0);
     let wall = t0.elapsed();
     let cpu = cpu_seconds() - cpu0;
+    if flood > 0 {
+        let m = ctx.transport.metrics();
+        let dropped: u64 = media_processor::sip::transport::Drop::ALL
+            .iter()
+            .map(|r| m.dropped(*r))
+            .sum();
+        println!(
+            "flood: sent={sprayed} ({:.0}/s) dropped_by_edge={dropped} malformed={} unknown_source={} overload={} rss_kib_before={rss0} rss_kib_peak={}",
+            sprayed as f64 / wall.as_secs_f64(),
+            m.dropped(media_processor::sip::transport::Drop::Malformed),
+            m.dropped(media_processor::sip::transport::Drop::UnknownSource),
+            m.dropped(media_processor::sip::transport::Drop::Overload),
+            peak_rss_kib(),
+        );
+    }
     setups.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let achieved = total as f64 / launched.as_secs_f64();
     println!(
