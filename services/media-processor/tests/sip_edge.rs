@@ -211,7 +211,7 @@ async fn ack_and_bye_follow_the_record_route_proxy() {
     assert_eq!(peer.exit_code().await, 0, "SIPp got ACK and BYE");
     let me = format!("<sip:{};lr>", proxy.addr);
     for method in ["ACK ", "BYE "] {
-        let seen = proxy.from_caller(method);
+        let seen = proxy.sent_by_caller(method);
         assert_eq!(seen.len(), 1, "{method}through the proxy");
         assert_eq!(
             header(&seen[0], "Route").as_deref(),
@@ -325,7 +325,7 @@ async fn a_response_from_the_trunk_for_another_transaction_is_dropped() {
     let sip = ctx.transport.local_addr().unwrap();
     let inject = async {
         let invite = loop {
-            let found = tap.from_caller("INVITE ").first().cloned();
+            let found = tap.sent_by_caller("INVITE ").first().cloned();
             if let Some(i) = found {
                 break i;
             }
@@ -531,7 +531,7 @@ async fn forged_rtp_from_another_port_is_dropped_and_counted() {
     let cmd = command(2_000, 15_000);
     let forge = async {
         let invite = loop {
-            if let Some(i) = tap.from_caller("INVITE ").first().cloned() {
+            if let Some(i) = tap.sent_by_caller("INVITE ").first().cloned() {
                 break i;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -543,7 +543,7 @@ async fn forged_rtp_from_another_port_is_dropped_and_counted() {
             .and_then(|p| p.parse().ok())
             .unwrap();
         // Once answered, 2,000 well-formed RTP packets from a stranger.
-        while tap.from_callee("SIP/2.0 200").is_empty() {
+        while tap.sent_by_callee("SIP/2.0 200").is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let stranger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();

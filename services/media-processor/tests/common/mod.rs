@@ -255,7 +255,7 @@ impl Proxy {
     }
 
     /// The messages seen from the caller whose first line starts with `prefix`.
-    pub fn from_caller(&self, prefix: &str) -> Vec<String> {
+    pub fn sent_by_caller(&self, prefix: &str) -> Vec<String> {
         self.seen
             .lock()
             .unwrap()
@@ -266,7 +266,7 @@ impl Proxy {
     }
 
     /// The messages seen from the callee whose first line starts with `prefix`.
-    pub fn from_callee(&self, prefix: &str) -> Vec<String> {
+    pub fn sent_by_callee(&self, prefix: &str) -> Vec<String> {
         self.seen
             .lock()
             .unwrap()
