@@ -16,8 +16,8 @@
 //! - [`messaging`]: the `dial`/`hangup` consumer and the heartbeat
 //! - [`http`]: routes, OpenAPI
 //!
-//! Service-specific settings: `DIALSTACK_SIP_TRUNK` (`sip:host:port` or
-//! `sim://?...`), `DIALSTACK_SIP_ADDR` (default `0.0.0.0:5060`),
+//! Service-specific settings: `DIALSTACK_SIP_TRUNK` (`sip:host:port`,
+//! `;transport=tcp` for TCP, or `sim://?...`), `DIALSTACK_SIP_ADDR` (default `0.0.0.0:5060`),
 //! `DIALSTACK_MEDIA_IP` (address put in SDP/Via/Contact; default: the local
 //! address that routes to the trunk), `DIALSTACK_MEDIA_INTERFACE` (a network
 //! interface, e.g. the Multus macvlan `net1`: SIP and RTP bind to its IPv4
@@ -76,6 +76,8 @@ pub struct Config {
     pub common: CommonConfig,
     /// The trunk.
     pub trunk: Trunk,
+    /// Reach the trunk over TCP.
+    pub trunk_tcp: bool,
     /// SIP bind address.
     pub sip_addr: SocketAddr,
     /// Address to advertise.
@@ -104,6 +106,25 @@ pub struct Config {
     pub lease: Duration,
     /// OPTIONS keepalive interval (`None`: off).
     pub keepalive: Option<Duration>,
+}
+
+/// Whether `DIALSTACK_SIP_TRUNK` asks for TCP (`;transport=tcp`); UDP is the
+/// default; other transports are refused.
+pub fn trunk_uses_tcp(v: &str) -> Result<bool, ConfigError> {
+    let transport = v.split(';').skip(1).find_map(|p| {
+        let (k, val) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("transport")
+            .then(|| val.trim().to_ascii_lowercase())
+    });
+    match transport.as_deref() {
+        None | Some("udp") => Ok(false),
+        Some("tcp") => Ok(true),
+        Some(other) => Err(ConfigError::new(
+            "DIALSTACK_SIP_TRUNK",
+            format!("transport {other} is not supported (udp or tcp)"),
+        )),
+    }
 }
 
 /// Parses `DIALSTACK_SIP_TRUNK`.
@@ -139,7 +160,9 @@ impl Config {
     /// Reads the settings.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let common = CommonConfig::from_env(env, PORT)?.require_jwks()?;
-        let trunk = parse_trunk(&env.required("DIALSTACK_SIP_TRUNK")?)?;
+        let trunk_url = env.required("DIALSTACK_SIP_TRUNK")?;
+        let trunk = parse_trunk(&trunk_url)?;
+        let trunk_tcp = matches!(trunk, Trunk::Sip(_)) && trunk_uses_tcp(&trunk_url)?;
         let rtp_ports = env.or("DIALSTACK_RTP_PORTS", "20000-29999");
         rtp::PortPool::parse(&rtp_ports).map_err(|e| ConfigError::new("DIALSTACK_RTP_PORTS", e))?;
         let t1_ms: u64 = env.parse_or("DIALSTACK_SIP_T1_MS", 500)?;
@@ -223,6 +246,7 @@ impl Config {
             keepalive: (keepalive_secs > 0).then(|| Duration::from_secs(keepalive_secs)),
             lease: Duration::from_secs(lease_secs),
             sip_credentials,
+            trunk_tcp,
             rtp_latch,
             drain_talk: Duration::from_secs(drain_secs),
             common,
@@ -327,7 +351,7 @@ impl Service for Application {
             Some(ip) => ip,
             None => route_to(trunk)?,
         };
-        let sip_metrics = sip::SipMetrics::new();
+        let sip_metrics = sip::SipMetrics::new().with_zeros();
         base.metrics.register(&sip_metrics.dropped);
         base.metrics.register(&sip_metrics.restarts);
         base.metrics.register(&sip_metrics.rtp_dropped);
@@ -349,7 +373,10 @@ impl Service for Application {
                 "dialstack_trunk_up",
                 "1 while the SIP trunk answers OPTIONS, 0 while it does not",
             )?));
-        let transport = sip::SipTransport::bind(config.sip_addr, trunk_addrs, sip_metrics).await?;
+        let tcp_trunk = config.trunk_tcp.then_some(trunk);
+        let transport =
+            sip::SipTransport::bind_with(config.sip_addr, trunk_addrs, tcp_trunk, sip_metrics)
+                .await?;
         // The SIP edge outlives the consumers: it stops only once every call
         // has ended (late 200s ACKed, CANCELs and BYEs answered).
         let sip_stop = CancellationToken::new();
@@ -487,6 +514,15 @@ mod tests {
             parse_trunk("sim://?answer=1").unwrap(),
             Trunk::Sim(_)
         ));
+        assert!(trunk_uses_tcp("sip:10.0.0.1:5070;transport=TCP").unwrap());
+        assert!(!trunk_uses_tcp("sip:10.0.0.1:5070;transport=udp").unwrap());
+        assert!(!trunk_uses_tcp("sip:10.0.0.1").unwrap());
+        assert_eq!(
+            trunk_uses_tcp("sip:10.0.0.1;transport=tls")
+                .unwrap_err()
+                .var,
+            "DIALSTACK_SIP_TRUNK"
+        );
         let e = parse_trunk("http://x").unwrap_err();
         assert_eq!(e.var, "DIALSTACK_SIP_TRUNK");
         assert!(parse_trunk("sim://?answer=7").is_err());

@@ -10,7 +10,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    call, call_until, command, context, context_with, header, scenario, sipp, sipp_with, Proxy,
+    call, call_until, command, context, context_tcp, context_with, header, scenario, sipp,
+    sipp_with, Proxy,
 };
 use dialstack_contract::{FailReason, Outcome};
 use media_processor::call::Progress;
@@ -582,4 +583,97 @@ async fn forged_rtp_from_another_port_is_dropped_and_counted() {
         .get();
     assert!(counted >= 1_900, "{counted}");
     assert_eq!(peer.exit_code().await, 0);
+}
+
+#[tokio::test]
+async fn a_call_over_tcp_to_the_trunk() {
+    let peer = sipp_with(None, &["-t", "t1"]).await;
+    let (ctx, _stop) = context_tcp(peer.addr(), T1).await;
+    let (report, progress) = call(&ctx, &command(800, 15_000)).await;
+    assert_eq!(
+        (report.outcome, report.sip_status),
+        (Outcome::AnsweredHuman, Some(200)),
+        "{report:?}"
+    );
+    assert!(
+        report.rtp_received > 0,
+        "RTP still flows over UDP: {report:?}"
+    );
+    assert!(progress
+        .iter()
+        .any(|p| matches!(p, Progress::Answered { .. })));
+    assert_eq!(
+        peer.exit_code().await,
+        0,
+        "SIPp got ACK and BYE on the connection"
+    );
+}
+
+#[tokio::test]
+async fn large_requests_go_over_tcp_to_the_trunk_and_back_to_udp_without_it() {
+    use media_processor::sip::{SipMetrics, SipTransport};
+    use tokio::io::AsyncReadExt;
+    // A trunk listening on UDP and TCP at the same port.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let trunk = udp.local_addr().unwrap();
+    let tcp = tokio::net::TcpListener::bind(trunk).await.unwrap();
+    let t = SipTransport::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![trunk],
+        SipMetrics::new(),
+    )
+    .await
+    .unwrap();
+    let big = format!(
+        "OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKbig\r\nX-Pad: {}\r\nContent-Length: 0\r\n\r\n",
+        "p".repeat(1_400)
+    );
+    t.send(trunk, &big).await;
+    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(5), tcp.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut got = vec![0u8; big.len()];
+    tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let got = String::from_utf8(got).unwrap();
+    assert!(
+        got.starts_with("OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/TCP "),
+        "{}",
+        &got[..60]
+    );
+    // Small requests stay on UDP.
+    t.send(trunk, "OPTIONS sip:x SIP/2.0\r\n\r\n").await;
+    let mut buf = [0u8; 2048];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), udp.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"OPTIONS sip:x"));
+    // A trunk without TCP: after the failed connection, UDP again.
+    let udp_only = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let other = udp_only.local_addr().unwrap();
+    let t = SipTransport::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![other],
+        SipMetrics::new(),
+    )
+    .await
+    .unwrap();
+    let mut arrived = false;
+    for _ in 0..20 {
+        t.send(other, &big).await;
+        if let Ok(Ok((n, _))) = tokio::time::timeout(
+            Duration::from_millis(300),
+            udp_only.recv_from(&mut vec![0u8; 4096]),
+        )
+        .await
+        {
+            arrived = n == big.len();
+            break;
+        }
+    }
+    assert!(arrived, "the large request fell back to UDP");
 }

@@ -49,7 +49,9 @@ pub async fn run(
     let t0 = tokio::time::Instant::now();
     let mut timer_b = t0 + t1 * 64;
     let ring_deadline = t0 + Duration::from_millis(cmd.ring_timeout_ms);
-    let mut retransmit_at = t0 + t1;
+    // Over TCP nothing is retransmitted (RFC 3261 §17.1.1.2): only Timer B.
+    let reliable = ctx.transport.reliable_to(ctx.trunk);
+    let mut retransmit_at = if reliable { timer_b } else { t0 + t1 };
     let mut interval = t1;
     let mut got_response = false;
     let mut ringing = false;
@@ -136,8 +138,8 @@ pub async fn run(
                         let now = tokio::time::Instant::now();
                         got_response = false;
                         interval = t1;
-                        retransmit_at = now + t1;
                         timer_b = now + t1 * 64;
+                        retransmit_at = if reliable { timer_b } else { now + t1 };
                     }
                     _ => {
                         ctx.transport.send_for(call_id, ctx.trunk, &dialog.ack_non2xx(m.to_tag())).await;

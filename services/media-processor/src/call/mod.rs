@@ -256,13 +256,19 @@ pub async fn place_call(
     let rtp_port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
     let sip_local = ctx.transport.local_addr().map(|a| a.port()).unwrap_or(5060);
     let host = format!("{}:{}", ctx.media_ip, sip_local);
+    let transport = ctx.transport.transport_name(ctx.trunk);
+    let (ruri_params, contact_params) = if transport == "TCP" {
+        (";transport=tcp", ";transport=tcp")
+    } else {
+        ("", "")
+    };
     let mut dialog = Dialog::new(
         &cmd.call_id,
-        format!("sip:{}@{}", cmd.phone, ctx.trunk_host),
+        format!("sip:{}@{}{ruri_params}", cmd.phone, ctx.trunk_host),
         format!("sip:{}@{}", cmd.caller_id, ctx.media_ip),
-        format!("sip:dialstack@{host}"),
+        format!("sip:dialstack@{host}{contact_params}"),
         host,
-        "UDP",
+        transport,
     );
     let session_id = fastrand::u64(1..1 << 40);
     let mut local_sdp = LocalSdp {

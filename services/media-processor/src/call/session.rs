@@ -233,7 +233,8 @@ async fn hang_up(
     let t0 = tokio::time::Instant::now();
     let timer_f = t0 + ctx.t1 * 64;
     let mut interval = ctx.t1;
-    let mut next = t0 + interval;
+    let reliable = ctx.transport.reliable_to(hop);
+    let mut next = if reliable { timer_f } else { t0 + interval };
     ctx.transport.send_for(&call_id, hop, &bye).await;
     loop {
         tokio::select! {
@@ -284,7 +285,9 @@ async fn hang_up(
                         (branch, bye) = dialog.bye(Some((answer, value)));
                         ctx.transport.send_for(&call_id, hop, &bye).await;
                         interval = ctx.t1;
-                        next = tokio::time::Instant::now() + interval;
+                        if !reliable {
+                            next = tokio::time::Instant::now() + interval;
+                        }
                     }
                     Some(c) if c >= 200 => return,
                     _ => {}

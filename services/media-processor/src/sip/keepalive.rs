@@ -78,8 +78,9 @@ pub async fn probe(
     let mut req = String::new();
     let _ = write!(
         req,
-        "OPTIONS sip:{trunk_host} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: <sip:dialstack@{local}>;tag={:08x}\r\nTo: <sip:{trunk_host}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nAccept: application/sdp\r\nContent-Length: 0\r\n\r\n",
-        fastrand::u32(..)
+        "OPTIONS sip:{trunk_host} SIP/2.0\r\nVia: SIP/2.0/{} {local};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: <sip:dialstack@{local}>;tag={:08x}\r\nTo: <sip:{trunk_host}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nAccept: application/sdp\r\nContent-Length: 0\r\n\r\n",
+        transport.transport_name(trunk),
+        fastrand::u32(..),
     );
     let mut rx = transport.register(&call_id);
     transport.send_for(&call_id, trunk, &req).await;

@@ -6,6 +6,7 @@
 //! - [`dialog`]: the dialog, route set and the requests we send in it
 //! - [`digest`]: Digest authentication (MD5, SHA-256, `qop=auth`)
 //! - [`keepalive`]: OPTIONS to the trunk, trunk health
+//! - [`tcp`]: SIP over TCP to the trunk, stream framing
 //! - [`transport`]: the shared socket, its supervised receive loop and the
 //!   source checks
 
@@ -14,6 +15,7 @@ pub mod digest;
 pub mod keepalive;
 pub mod message;
 pub mod sdp;
+pub mod tcp;
 pub mod transport;
 
 pub use dialog::{new_branch, Dialog};

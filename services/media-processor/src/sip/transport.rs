@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
@@ -28,6 +28,8 @@ use super::message::{response_to, Message};
 
 /// Messages queued per call before further ones are dropped.
 const CALL_QUEUE: usize = 64;
+/// Largest request sent over UDP (RFC 3261 §18.1.1, MTU unknown).
+pub const UDP_LIMIT: usize = 1_300;
 
 /// What a call receives.
 #[derive(Debug)]
@@ -132,6 +134,18 @@ impl SipMetrics {
         }
     }
 
+    /// Every label value at 0, so dashboards and alerts see the series
+    /// before the first drop.
+    pub fn with_zeros(self) -> Self {
+        for r in Drop::ALL {
+            self.dropped.with_label_values(&[r.as_str()]);
+        }
+        for r in ["malformed", "source", "ssrc"] {
+            self.rtp_dropped.with_label_values(&[r]);
+        }
+        self
+    }
+
     /// Counts one drop.
     pub fn drop(&self, why: Drop) {
         self.dropped.with_label_values(&[why.as_str()]).inc();
@@ -182,7 +196,15 @@ impl LogLimit {
 
 /// The shared SIP socket.
 pub struct SipTransport {
+    /// Itself, for the TCP connections it starts.
+    me: Weak<SipTransport>,
     socket: UdpSocket,
+    /// The trunk address reached over TCP (`;transport=tcp`), if any.
+    tcp_trunk: Option<SocketAddr>,
+    /// TCP connections by peer.
+    links: Mutex<HashMap<SocketAddr, super::tcp::Link>>,
+    /// Stops the TCP connections.
+    stop: CancellationToken,
     /// Live calls by Call-ID, with the peers each may hear from.
     calls: Mutex<HashMap<String, CallRoute>>,
     /// The trunk's resolved addresses (IP and port): trusted for every call.
@@ -200,14 +222,44 @@ impl SipTransport {
         trunk: Vec<SocketAddr>,
         metrics: SipMetrics,
     ) -> std::io::Result<Arc<Self>> {
-        Ok(Arc::new(Self {
-            socket: UdpSocket::bind(addr).await?,
+        Self::bind_with(addr, trunk, None, metrics).await
+    }
+
+    /// As [`SipTransport::bind`], with the trunk reached over TCP when
+    /// `tcp_trunk` is that address.
+    pub async fn bind_with(
+        addr: SocketAddr,
+        trunk: Vec<SocketAddr>,
+        tcp_trunk: Option<SocketAddr>,
+        metrics: SipMetrics,
+    ) -> std::io::Result<Arc<Self>> {
+        let socket = UdpSocket::bind(addr).await?;
+        Ok(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            socket,
+            tcp_trunk,
+            links: Mutex::new(HashMap::new()),
+            stop: CancellationToken::new(),
             calls: Mutex::new(HashMap::new()),
             trunk,
             metrics,
             up: AtomicBool::new(false),
             noise: LogLimit::new(),
         }))
+    }
+
+    /// Whether messages to `to` go over a stream (no retransmissions).
+    pub fn reliable_to(&self, to: SocketAddr) -> bool {
+        self.tcp_trunk == Some(to)
+    }
+
+    /// `UDP` or `TCP`: the transport of our Via and Contact for `to`.
+    pub fn transport_name(&self, to: SocketAddr) -> &'static str {
+        if self.reliable_to(to) {
+            "TCP"
+        } else {
+            "UDP"
+        }
     }
 
     /// Where the socket is bound.
@@ -265,9 +317,37 @@ impl SipTransport {
 
     /// Sends one message.
     pub async fn send(&self, to: SocketAddr, msg: &str) {
+        if self.reliable_to(to) {
+            if !self.link(to).send(msg.as_bytes()) {
+                tracing::warn!(%to, "sip tcp queue full, message dropped");
+            }
+            return;
+        }
+        // RFC 3261 §18.1.1: a request over 1300 bytes goes over TCP. Only
+        // to the trunk, and back to UDP while TCP to it fails (many trunks
+        // take UDP only).
+        if msg.len() > UDP_LIMIT && !msg.starts_with("SIP/2.0 ") && self.trunk.contains(&to) {
+            let link = self.link(to);
+            if !link.failed() {
+                let over_tcp = msg.replacen("SIP/2.0/UDP", "SIP/2.0/TCP", 1);
+                if link.send(over_tcp.as_bytes()) {
+                    return;
+                }
+            }
+            tracing::debug!(%to, len = msg.len(), "large request sent over udp: tcp to the trunk unavailable");
+        }
         if let Err(e) = self.socket.send_to(msg.as_bytes(), to).await {
             tracing::warn!(error = %e, %to, "sip send failed");
         }
+    }
+
+    /// The TCP connection to `to`, opened on first use.
+    fn link(&self, to: SocketAddr) -> super::tcp::Link {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        links
+            .entry(to)
+            .or_insert_with(|| super::tcp::open(to, self.me.clone(), self.stop.child_token()))
+            .clone()
     }
 
     /// Receives until `shutdown`, restarting the receive loop if it ever
@@ -279,7 +359,10 @@ impl SipTransport {
             let result = task.await;
             self.up.store(false, Ordering::SeqCst);
             match result {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.stop.cancel();
+                    return;
+                }
                 Err(e) => {
                     self.metrics.restarts.inc();
                     tracing::error!(error = %e, "sip receive loop failed, restarting");

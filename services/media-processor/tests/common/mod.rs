@@ -104,10 +104,25 @@ pub async fn context_with(
     t1: Duration,
     credentials: Option<Credentials>,
 ) -> (CallContext, CancellationToken) {
+    context_full(trunk, t1, credentials, false).await
+}
+
+/// A context whose trunk is reached over TCP.
+pub async fn context_tcp(trunk: SocketAddr, t1: Duration) -> (CallContext, CancellationToken) {
+    context_full(trunk, t1, None, true).await
+}
+
+async fn context_full(
+    trunk: SocketAddr,
+    t1: Duration,
+    credentials: Option<Credentials>,
+    tcp: bool,
+) -> (CallContext, CancellationToken) {
     let stop = CancellationToken::new();
-    let transport = SipTransport::bind(
+    let transport = SipTransport::bind_with(
         "127.0.0.1:0".parse().unwrap(),
         vec![trunk],
+        tcp.then_some(trunk),
         SipMetrics::new(),
     )
     .await
