@@ -10,10 +10,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use dialstack_common::bus::{Channel, OutMessage, COMMANDS};
+use dialstack_common::events::CloudEvent;
 use dialstack_tests::campaigns::{cdrs, completed_cdrs, start_campaign_paced, wait_completed};
 use dialstack_tests::procs::{scenario, ServiceProc, Sipp, Suite, SuiteOptions};
 use dialstack_tests::{amqp_url, eventually, kafka_url, unique};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn outcomes(all: &[Value]) -> HashMap<String, usize> {
     let mut out = HashMap::new();
@@ -289,5 +291,51 @@ async fn hangup_over_rest_ends_an_answered_call_with_bye() {
     assert!(
         body["request_id"].is_string() && body["code"].is_string(),
         "{body}"
+    );
+
+    // A dial that breaks the edge rules (a header injected through the
+    // number) is dead-lettered by media-processor and never dialed.
+    let commands = Channel::connect(&kafka_url(&ns), COMMANDS).await.unwrap();
+    let evil = json!({
+        "attempt_id": "a-evil", "call_id": "c-evil", "campaign_id": id,
+        "phone": "+14155550101\r\nX-Injected: 1", "caller_id": "+14155550100",
+        "talk_time_ms": 1000, "ring_timeout_ms": 15000,
+    });
+    let ev = CloudEvent::new("test", "dial", "c-evil", &evil);
+    commands
+        .publish(&OutMessage {
+            id: ev.id.clone(),
+            routing_key: "dial".into(),
+            key: "c-evil".into(),
+            payload: ev.to_bytes(),
+        })
+        .await
+        .unwrap();
+    eventually(
+        "the bad dial dead-lettered",
+        Duration::from_secs(30),
+        || {
+            let commands = commands.clone();
+            async move {
+                let dead = commands
+                    .dead_letters("media-processor", 10)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if dead
+                    .iter()
+                    .any(|d| d.payload.windows(6).any(|w| w == b"c-evil"))
+                {
+                    Ok(())
+                } else {
+                    Err(format!("{} dead", dead.len()))
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        sipp.invite_branches().len(),
+        1,
+        "only the campaign's call reached SIPp"
     );
 }
