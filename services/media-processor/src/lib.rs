@@ -496,6 +496,20 @@ impl Service for Application {
 mod tests {
     use super::*;
 
+    /// Every variable media-processor requires, with harmless values.
+    fn required_env() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("DIALSTACK_SIP_TRUNK", "sim://"),
+            ("DIALSTACK_DATABASE_URL", "sqlite://media.db"),
+            ("DIALSTACK_JWKS_URL", "http://127.0.0.1:1/jwks"),
+            ("DIALSTACK_EVENTS_URL", "memory://"),
+            ("DIALSTACK_COMMANDS_URL", "memory://"),
+            ("DIALSTACK_SCHEDULER_URL", "http://127.0.0.1:1"),
+            ("DIALSTACK_USER_SERVICE_URL", "http://127.0.0.1:1"),
+            ("DIALSTACK_SERVICE_PASSWORD", "service account secret 42"),
+        ]
+    }
+
     #[test]
     fn trunk_urls() {
         assert_eq!(
@@ -550,18 +564,11 @@ mod tests {
 
     #[test]
     fn media_interface_binds_sip_and_names_itself_when_missing() {
-        let base = [
-            ("DIALSTACK_SIP_TRUNK", "sim://"),
-            ("DIALSTACK_DATABASE_URL", "sqlite://media.db"),
-            ("DIALSTACK_JWKS_URL", "http://127.0.0.1:1/jwks"),
-            ("DIALSTACK_EVENTS_URL", "memory://"),
-            ("DIALSTACK_COMMANDS_URL", "memory://"),
-            ("DIALSTACK_SCHEDULER_URL", "http://127.0.0.1:1"),
-            ("DIALSTACK_USER_SERVICE_URL", "http://127.0.0.1:1"),
-            ("DIALSTACK_SERVICE_PASSWORD", "service account secret 42"),
+        let mut base = required_env();
+        base.extend([
             ("DIALSTACK_SIP_ADDR", "0.0.0.0:5070"),
             ("DIALSTACK_MEDIA_IP", "203.0.113.7"),
-        ];
+        ]);
         let with = |iface: &str| {
             let mut pairs = base.to_vec();
             pairs.push(("DIALSTACK_MEDIA_INTERFACE", iface));
@@ -578,16 +585,7 @@ mod tests {
 
     #[test]
     fn sip_edge_settings_are_checked_and_name_their_variable() {
-        let base = [
-            ("DIALSTACK_SIP_TRUNK", "sim://"),
-            ("DIALSTACK_DATABASE_URL", "sqlite://media.db"),
-            ("DIALSTACK_JWKS_URL", "http://127.0.0.1:1/jwks"),
-            ("DIALSTACK_EVENTS_URL", "memory://"),
-            ("DIALSTACK_COMMANDS_URL", "memory://"),
-            ("DIALSTACK_SCHEDULER_URL", "http://127.0.0.1:1"),
-            ("DIALSTACK_USER_SERVICE_URL", "http://127.0.0.1:1"),
-            ("DIALSTACK_SERVICE_PASSWORD", "service account secret 42"),
-        ];
+        let base = required_env();
         let with = |extra: &[(&'static str, &'static str)]| {
             let mut pairs = base.to_vec();
             pairs.extend_from_slice(extra);

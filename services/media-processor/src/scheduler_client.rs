@@ -77,6 +77,31 @@ impl SchedulerClient {
         Ok(t.access_token)
     }
 
+    /// POSTs `body` to task-scheduler at `path` with the service token,
+    /// fetching a fresh token once if the current one is refused.
+    async fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut force = false;
+        loop {
+            let token = self.token(force).await?;
+            let resp = self
+                .http
+                .post(format!("{}{path}", self.scheduler_url))
+                .bearer_auth(&token)
+                .json(body)
+                .send()
+                .await?;
+            if resp.status() == reqwest::StatusCode::UNAUTHORIZED && !force {
+                force = true;
+                continue;
+            }
+            return Ok(resp);
+        }
+    }
+
     /// Claims `attempt_id` for `claimer`. Errors are transient (retry later).
     pub async fn claim(
         &self,
@@ -84,29 +109,20 @@ impl SchedulerClient {
         claimer: &str,
         lease_ms: i64,
     ) -> anyhow::Result<ClaimResult> {
-        let mut force = false;
-        loop {
-            let token = self.token(force).await?;
-            let resp = self
-                .http
-                .post(format!(
-                    "{}/v1/attempts/{attempt_id}/claim",
-                    self.scheduler_url
-                ))
-                .bearer_auth(&token)
-                .json(&serde_json::json!({"claimer": claimer, "lease_ms": lease_ms}))
-                .send()
-                .await?;
-            match resp.status().as_u16() {
-                200 => return Ok(ClaimResult::Granted),
-                401 if !force => force = true,
-                404 | 409 => {
-                    let body: serde_json::Value = resp.json().await.unwrap_or_default();
-                    let msg = body["message"].as_str().unwrap_or("refused").to_owned();
-                    return Ok(ClaimResult::Refused(msg));
-                }
-                other => anyhow::bail!("claim failed with status {other}"),
+        let resp = self
+            .post(
+                &format!("/v1/attempts/{attempt_id}/claim"),
+                &serde_json::json!({"claimer": claimer, "lease_ms": lease_ms}),
+            )
+            .await?;
+        match resp.status().as_u16() {
+            200 => Ok(ClaimResult::Granted),
+            404 | 409 => {
+                let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                let msg = body["message"].as_str().unwrap_or("refused").to_owned();
+                Ok(ClaimResult::Refused(msg))
             }
+            other => anyhow::bail!("claim failed with status {other}"),
         }
     }
 
@@ -118,28 +134,22 @@ impl SchedulerClient {
         attempt_ids: &[String],
         lease_ms: i64,
     ) -> anyhow::Result<u64> {
-        let mut force = false;
-        loop {
-            let token = self.token(force).await?;
-            let resp = self
-                .http
-                .post(format!("{}/v1/attempts/heartbeat", self.scheduler_url))
-                .bearer_auth(&token)
-                .json(&serde_json::json!({
+        let resp = self
+            .post(
+                "/v1/attempts/heartbeat",
+                &serde_json::json!({
                     "claimer": claimer,
                     "attempt_ids": attempt_ids,
                     "lease_ms": lease_ms,
-                }))
-                .send()
-                .await?;
-            match resp.status().as_u16() {
-                200 => {
-                    let body: serde_json::Value = resp.json().await?;
-                    return Ok(body["renewed"].as_u64().unwrap_or(0));
-                }
-                401 if !force => force = true,
-                other => anyhow::bail!("heartbeat failed with status {other}"),
+                }),
+            )
+            .await?;
+        match resp.status().as_u16() {
+            200 => {
+                let body: serde_json::Value = resp.json().await?;
+                Ok(body["renewed"].as_u64().unwrap_or(0))
             }
+            other => anyhow::bail!("heartbeat failed with status {other}"),
         }
     }
 }

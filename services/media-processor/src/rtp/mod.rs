@@ -262,14 +262,10 @@ pub async fn run_stream(
     stats: Arc<RtpStats>,
     stop: CancellationToken,
 ) {
-    let ssrc = fastrand::u32(..);
-    let mut seq = fastrand::u16(..);
-    let mut ts = fastrand::u32(..);
-    let mut samples = 0u64;
+    let mut tone = ToneStream::new();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; 2048];
-    let mut first = true;
     let mut current = *media.borrow_and_update();
     let pts = |m: &RemoteMedia| [Some(m.payload_type), m.dtmf_payload_type];
     let mut gate = StreamGate::new(current.addr, latch, pts(&current));
@@ -282,31 +278,15 @@ pub async fn run_stream(
                 }
                 current = *media.borrow_and_update();
                 gate.renegotiate(current.addr, pts(&current));
-                first = true;
+                tone.restart_talkspurt();
             }
             _ = tick.tick() => {
-                // Timestamps advance on hold too, as the clock does.
-                let payload_type = current.payload_type;
-                let marker = first;
-                seq = seq.wrapping_add(1);
-                ts = ts.wrapping_add(SAMPLES_PER_PACKET as u32);
-                samples += SAMPLES_PER_PACKET as u64;
-                if !current.sending_allowed() {
+                // The clock advances on hold too; nothing is sent then.
+                let sending = current.sending_allowed();
+                let pkt = tone.next_packet(current.payload_type, sending);
+                if !sending {
                     continue;
                 }
-                first = false;
-                let pkt = rtp::packet::Packet {
-                    header: rtp::header::Header {
-                        version: 2,
-                        marker,
-                        payload_type,
-                        sequence_number: seq,
-                        timestamp: ts,
-                        ssrc,
-                        ..Default::default()
-                    },
-                    payload: tone_payload(payload_type, samples),
-                };
                 if let Ok(bytes) = pkt.marshal() {
                     if sock.send_to(&bytes, gate.send_to(current.addr)).await.is_ok() {
                         stats.sent.fetch_add(1, Ordering::Relaxed);
@@ -335,36 +315,79 @@ pub async fn send_tone(
     payload_type: u8,
     stop: CancellationToken,
 ) {
-    let ssrc = fastrand::u32(..);
-    let mut seq = fastrand::u16(..);
-    let mut ts = fastrand::u32(..);
-    let mut samples = 0u64;
+    let mut tone = ToneStream::new();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
-                let pkt = rtp::packet::Packet {
-                    header: rtp::header::Header {
-                        version: 2,
-                        marker: samples == 0,
-                        payload_type,
-                        sequence_number: seq,
-                        timestamp: ts,
-                        ssrc,
-                        ..Default::default()
-                    },
-                    payload: tone_payload(payload_type, samples),
-                };
-                seq = seq.wrapping_add(1);
-                ts = ts.wrapping_add(SAMPLES_PER_PACKET as u32);
-                samples += SAMPLES_PER_PACKET as u64;
-                if let Ok(bytes) = pkt.marshal() {
+                if let Ok(bytes) = tone.next_packet(payload_type, true).marshal() {
                     let _ = sock.send_to(&bytes, remote).await;
                 }
             }
         }
+    }
+}
+
+/// The outgoing side of one stream: SSRC, sequence number and timestamp
+/// (random starts, RFC 3550), and a 425 Hz tone as the audio.
+pub struct ToneStream {
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+    samples: u64,
+    first: bool,
+}
+
+impl ToneStream {
+    /// A stream with random SSRC, sequence and timestamp origins.
+    pub fn new() -> Self {
+        Self {
+            ssrc: fastrand::u32(..),
+            seq: fastrand::u16(..),
+            ts: fastrand::u32(..),
+            samples: 0,
+            first: true,
+        }
+    }
+
+    /// Advances one 20 ms frame and returns its packet; `sending` false
+    /// (on hold) advances the clock without a packet to mark, and the next
+    /// packet sent carries the marker bit (a talkspurt begins).
+    pub fn next_packet(&mut self, payload_type: u8, sending: bool) -> rtp::packet::Packet {
+        let pkt = rtp::packet::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                marker: self.first,
+                payload_type,
+                sequence_number: self.seq,
+                timestamp: self.ts,
+                ssrc: self.ssrc,
+                ..Default::default()
+            },
+            payload: tone_payload(payload_type, self.samples),
+        };
+        self.ts = self.ts.wrapping_add(SAMPLES_PER_PACKET as u32);
+        self.samples += SAMPLES_PER_PACKET as u64;
+        if sending {
+            self.seq = self.seq.wrapping_add(1);
+            self.first = false;
+        } else {
+            self.first = true;
+        }
+        pkt
+    }
+
+    /// The next packet begins a talkspurt (after a re-negotiation).
+    pub fn restart_talkspurt(&mut self) {
+        self.first = true;
+    }
+}
+
+impl Default for ToneStream {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
