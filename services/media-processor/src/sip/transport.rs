@@ -353,26 +353,13 @@ impl SipTransport {
     /// Receives until `shutdown`, restarting the receive loop if it ever
     /// fails (counted; readiness is red while it is down).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        loop {
-            self.up.store(true, Ordering::SeqCst);
-            let task = tokio::spawn(self.clone().receive(shutdown.clone()));
-            let result = task.await;
-            self.up.store(false, Ordering::SeqCst);
-            match result {
-                Ok(()) => {
-                    self.stop.cancel();
-                    return;
-                }
-                Err(e) => {
-                    self.metrics.restarts.inc();
-                    tracing::error!(error = %e, "sip receive loop failed, restarting");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                    }
-                }
-            }
-        }
+        let me = self.clone();
+        let stop = shutdown.clone();
+        supervise(&self.up, &self.metrics.restarts, shutdown, move || {
+            me.clone().receive(stop.clone())
+        })
+        .await;
+        self.stop.cancel();
     }
 
     async fn receive(self: Arc<Self>, shutdown: CancellationToken) {
@@ -473,6 +460,36 @@ impl SipTransport {
     }
 }
 
+/// Runs the task `start` makes until it ends normally (shutdown); if it
+/// panics, counts a restart in `restarts`, clears `up` for the moment, and
+/// starts it again. `up` is set while a task runs.
+pub async fn supervise<F, Fut>(
+    up: &AtomicBool,
+    restarts: &prometheus::IntCounter,
+    shutdown: CancellationToken,
+    mut start: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        up.store(true, Ordering::SeqCst);
+        let result = tokio::spawn(start()).await;
+        up.store(false, Ordering::SeqCst);
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                restarts.inc();
+                tracing::error!(error = %e, "sip receive loop failed, restarting");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        }
+    }
+}
+
 /// The Call-ID of a datagram that did not parse, when its head has one
 /// (bounded: the first 4 KiB, the first 64 lines).
 pub fn sniff_call_id(raw: &[u8]) -> Option<&str> {
@@ -503,5 +520,45 @@ impl dialstack_common::http::ReadyCheck for SipReady {
         } else {
             Err("receive loop not running".into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_receive_loop_is_counted_and_restarted() {
+        let up = Arc::new(AtomicBool::new(false));
+        let restarts = prometheus::IntCounter::new("r", "r").unwrap();
+        let stop = CancellationToken::new();
+        let starts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (s2, stop2, up2) = (starts.clone(), stop.clone(), up.clone());
+        let supervised = {
+            let restarts = restarts.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                supervise(&up2, &restarts, stop, move || {
+                    let n = s2.fetch_add(1, Ordering::SeqCst);
+                    let stop = stop2.clone();
+                    async move {
+                        if n == 0 {
+                            panic!("first run fails");
+                        }
+                        stop.cancelled().await;
+                    }
+                })
+                .await
+            })
+        };
+        while starts.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(restarts.get(), 1);
+        assert!(up.load(Ordering::SeqCst), "running again");
+        stop.cancel();
+        supervised.await.unwrap();
+        assert!(!up.load(Ordering::SeqCst), "not running after shutdown");
+        assert_eq!(restarts.get(), 1);
     }
 }
