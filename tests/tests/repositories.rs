@@ -425,6 +425,89 @@ mod scheduler {
     }
 
     #[tokio::test]
+    async fn a_hangup_before_the_claim_ends_the_attempt_and_the_claim_is_refused() {
+        use task_scheduler::db::HangupRequest;
+        for (engine, url) in both_databases() {
+            let repo = Repo {
+                db: db(&url, MIGRATIONS).await,
+            };
+            let c = campaign(&repo, 2).await;
+            repo.start_campaign(&c.id, "test").await.unwrap();
+            let c = repo.campaign(&c.id).await.unwrap().unwrap();
+            repo.queue_attempts(&c, 2, "test").await.unwrap();
+            let ids = attempt_ids(&repo, "queued").await;
+            let call_of = |id: String| {
+                let repo = repo.clone();
+                async move {
+                    sqlx::query("SELECT call_id FROM attempts WHERE id = ?")
+                        .bind(&id)
+                        .fetch_one(&repo.db.pool)
+                        .await
+                        .unwrap()
+                        .get::<String, _>(0)
+                }
+            };
+            let (queued_call, claimed_call) =
+                (call_of(ids[0].clone()).await, call_of(ids[1].clone()).await);
+            let until = dialstack_common::now_ms() + 30_000;
+            assert!(matches!(
+                repo.claim(&ids[1], "mp-1", until).await.unwrap(),
+                Claim::Granted(_)
+            ));
+            let anyone = |_: Option<&String>| true;
+            assert_eq!(
+                repo.request_hangup(&queued_call, "sup", anyone, "test")
+                    .await
+                    .unwrap(),
+                HangupRequest::Sent
+            );
+            assert_eq!(
+                repo.claim(&ids[0], "mp-1", until).await.unwrap(),
+                Claim::Taken("completed".into()),
+                "{engine}: nobody dials a call hung up while queued"
+            );
+            assert_eq!(
+                repo.request_hangup(&queued_call, "sup", anyone, "test")
+                    .await
+                    .unwrap(),
+                HangupRequest::Over
+            );
+            // A claimed call gets a hangup command on the commands channel.
+            assert_eq!(
+                repo.request_hangup(&claimed_call, "sup", anyone, "test")
+                    .await
+                    .unwrap(),
+                HangupRequest::Sent
+            );
+            let commands = count(
+                &repo.db,
+                "SELECT COUNT(*) FROM outbox WHERE channel = 'commands' AND routing_key = 'hangup'",
+            )
+            .await;
+            assert_eq!(commands, 1, "{engine}");
+            let completed = count(
+                &repo.db,
+                "SELECT COUNT(*) FROM outbox WHERE routing_key = 'call.completed'",
+            )
+            .await;
+            assert_eq!(completed, 1, "{engine}: the canceled attempt reported");
+            // Unknown calls, and calls of a team the caller does not see.
+            assert_eq!(
+                repo.request_hangup("nope", "sup", anyone, "test")
+                    .await
+                    .unwrap(),
+                HangupRequest::NoSuchCall
+            );
+            assert_eq!(
+                repo.request_hangup(&claimed_call, "sup", |_| false, "test")
+                    .await
+                    .unwrap(),
+                HangupRequest::NoSuchCall
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn call_events_close_attempts_once_and_complete_the_campaign() {
         for (engine, url) in both_databases() {
             let repo = Repo {

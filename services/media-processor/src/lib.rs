@@ -440,8 +440,10 @@ impl Service for Application {
         if let Some(every) = config.keepalive {
             base.readiness
                 .add(Arc::new(sip::keepalive::TrunkReady(trunk_health.clone())));
+            let sip_port = ctx.transport.local_addr()?.port();
             tokio::spawn(sip::keepalive::run(
                 ctx.transport.clone(),
+                format!("{}:{sip_port}", ctx.media_ip),
                 ctx.trunk,
                 ctx.trunk_host.clone(),
                 ctx.t1,

@@ -33,9 +33,19 @@ use crate::scheduler_client::{ClaimResult, SchedulerClient};
 /// (`DIALSTACK_LEASE_SECS`); live calls renew theirs every third of it.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
-/// The calls this instance is placing now, by call id.
+/// The calls this instance is placing now, by call id, and the hang-ups
+/// that arrived before their call started (bounded).
 #[derive(Clone, Default)]
-pub struct LiveCalls(Arc<Mutex<HashMap<String, LiveCall>>>);
+pub struct LiveCalls(Arc<Mutex<Live>>);
+
+#[derive(Default)]
+struct Live {
+    calls: HashMap<String, LiveCall>,
+    early_hangups: std::collections::VecDeque<String>,
+}
+
+/// Hang-ups remembered for calls not started yet.
+const EARLY_HANGUPS: usize = 4_096;
 
 #[derive(Clone)]
 struct LiveCall {
@@ -44,13 +54,13 @@ struct LiveCall {
 }
 
 impl LiveCalls {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveCall>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn insert(&self, call_id: &str, attempt_id: &str) -> CancellationToken {
         let hangup = CancellationToken::new();
-        self.lock().insert(
+        self.lock().calls.insert(
             call_id.to_owned(),
             LiveCall {
                 attempt_id: attempt_id.to_owned(),
@@ -61,14 +71,31 @@ impl LiveCalls {
     }
 
     fn remove(&self, call_id: &str) {
-        self.lock().remove(call_id);
+        self.lock().calls.remove(call_id);
     }
 
-    /// Ends `call_id` if it lives here; `false` otherwise.
+    /// Ends `call_id` if it lives here (`true`); otherwise remembers the
+    /// hang-up for a dial of that call still on its way (`false`).
     pub fn hang_up(&self, call_id: &str) -> bool {
-        match self.lock().get(call_id) {
-            Some(c) => {
-                c.hangup.cancel();
+        let mut live = self.lock();
+        if let Some(c) = live.calls.get(call_id) {
+            c.hangup.cancel();
+            return true;
+        }
+        if live.early_hangups.len() >= EARLY_HANGUPS {
+            live.early_hangups.pop_front();
+        }
+        live.early_hangups.push_back(call_id.to_owned());
+        false
+    }
+
+    /// Whether a hang-up for `call_id` arrived before its call started
+    /// (forgotten once asked).
+    fn hung_up_early(&self, call_id: &str) -> bool {
+        let mut live = self.lock();
+        match live.early_hangups.iter().position(|c| c == call_id) {
+            Some(i) => {
+                live.early_hangups.remove(i);
                 true
             }
             None => false,
@@ -77,12 +104,16 @@ impl LiveCalls {
 
     /// Attempt ids of the live calls.
     pub fn attempts(&self) -> Vec<String> {
-        self.lock().values().map(|c| c.attempt_id.clone()).collect()
+        self.lock()
+            .calls
+            .values()
+            .map(|c| c.attempt_id.clone())
+            .collect()
     }
 
     /// How many calls live.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().calls.len()
     }
 
     /// Whether none lives.
@@ -194,10 +225,12 @@ impl CommandHandler {
             tracing::info!(call_id = %cmd.call_id, "dial redelivered for a call already placed, dropped");
             return Ok(());
         }
-        if self.shutdown.is_cancelled() {
+        let hung_up = self.live.hung_up_early(&cmd.call_id);
+        if self.shutdown.is_cancelled() || hung_up {
             // Claimed but not dialed: nobody's phone rings for a process on
-            // its way out; the attempt ends as canceled.
-            tracing::info!(call_id = %cmd.call_id, "shutting down after the claim, not dialing");
+            // its way out, or for a call already hung up; the attempt ends
+            // as canceled.
+            tracing::info!(call_id = %cmd.call_id, hung_up, "not dialing a claimed attempt");
             let call = CallRef {
                 call_id: cmd.call_id.clone(),
                 attempt_id: cmd.attempt_id.clone(),
@@ -313,19 +346,26 @@ pub async fn run_heartbeat(
     lease: Duration,
     stop: CancellationToken,
 ) {
+    // On a fixed beat, whatever the last request took; each request gets a
+    // quarter of the lease, so a slow one still leaves two more tries
+    // before the lease runs out.
+    let mut beat = tokio::time::interval(lease / 3);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    beat.tick().await;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(lease / 3) => {}
+            _ = beat.tick() => {}
         }
         let ids = live.attempts();
         if ids.is_empty() {
             continue;
         }
         for chunk in ids.chunks(2_000) {
-            match client
-                .heartbeat(&claimer, chunk, lease.as_millis() as i64)
+            let renew = client.heartbeat(&claimer, chunk, lease.as_millis() as i64);
+            match tokio::time::timeout(lease / 4, renew)
                 .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
             {
                 Ok(n) if n < chunk.len() as u64 => {
                     tracing::warn!(
@@ -338,5 +378,30 @@ pub async fn run_heartbeat(
                 Err(e) => tracing::warn!(error = %e, calls = chunk.len(), "lease heartbeat failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn early_hangups_are_remembered_bounded_and_used_once() {
+        let live = LiveCalls::default();
+        let token = live.insert("c-live", "a-live");
+        assert!(live.hang_up("c-live"));
+        assert!(token.is_cancelled());
+        // A hang-up before its call starts is kept for the dial...
+        assert!(!live.hang_up("c-early"));
+        assert!(live.hung_up_early("c-early"));
+        assert!(!live.hung_up_early("c-early"), "used once");
+        // ...and the memory of them is bounded: the oldest go first.
+        for i in 0..EARLY_HANGUPS + 10 {
+            live.hang_up(&format!("c-{i}"));
+        }
+        assert!(!live.hung_up_early("c-0"));
+        assert!(live.hung_up_early(&format!("c-{}", EARLY_HANGUPS + 9)));
+        assert_eq!(live.lock().early_hangups.len(), EARLY_HANGUPS - 1);
+        assert_eq!(live.attempts(), vec!["a-live".to_owned()]);
     }
 }

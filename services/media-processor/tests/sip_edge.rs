@@ -469,6 +469,7 @@ async fn options_keepalive_tracks_the_trunk() {
     let stop = CancellationToken::new();
     tokio::spawn(run(
         ctx.transport.clone(),
+        ctx.transport.local_addr().unwrap().to_string(),
         ctx.trunk,
         ctx.trunk_host.clone(),
         ctx.t1,

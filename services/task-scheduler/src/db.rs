@@ -69,6 +69,11 @@ pub const MIGRATIONS: &[Migration] = &[
               CREATE INDEX leads_agent ON leads (agent_id, id);
               CREATE INDEX campaigns_team ON campaigns (team)",
     },
+    Migration {
+        version: 3,
+        name: "attempts by call",
+        sql: "CREATE INDEX attempts_call ON attempts (call_id)",
+    },
 ];
 
 /// A stored campaign.
@@ -488,12 +493,49 @@ impl Repo {
         if state == "completed" {
             return Ok(HangupRequest::Over);
         }
+        let mut tx = self.db.begin().await?;
+        if state == "queued" {
+            // Not claimed yet: ended here, so the claim that may still come
+            // is refused and nobody is dialed.
+            let now = dialstack_common::now_ms();
+            let moved = sqlx::query(
+                "UPDATE attempts SET state = 'completed', outcome = 'canceled', updated_at = ?
+                 WHERE call_id = ? AND state = 'queued'",
+            )
+            .bind(now)
+            .bind(call_id)
+            .execute(&mut *tx)
+            .await?;
+            if moved.rows_affected() == 1 {
+                let row =
+                    sqlx::query("SELECT id, campaign_id, phone FROM attempts WHERE call_id = ?")
+                        .bind(call_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let done = CallCompleted::unanswered(
+                    CallRef {
+                        call_id: call_id.to_owned(),
+                        attempt_id: row.get(0),
+                        campaign_id: row.get(1),
+                        phone: row.get(2),
+                        at_ms: now,
+                        team,
+                    },
+                    Outcome::Canceled,
+                    None,
+                );
+                let ev = CloudEvent::new(source, types::CALL_COMPLETED, call_id, &done);
+                outbox_enqueue(&mut tx, dialstack_common::db::channel::EVENTS, call_id, &ev)
+                    .await?;
+                tx.commit().await?;
+                return Ok(HangupRequest::Sent);
+            }
+        }
         let cmd = HangupCommand {
             call_id: call_id.to_owned(),
             requested_by: Some(requested_by.to_owned()),
         };
         let ev = CloudEvent::new(source, types::HANGUP, call_id, &cmd);
-        let mut tx = self.db.begin().await?;
         outbox_enqueue(
             &mut tx,
             dialstack_common::db::channel::COMMANDS,
@@ -568,14 +610,20 @@ impl Repo {
                 FailReason::MediaLost
             };
             let mut tx = self.db.begin().await?;
+            // The same conditions again: a heartbeat may have renewed the
+            // lease since the SELECT.
             let moved = sqlx::query(
                 "UPDATE attempts SET state = 'completed', outcome = 'failed', reason = ?, updated_at = ?
-                 WHERE id = ? AND state = ?",
+                 WHERE id = ? AND state = ?
+                   AND ((state IN ('claimed', 'dialing') AND lease_until < ?)
+                     OR (state = 'queued' AND updated_at < ?))",
             )
             .bind(reason.as_str())
             .bind(now)
             .bind(&id)
             .bind(&state)
+            .bind(now)
+            .bind(now - queued_timeout_ms)
             .execute(&mut *tx)
             .await?;
             if moved.rows_affected() != 1 {

@@ -185,6 +185,17 @@ fn renegotiate(
         dialog.contact
     );
     if req.body.is_empty() {
+        if req.method() == Some("UPDATE") {
+            // A session refresh (RFC 4028): no offer, so no answer (RFC 3311).
+            return response_to(
+                req,
+                200,
+                "OK",
+                None,
+                &format!("Contact: <{}>\r\n", dialog.contact),
+                "",
+            );
+        }
         let sdp = local_sdp.reoffer();
         return response_to(req, 200, "OK", None, &contact, &sdp);
     }

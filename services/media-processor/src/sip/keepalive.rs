@@ -63,17 +63,18 @@ impl TrunkHealth {
     }
 }
 
-/// Sends one OPTIONS and waits for any response, retransmitting at T1
-/// doubling (Timer E) until `timeout`.
+/// Sends one OPTIONS from `local` (our advertised `ip:port`, never the
+/// wildcard the socket is bound to) and waits for any response,
+/// retransmitting at T1 doubling (Timer E) until `timeout`.
 pub async fn probe(
     transport: &SipTransport,
+    local: &str,
     trunk: SocketAddr,
     trunk_host: &str,
     t1: Duration,
     timeout: Duration,
 ) -> Option<u16> {
     let call_id = format!("keepalive-{:016x}", fastrand::u64(..));
-    let local = transport.local_addr().ok()?;
     let branch = new_branch();
     let mut req = String::new();
     let _ = write!(
@@ -115,8 +116,10 @@ pub async fn probe(
 }
 
 /// Probes the trunk every `every` until `stop`, keeping `health` true.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     transport: Arc<SipTransport>,
+    local: String,
     trunk: SocketAddr,
     trunk_host: String,
     t1: Duration,
@@ -127,7 +130,7 @@ pub async fn run(
     let mut misses = 0u32;
     loop {
         let timeout = (t1 * 8).min(every).max(t1 * 2);
-        match probe(&transport, trunk, &trunk_host, t1, timeout).await {
+        match probe(&transport, &local, trunk, &trunk_host, t1, timeout).await {
             Some(status) => {
                 if !health.is_up() {
                     tracing::info!(%trunk, status, "trunk answers again");

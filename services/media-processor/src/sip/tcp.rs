@@ -24,6 +24,8 @@ use super::transport::{Drop, SipTransport};
 
 /// Messages queued for a connection that is (re)connecting.
 const QUEUE: usize = 1_024;
+/// How long one write may wait for a peer that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Takes one whole message off the front of `buf`: `Ok(None)` when more
 /// bytes are needed, an error when the stream cannot be a SIP stream.
@@ -104,7 +106,6 @@ pub fn open(peer: SocketAddr, transport: Weak<SipTransport>, stop: CancellationT
             let stream = match stream {
                 Ok(Ok(s)) => {
                     failed.store(false, Ordering::Relaxed);
-                    backoff = Duration::from_millis(200);
                     s
                 }
                 _ => {
@@ -131,8 +132,12 @@ pub fn open(peer: SocketAddr, transport: Weak<SipTransport>, stop: CancellationT
                     _ = stop.cancelled() => return,
                     out = rx.recv() => match out {
                         Some(m) => {
-                            if let Err(e) = write.write_all(&m).await {
-                                break format!("write: {e}");
+                            // A peer that stops reading must not hold this
+                            // task (nor, through its queue, every call).
+                            match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&m)).await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(e)) => break format!("write: {e}"),
+                                Err(_) => break "write timed out".to_owned(),
                             }
                         }
                         None => return,
@@ -163,6 +168,12 @@ pub fn open(peer: SocketAddr, transport: Weak<SipTransport>, stop: CancellationT
                 }
             };
             tracing::warn!(%peer, reason = %ended, "sip tcp connection ended, reconnecting");
+            // Never a busy loop against a peer that accepts and closes.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     });
     link
