@@ -678,3 +678,81 @@ async fn large_requests_go_over_tcp_to_the_trunk_and_back_to_udp_without_it() {
     }
     assert!(arrived, "the large request fell back to UDP");
 }
+
+#[tokio::test]
+async fn cancel_waits_for_a_provisional_response_and_is_retransmitted_until_answered() {
+    use media_processor::sip::{response_to, Message};
+    let trunk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (ctx, _stop) = context(trunk.local_addr().unwrap(), Duration::from_millis(50)).await;
+    let hangup = CancellationToken::new();
+    let cmd = command(5_000, 15_000);
+    // The far end: holds back its 180 for 400 ms, ignores the first CANCEL,
+    // answers the second with 200 and 487, and takes the ACK.
+    let far_end = async {
+        let mut buf = vec![0u8; 4096];
+        let mut seen = Vec::new();
+        let mut cancels = 0;
+        let mut invite: Option<Message> = None;
+        let started = Instant::now();
+        loop {
+            let Ok(Ok((n, from))) =
+                tokio::time::timeout(Duration::from_secs(5), trunk.recv_from(&mut buf)).await
+            else {
+                break;
+            };
+            let m = Message::parse(&buf[..n]).unwrap();
+            let method = m.method().unwrap_or("").to_owned();
+            seen.push((method.clone(), started.elapsed()));
+            match method.as_str() {
+                "INVITE" if invite.is_none() => {
+                    invite = Some(m.clone());
+                    hangup.cancel();
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    let ringing = response_to(&m, 180, "Ringing", Some("far"), "", "");
+                    trunk.send_to(ringing.as_bytes(), from).await.unwrap();
+                }
+                "CANCEL" => {
+                    cancels += 1;
+                    if cancels == 2 {
+                        let ok = response_to(&m, 200, "OK", Some("far"), "", "");
+                        trunk.send_to(ok.as_bytes(), from).await.unwrap();
+                        let inv = invite.as_ref().unwrap();
+                        let terminated =
+                            response_to(inv, 487, "Request Terminated", Some("far"), "", "");
+                        trunk.send_to(terminated.as_bytes(), from).await.unwrap();
+                    }
+                }
+                "ACK" => break,
+                _ => {}
+            }
+        }
+        seen
+    };
+    let ((report, _), seen) = tokio::join!(
+        call_until(&ctx, &cmd, hangup.clone(), CancellationToken::new()),
+        far_end
+    );
+    assert_eq!(
+        (report.outcome, report.sip_status),
+        (Outcome::Canceled, Some(487)),
+        "{report:?}"
+    );
+    let first_cancel = seen
+        .iter()
+        .find(|(m, _)| m == "CANCEL")
+        .map(|(_, t)| *t)
+        .unwrap();
+    assert!(
+        first_cancel >= Duration::from_millis(400),
+        "no CANCEL before the 180: {seen:?}"
+    );
+    assert!(
+        seen.iter().filter(|(m, _)| m == "CANCEL").count() >= 2,
+        "retransmitted: {seen:?}"
+    );
+    assert_eq!(
+        seen.last().map(|(m, _)| m.as_str()),
+        Some("ACK"),
+        "{seen:?}"
+    );
+}

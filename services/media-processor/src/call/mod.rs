@@ -201,6 +201,8 @@ pub enum CancelCause {
     RingTimeout,
     /// A hang-up command or shutdown: `canceled`.
     Stop,
+    /// The peer sent something we cannot read: `failed/malformed_response`.
+    Broken,
 }
 
 impl CancelCause {
@@ -208,6 +210,14 @@ impl CancelCause {
         match self {
             Self::RingTimeout => Outcome::NoAnswer,
             Self::Stop => Outcome::Canceled,
+            Self::Broken => Outcome::Failed,
+        }
+    }
+
+    fn reason(self) -> Option<FailReason> {
+        match self {
+            Self::Broken => Some(FailReason::MalformedResponse),
+            _ => None,
         }
     }
 }
