@@ -756,3 +756,89 @@ async fn cancel_waits_for_a_provisional_response_and_is_retransmitted_until_answ
         "{seen:?}"
     );
 }
+
+#[tokio::test]
+async fn a_retransmitted_reinvite_gets_the_same_answer_and_our_2xx_is_repeated_until_acked() {
+    use media_processor::sip::{response_to, Message};
+    let trunk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = trunk.local_addr().unwrap();
+    let (ctx, _stop) = context(me, Duration::from_millis(50)).await;
+    let cmd = command(2_500, 15_000);
+    let far_end = async {
+        let mut buf = vec![0u8; 4096];
+        let (n, from) = trunk.recv_from(&mut buf).await.unwrap();
+        let invite = Message::parse(&buf[..n]).unwrap();
+        let sdp = format!("v=0\r\no=f 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\n", me.port() + 2);
+        let ok = response_to(
+            &invite,
+            200,
+            "OK",
+            Some("far"),
+            &format!("Contact: <sip:far@{me}>\r\nContent-Type: application/sdp\r\n"),
+            &sdp,
+        );
+        trunk.send_to(ok.as_bytes(), from).await.unwrap();
+        // Wait for the ACK (RTP may arrive meanwhile on another port).
+        loop {
+            let (n, _) = trunk.recv_from(&mut buf).await.unwrap();
+            if buf[..n].starts_with(b"ACK ") {
+                break;
+            }
+        }
+        let from_hdr = invite.header("from").unwrap().to_owned();
+        let to_hdr = format!("{};tag=far", invite.header("to").unwrap());
+        let reinvite = format!(
+            "INVITE sip:dialstack@{from} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKre1\r\nFrom: {to_hdr}\r\nTo: {from_hdr}\r\nCall-ID: {}\r\nCSeq: 1 INVITE\r\nContact: <sip:far@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            invite.call_id(),
+            sdp.len()
+        );
+        // Send it twice (a retransmission), then count our 200s before ACKing.
+        trunk.send_to(reinvite.as_bytes(), from).await.unwrap();
+        trunk.send_to(reinvite.as_bytes(), from).await.unwrap();
+        let mut answers = Vec::new();
+        while answers.len() < 4 {
+            let Ok(Ok((n, _))) =
+                tokio::time::timeout(Duration::from_secs(2), trunk.recv_from(&mut buf)).await
+            else {
+                break;
+            };
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            if text.starts_with("SIP/2.0 ") {
+                answers.push(text);
+            }
+        }
+        let ack = format!(
+            "ACK sip:dialstack@{from} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKack1\r\nFrom: {to_hdr}\r\nTo: {from_hdr}\r\nCall-ID: {}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+            invite.call_id()
+        );
+        trunk.send_to(ack.as_bytes(), from).await.unwrap();
+        // After the ACK, no more 200s; then our BYE, answered.
+        loop {
+            let Ok(Ok((n, from))) =
+                tokio::time::timeout(Duration::from_secs(5), trunk.recv_from(&mut buf)).await
+            else {
+                break;
+            };
+            if let Ok(m) = Message::parse(&buf[..n]) {
+                if m.method() == Some("BYE") {
+                    let ok = response_to(&m, 200, "OK", None, "", "");
+                    trunk.send_to(ok.as_bytes(), from).await.unwrap();
+                    break;
+                }
+                assert!(m.method().is_some(), "a 200 after the ACK");
+            }
+        }
+        answers
+    };
+    let ((report, _), answers) = tokio::join!(call(&ctx, &cmd), far_end);
+    assert_eq!(report.outcome, Outcome::AnsweredHuman, "{report:?}");
+    assert!(answers.len() >= 3, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.starts_with("SIP/2.0 200 ") && *a == answers[0]),
+        "one answer, repeated: {answers:?}"
+    );
+    assert!(answers[0].contains("a=sendrecv"), "with our SDP");
+    assert_eq!(ctx.transport.metrics().dropped(Drop::CseqOrder), 0);
+}

@@ -70,8 +70,27 @@ pub async fn run(
     let mut talk_end = tokio::time::Instant::now() + Duration::from_millis(cmd.talk_time_ms);
     let mut draining = false;
     let mut peer_hung_up = false;
+    // The last response to a request of the peer (its CSeq), for its
+    // retransmissions; and our 2xx to a re-INVITE, retransmitted (Timer G
+    // style, T1 doubling to T2) until its ACK, for at most 64·T1.
+    let mut last_response: Option<(u32, String, SocketAddr)> = None;
+    let mut pending_2xx: Option<Pending2xx> = None;
+    let reliable = ctx.transport.reliable_to(hop);
+    let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
     loop {
         tokio::select! {
+            _ = sleep_until(pending_2xx.as_ref().map_or(far, |p| p.next)), if pending_2xx.is_some() => {
+                if let Some(p) = pending_2xx.as_mut() {
+                    if tokio::time::Instant::now() >= p.give_up {
+                        tracing::warn!(%call_id, "no ACK for our 2xx to a re-INVITE");
+                        pending_2xx = None;
+                    } else {
+                        ctx.transport.send(p.to, &p.response).await;
+                        p.interval = (p.interval * 2).min(Duration::from_secs(4));
+                        p.next += p.interval;
+                    }
+                }
+            }
             inbound = rx.recv() => {
                 let (m, from) = match inbound {
                     None => break,
@@ -104,21 +123,49 @@ pub async fn run(
                                 }
                                 continue;
                             }
+                            InDialog::Retransmission => {
+                                let cseq = m.cseq().map(|(n, _)| n);
+                                if let Some((n, resp, _)) = &last_response {
+                                    if Some(*n) == cseq {
+                                        ctx.transport.send(from, resp).await;
+                                    }
+                                }
+                                continue;
+                            }
                             InDialog::Ok => {}
                         }
+                        let cseq = m.cseq().map_or(0, |(n, _)| n);
                         match method {
                             "BYE" => {
                                 ctx.transport.send(from, &response_to(&m, 200, "OK", None, "", "")).await;
                                 peer_hung_up = true;
                                 break;
                             }
-                            "ACK" => {}
+                            "ACK" => {
+                                if pending_2xx.as_ref().is_some_and(|p| p.cseq == cseq) {
+                                    pending_2xx = None;
+                                }
+                            }
                             "INVITE" | "UPDATE" => {
                                 let resp = renegotiate(dialog, local_sdp, &m, media_tx.as_ref(), call_id);
                                 ctx.transport.send(from, &resp).await;
+                                if method == "INVITE" && resp.starts_with("SIP/2.0 2") && !reliable {
+                                    let now = tokio::time::Instant::now();
+                                    pending_2xx = Some(Pending2xx {
+                                        cseq,
+                                        response: resp.clone(),
+                                        to: from,
+                                        next: now + ctx.t1,
+                                        interval: ctx.t1,
+                                        give_up: now + ctx.t1 * 64,
+                                    });
+                                }
+                                last_response = Some((cseq, resp, from));
                             }
                             _ => {
-                                ctx.transport.send(from, &response_to(&m, 200, "OK", None, "", "")).await;
+                                let resp = response_to(&m, 200, "OK", None, "", "");
+                                ctx.transport.send(from, &resp).await;
+                                last_response = Some((cseq, resp, from));
                             }
                         }
                     }
@@ -168,6 +215,16 @@ pub async fn run(
         rtp_received: stats.received.load(Ordering::Relaxed),
         rtp_dropped: dropped,
     }
+}
+
+/// Our 2xx to a re-INVITE, until its ACK.
+struct Pending2xx {
+    cseq: u32,
+    response: String,
+    to: SocketAddr,
+    next: tokio::time::Instant,
+    interval: Duration,
+    give_up: tokio::time::Instant,
 }
 
 /// The response to a re-INVITE or UPDATE: its offer answered with our SDP
@@ -261,7 +318,7 @@ async fn hang_up(
                             ctx.transport.metrics().drop(Drop::TagMismatch);
                             continue;
                         }
-                        InDialog::CseqOrder => {
+                        InDialog::CseqOrder | InDialog::Retransmission => {
                             ctx.transport.metrics().drop(Drop::CseqOrder);
                             continue;
                         }

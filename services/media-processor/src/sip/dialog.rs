@@ -55,8 +55,11 @@ pub enum InDialog {
     Ok,
     /// Tags do not match: not our dialog (dropped, never answered).
     TagMismatch,
-    /// CSeq not above the last one (answered 500, RFC 3261 §12.2.2).
+    /// CSeq below the last one (answered 500, RFC 3261 §12.2.2).
     CseqOrder,
+    /// The same CSeq as the last request: a retransmission, answered with
+    /// the response already sent (§17.2).
+    Retransmission,
 }
 
 impl Dialog {
@@ -303,8 +306,10 @@ impl Dialog {
         if method == "ACK" || method == "CANCEL" {
             return InDialog::Ok;
         }
-        if self.remote_cseq.is_some_and(|last| n <= last) {
-            return InDialog::CseqOrder;
+        match self.remote_cseq {
+            Some(last) if n == last => return InDialog::Retransmission,
+            Some(last) if n < last => return InDialog::CseqOrder,
+            _ => {}
         }
         self.remote_cseq = Some(n);
         InDialog::Ok
@@ -442,8 +447,8 @@ mod tests {
         assert_eq!(d.check_request(&req("r1", &lt, 5, "INVITE")), InDialog::Ok);
         assert_eq!(d.check_request(&req("r1", &lt, 5, "ACK")), InDialog::Ok);
         assert_eq!(
-            d.check_request(&req("r1", &lt, 5, "BYE")),
-            InDialog::CseqOrder
+            d.check_request(&req("r1", &lt, 5, "INVITE")),
+            InDialog::Retransmission
         );
         assert_eq!(
             d.check_request(&req("r1", &lt, 4, "BYE")),
