@@ -95,7 +95,10 @@ impl Message {
             return Err(fail("message too large"));
         }
         let (head_end, body_start) = split_head(raw).ok_or(fail("no end of headers"))?;
-        let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| fail("headers not UTF-8"))?;
+        // Headers should be UTF-8; carriers put Latin-1 display names in
+        // them often enough that refusing would fail real calls. Anything
+        // else is replaced, and control characters are refused below.
+        let head = String::from_utf8_lossy(&raw[..head_end]);
         let body = &raw[body_start..];
         let mut lines = head.lines();
         let first = lines.next().ok_or(fail("empty message"))?.trim();
@@ -448,6 +451,14 @@ mod tests {
             Message::parse(&many).unwrap_err().reason,
             "too many headers"
         );
+    }
+
+    #[test]
+    fn latin1_in_a_display_name_does_not_break_a_response() {
+        let raw = b"SIP/2.0 183 Session Progress\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@x>;tag=1\r\nTo: \"Jos\xe9\" <sip:b@y>;tag=2\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let m = Message::parse(raw).unwrap();
+        assert_eq!(m.status(), Some(183));
+        assert_eq!(m.to_tag(), Some("2"));
     }
 
     #[test]
