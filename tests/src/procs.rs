@@ -389,6 +389,12 @@ impl Sipp {
     /// How many distinct calls sent SIPp a request starting with `prefix`
     /// (e.g. `"BYE "`); retransmissions count once.
     pub fn received(&self, prefix: &str) -> usize {
+        self.received_by(prefix).len()
+    }
+
+    /// The Call-IDs of the calls that sent SIPp a request starting with
+    /// `prefix`.
+    pub fn received_by(&self, prefix: &str) -> std::collections::HashSet<String> {
         let text = std::fs::read_to_string(&self.trace).unwrap_or_default();
         let mut ids = std::collections::HashSet::new();
         for block in text.split("UDP message received") {
@@ -401,7 +407,7 @@ impl Sipp {
                 }
             }
         }
-        ids.len()
+        ids
     }
 
     /// For each Call-ID, the Via branches of the INVITEs SIPp received: one

@@ -116,7 +116,7 @@ pub async fn run(
                                 // pick up, so the dialog is confirmed and
                                 // ended at once.
                                 phase.go(CallPhase::Confirmed);
-                                super::session::ack_and_bye(ctx, dialog, &m, rx).await;
+                                super::session::ack_and_bye(ctx, dialog, &m, rx, &stop.shutdown).await;
                                 tracing::info!(%call_id, "200 crossed our cancel, acknowledged and hung up");
                                 return ended(c.cause.outcome(), c.cause.reason(), m.status());
                             }
@@ -233,8 +233,11 @@ pub async fn run(
                 c.sent = true;
                 c.retransmit_at = now + t1;
                 // A peer that sent garbage gets a short wait for a crossing 200.
+                // At shutdown the wait fits the drain budget.
                 let wait = if c.cause == CancelCause::Broken {
                     t1 * 4
+                } else if stop.shutdown.is_cancelled() {
+                    (t1 * 64).min(ctx.drain_talk.max(t1 * 4))
                 } else {
                     t1 * 64
                 };

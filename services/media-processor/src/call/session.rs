@@ -189,7 +189,7 @@ pub async fn run(
     }
     if !peer_hung_up {
         phase.go(CallPhase::Terminating);
-        hang_up(ctx, dialog, rx, hop).await;
+        hang_up(ctx, dialog, rx, hop, &stop.shutdown).await;
     }
     tracing::info!(%call_id, talk_ms, peer_hung_up, "call ended");
     let mut dropped = 0;
@@ -278,28 +278,35 @@ pub async fn ack_and_bye(
     dialog: &mut Dialog,
     answer: &Message,
     rx: &mut mpsc::Receiver<Inbound>,
+    shutdown: &CancellationToken,
 ) {
     dialog.confirm(answer);
     let hop = resolve_hop(&dialog.next_hop_uri(), ctx.trunk).await;
     ctx.transport
         .send_for(&dialog.call_id.clone(), hop, &dialog.ack_2xx())
         .await;
-    hang_up(ctx, dialog, rx, hop).await;
+    hang_up(ctx, dialog, rx, hop, shutdown).await;
 }
 
 /// Sends BYE to `hop` and retransmits it (Timer E, capped at T2 = 4 s)
-/// until a final response or Timer F; answers one Digest challenge.
+/// until a final response or Timer F (at shutdown: at most the drain
+/// budget, so the process still exits within its grace); answers one
+/// Digest challenge.
 async fn hang_up(
     ctx: &CallContext,
     dialog: &mut Dialog,
     rx: &mut mpsc::Receiver<Inbound>,
     hop: SocketAddr,
+    shutdown: &CancellationToken,
 ) {
     let call_id = dialog.call_id.clone();
     let (mut branch, mut bye) = dialog.bye(None);
     let mut challenged = false;
     let t0 = tokio::time::Instant::now();
-    let timer_f = t0 + ctx.t1 * 64;
+    let mut timer_f = t0 + ctx.t1 * 64;
+    if shutdown.is_cancelled() {
+        timer_f = timer_f.min(t0 + ctx.drain_talk.max(ctx.t1 * 4));
+    }
     let mut interval = ctx.t1;
     let reliable = ctx.transport.reliable_to(hop);
     let mut next = if reliable { timer_f } else { t0 + interval };
