@@ -314,6 +314,77 @@ async fn bad_input_is_refused(urls: &HashMap<String, String>, token: &str) {
         .await
         .unwrap();
     expect_error(r, 404, "not_found").await;
+    // Lease heartbeats and hang-ups: malformed bodies and bounds (admin may
+    // call both).
+    for (body, status, code, field) in [
+        (json!("not an object"), 400, "invalid_json", ""),
+        (json!({"attempt_ids": []}), 400, "invalid_json", "claimer"),
+        (
+            json!({"claimer": "", "attempt_ids": []}),
+            400,
+            "invalid_request",
+            "claimer",
+        ),
+        (
+            json!({"claimer": "mp", "attempt_ids": vec!["a"; 2_001]}),
+            400,
+            "invalid_request",
+            "attempt_ids",
+        ),
+        (
+            json!({"claimer": "mp", "attempt_ids": [""]}),
+            400,
+            "invalid_request",
+            "attempt_ids",
+        ),
+        (
+            json!({"claimer": "mp", "attempt_ids": ["a"], "lease_ms": 5}),
+            400,
+            "invalid_request",
+            "lease_ms",
+        ),
+        (
+            json!({"claimer": "mp", "attempt_ids": ["a"], "extra": 1}),
+            400,
+            "invalid_json",
+            "extra",
+        ),
+    ] {
+        let r = http
+            .post(format!("{sched}/v1/attempts/heartbeat"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let got = expect_error(r, status, code).await;
+        assert!(
+            got["message"].as_str().unwrap_or("").contains(field),
+            "{body}: {got}"
+        );
+    }
+    let r = http
+        .post(format!("{sched}/v1/attempts/heartbeat"))
+        .bearer_auth(token)
+        .json(&json!({"claimer": "mp", "attempt_ids": ["no-such-attempt"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["renewed"], 0);
+    let long = "c".repeat(37);
+    for (call, status, code) in [
+        (long.as_str(), 400, "invalid_request"),
+        ("no-such-call", 404, "not_found"),
+    ] {
+        let r = http
+            .post(format!("{sched}/v1/calls/{call}/hangup"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        expect_error(r, status, code).await;
+    }
     for svc in [
         "task-scheduler",
         "storage-service",

@@ -169,6 +169,16 @@ mod scheduler {
         }
     }
 
+    /// A running campaign of `n` leads, every one queued; with their attempt ids.
+    async fn queued_campaign(repo: &Repo, n: usize) -> (task_scheduler::db::Campaign, Vec<String>) {
+        let c = campaign(repo, n).await;
+        repo.start_campaign(&c.id, "test").await.unwrap();
+        let c = repo.campaign(&c.id).await.unwrap().unwrap();
+        repo.queue_attempts(&c, n as u64, "test").await.unwrap();
+        let ids = attempt_ids(repo, "queued").await;
+        (c, ids)
+    }
+
     async fn attempt_ids(repo: &Repo, state: &str) -> Vec<String> {
         sqlx::query("SELECT id FROM attempts WHERE state = ? ORDER BY seq")
             .bind(state)
@@ -228,11 +238,7 @@ mod scheduler {
             let repo = Repo {
                 db: db(&url, MIGRATIONS).await,
             };
-            let c = campaign(&repo, 2).await;
-            repo.start_campaign(&c.id, "test").await.unwrap();
-            let c = repo.campaign(&c.id).await.unwrap().unwrap();
-            repo.queue_attempts(&c, 2, "test").await.unwrap();
-            let ids = attempt_ids(&repo, "queued").await;
+            let (c, ids) = queued_campaign(&repo, 2).await;
             let until = dialstack_common::now_ms() + 30_000;
             assert!(
                 matches!(
@@ -303,11 +309,7 @@ mod scheduler {
             let repo = Repo {
                 db: db(&url, MIGRATIONS).await,
             };
-            let c = campaign(&repo, 4).await;
-            repo.start_campaign(&c.id, "test").await.unwrap();
-            let c = repo.campaign(&c.id).await.unwrap().unwrap();
-            repo.queue_attempts(&c, 4, "test").await.unwrap();
-            let ids = attempt_ids(&repo, "queued").await;
+            let (c, ids) = queued_campaign(&repo, 4).await;
             let past = dialstack_common::now_ms() - 1;
             // ids[0]: claimed by mp-1, its lease renewed by a heartbeat.
             // ids[1]: claimed and dialing, lease lapsed (media processor killed).
@@ -431,11 +433,7 @@ mod scheduler {
             let repo = Repo {
                 db: db(&url, MIGRATIONS).await,
             };
-            let c = campaign(&repo, 2).await;
-            repo.start_campaign(&c.id, "test").await.unwrap();
-            let c = repo.campaign(&c.id).await.unwrap().unwrap();
-            repo.queue_attempts(&c, 2, "test").await.unwrap();
-            let ids = attempt_ids(&repo, "queued").await;
+            let (_, ids) = queued_campaign(&repo, 2).await;
             let call_of = |id: String| {
                 let repo = repo.clone();
                 async move {

@@ -200,16 +200,16 @@ async fn main() {
     let cpu = cpu_seconds() - cpu0;
     if flood > 0 {
         let m = ctx.transport.metrics();
-        let dropped: u64 = media_processor::sip::transport::Drop::ALL
+        let dropped: u64 = media_processor::sip::transport::DropReason::ALL
             .iter()
             .map(|r| m.dropped(*r))
             .sum();
         println!(
             "flood: sent={sprayed} ({:.0}/s) dropped_by_edge={dropped} malformed={} unknown_source={} overload={} rss_kib_before={rss0} rss_kib_peak={}",
             sprayed as f64 / wall.as_secs_f64(),
-            m.dropped(media_processor::sip::transport::Drop::Malformed),
-            m.dropped(media_processor::sip::transport::Drop::UnknownSource),
-            m.dropped(media_processor::sip::transport::Drop::Overload),
+            m.dropped(media_processor::sip::transport::DropReason::Malformed),
+            m.dropped(media_processor::sip::transport::DropReason::UnknownSource),
+            m.dropped(media_processor::sip::transport::DropReason::Overload),
             peak_rss_kib(),
         );
     }

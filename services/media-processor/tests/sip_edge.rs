@@ -16,7 +16,7 @@ use common::{
 use dialstack_contract::{FailReason, Outcome};
 use media_processor::call::Progress;
 use media_processor::sip::digest::Credentials;
-use media_processor::sip::transport::Drop;
+use media_processor::sip::transport::DropReason;
 use tokio_util::sync::CancellationToken;
 
 const T1: Duration = Duration::from_millis(100);
@@ -314,7 +314,7 @@ async fn responses_and_bye_forged_from_another_port_are_dropped() {
         "the forged BYE did not end the call: {report:?}"
     );
     assert!(silent, "no answer was reflected to the forger");
-    assert!(ctx.transport.metrics().dropped(Drop::UnknownSource) >= 2);
+    assert!(ctx.transport.metrics().dropped(DropReason::UnknownSource) >= 2);
     assert_eq!(peer.exit_code().await, 0, "SIPp got our real BYE");
 }
 
@@ -342,7 +342,10 @@ async fn a_response_from_the_trunk_for_another_transaction_is_dropped() {
     let cmd = command(300, 15_000);
     let ((report, _), ()) = tokio::join!(call(&ctx, &cmd), inject);
     assert_eq!(report.outcome, Outcome::AnsweredHuman, "{report:?}");
-    assert_eq!(ctx.transport.metrics().dropped(Drop::NoTransaction), 1);
+    assert_eq!(
+        ctx.transport.metrics().dropped(DropReason::NoTransaction),
+        1
+    );
     assert_eq!(peer.exit_code().await, 0);
 }
 
@@ -454,7 +457,7 @@ async fn garbage_at_the_sip_port_does_not_disturb_a_call() {
     assert!(report.rtp_received > 0);
     assert!(ctx.transport.is_up(), "receive loop still running");
     let m = ctx.transport.metrics();
-    let dropped = m.dropped(Drop::Malformed) + m.dropped(Drop::UnknownSource);
+    let dropped = m.dropped(DropReason::Malformed) + m.dropped(DropReason::UnknownSource);
     assert!(dropped >= 4_000, "the spray is accounted for: {dropped}");
     assert_eq!(peer.exit_code().await, 0);
 }
@@ -840,5 +843,5 @@ async fn a_retransmitted_reinvite_gets_the_same_answer_and_our_2xx_is_repeated_u
         "one answer, repeated: {answers:?}"
     );
     assert!(answers[0].contains("a=sendrecv"), "with our SDP");
-    assert_eq!(ctx.transport.metrics().dropped(Drop::CseqOrder), 0);
+    assert_eq!(ctx.transport.metrics().dropped(DropReason::CseqOrder), 0);
 }

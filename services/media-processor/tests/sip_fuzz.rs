@@ -17,7 +17,7 @@ use media_processor::sip::dialog::Dialog;
 use media_processor::sip::digest::Challenge;
 use media_processor::sip::message::Message;
 use media_processor::sip::sdp::parse_remote;
-use media_processor::sip::transport::Drop;
+use media_processor::sip::transport::DropReason;
 use media_processor::sip::{SipMetrics, SipTransport};
 
 const SDP: &str = "v=0\r\no=callee 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendonly\r\n";
@@ -200,7 +200,7 @@ async fn mutated_messages_never_panic_and_memory_stays_bounded() {
     }
     let elapsed = started.elapsed();
     let m = transport.metrics();
-    let dropped: u64 = Drop::ALL.iter().map(|r| m.dropped(*r)).sum();
+    let dropped: u64 = DropReason::ALL.iter().map(|r| m.dropped(*r)).sum();
     println!(
         "fuzz: {iterations} executions in {elapsed:?} ({:.0}/s), {parsed} parsed, {routed} routed to the call, {dropped} dropped by the transport",
         iterations as f64 / elapsed.as_secs_f64()
@@ -208,7 +208,7 @@ async fn mutated_messages_never_panic_and_memory_stays_bounded() {
     assert_eq!(transport.active(), 1, "no call entries created by traffic");
     assert!(dropped > 0 && parsed > 0);
     assert!(
-        m.dropped(Drop::UnknownSource) > 0,
+        m.dropped(DropReason::UnknownSource) > 0,
         "strangers' messages for the live call dropped"
     );
 }

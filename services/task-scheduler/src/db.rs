@@ -477,7 +477,8 @@ impl Repo {
         source: &str,
     ) -> Result<HangupRequest, sqlx::Error> {
         let row = sqlx::query(
-            "SELECT a.state, c.team FROM attempts a JOIN campaigns c ON c.id = a.campaign_id WHERE a.call_id = ?",
+            "SELECT a.state, c.team, a.id, a.campaign_id, a.phone FROM attempts a
+             JOIN campaigns c ON c.id = a.campaign_id WHERE a.call_id = ?",
         )
         .bind(call_id)
         .fetch_optional(&self.db.pool)
@@ -507,17 +508,12 @@ impl Repo {
             .execute(&mut *tx)
             .await?;
             if moved.rows_affected() == 1 {
-                let row =
-                    sqlx::query("SELECT id, campaign_id, phone FROM attempts WHERE call_id = ?")
-                        .bind(call_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
                 let done = CallCompleted::unanswered(
                     CallRef {
                         call_id: call_id.to_owned(),
-                        attempt_id: row.get(0),
-                        campaign_id: row.get(1),
-                        phone: row.get(2),
+                        attempt_id: row.get(2),
+                        campaign_id: row.get(3),
+                        phone: row.get(4),
                         at_ms: now,
                         team,
                     },

@@ -523,15 +523,20 @@ async fn enqueue_agent_state(
     id: &str,
     c: &AgentStateEvent<'_>,
 ) -> Result<(), sqlx::Error> {
-    let data = serde_json::json!({
-        "agent_id": id,
-        "previous": c.previous.as_str(),
-        "state": c.state.as_str(),
-        "pause_code": c.pause_code,
-        "reason": c.reason,
-        "at_ms": c.at_ms,
-    });
-    let ev = dialstack_common::events::CloudEvent::new(crate::NAME, "agent.state", id, &data);
+    let data = dialstack_contract::AgentStateChanged {
+        agent_id: id.to_owned(),
+        previous: c.previous.as_str().to_owned(),
+        state: c.state.as_str().to_owned(),
+        pause_code: c.pause_code.map(str::to_owned),
+        reason: c.reason.to_owned(),
+        at_ms: c.at_ms,
+    };
+    let ev = dialstack_common::events::CloudEvent::new(
+        crate::NAME,
+        dialstack_contract::types::AGENT_STATE,
+        id,
+        &data,
+    );
     dialstack_common::db::outbox_enqueue(tx, dialstack_common::db::channel::EVENTS, id, &ev).await
 }
 

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::sip::digest::Challenge;
 use crate::sip::sdp::LocalSdp;
-use crate::sip::transport::Drop;
+use crate::sip::transport::DropReason;
 use crate::sip::{response_to, Dialog, Inbound, Message};
 
 /// How the INVITE transaction ended.
@@ -70,7 +70,6 @@ pub async fn run(
     let reliable = ctx.transport.reliable_to(ctx.trunk);
     let mut retransmit_at = if reliable { timer_b } else { t0 + t1 };
     let mut interval = t1;
-    let mut got_response = false;
     let mut provisional = false;
     let mut ringing = false;
     let mut challenged = false;
@@ -102,7 +101,6 @@ pub async fn run(
                             }
                         }
                         Seen::Provisional(code) => {
-                            got_response = true;
                             provisional = true;
                             if (code == 180 || code == 183) && !ringing {
                                 ringing = true;
@@ -144,7 +142,6 @@ pub async fn run(
                             tracing::info!(%call_id, status = code, "trunk challenged, invite sent again with credentials");
                             ctx.transport.send_for(call_id, ctx.trunk, &invite).await;
                             let now = Deadline::now();
-                            got_response = false;
                             provisional = false;
                             interval = t1;
                             timer_b = now + t1 * 64;
@@ -171,7 +168,7 @@ pub async fn run(
                     }
                 }
             },
-            _ = sleep_until(retransmit_at), if !got_response => {
+            _ = sleep_until(retransmit_at), if !provisional => {
                 if Deadline::now() >= timer_b {
                     tracing::warn!(%call_id, "no response to INVITE (timer B)");
                     return match &cancel {
@@ -286,7 +283,7 @@ async fn on_message(
         return Seen::Ignored;
     }
     if !dialog.matches_invite(m) {
-        ctx.transport.metrics().drop(Drop::NoTransaction);
+        ctx.transport.metrics().drop(DropReason::NoTransaction);
         tracing::debug!(%call_id, %from, "response to no transaction of this call dropped");
         return Seen::Ignored;
     }

@@ -18,7 +18,7 @@ use crate::rtp::{run_stream, RtpStats};
 use crate::sip::dialog::InDialog;
 use crate::sip::digest::Challenge;
 use crate::sip::sdp::{parse_remote, LocalSdp, RemoteMedia};
-use crate::sip::transport::Drop;
+use crate::sip::transport::DropReason;
 use crate::sip::{response_to, Dialog, Inbound, Message};
 
 /// Runs the answered call until either side hangs up.
@@ -73,7 +73,7 @@ pub async fn run(
     // The last response to a request of the peer (its CSeq), for its
     // retransmissions; and our 2xx to a re-INVITE, retransmitted (Timer G
     // style, T1 doubling to T2) until its ACK, for at most 64·T1.
-    let mut last_response: Option<(u32, String, SocketAddr)> = None;
+    let mut last_response: Option<(u32, String)> = None;
     let mut pending_2xx: Option<Pending2xx> = None;
     let reliable = ctx.transport.reliable_to(hop);
     let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
@@ -106,18 +106,18 @@ pub async fn run(
                         if dialog.matches_invite(&m) && m.status().is_some_and(|c| (200..300).contains(&c)) {
                             ctx.transport.send_for(call_id, hop, &ack).await;
                         } else {
-                            ctx.transport.metrics().drop(Drop::NoTransaction);
+                            ctx.transport.metrics().drop(DropReason::NoTransaction);
                         }
                     }
                     Some(method) => {
                         match dialog.check_request(&m) {
                             InDialog::TagMismatch => {
-                                ctx.transport.metrics().drop(Drop::TagMismatch);
+                                ctx.transport.metrics().drop(DropReason::TagMismatch);
                                 tracing::warn!(%call_id, %from, %method, "in-dialog request with wrong tags dropped");
                                 continue;
                             }
                             InDialog::CseqOrder => {
-                                ctx.transport.metrics().drop(Drop::CseqOrder);
+                                ctx.transport.metrics().drop(DropReason::CseqOrder);
                                 if method != "ACK" {
                                     ctx.transport.send(from, &response_to(&m, 500, "Server Internal Error", None, "", "")).await;
                                 }
@@ -125,7 +125,7 @@ pub async fn run(
                             }
                             InDialog::Retransmission => {
                                 let cseq = m.cseq().map(|(n, _)| n);
-                                if let Some((n, resp, _)) = &last_response {
+                                if let Some((n, resp)) = &last_response {
                                     if Some(*n) == cseq {
                                         ctx.transport.send(from, resp).await;
                                     }
@@ -160,12 +160,12 @@ pub async fn run(
                                         give_up: now + ctx.t1 * 64,
                                     });
                                 }
-                                last_response = Some((cseq, resp, from));
+                                last_response = Some((cseq, resp));
                             }
                             _ => {
                                 let resp = response_to(&m, 200, "OK", None, "", "");
                                 ctx.transport.send(from, &resp).await;
-                                last_response = Some((cseq, resp, from));
+                                last_response = Some((cseq, resp));
                             }
                         }
                     }
@@ -322,11 +322,11 @@ async fn hang_up(
                 if let Some(method) = m.method() {
                     match dialog.check_request(&m) {
                         InDialog::TagMismatch => {
-                            ctx.transport.metrics().drop(Drop::TagMismatch);
+                            ctx.transport.metrics().drop(DropReason::TagMismatch);
                             continue;
                         }
                         InDialog::CseqOrder | InDialog::Retransmission => {
-                            ctx.transport.metrics().drop(Drop::CseqOrder);
+                            ctx.transport.metrics().drop(DropReason::CseqOrder);
                             continue;
                         }
                         InDialog::Ok => {}

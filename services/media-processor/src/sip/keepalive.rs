@@ -7,7 +7,6 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +22,6 @@ use super::transport::{Inbound, SipTransport};
 pub struct TrunkHealth {
     up: watch::Sender<bool>,
     gauge: prometheus::IntGauge,
-    probed: Arc<AtomicBool>,
 }
 
 impl TrunkHealth {
@@ -33,7 +31,6 @@ impl TrunkHealth {
         Self {
             up: watch::Sender::new(true),
             gauge,
-            probed: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -43,7 +40,6 @@ impl TrunkHealth {
     }
 
     fn set(&self, up: bool) {
-        self.probed.store(true, Ordering::Relaxed);
         self.gauge.set(i64::from(up));
         self.up.send_if_modified(|v| {
             let changed = *v != up;

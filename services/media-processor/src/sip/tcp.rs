@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::message::{split_head, MAX_BODY, MAX_MESSAGE};
-use super::transport::{Drop, SipTransport};
+use super::transport::{DropReason, SipTransport};
 
 /// Messages queued for a connection that is (re)connecting.
 const QUEUE: usize = 1_024;
@@ -159,7 +159,7 @@ pub fn open(peer: SocketAddr, transport: Weak<SipTransport>, stop: CancellationT
                                 }
                             }
                             if let Some(why) = broken {
-                                transport.metrics().drop(Drop::Malformed);
+                                transport.metrics().drop(DropReason::Malformed);
                                 break format!("framing: {why}");
                             }
                         }

@@ -51,7 +51,7 @@ pub enum Inbound {
 
 /// Why a message was dropped (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drop {
+pub enum DropReason {
     /// Did not parse.
     Malformed,
     /// From an address that is neither the trunk nor one of the call's peers.
@@ -68,9 +68,9 @@ pub enum Drop {
     Overload,
 }
 
-impl Drop {
+impl DropReason {
     /// Every reason.
-    pub const ALL: [Drop; 7] = [
+    pub const ALL: [DropReason; 7] = [
         Self::Malformed,
         Self::UnknownSource,
         Self::NoCall,
@@ -137,7 +137,7 @@ impl SipMetrics {
     /// Every label value at 0, so dashboards and alerts see the series
     /// before the first drop.
     pub fn with_zeros(self) -> Self {
-        for r in Drop::ALL {
+        for r in DropReason::ALL {
             self.dropped.with_label_values(&[r.as_str()]);
         }
         for r in ["malformed", "source", "ssrc"] {
@@ -147,12 +147,12 @@ impl SipMetrics {
     }
 
     /// Counts one drop.
-    pub fn drop(&self, why: Drop) {
+    pub fn drop(&self, why: DropReason) {
         self.dropped.with_label_values(&[why.as_str()]).inc();
     }
 
     /// Drops counted so far for `why`.
-    pub fn dropped(&self, why: Drop) -> u64 {
+    pub fn dropped(&self, why: DropReason) -> u64 {
         self.dropped.with_label_values(&[why.as_str()]).get()
     }
 }
@@ -388,7 +388,7 @@ impl SipTransport {
         match Message::parse(raw) {
             Ok(msg) => self.dispatch(msg, from).await,
             Err(e) => {
-                self.metrics.drop(Drop::Malformed);
+                self.metrics.drop(DropReason::Malformed);
                 if self.noise.allow() {
                     tracing::warn!(%from, reason = e.reason, "malformed sip message dropped");
                 }
@@ -422,21 +422,21 @@ impl SipTransport {
         match routed {
             Some((tx, true)) => {
                 if tx.try_send(Inbound::Msg { msg, from }).is_err() {
-                    self.metrics.drop(Drop::Overload);
+                    self.metrics.drop(DropReason::Overload);
                 }
             }
             Some((_, false)) => {
-                self.metrics.drop(Drop::UnknownSource);
+                self.metrics.drop(DropReason::UnknownSource);
                 if self.noise.allow() {
                     tracing::warn!(%from, call_id = msg.call_id(), "sip message for a live call from an unknown source dropped");
                 }
             }
             None if !self.trusted(from) => {
                 // Nothing goes back to a source we never talked to.
-                self.metrics.drop(Drop::UnknownSource);
+                self.metrics.drop(DropReason::UnknownSource);
             }
             None => match msg.method() {
-                Some("ACK") | None => self.metrics.drop(Drop::NoCall),
+                Some("ACK") | None => self.metrics.drop(DropReason::NoCall),
                 Some("OPTIONS") => {
                     let allow = "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE\r\n";
                     self.send(from, &response_to(&msg, 200, "OK", None, allow, ""))
@@ -448,7 +448,7 @@ impl SipTransport {
                         .await;
                 }
                 Some(_) => {
-                    self.metrics.drop(Drop::NoCall);
+                    self.metrics.drop(DropReason::NoCall);
                     self.send(
                         from,
                         &response_to(&msg, 481, "Call/Transaction Does Not Exist", None, "", ""),
