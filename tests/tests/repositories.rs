@@ -114,10 +114,16 @@ mod scheduler {
             talk_time_ms: Some(1000),
             ring_timeout_ms: None,
             team: team.map(str::to_owned),
+            record: true,
+            recording_retention_days: Some(30),
         };
-        repo.create_campaign(&req.validate().unwrap())
+        let c = repo
+            .create_campaign(&req.validate().unwrap())
             .await
-            .unwrap()
+            .unwrap();
+        assert!(c.record, "the record flag round-trips");
+        assert_eq!(c.recording_retention_days, Some(30));
+        c
     }
 
     #[tokio::test]

@@ -32,6 +32,8 @@ pub mod types {
     pub const CALL_ANSWERED: &str = "call.answered";
     /// The call ended, with its outcome.
     pub const CALL_COMPLETED: &str = "call.completed";
+    /// A call's recording is stored.
+    pub const RECORDING_READY: &str = "call.recording.ready";
     /// An agent's state changed.
     pub const AGENT_STATE: &str = "agent.state";
     /// A campaign changed state.
@@ -108,6 +110,13 @@ pub struct DialCommand {
     /// that its supervisors can read the call records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
+    /// Record the call (the campaign's `record` flag).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub record: bool,
+    /// Days the recording is kept (the campaign's
+    /// `recording_retention_days`); `None` keeps it until deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_retention_days: Option<u32>,
 }
 
 impl DialCommand {
@@ -321,6 +330,41 @@ pub struct CallAnswered {
     pub ring_ms: i64,
 }
 
+/// `call.recording.ready`: a call's stereo WAV is in the recording store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RecordingReady {
+    /// The call.
+    #[serde(flatten)]
+    pub call: CallRef,
+    /// Where it is: `file:///...` or `s3://bucket/key`.
+    pub url: String,
+    /// Audio length (ms).
+    pub duration_ms: u64,
+    /// File size.
+    pub bytes: u64,
+    /// SHA-256 of the file, lowercase hex.
+    pub sha256: String,
+    /// Delete it this many days after the call (`None`: keep).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
+}
+
+impl RecordingReady {
+    /// The contract rules: a known URL scheme, a 64-digit hex digest.
+    pub fn validate(&self) -> Result<(), ContractError> {
+        check_id("call_id", &self.call.call_id)?;
+        if !(self.url.starts_with("file:///") || self.url.starts_with("s3://"))
+            || self.url.len() > 1024
+        {
+            return Err(bad("url", "must be file:///... or s3://... (at most 1024 bytes)"));
+        }
+        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad("sha256", "must be 64 hex digits"));
+        }
+        Ok(())
+    }
+}
+
 /// `call.completed`: the call ended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CallCompleted {
@@ -475,6 +519,8 @@ mod tests {
             talk_time_ms: 5_000,
             ring_timeout_ms: 30_000,
             team: Some("east".into()),
+            record: true,
+            recording_retention_days: Some(90),
         }
     }
 

@@ -156,6 +156,8 @@ async fn main() {
                 talk_time_ms: talk_ms,
                 ring_timeout_ms: 30_000,
                 team: None,
+                record: false,
+                recording_retention_days: None,
             };
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             let started = Instant::now();

@@ -74,6 +74,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "attempts by call",
         sql: "CREATE INDEX attempts_call ON attempts (call_id)",
     },
+    Migration {
+        version: 4,
+        name: "campaign recording",
+        sql: "ALTER TABLE campaigns ADD COLUMN record BIGINT NOT NULL DEFAULT 0;
+              ALTER TABLE campaigns ADD COLUMN recording_retention_days BIGINT NULL",
+    },
 ];
 
 /// A stored campaign.
@@ -99,6 +105,10 @@ pub struct Campaign {
     pub created_at: i64,
     /// The team that works it.
     pub team: Option<String>,
+    /// Answered calls are recorded.
+    pub record: bool,
+    /// Recordings are deleted this many days after the call.
+    pub recording_retention_days: Option<i64>,
 }
 
 /// Counts of a campaign's attempts.
@@ -155,11 +165,13 @@ fn campaign_from(r: &sqlx::any::AnyRow) -> Campaign {
         state: r.get(7),
         created_at: r.get(8),
         team: r.get(9),
+        record: r.get::<i64, _>(10) != 0,
+        recording_retention_days: r.get(11),
     }
 }
 
 const CAMPAIGN_COLS: &str =
-    "id, name, caller_id, max_concurrent, max_cps, talk_time_ms, ring_timeout_ms, state, created_at, team";
+    "id, name, caller_id, max_concurrent, max_cps, talk_time_ms, ring_timeout_ms, state, created_at, team, record, recording_retention_days";
 
 /// Rows per multi-row INSERT.
 const INSERT_CHUNK: usize = 500;
@@ -171,7 +183,7 @@ impl Repo {
         let now = dialstack_common::now_ms();
         let mut tx = self.db.begin().await?;
         sqlx::query(&format!(
-            "INSERT INTO campaigns ({CAMPAIGN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, 'draft', ?, ?)"
+            "INSERT INTO campaigns ({CAMPAIGN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, 'draft', ?, ?, ?, ?)"
         ))
         .bind(&id)
         .bind(&c.name)
@@ -182,6 +194,8 @@ impl Repo {
         .bind(c.ring_timeout_ms as i64)
         .bind(now)
         .bind(c.team.clone())
+        .bind(i64::from(c.record))
+        .bind(c.recording_retention_days.map(i64::from))
         .execute(&mut *tx)
         .await?;
         for (chunk_no, chunk) in c.contacts.chunks(INSERT_CHUNK).enumerate() {
@@ -327,6 +341,10 @@ impl Repo {
                 talk_time_ms: c.talk_time_ms as u64,
                 ring_timeout_ms: c.ring_timeout_ms as u64,
                 team: c.team.clone(),
+                record: c.record,
+                recording_retention_days: c
+                    .recording_retention_days
+                    .and_then(|d| u32::try_from(d).ok()),
             };
             let ev = CloudEvent::new(source, types::DIAL, &call_id, &cmd);
             outbox_enqueue(

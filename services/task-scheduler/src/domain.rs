@@ -58,6 +58,13 @@ pub struct NewCampaignRequest {
     /// Ring timeout (ms, default 30000, at least 15000).
     #[serde(default)]
     pub ring_timeout_ms: Option<u64>,
+    /// Record answered calls (stereo WAV in the recording store; default off).
+    #[serde(default)]
+    pub record: bool,
+    /// Delete recordings this many days after the call (1-3650; default:
+    /// keep until deleted).
+    #[serde(default)]
+    pub recording_retention_days: Option<u32>,
 }
 
 /// One contact as sent: a bare number, or a number with its agent.
@@ -124,6 +131,10 @@ pub struct NewCampaign {
     pub talk_time_ms: u64,
     /// Ring timeout (ms).
     pub ring_timeout_ms: u64,
+    /// Record answered calls.
+    pub record: bool,
+    /// Recording retention (days).
+    pub recording_retention_days: Option<u32>,
 }
 
 /// A field that failed validation.
@@ -196,7 +207,15 @@ impl NewCampaignRequest {
                 "must be 15000-300000 (ring at least 15 s)",
             ));
         }
+        if self
+            .recording_retention_days
+            .is_some_and(|d| !(1..=3650).contains(&d))
+        {
+            return Err(invalid("recording_retention_days", "must be 1-3650"));
+        }
         Ok(NewCampaign {
+            record: self.record,
+            recording_retention_days: self.recording_retention_days,
             name,
             caller_id,
             max_concurrent: self.max_concurrent,
@@ -271,6 +290,8 @@ mod tests {
             talk_time_ms: None,
             ring_timeout_ms: None,
             team: None,
+            record: false,
+            recording_retention_days: None,
         }
     }
 

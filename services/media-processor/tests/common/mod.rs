@@ -156,6 +156,8 @@ pub fn command(talk_time_ms: u64, ring_timeout_ms: u64) -> DialCommand {
         talk_time_ms,
         ring_timeout_ms,
         team: None,
+        record: false,
+        recording_retention_days: None,
     }
 }
 
