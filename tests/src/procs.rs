@@ -215,8 +215,23 @@ impl Suite {
         let mut env = common("sched");
         env.insert("DIALSTACK_JWKS_URL".into(), jwks.clone());
         let scheduler = ServiceProc::start("task-scheduler", &env, &logs).await;
+        // storage-service serves what media-processor records: both use the
+        // same store (a folder of the test's own unless the test names one).
+        let recordings = opts
+            .media_env
+            .iter()
+            .filter(|(k, _)| k == "DIALSTACK_RECORDINGS_URL" || k.starts_with("DIALSTACK_S3_"))
+            .cloned()
+            .collect::<Vec<_>>();
+        let recordings_url = recordings
+            .iter()
+            .find(|(k, _)| k == "DIALSTACK_RECORDINGS_URL")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| format!("file://{}/recordings", logs.display()));
         let mut env = common("store");
         env.insert("DIALSTACK_JWKS_URL".into(), jwks.clone());
+        env.extend(recordings.iter().cloned());
+        env.insert("DIALSTACK_RECORDINGS_URL".into(), recordings_url.clone());
         let storage = ServiceProc::start("storage-service", &env, &logs).await;
         let mut env = common("mon");
         env.insert("DIALSTACK_JWKS_URL".into(), jwks.clone());
@@ -233,6 +248,11 @@ impl Suite {
             // SIPp would take an OPTIONS keepalive for a call of its
             // scenario; the keepalive has its own test.
             ("DIALSTACK_SIP_KEEPALIVE_SECS", "0"),
+            ("DIALSTACK_RECORDINGS_URL", recordings_url.as_str()),
+            (
+                "DIALSTACK_RECORDINGS_SPOOL",
+                &logs.join(crate::unique("spool-")).display().to_string(),
+            ),
         ] {
             env.insert(k.into(), v.into());
         }

@@ -498,14 +498,6 @@ async fn a_missing_required_variable_stops_the_daemon_naming_it() {
 /// leaves this list as soon as its metric exists (the test fails to say so).
 const PANELS_WITHOUT_DATA_YET: &[(&str, &str)] = &[
     (
-        "MOS distribution",
-        "dialstack_call_mos comes with call-quality measurement (jitter buffer, E-model)",
-    ),
-    (
-        "RTP jitter",
-        "dialstack_rtp_jitter_seconds comes with the jitter buffer",
-    ),
-    (
         "Abandon ratio per campaign",
         "dialstack_campaign_abandon_ratio comes with predictive pacing",
     ),

@@ -113,6 +113,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         );
         env.set("DIALSTACK_EVENTS_URL", bus.clone());
         env.set("DIALSTACK_COMMANDS_URL", bus.clone());
+        // Recordings stay under the data folder unless the environment
+        // names a store (an S3 bucket, say).
+        if env.get("DIALSTACK_RECORDINGS_URL").is_none() {
+            env.set(
+                "DIALSTACK_RECORDINGS_URL",
+                format!("file://{}/recordings", data.display()),
+            );
+        }
+        if env.get("DIALSTACK_RECORDINGS_SPOOL").is_none() {
+            env.set(
+                "DIALSTACK_RECORDINGS_SPOOL",
+                data.join("recordings-spool").display().to_string(),
+            );
+        }
         env
     };
     let shutdown = dialstack_common::shutdown::on_signals();

@@ -126,8 +126,8 @@ async fn main() {
         t1: Duration::from_millis(500),
         setup_seconds: setup,
         credentials: None,
-        rtp_latch: false,
         drain_talk: Duration::from_secs(1),
+        media: media_processor::rtp::stream::MediaContext::standalone(Default::default(), false),
     });
     let sip = ctx.transport.local_addr().expect("sip addr");
     let flood_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -3,7 +3,7 @@
 
 use dialstack_common::db::{outbox_enqueue, Db, Migration};
 use dialstack_common::events::CloudEvent;
-use dialstack_contract::CallEvent;
+use dialstack_contract::{types, CallEvent, RecordingReady};
 
 /// media-processor's schema.
 pub const MIGRATIONS: &[Migration] = &[Migration {
@@ -72,6 +72,24 @@ impl Repo {
             &mut tx,
             dialstack_common::db::channel::EVENTS,
             &call.call_id,
+            &ev,
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Writes `call.recording.ready` into the outbox.
+    pub async fn emit_recording(
+        &self,
+        source: &str,
+        ready: &RecordingReady,
+    ) -> Result<(), sqlx::Error> {
+        let ev = CloudEvent::new(source, types::RECORDING_READY, &ready.call.call_id, ready);
+        let mut tx = self.db.begin().await?;
+        outbox_enqueue(
+            &mut tx,
+            dialstack_common::db::channel::EVENTS,
+            &ready.call.call_id,
             &ev,
         )
         .await?;

@@ -9,7 +9,10 @@
 //! - [`sip`]: the SIP edge: message, sdp, dialog, digest, transport
 //! - [`call`]: one call: the INVITE transaction ([`call::invite`]) and the
 //!   answered session ([`call::session`]), phases in [`call::CallPhase`]
-//! - [`rtp`]: RTP, G.711, the stream gate (source and SSRC)
+//! - [`rtp`]: RTP ports, the stream gate (source and SSRC), the tone, and
+//!   the per-call media loop ([`rtp::stream`]: jitter buffer, statistics,
+//!   RTCP, quality)
+//! - [`recording`]: the recording writer, spool and upload
 //! - [`sim`]: the simulated carrier
 //! - [`scheduler_client`]: service token, attempt claims, lease heartbeats
 //! - [`db`]: placed calls and event emission
@@ -34,12 +37,20 @@
 //! `DIALSTACK_SIP_KEEPALIVE_SECS` (OPTIONS to the trunk, default 30, 0 off;
 //! while the trunk does not answer, no dial is claimed and readiness is red),
 //! `DIALSTACK_LEASE_SECS` (claim lease on an attempt, renewed every third of
-//! it while the call lives; default 30).
+//! it while the call lives; default 30), `DIALSTACK_JITTER_BUFFER_MS`
+//! (default 50), `DIALSTACK_JITTER_BUFFER_MODE` (`fixed` or `adaptive`),
+//! `DIALSTACK_JITTER_BUFFER_MIN_MS` / `_MAX_MS` (adaptive bounds, default
+//! 20 / 200), `DIALSTACK_RECORDINGS_URL` (`file:///...`, default
+//! `./data/recordings`, or `s3://bucket/prefix` with `DIALSTACK_S3_*`),
+//! `DIALSTACK_RECORDINGS_SPOOL` (where recordings are written before
+//! upload, default `./data/recordings-spool`), `DIALSTACK_MAX_RECORDINGS`
+//! (recordings at once, default 2000; more are shed).
 
 pub mod call;
 pub mod db;
 pub mod http;
 pub mod messaging;
+pub mod recording;
 pub mod rtp;
 pub mod scheduler_client;
 pub mod sim;
@@ -106,6 +117,14 @@ pub struct Config {
     pub lease: Duration,
     /// OPTIONS keepalive interval (`None`: off).
     pub keepalive: Option<Duration>,
+    /// Jitter-buffer settings.
+    pub jitter: dialstack_media::jitter::JitterConfig,
+    /// Where recordings go.
+    pub recordings: dialstack_common::recordings::RecordingStore,
+    /// Where recordings are written before upload.
+    pub recordings_spool: std::path::PathBuf,
+    /// Recordings at once.
+    pub max_recordings: usize,
 }
 
 /// Whether `DIALSTACK_SIP_TRUNK` asks for TCP (`;transport=tcp`); UDP is the
@@ -242,7 +261,18 @@ impl Config {
                 "must be 0 (off) to 3600",
             ));
         }
+        let jitter = dialstack_media::jitter::JitterConfig::from_lookup(|k| env.get(k).map(str::to_owned))
+            .map_err(|e| {
+                let (var, why) = e.split_once(": ").unwrap_or(("DIALSTACK_JITTER_BUFFER_MS", e.as_str()));
+                ConfigError::new(var, why)
+            })?;
+        let recordings = dialstack_common::recordings::RecordingStore::from_env(env)?;
+        let max_recordings: usize = env.parse_or("DIALSTACK_MAX_RECORDINGS", 2_000)?;
         Ok(Self {
+            jitter,
+            recordings,
+            recordings_spool: env.or("DIALSTACK_RECORDINGS_SPOOL", "./data/recordings-spool").into(),
+            max_recordings,
             keepalive: (keepalive_secs > 0).then(|| Duration::from_secs(keepalive_secs)),
             lease: Duration::from_secs(lease_secs),
             sip_credentials,
@@ -368,6 +398,28 @@ impl Service for Application {
             "dialstack_media_calls_in_progress",
             "calls this media processor is handling now",
         )?);
+        let media_metrics = rtp::metrics::MediaMetrics::new()?;
+        media_metrics.register(&base.metrics);
+        let recording_metrics = recording::RecordingMetrics::new()?;
+        recording_metrics.register(&base.metrics);
+        let store = Arc::new(config.recordings.clone());
+        store.check().await.map_err(|e| {
+            anyhow::anyhow!("DIALSTACK_RECORDINGS_URL: the recording store does not answer: {e}")
+        })?;
+        let recorder = recording::Recorder::start(
+            config.recordings_spool.clone(),
+            config.max_recordings,
+            store,
+            Arc::new(recording::OutboxAnnounce {
+                repo: db::Repo {
+                    db: base.db.clone(),
+                },
+                relay: base.relay.clone(),
+            }),
+            recording_metrics,
+            base.shutdown.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("DIALSTACK_RECORDINGS_SPOOL: {e}"))?;
         let trunk_health =
             sip::keepalive::TrunkHealth::new(base.metrics.register(&prometheus::IntGauge::new(
                 "dialstack_trunk_up",
@@ -396,8 +448,13 @@ impl Service for Application {
             t1: config.t1,
             setup_seconds: setup,
             credentials: config.sip_credentials.clone(),
-            rtp_latch: config.rtp_latch,
             drain_talk: config.drain_talk,
+            media: Arc::new(rtp::stream::MediaContext {
+                jitter: config.jitter.clone(),
+                latch: config.rtp_latch,
+                metrics: media_metrics,
+                recorder: Some(recorder),
+            }),
         });
         let client = Arc::new(scheduler_client::SchedulerClient::new(
             &config.scheduler_url,

@@ -43,10 +43,10 @@ pub struct CallContext {
     pub setup_seconds: prometheus::Histogram,
     /// Digest credentials for the trunk, when it challenges.
     pub credentials: Option<Credentials>,
-    /// Latch RTP to the first packet's source (`DIALSTACK_RTP_LATCH=1`).
-    pub rtp_latch: bool,
     /// How long an answered call may go on after shutdown begins.
     pub drain_talk: Duration,
+    /// The media loop's settings, metrics and recorder.
+    pub media: Arc<crate::rtp::stream::MediaContext>,
 }
 
 /// Where a call is in its life.
@@ -159,6 +159,10 @@ pub struct Report {
     pub rtp_received: u64,
     /// RTP packets dropped (wrong source or SSRC, not RTP).
     pub rtp_dropped: u64,
+    /// Quality of the incoming audio (answered calls that received audio).
+    pub quality: Option<dialstack_contract::Quality>,
+    /// Everything the media loop counted (answered calls).
+    pub media: Option<crate::rtp::stream::StreamReport>,
 }
 
 impl Report {
@@ -177,6 +181,8 @@ impl Report {
             rtp_sent: 0,
             rtp_received: 0,
             rtp_dropped: 0,
+            quality: None,
+            media: None,
         }
     }
 }
@@ -256,8 +262,8 @@ pub async fn place_call(
     shutdown: CancellationToken,
 ) -> Report {
     let started = Instant::now();
-    let rtp = match ctx.ports.bind(ctx.media_ip).await {
-        Ok(s) => Arc::new(s),
+    let (rtp, rtcp) = match ctx.ports.bind_pair(ctx.media_ip).await {
+        Ok((rtp, rtcp)) => (Arc::new(rtp), Arc::new(rtcp)),
         Err(e) => {
             tracing::error!(call_id = %cmd.call_id, error = %e, "no RTP port");
             return Report::unanswered(Outcome::Failed, Some(FailReason::NoRtpPort), None, started);
@@ -312,6 +318,7 @@ pub async fn place_call(
                 &mut rx,
                 answer,
                 rtp,
+                Some(rtcp),
                 &progress,
                 started,
                 &stop,

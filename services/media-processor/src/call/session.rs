@@ -4,7 +4,6 @@
 //! retransmission, one answer to a Digest challenge, Timer F).
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 
 use super::{resolve_hop, CallContext, CallPhase, Phase, Progress, Report, StopSignals};
-use crate::rtp::{run_stream, RtpStats};
+use crate::rtp::stream::{run_stream, StreamReport};
 use crate::sip::dialog::InDialog;
 use crate::sip::digest::Challenge;
 use crate::sip::sdp::{parse_remote, LocalSdp, RemoteMedia};
@@ -31,6 +30,7 @@ pub async fn run(
     rx: &mut mpsc::Receiver<Inbound>,
     answer: Message,
     rtp: Arc<tokio::net::UdpSocket>,
+    rtcp: Option<Arc<tokio::net::UdpSocket>>,
     progress: &mpsc::UnboundedSender<Progress>,
     started: Instant,
     stop: &StopSignals,
@@ -46,7 +46,6 @@ pub async fn run(
     ctx.setup_seconds.observe(started.elapsed().as_secs_f64());
     let _ = progress.send(Progress::Answered { ring_ms });
     let answered_at = Instant::now();
-    let stats = Arc::new(RtpStats::default());
     let stop_media = CancellationToken::new();
     let mut media_tx: Option<watch::Sender<RemoteMedia>> = None;
     let mut media_task = None;
@@ -54,11 +53,26 @@ pub async fn run(
         Some(Ok(remote)) => {
             let (tx, rx_media) = watch::channel(remote);
             media_tx = Some(tx);
+            let recording = match (&ctx.media.recorder, cmd.record) {
+                (Some(rec), true) => rec.begin(
+                    dialstack_contract::CallRef {
+                        call_id: cmd.call_id.clone(),
+                        attempt_id: cmd.attempt_id.clone(),
+                        campaign_id: cmd.campaign_id.clone(),
+                        phone: cmd.phone.clone(),
+                        at_ms: 0,
+                        team: cmd.team.clone(),
+                    },
+                    cmd.recording_retention_days,
+                ),
+                _ => None,
+            };
             media_task = Some(tokio::spawn(run_stream(
                 rtp,
+                rtcp,
                 rx_media,
-                ctx.rtp_latch,
-                stats.clone(),
+                ctx.media.clone(),
+                recording,
                 stop_media.clone(),
             )));
         }
@@ -184,9 +198,10 @@ pub async fn run(
     }
     let talk_ms = answered_at.elapsed().as_millis() as i64;
     stop_media.cancel();
-    if let Some(h) = media_task {
-        let _ = h.await;
-    }
+    let stats = match media_task {
+        Some(h) => h.await.unwrap_or_default(),
+        None => StreamReport::default(),
+    };
     if !peer_hung_up {
         phase.go(CallPhase::Terminating);
         hang_up(ctx, dialog, rx, hop, &stop.shutdown).await;
@@ -194,9 +209,9 @@ pub async fn run(
     tracing::info!(%call_id, talk_ms, peer_hung_up, "call ended");
     let mut dropped = 0;
     for (reason, n) in [
-        ("malformed", stats.malformed.load(Ordering::Relaxed)),
-        ("source", stats.wrong_source.load(Ordering::Relaxed)),
-        ("ssrc", stats.wrong_ssrc.load(Ordering::Relaxed)),
+        ("malformed", stats.malformed),
+        ("source", stats.wrong_source),
+        ("ssrc", stats.wrong_ssrc),
     ] {
         dropped += n;
         ctx.transport
@@ -211,9 +226,11 @@ pub async fn run(
         sip_status: answer.status(),
         ring_ms,
         talk_ms,
-        rtp_sent: stats.sent.load(Ordering::Relaxed),
-        rtp_received: stats.received.load(Ordering::Relaxed),
+        rtp_sent: stats.sent,
+        rtp_received: stats.received,
         rtp_dropped: dropped,
+        quality: stats.quality.clone(),
+        media: Some(stats),
     }
 }
 

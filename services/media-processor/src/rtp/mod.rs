@@ -1,64 +1,34 @@
-//! RTP for answered calls: G.711 encoding, the port pool, the accept rule
-//! of an incoming stream ([`StreamGate`]: negotiated source, one SSRC), and
-//! the per-call loop that sends a 20 ms packet every 20 ms (not while the
-//! peer holds the call) and counts what it accepts and drops.
+//! RTP for answered calls: the port pool (RTP on an even port, RTCP on the
+//! next), the accept rule of an incoming stream ([`StreamGate`]: negotiated
+//! source, one SSRC), the outgoing tone ([`ToneStream`]), and the per-call
+//! media loop ([`stream`]) with its metrics ([`metrics`]). The codec, jitter
+//! buffer, statistics and RTCP are pure code in `dialstack-media`.
+
+pub mod metrics;
+pub mod stream;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::OnceLock;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
-use webrtc_util::marshal::{Marshal, Unmarshal};
+use webrtc_util::marshal::Unmarshal;
 
-use crate::sip::sdp::RemoteMedia;
+pub use dialstack_media::g711::{linear_to_alaw, linear_to_ulaw};
 
 /// Samples per 20 ms packet at 8 kHz.
 pub const SAMPLES_PER_PACKET: usize = 160;
-
-/// G.711 µ-law encoding of one 16-bit linear sample.
-pub fn linear_to_ulaw(sample: i16) -> u8 {
-    const BIAS: i32 = 0x84;
-    const CLIP: i32 = 32_635;
-    let mut s = sample as i32;
-    let sign = if s < 0 {
-        s = -s;
-        0x80
-    } else {
-        0
-    };
-    s = s.min(CLIP) + BIAS;
-    let exponent = (7 - (s.leading_zeros() as i32 - 17)).clamp(0, 7);
-    let mantissa = (s >> (exponent + 3)) & 0x0F;
-    !(sign | (exponent << 4) as u8 as i32 | mantissa) as u8
-}
-
-/// G.711 A-law encoding of one 16-bit linear sample.
-pub fn linear_to_alaw(sample: i16) -> u8 {
-    let mut s = sample as i32;
-    let sign = if s >= 0 { 0x80 } else { 0 };
-    if s < 0 {
-        s = -s - 1;
-    }
-    s = s.min(32_767) >> 3;
-    let out = if s < 32 {
-        (s >> 1) as u8
-    } else {
-        let exponent = (31 - (s as u32).leading_zeros()) as i32 - 4;
-        ((exponent << 4) | ((s >> exponent) & 0x0F)) as u8
-    };
-    (out | sign) ^ 0x55
-}
 
 /// One 20 ms packet of a 425 Hz tone (the European ring-back pitch) at a low
 /// level, encoded for `payload_type` (0 µ-law, 8 A-law), starting at sample `n`.
 pub fn tone_payload(payload_type: u8, n: u64) -> Bytes {
     let mut out = Vec::with_capacity(SAMPLES_PER_PACKET);
     for i in 0..SAMPLES_PER_PACKET as u64 {
-        let t = (n + i) as f64 / 8_000.0;
-        let v = (2_000.0 * (2.0 * std::f64::consts::PI * 425.0 * t).sin()) as i16;
+        let v = tone_sample(n + i);
         out.push(if payload_type == 8 {
             linear_to_alaw(v)
         } else {
@@ -66,6 +36,51 @@ pub fn tone_payload(payload_type: u8, n: u64) -> Bytes {
         });
     }
     Bytes::from(out)
+}
+
+/// Bytes of one G.711 20 ms RTP packet: 12 of header, 160 of audio.
+pub const RTP_PACKET_LEN: usize = 12 + SAMPLES_PER_PACKET;
+
+/// Samples in one whole number of tone periods: 425 Hz at 8 kHz repeats
+/// exactly every 320 samples (17 periods), so two frames cover it.
+const TONE_SPAN: usize = 320;
+
+/// The tone, precomputed: linear samples, and per law the encoded bytes
+/// and what they decode to (what the far end hears, and what is recorded
+/// as sent).
+struct ToneTable {
+    ulaw: [u8; TONE_SPAN],
+    alaw: [u8; TONE_SPAN],
+    ulaw_heard: [[i16; SAMPLES_PER_PACKET]; 2],
+    alaw_heard: [[i16; SAMPLES_PER_PACKET]; 2],
+}
+
+fn tone_table() -> &'static ToneTable {
+    static TABLE: OnceLock<ToneTable> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = ToneTable {
+            ulaw: [0; TONE_SPAN],
+            alaw: [0; TONE_SPAN],
+            ulaw_heard: [[0; SAMPLES_PER_PACKET]; 2],
+            alaw_heard: [[0; SAMPLES_PER_PACKET]; 2],
+        };
+        for i in 0..TONE_SPAN {
+            let v = tone_sample(i as u64);
+            t.ulaw[i] = linear_to_ulaw(v);
+            t.alaw[i] = linear_to_alaw(v);
+            t.ulaw_heard[i / SAMPLES_PER_PACKET][i % SAMPLES_PER_PACKET] =
+                dialstack_media::g711::ulaw_to_linear(t.ulaw[i]);
+            t.alaw_heard[i / SAMPLES_PER_PACKET][i % SAMPLES_PER_PACKET] =
+                dialstack_media::g711::alaw_to_linear(t.alaw[i]);
+        }
+        t
+    })
+}
+
+/// Sample `n` of the 425 Hz tone (the European ring-back pitch) at a low level.
+fn tone_sample(n: u64) -> i16 {
+    let t = n as f64 / 8_000.0;
+    (2_000.0 * (2.0 * std::f64::consts::PI * 425.0 * t).sin()) as i16
 }
 
 /// RTP ports handed out round-robin from a range; a port in use is skipped.
@@ -124,21 +139,30 @@ impl PortPool {
             "no free RTP port in range",
         ))
     }
-}
 
-/// Packet counts of one call.
-#[derive(Debug, Default)]
-pub struct RtpStats {
-    /// Packets sent.
-    pub sent: AtomicU64,
-    /// Valid RTP packets accepted (right source and SSRC).
-    pub received: AtomicU64,
-    /// Datagrams that were not RTP, or of a payload type not negotiated.
-    pub malformed: AtomicU64,
-    /// Packets from an address other than the negotiated (or latched) one.
-    pub wrong_source: AtomicU64,
-    /// Packets of another SSRC than the one the stream is locked to.
-    pub wrong_ssrc: AtomicU64,
+    /// Binds an RTP socket on an even port and its RTCP socket on the next
+    /// port (RFC 3550 §11); a pair with either half in use is skipped.
+    pub async fn bind_pair(&self, ip: IpAddr) -> std::io::Result<(UdpSocket, UdpSocket)> {
+        let tries = if self.lo == 0 {
+            32
+        } else {
+            (self.hi - self.lo) / 2 + 1
+        };
+        for _ in 0..tries {
+            let rtp = self.bind(ip).await?;
+            let port = rtp.local_addr()?.port();
+            if port % 2 != 0 || port == u16::MAX {
+                continue;
+            }
+            if let Ok(rtcp) = UdpSocket::bind(SocketAddr::new(ip, port + 1)).await {
+                return Ok((rtp, rtcp));
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "no free RTP/RTCP port pair",
+        ))
+    }
 }
 
 /// How long the locked SSRC must have been silent before a new SSRC from the
@@ -198,15 +222,28 @@ impl StreamGate {
 
     /// Judges one datagram from `from` at `now`.
     pub fn judge(&mut self, buf: &[u8], from: SocketAddr, now: std::time::Instant) -> Verdict {
+        match self.admit(buf, from, now) {
+            Ok(_) => Verdict::Accept,
+            Err(v) => v,
+        }
+    }
+
+    /// Judges one datagram and hands back the header of an accepted one.
+    pub fn admit(
+        &mut self,
+        buf: &[u8],
+        from: SocketAddr,
+        now: std::time::Instant,
+    ) -> Result<rtp::header::Header, Verdict> {
         let Some(pkt) = parse_rtp_header(buf) else {
-            return Verdict::Malformed;
+            return Err(Verdict::Malformed);
         };
         match self.source {
             Some(s) if s != from => return Verdict::WrongSource,
             _ => {}
         }
         if !self.payload_types.contains(&Some(pkt.payload_type)) {
-            return Verdict::Malformed;
+            return Err(Verdict::Malformed);
         }
         match self.ssrc {
             Some(locked) if locked != pkt.ssrc => {
@@ -214,7 +251,7 @@ impl StreamGate {
                     .last_accept
                     .is_none_or(|t| now.duration_since(t) >= SSRC_RESYNC_SILENCE);
                 if !silent {
-                    return Verdict::WrongSsrc;
+                    return Err(Verdict::WrongSsrc);
                 }
                 tracing::debug!(old = locked, new = pkt.ssrc, "rtp ssrc resync");
             }
@@ -225,7 +262,7 @@ impl StreamGate {
         }
         self.ssrc = Some(pkt.ssrc);
         self.last_accept = Some(now);
-        Verdict::Accept
+        Ok(pkt)
     }
 
     /// Where to send: the latched source when latching, else `negotiated`.
@@ -252,61 +289,6 @@ pub fn parse_rtp_header(buf: &[u8]) -> Option<rtp::header::Header> {
     (h.version == 2).then_some(h)
 }
 
-/// Sends a 20 ms tone packet every 20 ms to the peer's current address
-/// while its SDP lets us send, and accepts what passes the gate, until
-/// `stop`. `media` carries re-negotiations (re-INVITE, hold).
-pub async fn run_stream(
-    sock: Arc<UdpSocket>,
-    mut media: tokio::sync::watch::Receiver<RemoteMedia>,
-    latch: bool,
-    stats: Arc<RtpStats>,
-    stop: CancellationToken,
-) {
-    let mut tone = ToneStream::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut buf = vec![0u8; 2048];
-    let mut current = *media.borrow_and_update();
-    let pts = |m: &RemoteMedia| [Some(m.payload_type), m.dtmf_payload_type];
-    let mut gate = StreamGate::new(current.addr, latch, pts(&current));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            changed = media.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                current = *media.borrow_and_update();
-                gate.renegotiate(current.addr, pts(&current));
-                tone.restart_talkspurt();
-            }
-            _ = tick.tick() => {
-                // The clock advances on hold too; nothing is sent then.
-                let sending = current.sending_allowed();
-                let pkt = tone.next_packet(current.payload_type, sending);
-                if !sending {
-                    continue;
-                }
-                if let Ok(bytes) = pkt.marshal() {
-                    if sock.send_to(&bytes, gate.send_to(current.addr)).await.is_ok() {
-                        stats.sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            r = sock.recv_from(&mut buf) => {
-                let Ok((n, from)) = r else { continue };
-                let counter = match gate.judge(&buf[..n], from, std::time::Instant::now()) {
-                    Verdict::Accept => &stats.received,
-                    Verdict::Malformed => &stats.malformed,
-                    Verdict::WrongSource => &stats.wrong_source,
-                    Verdict::WrongSsrc => &stats.wrong_ssrc,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
 /// Sends a tone to `remote` every 20 ms until `stop` (the simulated
 /// carrier's side of a call).
 pub async fn send_tone(
@@ -318,13 +300,13 @@ pub async fn send_tone(
     let mut tone = ToneStream::new();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut out = [0u8; RTP_PACKET_LEN];
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
-                if let Ok(bytes) = tone.next_packet(payload_type, true).marshal() {
-                    let _ = sock.send_to(&bytes, remote).await;
-                }
+                tone.write_packet(payload_type, true, &mut out);
+                let _ = sock.send_to(&out, remote).await;
             }
         }
     }
@@ -336,6 +318,7 @@ pub struct ToneStream {
     ssrc: u32,
     seq: u16,
     ts: u32,
+    last_ts: u32,
     samples: u64,
     first: bool,
 }
@@ -347,6 +330,7 @@ impl ToneStream {
             ssrc: fastrand::u32(..),
             seq: fastrand::u16(..),
             ts: fastrand::u32(..),
+            last_ts: 0,
             samples: 0,
             first: true,
         }
@@ -368,6 +352,40 @@ impl ToneStream {
             },
             payload: tone_payload(payload_type, self.samples),
         };
+        self.last_ts = self.ts;
+        self.advance(sending);
+        pkt
+    }
+
+    /// Advances one 20 ms frame like [`Self::next_packet`], writing the
+    /// packet into `out` without allocating; returns the frame as the far
+    /// end decodes it.
+    pub fn write_packet(
+        &mut self,
+        payload_type: u8,
+        sending: bool,
+        out: &mut [u8; RTP_PACKET_LEN],
+    ) -> &'static [i16; SAMPLES_PER_PACKET] {
+        let table = tone_table();
+        let half = ((self.samples / SAMPLES_PER_PACKET as u64) % 2) as usize;
+        let (bytes, heard) = if payload_type == 8 {
+            (&table.alaw, &table.alaw_heard[half])
+        } else {
+            (&table.ulaw, &table.ulaw_heard[half])
+        };
+        out[0] = 0x80;
+        out[1] = (u8::from(self.first) << 7) | (payload_type & 0x7F);
+        out[2..4].copy_from_slice(&self.seq.to_be_bytes());
+        out[4..8].copy_from_slice(&self.ts.to_be_bytes());
+        out[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        let from = half * SAMPLES_PER_PACKET;
+        out[12..].copy_from_slice(&bytes[from..from + SAMPLES_PER_PACKET]);
+        self.last_ts = self.ts;
+        self.advance(sending);
+        heard
+    }
+
+    fn advance(&mut self, sending: bool) {
         self.ts = self.ts.wrapping_add(SAMPLES_PER_PACKET as u32);
         self.samples += SAMPLES_PER_PACKET as u64;
         if sending {
@@ -376,7 +394,16 @@ impl ToneStream {
         } else {
             self.first = true;
         }
-        pkt
+    }
+
+    /// The stream's SSRC.
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    /// RTP timestamp of the last frame produced.
+    pub fn last_timestamp(&self) -> u32 {
+        self.last_ts
     }
 
     /// The next packet begins a talkspurt (after a re-negotiation).
@@ -394,6 +421,44 @@ impl Default for ToneStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use webrtc_util::marshal::Marshal;
+
+    #[test]
+    fn written_packets_match_the_marshalled_ones_and_advance_the_clock() {
+        for pt in [0u8, 8] {
+            let mut a = ToneStream::new();
+            let mut b = ToneStream {
+                ssrc: a.ssrc,
+                seq: a.seq,
+                ts: a.ts,
+                last_ts: 0,
+                samples: 0,
+                first: true,
+            };
+            let mut out = [0u8; RTP_PACKET_LEN];
+            for i in 0..7 {
+                let sending = i != 3;
+                let heard = a.write_packet(pt, sending, &mut out);
+                let want = b.next_packet(pt, sending).marshal().unwrap();
+                assert_eq!(&out[..], &want[..], "packet {i}, payload type {pt}");
+                let decoded: Vec<i16> = out[12..]
+                    .iter()
+                    .map(|&c| {
+                        if pt == 8 {
+                            dialstack_media::g711::alaw_to_linear(c)
+                        } else {
+                            dialstack_media::g711::ulaw_to_linear(c)
+                        }
+                    })
+                    .collect();
+                assert_eq!(&decoded[..], &heard[..]);
+                // The marker starts each talkspurt: the first packet, and the
+                // first after a frame not sent.
+                assert_eq!(out[1] >> 7 == 1, i == 0 || i == 4);
+            }
+            assert_eq!(a.last_timestamp(), b.ts.wrapping_sub(160));
+        }
+    }
 
     #[test]
     fn g711_reference_points() {

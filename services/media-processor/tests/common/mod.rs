@@ -140,8 +140,8 @@ async fn context_full(
         ))
         .unwrap(),
         credentials,
-        rtp_latch: false,
         drain_talk: Duration::from_secs(1),
+        media: media_processor::rtp::stream::MediaContext::standalone(Default::default(), false),
     };
     (ctx, stop)
 }

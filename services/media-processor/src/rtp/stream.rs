@@ -1,0 +1,355 @@
+//! The per-call media loop: one task per answered call.
+//!
+//! Receive: datagram → [`StreamGate`] (source and SSRC) → audio packets into
+//! the jitter buffer and the RFC 3550 receiver statistics. Every 20 ms the
+//! playout clock takes one frame out of the jitter buffer (audio, concealed
+//! or silence), sends one tone frame (RTP timestamp +160 per frame, marker
+//! on the first packet of a talkspurt), and hands both to the recording.
+//! Every 5 s an RTCP report goes to the peer's RTCP port (RTP + 1) and the
+//! Prometheus counters move. Per packet nothing is allocated: packets are
+//! built in a fixed buffer, payloads go into the jitter buffer's ring.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dialstack_contract::Quality;
+use dialstack_media::g711::Codec;
+use dialstack_media::jitter::{FrameKind, JitterBuffer, JitterConfig, JitterStats};
+use dialstack_media::quality::{LossPattern, ReceiverStats};
+use dialstack_media::rtcp::RtcpSession;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::MediaMetrics;
+use super::{StreamGate, ToneStream, Verdict, RTP_PACKET_LEN};
+use crate::recording::{Recorder, Recording};
+use crate::sip::sdp::RemoteMedia;
+
+/// What every call's media loop shares.
+pub struct MediaContext {
+    /// Jitter-buffer settings.
+    pub jitter: JitterConfig,
+    /// Latch RTP to the first packet's source.
+    pub latch: bool,
+    /// Metrics.
+    pub metrics: MediaMetrics,
+    /// The recorder (`None`: recording is off in this process).
+    pub recorder: Option<Arc<Recorder>>,
+}
+
+impl MediaContext {
+    /// Settings without a recorder, with metrics of their own (unregistered):
+    /// for tests and benchmarks that place calls without the service.
+    pub fn standalone(jitter: JitterConfig, latch: bool) -> Arc<Self> {
+        Arc::new(Self {
+            jitter,
+            latch,
+            metrics: MediaMetrics::new().expect("static metric definitions are valid"),
+            recorder: None,
+        })
+    }
+}
+
+/// What a stream counted, returned when it stops.
+#[derive(Debug, Default, Clone)]
+pub struct StreamReport {
+    /// RTP packets sent.
+    pub sent: u64,
+    /// Packets accepted by the gate (audio and telephone-event).
+    pub received: u64,
+    /// Not RTP, or a payload type not negotiated.
+    pub malformed: u64,
+    /// From the wrong address.
+    pub wrong_source: u64,
+    /// Of the wrong SSRC.
+    pub wrong_ssrc: u64,
+    /// Quality of the incoming audio (`None` when no audio arrived).
+    pub quality: Option<Quality>,
+    /// Playout delay of the jitter buffer per played frame: median and
+    /// 95th percentile (ms, 5 ms resolution).
+    pub delay_p50_ms: u32,
+    /// See `delay_p50_ms`.
+    pub delay_p95_ms: u32,
+    /// Frames played out (audio or concealed).
+    pub frames_played: u64,
+}
+
+/// Playout delays per frame in 5 ms buckets up to 1 s: fixed size, so a
+/// long call costs nothing more.
+struct DelayHistogram([u32; 201]);
+
+impl DelayHistogram {
+    fn add(&mut self, ms: u32) {
+        let i = ((ms / 5) as usize).min(self.0.len() - 1);
+        self.0[i] = self.0[i].saturating_add(1);
+    }
+
+    fn quantile(&self, q: f64) -> u32 {
+        let total: u64 = self.0.iter().map(|&c| u64::from(c)).sum();
+        if total == 0 {
+            return 0;
+        }
+        let want = (total as f64 * q).ceil().max(1.0) as u64;
+        let mut seen = 0u64;
+        for (i, &c) in self.0.iter().enumerate() {
+            seen += u64::from(c);
+            if seen >= want {
+                return i as u32 * 5;
+            }
+        }
+        1_000
+    }
+}
+
+/// RTCP report interval (RFC 3550 minimum for a two-party session).
+const RTCP_EVERY: Duration = Duration::from_secs(5);
+/// Extra datagrams read per wake-up when several are queued.
+const DRAIN: usize = 16;
+
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The RTP payload of a packet whose header `h` the gate accepted: after
+/// the CSRCs and extension, before any padding; `None` when the lengths lie.
+pub fn payload<'a>(buf: &'a [u8], h: &rtp::header::Header) -> Option<&'a [u8]> {
+    use webrtc_util::marshal::MarshalSize;
+    let start = h.marshal_size();
+    let mut end = buf.len();
+    if h.padding {
+        let pad = *buf.last()? as usize;
+        if pad == 0 {
+            return None;
+        }
+        end = end.checked_sub(pad)?;
+    }
+    buf.get(start..end)
+}
+
+/// Counters already added to Prometheus, so each flush adds the difference.
+#[derive(Default)]
+struct Flushed {
+    received: u64,
+    lost: u64,
+    late: u64,
+    duplicates: u64,
+    reordered: u64,
+    concealed_frames: u64,
+    underflows: u64,
+}
+
+impl Flushed {
+    fn flush(&mut self, s: &JitterStats, m: &MediaMetrics) {
+        let d = |now: u64, before: &mut u64| {
+            let delta = now.saturating_sub(*before);
+            *before = now.max(*before);
+            delta
+        };
+        m.received.inc_by(d(s.received, &mut self.received));
+        m.lost.inc_by(d(s.lost, &mut self.lost));
+        m.late.inc_by(d(s.late, &mut self.late));
+        m.events
+            .with_label_values(&["duplicate"])
+            .inc_by(d(s.duplicates, &mut self.duplicates));
+        m.events
+            .with_label_values(&["reordered"])
+            .inc_by(d(s.reordered, &mut self.reordered));
+        m.concealed
+            .inc_by(d(s.concealed_frames, &mut self.concealed_frames) as f64 * 0.020);
+        m.underflows.inc_by(d(s.underflows, &mut self.underflows));
+    }
+}
+
+/// Runs the media of one answered call until `stop`; `media` carries
+/// re-negotiations (re-INVITE, hold).
+pub async fn run_stream(
+    sock: Arc<UdpSocket>,
+    rtcp_sock: Option<Arc<UdpSocket>>,
+    mut media: watch::Receiver<RemoteMedia>,
+    ctx: Arc<MediaContext>,
+    mut recording: Option<Recording>,
+    stop: CancellationToken,
+) -> StreamReport {
+    let mut report = StreamReport::default();
+    let mut tone = ToneStream::new();
+    let mut jb = JitterBuffer::new(ctx.jitter.clone());
+    let mut rx_stats = ReceiverStats::new();
+    let mut loss = LossPattern::default();
+    let mut rtcp = RtcpSession::new(tone.ssrc(), format!("dialstack-{:08x}", tone.ssrc()));
+    let mut flushed = Flushed::default();
+    let t0 = Instant::now();
+    let us = |at: Instant| at.duration_since(t0).as_micros() as u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rtcp_tick = tokio::time::interval_at(tokio::time::Instant::now() + RTCP_EVERY, RTCP_EVERY);
+    rtcp_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = [0u8; 2048];
+    let mut rtcp_buf = [0u8; 1500];
+    let mut out = [0u8; RTP_PACKET_LEN];
+    let mut heard = [0i16; 160];
+    let silence = [0i16; 160];
+    let mut current = *media.borrow_and_update();
+    let pts = |m: &RemoteMedia| [Some(m.payload_type), m.dtmf_payload_type];
+    let mut gate = StreamGate::new(current.addr, ctx.latch, pts(&current));
+    let mut remote_ssrc: Option<u32> = None;
+    let mut audio_started = false;
+    let mut delays = DelayHistogram([0; 201]);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            changed = media.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                current = *media.borrow_and_update();
+                gate.renegotiate(current.addr, pts(&current));
+                tone.restart_talkspurt();
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                let kind = jb.pop(us(now), &mut heard);
+                if matches!(kind, FrameKind::Audio) {
+                    audio_started = true;
+                }
+                if audio_started && !matches!(kind, FrameKind::Silence) {
+                    loss.record(matches!(kind, FrameKind::Concealed));
+                    delays.add(jb.stats().current_delay_ms);
+                    report.frames_played += 1;
+                }
+                // The clock advances on hold too; nothing is sent then.
+                let sending = current.sending_allowed();
+                let sent_pcm = tone.write_packet(current.payload_type, sending, &mut out);
+                if sending {
+                    let to = gate.send_to(current.addr);
+                    if sock.send_to(&out, to).await.is_ok() {
+                        report.sent += 1;
+                        rtcp.on_sent(tone.last_timestamp(), RTP_PACKET_LEN - 12);
+                    }
+                }
+                if let Some(rec) = recording.as_mut() {
+                    rec.push(&heard, if sending { sent_pcm } else { &silence });
+                }
+            }
+            _ = rtcp_tick.tick() => {
+                flushed.flush(jb.stats(), &ctx.metrics);
+                if let Some(rs) = &rtcp_sock {
+                    let to = SocketAddr::new(gate.send_to(current.addr).ip(), current.addr.port().wrapping_add(1));
+                    if current.sending_allowed() || remote_ssrc.is_some() {
+                        let pkt = rtcp.build_report(unix_us(), tone.last_timestamp(), remote_ssrc.map(|_| &mut rx_stats), remote_ssrc);
+                        if rs.send_to(&pkt, to).await.is_ok() {
+                            ctx.metrics.rtcp.with_label_values(&["sent", "ok"]).inc();
+                        }
+                    }
+                }
+            }
+            r = recv(rtcp_sock.as_deref(), &mut rtcp_buf) => {
+                let Ok((n, from)) = r else { continue };
+                // Only the peer's address may report on the call (a
+                // stranger's forged report would skew the RTT).
+                let peer_ip = gate.source.map_or(current.addr.ip(), |s| s.ip());
+                let result = if from.ip() != peer_ip {
+                    "foreign"
+                } else if rtcp.on_receive(&rtcp_buf[..n], unix_us()).is_ok() {
+                    "ok"
+                } else {
+                    "malformed"
+                };
+                ctx.metrics.rtcp.with_label_values(&["received", result]).inc();
+            }
+            r = sock.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { continue };
+                let mut next = Some((n, from));
+                let mut extra = 0;
+                while let Some((n, from)) = next {
+                    let now = Instant::now();
+                    let pkt = &buf[..n];
+                    match gate.admit(pkt, from, now) {
+                        Ok(h) => {
+                            report.received += 1;
+                            if h.payload_type == current.payload_type {
+                                if let (Some(codec), Some(body)) = (Codec::from_payload_type(h.payload_type), payload(pkt, &h)) {
+                                    remote_ssrc = Some(h.ssrc);
+                                    rx_stats.on_packet(h.sequence_number, h.timestamp, h.ssrc, us(now));
+                                    jb.push(h.sequence_number, h.timestamp, h.ssrc, codec, body, h.marker, us(now));
+                                }
+                            }
+                        }
+                        Err(Verdict::WrongSource) => report.wrong_source += 1,
+                        Err(Verdict::WrongSsrc) => report.wrong_ssrc += 1,
+                        Err(_) => report.malformed += 1,
+                    }
+                    extra += 1;
+                    next = if extra > DRAIN { None } else { sock.try_recv_from(&mut buf).ok() };
+                }
+            }
+        }
+    }
+    flushed.flush(jb.stats(), &ctx.metrics);
+    if let Some(rec) = recording.take() {
+        rec.finish().await;
+    }
+    report.quality = quality(jb.stats(), &rx_stats, &loss, rtcp.rtt_ms());
+    report.delay_p50_ms = delays.quantile(0.5);
+    report.delay_p95_ms = delays.quantile(0.95);
+    if let Some(q) = &report.quality {
+        ctx.metrics.mos.observe(q.mos);
+        ctx.metrics.jitter.observe(q.jitter_ms_mean / 1_000.0);
+        ctx.metrics.playout_delay.observe(q.jitter_buffer_ms / 1_000.0);
+        ctx.metrics
+            .target_delay
+            .observe(f64::from(jb.stats().target_delay_ms) / 1_000.0);
+    }
+    report
+}
+
+/// Waits for an RTCP datagram, or forever when there is no RTCP socket.
+async fn recv(sock: Option<&UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    match sock {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The call's quality from what the jitter buffer and the statistics saw;
+/// `None` when no audio arrived at all.
+pub fn quality(
+    jb: &JitterStats,
+    rx: &ReceiverStats,
+    loss: &LossPattern,
+    rtt_ms: Option<f64>,
+) -> Option<Quality> {
+    if jb.received == 0 {
+        return None;
+    }
+    let jitter_buffer_ms = if jb.played_frames == 0 {
+        0.0
+    } else {
+        jb.delay_ms_sum as f64 / jb.played_frames as f64
+    };
+    let expected = (jb.received - jb.duplicates.min(jb.received)) + jb.lost;
+    let ppl = if expected == 0 {
+        0.0
+    } else {
+        100.0 * (jb.lost + jb.late) as f64 / expected as f64
+    };
+    let one_way = jitter_buffer_ms + rtt_ms.unwrap_or(0.0) / 2.0 + 20.0;
+    let r = dialstack_media::quality::r_factor(ppl, loss.burst_ratio(), one_way, true);
+    Some(Quality {
+        packets_received: jb.received,
+        packets_lost: jb.lost,
+        packets_late: jb.late,
+        packets_duplicated: jb.duplicates,
+        jitter_ms_mean: rx.jitter_ms_mean(),
+        jitter_ms_max: rx.jitter_ms_max(),
+        jitter_buffer_ms,
+        concealed_ms: jb.concealed_frames * 20,
+        rtt_ms,
+        r_factor: r,
+        mos: dialstack_media::quality::mos_from_r(r),
+    })
+}
