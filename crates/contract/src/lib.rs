@@ -253,17 +253,32 @@ named_enum! {
     }
 }
 
-/// Per-call voice quality, computed by the RTP path (reserved: filled once
-/// the jitter buffer and RTCP exist).
+/// Per-call voice quality of the incoming stream, measured by the RTP path
+/// after its jitter buffer (what the callee's audio sounded like to us).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Quality {
-    /// RFC 3550 interarrival jitter (ms).
-    pub jitter_ms: f64,
-    /// Packets lost (never received).
-    pub lost: u64,
-    /// Packets that arrived after their playout time.
-    pub late: u64,
-    /// E-model MOS estimate.
+    /// RTP audio packets accepted (right source and SSRC).
+    pub packets_received: u64,
+    /// Packets that never arrived (sequence gaps).
+    pub packets_lost: u64,
+    /// Packets that arrived after their playout time (discarded).
+    pub packets_late: u64,
+    /// Packets received twice.
+    pub packets_duplicated: u64,
+    /// RFC 3550 interarrival jitter, mean over the call (ms).
+    pub jitter_ms_mean: f64,
+    /// RFC 3550 interarrival jitter, highest value seen (ms).
+    pub jitter_ms_max: f64,
+    /// Jitter-buffer playout delay, mean over the call (ms).
+    pub jitter_buffer_ms: f64,
+    /// Audio synthesized by loss concealment (ms).
+    pub concealed_ms: u64,
+    /// Round-trip time from RTCP LSR/DLSR (ms), when the peer sent reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// E-model (ITU-T G.107) transmission rating.
+    pub r_factor: f64,
+    /// MOS-CQE from the R-factor (1.0-4.5).
     pub mos: f64,
 }
 

@@ -481,7 +481,7 @@ fn writer(mut rx: mpsc::Receiver<Job>, failed: prometheus::IntCounter) {
                 }
             }
             Job::Close { id, done } => {
-                let Some(f) = open.remove(&id) else {
+                let Some(mut f) = open.remove(&id) else {
                     let _ = done.send(Err(std::io::Error::other("unknown recording")));
                     continue;
                 };

@@ -239,7 +239,7 @@ impl StreamGate {
             return Err(Verdict::Malformed);
         };
         match self.source {
-            Some(s) if s != from => return Verdict::WrongSource,
+            Some(s) if s != from => return Err(Verdict::WrongSource),
             _ => {}
         }
         if !self.payload_types.contains(&Some(pkt.payload_type)) {

@@ -53,7 +53,7 @@ impl MediaContext {
 }
 
 /// What a stream counted, returned when it stops.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct StreamReport {
     /// RTP packets sent.
     pub sent: u64,
@@ -179,7 +179,7 @@ pub async fn run_stream(
     let mut jb = JitterBuffer::new(ctx.jitter.clone());
     let mut rx_stats = ReceiverStats::new();
     let mut loss = LossPattern::default();
-    let mut rtcp = RtcpSession::new(tone.ssrc(), format!("dialstack-{:08x}", tone.ssrc()));
+    let mut rtcp = RtcpSession::new(tone.ssrc(), &format!("dialstack-{:08x}", tone.ssrc()));
     let mut flushed = Flushed::default();
     let t0 = Instant::now();
     let us = |at: Instant| at.duration_since(t0).as_micros() as u64;
@@ -344,8 +344,8 @@ pub fn quality(
         packets_lost: jb.lost,
         packets_late: jb.late,
         packets_duplicated: jb.duplicates,
-        jitter_ms_mean: rx.jitter_ms_mean(),
-        jitter_ms_max: rx.jitter_ms_max(),
+        jitter_ms_mean: rx.mean_jitter_ms(),
+        jitter_ms_max: rx.max_jitter_ms(),
         jitter_buffer_ms,
         concealed_ms: jb.concealed_frames * 20,
         rtt_ms,
