@@ -571,6 +571,68 @@ mod tests {
         }
     }
 
+    fn ready() -> RecordingReady {
+        RecordingReady {
+            call: CallRef {
+                call_id: "c1".into(),
+                attempt_id: "a1".into(),
+                campaign_id: "k1".into(),
+                phone: "+14155550101".into(),
+                at_ms: 1,
+                team: None,
+            },
+            url: "s3://recs/dialstack/k1/c1.wav".into(),
+            duration_ms: 3_000,
+            bytes: 96_044,
+            sha256: "ab".repeat(32),
+            retention_days: Some(30),
+        }
+    }
+
+    #[test]
+    fn recording_ready_is_checked_and_flat() {
+        let r = ready();
+        assert_eq!(r.validate(), Ok(()));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["call_id"], "c1", "the call reference is flattened");
+        assert_eq!(serde_json::from_value::<RecordingReady>(v).unwrap(), r);
+        let mut bad = ready();
+        bad.url = "http://elsewhere/c1.wav".into();
+        assert_eq!(bad.validate().unwrap_err().field, "url");
+        let mut bad = ready();
+        bad.url = format!("file:///{}", "a".repeat(1100));
+        assert_eq!(bad.validate().unwrap_err().field, "url");
+        let mut bad = ready();
+        bad.sha256 = "zz".repeat(32);
+        assert_eq!(bad.validate().unwrap_err().field, "sha256");
+        let mut bad = ready();
+        bad.sha256.pop();
+        assert_eq!(bad.validate().unwrap_err().field, "sha256");
+        let mut bad = ready();
+        bad.call.call_id = "c1\r\nX: y".into();
+        assert_eq!(bad.validate().unwrap_err().field, "call_id");
+    }
+
+    #[test]
+    fn quality_round_trips_and_rtt_is_optional() {
+        let q = Quality {
+            packets_received: 150,
+            packets_lost: 1,
+            packets_late: 2,
+            packets_duplicated: 0,
+            jitter_ms_mean: 1.5,
+            jitter_ms_max: 4.0,
+            jitter_buffer_ms: 50.0,
+            concealed_ms: 60,
+            rtt_ms: None,
+            r_factor: 90.1,
+            mos: 4.35,
+        };
+        let v = serde_json::to_value(&q).unwrap();
+        assert!(v.get("rtt_ms").is_none());
+        assert_eq!(serde_json::from_value::<Quality>(v).unwrap(), q);
+    }
+
     #[test]
     fn names_round_trip() {
         for o in Outcome::ALL {
