@@ -21,8 +21,16 @@ RECORD="${BENCH_RECORD:-1}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/bench-build}"
 
 scripts/test-env.sh >/dev/null
+if ! command -v rtpengine >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rtpengine-daemon >/dev/null
+  # The package starts its own instance (kernel table, any interface); the
+  # benchmark runs a private one.
+  systemctl stop rtpengine-daemon 2>/dev/null || pkill -x rtpengine || true
+fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cargo bench -p media-processor --bench media_load --locked --no-run -q 2>/dev/null
+cargo build -p dialstack-tests --release --bin rtp-load --locked -q
+export RTP_LOAD="$CARGO_TARGET_DIR/release/rtp-load"
 BIN=$(ls -t "$CARGO_TARGET_DIR"/release/deps/media_load-* | grep -v '\.d$' | head -1)
 LOGS="target/bench-logs/media-$(date +%s)"
 mkdir -p "$LOGS"
@@ -44,6 +52,6 @@ for calls in $CALLS; do
   echo "rtpengine (userspace), $calls calls, ${SECS} s:"
   theirs_out=$(bash scripts/bench-rtpengine.sh "$calls" "$SECS" | tail -1)
   echo "  $theirs_out"
-  theirs=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["cpu_s_per_call_s"])' "$theirs_out")
+  theirs=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["rtpengine_cpu_per_call_sec"])' "$theirs_out")
   python3 -c 'import sys; o,t=map(float,sys.argv[1:]); print(f"ratio: media-processor/rtpengine CPU per call = {o/t:.2f} (target <= 0.5); rtpengine calls per core = {1/t:.0f}, ours = {1/o:.0f}")' "$ours" "$theirs"
 done
