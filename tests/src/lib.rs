@@ -5,11 +5,14 @@
 //! Addresses come from the environment with loopback defaults:
 //! `DIALSTACK_TEST_MYSQL` (`mysql://root@127.0.0.1:3306`),
 //! `DIALSTACK_TEST_AMQP` (`amqp://guest:guest@127.0.0.1:5672/%2f`),
-//! `DIALSTACK_TEST_KAFKA` (`127.0.0.1:9092`).
+//! `DIALSTACK_TEST_KAFKA` (`127.0.0.1:9092`), `DIALSTACK_TEST_S3`
+//! (`http://127.0.0.1:9000`, see [`s3`]).
 
 pub mod campaigns;
 pub mod procs;
 pub mod proxy;
+pub mod rtpengine;
+pub mod s3;
 
 use std::future::Future;
 use std::time::Duration;
@@ -34,6 +37,12 @@ pub fn fresh_sqlite_url() -> String {
     let dir = std::env::temp_dir().join(unique("dialstack-test-"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     format!("sqlite://{}/test.db", dir.display())
+}
+
+/// A `file://` recording store in a fresh temporary folder.
+pub fn fresh_recordings_url() -> String {
+    let dir = std::env::temp_dir().join(unique("dialstack-recordings-"));
+    format!("file://{}", dir.display())
 }
 
 /// Both database engines, for tests that must pass on each.

@@ -627,6 +627,10 @@ async fn agents_and_supervisors_read_only_their_own_calls_and_leads() {
             ("DIALSTACK_EVENTS_URL", &events),
             ("DIALSTACK_COMMANDS_URL", "memory://unused"),
             ("DIALSTACK_JWKS_URL", &jwks),
+            (
+                "DIALSTACK_RECORDINGS_URL",
+                &dialstack_tests::fresh_recordings_url(),
+            ),
         ])
         .await;
         let scheduler = in_process::<task_scheduler::Application>(&[
@@ -988,6 +992,10 @@ async fn token_attacks_are_refused_with_401_by_every_verifier() {
             ),
             ("DIALSTACK_COMMANDS_URL", "memory://unused"),
             ("DIALSTACK_JWKS_URL", &jwks_url),
+            (
+                "DIALSTACK_RECORDINGS_URL",
+                &dialstack_tests::fresh_recordings_url(),
+            ),
         ])
         .await;
         let admin = u.token("admin", ADMIN_PASSWORD).await;

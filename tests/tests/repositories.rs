@@ -577,6 +577,7 @@ mod scheduler {
 
 mod storage {
     use super::*;
+    use dialstack_contract::{CallEvent, CallRef, RecordingReady};
     use storage_service::db::{CdrQuery, Repo, MIGRATIONS};
 
     #[tokio::test]
@@ -771,6 +772,206 @@ mod storage {
             let one = repo.get("c-ann").await.unwrap().unwrap();
             assert_eq!(one.team.as_deref(), Some("sales"), "{engine}");
             assert_eq!(one.agent_id.as_deref(), Some("ann"), "{engine}");
+        }
+    }
+
+    fn quality(mos: f64) -> dialstack_contract::Quality {
+        dialstack_contract::Quality {
+            packets_received: 1500,
+            packets_lost: 3,
+            packets_late: 1,
+            jitter_ms_mean: 2.5,
+            jitter_ms_max: 9.0,
+            jitter_buffer_ms: 40.0,
+            concealed_ms: 60,
+            rtt_ms: Some(12.0),
+            r_factor: 80.0,
+            mos,
+            ..Default::default()
+        }
+    }
+
+    fn completed_with(call: &str, q: Option<dialstack_contract::Quality>) -> CallEvent {
+        let mut ev = typed(
+            types::CALL_COMPLETED,
+            &event(call, "a1", "k1", Some(Outcome::AnsweredHuman)),
+        );
+        if let CallEvent::Completed(c) = &mut ev {
+            c.quality = q;
+        }
+        ev
+    }
+
+    fn ready(call: &str, retention_days: Option<u32>) -> RecordingReady {
+        RecordingReady {
+            call: CallRef {
+                call_id: call.into(),
+                attempt_id: "a1".into(),
+                campaign_id: "k1".into(),
+                phone: "+14155550101".into(),
+                at_ms: dialstack_common::now_ms(),
+                team: None,
+            },
+            url: format!("file:///srv/recordings/k1/{call}.wav"),
+            duration_ms: 3000,
+            bytes: 48_044,
+            sha256: "ab".repeat(32),
+            retention_days,
+        }
+    }
+
+    #[tokio::test]
+    async fn quality_and_recordings_are_stored_once_and_filter_by_mos() {
+        for (engine, url) in both_databases() {
+            let repo = Repo {
+                db: db(&url, MIGRATIONS).await,
+            };
+            // Quality arrives with call.completed; a later dialing event
+            // does not erase it.
+            for (call, q) in [
+                ("c-good", Some(quality(4.3))),
+                ("c-poor", Some(quality(2.9))),
+                ("c-edge", Some(quality(3.6))),
+                ("c-none", None),
+            ] {
+                assert!(repo
+                    .apply(&format!("{call}-done"), &completed_with(call, q))
+                    .await
+                    .unwrap());
+                repo.apply(
+                    &format!("{call}-dial"),
+                    &typed(types::CALL_DIALING, &event(call, "a1", "k1", None)),
+                )
+                .await
+                .unwrap();
+            }
+            let poor = repo.get("c-poor").await.unwrap().unwrap();
+            let q = poor.quality.as_ref().expect("quality stored");
+            assert_eq!(q["mos"], 2.9, "{engine}: {q}");
+            assert_eq!(q["packets_lost"], 3, "{engine}: {q}");
+            assert_eq!(q["rtt_ms"], 12.0, "{engine}: {q}");
+            assert_eq!(
+                serde_json::from_value::<dialstack_contract::Quality>(q.clone()).unwrap(),
+                quality(2.9),
+                "{engine}: the contract's object, as sent"
+            );
+            assert!(repo.get("c-none").await.unwrap().unwrap().quality.is_none());
+            let below = |mos: f64| {
+                let repo = repo.clone();
+                async move {
+                    repo.list(&CdrQuery {
+                        mos_below: Some(mos),
+                        limit: 50,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|c| c.call_id)
+                    .collect::<Vec<_>>()
+                }
+            };
+            assert_eq!(below(3.6).await, ["c-poor"], "{engine}: strictly below");
+            assert_eq!(below(3.61).await, ["c-edge", "c-poor"], "{engine}");
+            assert!(below(1.0).await.is_empty(), "{engine}");
+            assert_eq!(below(5.0).await.len(), 3, "{engine}: no quality, no match");
+
+            // Recordings: once per event id, joined into the CDR.
+            assert!(repo
+                .get("c-good")
+                .await
+                .unwrap()
+                .unwrap()
+                .recording
+                .is_none());
+            let r = ready("c-good", Some(30));
+            assert!(repo.apply_recording("r1", &r).await.unwrap(), "{engine}");
+            assert!(
+                !repo.apply_recording("r1", &r).await.unwrap(),
+                "{engine}: duplicate"
+            );
+            let stored = repo.recording("c-good").await.unwrap().unwrap();
+            assert_eq!(stored.url, r.url, "{engine}");
+            assert_eq!(
+                (stored.bytes, stored.duration_ms),
+                (48_044, 3000),
+                "{engine}"
+            );
+            assert_eq!(
+                stored.delete_after,
+                Some(r.call.at_ms + 30 * 86_400_000),
+                "{engine}"
+            );
+            let link = repo
+                .get("c-good")
+                .await
+                .unwrap()
+                .unwrap()
+                .recording
+                .unwrap();
+            assert_eq!(link.href, "/v1/calls/c-good/recording", "{engine}");
+            assert_eq!(link.sha256, r.sha256, "{engine}");
+            assert_eq!(link.bytes, 48_044, "{engine}");
+            // Kept forever without retention; a new event replaces the row.
+            let again = RecordingReady {
+                bytes: 50_000,
+                ..ready("c-good", None)
+            };
+            assert!(repo.apply_recording("r2", &again).await.unwrap());
+            let stored = repo.recording("c-good").await.unwrap().unwrap();
+            assert_eq!(
+                (stored.bytes, stored.delete_after),
+                (50_000, None),
+                "{engine}"
+            );
+
+            // Expiry: only rows whose time has passed, oldest first, and a
+            // row is deleted only while it is the same expired recording.
+            let now = dialstack_common::now_ms();
+            repo.apply_recording("r3", &ready("c-poor", Some(1)))
+                .await
+                .unwrap();
+            repo.apply_recording("r4", &ready("c-edge", Some(1)))
+                .await
+                .unwrap();
+            repo.postpone_recording_delete("c-poor", now - 2_000)
+                .await
+                .unwrap();
+            repo.postpone_recording_delete("c-edge", now - 1_000)
+                .await
+                .unwrap();
+            let due = repo.expired_recordings(now, 10).await.unwrap();
+            let due_ids: Vec<_> = due.iter().map(|r| r.call_id.as_str()).collect();
+            assert_eq!(due_ids, ["c-poor", "c-edge"], "{engine}");
+            assert_eq!(repo.expired_recordings(now, 1).await.unwrap().len(), 1);
+            assert!(!repo
+                .delete_recording("c-poor", "file:///elsewhere.wav", now)
+                .await
+                .unwrap());
+            assert!(
+                repo.delete_recording("c-poor", &due[0].url, now)
+                    .await
+                    .unwrap(),
+                "{engine}"
+            );
+            assert!(
+                !repo
+                    .delete_recording("c-poor", &due[0].url, now)
+                    .await
+                    .unwrap(),
+                "{engine}: gone"
+            );
+            assert!(
+                repo.recording("c-poor").await.unwrap().is_none(),
+                "{engine}"
+            );
+            assert!(repo
+                .get("c-poor")
+                .await
+                .unwrap()
+                .unwrap()
+                .recording
+                .is_none());
         }
     }
 }

@@ -55,6 +55,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The request took longer than the server allows.
     Timeout,
+    /// A `Range` that does not overlap the resource (the response carries
+    /// `Content-Range: bytes */<size>`).
+    RangeNotSatisfiable,
     /// A dependency is down.
     Unavailable,
     /// A bug or an unexpected failure; details are only logged.
@@ -73,6 +76,7 @@ impl ErrorCode {
             Self::Conflict => StatusCode::CONFLICT,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Timeout => StatusCode::REQUEST_TIMEOUT,
+            Self::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -90,6 +94,7 @@ impl ErrorCode {
             Self::Conflict => "conflict",
             Self::RateLimited => "rate_limited",
             Self::Timeout => "timeout",
+            Self::RangeNotSatisfiable => "range_not_satisfiable",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
@@ -104,6 +109,7 @@ impl ErrorCode {
             405 => Self::MethodNotAllowed,
             408 => Self::Timeout,
             409 => Self::Conflict,
+            416 => Self::RangeNotSatisfiable,
             429 => Self::RateLimited,
             503 => Self::Unavailable,
             _ => Self::Internal,

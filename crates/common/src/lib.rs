@@ -10,6 +10,7 @@
 //! - [`events`]: the CloudEvents envelope and the typed command and event payloads
 //! - [`db`]: sqlx pool for `sqlite://` and `mysql://`, migrations, outbox and inbox
 //! - [`auth`]: EdDSA JWT signing and verification, JWKS cache, the axum auth layer
+//! - `recordings` (feature `recordings`): the recording store, `file://` or `s3://` through `object_store`
 //! - [`service`]: the start-up and drain sequence every service shares
 //! - [`shutdown`]: the process's root cancellation token and signal handling
 
@@ -20,6 +21,8 @@ pub mod db;
 pub mod events;
 pub mod http;
 pub mod metrics;
+#[cfg(feature = "recordings")]
+pub mod recordings;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

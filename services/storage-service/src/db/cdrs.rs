@@ -1,50 +1,19 @@
 //! Call detail records: one row per call, built from the call's events in
 //! whatever order they arrive. A later stage never gives way to an earlier
 //! one, timestamps are kept from the first event that knew them, and each
-//! event is applied once (inbox).
+//! event is applied once (inbox). `call.completed` brings the call's
+//! quality; reads join the call's recording (see [`super::recordings`]).
 
-use dialstack_common::db::{inbox_claim, Db, Migration};
+use dialstack_common::db::inbox_claim;
 use dialstack_contract::{types, CallEvent};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-/// storage-service's schema.
-pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "cdrs",
-        sql: "CREATE TABLE cdrs (
-            call_id VARCHAR(36) NOT NULL PRIMARY KEY,
-            attempt_id VARCHAR(36) NOT NULL,
-            campaign_id VARCHAR(36) NOT NULL,
-            phone VARCHAR(16) NOT NULL,
-            state VARCHAR(16) NOT NULL,
-            state_rank BIGINT NOT NULL,
-            outcome VARCHAR(32) NULL,
-            reason VARCHAR(64) NULL,
-            sip_status BIGINT NULL,
-            dialed_at BIGINT NULL,
-            ringing_at BIGINT NULL,
-            answered_at BIGINT NULL,
-            ended_at BIGINT NULL,
-            ring_ms BIGINT NULL,
-            talk_ms BIGINT NULL,
-            rtp_sent BIGINT NULL,
-            rtp_received BIGINT NULL,
-            updated_at BIGINT NOT NULL
-          );
-          CREATE INDEX cdrs_campaign ON cdrs (campaign_id, call_id);
-          CREATE INDEX cdrs_outcome ON cdrs (outcome, call_id)",
-    },
-    Migration {
-        version: 2,
-        name: "cdr team and agent",
-        sql: "ALTER TABLE cdrs ADD COLUMN team VARCHAR(64) NULL;
-              ALTER TABLE cdrs ADD COLUMN agent_id VARCHAR(36) NULL;
-              CREATE INDEX cdrs_agent ON cdrs (agent_id, call_id);
-              CREATE INDEX cdrs_team ON cdrs (team, call_id)",
-    },
-];
+use super::Repo;
+
+/// Longest quality object stored (the column's size); a longer one is
+/// dropped with a warning rather than failing the call's record.
+const MAX_QUALITY_JSON: usize = 4000;
 
 /// One call detail record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -85,6 +54,25 @@ pub struct Cdr {
     pub team: Option<String>,
     /// The agent the call was bridged to.
     pub agent_id: Option<String>,
+    /// Voice quality measured by media-processor (the `quality` object of
+    /// `call.completed`: packets, jitter, loss, concealment, R-factor, MOS).
+    #[schema(value_type = Option<Object>)]
+    pub quality: Option<serde_json::Value>,
+    /// The call's recording, once stored.
+    pub recording: Option<RecordingLink>,
+}
+
+/// What a CDR says about its recording; the audio is at `href`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RecordingLink {
+    /// Audio length (ms).
+    pub duration_ms: i64,
+    /// File size.
+    pub bytes: i64,
+    /// SHA-256 of the file, lowercase hex (also its `ETag`).
+    pub sha256: String,
+    /// Where to download it: `/v1/calls/{call_id}/recording`.
+    pub href: String,
 }
 
 /// Filters of a CDR listing.
@@ -100,22 +88,36 @@ pub struct CdrQuery {
     pub agent_id: Option<String>,
     /// Only calls of these teams (a supervisor); `Some(empty)` matches none.
     pub teams: Option<Vec<String>>,
+    /// Only calls whose MOS is below this (calls without one never match).
+    pub mos_below: Option<f64>,
     /// At most this many.
     pub limit: i64,
 }
 
-/// The repository.
-#[derive(Clone, Debug)]
-pub struct Repo {
-    /// The database.
-    pub db: Db,
-}
+/// The columns a call event writes.
+const COLS: &str = "call_id, attempt_id, campaign_id, phone, state, outcome, reason, sip_status, dialed_at, ringing_at, answered_at, ended_at, ring_ms, talk_ms, rtp_sent, rtp_received, team, agent_id, mos, quality";
 
-const COLS: &str = "call_id, attempt_id, campaign_id, phone, state, outcome, reason, sip_status, dialed_at, ringing_at, answered_at, ended_at, ring_ms, talk_ms, rtp_sent, rtp_received, team, agent_id";
+/// What a read returns: the CDR and its recording, if any.
+const SELECT: &str = "SELECT c.call_id, c.attempt_id, c.campaign_id, c.phone, c.state, c.outcome, c.reason, c.sip_status, c.dialed_at, c.ringing_at, c.answered_at, c.ended_at, c.ring_ms, c.talk_ms, c.rtp_sent, c.rtp_received, c.team, c.agent_id, c.quality, r.duration_ms, r.bytes, r.sha256 FROM cdrs c LEFT JOIN recordings r ON r.call_id = c.call_id";
 
 fn cdr_from(r: &sqlx::any::AnyRow) -> Cdr {
+    let call_id: String = r.get(0);
+    let quality = r
+        .get::<Option<String>, _>(18)
+        .and_then(|q| serde_json::from_str(&q).ok());
+    let recording = match (r.get(19), r.get(20), r.get(21)) {
+        (Some(duration_ms), Some(bytes), Some(sha256)) => Some(RecordingLink {
+            duration_ms,
+            bytes,
+            sha256,
+            href: format!("/v1/calls/{call_id}/recording"),
+        }),
+        _ => None,
+    };
     Cdr {
-        call_id: r.get(0),
+        quality,
+        recording,
+        call_id,
         attempt_id: r.get(1),
         campaign_id: r.get(2),
         phone: r.get(3),
@@ -159,6 +161,16 @@ impl Repo {
             CallEvent::Completed(c) => Some(c),
             _ => None,
         };
+        let quality = done.and_then(|c| c.quality.as_ref());
+        let quality_json = quality
+            .and_then(|q| serde_json::to_string(q).ok())
+            .filter(|q| {
+                let fits = q.len() <= MAX_QUALITY_JSON;
+                if !fits {
+                    tracing::warn!(call_id = %d.call_id, len = q.len(), "quality object too long, not stored");
+                }
+                fits
+            });
         let ring_ms = match ev {
             CallEvent::Answered(a) => Some(a.ring_ms),
             CallEvent::Completed(c) => Some(c.ring_ms),
@@ -185,6 +197,8 @@ impl Repo {
                 ("rtp_received", "COALESCE(new(rtp_received), rtp_received)"),
                 ("team", "COALESCE(team, new(team))"),
                 ("agent_id", "COALESCE(new(agent_id), agent_id)"),
+                ("mos", "COALESCE(new(mos), mos)"),
+                ("quality", "COALESCE(new(quality), quality)"),
                 ("updated_at", "new(updated_at)"),
                 // MySQL applies these in order, so state is set before its rank changes.
                 ("state", "CASE WHEN new(state_rank) > state_rank THEN new(state) ELSE state END"),
@@ -192,7 +206,7 @@ impl Repo {
             ],
         );
         let sql = format!(
-            "INSERT INTO cdrs ({COLS}, state_rank, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) {upsert}"
+            "INSERT INTO cdrs ({COLS}, state_rank, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) {upsert}"
         );
         sqlx::query(&sql)
             .bind(&d.call_id)
@@ -213,6 +227,8 @@ impl Repo {
             .bind(done.map(|c| c.rtp_received as i64))
             .bind(d.team.clone())
             .bind(done.and_then(|c| c.agent_id.clone()))
+            .bind(quality.map(|q| q.mos).filter(|m| m.is_finite()))
+            .bind(quality_json)
             .bind(rank)
             .bind(dialstack_common::now_ms())
             .execute(&mut *tx)
@@ -223,7 +239,7 @@ impl Repo {
 
     /// One CDR.
     pub async fn get(&self, call_id: &str) -> Result<Option<Cdr>, sqlx::Error> {
-        let row = sqlx::query(&format!("SELECT {COLS} FROM cdrs WHERE call_id = ?"))
+        let row = sqlx::query(&format!("{SELECT} WHERE c.call_id = ?"))
             .bind(call_id)
             .fetch_optional(&self.db.pool)
             .await?;
@@ -232,24 +248,27 @@ impl Repo {
 
     /// CDRs in call-id (time) order after the cursor.
     pub async fn list(&self, q: &CdrQuery) -> Result<Vec<Cdr>, sqlx::Error> {
-        let mut sql = format!("SELECT {COLS} FROM cdrs WHERE 1 = 1");
+        let mut sql = format!("{SELECT} WHERE 1 = 1");
         if q.campaign_id.is_some() {
-            sql.push_str(" AND campaign_id = ?");
+            sql.push_str(" AND c.campaign_id = ?");
         }
         if q.outcome.is_some() {
-            sql.push_str(" AND outcome = ?");
+            sql.push_str(" AND c.outcome = ?");
         }
         if q.after.is_some() {
-            sql.push_str(" AND call_id > ?");
+            sql.push_str(" AND c.call_id > ?");
         }
         if q.agent_id.is_some() {
-            sql.push_str(" AND agent_id = ?");
+            sql.push_str(" AND c.agent_id = ?");
         }
         let teams = q.teams.as_deref().unwrap_or_default();
         if q.teams.is_some() {
-            sql.push_str(&dialstack_common::db::and_in("team", teams.len()));
+            sql.push_str(&dialstack_common::db::and_in("c.team", teams.len()));
         }
-        sql.push_str(" ORDER BY call_id LIMIT ?");
+        if q.mos_below.is_some() {
+            sql.push_str(" AND c.mos < ?");
+        }
+        sql.push_str(" ORDER BY c.call_id LIMIT ?");
         let mut query = sqlx::query(&sql);
         for v in [&q.campaign_id, &q.outcome, &q.after, &q.agent_id]
             .into_iter()
@@ -257,6 +276,9 @@ impl Repo {
             .chain(teams)
         {
             query = query.bind(v);
+        }
+        if let Some(mos) = q.mos_below {
+            query = query.bind(mos);
         }
         let rows = query.bind(q.limit).fetch_all(&self.db.pool).await?;
         Ok(rows.iter().map(cdr_from).collect())

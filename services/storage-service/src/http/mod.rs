@@ -1,4 +1,7 @@
 //! storage-service routes.
+//!
+//! # Layout
+//! - [`recording`]: `GET /v1/calls/{id}/recording`, with byte ranges
 
 use axum::extract::{Path, State};
 use axum::routing::get;
@@ -9,8 +12,10 @@ use dialstack_contract::Outcome;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::db::{Cdr, CdrQuery};
+use crate::db::{Cdr, CdrQuery, RecordingLink};
 use crate::AppState;
+
+pub mod recording;
 
 const READ: &[Role] = &[Role::Admin, Role::Supervisor, Role::Agent, Role::Service];
 /// Page size when none is asked for.
@@ -29,6 +34,10 @@ pub struct ListParams {
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Only calls whose MOS is below this (1.0-5.0); calls without a
+    /// quality measurement never match.
+    #[param(value_type = Option<f64>, minimum = 1.0, maximum = 5.0)]
+    pub mos_below: Option<String>,
 }
 
 /// A page of CDRs.
@@ -43,8 +52,8 @@ pub struct CdrPage {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "dialstack storage-service", version = "1"),
-    paths(list_calls, get_call),
-    components(schemas(Cdr, CdrPage, ErrorBody)),
+    paths(list_calls, get_call, recording::get_recording),
+    components(schemas(Cdr, CdrPage, RecordingLink, ErrorBody)),
     modifiers(&BearerSecurity)
 )]
 struct Doc;
@@ -61,6 +70,11 @@ pub const ROUTES: &[RouteRoles] = &[
         path: "/v1/calls/{id}",
         roles: READ,
     },
+    RouteRoles {
+        method: "GET",
+        path: "/v1/calls/{id}/recording",
+        roles: READ,
+    },
 ];
 
 /// The OpenAPI document.
@@ -73,6 +87,10 @@ pub fn router(state: AppState, keys: Keys) -> Router {
     Router::new()
         .route("/v1/calls", get(list_calls).route_layer(roles(READ)))
         .route("/v1/calls/{id}", get(get_call).route_layer(roles(READ)))
+        .route(
+            "/v1/calls/{id}/recording",
+            get(recording::get_recording).route_layer(roles(READ)),
+        )
         .route_layer(axum::middleware::from_fn_with_state(keys, require_auth))
         .with_state(state)
 }
@@ -98,6 +116,7 @@ async fn list_calls(
             ));
         }
     }
+    let mos_below = p.mos_below.as_deref().map(parse_mos).transpose()?;
     for (field, v) in [("campaign_id", &p.campaign_id), ("cursor", &p.cursor)] {
         if v.as_ref().is_some_and(|v| v.is_empty() || v.len() > 64) {
             return Err(ApiError::invalid(field, "must be 1-64 characters"));
@@ -112,6 +131,7 @@ async fn list_calls(
             limit,
             agent_id: (who.role == Role::Agent).then(|| who.sub.clone()),
             teams: (who.role == Role::Supervisor).then(|| who.teams.clone()),
+            mos_below,
         })
         .await?;
     let next_cursor = (items.len() as i64 == limit)
@@ -138,10 +158,19 @@ async fn get_call(
         .ok_or_else(|| ApiError::not_found("call"))
 }
 
+/// `mos_below`: a number from 1.0 to 5.0 (the MOS scale).
+fn parse_mos(raw: &str) -> Result<f64, ApiError> {
+    raw.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|m| (1.0..=5.0).contains(m))
+        .ok_or_else(|| ApiError::invalid("mos_below", "must be a number from 1.0 to 5.0"))
+}
+
 /// Object level: admins and services read every call, supervisors the calls
 /// of their teams, agents the calls bridged to them. Another's call is a 404
 /// (not a 403), so call ids cannot be probed.
-fn may_read(who: &Principal, cdr: &Cdr) -> bool {
+pub(crate) fn may_read(who: &Principal, cdr: &Cdr) -> bool {
     match who.role {
         Role::Admin | Role::Service => true,
         Role::Supervisor => cdr.team.as_ref().is_some_and(|t| who.leads_any(&[t])),
