@@ -199,3 +199,22 @@ async fn record_one_call(test: &str, media_env: Vec<(String, String)>) {
 async fn a_recorded_call_is_stored_on_the_file_store_and_served_with_ranges() {
     record_one_call("recording_file", vec![]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_call_is_stored_on_the_s3_server_and_served_with_ranges() {
+    let bucket = dialstack_tests::s3::fresh_bucket();
+    record_one_call("recording_s3", bucket.env()).await;
+    // The object is in the bucket, under the campaign's prefix.
+    let mut found = Vec::new();
+    let mut dirs = vec![bucket.dir()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                dirs.push(e.path());
+            } else if e.path().extension().is_some_and(|x| x == "wav") {
+                found.push(e.path());
+            }
+        }
+    }
+    assert_eq!(found.len(), 1, "one recording in the bucket: {found:?}");
+}
