@@ -479,6 +479,29 @@ async fn a_missing_required_variable_stops_the_daemon_naming_it() {
             vec![("DIALSTACK_DATABASE_URL", "postgres://nope")],
             "DIALSTACK_DATABASE_URL",
         ),
+        (
+            "media-processor",
+            vec![
+                ("DIALSTACK_DATABASE_URL", "sqlite::memory:"),
+                ("DIALSTACK_EVENTS_URL", "memory://"),
+                ("DIALSTACK_COMMANDS_URL", "memory://"),
+                ("DIALSTACK_JWKS_URL", "http://127.0.0.1:1/jwks"),
+                ("DIALSTACK_SIP_TRUNK", "sim://"),
+                ("DIALSTACK_RECORDINGS_URL", "ftp://recordings.example.net/calls"),
+            ],
+            "DIALSTACK_RECORDINGS_URL",
+        ),
+        (
+            "storage-service",
+            vec![
+                ("DIALSTACK_DATABASE_URL", "sqlite::memory:"),
+                ("DIALSTACK_EVENTS_URL", "memory://"),
+                ("DIALSTACK_COMMANDS_URL", "memory://"),
+                ("DIALSTACK_JWKS_URL", "http://127.0.0.1:1/jwks"),
+                ("DIALSTACK_RECORDINGS_URL", "s3://"),
+            ],
+            "DIALSTACK_RECORDINGS_URL",
+        ),
     ];
     for (bin, env, var) in cases {
         let out = tokio::process::Command::new(bin_path(bin))
