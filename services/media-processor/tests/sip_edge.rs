@@ -560,7 +560,10 @@ async fn forged_rtp_from_another_port_is_dropped_and_counted() {
             pkt.extend_from_slice(&0xdead_beefu32.to_be_bytes());
             pkt.extend_from_slice(&[0xff; 160]);
             stranger.send_to(&pkt, &target).await.unwrap();
-            if seq % 100 == 0 {
+            // About 2,000 a second, 40 times a real stream: the media loop
+            // reads once per 20 ms tick, and a burst beyond the socket's
+            // receive buffer is dropped by the kernel before it is counted.
+            if seq % 10 == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }

@@ -29,7 +29,7 @@ pub async fn run(
     local_sdp: &mut LocalSdp,
     rx: &mut mpsc::Receiver<Inbound>,
     answer: Message,
-    rtp: Arc<tokio::net::UdpSocket>,
+    rtp: tokio::net::UdpSocket,
     rtcp: Option<Arc<tokio::net::UdpSocket>>,
     progress: &mpsc::UnboundedSender<Progress>,
     started: Instant,

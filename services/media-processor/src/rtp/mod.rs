@@ -4,6 +4,7 @@
 //! media loop ([`stream`]) with its metrics ([`metrics`]). The codec, jitter
 //! buffer, statistics and RTCP are pure code in `dialstack-media`.
 
+pub mod batch;
 pub mod metrics;
 pub mod stream;
 

@@ -1,9 +1,11 @@
 //! The per-call media loop: one task per answered call.
 //!
-//! Receive: datagram → [`StreamGate`] (source and SSRC) → audio packets into
-//! the jitter buffer and the RFC 3550 receiver statistics. Every 20 ms the
-//! playout clock takes one frame out of the jitter buffer (audio, concealed
-//! or silence), sends one tone frame (RTP timestamp +160 per frame, marker
+//! Every 20 ms (one grid for all calls) the loop reads what arrived since
+//! the last tick in one `recvmmsg` with kernel arrival times ([`super::batch`]):
+//! datagram → [`StreamGate`] (source and SSRC) → audio packets into the
+//! jitter buffer and the RFC 3550 receiver statistics. Then the playout
+//! clock takes one frame out of the jitter buffer (audio, concealed or
+//! silence), sends one tone frame (RTP timestamp +160 per frame, marker
 //! on the first packet of a talkspurt), and hands both to the recording.
 //! Every 5 s an RTCP report goes to the peer's RTCP port (RTP + 1) and the
 //! Prometheus counters move. Per packet nothing is allocated: packets are
@@ -22,6 +24,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::batch::{BatchReceiver, BATCH};
 use super::metrics::MediaMetrics;
 use super::{StreamGate, ToneStream, Verdict, RTP_PACKET_LEN};
 use crate::recording::{Recorder, Recording};
@@ -105,8 +108,6 @@ impl DelayHistogram {
 
 /// RTCP report interval (RFC 3550 minimum for a two-party session).
 const RTCP_EVERY: Duration = Duration::from_secs(5);
-/// Extra datagrams read per wake-up when several are queued.
-const DRAIN: usize = 16;
 
 fn unix_us() -> u64 {
     SystemTime::now()
@@ -167,7 +168,7 @@ impl Flushed {
 /// Runs the media of one answered call until `stop`; `media` carries
 /// re-negotiations (re-INVITE, hold).
 pub async fn run_stream(
-    sock: Arc<UdpSocket>,
+    sock: UdpSocket,
     rtcp_sock: Option<Arc<UdpSocket>>,
     mut media: watch::Receiver<RemoteMedia>,
     ctx: Arc<MediaContext>,
@@ -182,12 +183,29 @@ pub async fn run_stream(
     let mut rtcp = RtcpSession::new(tone.ssrc(), &format!("dialstack-{:08x}", tone.ssrc()));
     let mut flushed = Flushed::default();
     let t0 = Instant::now();
+    // Kernel arrival times are wall-clock; this call's clock starts at t0.
+    let unix0 = unix_us();
     let us = |at: Instant| at.duration_since(t0).as_micros() as u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let sock = match sock.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "rtp socket unusable, call continues without media");
+            return report;
+        }
+    };
+    let mut reader = match BatchReceiver::new(&sock) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "rtp socket options refused, call continues without media");
+            return report;
+        }
+    };
+    // Every call ticks on the same 20 ms grid, so the runtime wakes once
+    // per tick for all of them rather than at scattered instants.
+    let mut tick = tokio::time::interval_at(next_grid_tick(), Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rtcp_tick = tokio::time::interval_at(tokio::time::Instant::now() + RTCP_EVERY, RTCP_EVERY);
     rtcp_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut buf = [0u8; 2048];
     let mut rtcp_buf = [0u8; 1500];
     let mut out = [0u8; RTP_PACKET_LEN];
     let mut heard = [0i16; 160];
@@ -211,6 +229,34 @@ pub async fn run_stream(
                 tone.restart_talkspurt();
             }
             _ = tick.tick() => {
+                // Everything that arrived since the last tick, each packet
+                // at its kernel arrival time.
+                loop {
+                    let n = reader.recv(&sock);
+                    for i in 0..n {
+                        let (d, pkt) = reader.get(i);
+                        let Some(from) = d.from else { continue };
+                        let at = d.arrival_unix_us.map_or_else(|| us(Instant::now()), |a| a.saturating_sub(unix0));
+                        match gate.admit(pkt, from, Instant::now()) {
+                            Ok(h) => {
+                                report.received += 1;
+                                if h.payload_type == current.payload_type {
+                                    if let (Some(codec), Some(body)) = (Codec::from_payload_type(h.payload_type), payload(pkt, &h)) {
+                                        remote_ssrc = Some(h.ssrc);
+                                        rx_stats.on_packet(h.sequence_number, h.timestamp, h.ssrc, at);
+                                        jb.push(h.sequence_number, h.timestamp, h.ssrc, codec, body, h.marker, at);
+                                    }
+                                }
+                            }
+                            Err(Verdict::WrongSource) => report.wrong_source += 1,
+                            Err(Verdict::WrongSsrc) => report.wrong_ssrc += 1,
+                            Err(_) => report.malformed += 1,
+                        }
+                    }
+                    if n < BATCH {
+                        break;
+                    }
+                }
                 let now = Instant::now();
                 let kind = jb.pop(us(now), &mut heard);
                 if matches!(kind, FrameKind::Audio) {
@@ -226,7 +272,7 @@ pub async fn run_stream(
                 let sent_pcm = tone.write_packet(current.payload_type, sending, &mut out);
                 if sending {
                     let to = gate.send_to(current.addr);
-                    if sock.send_to(&out, to).await.is_ok() {
+                    if sock.send_to(&out, to).is_ok() {
                         report.sent += 1;
                         rtcp.on_sent(tone.last_timestamp(), RTP_PACKET_LEN - 12);
                     }
@@ -261,32 +307,6 @@ pub async fn run_stream(
                 };
                 ctx.metrics.rtcp.with_label_values(&["received", result]).inc();
             }
-            r = sock.recv_from(&mut buf) => {
-                let Ok((n, from)) = r else { continue };
-                let mut next = Some((n, from));
-                let mut extra = 0;
-                while let Some((n, from)) = next {
-                    let now = Instant::now();
-                    let pkt = &buf[..n];
-                    match gate.admit(pkt, from, now) {
-                        Ok(h) => {
-                            report.received += 1;
-                            if h.payload_type == current.payload_type {
-                                if let (Some(codec), Some(body)) = (Codec::from_payload_type(h.payload_type), payload(pkt, &h)) {
-                                    remote_ssrc = Some(h.ssrc);
-                                    rx_stats.on_packet(h.sequence_number, h.timestamp, h.ssrc, us(now));
-                                    jb.push(h.sequence_number, h.timestamp, h.ssrc, codec, body, h.marker, us(now));
-                                }
-                            }
-                        }
-                        Err(Verdict::WrongSource) => report.wrong_source += 1,
-                        Err(Verdict::WrongSsrc) => report.wrong_ssrc += 1,
-                        Err(_) => report.malformed += 1,
-                    }
-                    extra += 1;
-                    next = if extra > DRAIN { None } else { sock.try_recv_from(&mut buf).ok() };
-                }
-            }
         }
     }
     flushed.flush(jb.stats(), &ctx.metrics);
@@ -305,6 +325,15 @@ pub async fn run_stream(
             .observe(f64::from(jb.stats().target_delay_ms) / 1_000.0);
     }
     report
+}
+
+/// The next instant on the process-wide 20 ms grid.
+fn next_grid_tick() -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
+    let now = tokio::time::Instant::now();
+    let since = now.duration_since(epoch).as_micros() as u64;
+    epoch + Duration::from_micros((since / 20_000 + 1) * 20_000)
 }
 
 /// Waits for an RTCP datagram, or forever when there is no RTCP socket.
