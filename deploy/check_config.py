@@ -11,12 +11,18 @@
   macvlan with whereabouts IPAM, and the pods attached to it (and only they)
   set DIALSTACK_MEDIA_INTERFACE to the attachment's interface;
 - every pod meets Pod Security "restricted" and has requests, limits and
-  probes; every image has a pinned tag;
+  probes (a Job's pods: no probes); every image has a pinned tag;
 - a StatefulSet has its headless Service and volume claims; a connection URL
   that names a Service rendered in the same files names its port, that
   Service's pods admit the services on it, and the passwords that create the
   accounts match the ones in the URLs;
 - every Secret key, ConfigMap key or ConfigMap volume a pod names exists;
+- media-processor (every Deployment of it) and storage-service name the same
+  recording store (DIALSTACK_RECORDINGS_URL, a valid file:/// or s3:// URL,
+  and the DIALSTACK_S3_* settings, keys both or neither), and
+  media-processor's DIALSTACK_RECORDINGS_SPOOL is an absolute path on a
+  mounted volume; DIALSTACK_S3_ENDPOINT, when it names a Service rendered in
+  the same files, is checked like the connection URLs below (for those two);
 - every workload with more than one replica (its own or its HPA's minimum)
   has a PodDisruptionBudget, and every budget covers such a workload;
 - with --elk: the profile's services start only with it, Filebeat's config is
@@ -45,6 +51,14 @@ RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral"
                       "persistentVolumeClaim", "projected", "secret"}
 # Which account-creating Secret key must match the password in URLs of a scheme.
 URL_PASSWORD_KEYS = {"mysql": "MYSQL_PASSWORD", "amqp": "RABBITMQ_PASSWORD"}
+# The recording store: the services that use it, and the settings that must
+# be the same for all of them (dialstack_common::recordings).
+RECORDING_SERVICES = ["media-processor", "storage-service"]
+RECORDING_VARS = ["DIALSTACK_RECORDINGS_URL", "DIALSTACK_S3_ENDPOINT", "DIALSTACK_S3_REGION",
+                  "DIALSTACK_S3_ACCESS_KEY_ID", "DIALSTACK_S3_SECRET_ACCESS_KEY"]
+SPOOL_VAR = "DIALSTACK_RECORDINGS_SPOOL"
+# Connection settings that are not *_URL keys: which services use them.
+ENDPOINT_CLIENTS = {"DIALSTACK_S3_ENDPOINT": RECORDING_SERVICES}
 
 
 def required_vars(service):
@@ -111,6 +125,70 @@ def selects(selector, labels):
     return True
 
 
+def recording_url_problem(url):
+    """Why a DIALSTACK_RECORDINGS_URL is refused, as RecordingStore::from_url
+    would (None when accepted)."""
+    if not url:
+        return "not set (each service would default to its own ./data/recordings)"
+    if url.startswith("file://"):
+        path = url[len("file://"):]
+        if not path.startswith("/"):
+            return "a file URL needs an absolute path (file:///...)"
+        if any(c in path for c in "?#%"):
+            return "the path may not contain ?, # or %"
+        return None
+    if url.startswith("s3://"):
+        bucket, _, prefix = url[len("s3://"):].rstrip("/").partition("/")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+            return f"bad bucket name {bucket!r}"
+        if prefix and not all(re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", seg) for seg in prefix.split("/")):
+            return f"bad key prefix {prefix!r}"
+        return None
+    return "must start with file:/// or s3://"
+
+
+def check_recording_settings(where, settings, errors):
+    """settings: {workload: {var: value}} for the services using the store;
+    a value is what the pod gets (None: unset)."""
+    if not settings:
+        return
+    def norm(var, value):
+        # The services drop a trailing / from the URL and the endpoint.
+        return value.rstrip("/") if value and var in ("DIALSTACK_RECORDINGS_URL", "DIALSTACK_S3_ENDPOINT") else value
+
+    def shown(var, value):
+        # Never print a secret, only whether it is set.
+        return ("set" if value else "unset") if "SECRET" in var else repr(value)
+
+    first, want = next(iter(settings.items()))
+    for name, got in settings.items():
+        for var in RECORDING_VARS:
+            if norm(var, got.get(var)) != norm(var, want.get(var)):
+                errors.append(f"{where}: {name} has {var} {shown(var, got.get(var))} but {first} has "
+                              f"{shown(var, want.get(var))}; the recording store must be the same for both")
+    for name, got in settings.items():
+        why = recording_url_problem(got.get("DIALSTACK_RECORDINGS_URL"))
+        if why:
+            errors.append(f"{where}: {name} DIALSTACK_RECORDINGS_URL {got.get('DIALSTACK_RECORDINGS_URL')!r}: {why}")
+        if bool(got.get("DIALSTACK_S3_ACCESS_KEY_ID")) != bool(got.get("DIALSTACK_S3_SECRET_ACCESS_KEY")):
+            errors.append(f"{where}: {name} sets one of DIALSTACK_S3_ACCESS_KEY_ID and "
+                          f"DIALSTACK_S3_SECRET_ACCESS_KEY without the other")
+        endpoint = got.get("DIALSTACK_S3_ENDPOINT")
+        if endpoint and not re.match(r"^https?://", endpoint):
+            errors.append(f"{where}: {name} DIALSTACK_S3_ENDPOINT {endpoint!r} is not http:// or https://")
+
+
+def check_spool(where, spool, mounts, errors):
+    """The spool must be an absolute path on one of the mount targets (the
+    containers' root file systems are read-only)."""
+    if not spool or not spool.startswith("/"):
+        errors.append(f"{where}: {SPOOL_VAR} is {spool!r}, not an absolute path "
+                      f"(the default ./data/recordings-spool depends on the working directory)")
+        return
+    if not any(spool == m or spool.startswith(m.rstrip("/") + "/") for m in mounts):
+        errors.append(f"{where}: {SPOOL_VAR} {spool} is on no mounted volume")
+
+
 def check_compose(compose, errors):
     for svc in SERVICES:
         spec = compose["services"].get(svc)
@@ -126,6 +204,20 @@ def check_compose(compose, errors):
     for name, spec in compose["services"].items():
         if "build" not in spec and not image_pinned(spec.get("image", "")):
             errors.append(f"compose: {name} image {spec.get('image')} has no pinned tag")
+
+    def env_of(spec):
+        env = spec.get("environment", {})
+        if isinstance(env, list):
+            env = dict(e.split("=", 1) if "=" in e else (e, None) for e in env)
+        return {k: (None if v is None else str(v)) for k, v in env.items()}
+
+    check_recording_settings("compose", {svc: {v: env_of(compose["services"][svc]).get(v) for v in RECORDING_VARS}
+                                         for svc in RECORDING_SERVICES if svc in compose["services"]}, errors)
+    media = compose["services"].get("media-processor")
+    if media is not None:
+        targets = [v["target"] if isinstance(v, dict) else v.split(":")[1] for v in media.get("volumes", [])
+                   if (v.get("type") in ("volume", "bind") if isinstance(v, dict) else ":" in v)]
+        check_spool("compose: media-processor", env_of(media).get(SPOOL_VAR), targets, errors)
 
 
 def check_elk(compose, compose_elk, filebeat_path, errors):
@@ -203,7 +295,7 @@ def check_elk(compose, compose_elk, filebeat_path, errors):
 
 
 def pod_workloads(docs):
-    return [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet")]
+    return [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")]
 
 
 def check_pod_security(path, w, errors):
@@ -242,7 +334,7 @@ def check_pod_security(path, w, errors):
             for r in ("cpu", "memory"):
                 if r not in res.get(kind, {}):
                     errors.append(f"{cname}: no {r} {kind[:-1]}")
-        if c in pod["containers"]:
+        if c in pod["containers"] and w["kind"] != "Job":
             for probe in ("readinessProbe", "livenessProbe"):
                 if probe not in c:
                     errors.append(f"{cname}: no {probe}")
@@ -304,15 +396,20 @@ def check_connections(path, docs, services, configmaps_data, secrets_data, error
     """URLs that name a Service rendered here: port, policy, passwords."""
     namespaces = {d["metadata"].get("namespace") for d in docs} - {None}
     workloads = pod_workloads(docs)
-    clients = [w["spec"]["template"]["metadata"]["labels"] for w in workloads if w["metadata"]["name"] in SERVICES]
+    clients_of = {key: [w["spec"]["template"]["metadata"]["labels"] for w in workloads
+                        if w["metadata"]["name"] in (ENDPOINT_CLIENTS.get(key) or SERVICES)]
+                  for src in (configmaps_data, secrets_data) for data in src.values() for key in data}
     urls = {}
     for src in (configmaps_data, secrets_data):
         for cm, data in src.items():
             for key, value in data.items():
                 if key.endswith("_URL") and re.match(r"^(mysql|amqp|kafka)://", str(value)):
                     urls[f"{cm}/{key}"] = value
+                if key in ENDPOINT_CLIENTS and re.match(r"^https?://", str(value)):
+                    urls[f"{cm}/{key}"] = value
     used = set()
     for where, url in sorted(urls.items()):
+        clients = clients_of[where.split("/", 1)[1]]
         u = urlsplit(url)
         host, _, rest = u.hostname.partition(".")
         ns = rest.removesuffix(".svc").removesuffix(".svc.cluster.local") if rest else "dialstack"
@@ -323,7 +420,7 @@ def check_connections(path, docs, services, configmaps_data, secrets_data, error
             errors.append(f"{path}: {where} names Service {host}, which is not rendered")
             continue
         used.add(host)
-        port = u.port
+        port = u.port or {"http": 80, "https": 443}.get(u.scheme)
         if port not in {p["port"] for p in svc["spec"]["ports"]}:
             errors.append(f"{path}: {where} uses port {port}, not one of Service {host}'s")
             continue
@@ -379,6 +476,49 @@ def check_macvlan(path, docs, deployments, errors):
             errors.append(f"{path}: {name} sets DIALSTACK_MEDIA_INTERFACE without a network attachment")
 
 
+def pod_env(container, configmaps_data, secrets_data):
+    """What the container's environment holds: {var: value}, with ConfigMap
+    and Secret references resolved (None where they cannot be; fieldRef
+    values are shown as the field path)."""
+    env = {}
+    for src in container.get("envFrom", []):
+        if "configMapRef" in src:
+            data = configmaps_data.get(src["configMapRef"]["name"], {})
+        else:
+            data = secrets_data.get((src.get("secretRef") or {}).get("name"), {})
+        env.update({src.get("prefix", "") + k: str(v) for k, v in data.items()})
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = str(e["value"])
+            continue
+        vf = e.get("valueFrom", {})
+        ref = vf.get("configMapKeyRef") or vf.get("secretKeyRef")
+        if ref:
+            data = (configmaps_data if "configMapKeyRef" in vf else secrets_data).get(ref["name"], {})
+            env[e["name"]] = None if data.get(ref["key"]) is None else str(data[ref["key"]])
+        elif "fieldRef" in vf:
+            env[e["name"]] = f"<{vf['fieldRef']['fieldPath']}>"
+        else:
+            env[e["name"]] = None
+    return env
+
+
+def check_k8s_recordings(path, deployments, configmaps_data, secrets_data, errors):
+    settings = {}
+    for name, dep in sorted(deployments.items()):
+        pod = dep["spec"]["template"]
+        app = pod["metadata"].get("labels", {}).get("app.kubernetes.io/name")
+        if app not in RECORDING_SERVICES:
+            continue
+        container = next((c for c in pod["spec"]["containers"] if c["name"] == app), pod["spec"]["containers"][0])
+        env = pod_env(container, configmaps_data, secrets_data)
+        settings[name] = {v: env.get(v) for v in RECORDING_VARS}
+        if app == "media-processor":
+            mounts = [m["mountPath"] for m in container.get("volumeMounts", []) if not m.get("readOnly")]
+            check_spool(f"{path}: {name}", env.get(SPOOL_VAR), mounts, errors)
+    check_recording_settings(path, settings, errors)
+
+
 def check_k8s(path, errors):
     docs = [d for d in yaml.safe_load_all(open(path)) if d]
     configmaps_data = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
@@ -410,6 +550,7 @@ def check_k8s(path, errors):
     for w in pod_workloads(docs):
         check_pod_security(path, w, errors)
         check_references(path, w, configmaps, secrets, errors)
+    check_k8s_recordings(path, deployments, configmaps_data, secrets_data, errors)
     for sts in (d for d in docs if d["kind"] == "StatefulSet"):
         check_statefulset(path, sts, services, errors)
     check_connections(path, docs, services, configmaps_data, secrets_data, errors)

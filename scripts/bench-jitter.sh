@@ -31,7 +31,8 @@ echo "impairment: seed $SEED, delay 20 ms ± 15 ms (normal), reorder 1 %, loss 0
 
 for mode in fixed adaptive; do
   port=$((20000 + RANDOM % 5000 * 2))
-  relay_port=$((port + 4))
+  # SIPp takes media_port to media_port + 3 (audio and video, RTP and RTCP).
+  relay_port=$((port + 20))
   media_port=$((port + 2))
   "$RELAY" --listen "127.0.0.1:$relay_port" --forward "127.0.0.1:$media_port" --seed "$SEED" \
     --delay-ms 20 --jitter-ms 15 --reorder 0.01 --loss 0.005 --burst-loss 0.001 --burst-len 3 \

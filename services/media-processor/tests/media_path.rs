@@ -89,8 +89,11 @@ async fn echo_peer(media_port: u16) -> Sipp {
         let dir =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-logs/sipp_peer");
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("uas_echo_no_timewait-{}.xml", std::process::id()));
-        std::fs::write(&path, xml.replace(timewait, "")).unwrap();
+        // Written aside and renamed, so a concurrent run never reads half a file.
+        let path = dir.join("uas_echo_no_timewait.xml");
+        let part = dir.join(format!("uas_echo_no_timewait.xml.{}", std::process::id()));
+        std::fs::write(&part, xml.replace(timewait, "")).unwrap();
+        std::fs::rename(&part, &path).unwrap();
         path
     });
     // A later -mp overrides the one `sipp_with` picks.
@@ -155,11 +158,11 @@ fn rtcp_count(ctx: &CallContext, direction: &str, result: &str) -> u64 {
         .get()
 }
 
-/// Everything echoed came back (the last packets may be in flight when
-/// the stream stops) and nothing else was accepted.
+/// Everything echoed came back (the last few may be in flight when the
+/// stream stops) and nothing else was accepted.
 fn assert_echoed(m: &StreamReport) {
     assert!(
-        m.received <= m.sent && m.sent - m.received <= 3,
+        m.received <= m.sent && m.sent - m.received <= 5,
         "the echo of what we sent, all of it: {m:?}"
     );
 }
@@ -216,7 +219,9 @@ async fn an_echoed_call_has_clean_quality_and_moves_the_metrics() {
         q.jitter_ms_mean < 10.0 && q.jitter_ms_max >= q.jitter_ms_mean,
         "{q:?}"
     );
-    assert_eq!(q.concealed_ms, 0, "{q:?}");
+    // Nothing concealed but, at most, the tail: an echo still in flight
+    // when the call stops is neither lost nor late, only missing.
+    assert!(q.concealed_ms <= 60, "{q:?}");
     assert_eq!(
         q.rtt_ms, None,
         "no RTCP in a 2 s call (first report at 5 s)"

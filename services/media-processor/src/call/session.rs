@@ -385,7 +385,7 @@ async fn hang_up(
                     _ => {}
                 }
             }
-            _ = sleep_until(next) => {
+            _ = sleep_until(next.min(timer_f)) => {
                 if tokio::time::Instant::now() >= timer_f {
                     tracing::warn!(%call_id, "no answer to BYE (timer F)");
                     return;

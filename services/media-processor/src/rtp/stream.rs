@@ -295,10 +295,16 @@ pub async fn run_stream(
             }
             r = recv(rtcp_sock.as_deref(), &mut rtcp_buf) => {
                 let Ok((n, from)) = r else { continue };
-                // Only the peer's address may report on the call (a
-                // stranger's forged report would skew the RTT).
-                let peer_ip = gate.source.map_or(current.addr.ip(), |s| s.ip());
-                let result = if from.ip() != peer_ip {
+                // Only the peer's RTCP address may report on the call (a
+                // stranger's forged report would skew the RTT or wipe the
+                // peer's last SR): RTP port + 1 of the negotiated address,
+                // or, when latching to a NATed peer, its latched IP.
+                let peer = if ctx.latch {
+                    gate.source.map(|s| s.ip()) == Some(from.ip())
+                } else {
+                    from == SocketAddr::new(current.addr.ip(), current.addr.port().wrapping_add(1))
+                };
+                let result = if !peer {
                     "foreign"
                 } else if rtcp.on_receive(&rtcp_buf[..n], unix_us()).is_ok() {
                     "ok"
