@@ -232,7 +232,10 @@ async fn main() {
     }
     // Let the last recordings reach the store.
     let wait = Instant::now();
-    while record && announced.0.load(Ordering::Relaxed) < ok && wait.elapsed() < Duration::from_secs(30) {
+    while record
+        && announced.0.load(Ordering::Relaxed) < ok
+        && wait.elapsed() < Duration::from_secs(30)
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     mos.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
@@ -240,7 +243,13 @@ async fn main() {
     let call_seconds = live as f64 * window;
     p50.sort_unstable();
     p95.sort_unstable();
-    let pct = |n: u64, d: u64| if d == 0 { 0.0 } else { 100.0 * n as f64 / d as f64 };
+    let pct = |n: u64, d: u64| {
+        if d == 0 {
+            0.0
+        } else {
+            100.0 * n as f64 / d as f64
+        }
+    };
     println!(
         "{{\"calls\":{calls},\"answered_at_window\":{live},\"window_s\":{window:.1},\"record\":{record},\"cpu_s\":{cpu:.2},\"cores\":{:.3},\"cpu_s_per_call_s\":{:.6},\"rss_kib_per_call\":{:.1},\"rcvbuf_errors\":{drops},\"answered\":{ok},\"rtp_sent\":{sent},\"rtp_received\":{received},\"lost\":{lost},\"late\":{late},\"median_mos\":{median_mos:.2},\"late_pct\":{:.3},\"lost_pct\":{:.3},\"concealed_pct\":{:.3},\"delay_p50_ms\":{},\"delay_p95_ms\":{},\"recordings_stored\":{}}}",
         cpu / window,

@@ -261,9 +261,12 @@ impl Config {
                 "must be 0 (off) to 3600",
             ));
         }
-        let jitter = dialstack_media::jitter::JitterConfig::from_lookup(|k| env.get(k).map(str::to_owned))
-            .map_err(|e| {
-                let (var, why) = e.split_once(": ").unwrap_or(("DIALSTACK_JITTER_BUFFER_MS", e.as_str()));
+        let jitter =
+            dialstack_media::jitter::JitterConfig::from_lookup(|k| env.get(k).map(str::to_owned))
+                .map_err(|e| {
+                let (var, why) = e
+                    .split_once(": ")
+                    .unwrap_or(("DIALSTACK_JITTER_BUFFER_MS", e.as_str()));
                 ConfigError::new(var, why)
             })?;
         let recordings = dialstack_common::recordings::RecordingStore::from_env(env)?;
@@ -271,7 +274,9 @@ impl Config {
         Ok(Self {
             jitter,
             recordings,
-            recordings_spool: env.or("DIALSTACK_RECORDINGS_SPOOL", "./data/recordings-spool").into(),
+            recordings_spool: env
+                .or("DIALSTACK_RECORDINGS_SPOOL", "./data/recordings-spool")
+                .into(),
             max_recordings,
             keepalive: (keepalive_secs > 0).then(|| Duration::from_secs(keepalive_secs)),
             lease: Duration::from_secs(lease_secs),

@@ -263,7 +263,7 @@ pub async fn place_call(
 ) -> Report {
     let started = Instant::now();
     let (rtp, rtcp) = match ctx.ports.bind_pair(ctx.media_ip).await {
-        Ok((rtp, rtcp)) => (rtp, Arc::new(rtcp)),
+        Ok((rtp, rtcp)) => (rtp, rtcp),
         Err(e) => {
             tracing::error!(call_id = %cmd.call_id, error = %e, "no RTP port");
             return Report::unanswered(Outcome::Failed, Some(FailReason::NoRtpPort), None, started);

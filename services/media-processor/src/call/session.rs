@@ -4,7 +4,6 @@
 //! retransmission, one answer to a Digest challenge, Timer F).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dialstack_contract::{DialCommand, Outcome};
@@ -30,7 +29,7 @@ pub async fn run(
     rx: &mut mpsc::Receiver<Inbound>,
     answer: Message,
     rtp: tokio::net::UdpSocket,
-    rtcp: Option<Arc<tokio::net::UdpSocket>>,
+    rtcp: Option<tokio::net::UdpSocket>,
     progress: &mpsc::UnboundedSender<Progress>,
     started: Instant,
     stop: &StopSignals,

@@ -208,9 +208,13 @@ impl Recorder {
 
     /// Opens a recording for `call`, or `None` when overloaded (the call
     /// goes on unrecorded; counted as shed).
-    pub fn begin(self: &Arc<Self>, call: CallRef, retention_days: Option<u32>) -> Option<Recording> {
-        let busy = self.open.load(Ordering::Relaxed) >= self.max_open
-            || self.jobs.capacity() < QUEUE / 2;
+    pub fn begin(
+        self: &Arc<Self>,
+        call: CallRef,
+        retention_days: Option<u32>,
+    ) -> Option<Recording> {
+        let busy =
+            self.open.load(Ordering::Relaxed) >= self.max_open || self.jobs.capacity() < QUEUE / 2;
         if busy || !safe_id(&call.call_id) {
             self.metrics.results.with_label_values(&["shed"]).inc();
             tracing::warn!(call_id = %call.call_id, "recording shed: recorder overloaded");
@@ -259,7 +263,9 @@ impl Recorder {
                     self.metrics.spooled.inc();
                     self.clone().spawn_upload(side);
                 }
-                None => tracing::warn!(path = %p.display(), "unreadable recording sidecar left in the spool"),
+                None => {
+                    tracing::warn!(path = %p.display(), "unreadable recording sidecar left in the spool")
+                }
             }
         }
     }
@@ -427,7 +433,10 @@ impl Drop for Recording {
             // without a sidecar.
             self.recorder.open.fetch_sub(1, Ordering::Relaxed);
             let (done, _) = oneshot::channel();
-            let _ = self.recorder.jobs.try_send(Job::Close { id: self.id, done });
+            let _ = self
+                .recorder
+                .jobs
+                .try_send(Job::Close { id: self.id, done });
         }
     }
 }
@@ -523,9 +532,5 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         }
         hash.update(&buf[..n]);
     }
-    Ok(hash
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

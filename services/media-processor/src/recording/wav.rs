@@ -98,8 +98,14 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(bytes.len() as u64, len);
         assert_eq!(&bytes[0..4], b"RIFF");
-        assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().unwrap()), 36 + 32_000);
-        assert_eq!(u32::from_le_bytes(bytes[40..44].try_into().unwrap()), 32_000);
+        assert_eq!(
+            u32::from_le_bytes(bytes[4..8].try_into().unwrap()),
+            36 + 32_000
+        );
+        assert_eq!(
+            u32::from_le_bytes(bytes[40..44].try_into().unwrap()),
+            32_000
+        );
         assert_eq!(u16::from_le_bytes(bytes[22..24].try_into().unwrap()), 2);
         assert_eq!(u32::from_le_bytes(bytes[24..28].try_into().unwrap()), 8_000);
         let back: Vec<i16> = bytes[44..]

@@ -126,14 +126,17 @@ mod tests {
         let mut r = BatchReceiver::new(&rx).unwrap();
         assert_eq!(r.recv(&rx), 0, "nothing queued: no wait, nothing read");
         let to = rx.local_addr().unwrap();
+        let now_us = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros() as u64
+        };
+        let sent_at = now_us();
         for i in 0..(BATCH + 3) {
             tx.send_to(&vec![i as u8; 10 + i], to).unwrap();
         }
         tx.send_to(&[0u8; 3_000], to).unwrap();
-        let before = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_micros() as u64;
         std::thread::sleep(std::time::Duration::from_millis(20));
         let mut seen = Vec::new();
         loop {
@@ -144,8 +147,13 @@ mod tests {
             for i in 0..n {
                 let (d, bytes) = r.get(i);
                 assert_eq!(d.from, Some(tx.local_addr().unwrap()));
+                // The kernel's arrival time (or, while the kernel is still
+                // switching timestamps on, the time of the read).
                 let at = d.arrival_unix_us.expect("kernel timestamp");
-                assert!(at <= before + 1_000 && at + 5_000_000 > before, "arrival {at} near {before}");
+                assert!(
+                    at + 1_000 >= sent_at && at <= now_us(),
+                    "arrival {at} after the send at {sent_at}"
+                );
                 seen.push(bytes.to_vec());
             }
         }
@@ -153,6 +161,10 @@ mod tests {
         for (i, s) in seen.iter().take(BATCH + 3).enumerate() {
             assert_eq!(s, &vec![i as u8; 10 + i]);
         }
-        assert_eq!(seen.last().unwrap().len(), DATAGRAM, "an oversized one is cut");
+        assert_eq!(
+            seen.last().unwrap().len(),
+            DATAGRAM,
+            "an oversized one is cut"
+        );
     }
 }

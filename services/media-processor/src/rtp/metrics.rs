@@ -61,17 +61,18 @@ impl MediaMetrics {
         }
         Ok(Self {
             mos: Histogram::with_opts(
-                HistogramOpts::new("dialstack_call_mos", "E-model MOS estimate per answered call")
-                    .buckets(vec![1.0, 2.0, 2.6, 3.1, 3.6, 3.8, 4.0, 4.2, 4.3, 4.4, 4.5]),
+                HistogramOpts::new(
+                    "dialstack_call_mos",
+                    "E-model MOS estimate per answered call",
+                )
+                .buckets(vec![1.0, 2.0, 2.6, 3.1, 3.6, 3.8, 4.0, 4.2, 4.3, 4.4, 4.5]),
             )?,
             jitter: Histogram::with_opts(
                 HistogramOpts::new(
                     "dialstack_rtp_jitter_seconds",
                     "RFC 3550 interarrival jitter of the incoming stream, mean per call",
                 )
-                .buckets(vec![
-                    0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2,
-                ]),
+                .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2]),
             )?,
             playout_delay: Histogram::with_opts(
                 HistogramOpts::new(

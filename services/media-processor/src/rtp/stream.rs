@@ -106,8 +106,12 @@ impl DelayHistogram {
     }
 }
 
-/// RTCP report interval (RFC 3550 minimum for a two-party session).
-const RTCP_EVERY: Duration = Duration::from_secs(5);
+/// RTCP report interval in 20 ms ticks: 5 s (RFC 3550's minimum for a
+/// two-party session).
+const RTCP_TICKS: u64 = 250;
+/// RTCP that arrived is read every 500 ms (its arrival time comes from the
+/// kernel, so the RTT does not depend on when it is read).
+const RTCP_READ_TICKS: u64 = 25;
 
 fn unix_us() -> u64 {
     SystemTime::now()
@@ -169,7 +173,7 @@ impl Flushed {
 /// re-negotiations (re-INVITE, hold).
 pub async fn run_stream(
     sock: UdpSocket,
-    rtcp_sock: Option<Arc<UdpSocket>>,
+    rtcp_sock: Option<UdpSocket>,
     mut media: watch::Receiver<RemoteMedia>,
     ctx: Arc<MediaContext>,
     mut recording: Option<Recording>,
@@ -204,9 +208,11 @@ pub async fn run_stream(
     // per tick for all of them rather than at scattered instants.
     let mut tick = tokio::time::interval_at(next_grid_tick(), Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut rtcp_tick = tokio::time::interval_at(tokio::time::Instant::now() + RTCP_EVERY, RTCP_EVERY);
-    rtcp_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut rtcp_buf = [0u8; 1500];
+    let mut rtcp_io = rtcp_sock.and_then(|s| {
+        let s = s.into_std().ok()?;
+        let r = BatchReceiver::new(&s).ok()?;
+        Some((s, r))
+    });
     let mut out = [0u8; RTP_PACKET_LEN];
     let mut heard = [0i16; 160];
     let silence = [0i16; 160];
@@ -216,105 +222,115 @@ pub async fn run_stream(
     let mut remote_ssrc: Option<u32> = None;
     let mut audio_started = false;
     let mut delays = DelayHistogram([0; 201]);
+    let mut ticks: u64 = 0;
+    // One wake-up per 20 ms and nothing else: hang-ups and re-negotiations
+    // are looked at on each tick (an atomic load each, no waiter to
+    // register), RTCP is read every 5 s with kernel arrival times.
     loop {
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            changed = media.changed() => {
-                if changed.is_err() {
-                    break;
-                }
+        tick.tick().await;
+        if stop.is_cancelled() {
+            break;
+        }
+        match media.has_changed() {
+            Err(_) => break,
+            Ok(true) => {
                 current = *media.borrow_and_update();
                 gate.renegotiate(current.addr, pts(&current));
                 tone.restart_talkspurt();
             }
-            _ = tick.tick() => {
-                // Everything that arrived since the last tick, each packet
-                // at its kernel arrival time.
-                loop {
-                    let n = reader.recv(&sock);
-                    for i in 0..n {
-                        let (d, pkt) = reader.get(i);
-                        let Some(from) = d.from else { continue };
-                        let at = d.arrival_unix_us.map_or_else(|| us(Instant::now()), |a| a.saturating_sub(unix0));
-                        match gate.admit(pkt, from, Instant::now()) {
-                            Ok(h) => {
-                                report.received += 1;
-                                if h.payload_type == current.payload_type {
-                                    if let (Some(codec), Some(body)) = (Codec::from_payload_type(h.payload_type), payload(pkt, &h)) {
-                                        remote_ssrc = Some(h.ssrc);
-                                        rx_stats.on_packet(h.sequence_number, h.timestamp, h.ssrc, at);
-                                        jb.push(h.sequence_number, h.timestamp, h.ssrc, codec, body, h.marker, at);
-                                    }
-                                }
+            Ok(false) => {}
+        }
+        // Everything that arrived since the last tick, each packet at its
+        // kernel arrival time.
+        loop {
+            let n = reader.recv(&sock);
+            for i in 0..n {
+                let (d, pkt) = reader.get(i);
+                let Some(from) = d.from else { continue };
+                let at = d
+                    .arrival_unix_us
+                    .map_or_else(|| us(Instant::now()), |a| a.saturating_sub(unix0));
+                match gate.admit(pkt, from, Instant::now()) {
+                    Ok(h) => {
+                        report.received += 1;
+                        if h.payload_type == current.payload_type {
+                            if let (Some(codec), Some(body)) =
+                                (Codec::from_payload_type(h.payload_type), payload(pkt, &h))
+                            {
+                                remote_ssrc = Some(h.ssrc);
+                                rx_stats.on_packet(h.sequence_number, h.timestamp, h.ssrc, at);
+                                jb.push(
+                                    h.sequence_number,
+                                    h.timestamp,
+                                    h.ssrc,
+                                    codec,
+                                    body,
+                                    h.marker,
+                                    at,
+                                );
                             }
-                            Err(Verdict::WrongSource) => report.wrong_source += 1,
-                            Err(Verdict::WrongSsrc) => report.wrong_ssrc += 1,
-                            Err(_) => report.malformed += 1,
                         }
                     }
-                    if n < BATCH {
-                        break;
-                    }
-                }
-                let now = Instant::now();
-                let kind = jb.pop(us(now), &mut heard);
-                if matches!(kind, FrameKind::Audio) {
-                    audio_started = true;
-                }
-                if audio_started && !matches!(kind, FrameKind::Silence) {
-                    loss.record(matches!(kind, FrameKind::Concealed));
-                    delays.add(jb.stats().current_delay_ms);
-                    report.frames_played += 1;
-                }
-                // The clock advances on hold too; nothing is sent then.
-                let sending = current.sending_allowed();
-                let sent_pcm = tone.write_packet(current.payload_type, sending, &mut out);
-                if sending {
-                    let to = gate.send_to(current.addr);
-                    if sock.send_to(&out, to).is_ok() {
-                        report.sent += 1;
-                        rtcp.on_sent(tone.last_timestamp(), RTP_PACKET_LEN - 12);
-                    }
-                }
-                if let Some(rec) = recording.as_mut() {
-                    rec.push(&heard, if sending { sent_pcm } else { &silence });
+                    Err(Verdict::WrongSource) => report.wrong_source += 1,
+                    Err(Verdict::WrongSsrc) => report.wrong_ssrc += 1,
+                    Err(_) => report.malformed += 1,
                 }
             }
-            _ = rtcp_tick.tick() => {
-                flushed.flush(jb.stats(), &ctx.metrics);
-                if let Some(rs) = &rtcp_sock {
-                    let to = SocketAddr::new(gate.send_to(current.addr).ip(), current.addr.port().wrapping_add(1));
-                    if current.sending_allowed() || remote_ssrc.is_some() {
-                        let pkt = rtcp.build_report(unix_us(), tone.last_timestamp(), remote_ssrc.map(|_| &mut rx_stats), remote_ssrc);
-                        if rs.send_to(&pkt, to).await.is_ok() {
-                            ctx.metrics.rtcp.with_label_values(&["sent", "ok"]).inc();
-                        }
-                    }
-                }
+            if n < BATCH {
+                break;
             }
-            r = recv(rtcp_sock.as_deref(), &mut rtcp_buf) => {
-                let Ok((n, from)) = r else { continue };
-                // Only the peer's RTCP address may report on the call (a
-                // stranger's forged report would skew the RTT or wipe the
-                // peer's last SR): RTP port + 1 of the negotiated address,
-                // or, when latching to a NATed peer, its latched IP.
-                let peer = if ctx.latch {
-                    gate.source.map(|s| s.ip()) == Some(from.ip())
-                } else {
-                    from == SocketAddr::new(current.addr.ip(), current.addr.port().wrapping_add(1))
-                };
-                let result = if !peer {
-                    "foreign"
-                } else if rtcp.on_receive(&rtcp_buf[..n], unix_us()).is_ok() {
-                    "ok"
-                } else {
-                    "malformed"
-                };
-                ctx.metrics.rtcp.with_label_values(&["received", result]).inc();
+        }
+        let now = Instant::now();
+        let kind = jb.pop(us(now), &mut heard);
+        if matches!(kind, FrameKind::Audio) {
+            audio_started = true;
+        }
+        if audio_started && !matches!(kind, FrameKind::Silence) {
+            loss.record(matches!(kind, FrameKind::Concealed));
+            delays.add(jb.stats().current_delay_ms);
+            report.frames_played += 1;
+        }
+        // The clock advances on hold too; nothing is sent then.
+        let sending = current.sending_allowed();
+        let sent_pcm = tone.write_packet(current.payload_type, sending, &mut out);
+        if sending {
+            let to = gate.send_to(current.addr);
+            if sock.send_to(&out, to).is_ok() {
+                report.sent += 1;
+                rtcp.on_sent(tone.last_timestamp(), RTP_PACKET_LEN - 12);
+            }
+        }
+        if let Some(rec) = recording.as_mut() {
+            rec.push(&heard, if sending { sent_pcm } else { &silence });
+        }
+        ticks += 1;
+        if ticks % RTCP_READ_TICKS == 0 {
+            read_rtcp(&mut rtcp_io, &mut rtcp, &gate, &current, &ctx);
+        }
+        if ticks % RTCP_TICKS != 0 {
+            continue;
+        }
+        flushed.flush(jb.stats(), &ctx.metrics);
+        let Some((rs, _)) = rtcp_io.as_mut() else {
+            continue;
+        };
+        if current.sending_allowed() || remote_ssrc.is_some() {
+            let to = SocketAddr::new(
+                gate.send_to(current.addr).ip(),
+                current.addr.port().wrapping_add(1),
+            );
+            let pkt = rtcp.build_report(
+                unix_us(),
+                tone.last_timestamp(),
+                remote_ssrc.map(|_| &mut rx_stats),
+                remote_ssrc,
+            );
+            if rs.send_to(&pkt, to).is_ok() {
+                ctx.metrics.rtcp.with_label_values(&["sent", "ok"]).inc();
             }
         }
     }
+    read_rtcp(&mut rtcp_io, &mut rtcp, &gate, &current, &ctx);
     flushed.flush(jb.stats(), &ctx.metrics);
     if let Some(rec) = recording.take() {
         rec.finish().await;
@@ -325,7 +341,9 @@ pub async fn run_stream(
     if let Some(q) = &report.quality {
         ctx.metrics.mos.observe(q.mos);
         ctx.metrics.jitter.observe(q.jitter_ms_mean / 1_000.0);
-        ctx.metrics.playout_delay.observe(q.jitter_buffer_ms / 1_000.0);
+        ctx.metrics
+            .playout_delay
+            .observe(q.jitter_buffer_ms / 1_000.0);
         ctx.metrics
             .target_delay
             .observe(f64::from(jb.stats().target_delay_ms) / 1_000.0);
@@ -342,11 +360,45 @@ fn next_grid_tick() -> tokio::time::Instant {
     epoch + Duration::from_micros((since / 20_000 + 1) * 20_000)
 }
 
-/// Waits for an RTCP datagram, or forever when there is no RTCP socket.
-async fn recv(sock: Option<&UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
-    match sock {
-        Some(s) => s.recv_from(buf).await,
-        None => std::future::pending().await,
+/// Reads the RTCP that arrived (each report at its kernel arrival time) and
+/// counts it: only the peer's RTCP address may report on the call (a
+/// stranger's forged report would skew the RTT or wipe the peer's last SR):
+/// RTP port + 1 of the negotiated address, or, when latching to a NATed
+/// peer, its latched IP.
+fn read_rtcp(
+    io: &mut Option<(std::net::UdpSocket, BatchReceiver)>,
+    rtcp: &mut RtcpSession,
+    gate: &StreamGate,
+    current: &RemoteMedia,
+    ctx: &MediaContext,
+) {
+    let Some((rs, rr)) = io.as_mut() else { return };
+    loop {
+        let n = rr.recv(rs);
+        for i in 0..n {
+            let (d, pkt) = rr.get(i);
+            let Some(from) = d.from else { continue };
+            let peer = if ctx.latch {
+                gate.source.map(|s| s.ip()) == Some(from.ip())
+            } else {
+                from == SocketAddr::new(current.addr.ip(), current.addr.port().wrapping_add(1))
+            };
+            let at = d.arrival_unix_us.unwrap_or_else(unix_us);
+            let result = if !peer {
+                "foreign"
+            } else if rtcp.on_receive(pkt, at).is_ok() {
+                "ok"
+            } else {
+                "malformed"
+            };
+            ctx.metrics
+                .rtcp
+                .with_label_values(&["received", result])
+                .inc();
+        }
+        if n < BATCH {
+            break;
+        }
     }
 }
 
