@@ -36,6 +36,7 @@ pub fn header(data_len: u32) -> [u8; 44] {
 /// An open recording.
 pub struct WavWriter {
     out: BufWriter<File>,
+    bytes: Vec<u8>,
     /// Stereo sample frames written.
     pub frames: u64,
 }
@@ -43,20 +44,20 @@ pub struct WavWriter {
 impl WavWriter {
     /// Creates `path` with a provisional header.
     pub fn create(path: &Path) -> std::io::Result<Self> {
-        let mut out = BufWriter::with_capacity(32 * 1024, File::create(path)?);
+        let mut out = BufWriter::with_capacity(128 * 1024, File::create(path)?);
         out.write_all(&header(0))?;
-        Ok(Self { out, frames: 0 })
+        Ok(Self {
+            out,
+            bytes: Vec::new(),
+            frames: 0,
+        })
     }
 
     /// Appends interleaved stereo samples (left, right, left, ...).
     pub fn write_interleaved(&mut self, samples: &[i16]) -> std::io::Result<()> {
-        let mut bytes = [0u8; 1024];
-        for chunk in samples.chunks(bytes.len() / 2) {
-            for (i, s) in chunk.iter().enumerate() {
-                bytes[2 * i..2 * i + 2].copy_from_slice(&s.to_le_bytes());
-            }
-            self.out.write_all(&bytes[..chunk.len() * 2])?;
-        }
+        self.bytes.clear();
+        self.bytes.extend(samples.iter().flat_map(|s| s.to_le_bytes()));
+        self.out.write_all(&self.bytes)?;
         self.frames += (samples.len() / 2) as u64;
         Ok(())
     }
