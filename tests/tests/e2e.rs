@@ -487,7 +487,10 @@ async fn a_missing_required_variable_stops_the_daemon_naming_it() {
                 ("DIALSTACK_COMMANDS_URL", "memory://"),
                 ("DIALSTACK_JWKS_URL", "http://127.0.0.1:1/jwks"),
                 ("DIALSTACK_SIP_TRUNK", "sim://"),
-                ("DIALSTACK_RECORDINGS_URL", "ftp://recordings.example.net/calls"),
+                (
+                    "DIALSTACK_RECORDINGS_URL",
+                    "ftp://recordings.example.net/calls",
+                ),
             ],
             "DIALSTACK_RECORDINGS_URL",
         ),
@@ -519,12 +522,10 @@ async fn a_missing_required_variable_stops_the_daemon_naming_it() {
 
 /// Panels whose metric no service emits yet, each with the reason. A panel
 /// leaves this list as soon as its metric exists (the test fails to say so).
-const PANELS_WITHOUT_DATA_YET: &[(&str, &str)] = &[
-    (
-        "Abandon ratio per campaign",
-        "dialstack_campaign_abandon_ratio comes with predictive pacing",
-    ),
-];
+const PANELS_WITHOUT_DATA_YET: &[(&str, &str)] = &[(
+    "Abandon ratio per campaign",
+    "dialstack_campaign_abandon_ratio comes with predictive pacing",
+)];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {

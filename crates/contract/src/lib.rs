@@ -371,7 +371,10 @@ impl RecordingReady {
         if !(self.url.starts_with("file:///") || self.url.starts_with("s3://"))
             || self.url.len() > 1024
         {
-            return Err(bad("url", "must be file:///... or s3://... (at most 1024 bytes)"));
+            return Err(bad(
+                "url",
+                "must be file:///... or s3://... (at most 1024 bytes)",
+            ));
         }
         if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad("sha256", "must be 64 hex digits"));

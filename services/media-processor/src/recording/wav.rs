@@ -56,7 +56,8 @@ impl WavWriter {
     /// Appends interleaved stereo samples (left, right, left, ...).
     pub fn write_interleaved(&mut self, samples: &[i16]) -> std::io::Result<()> {
         self.bytes.clear();
-        self.bytes.extend(samples.iter().flat_map(|s| s.to_le_bytes()));
+        self.bytes
+            .extend(samples.iter().flat_map(|s| s.to_le_bytes()));
         self.out.write_all(&self.bytes)?;
         self.frames += (samples.len() / 2) as u64;
         Ok(())
