@@ -10,6 +10,8 @@
 //! Calls start at R a second (default 200); once all N are answered the
 //! steady window of S seconds is measured; then every call ends.
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,30 +26,7 @@ use media_processor::rtp::PortPool;
 use media_processor::sip::{SipMetrics, SipTransport};
 use tokio_util::sync::CancellationToken;
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
-/// This process's user + system CPU seconds (Linux `/proc/self/stat`).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
+use common::{arg, cpu_seconds, rss_kib};
 
 /// `Udp: ... RcvbufErrors` of `/proc/net/snmp` (every socket of the host).
 fn rcvbuf_errors() -> u64 {
@@ -221,7 +200,7 @@ async fn main() {
             }
             sent += r.rtp_sent;
             received += r.rtp_received;
-            if let Some(q) = r.quality {
+            if let Some(q) = r.quality() {
                 lost += q.packets_lost;
                 late += q.packets_late;
                 expected += q.packets_received - q.packets_duplicated + q.packets_lost;

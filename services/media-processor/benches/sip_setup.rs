@@ -13,6 +13,8 @@
 //! engine shows up as a lower achieved rate and longer set-up times, not as
 //! a politely slower load), then the run waits for every call to end.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,36 +24,7 @@ use media_processor::rtp::PortPool;
 use media_processor::sip::{SipMetrics, SipTransport};
 use tokio_util::sync::CancellationToken;
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
-/// This process's user + system CPU seconds (Linux `/proc/self/stat`).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses).
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat: 12 and 13 after ')'.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn rss_kib() -> u64 {
-    status_kib("VmRSS:")
-}
+use common::{arg, cpu_seconds, rss_kib, status_kib};
 
 fn peak_rss_kib() -> u64 {
     status_kib("VmHWM:")

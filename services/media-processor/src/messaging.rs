@@ -333,7 +333,7 @@ async fn run_call(
         rtp_sent: report.rtp_sent,
         rtp_received: report.rtp_received,
         agent_id: None,
-        quality: report.quality,
+        quality: report.quality().cloned(),
     };
     emit(&repo, &relay, &CallEvent::Completed(done)).await;
 }

@@ -145,8 +145,7 @@ fn media(report: &Report) -> &StreamReport {
 
 fn quality(report: &Report) -> &Quality {
     report
-        .quality
-        .as_ref()
+        .quality()
         .unwrap_or_else(|| panic!("audio arrived, so quality is known: {report:?}"))
 }
 
@@ -580,7 +579,7 @@ async fn no_audio_is_sent_while_held() {
         report.talk_ms
     );
     assert!(held >= Duration::from_millis(900), "{held:?}");
-    assert_eq!(report.quality, None, "the held callee sent no audio");
+    assert_eq!(report.quality(), None, "the held callee sent no audio");
     assert_eq!(
         (m.received, m.malformed, m.wrong_source),
         (0, 0, 0),

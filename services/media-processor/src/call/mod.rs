@@ -159,8 +159,6 @@ pub struct Report {
     pub rtp_received: u64,
     /// RTP packets dropped (wrong source or SSRC, not RTP).
     pub rtp_dropped: u64,
-    /// Quality of the incoming audio (answered calls that received audio).
-    pub quality: Option<dialstack_contract::Quality>,
     /// Everything the media loop counted (answered calls).
     pub media: Option<crate::rtp::stream::StreamReport>,
 }
@@ -181,9 +179,13 @@ impl Report {
             rtp_sent: 0,
             rtp_received: 0,
             rtp_dropped: 0,
-            quality: None,
             media: None,
         }
+    }
+
+    /// Quality of the incoming audio (answered calls that received audio).
+    pub fn quality(&self) -> Option<&dialstack_contract::Quality> {
+        self.media.as_ref()?.quality.as_ref()
     }
 }
 

@@ -228,7 +228,6 @@ pub async fn run(
         rtp_sent: stats.sent,
         rtp_received: stats.received,
         rtp_dropped: dropped,
-        quality: stats.quality.clone(),
         media: Some(stats),
     }
 }

@@ -14,19 +14,19 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use webrtc_util::marshal::Unmarshal;
 
-pub use dialstack_media::g711::{linear_to_alaw, linear_to_ulaw};
+use dialstack_media::g711::{linear_to_alaw, linear_to_ulaw};
 
 /// Samples per 20 ms packet at 8 kHz.
 pub const SAMPLES_PER_PACKET: usize = 160;
 
 /// One 20 ms packet of a 425 Hz tone (the European ring-back pitch) at a low
 /// level, encoded for `payload_type` (0 µ-law, 8 A-law), starting at sample `n`.
-pub fn tone_payload(payload_type: u8, n: u64) -> Bytes {
+#[cfg(test)]
+pub fn tone_payload(payload_type: u8, n: u64) -> bytes::Bytes {
     let mut out = Vec::with_capacity(SAMPLES_PER_PACKET);
     for i in 0..SAMPLES_PER_PACKET as u64 {
         let v = tone_sample(n + i);
@@ -36,7 +36,7 @@ pub fn tone_payload(payload_type: u8, n: u64) -> Bytes {
             linear_to_ulaw(v)
         });
     }
-    Bytes::from(out)
+    bytes::Bytes::from(out)
 }
 
 /// Bytes of one G.711 20 ms RTP packet: 12 of header, 160 of audio.
@@ -339,7 +339,9 @@ impl ToneStream {
 
     /// Advances one 20 ms frame and returns its packet; `sending` false
     /// (on hold) advances the clock without a packet to mark, and the next
-    /// packet sent carries the marker bit (a talkspurt begins).
+    /// packet sent carries the marker bit (a talkspurt begins). The
+    /// reference that [`Self::write_packet`] is tested against.
+    #[cfg(test)]
     pub fn next_packet(&mut self, payload_type: u8, sending: bool) -> rtp::packet::Packet {
         let pkt = rtp::packet::Packet {
             header: rtp::header::Header {
@@ -358,7 +360,7 @@ impl ToneStream {
         pkt
     }
 
-    /// Advances one 20 ms frame like [`Self::next_packet`], writing the
+    /// Advances one 20 ms frame (the clock always, the sequence number only when `sending`), writing the
     /// packet into `out` without allocating; returns the frame as the far
     /// end decodes it.
     pub fn write_packet(
@@ -461,16 +463,12 @@ mod tests {
         }
     }
 
+    // The G.711 reference points are tested in dialstack-media, where the
+    // codec lives.
     #[test]
-    fn g711_reference_points() {
-        assert_eq!(linear_to_ulaw(0), 0xFF);
-        assert_eq!(linear_to_ulaw(-1), 0x7F);
-        assert_eq!(linear_to_ulaw(32_767), 0x80);
-        assert_eq!(linear_to_ulaw(-32_768), 0x00);
-        assert_eq!(linear_to_alaw(0), 0xD5);
-        assert_eq!(linear_to_alaw(-1), 0x55);
-        assert_eq!(linear_to_alaw(32_767), 0xAA);
+    fn tone_payloads_are_one_frame() {
         assert_eq!(tone_payload(0, 0).len(), SAMPLES_PER_PACKET);
+        assert_eq!(tone_payload(8, 160).len(), SAMPLES_PER_PACKET);
     }
 
     #[test]

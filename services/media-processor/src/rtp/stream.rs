@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dialstack_contract::Quality;
 use dialstack_media::g711::Codec;
 use dialstack_media::jitter::{FrameKind, JitterBuffer, JitterConfig, JitterStats};
-use dialstack_media::quality::{LossPattern, ReceiverStats};
+use dialstack_media::quality::{LossPattern, QualityInputs, ReceiverStats};
 use dialstack_media::rtcp::RtcpSession;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -418,14 +418,15 @@ pub fn quality(
     } else {
         jb.delay_ms_sum as f64 / jb.played_frames as f64
     };
-    let expected = (jb.received - jb.duplicates.min(jb.received)) + jb.lost;
-    let ppl = if expected == 0 {
-        0.0
-    } else {
-        100.0 * (jb.lost + jb.late) as f64 / expected as f64
-    };
-    let one_way = jitter_buffer_ms + rtt_ms.unwrap_or(0.0) / 2.0 + 20.0;
-    let r = dialstack_media::quality::r_factor(ppl, loss.burst_ratio(), one_way, true);
+    let summary = dialstack_media::quality::summarize(&QualityInputs {
+        expected: (jb.received - jb.duplicates.min(jb.received)) + jb.lost,
+        lost: jb.lost,
+        late: jb.late,
+        burst_ratio: loss.burst_ratio(),
+        jitter_buffer_delay_ms: jitter_buffer_ms,
+        rtt_ms,
+        plc: true,
+    })?;
     Some(Quality {
         packets_received: jb.received,
         packets_lost: jb.lost,
@@ -436,7 +437,7 @@ pub fn quality(
         jitter_buffer_ms,
         concealed_ms: jb.concealed_frames * 20,
         rtt_ms,
-        r_factor: r,
-        mos: dialstack_media::quality::mos_from_r(r),
+        r_factor: summary.r_factor,
+        mos: summary.mos,
     })
 }
