@@ -143,12 +143,18 @@ impl PortPool {
 
     /// Binds an RTP socket on an even port and its RTCP socket on the next
     /// port (RFC 3550 §11); a pair with either half in use is skipped.
+    ///
+    /// With ephemeral ports (`0`, for tests and `dialstack up
+    /// --ephemeral-ports`) both are ephemeral: claiming RTP + 1 there could
+    /// take a port another program was just told is free, and a peer's
+    /// reports to RTP + 1 are then not received.
     pub async fn bind_pair(&self, ip: IpAddr) -> std::io::Result<(UdpSocket, UdpSocket)> {
-        let tries = if self.lo == 0 {
-            32
-        } else {
-            (self.hi - self.lo) / 2 + 1
-        };
+        if self.lo == 0 {
+            let rtp = self.bind(ip).await?;
+            let rtcp = self.bind(ip).await?;
+            return Ok((rtp, rtcp));
+        }
+        let tries = (self.hi - self.lo) / 2 + 1;
         for _ in 0..tries {
             let rtp = self.bind(ip).await?;
             let port = rtp.local_addr()?.port();
