@@ -37,6 +37,8 @@ pub async fn start_campaign_paced(
             "max_cps": max_cps,
             "talk_time_ms": talk_ms,
             "contacts": contacts(n),
+            // Every hour: tests run at any time of day.
+            "calling_hours": {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "00:00", "end": "24:00"},
         }))
         .send()
         .await

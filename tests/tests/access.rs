@@ -777,7 +777,7 @@ async fn agents_and_supervisors_read_only_their_own_calls_and_leads() {
         let campaigns_url = format!("{}/v1/campaigns", scheduler.url);
         let new_campaign = |team: &str| {
             json!({"name": "access", "caller_id": "+14155550100", "max_concurrent": 1, "max_cps": 1.0,
-                   "team": team,
+                   "team": team, "calling_hours": {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "00:00", "end": "24:00"},
                    "contacts": [{"phone": "+14155550101", "agent_id": alice}, {"phone": "+14155550102", "agent_id": bob}, "+14155550103"]})
         };
         let (status, b) = call(

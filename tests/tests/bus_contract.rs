@@ -8,7 +8,10 @@
 //!   zero once it is consumed;
 //! - the outbox relay marks rows sent only once the broker confirmed them:
 //!   broker down → rows stay pending → broker back → all delivered, and the
-//!   inbox lets none be processed twice.
+//!   inbox lets none be processed twice;
+//! - a batch consumer gets what waits in batches no larger than asked, and
+//!   each message of a batch is acknowledged, dead-lettered or redelivered
+//!   on its own answer; a batch not answered is delivered again.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dialstack_common::bus::{
-    Channel, Delivery, HandleError, Handler, OutMessage, Subscription, EVENTS,
+    BatchHandler, Channel, Delivery, HandleError, Handler, OutMessage, Subscription, EVENTS,
 };
 use dialstack_common::db::{inbox_claim, outbox_enqueue, Db, OutboxRelay};
 use dialstack_common::events::CloudEvent;
@@ -572,6 +575,201 @@ async fn backlog_counts_what_waits_rabbitmq() {
 #[tokio::test]
 async fn backlog_counts_what_waits_kafka() {
     backlog_counts_what_waits(Kind::Kafka).await;
+}
+
+/// A batch handler answering per message as [`Recorder`] does, and noting
+/// the size of every batch.
+#[derive(Default)]
+struct BatchRecorder {
+    inner: Recorder,
+    sizes: Mutex<Vec<usize>>,
+}
+
+#[async_trait::async_trait]
+impl BatchHandler for BatchRecorder {
+    async fn handle_batch(&self, batch: &[Delivery]) -> Vec<Result<(), HandleError>> {
+        self.sizes.lock().unwrap().push(batch.len());
+        let mut out = Vec::new();
+        for d in batch {
+            out.push(self.inner.handle(d).await);
+        }
+        out
+    }
+}
+
+/// Takes the first batch and never answers.
+struct StuckBatch {
+    got: tokio::sync::mpsc::UnboundedSender<usize>,
+}
+
+#[async_trait::async_trait]
+impl BatchHandler for StuckBatch {
+    async fn handle_batch(&self, batch: &[Delivery]) -> Vec<Result<(), HandleError>> {
+        let _ = self.got.send(batch.len());
+        std::future::pending::<()>().await;
+        Vec::new()
+    }
+}
+
+fn spawn_batch_consumer(
+    ch: &Channel,
+    s: Subscription,
+    h: Arc<dyn BatchHandler>,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let token = CancellationToken::new();
+    let ch = ch.clone();
+    let t = token.clone();
+    let handle = tokio::spawn(async move {
+        ch.consume_batch(s, h, t).await.expect("consume");
+    });
+    (token, handle)
+}
+
+async fn batches_are_answered_per_message(kind: Kind) {
+    let ns = unique("bt");
+    let ch = Channel::connect(&url(kind, &ns), EVENTS)
+        .await
+        .expect("connect");
+    let s = sub("consumer").with_concurrency(1).with_batch(8);
+    ch.prepare(&s).await.expect("prepare");
+    // Everything waits before the consumer starts, so batches fill up.
+    let good = 30;
+    for i in 0..good {
+        ch.publish(&msg(i, &format!("good-{i}"))).await.unwrap();
+        if i == 3 {
+            ch.publish(&msg(100, "poison")).await.unwrap();
+        }
+        if i == 5 {
+            ch.publish(&msg(101, "flaky")).await.unwrap();
+        }
+    }
+    let rec = Arc::new(BatchRecorder::default());
+    let (stop, handle) = spawn_batch_consumer(&ch, s, rec.clone());
+    eventually(
+        &format!("{kind:?}: every good message applied"),
+        Duration::from_secs(30),
+        || async {
+            if rec.inner.count() >= good {
+                Ok(())
+            } else {
+                Err(format!("{} so far", rec.inner.count()))
+            }
+        },
+    )
+    .await;
+    let dead = eventually(
+        &format!("{kind:?}: the poison and the flaky one dead-lettered"),
+        Duration::from_secs(60),
+        || {
+            let ch = ch.clone();
+            async move {
+                let dead = ch
+                    .dead_letters("consumer", 10)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let bodies: Vec<String> = dead
+                    .iter()
+                    .map(|d| String::from_utf8_lossy(&d.payload).into_owned())
+                    .collect();
+                if bodies.contains(&"poison".to_owned()) && bodies.contains(&"flaky".to_owned()) {
+                    Ok(bodies)
+                } else {
+                    Err(format!("dead so far: {bodies:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        dead.len(),
+        2,
+        "{kind:?}: only the bad ones are dead: {dead:?}"
+    );
+    assert_eq!(
+        rec.inner.count(),
+        good,
+        "{kind:?}: the good messages of a batch with bad ones are acknowledged once"
+    );
+    let sizes = rec.sizes.lock().unwrap().clone();
+    assert!(
+        sizes.iter().all(|n| (1..=8).contains(n)),
+        "{kind:?}: {sizes:?}"
+    );
+    assert!(
+        sizes.iter().any(|n| *n > 1),
+        "{kind:?}: waiting messages come in batches: {sizes:?}"
+    );
+    stop.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn batches_are_answered_per_message_memory() {
+    batches_are_answered_per_message(Kind::Memory).await;
+}
+#[tokio::test]
+async fn batches_are_answered_per_message_rabbitmq() {
+    batches_are_answered_per_message(Kind::Amqp).await;
+}
+#[tokio::test]
+async fn batches_are_answered_per_message_kafka() {
+    batches_are_answered_per_message(Kind::Kafka).await;
+}
+
+async fn unanswered_batch_is_redelivered(kind: Kind) {
+    let ns = unique("bu");
+    let ch = Channel::connect(&url(kind, &ns), EVENTS)
+        .await
+        .expect("connect");
+    let s = sub("consumer").with_concurrency(1).with_batch(16);
+    ch.prepare(&s).await.expect("prepare");
+    let n = 6;
+    for i in 0..n {
+        ch.publish(&msg(i, &format!("m-{i}"))).await.unwrap();
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (stop, handle) = spawn_batch_consumer(&ch, s.clone(), Arc::new(StuckBatch { got: tx }));
+    let first = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("first batch")
+        .expect("size");
+    assert!(first >= 1);
+    // The consumer dies with the batch unanswered.
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), handle)
+        .await
+        .expect("consumer stops")
+        .unwrap();
+    let rec = Arc::new(BatchRecorder::default());
+    let (stop, handle) = spawn_batch_consumer(&ch, s, rec.clone());
+    eventually(
+        &format!("{kind:?}: the whole batch delivered again"),
+        Duration::from_secs(60),
+        || async {
+            if rec.inner.set().len() == n {
+                Ok(())
+            } else {
+                Err(format!("{:?}", rec.inner.set()))
+            }
+        },
+    )
+    .await;
+    stop.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn unanswered_batch_is_redelivered_memory() {
+    unanswered_batch_is_redelivered(Kind::Memory).await;
+}
+#[tokio::test]
+async fn unanswered_batch_is_redelivered_rabbitmq() {
+    unanswered_batch_is_redelivered(Kind::Amqp).await;
+}
+#[tokio::test]
+async fn unanswered_batch_is_redelivered_kafka() {
+    unanswered_batch_is_redelivered(Kind::Kafka).await;
 }
 
 #[tokio::test]

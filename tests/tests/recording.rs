@@ -71,6 +71,7 @@ async fn record_one_call(test: &str, media_env: Vec<(String, String)>) {
             "max_cps": 1.0,
             "talk_time_ms": talk_ms,
             "record": true,
+            "calling_hours": {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "00:00", "end": "24:00"},
             "recording_retention_days": 30,
             "contacts": ["+14155550101"],
         }))

@@ -2,7 +2,10 @@
 //! a fresh database of each engine.
 
 use dialstack_common::auth::Role;
-use dialstack_common::db::{inbox_claim, outbox_enqueue, Db, Migration};
+use dialstack_common::db::{
+    inbox_claim, inbox_claim_many, outbox_enqueue, outbox_enqueue_many, BatchWrite, Db,
+    GroupCommit, GroupCommitOptions, Migration, OutboxItem, Tx,
+};
 use dialstack_common::events::CloudEvent;
 use dialstack_contract::{types, Outcome};
 use dialstack_tests::both_databases;
@@ -78,10 +81,327 @@ async fn outbox_rows_exist_only_when_their_transaction_commits_and_inbox_dedupli
     }
 }
 
+#[tokio::test]
+async fn inbox_claims_a_batch_as_strictly_as_one_at_a_time() {
+    for (engine, url) in both_databases() {
+        let db = db(&url, &[]).await;
+        let mut tx = db.begin().await.unwrap();
+        let got = inbox_claim_many(&mut tx, db.dialect, "a", &["e1", "e2", "e1"])
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            [true, true, false],
+            "{engine}: repeated within the batch"
+        );
+        tx.commit().await.unwrap();
+
+        // A redelivered batch, partly seen before.
+        let mut tx = db.begin().await.unwrap();
+        let got = inbox_claim_many(&mut tx, db.dialect, "a", &["e2", "e3", "e1"])
+            .await
+            .unwrap();
+        assert_eq!(got, [false, true, false], "{engine}: redelivered");
+        // One at a time sees what the batch claimed in the same transaction.
+        assert!(
+            !inbox_claim(&mut tx, db.dialect, "a", "e3").await.unwrap(),
+            "{engine}"
+        );
+        tx.commit().await.unwrap();
+
+        // A batch whose transaction rolls back claims nothing.
+        let mut tx = db.begin().await.unwrap();
+        let got = inbox_claim_many(&mut tx, db.dialect, "a", &["e4"])
+            .await
+            .unwrap();
+        assert_eq!(got, [true], "{engine}");
+        tx.rollback().await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        let got = inbox_claim_many(&mut tx, db.dialect, "a", &["e4", "e1"])
+            .await
+            .unwrap();
+        assert_eq!(got, [true, false], "{engine}: after a rollback");
+        let got = inbox_claim_many(&mut tx, db.dialect, "b", &["e1"])
+            .await
+            .unwrap();
+        assert_eq!(got, [true], "{engine}: another consumer");
+        assert!(inbox_claim_many(&mut tx, db.dialect, "a", &[])
+            .await
+            .unwrap()
+            .is_empty());
+        tx.commit().await.unwrap();
+
+        // More ids than one statement takes, half of them seen.
+        let ids: Vec<String> = (0..1_200).map(|i| format!("big{i}")).collect();
+        let half: Vec<&str> = ids.iter().step_by(2).map(String::as_str).collect();
+        let all: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut tx = db.begin().await.unwrap();
+        assert!(inbox_claim_many(&mut tx, db.dialect, "a", &half)
+            .await
+            .unwrap()
+            .iter()
+            .all(|f| *f));
+        tx.commit().await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        let got = inbox_claim_many(&mut tx, db.dialect, "a", &all)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert!(
+            got.iter().enumerate().all(|(i, f)| *f == (i % 2 == 1)),
+            "{engine}: only the unseen half is new"
+        );
+        assert_eq!(
+            count(&db, "SELECT COUNT(*) FROM inbox WHERE consumer = 'a'").await,
+            4 + 1_200,
+            "{engine}"
+        );
+    }
+}
+
+/// Two transactions claim the same event at once: the batch that loses the
+/// race (it looked before the other committed) sees the id taken and claims
+/// the rest of its batch.
+#[tokio::test]
+async fn a_batch_that_loses_a_claim_race_skips_only_that_event() {
+    let db = db(&dialstack_tests::fresh_mysql_url(), &[]).await;
+    let mut first = db.begin().await.unwrap();
+    assert!(inbox_claim(&mut first, db.dialect, "a", "r1")
+        .await
+        .unwrap());
+    let second = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut tx = db.begin().await.unwrap();
+            let got = inbox_claim_many(&mut tx, db.dialect, "a", &["r0", "r1", "r2"])
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            got
+        })
+    };
+    dialstack_tests::eventually(
+        "the batch waits for the first claim",
+        std::time::Duration::from_secs(10),
+        || async {
+            let waiting = count(
+                &db,
+                "SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'",
+            )
+            .await;
+            if waiting > 0 {
+                Ok(())
+            } else {
+                Err("not waiting yet".to_owned())
+            }
+        },
+    )
+    .await;
+    first.commit().await.unwrap();
+    assert_eq!(second.await.unwrap(), [true, false, true]);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM inbox").await, 3);
+}
+
+#[tokio::test]
+async fn outbox_rows_of_a_batch_commit_with_their_transaction() {
+    for (engine, url) in both_databases() {
+        let db = db(&url, &[]).await;
+        let events: Vec<CloudEvent> = (0..700)
+            .map(|i| {
+                CloudEvent::new(
+                    "test",
+                    "call.dialing",
+                    format!("c{i}"),
+                    &serde_json::json!({"i": i}),
+                )
+            })
+            .collect();
+        let keys: Vec<String> = (0..700).map(|i| format!("c{i}")).collect();
+        let items: Vec<OutboxItem<'_>> = events
+            .iter()
+            .zip(&keys)
+            .map(|(event, key)| OutboxItem {
+                channel: "events",
+                key,
+                event,
+            })
+            .collect();
+        let mut tx = db.begin().await.unwrap();
+        outbox_enqueue_many(&mut tx, &items).await.unwrap();
+        tx.rollback().await.unwrap();
+        assert_eq!(
+            count(&db, "SELECT COUNT(*) FROM outbox").await,
+            0,
+            "{engine}"
+        );
+        let mut tx = db.begin().await.unwrap();
+        outbox_enqueue_many(&mut tx, &items).await.unwrap();
+        outbox_enqueue_many(&mut tx, &[]).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            count(&db, "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL AND routing_key = 'call.dialing' AND channel = 'events'").await,
+            700,
+            "{engine}"
+        );
+        let row = sqlx::query("SELECT msg_key, payload FROM outbox WHERE id = ?")
+            .bind(&events[5].id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        let key: String = row.get(0);
+        let payload: String = row.get(1);
+        assert_eq!(key, "c5", "{engine}");
+        assert_eq!(
+            CloudEvent::from_slice(payload.as_bytes()).unwrap().id,
+            events[5].id
+        );
+    }
+}
+
+/// Inserts `(key, value)` rows; a negative value fails the write.
+struct Pairs {
+    batches: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl BatchWrite for Pairs {
+    type Op = (String, i64);
+    type Out = usize;
+    async fn write(&self, tx: &mut Tx, ops: &[(String, i64)]) -> Result<Vec<usize>, sqlx::Error> {
+        self.batches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut out = Vec::new();
+        for (k, v) in ops {
+            if *v < 0 {
+                return Err(sqlx::Error::Protocol("negative".into()));
+            }
+            sqlx::query("INSERT INTO pairs (k, v) VALUES (?, ?)")
+                .bind(k)
+                .bind(v)
+                .execute(&mut **tx)
+                .await?;
+            out.push(ops.len());
+        }
+        Ok(out)
+    }
+}
+
+#[tokio::test]
+async fn group_commit_applies_concurrent_writes_together_and_fails_them_alone() {
+    for (engine, url) in both_databases() {
+        let db = db(
+            &url,
+            &[Migration {
+                version: 1,
+                name: "pairs",
+                sql: "CREATE TABLE pairs (k VARCHAR(64) NOT NULL PRIMARY KEY, v BIGINT NOT NULL)",
+            }],
+        )
+        .await;
+        let writer = std::sync::Arc::new(Pairs {
+            batches: Default::default(),
+        });
+        struct Shared(std::sync::Arc<Pairs>);
+        #[async_trait::async_trait]
+        impl BatchWrite for Shared {
+            type Op = (String, i64);
+            type Out = usize;
+            async fn write(
+                &self,
+                tx: &mut Tx,
+                ops: &[(String, i64)],
+            ) -> Result<Vec<usize>, sqlx::Error> {
+                self.0.write(tx, ops).await
+            }
+        }
+        let gc = GroupCommit::start(
+            db.clone(),
+            Shared(writer.clone()),
+            GroupCommitOptions {
+                max_batch: 64,
+                workers: 2,
+            },
+        );
+        let n = 300;
+        let results = futures_util::future::join_all((0..n).map(|i| {
+            let gc = gc.clone();
+            async move {
+                // Two bad writes: a negative value and a key written twice.
+                let op = match i {
+                    17 => ("bad".to_owned(), -1),
+                    18 => ("k3".to_owned(), 18),
+                    i => (format!("k{i}"), i),
+                };
+                gc.submit(op).await
+            }
+        }))
+        .await;
+        for (i, r) in results.iter().enumerate() {
+            match i {
+                17 => assert!(r.is_err(), "{engine}: the bad write fails"),
+                18 | 3 => {}
+                _ => assert!(r.is_ok(), "{engine}: write {i}: {r:?}"),
+            }
+        }
+        assert_eq!(
+            results[3].is_ok() as usize + results[18].is_ok() as usize,
+            1,
+            "{engine}: one of two writes of one key"
+        );
+        let batches = writer.batches.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            count(&db, "SELECT COUNT(*) FROM pairs").await,
+            n as i64 - 2,
+            "{engine}: every good write committed"
+        );
+        // Batches that failed were retried one write at a time; the good
+        // ones still took far fewer transactions than writes.
+        let ones = results.iter().filter(|r| r.is_ok()).count();
+        assert!(
+            batches < ones,
+            "{engine}: {batches} batches for {ones} writes"
+        );
+    }
+}
+
 mod scheduler {
     use super::*;
     use task_scheduler::db::{Claim, LeadQuery, Repo, MIGRATIONS};
+    use task_scheduler::domain::lead::ImportRules;
     use task_scheduler::domain::{ContactInput, NewCampaignRequest};
+    use task_scheduler::workers::dispatcher::{dispatch_campaign, DispatcherConfig, ZoneCache};
+
+    fn guard() -> &'static dialstack_dialrules::guard::DestinationGuard {
+        static GUARD: std::sync::OnceLock<dialstack_dialrules::guard::DestinationGuard> =
+            std::sync::OnceLock::new();
+        GUARD.get_or_init(|| dialstack_dialrules::guard::DestinationGuard::from_lists("", "").unwrap())
+    }
+
+    /// Every hour of every day: these tests run at any time of day.
+    fn all_day() -> dialstack_dialrules::hours::CallingHours {
+        serde_json::from_value(serde_json::json!({
+            "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+            "start": "00:00", "end": "24:00"
+        }))
+        .unwrap()
+    }
+
+    /// Dispatches up to `n` leads of `c` as the dispatcher would; returns
+    /// how many dial commands it wrote.
+    async fn queue_attempts(repo: &Repo, c: &task_scheduler::db::Campaign, n: u64) -> u64 {
+        let cfg = DispatcherConfig {
+            max_cps: 1000.0,
+            lease_ttl: std::time::Duration::from_secs(5),
+            holder: "test".into(),
+            guard: std::sync::Arc::new(guard().clone()),
+            number_daily_cap: None,
+        };
+        dispatch_campaign(repo, &cfg, c, n, &mut ZoneCache::default(), None)
+            .await
+            .unwrap()
+            .unwrap()
+            .dialed
+    }
 
     async fn campaign(repo: &Repo, n: usize) -> task_scheduler::db::Campaign {
         team_campaign(repo, n, None).await
@@ -116,9 +436,21 @@ mod scheduler {
             team: team.map(str::to_owned),
             record: true,
             recording_retention_days: Some(30),
+            calling_hours: Some(all_day()),
+            retry_policy: None,
+            priority: None,
+            max_attempts: None,
+            max_attempts_per_day: None,
+            default_region: None,
         };
         let c = repo
-            .create_campaign(&req.validate().unwrap())
+            .create_campaign(
+                &req.validate(&ImportRules {
+                    guard: guard(),
+                    default_region: None,
+                })
+                .unwrap(),
+            )
             .await
             .unwrap();
         assert!(c.record, "the record flag round-trips");
@@ -169,8 +501,8 @@ mod scheduler {
             assert_eq!(one[0].campaign_id, support.id, "{engine}");
             assert!(repo.start_campaign(&sales.id, "test").await.unwrap());
             let lead = repo.lead(&sales_leads[0].id).await.unwrap().unwrap();
-            assert_eq!(lead.attempts.len(), 1, "{engine}");
-            assert_eq!(lead.attempts[0].state, "pending", "{engine}");
+            assert!(lead.attempts.is_empty(), "{engine}: attempts open when dialed");
+            assert_eq!(lead.state, "pending", "{engine}");
             assert!(repo.lead("no-such-lead").await.unwrap().is_none());
         }
     }
@@ -180,13 +512,13 @@ mod scheduler {
         let c = campaign(repo, n).await;
         repo.start_campaign(&c.id, "test").await.unwrap();
         let c = repo.campaign(&c.id).await.unwrap().unwrap();
-        repo.queue_attempts(&c, n as u64, "test").await.unwrap();
+        queue_attempts(repo, &c, n as u64).await;
         let ids = attempt_ids(repo, "queued").await;
         (c, ids)
     }
 
     async fn attempt_ids(repo: &Repo, state: &str) -> Vec<String> {
-        sqlx::query("SELECT id FROM attempts WHERE state = ? ORDER BY seq")
+        sqlx::query("SELECT id FROM attempts WHERE state = ? ORDER BY created_at, id")
             .bind(state)
             .fetch_all(&repo.db.pool)
             .await
@@ -216,7 +548,7 @@ mod scheduler {
             assert_eq!(repo.running_campaigns().await.unwrap().len(), 1, "{engine}");
             let c = repo.campaign(&c.id).await.unwrap().unwrap();
             assert_eq!(
-                repo.queue_attempts(&c, 7, "test").await.unwrap(),
+                queue_attempts(&repo, &c, 7).await,
                 7,
                 "{engine}"
             );
@@ -228,7 +560,8 @@ mod scheduler {
             .await;
             assert_eq!(dials, 7, "{engine}: one dial command per queued attempt");
             let p = repo.progress(&c.id).await.unwrap();
-            assert_eq!(p.states.get("pending"), Some(&1193), "{engine}");
+            assert_eq!(p.leads.get("pending"), Some(&1193), "{engine}");
+            assert_eq!(p.leads.get("dialing"), Some(&7), "{engine}");
             assert_eq!(p.states.get("queued"), Some(&7), "{engine}");
             assert!(
                 !repo.complete_if_done(&c.id, "test").await.unwrap(),
@@ -302,7 +635,7 @@ mod scheduler {
                 "{engine}"
             );
             assert_eq!(
-                repo.queue_attempts(&c, 10, "test").await.unwrap(),
+                queue_attempts(&repo, &c, 10).await,
                 0,
                 "{engine}: never redialed"
             );
@@ -520,7 +853,7 @@ mod scheduler {
             let c = campaign(&repo, 1).await;
             repo.start_campaign(&c.id, "test").await.unwrap();
             let c = repo.campaign(&c.id).await.unwrap().unwrap();
-            repo.queue_attempts(&c, 1, "test").await.unwrap();
+            queue_attempts(&repo, &c, 1).await;
             let id = attempt_ids(&repo, "queued").await.remove(0);
             let dialing = event("call-1", &id, &c.id, None);
             assert_eq!(
@@ -578,7 +911,7 @@ mod scheduler {
 mod storage {
     use super::*;
     use dialstack_contract::{CallEvent, CallRef, RecordingReady};
-    use storage_service::db::{CdrQuery, Repo, MIGRATIONS};
+    use storage_service::db::{Applied, CdrQuery, Change, Repo, MIGRATIONS};
 
     #[tokio::test]
     async fn events_in_any_order_make_one_cdr_that_never_regresses() {
@@ -630,6 +963,160 @@ mod storage {
                 "{engine}"
             );
             assert!(repo.get("nope").await.unwrap().is_none(), "{engine}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_applies_each_new_event_once_and_a_redelivered_one_nothing() {
+        for (engine, url) in both_databases() {
+            let repo = Repo {
+                db: db(&url, MIGRATIONS).await,
+            };
+            let dialing = typed(types::CALL_DIALING, &event("c1", "a1", "k1", None));
+            let answered = typed(types::CALL_ANSWERED, &event("c1", "a1", "k1", None));
+            let done = typed(
+                types::CALL_COMPLETED,
+                &event("c1", "a1", "k1", Some(Outcome::AnsweredHuman)),
+            );
+            let other = typed(types::CALL_DIALING, &event("c2", "a2", "k1", None));
+            let items = [
+                Applied {
+                    event_id: "e3",
+                    change: Change::Call(&done),
+                },
+                Applied {
+                    event_id: "e1",
+                    change: Change::Call(&dialing),
+                },
+                Applied {
+                    event_id: "e4",
+                    change: Change::Call(&other),
+                },
+                Applied {
+                    event_id: "e2",
+                    change: Change::Call(&answered),
+                },
+                Applied {
+                    event_id: "e1",
+                    change: Change::Call(&dialing),
+                },
+            ];
+            let got = repo.apply_batch(&items).await.unwrap();
+            assert_eq!(got, [true, true, true, true, false], "{engine}");
+            let c1 = repo.get("c1").await.unwrap().unwrap();
+            assert_eq!(c1.state, "completed", "{engine}");
+            assert_eq!(c1.outcome.as_deref(), Some("answered_human"), "{engine}");
+            assert!(c1.dialed_at.is_some() && c1.answered_at.is_some() && c1.ended_at.is_some());
+            assert_eq!(
+                repo.get("c2").await.unwrap().unwrap().state,
+                "dialing",
+                "{engine}"
+            );
+
+            // The same batch again (redelivered): nothing applied, nothing changed.
+            let before = sqlx::query("SELECT updated_at FROM cdrs WHERE call_id = 'c1'")
+                .fetch_one(&repo.db.pool)
+                .await
+                .unwrap()
+                .get::<i64, _>(0);
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            let got = repo.apply_batch(&items).await.unwrap();
+            assert_eq!(got, [false; 5], "{engine}: redelivered batch");
+            // One at a time agrees with the batch.
+            assert!(!repo.apply("e2", &answered).await.unwrap(), "{engine}");
+            let after = sqlx::query("SELECT updated_at FROM cdrs WHERE call_id = 'c1'")
+                .fetch_one(&repo.db.pool)
+                .await
+                .unwrap()
+                .get::<i64, _>(0);
+            assert_eq!(
+                before, after,
+                "{engine}: a redelivered batch writes nothing"
+            );
+            assert_eq!(repo.get("c1").await.unwrap().unwrap(), c1, "{engine}");
+            assert_eq!(
+                count(&repo.db, "SELECT COUNT(*) FROM inbox").await,
+                4,
+                "{engine}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_malformed_event_in_a_batch_is_dead_lettered_alone() {
+        use dialstack_common::bus::{BatchHandler, Delivery, HandleError};
+        for (engine, url) in both_databases() {
+            let repo = Repo {
+                db: db(&url, MIGRATIONS).await,
+            };
+            let store = dialstack_common::recordings::RecordingStore::from_url(
+                &dialstack_tests::fresh_recordings_url(),
+                &dialstack_common::config::Env::from_pairs(Vec::<(String, String)>::new()),
+            )
+            .unwrap();
+            let handler = storage_service::messaging::CallEvents {
+                repo: repo.clone(),
+                store,
+            };
+            let delivery = |ty: &str, payload: Vec<u8>| Delivery {
+                routing_key: ty.to_owned(),
+                key: String::new(),
+                payload: payload.into(),
+                attempt: 1,
+            };
+            let envelope = |ty: &str, call: &str| {
+                let data = typed(
+                    ty,
+                    &event(call, &format!("a-{call}"), "k1", Some(Outcome::Busy)),
+                );
+                CloudEvent::new("media-processor", ty, call, &data.to_value())
+            };
+            let dialing = envelope(types::CALL_DIALING, "c1");
+            let done = envelope(types::CALL_COMPLETED, "c1");
+            let other = envelope(types::CALL_DIALING, "c2");
+            let mut broken = envelope(types::CALL_COMPLETED, "c3");
+            broken.data = serde_json::json!({"call_id": "c3"});
+            let batch = vec![
+                delivery(types::CALL_DIALING, serde_json::to_vec(&dialing).unwrap()),
+                delivery(types::CALL_COMPLETED, b"not json".to_vec()),
+                delivery(types::CALL_COMPLETED, serde_json::to_vec(&done).unwrap()),
+                delivery(types::CALL_COMPLETED, serde_json::to_vec(&broken).unwrap()),
+                delivery(types::CALL_DIALING, serde_json::to_vec(&other).unwrap()),
+            ];
+            let results = handler.handle_batch(&batch).await;
+            assert_eq!(results.len(), 5, "{engine}");
+            for (i, r) in results.iter().enumerate() {
+                match i {
+                    1 | 3 => assert!(
+                        matches!(r, Err(HandleError::Permanent(_))),
+                        "{engine}: {i} is dead-lettered: {r:?}"
+                    ),
+                    _ => assert!(r.is_ok(), "{engine}: {i} applied: {r:?}"),
+                }
+            }
+            assert_eq!(
+                repo.get("c1").await.unwrap().unwrap().outcome.as_deref(),
+                Some("busy")
+            );
+            assert_eq!(repo.get("c2").await.unwrap().unwrap().state, "dialing");
+            assert!(repo.get("c3").await.unwrap().is_none(), "{engine}");
+            // Redelivered as a whole: the valid ones are acknowledged again
+            // without a second write.
+            let again = handler.handle_batch(&batch).await;
+            assert!(
+                again[0].is_ok() && again[2].is_ok() && again[4].is_ok(),
+                "{engine}"
+            );
+            assert_eq!(
+                count(&repo.db, "SELECT COUNT(*) FROM inbox").await,
+                3,
+                "{engine}"
+            );
+            assert_eq!(
+                count(&repo.db, "SELECT COUNT(*) FROM cdrs").await,
+                2,
+                "{engine}"
+            );
         }
     }
 
@@ -1211,6 +1698,63 @@ mod users {
                     repo.update_user(id, &promote).await.unwrap();
                 }
             }
+        }
+    }
+}
+
+mod media {
+    use super::*;
+    use media_processor::db::{CallLog, MIGRATIONS};
+
+    #[tokio::test]
+    async fn the_call_log_records_each_attempt_once_and_its_events_with_the_call_row() {
+        for (engine, url) in both_databases() {
+            let db = db(&url, MIGRATIONS).await;
+            let log = CallLog::start(db.clone());
+            // Each attempt dialed twice at once (a redelivered dial).
+            let recorded = futures_util::future::join_all((0..40).map(|i| {
+                let log = log.clone();
+                async move {
+                    log.record_call(&format!("c{}", i % 20), &format!("a{}", i % 20), "k1")
+                        .await
+                        .unwrap()
+                }
+            }))
+            .await;
+            for a in 0..20 {
+                assert_eq!(
+                    recorded[a] as u8 + recorded[a + 20] as u8,
+                    1,
+                    "{engine}: attempt {a} recorded once"
+                );
+            }
+            let emitted = futures_util::future::join_all((0..20).map(|i| {
+                let log = log.clone();
+                async move {
+                    let call = format!("c{i}");
+                    let e = event(&call, &format!("a{i}"), "k1", Some(Outcome::NoAnswer));
+                    log.emit("media-processor", &typed(types::CALL_DIALING, &e))
+                        .await?;
+                    log.emit("media-processor", &typed(types::CALL_COMPLETED, &e))
+                        .await
+                }
+            }))
+            .await;
+            assert!(emitted.iter().all(|r| r.is_ok()), "{engine}: {emitted:?}");
+            assert_eq!(
+                count(&db, "SELECT COUNT(*) FROM calls WHERE state = 'call.completed' AND outcome = 'no_answer'").await,
+                20,
+                "{engine}"
+            );
+            assert_eq!(
+                count(
+                    &db,
+                    "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL AND channel = 'events'"
+                )
+                .await,
+                40,
+                "{engine}"
+            );
         }
     }
 }

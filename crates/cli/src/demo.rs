@@ -116,18 +116,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .unwrap_or_default()
         .to_owned();
     let contacts: Vec<String> = (0..args.contacts)
-        .map(|i| format!("+1555{:07}", 1_000_000 + i))
+        .map(|i| format!("+1415{:07}", 5_000_000 + i))
         .collect();
     let created = check(
         http.post(format!("{}/v1/campaigns", args.scheduler_url))
             .bearer_auth(&token)
             .json(&json!({
                 "name": format!("demo {}", std::process::id()),
-                "caller_id": "+15550100000",
+                "caller_id": "+14155550100",
                 "max_concurrent": args.concurrent,
                 "max_cps": args.cps,
                 "talk_time_ms": args.talk_ms,
                 "contacts": contacts,
+                // The simulated trunk rings no one: every hour is a calling hour.
+                "calling_hours": {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "00:00", "end": "24:00"},
             }))
             .send()
             .await?,

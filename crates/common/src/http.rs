@@ -296,6 +296,29 @@ pub struct HttpContext {
     pub openapi: Arc<serde_json::Value>,
     /// Per-request timeout.
     pub request_timeout: Duration,
+    /// Routes (matched path templates) allowed [`LONG_REQUEST_TIMEOUT`].
+    pub long_routes: Arc<Vec<&'static str>>,
+}
+
+/// The timeout of a long route (a streamed bulk upload).
+pub const LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The request's deadline: the context's timeout, or the long one on a long
+/// route; a request past it gets 408.
+async fn deadline(State(ctx): State<HttpContext>, req: Request, next: Next) -> Response {
+    let long = req
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| ctx.long_routes.contains(&p.as_str()));
+    let limit = if long {
+        LONG_REQUEST_TIMEOUT
+    } else {
+        ctx.request_timeout
+    };
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
+    }
 }
 
 /// Wraps a service's `/v1` router with the shared routes and middleware.
@@ -312,10 +335,7 @@ pub fn finish_router(api: Router, ctx: HttpContext) -> Router {
     api.merge(shared)
         // A bug that panics in a handler becomes a 500 envelope, not a dropped connection.
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            ctx.request_timeout,
-        ))
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), deadline))
         .layer(axum::middleware::from_fn_with_state(ctx, around_request))
 }
 
@@ -492,6 +512,7 @@ mod tests {
                 readiness: Readiness::default(),
                 openapi: Arc::new(serde_json::json!({"openapi": "3.1.0"})),
                 request_timeout: Duration::from_secs(5),
+                long_routes: Arc::new(vec![]),
             },
         )
     }

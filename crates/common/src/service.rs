@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{JwksCache, Keys};
-use crate::bus::{Channel, ChannelReady, Handler, Subscription};
+use crate::bus::{BatchHandler, Channel, ChannelReady, Handler, Subscription};
 use crate::config::CommonConfig;
 use crate::db::{Db, DbReady, Migration, OutboxRelay};
 use crate::http::{HttpContext, Readiness};
@@ -140,6 +140,33 @@ impl ServiceBase {
         Ok(())
     }
 
+    /// Declares the consumer's queue, then runs a batch consumer (up to
+    /// `sub.max_batch` messages per call of the handler) until shutdown as
+    /// a tracked task.
+    pub async fn spawn_batch_consumer(
+        &self,
+        channel: &Channel,
+        sub: Subscription,
+        handler: Arc<dyn BatchHandler>,
+    ) -> Result<(), crate::bus::BusError> {
+        channel.prepare(&sub).await?;
+        self.tasks.spawn(watch_lag(
+            channel.clone(),
+            sub.group.clone(),
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        ));
+        let channel = channel.clone();
+        let shutdown = self.shutdown.clone();
+        let group = sub.group.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = channel.consume_batch(sub, handler, shutdown).await {
+                tracing::error!(error = %e, %group, "consumer stopped");
+            }
+        });
+        Ok(())
+    }
+
     /// The HTTP context for [`crate::http::finish_router`].
     pub fn http_context(&self, openapi: serde_json::Value) -> HttpContext {
         HttpContext {
@@ -147,6 +174,7 @@ impl ServiceBase {
             readiness: self.readiness.clone(),
             openapi: Arc::new(openapi),
             request_timeout: std::time::Duration::from_secs(30),
+            long_routes: Arc::new(Vec::new()),
         }
     }
 
@@ -246,7 +274,22 @@ impl Built {
         api: axum::Router,
         openapi: serde_json::Value,
     ) -> anyhow::Result<Self> {
-        let router = crate::http::finish_router(api, base.http_context(openapi));
+        Self::with_long_routes(base, api, openapi, &[]).await
+    }
+
+    /// As [`Built::new`], with routes (matched path templates, e.g.
+    /// `/v1/campaigns/{id}/leads`) that may run for up to
+    /// [`crate::http::LONG_REQUEST_TIMEOUT`] instead of the usual 30 s: bulk
+    /// uploads streamed through the handler.
+    pub async fn with_long_routes(
+        base: ServiceBase,
+        api: axum::Router,
+        openapi: serde_json::Value,
+        long_routes: &'static [&'static str],
+    ) -> anyhow::Result<Self> {
+        let mut ctx = base.http_context(openapi);
+        ctx.long_routes = Arc::new(long_routes.to_vec());
+        let router = crate::http::finish_router(api, ctx);
         let listener = tokio::net::TcpListener::bind(base.config.http_addr).await?;
         Ok(Self {
             base,

@@ -38,6 +38,9 @@ pub mod types {
     pub const AGENT_STATE: &str = "agent.state";
     /// A campaign changed state.
     pub const CAMPAIGN_STATE: &str = "campaign.state";
+    /// A lead import carried a customer's profile fields (storage-service
+    /// owns profiles).
+    pub const CUSTOMER_UPSERTED: &str = "customer.upserted";
 }
 
 /// A payload that breaks the contract; `field` names what is wrong.
@@ -521,6 +524,28 @@ pub struct CampaignStateChanged {
     pub campaign_id: String,
     /// New state.
     pub state: String,
+}
+
+/// `customer.upserted`: profile fields of a customer, keyed by number, as a
+/// lead import gave them. Fields not given are left as they are.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CustomerUpserted {
+    /// The number, E.164 (the profile's key).
+    pub phone: String,
+    /// The campaign whose import carried it.
+    pub campaign_id: String,
+    /// The customer's id in the operator's CRM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    /// First name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_name: Option<String>,
+    /// Last name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_name: Option<String>,
+    /// Other columns of the import, by column name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fields: std::collections::BTreeMap<String, String>,
 }
 
 #[cfg(test)]

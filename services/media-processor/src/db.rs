@@ -1,7 +1,17 @@
 //! The calls this instance placed: one row per attempt, so a redelivered
 //! `dial` never places a second call.
+//!
+//! The writes of a call's life (its row before the INVITE, then each event
+//! with its outbox row) go through [`CallLog`], which group-commits the
+//! writes of every call in progress: under load, one transaction carries
+//! the writes of many calls instead of one each.
 
-use dialstack_common::db::{outbox_enqueue, Db, Migration};
+use std::collections::HashMap;
+
+use dialstack_common::db::{
+    outbox_enqueue, outbox_enqueue_many, BatchWrite, Db, Dialect, GroupCommit, GroupCommitError,
+    GroupCommitOptions, Migration, OutboxItem, Tx,
+};
 use dialstack_common::events::CloudEvent;
 use dialstack_contract::{types, CallEvent, RecordingReady};
 
@@ -94,5 +104,179 @@ impl Repo {
         )
         .await?;
         tx.commit().await
+    }
+}
+
+/// One write of a call's life.
+#[derive(Debug)]
+pub enum CallWrite {
+    /// A call about to be placed, as [`Repo::record_call`].
+    Record {
+        /// Call id.
+        call_id: String,
+        /// Attempt id (unique: a second call for it is refused).
+        attempt_id: String,
+        /// Campaign id.
+        campaign_id: String,
+    },
+    /// A call event into the outbox with the call row's new state, as
+    /// [`Repo::emit`].
+    Emit {
+        /// The call.
+        call_id: String,
+        /// The event's type, stored as the call's state.
+        state: &'static str,
+        /// The outcome, for `call.completed`.
+        outcome: Option<&'static str>,
+        /// The event.
+        event: CloudEvent,
+    },
+}
+
+impl CallWrite {
+    /// The write of `event` from `source`.
+    pub fn emit(source: &str, event: &CallEvent) -> Self {
+        let call = event.call();
+        Self::Emit {
+            call_id: call.call_id.clone(),
+            state: event.ty(),
+            outcome: match event {
+                CallEvent::Completed(c) => Some(c.outcome.as_str()),
+                _ => None,
+            },
+            event: CloudEvent::new(source, event.ty(), &call.call_id, &event.to_value()),
+        }
+    }
+}
+
+/// Applies a batch of [`CallWrite`]s: one statement per new call, one
+/// `UPDATE` for the state of every call with events, one multi-row outbox
+/// insert.
+#[derive(Debug)]
+pub struct CallWriter {
+    dialect: Dialect,
+}
+
+#[async_trait::async_trait]
+impl BatchWrite for CallWriter {
+    type Op = CallWrite;
+    /// For a record, whether the call is new; `true` for an event.
+    type Out = bool;
+
+    async fn write(&self, tx: &mut Tx, ops: &[CallWrite]) -> Result<Vec<bool>, sqlx::Error> {
+        let now = dialstack_common::now_ms();
+        let mut out = Vec::with_capacity(ops.len());
+        // The last state of each call in the batch, in first-seen order.
+        let mut states: Vec<(&str, &str, Option<&str>)> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut outbox = Vec::new();
+        for op in ops {
+            match op {
+                CallWrite::Record {
+                    call_id,
+                    attempt_id,
+                    campaign_id,
+                } => {
+                    let done = sqlx::query(&format!(
+                        "{} INTO calls (call_id, attempt_id, campaign_id, state, created_at, updated_at) VALUES (?, ?, ?, 'placing', ?, ?)",
+                        self.dialect.insert_ignore()
+                    ))
+                    .bind(call_id)
+                    .bind(attempt_id)
+                    .bind(campaign_id)
+                    .bind(now)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+                    out.push(done.rows_affected() == 1);
+                }
+                CallWrite::Emit {
+                    call_id,
+                    state,
+                    outcome,
+                    event,
+                } => {
+                    let s = (call_id.as_str(), *state, *outcome);
+                    match index.get(call_id.as_str()) {
+                        Some(&i) => states[i] = s,
+                        None => {
+                            index.insert(call_id, states.len());
+                            states.push(s);
+                        }
+                    }
+                    outbox.push(OutboxItem {
+                        channel: dialstack_common::db::channel::EVENTS,
+                        key: call_id,
+                        event,
+                    });
+                    out.push(true);
+                }
+            }
+        }
+        if !states.is_empty() {
+            let cases = " WHEN ? THEN ?".repeat(states.len());
+            let sql = format!(
+                "UPDATE calls SET state = CASE call_id{cases} END, outcome = CASE call_id{cases} END, updated_at = ? WHERE call_id IN (?{})",
+                ", ?".repeat(states.len() - 1)
+            );
+            let mut q = sqlx::query(&sql);
+            for (call_id, state, _) in &states {
+                q = q.bind(*call_id).bind(*state);
+            }
+            for (call_id, _, outcome) in &states {
+                q = q.bind(*call_id).bind(*outcome);
+            }
+            q = q.bind(now);
+            for (call_id, _, _) in &states {
+                q = q.bind(*call_id);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        outbox_enqueue_many(tx, &outbox).await?;
+        Ok(out)
+    }
+}
+
+/// The writes of calls in progress, group-committed. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct CallLog(GroupCommit<CallWriter>);
+
+impl CallLog {
+    /// Starts the writer on the current runtime.
+    pub fn start(db: Db) -> Self {
+        let writer = CallWriter {
+            dialect: db.dialect,
+        };
+        Self(GroupCommit::start(
+            db,
+            writer,
+            GroupCommitOptions::default(),
+        ))
+    }
+
+    /// Records a call about to be placed, committed when this returns;
+    /// `false` when the attempt already has one (the `dial` was redelivered).
+    pub async fn record_call(
+        &self,
+        call_id: &str,
+        attempt_id: &str,
+        campaign_id: &str,
+    ) -> Result<bool, GroupCommitError> {
+        self.0
+            .submit(CallWrite::Record {
+                call_id: call_id.to_owned(),
+                attempt_id: attempt_id.to_owned(),
+                campaign_id: campaign_id.to_owned(),
+            })
+            .await
+    }
+
+    /// Writes a call event into the outbox with the call row's new state,
+    /// committed when this returns.
+    pub async fn emit(&self, source: &str, event: &CallEvent) -> Result<(), GroupCommitError> {
+        self.0
+            .submit(CallWrite::emit(source, event))
+            .await
+            .map(|_| ())
     }
 }

@@ -478,9 +478,7 @@ impl Service for Application {
             ctx: ctx.clone(),
             client: client.clone(),
             claimer: claimer.clone(),
-            repo: db::Repo {
-                db: base.db.clone(),
-            },
+            log: db::CallLog::start(base.db.clone()),
             relay: base.relay.clone(),
             calls: calls.clone(),
             limit: Arc::new(tokio::sync::Semaphore::new(config.max_calls)),
@@ -493,7 +491,7 @@ impl Service for Application {
         if let Some(commands) = &base.commands {
             base.spawn_consumer(
                 commands,
-                Subscription::new(NAME, &[types::DIAL, types::HANGUP]).with_concurrency(16),
+                Subscription::new(NAME, &[types::DIAL, types::HANGUP]).with_concurrency(64),
                 handler,
             )
             .await?;

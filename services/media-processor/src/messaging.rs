@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::call::{place_call, CallContext, Progress};
-use crate::db::Repo;
+use crate::db::CallLog;
 use crate::scheduler_client::{ClaimResult, SchedulerClient};
 
 /// How long a claim holds without a heartbeat, by default
@@ -130,8 +130,8 @@ pub struct CommandHandler {
     pub client: Arc<SchedulerClient>,
     /// This instance's claimer id.
     pub claimer: String,
-    /// Calls and outbox.
-    pub repo: Repo,
+    /// Calls and outbox, group-committed.
+    pub log: CallLog,
     /// Woken after each event.
     pub relay: OutboxRelay,
     /// Calls in progress (drained at shutdown before the SIP edge stops).
@@ -217,7 +217,7 @@ impl CommandHandler {
             Err(e) => return Err(HandleError::Transient(format!("claim: {e}"))),
         }
         let fresh = self
-            .repo
+            .log
             .record_call(&cmd.call_id, &cmd.attempt_id, &cmd.campaign_id)
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))?;
@@ -240,12 +240,12 @@ impl CommandHandler {
                 team: cmd.team.clone(),
             };
             let done = CallCompleted::unanswered(call, dialstack_contract::Outcome::Canceled, None);
-            emit(&self.repo, &self.relay, &CallEvent::Completed(done)).await;
+            emit(&self.log, &self.relay, &CallEvent::Completed(done)).await;
             return Ok(());
         }
         let hangup = self.live.insert(&cmd.call_id, &cmd.attempt_id);
         let ctx = self.ctx.clone();
-        let repo = self.repo.clone();
+        let log = self.log.clone();
         let relay = self.relay.clone();
         let shutdown = self.shutdown.clone();
         let active = self.active.clone();
@@ -254,7 +254,7 @@ impl CommandHandler {
             let _permit = permit;
             active.inc();
             let call_id = cmd.call_id.clone();
-            run_call(ctx, cmd, repo, relay, hangup, shutdown).await;
+            run_call(ctx, cmd, log, relay, hangup, shutdown).await;
             live.remove(&call_id);
             active.dec();
         });
@@ -262,11 +262,11 @@ impl CommandHandler {
     }
 }
 
-async fn emit(repo: &Repo, relay: &OutboxRelay, event: &CallEvent) {
+async fn emit(log: &CallLog, relay: &OutboxRelay, event: &CallEvent) {
     // An event that cannot be stored is retried: a lost call.completed would
     // leave the attempt to the reaper.
     for attempt in 0..20u32 {
-        match repo.emit(crate::NAME, event).await {
+        match log.emit(crate::NAME, event).await {
             Ok(()) => {
                 relay.notify();
                 return;
@@ -283,7 +283,7 @@ async fn emit(repo: &Repo, relay: &OutboxRelay, event: &CallEvent) {
 async fn run_call(
     ctx: Arc<CallContext>,
     cmd: DialCommand,
-    repo: Repo,
+    log: CallLog,
     relay: OutboxRelay,
     hangup: CancellationToken,
     shutdown: CancellationToken,
@@ -302,7 +302,7 @@ async fn run_call(
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let reporter = {
-        let repo = repo.clone();
+        let log = log.clone();
         let relay = relay.clone();
         let base = base.clone();
         tokio::spawn(async move {
@@ -315,7 +315,7 @@ async fn run_call(
                         CallEvent::Answered(CallAnswered { call, ring_ms })
                     }
                 };
-                emit(&repo, &relay, &event).await;
+                emit(&log, &relay, &event).await;
             }
         })
     };
@@ -335,7 +335,7 @@ async fn run_call(
         agent_id: None,
         quality: report.quality().cloned(),
     };
-    emit(&repo, &relay, &CallEvent::Completed(done)).await;
+    emit(&log, &relay, &CallEvent::Completed(done)).await;
 }
 
 /// Renews the leases of live calls every third of `lease` until `stop`.

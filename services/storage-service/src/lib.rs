@@ -106,9 +106,11 @@ impl Service for Application {
             db: base.db.clone(),
         };
         if let Some(events) = &base.events {
-            base.spawn_consumer(
+            base.spawn_batch_consumer(
                 events,
-                Subscription::new(NAME, messaging::BINDINGS).with_concurrency(16),
+                Subscription::new(NAME, messaging::BINDINGS)
+                    .with_concurrency(4)
+                    .with_batch(64),
                 Arc::new(messaging::CallEvents {
                     repo: repo.clone(),
                     store: store.clone(),

@@ -1,22 +1,31 @@
-//! task-scheduler owns campaigns, their leads and attempts, and pacing. It
-//! turns pending attempts into `dial` commands (through the outbox, on the
-//! commands channel) no faster than a campaign's `max_cps` and never beyond
-//! its `max_concurrent`, grants media processors a claim on each attempt
-//! before they dial (dial once), and closes attempts from `call.completed`.
+//! task-scheduler owns campaigns, their leads (imported as JSON or streamed
+//! CSV), do-not-call lists, attempts and pacing. One replica at a time (by
+//! a lease in the database) dispatches: it turns leads that are due and
+//! eligible (calling hours in the callee's zone, DNC, attempt caps,
+//! destination guard) into `dial` commands through the outbox, within each
+//! campaign's `max_cps` and `max_concurrent` and the deployment's
+//! `DIALSTACK_MAX_CPS`, shared among campaigns by weight. It grants media
+//! processors a claim on each attempt before they dial (dial once), and
+//! settles attempts and their leads (retry or done) from `call.completed`.
 //!
 //! # Layout
-//! - [`domain`]: campaign validation (E.164), the pacer
-//! - [`db`]: campaigns, leads, attempts and their state transitions
-//! - [`http`]: routes, OpenAPI
-//! - [`messaging`]: call-event consumer, dispatcher, reaper of attempts
-//!   stuck `queued`, `claimed` or `dialing`
+//! - [`domain`]: campaigns, leads, state tables, pacing, compliance
+//! - [`db`]: every statement on the scheduler's tables
+//! - [`http`]: routes, OpenAPI, idempotency keys
+//! - [`workers`]: dispatcher, call-event consumer, reaper, importer
 //!
-//! Service-specific settings: `DIALSTACK_QUEUED_TIMEOUT_SECS` (default 600).
+//! Service-specific settings:
+//! - `DIALSTACK_QUEUED_TIMEOUT_SECS` (default 600)
+//! - `DIALSTACK_MAX_CPS`: new calls per second across all campaigns (default 200)
+//! - `DIALSTACK_ALLOWED_PREFIXES`: E.164 prefixes that may be dialed, comma-separated (default every one)
+//! - `DIALSTACK_DENIED_PREFIXES`: prefixes refused on top of the built-in premium ranges
+//! - `DIALSTACK_MAX_DAILY_ATTEMPTS_PER_NUMBER`: attempts per number per 24 h across campaigns (default off)
+//! - `DIALSTACK_LEADER_LEASE_MS`: the dispatcher lease (default 5000)
 
 pub mod db;
 pub mod domain;
 pub mod http;
-pub mod messaging;
+pub mod workers;
 
 use std::sync::Arc;
 
@@ -24,6 +33,7 @@ use dialstack_common::bus::Subscription;
 use dialstack_common::config::{CommonConfig, ConfigError, Env};
 use dialstack_common::db::OutboxRelay;
 use dialstack_common::service::{Built, Channels, Service, ServiceBase};
+use dialstack_dialrules::guard::DestinationGuard;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +51,16 @@ pub struct Config {
     /// before the reaper fails it as `dial_lost`
     /// (`DIALSTACK_QUEUED_TIMEOUT_SECS`, default 600).
     pub queued_timeout: std::time::Duration,
+    /// New calls per second across all campaigns.
+    pub max_cps: f64,
+    /// The destination guard.
+    pub guard: Arc<DestinationGuard>,
+    /// Attempts per number per 24 h across campaigns.
+    pub number_daily_cap: Option<u32>,
+    /// The dispatcher lease.
+    pub lease_ttl: std::time::Duration,
+    /// This host's name (`HOSTNAME`), in the dispatcher lease.
+    pub host: String,
 }
 
 impl Config {
@@ -54,9 +74,34 @@ impl Config {
                 "must be 5-86400",
             ));
         }
+        let max_cps: f64 = env.parse_or("DIALSTACK_MAX_CPS", 200.0)?;
+        if !(max_cps.is_finite() && max_cps > 0.0 && max_cps <= 10_000.0) {
+            return Err(ConfigError::new("DIALSTACK_MAX_CPS", "must be above 0 and at most 10000"));
+        }
+        let allowed = env.get("DIALSTACK_ALLOWED_PREFIXES").unwrap_or_default();
+        let denied = env.get("DIALSTACK_DENIED_PREFIXES").unwrap_or_default();
+        let guard = DestinationGuard::from_lists(&allowed, &denied).map_err(|e| {
+            ConfigError::new("DIALSTACK_ALLOWED_PREFIXES / DIALSTACK_DENIED_PREFIXES", &e)
+        })?;
+        let cap: u32 = env.parse_or("DIALSTACK_MAX_DAILY_ATTEMPTS_PER_NUMBER", 0)?;
+        if cap > 100 {
+            return Err(ConfigError::new(
+                "DIALSTACK_MAX_DAILY_ATTEMPTS_PER_NUMBER",
+                "must be 0 (off) to 100",
+            ));
+        }
+        let lease_ms: u64 = env.parse_or("DIALSTACK_LEADER_LEASE_MS", 5_000)?;
+        if !(500..=60_000).contains(&lease_ms) {
+            return Err(ConfigError::new("DIALSTACK_LEADER_LEASE_MS", "must be 500-60000"));
+        }
         Ok(Self {
             common,
             queued_timeout: std::time::Duration::from_secs(secs),
+            max_cps,
+            guard: Arc::new(guard),
+            number_daily_cap: (cap > 0).then_some(cap),
+            lease_ttl: std::time::Duration::from_millis(lease_ms),
+            host: env.get("HOSTNAME").unwrap_or("scheduler").to_owned(),
         })
     }
 }
@@ -70,6 +115,8 @@ pub struct AppState {
     pub relay: OutboxRelay,
     /// Wakes the dispatcher.
     pub dispatcher_wake: Arc<Notify>,
+    /// The destination guard, for imports.
+    pub guard: Arc<DestinationGuard>,
 }
 
 /// A built task-scheduler.
@@ -101,21 +148,34 @@ impl Service for Application {
         if let Some(events) = &base.events {
             base.spawn_consumer(
                 events,
-                Subscription::new(NAME, messaging::BINDINGS).with_concurrency(8),
-                Arc::new(messaging::CallEvents {
+                Subscription::new(NAME, workers::BINDINGS).with_concurrency(8),
+                Arc::new(workers::CallEvents {
                     repo: repo.clone(),
                     dispatcher_wake: wake.clone(),
                 }),
             )
             .await?;
         }
-        base.tasks.spawn(messaging::run_dispatcher(
+        let holder = format!(
+            "{}-{}-{}",
+            config.host,
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        base.tasks.spawn(workers::run_dispatcher(
             repo.clone(),
             base.relay.clone(),
             wake.clone(),
+            workers::DispatcherConfig {
+                max_cps: config.max_cps,
+                lease_ttl: config.lease_ttl,
+                holder,
+                guard: config.guard.clone(),
+                number_daily_cap: config.number_daily_cap,
+            },
             base.shutdown.clone(),
         ));
-        base.tasks.spawn(messaging::run_reaper(
+        base.tasks.spawn(workers::run_reaper(
             repo.clone(),
             base.relay.clone(),
             wake.clone(),
@@ -130,9 +190,16 @@ impl Service for Application {
             repo,
             relay: base.relay.clone(),
             dispatcher_wake: wake,
+            guard: config.guard.clone(),
         };
         Ok(Self(
-            Built::new(base, http::router(state, keys), http::openapi()).await?,
+            Built::with_long_routes(
+                base,
+                http::router(state, keys),
+                http::openapi(),
+                &["/v1/campaigns/{id}/leads"],
+            )
+            .await?,
         ))
     }
 

@@ -1,12 +1,12 @@
 //! RabbitMQ backend (lapin). Publishing uses publisher confirms on a channel
 //! that is re-opened after a broker failure; consuming uses one durable quorum
-//! queue per group (`dialstack.<group>`), manual acks, a prefetch equal to the
-//! consumer's concurrency, a delivery limit, and a dead-letter queue
+//! queue per group (`dialstack.<group>`), manual acks, a prefetch of the
+//! consumer's concurrency times its batch size, a delivery limit, and a dead-letter queue
 //! `dialstack.<group>.dlq` behind the exchange `dialstack.dlx`.
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Backend, BusError, Delivery, HandleError, Handler, OutMessage, ParsedUrl, Subscription,
+    Backend, BatchHandler, BusError, Delivery, HandleError, OutMessage, ParsedUrl, Subscription,
 };
 
 pub(crate) struct AmqpBackend {
@@ -172,14 +172,16 @@ impl AmqpBackend {
     async fn consume_once(
         &self,
         sub: &Subscription,
-        handler: &Arc<dyn Handler>,
+        handler: &Arc<dyn BatchHandler>,
         shutdown: &CancellationToken,
     ) -> Result<(), BusError> {
         let conn = open(&self.uri).await?;
         let ch = conn.create_channel().await.map_err(broker)?;
         let queue = self.declare(&ch, sub).await?;
         ch.basic_qos(
-            sub.concurrency.min(u16::MAX as usize) as u16,
+            sub.concurrency
+                .saturating_mul(sub.max_batch)
+                .min(u16::MAX as usize) as u16,
             BasicQosOptions::default(),
         )
         .await
@@ -203,7 +205,7 @@ impl AmqpBackend {
                 _ = shutdown.cancelled() => break Ok(()),
                 n = consumer.next() => n,
             };
-            let delivery = match next {
+            let first = match next {
                 None => break Err(BusError::Broker("consumer stream ended".into())),
                 Some(Err(e)) => break Err(broker(e)),
                 Some(Ok(d)) => d,
@@ -212,65 +214,75 @@ impl AmqpBackend {
                 Ok(p) => p,
                 Err(_) => break Ok(()),
             };
+            // What else the broker has already sent joins the batch.
+            let mut batch = vec![first];
+            let mut failed = None;
+            while batch.len() < sub.max_batch {
+                match consumer.next().now_or_never() {
+                    Some(Some(Ok(d))) => batch.push(d),
+                    Some(Some(Err(e))) => {
+                        failed = Some(broker(e));
+                        break;
+                    }
+                    Some(None) => {
+                        failed = Some(BusError::Broker("consumer stream ended".into()));
+                        break;
+                    }
+                    None => break,
+                }
+            }
             let handler = handler.clone();
             let abandon = abandon.clone();
             tasks.spawn(async move {
                 let _permit = permit;
-                let count = delivery
-                    .properties
-                    .headers()
-                    .as_ref()
-                    .and_then(|h| h.inner().get("x-delivery-count").cloned())
-                    .and_then(|v| match v {
-                        AMQPValue::LongLongInt(n) => Some(n as u32),
-                        AMQPValue::LongInt(n) => Some(n as u32),
-                        AMQPValue::LongUInt(n) => Some(n),
-                        AMQPValue::ShortInt(n) => Some(n as u32),
-                        _ => None,
-                    })
-                    .unwrap_or(0);
-                let msg = Delivery {
-                    routing_key: delivery.routing_key.as_str().to_owned(),
-                    key: delivery
-                        .properties
-                        .correlation_id()
-                        .as_ref()
-                        .map(|s: &ShortString| s.as_str().to_owned())
-                        .unwrap_or_default(),
-                    payload: bytes::Bytes::from(delivery.data.clone()),
-                    attempt: count + 1,
-                };
-                let result = tokio::select! {
-                    r = handler.handle(&msg) => r,
+                let msgs: Vec<Delivery> = batch.iter().map(to_delivery).collect();
+                let results = tokio::select! {
+                    r = handler.handle_batch(&msgs) => r,
                     // Left unacknowledged: the broker redelivers when the channel closes.
                     _ = abandon.cancelled() => return,
                 };
-                let outcome = match result {
-                    Ok(()) => delivery.ack(BasicAckOptions::default()).await,
-                    Err(HandleError::Permanent(reason)) => {
-                        tracing::warn!(routing_key = %msg.routing_key, %reason, "message dead-lettered");
-                        delivery
-                            .nack(BasicNackOptions {
-                                requeue: false,
-                                ..Default::default()
-                            })
-                            .await
+                let results = super::answers(results, msgs.len());
+                let mut retry = Vec::new();
+                for ((delivery, msg), result) in batch.into_iter().zip(msgs).zip(results) {
+                    let outcome = match result {
+                        Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+                        Err(HandleError::Permanent(reason)) => {
+                            tracing::warn!(routing_key = %msg.routing_key, %reason, "message dead-lettered");
+                            delivery
+                                .nack(BasicNackOptions {
+                                    requeue: false,
+                                    ..Default::default()
+                                })
+                                .await
+                        }
+                        Err(HandleError::Transient(reason)) => {
+                            tracing::info!(routing_key = %msg.routing_key, %reason, attempt = msg.attempt, "message will be redelivered");
+                            retry.push((delivery, msg.attempt));
+                            Ok(())
+                        }
+                    };
+                    if let Err(e) = outcome {
+                        tracing::warn!(error = %e, "ack failed; the broker will redeliver");
                     }
-                    Err(HandleError::Transient(reason)) => {
-                        tracing::info!(routing_key = %msg.routing_key, %reason, attempt = msg.attempt, "message will be redelivered");
-                        tokio::time::sleep(super::backoff(msg.attempt.saturating_sub(1))).await;
-                        delivery
+                }
+                if let Some(first) = retry.iter().map(|(_, a)| *a).min() {
+                    tokio::time::sleep(super::backoff(first.saturating_sub(1))).await;
+                    for (delivery, _) in retry {
+                        let requeued = delivery
                             .nack(BasicNackOptions {
                                 requeue: true,
                                 ..Default::default()
                             })
-                            .await
+                            .await;
+                        if let Err(e) = requeued {
+                            tracing::warn!(error = %e, "nack failed; the broker will redeliver");
+                        }
                     }
-                };
-                if let Err(e) = outcome {
-                    tracing::warn!(error = %e, "ack failed; the broker will redeliver");
                 }
             });
+            if let Some(e) = failed {
+                break Err(e);
+            }
         };
         tasks.close();
         if tokio::time::timeout(sub.drain_timeout, tasks.wait())
@@ -283,6 +295,35 @@ impl AmqpBackend {
         let _ = ch.close(200, "consumer stopping").await;
         let _ = conn.close(200, "consumer stopping").await;
         result
+    }
+}
+
+/// The handler's view of a delivery: `attempt` from the quorum queue's
+/// `x-delivery-count`.
+fn to_delivery(delivery: &lapin::message::Delivery) -> Delivery {
+    let count = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned())
+        .and_then(|v| match v {
+            AMQPValue::LongLongInt(n) => Some(n as u32),
+            AMQPValue::LongInt(n) => Some(n as u32),
+            AMQPValue::LongUInt(n) => Some(n),
+            AMQPValue::ShortInt(n) => Some(n as u32),
+            _ => None,
+        })
+        .unwrap_or(0);
+    Delivery {
+        routing_key: delivery.routing_key.as_str().to_owned(),
+        key: delivery
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|s: &ShortString| s.as_str().to_owned())
+            .unwrap_or_default(),
+        payload: bytes::Bytes::from(delivery.data.clone()),
+        attempt: count + 1,
     }
 }
 
@@ -316,7 +357,7 @@ impl Backend for AmqpBackend {
     async fn consume(
         &self,
         sub: Subscription,
-        handler: Arc<dyn Handler>,
+        handler: Arc<dyn BatchHandler>,
         shutdown: CancellationToken,
     ) -> Result<(), BusError> {
         let mut failures = 0;

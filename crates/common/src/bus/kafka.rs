@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
@@ -21,7 +23,7 @@ use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Backend, BusError, Delivery, HandleError, Handler, OutMessage, ParsedUrl, Subscription,
+    Backend, BatchHandler, BusError, Delivery, HandleError, OutMessage, ParsedUrl, Subscription,
 };
 
 pub(crate) struct KafkaBackend {
@@ -286,7 +288,7 @@ impl Backend for KafkaBackend {
     async fn consume(
         &self,
         sub: Subscription,
-        handler: Arc<dyn Handler>,
+        handler: Arc<dyn BatchHandler>,
         shutdown: CancellationToken,
     ) -> Result<(), BusError> {
         let group = self.namespace.name(&format!("dialstack.{}", sub.group));
@@ -336,32 +338,46 @@ impl Backend for KafkaBackend {
                         }
                         m = consumer.recv() => m,
                     };
-                    let msg = match next {
-                        Ok(m) => m,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "kafka consumer error");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            continue;
+                    let mut batch = Vec::new();
+                    let mut next = Some(next);
+                    // What the client has already fetched joins the batch.
+                    while let Some(m) = next.take() {
+                        let msg = match m {
+                            Ok(m) => m,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "kafka consumer error");
+                                if batch.is_empty() {
+                                    tokio::time::sleep(Duration::from_millis(200)).await;
+                                }
+                                break;
+                            }
+                        };
+                        let (partition, offset) = (msg.partition(), msg.offset());
+                        let routing_key = header(&msg, TYPE_HEADER).unwrap_or("").to_owned();
+                        let id = header(&msg, ID_HEADER).unwrap_or("").to_owned();
+                        in_flight.entry(partition).or_default().insert(offset, false);
+                        let delivery = Delivery {
+                            routing_key,
+                            key: msg
+                                .key()
+                                .map(|k| String::from_utf8_lossy(k).into_owned())
+                                .unwrap_or_default(),
+                            payload: bytes::Bytes::copy_from_slice(msg.payload().unwrap_or(&[])),
+                            attempt: 1,
+                        };
+                        drop(msg);
+                        running += 1;
+                        if sub.matches(&delivery.routing_key) {
+                            batch.push(Finished { partition, offset, id, delivery, dead: None });
+                        } else {
+                            let _ = done_tx.send(Finished { partition, offset, id, delivery, dead: None });
                         }
-                    };
-                    let (partition, offset) = (msg.partition(), msg.offset());
-                    let routing_key = header(&msg, TYPE_HEADER).unwrap_or("").to_owned();
-                    let id = header(&msg, ID_HEADER).unwrap_or("").to_owned();
-                    in_flight.entry(partition).or_default().insert(offset, false);
-                    let delivery = Delivery {
-                        routing_key,
-                        key: msg
-                            .key()
-                            .map(|k| String::from_utf8_lossy(k).into_owned())
-                            .unwrap_or_default(),
-                        payload: bytes::Bytes::copy_from_slice(msg.payload().unwrap_or(&[])),
-                        attempt: 1,
-                    };
-                    drop(msg);
-                    running += 1;
-                    if !sub.matches(&delivery.routing_key) {
+                        if batch.len() < sub.max_batch {
+                            next = consumer.recv().now_or_never();
+                        }
+                    }
+                    if batch.is_empty() {
                         drop(permit);
-                        let _ = done_tx.send(Finished { partition, offset, id, delivery, dead: None });
                         continue;
                     }
                     let handler = handler.clone();
@@ -370,27 +386,40 @@ impl Backend for KafkaBackend {
                     let max = sub.max_deliveries;
                     tokio::spawn(async move {
                         let _permit = permit;
-                        let mut delivery = delivery;
-                        let dead = loop {
-                            let result = tokio::select! {
-                                r = handler.handle(&delivery) => r,
+                        let mut pending = batch;
+                        while !pending.is_empty() {
+                            let deliveries: Vec<Delivery> =
+                                pending.iter().map(|f| f.delivery.clone()).collect();
+                            let results = tokio::select! {
+                                r = handler.handle_batch(&deliveries) => r,
                                 // Not finished, so never stored: read again by the group.
                                 _ = abandon.cancelled() => return,
                             };
-                            match result {
-                                Ok(()) => break None,
-                                Err(HandleError::Permanent(reason)) => break Some(reason),
-                                Err(HandleError::Transient(reason)) if delivery.attempt >= max => {
-                                    break Some(format!("delivery limit reached: {reason}"))
+                            let results = super::answers(results, deliveries.len());
+                            let mut retry = Vec::new();
+                            for (mut f, result) in pending.into_iter().zip(results) {
+                                match result {
+                                    Ok(()) => {}
+                                    Err(HandleError::Permanent(reason)) => f.dead = Some(reason),
+                                    Err(HandleError::Transient(reason)) if f.delivery.attempt >= max => {
+                                        f.dead = Some(format!("delivery limit reached: {reason}"));
+                                    }
+                                    Err(HandleError::Transient(reason)) => {
+                                        tracing::info!(routing_key = %f.delivery.routing_key, %reason, attempt = f.delivery.attempt, "retrying message");
+                                        retry.push(f);
+                                        continue;
+                                    }
                                 }
-                                Err(HandleError::Transient(reason)) => {
-                                    tracing::info!(routing_key = %delivery.routing_key, %reason, attempt = delivery.attempt, "retrying message");
-                                    tokio::time::sleep(super::backoff(delivery.attempt - 1)).await;
-                                    delivery.attempt += 1;
+                                let _ = done_tx.send(f);
+                            }
+                            if let Some(first) = retry.iter().map(|f| f.delivery.attempt).min() {
+                                tokio::time::sleep(super::backoff(first - 1)).await;
+                                for f in &mut retry {
+                                    f.delivery.attempt += 1;
                                 }
                             }
-                        };
-                        let _ = done_tx.send(Finished { partition, offset, id, delivery, dead });
+                            pending = retry;
+                        }
                     });
                 }
             }

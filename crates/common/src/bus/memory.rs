@@ -11,7 +11,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Backend, BusError, Delivery, HandleError, Handler, OutMessage, ParsedUrl, Subscription,
+    Backend, BatchHandler, BusError, Delivery, HandleError, OutMessage, ParsedUrl, Subscription,
 };
 
 static BROKERS: LazyLock<Mutex<HashMap<String, Arc<Broker>>>> = LazyLock::new(Default::default);
@@ -88,16 +88,17 @@ impl MemoryBackend {
     }
 }
 
-/// Puts a message back when its handler is dropped before finishing (the
+/// Puts messages back when their handler is dropped before finishing (the
 /// consumer died or shutdown abandoned it).
 struct InFlight {
     queue: Arc<GroupQueue>,
-    delivery: Option<Delivery>,
+    deliveries: Vec<Delivery>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(mut d) = self.delivery.take() {
+        // Front of the queue, in their order.
+        for mut d in self.deliveries.drain(..).rev() {
             d.attempt += 1;
             self.queue.push_front(d);
         }
@@ -130,7 +131,7 @@ impl Backend for MemoryBackend {
     async fn consume(
         &self,
         sub: Subscription,
-        handler: Arc<dyn Handler>,
+        handler: Arc<dyn BatchHandler>,
         shutdown: CancellationToken,
     ) -> Result<(), BusError> {
         let queue = self.group(&sub);
@@ -142,8 +143,12 @@ impl Backend for MemoryBackend {
                 _ = shutdown.cancelled() => break,
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             };
-            let next = lock(&queue.queue).pop_front();
-            let Some(delivery) = next else {
+            let batch: Vec<Delivery> = {
+                let mut q = lock(&queue.queue);
+                let n = q.len().min(sub.max_batch);
+                q.drain(..n).collect()
+            };
+            if batch.is_empty() {
                 drop(permit);
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -151,7 +156,7 @@ impl Backend for MemoryBackend {
                     // A notification may race with a pop; poll now and then.
                     _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => continue,
                 }
-            };
+            }
             let handler = handler.clone();
             let queue = queue.clone();
             let max = sub.max_deliveries;
@@ -160,30 +165,37 @@ impl Backend for MemoryBackend {
                 let _permit = permit;
                 let mut guard = InFlight {
                     queue: queue.clone(),
-                    delivery: Some(delivery.clone()),
+                    deliveries: batch.clone(),
                 };
-                let result = tokio::select! {
-                    r = handler.handle(&delivery) => r,
+                let results = tokio::select! {
+                    r = handler.handle_batch(&batch) => r,
                     _ = abandon.cancelled() => return, // guard requeues
                 };
-                guard.delivery = None;
-                match result {
-                    Ok(()) => {}
-                    Err(HandleError::Permanent(reason)) => {
-                        tracing::warn!(routing_key = %delivery.routing_key, %reason, "message dead-lettered");
-                        lock(&queue.dead).push(delivery);
-                    }
-                    Err(HandleError::Transient(reason)) => {
-                        if delivery.attempt >= max {
+                guard.deliveries.clear();
+                let n = batch.len();
+                let mut retry = Vec::new();
+                for (delivery, result) in batch.into_iter().zip(super::answers(results, n)) {
+                    match result {
+                        Ok(()) => {}
+                        Err(HandleError::Permanent(reason)) => {
+                            tracing::warn!(routing_key = %delivery.routing_key, %reason, "message dead-lettered");
+                            lock(&queue.dead).push(delivery);
+                        }
+                        Err(HandleError::Transient(reason)) if delivery.attempt >= max => {
                             tracing::warn!(routing_key = %delivery.routing_key, %reason, attempts = delivery.attempt, "delivery limit reached, message dead-lettered");
                             lock(&queue.dead).push(delivery);
-                        } else {
-                            tracing::info!(routing_key = %delivery.routing_key, %reason, "message will be redelivered");
-                            let mut d = delivery;
-                            d.attempt += 1;
-                            tokio::time::sleep(super::backoff(d.attempt - 1)).await;
-                            queue.push_back(d);
                         }
+                        Err(HandleError::Transient(reason)) => {
+                            tracing::info!(routing_key = %delivery.routing_key, %reason, "message will be redelivered");
+                            retry.push(delivery);
+                        }
+                    }
+                }
+                if let Some(first) = retry.iter().map(|d| d.attempt).min() {
+                    tokio::time::sleep(super::backoff(first)).await;
+                    for mut d in retry {
+                        d.attempt += 1;
+                        queue.push_back(d);
                     }
                 }
             });

@@ -6,6 +6,10 @@
 //! topic). `publish` returns only once the broker has confirmed the message;
 //! `consume` delivers to a [`Handler`] and acknowledges only after the handler
 //! returned `Ok`, so a handler commits its own transaction first.
+//! `consume_batch` delivers what the broker has ready, up to
+//! [`Subscription::max_batch`] messages at once, to a [`BatchHandler`] that
+//! applies them in one transaction and answers for each message: each is
+//! acknowledged, retried or dead-lettered on its own answer.
 //!
 //! URL query parameters understood by every backend:
 //! - `namespace=x`: prefixes every exchange, queue, topic and group name with
@@ -78,6 +82,53 @@ pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandleError>;
 }
 
+/// Consumes messages a batch at a time, so that a consumer can apply many
+/// in one transaction (one commit, one inbox statement).
+#[async_trait::async_trait]
+pub trait BatchHandler: Send + Sync + 'static {
+    /// Processes `batch` (one or more messages, in delivery order) and
+    /// returns one result per message, in the same order. `Ok` means that
+    /// message may be acknowledged, so only once its effect is committed;
+    /// `Permanent` dead-letters it alone; `Transient` redelivers it alone.
+    async fn handle_batch(&self, batch: &[Delivery]) -> Vec<Result<(), HandleError>>;
+}
+
+/// A [`Handler`] fed batches of one.
+struct OneByOne(Arc<dyn Handler>);
+
+#[async_trait::async_trait]
+impl BatchHandler for OneByOne {
+    async fn handle_batch(&self, batch: &[Delivery]) -> Vec<Result<(), HandleError>> {
+        let mut out = Vec::with_capacity(batch.len());
+        for d in batch {
+            out.push(self.0.handle(d).await);
+        }
+        out
+    }
+}
+
+/// A batch handler's answers, exactly one per message: a handler that
+/// answered for too few leaves the rest to be redelivered.
+pub(crate) fn answers(
+    mut results: Vec<Result<(), HandleError>>,
+    n: usize,
+) -> Vec<Result<(), HandleError>> {
+    if results.len() != n {
+        tracing::error!(
+            results = results.len(),
+            messages = n,
+            "batch handler answered for a different number of messages"
+        );
+    }
+    results.truncate(n);
+    while results.len() < n {
+        results.push(Err(HandleError::Transient(
+            "no answer from the batch handler".into(),
+        )));
+    }
+    results
+}
+
 /// How a consumer subscribes.
 #[derive(Debug, Clone)]
 pub struct Subscription {
@@ -85,8 +136,12 @@ pub struct Subscription {
     pub group: String,
     /// Routing-key patterns (`*` one word, `#` any number of words).
     pub bindings: Vec<String>,
-    /// Messages handled at once.
+    /// Messages handled at once; with a [`BatchHandler`], batches handled
+    /// at once.
     pub concurrency: usize,
+    /// Most messages given to a [`BatchHandler`] at once (1 unless set by
+    /// [`Self::with_batch`]); a plain [`Handler`] always gets one.
+    pub max_batch: usize,
     /// Deliveries before a message that keeps failing is dead-lettered.
     pub max_deliveries: u32,
     /// How long to let in-flight handlers finish after shutdown; the rest are
@@ -101,6 +156,7 @@ impl Subscription {
             group: group.into(),
             bindings: bindings.iter().map(|b| (*b).to_owned()).collect(),
             concurrency: 1,
+            max_batch: 1,
             max_deliveries: 5,
             drain_timeout: Duration::from_secs(10),
         }
@@ -109,6 +165,14 @@ impl Subscription {
     /// Sets the number of messages handled at once.
     pub fn with_concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
+        self
+    }
+
+    /// Sets the most messages given to a [`BatchHandler`] at once. A batch
+    /// holds what the broker has ready when a handler is free: one message
+    /// when traffic is light, up to `n` under load.
+    pub fn with_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
         self
     }
 
@@ -157,7 +221,7 @@ pub(crate) trait Backend: Send + Sync {
     async fn consume(
         &self,
         sub: Subscription,
-        handler: Arc<dyn Handler>,
+        handler: Arc<dyn BatchHandler>,
         shutdown: CancellationToken,
     ) -> Result<(), BusError>;
     async fn health(&self) -> Result<(), String>;
@@ -302,6 +366,23 @@ impl Channel {
         &self,
         sub: Subscription,
         handler: Arc<dyn Handler>,
+        shutdown: CancellationToken,
+    ) -> Result<(), BusError> {
+        let sub = Subscription {
+            max_batch: 1,
+            ..sub
+        };
+        self.backend
+            .consume(sub, Arc::new(OneByOne(handler)), shutdown)
+            .await
+    }
+
+    /// Consumes until `shutdown` is cancelled as [`Self::consume`] does,
+    /// handing the handler up to `sub.max_batch` messages at once.
+    pub async fn consume_batch(
+        &self,
+        sub: Subscription,
+        handler: Arc<dyn BatchHandler>,
         shutdown: CancellationToken,
     ) -> Result<(), BusError> {
         self.backend.consume(sub, handler, shutdown).await

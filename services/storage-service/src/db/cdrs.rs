@@ -4,8 +4,8 @@
 //! event is applied once (inbox). `call.completed` brings the call's
 //! quality; reads join the call's recording (see [`super::recordings`]).
 
-use dialstack_common::db::inbox_claim;
-use dialstack_contract::{types, CallEvent};
+use dialstack_common::db::{inbox_claim, inbox_claim_many, Dialect, Tx};
+use dialstack_contract::{types, CallEvent, RecordingReady};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -153,88 +153,43 @@ impl Repo {
     /// Applies one call event to its CDR, once. Returns `false` for an event
     /// already applied or of a type that does not change the CDR.
     pub async fn apply(&self, event_id: &str, ev: &CallEvent) -> Result<bool, sqlx::Error> {
-        let Some((state, rank)) = stage(ev.ty()) else {
+        if stage(ev.ty()).is_none() {
             return Ok(false);
-        };
-        let d = ev.call();
-        let done = match ev {
-            CallEvent::Completed(c) => Some(c),
-            _ => None,
-        };
-        let quality = done.and_then(|c| c.quality.as_ref());
-        let quality_json = quality
-            .and_then(|q| serde_json::to_string(q).ok())
-            .filter(|q| {
-                let fits = q.len() <= MAX_QUALITY_JSON;
-                if !fits {
-                    tracing::warn!(call_id = %d.call_id, len = q.len(), "quality object too long, not stored");
-                }
-                fits
-            });
-        let ring_ms = match ev {
-            CallEvent::Answered(a) => Some(a.ring_ms),
-            CallEvent::Completed(c) => Some(c.ring_ms),
-            _ => None,
-        };
+        }
         let mut tx = self.db.begin().await?;
         if !inbox_claim(&mut tx, self.db.dialect, crate::NAME, event_id).await? {
             return Ok(false);
         }
-        let at = |s: &str| (s == state).then_some(d.at_ms);
-        let upsert = self.db.dialect.upsert(
-            "call_id",
-            &[
-                ("outcome", "COALESCE(new(outcome), outcome)"),
-                ("reason", "COALESCE(new(reason), reason)"),
-                ("sip_status", "COALESCE(new(sip_status), sip_status)"),
-                ("dialed_at", "COALESCE(dialed_at, new(dialed_at))"),
-                ("ringing_at", "COALESCE(ringing_at, new(ringing_at))"),
-                ("answered_at", "COALESCE(answered_at, new(answered_at))"),
-                ("ended_at", "COALESCE(ended_at, new(ended_at))"),
-                ("ring_ms", "COALESCE(new(ring_ms), ring_ms)"),
-                ("talk_ms", "COALESCE(new(talk_ms), talk_ms)"),
-                ("rtp_sent", "COALESCE(new(rtp_sent), rtp_sent)"),
-                ("rtp_received", "COALESCE(new(rtp_received), rtp_received)"),
-                ("team", "COALESCE(team, new(team))"),
-                ("agent_id", "COALESCE(new(agent_id), agent_id)"),
-                ("mos", "COALESCE(new(mos), mos)"),
-                ("quality", "COALESCE(new(quality), quality)"),
-                ("updated_at", "new(updated_at)"),
-                // MySQL applies these in order, so state is set before its rank changes.
-                ("state", "CASE WHEN new(state_rank) > state_rank THEN new(state) ELSE state END"),
-                ("state_rank", "CASE WHEN new(state_rank) > state_rank THEN new(state_rank) ELSE state_rank END"),
-            ],
-        );
-        let sql = format!(
-            "INSERT INTO cdrs ({COLS}, state_rank, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) {upsert}"
-        );
-        sqlx::query(&sql)
-            .bind(&d.call_id)
-            .bind(&d.attempt_id)
-            .bind(&d.campaign_id)
-            .bind(&d.phone)
-            .bind(state)
-            .bind(done.map(|c| c.outcome.as_str()))
-            .bind(done.and_then(|c| c.reason).map(|r| r.as_str()))
-            .bind(done.and_then(|c| c.sip_status).map(i64::from))
-            .bind(at("dialing"))
-            .bind(at("ringing"))
-            .bind(at("answered"))
-            .bind(at("completed"))
-            .bind(ring_ms)
-            .bind(done.map(|c| c.talk_ms))
-            .bind(done.map(|c| c.rtp_sent as i64))
-            .bind(done.map(|c| c.rtp_received as i64))
-            .bind(d.team.clone())
-            .bind(done.and_then(|c| c.agent_id.clone()))
-            .bind(quality.map(|q| q.mos).filter(|m| m.is_finite()))
-            .bind(quality_json)
-            .bind(rank)
-            .bind(dialstack_common::now_ms())
-            .execute(&mut *tx)
-            .await?;
+        upsert_cdr(&mut tx, self.db.dialect, ev).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Applies call events and recordings, each once, in one transaction:
+    /// one inbox claim for the batch, then each new event's write. Returns,
+    /// per item, whether it was applied (`false`: applied before, repeated in
+    /// the batch, or of a type that changes nothing). If it fails, nothing of
+    /// the batch is applied.
+    pub async fn apply_batch(&self, items: &[Applied<'_>]) -> Result<Vec<bool>, sqlx::Error> {
+        let ids: Vec<&str> = items.iter().map(|i| i.event_id).collect();
+        let mut tx = self.db.begin().await?;
+        let fresh = inbox_claim_many(&mut tx, self.db.dialect, crate::NAME, &ids).await?;
+        // Rows in key order: two batches touching the same calls lock them
+        // in the same order and cannot deadlock each other.
+        let mut order: Vec<usize> = (0..items.len()).filter(|i| fresh[*i]).collect();
+        order.sort_by_key(|i| (items[*i].change.call_id(), *i));
+        let mut applied = vec![false; items.len()];
+        for i in order {
+            applied[i] = match items[i].change {
+                Change::Call(ev) => upsert_cdr(&mut tx, self.db.dialect, ev).await?,
+                Change::Recording(r) => {
+                    super::recordings::upsert_recording(&mut tx, self.db.dialect, r).await?;
+                    true
+                }
+            };
+        }
+        tx.commit().await?;
+        Ok(applied)
     }
 
     /// One CDR.
@@ -283,4 +238,120 @@ impl Repo {
         let rows = query.bind(q.limit).fetch_all(&self.db.pool).await?;
         Ok(rows.iter().map(cdr_from).collect())
     }
+}
+
+/// One write of a batch: the event id (for the inbox) and what it changes.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied<'a> {
+    /// The CloudEvent id.
+    pub event_id: &'a str,
+    /// The change.
+    pub change: Change<'a>,
+}
+
+/// What an event changes.
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    /// A call's CDR.
+    Call(&'a CallEvent),
+    /// A call's recording (validated by the caller, as for
+    /// [`Repo::apply_recording`]).
+    Recording(&'a RecordingReady),
+}
+
+impl Change<'_> {
+    fn call_id(&self) -> &str {
+        match self {
+            Self::Call(ev) => &ev.call().call_id,
+            Self::Recording(r) => &r.call.call_id,
+        }
+    }
+}
+
+/// Upserts the CDR of `ev`'s call inside `tx`; `false` for an event type
+/// that does not change the CDR.
+async fn upsert_cdr(tx: &mut Tx, dialect: Dialect, ev: &CallEvent) -> Result<bool, sqlx::Error> {
+    let Some((state, rank)) = stage(ev.ty()) else {
+        return Ok(false);
+    };
+    let d = ev.call();
+    let done = match ev {
+        CallEvent::Completed(c) => Some(c),
+        _ => None,
+    };
+    let quality = done.and_then(|c| c.quality.as_ref());
+    let quality_json = quality
+        .and_then(|q| serde_json::to_string(q).ok())
+        .filter(|q| {
+            let fits = q.len() <= MAX_QUALITY_JSON;
+            if !fits {
+                tracing::warn!(call_id = %d.call_id, len = q.len(), "quality object too long, not stored");
+            }
+            fits
+        });
+    let ring_ms = match ev {
+        CallEvent::Answered(a) => Some(a.ring_ms),
+        CallEvent::Completed(c) => Some(c.ring_ms),
+        _ => None,
+    };
+    let at = |s: &str| (s == state).then_some(d.at_ms);
+    let upsert = dialect.upsert(
+        "call_id",
+        &[
+            ("outcome", "COALESCE(new(outcome), outcome)"),
+            ("reason", "COALESCE(new(reason), reason)"),
+            ("sip_status", "COALESCE(new(sip_status), sip_status)"),
+            ("dialed_at", "COALESCE(dialed_at, new(dialed_at))"),
+            ("ringing_at", "COALESCE(ringing_at, new(ringing_at))"),
+            ("answered_at", "COALESCE(answered_at, new(answered_at))"),
+            ("ended_at", "COALESCE(ended_at, new(ended_at))"),
+            ("ring_ms", "COALESCE(new(ring_ms), ring_ms)"),
+            ("talk_ms", "COALESCE(new(talk_ms), talk_ms)"),
+            ("rtp_sent", "COALESCE(new(rtp_sent), rtp_sent)"),
+            ("rtp_received", "COALESCE(new(rtp_received), rtp_received)"),
+            ("team", "COALESCE(team, new(team))"),
+            ("agent_id", "COALESCE(new(agent_id), agent_id)"),
+            ("mos", "COALESCE(new(mos), mos)"),
+            ("quality", "COALESCE(new(quality), quality)"),
+            ("updated_at", "new(updated_at)"),
+            // MySQL applies these in order, so state is set before its rank changes.
+            (
+                "state",
+                "CASE WHEN new(state_rank) > state_rank THEN new(state) ELSE state END",
+            ),
+            (
+                "state_rank",
+                "CASE WHEN new(state_rank) > state_rank THEN new(state_rank) ELSE state_rank END",
+            ),
+        ],
+    );
+    let sql = format!(
+        "INSERT INTO cdrs ({COLS}, state_rank, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) {upsert}"
+    );
+    sqlx::query(&sql)
+        .bind(&d.call_id)
+        .bind(&d.attempt_id)
+        .bind(&d.campaign_id)
+        .bind(&d.phone)
+        .bind(state)
+        .bind(done.map(|c| c.outcome.as_str()))
+        .bind(done.and_then(|c| c.reason).map(|r| r.as_str()))
+        .bind(done.and_then(|c| c.sip_status).map(i64::from))
+        .bind(at("dialing"))
+        .bind(at("ringing"))
+        .bind(at("answered"))
+        .bind(at("completed"))
+        .bind(ring_ms)
+        .bind(done.map(|c| c.talk_ms))
+        .bind(done.map(|c| c.rtp_sent as i64))
+        .bind(done.map(|c| c.rtp_received as i64))
+        .bind(d.team.clone())
+        .bind(done.and_then(|c| c.agent_id.clone()))
+        .bind(quality.map(|q| q.mos).filter(|m| m.is_finite()))
+        .bind(quality_json)
+        .bind(rank)
+        .bind(dialstack_common::now_ms())
+        .execute(&mut **tx)
+        .await?;
+    Ok(true)
 }

@@ -10,7 +10,7 @@ pub mod recordings;
 
 use dialstack_common::db::{Db, Migration};
 
-pub use cdrs::{stage, Cdr, CdrQuery, RecordingLink};
+pub use cdrs::{stage, Applied, Cdr, CdrQuery, Change, RecordingLink};
 pub use recordings::Recording;
 
 /// storage-service's schema.

@@ -2,7 +2,7 @@
 //! (applied once, through the inbox), and the expired rows the retention
 //! sweep deletes after their object.
 
-use dialstack_common::db::inbox_claim;
+use dialstack_common::db::{inbox_claim, Dialect, Tx};
 use dialstack_contract::RecordingReady;
 use sqlx::Row;
 
@@ -58,34 +58,7 @@ impl Repo {
         if !inbox_claim(&mut tx, self.db.dialect, crate::NAME, event_id).await? {
             return Ok(false);
         }
-        let delete_after = r.retention_days.map(|d| {
-            r.call
-                .at_ms
-                .saturating_add(i64::from(d).saturating_mul(DAY_MS))
-        });
-        let upsert = self.db.dialect.upsert(
-            "call_id",
-            &[
-                ("url", "new(url)"),
-                ("duration_ms", "new(duration_ms)"),
-                ("bytes", "new(bytes)"),
-                ("sha256", "new(sha256)"),
-                ("created_at", "new(created_at)"),
-                ("delete_after", "new(delete_after)"),
-            ],
-        );
-        sqlx::query(&format!(
-            "INSERT INTO recordings ({COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) {upsert}"
-        ))
-        .bind(&r.call.call_id)
-        .bind(&r.url)
-        .bind(i64::try_from(r.duration_ms).unwrap_or(i64::MAX))
-        .bind(i64::try_from(r.bytes).unwrap_or(i64::MAX))
-        .bind(r.sha256.to_ascii_lowercase())
-        .bind(dialstack_common::now_ms())
-        .bind(delete_after)
-        .execute(&mut *tx)
-        .await?;
+        upsert_recording(&mut tx, self.db.dialect, r).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -149,4 +122,41 @@ impl Repo {
             .await?;
         Ok(())
     }
+}
+
+/// Upserts the recording of `r`'s call inside `tx`.
+pub(super) async fn upsert_recording(
+    tx: &mut Tx,
+    dialect: Dialect,
+    r: &RecordingReady,
+) -> Result<(), sqlx::Error> {
+    let delete_after = r.retention_days.map(|d| {
+        r.call
+            .at_ms
+            .saturating_add(i64::from(d).saturating_mul(DAY_MS))
+    });
+    let upsert = dialect.upsert(
+        "call_id",
+        &[
+            ("url", "new(url)"),
+            ("duration_ms", "new(duration_ms)"),
+            ("bytes", "new(bytes)"),
+            ("sha256", "new(sha256)"),
+            ("created_at", "new(created_at)"),
+            ("delete_after", "new(delete_after)"),
+        ],
+    );
+    sqlx::query(&format!(
+        "INSERT INTO recordings ({COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) {upsert}"
+    ))
+    .bind(&r.call.call_id)
+    .bind(&r.url)
+    .bind(i64::try_from(r.duration_ms).unwrap_or(i64::MAX))
+    .bind(i64::try_from(r.bytes).unwrap_or(i64::MAX))
+    .bind(r.sha256.to_ascii_lowercase())
+    .bind(dialstack_common::now_ms())
+    .bind(delete_after)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

@@ -6,6 +6,12 @@
 //! placeholders, `VARCHAR` keys, `BIGINT` millisecond timestamps, `DOUBLE`, and
 //! the few statements that differ (insert-or-ignore, upsert) come from
 //! [`Dialect`]. Aggregates are cast to `SIGNED` where MySQL would return DECIMAL.
+//!
+//! # Layout
+//! - this module: the pool, dialects, migrations, [`outbox_enqueue`],
+//!   [`inbox_claim`] and the [`OutboxRelay`]
+//! - [`batch`]: the outbox and inbox writes for many messages at once
+//! - [`group_commit`]: many small writes from concurrent tasks, one commit
 
 use std::collections::HashMap;
 use std::sync::{Arc, Once};
@@ -15,6 +21,12 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+pub mod batch;
+pub mod group_commit;
+
+pub use batch::{inbox_claim_many, outbox_enqueue_many, OutboxItem};
+pub use group_commit::{BatchWrite, GroupCommit, GroupCommitError, GroupCommitOptions};
 
 use crate::bus::{Channel, OutMessage};
 use crate::events::CloudEvent;

@@ -1,0 +1,166 @@
+//! The scheduler's tables and every statement on them.
+//!
+//! Each state change is a conditional `UPDATE` whose `WHERE state IN (...)`
+//! comes from the transition tables in [`crate::domain::state`], so two
+//! scheduler replicas or a redelivered message never move a row twice.
+//!
+//! # Layout
+//! - [`campaigns`]: campaigns, their lifecycle and progress
+//! - [`leads`]: import batches, listings, callbacks
+//! - [`dispatch`]: the dispatcher's lease, candidates, history, queueing
+//! - [`attempts`]: claims, call events, hang-ups, leases, the reaper
+//! - [`dnc`]: do-not-call entries
+//! - [`idempotency`]: stored responses of `Idempotency-Key` requests
+
+pub mod attempts;
+pub mod campaigns;
+pub mod dispatch;
+pub mod dnc;
+pub mod idempotency;
+pub mod leads;
+
+use dialstack_common::db::{Db, Migration};
+
+pub use attempts::{Claim, DialTarget, HangupRequest};
+pub use campaigns::{Campaign, CampaignQuery, Progress, Transition};
+pub use dispatch::{Candidate, Queued};
+pub use dnc::{DncEntry, DncScope};
+pub use leads::{ImportBatchResult, Lead, LeadAttempt, LeadQuery};
+
+/// task-scheduler's schema.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "campaigns, leads, attempts",
+        sql: "CREATE TABLE campaigns (
+            id VARCHAR(36) NOT NULL PRIMARY KEY,
+            name VARCHAR(255) NOT NULL,
+            caller_id VARCHAR(16) NOT NULL,
+            max_concurrent BIGINT NOT NULL,
+            max_cps DOUBLE NOT NULL,
+            talk_time_ms BIGINT NOT NULL,
+            ring_timeout_ms BIGINT NOT NULL,
+            state VARCHAR(16) NOT NULL,
+            created_at BIGINT NOT NULL,
+            started_at BIGINT NULL,
+            completed_at BIGINT NULL
+          );
+          CREATE TABLE leads (
+            id VARCHAR(36) NOT NULL PRIMARY KEY,
+            campaign_id VARCHAR(36) NOT NULL,
+            seq BIGINT NOT NULL,
+            phone VARCHAR(16) NOT NULL
+          );
+          CREATE INDEX leads_campaign ON leads (campaign_id, seq);
+          CREATE TABLE attempts (
+            id VARCHAR(36) NOT NULL PRIMARY KEY,
+            campaign_id VARCHAR(36) NOT NULL,
+            lead_id VARCHAR(36) NOT NULL,
+            seq BIGINT NOT NULL,
+            phone VARCHAR(16) NOT NULL,
+            call_id VARCHAR(36) NULL,
+            state VARCHAR(16) NOT NULL,
+            outcome VARCHAR(32) NULL,
+            reason VARCHAR(64) NULL,
+            sip_status BIGINT NULL,
+            claimed_by VARCHAR(128) NULL,
+            lease_until BIGINT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL
+          );
+          CREATE INDEX attempts_campaign_state ON attempts (campaign_id, state, seq);
+          CREATE INDEX attempts_lease ON attempts (state, lease_until)",
+    },
+    Migration {
+        version: 2,
+        name: "campaign teams, lead owners",
+        sql: "ALTER TABLE campaigns ADD COLUMN team VARCHAR(64) NULL;
+              ALTER TABLE leads ADD COLUMN agent_id VARCHAR(64) NULL;
+              CREATE INDEX leads_agent ON leads (agent_id, id);
+              CREATE INDEX campaigns_team ON campaigns (team)",
+    },
+    Migration {
+        version: 3,
+        name: "attempts by call",
+        sql: "CREATE INDEX attempts_call ON attempts (call_id)",
+    },
+    Migration {
+        version: 4,
+        name: "campaign recording",
+        sql: "ALTER TABLE campaigns ADD COLUMN record BIGINT NOT NULL DEFAULT 0;
+              ALTER TABLE campaigns ADD COLUMN recording_retention_days BIGINT NULL",
+    },
+    Migration {
+        version: 5,
+        name: "lead schedules, campaign rules, DNC, idempotency keys, dispatcher lease",
+        sql: "ALTER TABLE campaigns ADD COLUMN priority BIGINT NOT NULL DEFAULT 1;
+              ALTER TABLE campaigns ADD COLUMN calling_hours TEXT NULL;
+              ALTER TABLE campaigns ADD COLUMN retry_policy TEXT NULL;
+              ALTER TABLE campaigns ADD COLUMN max_attempts BIGINT NULL;
+              ALTER TABLE campaigns ADD COLUMN max_attempts_per_day BIGINT NULL;
+              ALTER TABLE campaigns ADD COLUMN default_region VARCHAR(2) NULL;
+              ALTER TABLE campaigns ADD COLUMN updated_at BIGINT NOT NULL DEFAULT 0;
+              CREATE INDEX campaigns_state ON campaigns (state, id);
+              ALTER TABLE leads ADD COLUMN state VARCHAR(16) NOT NULL DEFAULT 'pending';
+              ALTER TABLE leads ADD COLUMN lane BIGINT NOT NULL DEFAULT 10;
+              ALTER TABLE leads ADD COLUMN priority BIGINT NOT NULL DEFAULT 0;
+              ALTER TABLE leads ADD COLUMN due_at BIGINT NOT NULL DEFAULT 0;
+              ALTER TABLE leads ADD COLUMN attempts BIGINT NOT NULL DEFAULT 0;
+              ALTER TABLE leads ADD COLUMN last_outcome VARCHAR(32) NULL;
+              ALTER TABLE leads ADD COLUMN last_attempt_at BIGINT NULL;
+              ALTER TABLE leads ADD COLUMN timezone VARCHAR(64) NULL;
+              ALTER TABLE leads ADD COLUMN zones VARCHAR(255) NOT NULL DEFAULT '';
+              ALTER TABLE leads ADD COLUMN external_id VARCHAR(64) NULL;
+              ALTER TABLE leads ADD COLUMN first_name VARCHAR(100) NULL;
+              ALTER TABLE leads ADD COLUMN last_name VARCHAR(100) NULL;
+              ALTER TABLE leads ADD COLUMN callback_at BIGINT NULL;
+              ALTER TABLE leads ADD COLUMN callback_agent_id VARCHAR(64) NULL;
+              ALTER TABLE leads ADD COLUMN reopened BIGINT NOT NULL DEFAULT 0;
+              ALTER TABLE leads ADD COLUMN created_at BIGINT NOT NULL DEFAULT 0;
+              ALTER TABLE leads ADD COLUMN updated_at BIGINT NOT NULL DEFAULT 0;
+              UPDATE leads SET attempts = (SELECT COUNT(*) FROM attempts a WHERE a.lead_id = leads.id AND a.state <> 'pending');
+              UPDATE leads SET state = 'done' WHERE EXISTS (SELECT 1 FROM attempts a WHERE a.lead_id = leads.id AND a.state = 'completed');
+              UPDATE leads SET state = 'dialing' WHERE EXISTS (SELECT 1 FROM attempts a WHERE a.lead_id = leads.id AND a.state IN ('queued', 'claimed', 'dialing'));
+              DELETE FROM attempts WHERE state = 'pending';
+              CREATE UNIQUE INDEX leads_campaign_phone ON leads (campaign_id, phone);
+              CREATE INDEX leads_due ON leads (campaign_id, state, lane, due_at);
+              CREATE INDEX leads_campaign_state_id ON leads (campaign_id, state, id);
+              CREATE INDEX attempts_phone ON attempts (phone, created_at);
+              CREATE INDEX attempts_lead ON attempts (lead_id, created_at);
+              CREATE INDEX attempts_open ON attempts (state, campaign_id);
+              CREATE TABLE dnc (
+                phone VARCHAR(16) NOT NULL,
+                scope VARCHAR(36) NOT NULL,
+                expires_at BIGINT NULL,
+                reason VARCHAR(200) NULL,
+                created_by VARCHAR(128) NULL,
+                created_at BIGINT NOT NULL,
+                PRIMARY KEY (phone, scope)
+              );
+              CREATE TABLE idempotency (
+                id VARCHAR(64) NOT NULL PRIMARY KEY,
+                request_hash VARCHAR(64) NOT NULL,
+                status BIGINT NOT NULL,
+                body TEXT NULL,
+                created_at BIGINT NOT NULL
+              );
+              CREATE INDEX idempotency_created ON idempotency (created_at);
+              CREATE TABLE leases (
+                name VARCHAR(64) NOT NULL PRIMARY KEY,
+                holder VARCHAR(128) NOT NULL,
+                until_ms BIGINT NOT NULL
+              )",
+    },
+];
+
+/// The repository.
+#[derive(Clone, Debug)]
+pub struct Repo {
+    /// The database.
+    pub db: Db,
+}
+
+/// `?, ?, ...` for `n` values.
+pub(crate) fn marks(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
