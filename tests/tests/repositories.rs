@@ -374,7 +374,9 @@ mod scheduler {
     fn guard() -> &'static dialstack_dialrules::guard::DestinationGuard {
         static GUARD: std::sync::OnceLock<dialstack_dialrules::guard::DestinationGuard> =
             std::sync::OnceLock::new();
-        GUARD.get_or_init(|| dialstack_dialrules::guard::DestinationGuard::from_lists("", "").unwrap())
+        GUARD.get_or_init(|| {
+            dialstack_dialrules::guard::DestinationGuard::from_lists("", "").unwrap()
+        })
     }
 
     /// Every hour of every day: these tests run at any time of day.
@@ -501,7 +503,10 @@ mod scheduler {
             assert_eq!(one[0].campaign_id, support.id, "{engine}");
             assert!(repo.start_campaign(&sales.id, "test").await.unwrap());
             let lead = repo.lead(&sales_leads[0].id).await.unwrap().unwrap();
-            assert!(lead.attempts.is_empty(), "{engine}: attempts open when dialed");
+            assert!(
+                lead.attempts.is_empty(),
+                "{engine}: attempts open when dialed"
+            );
             assert_eq!(lead.state, "pending", "{engine}");
             assert!(repo.lead("no-such-lead").await.unwrap().is_none());
         }
@@ -547,11 +552,7 @@ mod scheduler {
             );
             assert_eq!(repo.running_campaigns().await.unwrap().len(), 1, "{engine}");
             let c = repo.campaign(&c.id).await.unwrap().unwrap();
-            assert_eq!(
-                queue_attempts(&repo, &c, 7).await,
-                7,
-                "{engine}"
-            );
+            assert_eq!(queue_attempts(&repo, &c, 7).await, 7, "{engine}");
             assert_eq!(repo.in_flight(&c.id).await.unwrap(), 7, "{engine}");
             let dials = count(
                 &repo.db,
@@ -911,7 +912,7 @@ mod scheduler {
 mod storage {
     use super::*;
     use dialstack_contract::{CallEvent, CallRef, RecordingReady};
-    use storage_service::db::{Applied, CdrQuery, Change, Repo, MIGRATIONS};
+    use storage_service::db::{Applied, Cdr, CdrQuery, Change, Repo, MIGRATIONS};
 
     #[tokio::test]
     async fn events_in_any_order_make_one_cdr_that_never_regresses() {
@@ -1012,6 +1013,29 @@ mod storage {
                 "dialing",
                 "{engine}"
             );
+            // The same events applied one at a time make the same CDR.
+            for (id, ty, outcome) in [
+                ("s3", types::CALL_COMPLETED, Some(Outcome::AnsweredHuman)),
+                ("s1", types::CALL_DIALING, None),
+                ("s2", types::CALL_ANSWERED, None),
+            ] {
+                let mut e = event("c9", "a1", "k1", outcome);
+                e.at_ms = match ty {
+                    types::CALL_COMPLETED => done.call().at_ms,
+                    types::CALL_DIALING => dialing.call().at_ms,
+                    _ => answered.call().at_ms,
+                };
+                assert!(repo.apply(id, &typed(ty, &e)).await.unwrap(), "{engine}");
+            }
+            let c9 = repo.get("c9").await.unwrap().unwrap();
+            assert_eq!(
+                Cdr {
+                    call_id: "c1".into(),
+                    ..c9
+                },
+                c1,
+                "{engine}: batch and one at a time agree"
+            );
 
             // The same batch again (redelivered): nothing applied, nothing changed.
             let before = sqlx::query("SELECT updated_at FROM cdrs WHERE call_id = 'c1'")
@@ -1036,7 +1060,7 @@ mod storage {
             assert_eq!(repo.get("c1").await.unwrap().unwrap(), c1, "{engine}");
             assert_eq!(
                 count(&repo.db, "SELECT COUNT(*) FROM inbox").await,
-                4,
+                7,
                 "{engine}"
             );
         }

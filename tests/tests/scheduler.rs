@@ -55,7 +55,12 @@ async fn users(events: &str) -> InProcess {
     .await
 }
 
-async fn scheduler(users: &InProcess, db_url: &str, events: &str, extra: &[(&str, &str)]) -> InProcess {
+async fn scheduler(
+    users: &InProcess,
+    db_url: &str,
+    events: &str,
+    extra: &[(&str, &str)],
+) -> InProcess {
     let jwks = format!("{}/.well-known/jwks.json", users.url);
     let commands = format!("memory://{}", unique("cmd"));
     let mut vars: Vec<(&str, &str)> = vec![
@@ -119,7 +124,11 @@ impl Stack {
     }
 
     async fn count(&self, sql: &str) -> i64 {
-        sqlx::query(sql).fetch_one(&self.db.pool).await.unwrap().get(0)
+        sqlx::query(sql)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+            .get(0)
     }
 
     /// Open attempts: (attempt id, lead id, call id, phone).
@@ -135,7 +144,12 @@ impl Stack {
     }
 
     /// Plays the media processor: ends each attempt with `outcome`.
-    async fn complete(&self, campaign: &str, attempts: &[(String, String, String, String)], outcome: Outcome) {
+    async fn complete(
+        &self,
+        campaign: &str,
+        attempts: &[(String, String, String, String)],
+        outcome: Outcome,
+    ) {
         let ch = Channel::connect(&self.events, EVENTS).await.unwrap();
         for (attempt, _, call, phone) in attempts {
             let ev = typed(
@@ -223,53 +237,106 @@ async fn every_lifecycle_transition_and_every_refusal() {
             assert!(b["request_id"].is_string() && b["code"] == "conflict");
         }
         let (st, b) = s
-            .call(Method::PATCH, &format!("/v1/campaigns/{id}"), Some(json!({"max_cps": 0.5, "priority": 3})))
+            .call(
+                Method::PATCH,
+                &format!("/v1/campaigns/{id}"),
+                Some(json!({"max_cps": 0.5, "priority": 3})),
+            )
             .await;
-        assert_eq!((st, b["max_cps"].as_f64(), b["priority"].as_i64()), (200, Some(0.5), Some(3)), "{engine}: {b}");
+        assert_eq!(
+            (st, b["max_cps"].as_f64(), b["priority"].as_i64()),
+            (200, Some(0.5), Some(3)),
+            "{engine}: {b}"
+        );
         let (st, b) = s
-            .call(Method::PATCH, &format!("/v1/campaigns/{id}"), Some(json!({"calling_hours": {"days": [], "start": "08:00", "end": "21:00"}})))
+            .call(
+                Method::PATCH,
+                &format!("/v1/campaigns/{id}"),
+                Some(json!({"calling_hours": {"days": [], "start": "08:00", "end": "21:00"}})),
+            )
             .await;
         assert_eq!(st, 400, "{engine}: {b}");
-        assert!(b["message"].as_str().unwrap().contains("calling_hours.days"), "{b}");
-        for (action, want) in [("start", "running"), ("pause", "paused"), ("resume", "running")] {
+        assert!(
+            b["message"]
+                .as_str()
+                .unwrap()
+                .contains("calling_hours.days"),
+            "{b}"
+        );
+        for (action, want) in [
+            ("start", "running"),
+            ("pause", "paused"),
+            ("resume", "running"),
+        ] {
             let (st, b) = go(action).await;
-            assert_eq!((st, b["state"].as_str()), (200, Some(want)), "{engine} {action}: {b}");
+            assert_eq!(
+                (st, b["state"].as_str()),
+                (200, Some(want)),
+                "{engine} {action}: {b}"
+            );
         }
         for a in ["start", "resume"] {
             let (st, b) = go(a).await;
             assert_eq!(st, 409, "{engine}: {a} while running: {b}");
             assert!(b["message"].as_str().unwrap().contains("running"), "{b}");
         }
-        let (st, b) = s.call(Method::DELETE, &format!("/v1/campaigns/{id}"), None).await;
+        let (st, b) = s
+            .call(Method::DELETE, &format!("/v1/campaigns/{id}"), None)
+            .await;
         assert_eq!(st, 409, "{engine}: no delete while running: {b}");
         let (st, b) = go("stop").await;
-        assert_eq!((st, b["state"].as_str()), (200, Some("stopped")), "{engine}: {b}");
+        assert_eq!(
+            (st, b["state"].as_str()),
+            (200, Some("stopped")),
+            "{engine}: {b}"
+        );
         for a in ["start", "pause", "resume", "stop"] {
             let (st, b) = go(a).await;
             assert_eq!(st, 409, "{engine}: {a} after stop: {b}");
             assert!(b["message"].as_str().unwrap().contains("stopped"), "{b}");
         }
         let (st, _) = s
-            .call(Method::PATCH, &format!("/v1/campaigns/{id}"), Some(json!({"max_cps": 2})))
+            .call(
+                Method::PATCH,
+                &format!("/v1/campaigns/{id}"),
+                Some(json!({"max_cps": 2})),
+            )
             .await;
         assert_eq!(st, 409, "{engine}: a stopped campaign is not edited");
         // Listing by state, then delete.
-        let (st, page) = s.call(Method::GET, "/v1/campaigns?state=stopped", None).await;
+        let (st, page) = s
+            .call(Method::GET, "/v1/campaigns?state=stopped", None)
+            .await;
         assert_eq!(st, 200);
-        assert_eq!(page["items"].as_array().unwrap().len(), 1, "{engine}: {page}");
+        assert_eq!(
+            page["items"].as_array().unwrap().len(),
+            1,
+            "{engine}: {page}"
+        );
         let (st, _) = s.call(Method::GET, "/v1/campaigns?state=bogus", None).await;
         assert_eq!(st, 400);
-        let (st, _) = s.call(Method::DELETE, &format!("/v1/campaigns/{id}"), None).await;
+        let (st, _) = s
+            .call(Method::DELETE, &format!("/v1/campaigns/{id}"), None)
+            .await;
         assert_eq!(st, 204, "{engine}");
-        let (st, _) = s.call(Method::GET, &format!("/v1/campaigns/{id}"), None).await;
+        let (st, _) = s
+            .call(Method::GET, &format!("/v1/campaigns/{id}"), None)
+            .await;
         assert_eq!(st, 404, "{engine}");
         // Draft straight to stopped.
         let id2 = s.campaign(json!({})).await;
-        let (st, b) = s.call(Method::POST, &format!("/v1/campaigns/{id2}/stop"), None).await;
-        assert_eq!((st, b["state"].as_str()), (200, Some("stopped")), "{engine}: {b}");
+        let (st, b) = s
+            .call(Method::POST, &format!("/v1/campaigns/{id2}/stop"), None)
+            .await;
+        assert_eq!(
+            (st, b["state"].as_str()),
+            (200, Some("stopped")),
+            "{engine}: {b}"
+        );
         // Concurrent starts: exactly one wins.
         let id3 = s.campaign(json!({"contacts": ["+14155550102"]})).await;
-        let starts = (0..6).map(|_| s.call(Method::POST, &format!("/v1/campaigns/{id3}/start"), None));
+        let path = format!("/v1/campaigns/{id3}/start");
+        let starts = (0..6).map(|_| s.call(Method::POST, &path, None));
         let results = futures_util::future::join_all(starts).await;
         let won = results.iter().filter(|(st, _)| *st == 200).count();
         assert_eq!(won, 1, "{engine}: {results:?}");
@@ -283,7 +350,11 @@ async fn a_csv_import_reports_every_bad_row_and_keeps_the_good_ones() {
         let s = Stack::start(&url, &[("DIALSTACK_ALLOWED_PREFIXES", "+1,+44")]).await;
         let id = s.campaign(json!({"default_region": "US"})).await;
         let (st, _) = s
-            .call(Method::POST, "/v1/dnc", Some(json!({"numbers": ["+12125550199"]})))
+            .call(
+                Method::POST,
+                "/v1/dnc",
+                Some(json!({"numbers": ["+12125550199"]})),
+            )
             .await;
         assert_eq!(st, 201);
         let csv = "phone,timezone,priority,first_name,last_name,plan\n\
@@ -318,7 +389,14 @@ async fn a_csv_import_reports_every_bad_row_and_keeps_the_good_ones() {
         let rows: Vec<(i64, &str)> = errors.iter().map(|(r, c, _)| (*r, c.as_str())).collect();
         assert_eq!(
             rows,
-            vec![(4, "phone"), (5, "timezone"), (6, "priority"), (7, "phone"), (8, "phone"), (11, "phone")],
+            vec![
+                (4, "phone"),
+                (5, "timezone"),
+                (6, "priority"),
+                (7, "phone"),
+                (8, "phone"),
+                (10, "phone")
+            ],
             "{engine}: {errors:?}"
         );
         assert!(errors[0].2.contains("bad number"), "{errors:?}");
@@ -329,22 +407,49 @@ async fn a_csv_import_reports_every_bad_row_and_keeps_the_good_ones() {
         assert!(errors[5].2.contains("not allowed"), "premium: {errors:?}");
         // The good rows are leads in E.164 with their schedule.
         let (_, page) = s
-            .call(Method::GET, &format!("/v1/campaigns/{id}/leads?state=pending"), None)
+            .call(
+                Method::GET,
+                &format!("/v1/campaigns/{id}/leads?state=pending"),
+                None,
+            )
             .await;
-        let mut phones: Vec<&str> = page["items"].as_array().unwrap().iter().map(|l| l["phone"].as_str().unwrap()).collect();
+        let mut phones: Vec<&str> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["phone"].as_str().unwrap())
+            .collect();
         phones.sort();
-        assert_eq!(phones, vec!["+12125550100", "+12125550101"], "{engine}: {page}");
-        let ann = page["items"].as_array().unwrap().iter().find(|l| l["phone"] == "+12125550100").unwrap();
-        assert_eq!((ann["priority"].as_i64(), ann["first_name"].as_str()), (Some(5), Some("Ann")), "{ann}");
+        assert_eq!(
+            phones,
+            vec!["+12125550100", "+12125550101"],
+            "{engine}: {page}"
+        );
+        let ann = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["phone"] == "+12125550100")
+            .unwrap();
+        assert_eq!(
+            (ann["priority"].as_i64(), ann["first_name"].as_str()),
+            (Some(5), Some("Ann")),
+            "{ann}"
+        );
         // The profile went out as customer.upserted.
         assert_eq!(
-            s.count("SELECT COUNT(*) FROM outbox WHERE routing_key = 'customer.upserted'").await,
+            s.count("SELECT COUNT(*) FROM outbox WHERE routing_key = 'customer.upserted'")
+                .await,
             2,
             "{engine}"
         );
         // A header without phone is refused whole; nothing is added.
         let (st, b) = s.csv(&id, "name,number\nx,+12125550150\n").await;
-        assert_eq!((st, b["code"].as_str()), (400, Some("invalid_request")), "{engine}: {b}");
+        assert_eq!(
+            (st, b["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{engine}: {b}"
+        );
         // Malformed bytes: an invalid UTF-8 row is one error, not a failure.
         let r = s
             .sched
@@ -357,7 +462,11 @@ async fn a_csv_import_reports_every_bad_row_and_keeps_the_good_ones() {
             .await
             .unwrap();
         let b: Value = r.json().await.unwrap();
-        assert_eq!((b["accepted"].as_i64(), b["rejected"].as_i64()), (Some(1), Some(1)), "{engine}: {b}");
+        assert_eq!(
+            (b["accepted"].as_i64(), b["rejected"].as_i64()),
+            (Some(1), Some(1)),
+            "{engine}: {b}"
+        );
         // Wrong content type.
         let r = s
             .sched
@@ -378,7 +487,11 @@ async fn a_csv_import_reports_every_bad_row_and_keeps_the_good_ones() {
                 Some(json!([{"phone": "+12125550170", "priority": 9}, {"phone": "+12125550171", "timezone": "Nowhere/Zone"}])),
             )
             .await;
-        assert_eq!((st, b["accepted"].as_i64(), b["rejected"].as_i64()), (200, Some(1), Some(1)), "{engine}: {b}");
+        assert_eq!(
+            (st, b["accepted"].as_i64(), b["rejected"].as_i64()),
+            (200, Some(1), Some(1)),
+            "{engine}: {b}"
+        );
         assert_eq!(b["errors"][0]["row"], 1, "{b}");
     }
 }
@@ -395,63 +508,131 @@ async fn dnc_added_after_import_is_never_dialed_and_retries_and_callbacks_fire()
             .await;
         // Put one on the list after import, before the start.
         let (st, _) = s
-            .call(Method::POST, "/v1/dnc", Some(json!({"numbers": ["+14155550103"], "scope": id})))
+            .call(
+                Method::POST,
+                "/v1/dnc",
+                Some(json!({"numbers": ["+14155550103"], "scope": id})),
+            )
             .await;
         assert_eq!(st, 201);
         let (st, b) = s.call(Method::GET, "/v1/dnc/+14155550103", None).await;
         assert_eq!((st, b["listed"].as_bool()), (200, Some(true)), "{b}");
-        let (st, _) = s.call(Method::POST, &format!("/v1/campaigns/{id}/start"), None).await;
+        let (st, _) = s
+            .call(Method::POST, &format!("/v1/campaigns/{id}/start"), None)
+            .await;
         assert_eq!(st, 200);
         let first = eventually("two dials", Duration::from_secs(20), || async {
             let q = s.queued(&id).await;
-            if q.len() == 2 { Ok(q) } else { Err(format!("{q:?}")) }
+            if q.len() == 2 {
+                Ok(q)
+            } else {
+                Err(format!("{q:?}"))
+            }
         })
         .await;
-        assert!(first.iter().all(|(_, _, _, p)| p != "+14155550103"), "{engine}: DNC number dialed");
-        let dnc_lead = s.count(&format!("SELECT COUNT(*) FROM leads WHERE campaign_id = '{id}' AND state = 'dnc'")).await;
+        assert!(
+            first.iter().all(|(_, _, _, p)| p != "+14155550103"),
+            "{engine}: DNC number dialed"
+        );
+        let dnc_lead = s
+            .count(&format!(
+                "SELECT COUNT(*) FROM leads WHERE campaign_id = '{id}' AND state = 'dnc'"
+            ))
+            .await;
         assert_eq!(dnc_lead, 1, "{engine}");
         // Busy: retried once, a second later.
         s.complete(&id, &first, Outcome::Busy).await;
+        eventually("the busy outcomes applied", Duration::from_secs(20), || async {
+            let n = s.count(&format!("SELECT COUNT(*) FROM attempts WHERE campaign_id = '{id}' AND outcome = 'busy'")).await;
+            if n == 2 { Ok(()) } else { Err(format!("{n} busy")) }
+        })
+        .await;
         let second = eventually("retries after 1 s", Duration::from_secs(20), || async {
             let q = s.queued(&id).await;
-            if q.len() == 2 { Ok(q) } else { Err(format!("{q:?}")) }
+            if q.len() == 2 {
+                Ok(q)
+            } else {
+                Err(format!("{q:?}"))
+            }
         })
         .await;
         let leads_first: Vec<&String> = first.iter().map(|a| &a.1).collect();
-        assert!(second.iter().all(|a| leads_first.contains(&&a.1)), "{engine}: the same leads again");
+        assert!(
+            second.iter().all(|a| leads_first.contains(&&a.1)),
+            "{engine}: the same leads again"
+        );
         // Busy again: no retry left; one lead gets a callback instead.
         s.complete(&id, &second, Outcome::Busy).await;
         let lead = second[0].1.clone();
         eventually("leads done", Duration::from_secs(20), || async {
-            let n = s.count(&format!("SELECT COUNT(*) FROM leads WHERE id = '{lead}' AND state = 'done'")).await;
-            if n == 1 { Ok(()) } else { Err("not done".into()) }
+            let n = s
+                .count(&format!(
+                    "SELECT COUNT(*) FROM leads WHERE id = '{lead}' AND state = 'done'"
+                ))
+                .await;
+            if n == 1 {
+                Ok(())
+            } else {
+                Err("not done".into())
+            }
         })
         .await;
         let at = dialstack_common::now_ms() + 1_500;
         let (st, b) = s
-            .call(Method::POST, &format!("/v1/leads/{lead}/callback"), Some(json!({"at": at, "agent_id": "ann"})))
+            .call(
+                Method::POST,
+                &format!("/v1/leads/{lead}/callback"),
+                Some(json!({"at": at, "agent_id": "ann"})),
+            )
             .await;
-        assert_eq!((st, b["state"].as_str(), b["callback_at"].as_i64()), (200, Some("pending"), Some(at)), "{engine}: {b}");
+        assert_eq!(
+            (st, b["state"].as_str(), b["callback_at"].as_i64()),
+            (200, Some("pending"), Some(at)),
+            "{engine}: {b}"
+        );
         let third = eventually("the callback fires", Duration::from_secs(20), || async {
             let q = s.queued(&id).await;
-            if q.len() == 1 { Ok(q) } else { Err(format!("{q:?}")) }
+            if q.len() == 1 {
+                Ok(q)
+            } else {
+                Err(format!("{q:?}"))
+            }
         })
         .await;
         assert_eq!(third[0].1, lead, "{engine}");
-        assert!(dialstack_common::now_ms() >= at, "{engine}: not before its time");
-        let (_, detail) = s.call(Method::GET, &format!("/v1/leads/{lead}"), None).await;
-        assert_eq!(detail["attempts"].as_array().unwrap().len(), 3, "{engine}: {detail}");
+        assert!(
+            dialstack_common::now_ms() >= at,
+            "{engine}: not before its time"
+        );
+        let (_, detail) = s
+            .call(Method::GET, &format!("/v1/leads/{lead}"), None)
+            .await;
+        assert_eq!(
+            detail["attempts"].as_array().unwrap().len(),
+            3,
+            "{engine}: {detail}"
+        );
         s.complete(&id, &third, Outcome::AnsweredHuman).await;
         let view = eventually("campaign completed", Duration::from_secs(20), || async {
-            let (_, v) = s.call(Method::GET, &format!("/v1/campaigns/{id}"), None).await;
-            if v["state"] == "completed" { Ok(v) } else { Err(v.to_string()) }
+            let (_, v) = s
+                .call(Method::GET, &format!("/v1/campaigns/{id}"), None)
+                .await;
+            if v["state"] == "completed" {
+                Ok(v)
+            } else {
+                Err(v.to_string())
+            }
         })
         .await;
         assert_eq!(view["progress"]["outcomes"]["busy"], 4, "{engine}: {view}");
         assert_eq!(view["progress"]["leads"]["dnc"], 1, "{engine}: {view}");
         // A callback on a finished campaign is refused; a callback can be canceled.
         let (st, _) = s
-            .call(Method::POST, &format!("/v1/leads/{lead}/callback"), Some(json!({"at": at + 60_000})))
+            .call(
+                Method::POST,
+                &format!("/v1/leads/{lead}/callback"),
+                Some(json!({"at": at + 60_000})),
+            )
             .await;
         assert_eq!(st, 409, "{engine}");
     }
@@ -463,26 +644,38 @@ async fn calling_hours_follow_the_callees_zone() {
     // (5 or 6 hours behind), whatever time the test runs.
     use chrono::{Timelike, Utc};
     use chrono_tz::Tz;
+    // Too close to the end of the hour, the window may shut mid-test.
+    if Utc::now().minute() >= 58 {
+        tokio::time::sleep(Duration::from_secs(125)).await;
+    }
     let now = Utc::now();
     let ny: Tz = "America/New_York".parse().unwrap();
     let hour = now.with_timezone(&ny).hour();
     let (start, end) = (format!("{hour:02}:00"), format!("{:02}:00", hour + 1));
     let hours = json!({"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": start, "end": end});
-    // Too close to the end of the hour, the window may shut mid-test.
-    if now.minute() >= 58 {
-        tokio::time::sleep(Duration::from_secs(125)).await;
-    }
     let s = Stack::start(&both_databases()[1].1, &[]).await;
     let id = s.campaign(json!({"calling_hours": hours})).await;
     let (st, r) = s
         .csv(&id, "phone,timezone\n+12125550100,America/New_York\n+18085550100,\n+12125550101,Pacific/Honolulu\n")
         .await;
     assert_eq!((st, r["accepted"].as_i64()), (200, Some(3)), "{r}");
-    s.call(Method::POST, &format!("/v1/campaigns/{id}/start"), None).await;
-    let q = eventually("the New York lead dialed", Duration::from_secs(20), || async {
-        let q = s.queued(&id).await;
-        if q.is_empty() { Err("none".into()) } else { Ok(q) }
-    })
+    s.call(Method::POST, &format!("/v1/campaigns/{id}/start"), None)
+        .await;
+    let q = eventually(
+        "the New York lead dialed",
+        Duration::from_secs(20),
+        || async {
+            let q = s.queued(&id).await;
+            if q.is_empty() {
+                let (_, page) = s
+                    .call(Method::GET, &format!("/v1/campaigns/{id}/leads"), None)
+                    .await;
+                Err(format!("none: {page}"))
+            } else {
+                Ok(q)
+            }
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let q2 = s.queued(&id).await;
@@ -490,9 +683,18 @@ async fn calling_hours_follow_the_callees_zone() {
     assert_eq!(q2.len(), 1, "only New York is inside the window: {q2:?}");
     assert_eq!(q2[0].3, "+12125550100");
     // The others wait for their window, which opens hours later.
-    let (_, page) = s.call(Method::GET, &format!("/v1/campaigns/{id}/leads?state=pending"), None).await;
+    let (_, page) = s
+        .call(
+            Method::GET,
+            &format!("/v1/campaigns/{id}/leads?state=pending"),
+            None,
+        )
+        .await;
     for l in page["items"].as_array().unwrap() {
-        assert!(l["due_at"].as_i64().unwrap() > dialstack_common::now_ms() + 3_600_000, "{l}");
+        assert!(
+            l["due_at"].as_i64().unwrap() > dialstack_common::now_ms() + 3_600_000,
+            "{l}"
+        );
     }
 }
 
@@ -503,7 +705,15 @@ async fn every_creating_post_is_idempotent() {
         let post = |path: String, body: Value, key: &'static str| {
             let s = &s;
             async move {
-                call(&s.sched, Method::POST, &path, &s.admin, Some(body), &[("idempotency-key", key)]).await
+                call(
+                    &s.sched,
+                    Method::POST,
+                    &path,
+                    &s.admin,
+                    Some(body),
+                    &[("idempotency-key", key)],
+                )
+                .await
             }
         };
         let body = json!({"name": "idem", "caller_id": "+14155550000", "max_concurrent": 1, "max_cps": 1.0,
@@ -522,7 +732,11 @@ async fn every_creating_post_is_idempotent() {
                 assert_eq!(r.1["id"], d.1["id"], "{engine}: the first response");
             }
         }
-        assert_eq!(s.count("SELECT COUNT(*) FROM campaigns").await, 1, "{engine}: one campaign");
+        assert_eq!(
+            s.count("SELECT COUNT(*) FROM campaigns").await,
+            1,
+            "{engine}: one campaign"
+        );
         // Same key, another body: refused.
         let mut other = body.clone();
         other["name"] = json!("other");
@@ -531,8 +745,17 @@ async fn every_creating_post_is_idempotent() {
         let id = d.1["id"].as_str().unwrap().to_owned();
         // Leads (JSON and CSV), DNC, callbacks.
         for _ in 0..2 {
-            let (st, r) = post(format!("/v1/campaigns/{id}/leads"), json!([{"phone": "+14155550102", "first_name": "Z"}]), "leads-1").await;
-            assert_eq!((st, r["accepted"].as_i64()), (200, Some(1)), "{engine}: the replay says what the first said: {r}");
+            let (st, r) = post(
+                format!("/v1/campaigns/{id}/leads"),
+                json!([{"phone": "+14155550102", "first_name": "Z"}]),
+                "leads-1",
+            )
+            .await;
+            assert_eq!(
+                (st, r["accepted"].as_i64()),
+                (200, Some(1)),
+                "{engine}: the replay says what the first said: {r}"
+            );
         }
         for _ in 0..2 {
             let r = s
@@ -550,12 +773,18 @@ async fn every_creating_post_is_idempotent() {
             assert_eq!(b["accepted"], 1, "{engine}: {b}");
         }
         assert_eq!(
-            s.count("SELECT COUNT(*) FROM outbox WHERE routing_key = 'customer.upserted'").await,
+            s.count("SELECT COUNT(*) FROM outbox WHERE routing_key = 'customer.upserted'")
+                .await,
             2,
             "{engine}: one profile event per import, not per retry"
         );
         for _ in 0..2 {
-            let (st, r) = post("/v1/dnc".into(), json!({"numbers": ["+14155550109"], "reason": "asked"}), "dnc-1").await;
+            let (st, r) = post(
+                "/v1/dnc".into(),
+                json!({"numbers": ["+14155550109"], "reason": "asked"}),
+                "dnc-1",
+            )
+            .await;
             assert_eq!((st, r["added"].as_i64()), (201, Some(1)), "{engine}: {r}");
         }
         let lead: String = sqlx::query("SELECT id FROM leads WHERE phone = '+14155550101'")
@@ -565,10 +794,27 @@ async fn every_creating_post_is_idempotent() {
             .get(0);
         let at = dialstack_common::now_ms() + 3_600_000;
         for _ in 0..2 {
-            let (st, r) = post(format!("/v1/leads/{lead}/callback"), json!({"at": at}), "cb-1").await;
-            assert_eq!((st, r["callback_at"].as_i64()), (200, Some(at)), "{engine}: {r}");
+            let (st, r) = post(
+                format!("/v1/leads/{lead}/callback"),
+                json!({"at": at}),
+                "cb-1",
+            )
+            .await;
+            assert_eq!(
+                (st, r["callback_at"].as_i64()),
+                (200, Some(at)),
+                "{engine}: {r}"
+            );
         }
-        let (st, _) = call(&s.sched, Method::POST, "/v1/campaigns", &s.admin, Some(body.clone()), &[("idempotency-key", "bad\u{1}key")]).await;
+        let (st, _) = call(
+            &s.sched,
+            Method::POST,
+            "/v1/campaigns",
+            &s.admin,
+            Some(body.clone()),
+            &[("idempotency-key", "bad key")],
+        )
+        .await;
         assert_eq!(st, 400, "{engine}: a malformed key");
         assert_eq!(s.count("SELECT COUNT(*) FROM leads").await, 3, "{engine}");
     }
@@ -578,23 +824,43 @@ async fn every_creating_post_is_idempotent() {
 async fn campaigns_share_the_deployment_rate_by_weight() {
     for (engine, url) in both_databases() {
         let s = Stack::start(&url, &[("DIALSTACK_MAX_CPS", "40")]).await;
-        let contacts = |base: u32| -> Vec<String> { (0..2000).map(|i| format!("+1415{:07}", base + i)).collect() };
-        let heavy = s.campaign(json!({"priority": 3, "contacts": contacts(2_000_000)})).await;
-        let light = s.campaign(json!({"priority": 1, "contacts": contacts(3_000_000)})).await;
+        let contacts = |base: u32| -> Vec<String> {
+            (0..2000).map(|i| format!("+1415{:07}", base + i)).collect()
+        };
+        let heavy = s
+            .campaign(json!({"priority": 3, "contacts": contacts(2_000_000)}))
+            .await;
+        let light = s
+            .campaign(json!({"priority": 1, "contacts": contacts(3_000_000)}))
+            .await;
         for id in [&heavy, &light] {
-            let (st, _) = s.call(Method::POST, &format!("/v1/campaigns/{id}/start"), None).await;
+            let (st, _) = s
+                .call(Method::POST, &format!("/v1/campaigns/{id}/start"), None)
+                .await;
             assert_eq!(st, 200);
         }
+        // Measured once both run (the dispatcher picks up a newly started
+        // campaign within half a second).
+        let sql = |id: &str| format!("SELECT COUNT(*) FROM attempts WHERE campaign_id = '{id}'");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (h0, l0) = (s.count(&sql(&heavy)).await, s.count(&sql(&light)).await);
         tokio::time::sleep(Duration::from_secs(8)).await;
-        let n = |id: String| async move {
-            s.count(&format!("SELECT COUNT(*) FROM attempts WHERE campaign_id = '{id}'")).await as f64
-        };
-        let (h, l) = (n(heavy.clone()).await, n(light.clone()).await);
+        let (h1, l1) = (s.count(&sql(&heavy)).await, s.count(&sql(&light)).await);
+        let (h, l) = ((h1 - h0) as f64, (l1 - l0) as f64);
         let ratio = h / l;
-        assert!((ratio - 3.0).abs() <= 0.15, "{engine}: {h} : {l} = {ratio:.3}");
-        assert!(h + l <= 40.0 * 9.0 + 40.0, "{engine}: the deployment cap holds: {}", h + l);
+        assert!(
+            (ratio - 3.0).abs() <= 0.15,
+            "{engine}: {h} : {l} = {ratio:.3}"
+        );
+        assert!(
+            h + l <= 40.0 * 8.5,
+            "{engine}: the deployment cap holds: {}",
+            h + l
+        );
+        assert!(h + l >= 40.0 * 7.0, "{engine}: and is used: {}", h + l);
         for id in [&heavy, &light] {
-            s.call(Method::POST, &format!("/v1/campaigns/{id}/stop"), None).await;
+            s.call(Method::POST, &format!("/v1/campaigns/{id}/stop"), None)
+                .await;
         }
     }
 }
@@ -608,34 +874,67 @@ async fn the_destination_guard_refuses_at_import_and_again_at_dial_time() {
             .await;
         assert_eq!(st, 400, "{engine}: premium number at create: {b}");
         let id = s.campaign(json!({})).await;
-        let (st, r) = s.csv(&id, "phone,timezone\n+447700900123,Europe/London\n+14155550101,\n").await;
-        assert_eq!((st, r["accepted"].as_i64()), (200, Some(2)), "{engine}: {r}");
+        let (st, r) = s
+            .csv(
+                &id,
+                "phone,timezone\n+447700900123,Europe/London\n+14155550101,\n",
+            )
+            .await;
+        assert_eq!(
+            (st, r["accepted"].as_i64()),
+            (200, Some(2)),
+            "{engine}: {r}"
+        );
         // The deployment narrows its allowed prefixes; the +44 lead is
         // refused when it comes up, not dialed.
-        let Stack { users, sched, db_url, events, .. } = s;
+        let Stack {
+            users,
+            sched,
+            db_url,
+            events,
+            ..
+        } = s;
         drop(sched);
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let sched = scheduler(&users, &db_url, &events, &[("DIALSTACK_ALLOWED_PREFIXES", "+1")]).await;
+        let sched = scheduler(
+            &users,
+            &db_url,
+            &events,
+            &[("DIALSTACK_ALLOWED_PREFIXES", "+1")],
+        )
+        .await;
         let admin = login(&users, "admin", ADMIN_PASSWORD).await;
-        let (st, _) = call(&sched, Method::POST, &format!("/v1/campaigns/{id}/start"), &admin, None, &[]).await;
+        let (st, _) = call(
+            &sched,
+            Method::POST,
+            &format!("/v1/campaigns/{id}/start"),
+            &admin,
+            None,
+            &[],
+        )
+        .await;
         assert_eq!(st, 200);
         let db = Db::connect(&db_url).await.unwrap();
-        eventually("the +44 lead blocked, the +1 lead dialed", Duration::from_secs(20), || async {
-            let rows: HashMap<String, String> = sqlx::query("SELECT phone, state FROM leads")
-                .fetch_all(&db.pool)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| (r.get(0), r.get(1)))
-                .collect();
-            if rows.get("+447700900123").map(String::as_str) == Some("blocked")
-                && rows.get("+14155550101").map(String::as_str) == Some("dialing")
-            {
-                Ok(())
-            } else {
-                Err(format!("{rows:?}"))
-            }
-        })
+        eventually(
+            "the +44 lead blocked, the +1 lead dialed",
+            Duration::from_secs(20),
+            || async {
+                let rows: HashMap<String, String> = sqlx::query("SELECT phone, state FROM leads")
+                    .fetch_all(&db.pool)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect();
+                if rows.get("+447700900123").map(String::as_str) == Some("blocked")
+                    && rows.get("+14155550101").map(String::as_str) == Some("dialing")
+                {
+                    Ok(())
+                } else {
+                    Err(format!("{rows:?}"))
+                }
+            },
+        )
         .await;
         let dialed: i64 = sqlx::query("SELECT COUNT(*) FROM attempts WHERE phone LIKE '+44%'")
             .fetch_one(&db.pool)

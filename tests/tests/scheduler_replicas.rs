@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use dialstack_common::db::Db;
 use dialstack_tests::procs::{log_dir, ServiceProc};
-use dialstack_tests::{amqp_url, eventually, fresh_mysql_url, fresh_sqlite_url, in_process, unique};
+use dialstack_tests::{
+    amqp_url, eventually, fresh_mysql_url, fresh_sqlite_url, in_process, unique,
+};
 use serde_json::{json, Value};
 use sqlx::Row;
 
@@ -34,8 +36,14 @@ async fn two_replicas_pace_together_and_survive_a_leader_kill() {
         for (k, v) in [
             ("DIALSTACK_DATABASE_URL", db_url.clone()),
             ("DIALSTACK_EVENTS_URL", events.clone()),
-            ("DIALSTACK_COMMANDS_URL", format!("memory://{}", unique("cmd"))),
-            ("DIALSTACK_JWKS_URL", format!("{}/.well-known/jwks.json", users.url)),
+            (
+                "DIALSTACK_COMMANDS_URL",
+                format!("memory://{}", unique("cmd")),
+            ),
+            (
+                "DIALSTACK_JWKS_URL",
+                format!("{}/.well-known/jwks.json", users.url),
+            ),
             ("DIALSTACK_HTTP_ADDR", "127.0.0.1:0".into()),
             ("DIALSTACK_LEADER_LEASE_MS", "1500".into()),
             ("HOSTNAME", host.into()),
@@ -61,7 +69,9 @@ async fn two_replicas_pace_together_and_survive_a_leader_kill() {
         .unwrap();
     let token = token["access_token"].as_str().unwrap().to_owned();
     let cps = 20.0;
-    let contacts: Vec<String> = (0..3000).map(|i| format!("+1415{:07}", 2_000_000 + i)).collect();
+    let contacts: Vec<String> = (0..3000)
+        .map(|i| format!("+1415{:07}", 2_000_000 + i))
+        .collect();
     let http = reqwest::Client::new();
     let c: Value = http
         .post(format!("{}/v1/campaigns", b.url))
@@ -89,26 +99,55 @@ async fn two_replicas_pace_together_and_survive_a_leader_kill() {
     let t0 = dialstack_common::now_ms();
     tokio::time::sleep(Duration::from_secs(8)).await;
     let t1 = dialstack_common::now_ms();
-    let n = scalar(&db, &format!("SELECT COUNT(*) FROM attempts WHERE created_at >= {t0} AND created_at < {t1}")).await;
+    let n = scalar(
+        &db,
+        &format!("SELECT COUNT(*) FROM attempts WHERE created_at >= {t0} AND created_at < {t1}"),
+    )
+    .await;
     let rate = n as f64 * 1000.0 / (t1 - t0) as f64;
-    assert!((rate - cps).abs() <= cps * 0.05, "two replicas dial {rate:.2}/s for max_cps {cps}");
+    assert!(
+        (rate - cps).abs() <= cps * 0.05,
+        "two replicas dial {rate:.2}/s for max_cps {cps}"
+    );
     // Kill the leader.
     let holder: String = sqlx::query("SELECT holder FROM leases WHERE name = 'dispatcher'")
         .fetch_one(&db.pool)
         .await
         .unwrap()
         .get(0);
-    let (leader, survivor) = if holder.starts_with("replica-a") { (a, b) } else { (b, a) };
+    let (leader, survivor) = if holder.starts_with("replica-a") {
+        (a, b)
+    } else {
+        (b, a)
+    };
     let killed_at = dialstack_common::now_ms();
     leader.kill9().await;
-    let resumed = eventually("the other replica dials", Duration::from_secs(15), || async {
-        let n = scalar(&db, &format!("SELECT COUNT(*) FROM attempts WHERE created_at > {}", killed_at + 200)).await;
-        if n > 0 {
-            Ok(scalar(&db, &format!("SELECT MIN(created_at) FROM attempts WHERE created_at > {}", killed_at + 200)).await)
-        } else {
-            Err("no attempt since the kill".into())
-        }
-    })
+    let resumed = eventually(
+        "the other replica dials",
+        Duration::from_secs(15),
+        || async {
+            let n = scalar(
+                &db,
+                &format!(
+                    "SELECT COUNT(*) FROM attempts WHERE created_at > {}",
+                    killed_at + 200
+                ),
+            )
+            .await;
+            if n > 0 {
+                Ok(scalar(
+                    &db,
+                    &format!(
+                        "SELECT MIN(created_at) FROM attempts WHERE created_at > {}",
+                        killed_at + 200
+                    ),
+                )
+                .await)
+            } else {
+                Err("no attempt since the kill".into())
+            }
+        },
+    )
     .await;
     let takeover_ms = resumed - killed_at;
     assert!(takeover_ms < 5_000, "takeover took {takeover_ms} ms");
@@ -123,9 +162,16 @@ async fn two_replicas_pace_together_and_survive_a_leader_kill() {
     let t2 = dialstack_common::now_ms();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let t3 = dialstack_common::now_ms();
-    let n = scalar(&db, &format!("SELECT COUNT(*) FROM attempts WHERE created_at >= {t2} AND created_at < {t3}")).await;
+    let n = scalar(
+        &db,
+        &format!("SELECT COUNT(*) FROM attempts WHERE created_at >= {t2} AND created_at < {t3}"),
+    )
+    .await;
     let rate = n as f64 * 1000.0 / (t3 - t2) as f64;
-    assert!((rate - cps).abs() <= cps * 0.05, "after takeover {rate:.2}/s");
+    assert!(
+        (rate - cps).abs() <= cps * 0.05,
+        "after takeover {rate:.2}/s"
+    );
     // Nobody was dialed twice.
     let twice = scalar(&db, "SELECT COUNT(*) FROM (SELECT lead_id FROM attempts GROUP BY lead_id HAVING COUNT(*) > 1) t").await;
     assert_eq!(twice, 0, "leads dialed twice");

@@ -40,9 +40,13 @@ fn main() {
     run("parse_phone E.164 (fast path)", 1_000_000, |i| {
         black_box(parse_phone(black_box(&e164[(i % 10_000) as usize]), None).ok());
     });
-    run("parse_phone '+1 415 555 0101' (fast path)", 1_000_000, |i| {
-        black_box(parse_phone(black_box(&spaced[(i % 10_000) as usize]), None).ok());
-    });
+    run(
+        "parse_phone '+1 415 555 0101' (fast path)",
+        1_000_000,
+        |i| {
+            black_box(parse_phone(black_box(&spaced[(i % 10_000) as usize]), None).ok());
+        },
+    );
     run("parse_phone '(415) 555-0101' US (parser)", 20_000, |i| {
         black_box(parse_phone(black_box(&national[(i % 10_000) as usize]), Some("US")).ok());
     });
@@ -61,7 +65,13 @@ fn main() {
 
     let default = CallingHours::default();
     let weekdays = CallingHours {
-        days: vec![Weekday::Mon, Weekday::Tue, Weekday::Wed, Weekday::Thu, Weekday::Fri],
+        days: vec![
+            Weekday::Mon,
+            Weekday::Tue,
+            Weekday::Wed,
+            Weekday::Thu,
+            Weekday::Fri,
+        ],
         start: "09:00".to_owned(),
         end: "17:00".to_owned(),
     };

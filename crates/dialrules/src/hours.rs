@@ -82,7 +82,9 @@ impl FromStr for Weekday {
         Weekday::ALL
             .into_iter()
             .find(|day| day.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| format!("unknown day {s:?} (expected mon, tue, wed, thu, fri, sat or sun)"))
+            .ok_or_else(|| {
+                format!("unknown day {s:?} (expected mon, tue, wed, thu, fri, sat or sun)")
+            })
     }
 }
 
@@ -121,7 +123,8 @@ pub struct CallingHours {
     pub days: Vec<Weekday>,
     /// "HH:MM", inclusive.
     pub start: String,
-    /// "HH:MM", exclusive; after `start` (the window does not cross midnight).
+    /// "HH:MM", exclusive; after `start` (the window does not cross
+    /// midnight); "24:00" is the end of the day.
     pub end: String,
 }
 
@@ -139,8 +142,9 @@ impl Default for CallingHours {
 }
 
 impl CallingHours {
-    /// Validates (days non-empty and unique, times HH:MM, start < end); Err =
-    /// (field, reason) with field "days"|"start"|"end".
+    /// Validates (days non-empty and unique, times HH:MM with `end` also
+    /// "24:00", start < end); Err = (field, reason) with field
+    /// "days"|"start"|"end".
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         self.window().map(|_| ())
     }
@@ -190,7 +194,13 @@ impl CallingHours {
             days |= day.bit();
         }
         let start = parse_hh_mm(&self.start).map_err(|reason| ("start", reason))?;
-        let end = parse_hh_mm(&self.end).map_err(|reason| ("end", reason))?;
+        // "24:00" ends the window at midnight: a whole day is 00:00-24:00.
+        let end = if self.end == "24:00" {
+            NaiveTime::from_hms_nano_opt(23, 59, 59, 999_999_999)
+                .ok_or(("end", "24:00".to_owned()))?
+        } else {
+            parse_hh_mm(&self.end).map_err(|reason| ("end", reason))?
+        };
         if end <= start {
             return Err(("end", format!("must be after start ({})", self.start)));
         }
@@ -206,7 +216,8 @@ fn parse_hh_mm(s: &str) -> Result<NaiveTime, String> {
         return Err(expected());
     }
     let two = |hi: u8, lo: u8| -> Option<u32> {
-        (hi.is_ascii_digit() && lo.is_ascii_digit()).then(|| u32::from(hi - b'0') * 10 + u32::from(lo - b'0'))
+        (hi.is_ascii_digit() && lo.is_ascii_digit())
+            .then(|| u32::from(hi - b'0') * 10 + u32::from(lo - b'0'))
     };
     let (Some(hour), Some(minute)) = (two(b[0], b[1]), two(b[3], b[4])) else {
         return Err(expected());
@@ -269,12 +280,18 @@ impl Window {
 }
 
 fn local_time(zone: &Zone, t_ms: i64) -> Option<DateTime<Zone>> {
-    Utc.timestamp_millis_opt(t_ms).single().map(|utc| utc.with_timezone(zone))
+    Utc.timestamp_millis_opt(t_ms)
+        .single()
+        .map(|utc| utc.with_timezone(zone))
 }
 
 fn offset_seconds(zone: &Zone, t_ms: i64) -> Option<i32> {
     let utc = Utc.timestamp_millis_opt(t_ms).single()?;
-    Some(zone.offset_from_utc_datetime(&utc.naive_utc()).fix().local_minus_utc())
+    Some(
+        zone.offset_from_utc_datetime(&utc.naive_utc())
+            .fix()
+            .local_minus_utc(),
+    )
 }
 
 /// Pushes the instants in `(t, horizon]` where `zone`'s UTC offset changes.
@@ -334,26 +351,45 @@ mod tests {
     /// ms since the epoch of a wall-clock "YYYY-MM-DD HH:MM" in `zone` (earliest if repeated).
     fn local(zone: Zone, s: &str) -> i64 {
         let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").unwrap();
-        zone.from_local_datetime(&naive).earliest().unwrap().timestamp_millis()
+        zone.from_local_datetime(&naive)
+            .earliest()
+            .unwrap()
+            .timestamp_millis()
     }
 
-    const WEEKDAYS: &[Weekday] = &[Weekday::Mon, Weekday::Tue, Weekday::Wed, Weekday::Thu, Weekday::Fri];
+    const WEEKDAYS: &[Weekday] = &[
+        Weekday::Mon,
+        Weekday::Tue,
+        Weekday::Wed,
+        Weekday::Thu,
+        Weekday::Fri,
+    ];
 
     #[test]
     fn default_is_every_day_8_to_21() {
         let default = CallingHours::default();
         assert_eq!(default.days, Weekday::ALL.to_vec());
-        assert_eq!((default.start.as_str(), default.end.as_str()), ("08:00", "21:00"));
+        assert_eq!(
+            (default.start.as_str(), default.end.as_str()),
+            ("08:00", "21:00")
+        );
         assert_eq!(default.validate(), Ok(()));
     }
 
     #[test]
     fn serde_uses_lowercase_day_names() {
-        let json = serde_json::to_string(&hours(&[Weekday::Mon, Weekday::Sun], "09:00", "17:30")).unwrap();
-        assert_eq!(json, r#"{"days":["mon","sun"],"start":"09:00","end":"17:30"}"#);
+        let json =
+            serde_json::to_string(&hours(&[Weekday::Mon, Weekday::Sun], "09:00", "17:30")).unwrap();
+        assert_eq!(
+            json,
+            r#"{"days":["mon","sun"],"start":"09:00","end":"17:30"}"#
+        );
         let back: CallingHours = serde_json::from_str(&json).unwrap();
         assert_eq!(back, hours(&[Weekday::Mon, Weekday::Sun], "09:00", "17:30"));
-        assert!(serde_json::from_str::<CallingHours>(r#"{"days":["Monday"],"start":"09:00","end":"17:00"}"#).is_err());
+        assert!(serde_json::from_str::<CallingHours>(
+            r#"{"days":["Monday"],"start":"09:00","end":"17:00"}"#
+        )
+        .is_err());
         assert_eq!("SAT".parse::<Weekday>(), Ok(Weekday::Sat));
         assert_eq!(Weekday::from(chrono::Weekday::Wed), Weekday::Wed);
     }
@@ -362,21 +398,35 @@ mod tests {
     fn validate_names_the_field() {
         let field = |h: CallingHours| h.validate().unwrap_err().0;
         assert_eq!(field(hours(&[], "09:00", "17:00")), "days");
-        assert_eq!(field(hours(&[Weekday::Mon, Weekday::Mon], "09:00", "17:00")), "days");
-        for bad in ["9:00", "09:60", "24:00", "09-00", "", "09:00:00", "ab:cd", "+9:00", "09:0０"] {
+        assert_eq!(
+            field(hours(&[Weekday::Mon, Weekday::Mon], "09:00", "17:00")),
+            "days"
+        );
+        for bad in [
+            "9:00", "09:60", "24:00", "09-00", "", "09:00:00", "ab:cd", "+9:00", "09:0０",
+        ] {
             assert_eq!(field(hours(WEEKDAYS, bad, "17:00")), "start", "{bad:?}");
-            assert_eq!(field(hours(WEEKDAYS, "00:00", bad)), "end", "{bad:?}");
+            if bad != "24:00" {
+                assert_eq!(field(hours(WEEKDAYS, "00:00", bad)), "end", "{bad:?}");
+            }
         }
         assert_eq!(field(hours(WEEKDAYS, "17:00", "17:00")), "end");
         assert_eq!(field(hours(WEEKDAYS, "17:00", "09:00")), "end");
         assert_eq!(hours(WEEKDAYS, "00:00", "23:59").validate(), Ok(()));
+        // A whole day ends at 24:00 and is open at one minute to midnight.
+        let day = hours(WEEKDAYS, "00:00", "24:00");
+        assert_eq!(day.validate(), Ok(()));
+        assert!(day.open_in_all(&[America::New_York], utc("2024-06-06 03:59")));
     }
 
     #[test]
     fn invalid_hours_or_no_zones_are_never_open() {
         let t = utc("2024-06-05 16:00");
         assert!(!hours(&[], "09:00", "17:00").open_in_all(&[America::New_York], t));
-        assert_eq!(hours(WEEKDAYS, "17:00", "09:00").next_open(&[America::New_York], t), None);
+        assert_eq!(
+            hours(WEEKDAYS, "17:00", "09:00").next_open(&[America::New_York], t),
+            None
+        );
         assert!(!CallingHours::default().open_in_all(&[], t));
         assert_eq!(CallingHours::default().next_open(&[], t), None);
     }
@@ -418,14 +468,26 @@ mod tests {
         // Saturday 9 March 2024 is EST (UTC-5), Sunday 10 March EDT (UTC-4).
         assert!(!h.open_in_all(&ny, utc("2024-03-09 13:30")));
         assert!(h.open_in_all(&ny, utc("2024-03-10 13:30")));
-        assert_eq!(h.next_open(&ny, utc("2024-03-09 02:00")), Some(utc("2024-03-09 14:00")));
+        assert_eq!(
+            h.next_open(&ny, utc("2024-03-09 02:00")),
+            Some(utc("2024-03-09 14:00"))
+        );
         // From Saturday 21:00 EST the next opening is Sunday 09:00 EDT = 13:00 UTC.
-        assert_eq!(h.next_open(&ny, utc("2024-03-10 02:00")), Some(utc("2024-03-10 13:00")));
+        assert_eq!(
+            h.next_open(&ny, utc("2024-03-10 02:00")),
+            Some(utc("2024-03-10 13:00"))
+        );
         // And back in November.
-        assert_eq!(h.next_open(&ny, utc("2024-11-03 03:00")), Some(utc("2024-11-03 14:00")));
+        assert_eq!(
+            h.next_open(&ny, utc("2024-11-03 03:00")),
+            Some(utc("2024-11-03 14:00"))
+        );
         // London's change on 31 March 2024.
         let london = [Europe::London];
-        assert_eq!(h.next_open(&london, utc("2024-03-30 22:00")), Some(utc("2024-03-31 08:00")));
+        assert_eq!(
+            h.next_open(&london, utc("2024-03-30 22:00")),
+            Some(utc("2024-03-31 08:00"))
+        );
     }
 
     #[test]
@@ -433,7 +495,10 @@ mod tests {
         // 02:30 never happens in New York on 10 March 2024: clocks go 01:59 EST → 03:00 EDT at 07:00 UTC.
         let h = hours(Weekday::ALL.as_slice(), "02:30", "05:00");
         let ny = [America::New_York];
-        assert_eq!(h.next_open(&ny, utc("2024-03-10 05:00")), Some(utc("2024-03-10 07:00")));
+        assert_eq!(
+            h.next_open(&ny, utc("2024-03-10 05:00")),
+            Some(utc("2024-03-10 07:00"))
+        );
         assert!(h.open_in_all(&ny, utc("2024-03-10 07:00")));
         assert!(!h.open_in_all(&ny, utc("2024-03-10 06:59")));
     }
@@ -456,10 +521,16 @@ mod tests {
         let ny = [America::New_York];
         // Friday 7 June 2024, 17:30 EDT.
         let friday_evening = local(America::New_York, "2024-06-07 17:30");
-        assert_eq!(h.next_open(&ny, friday_evening), Some(local(America::New_York, "2024-06-10 09:00")));
+        assert_eq!(
+            h.next_open(&ny, friday_evening),
+            Some(local(America::New_York, "2024-06-10 09:00"))
+        );
         let saturday = local(America::New_York, "2024-06-08 12:00");
         assert!(!h.open_in_all(&ny, saturday));
-        assert_eq!(h.next_open(&ny, saturday), Some(local(America::New_York, "2024-06-10 09:00")));
+        assert_eq!(
+            h.next_open(&ny, saturday),
+            Some(local(America::New_York, "2024-06-10 09:00"))
+        );
     }
 
     #[test]
@@ -472,13 +543,18 @@ mod tests {
         assert!(h.open_in_all(&zones, utc("2024-06-05 20:59")));
         assert!(!h.open_in_all(&zones, utc("2024-06-05 21:00")));
         // Friday after the overlap: Monday's.
-        assert_eq!(h.next_open(&zones, utc("2024-06-07 21:00")), Some(utc("2024-06-10 19:00")));
+        assert_eq!(
+            h.next_open(&zones, utc("2024-06-07 21:00")),
+            Some(utc("2024-06-10 19:00"))
+        );
         // Windows that never overlap.
         let short = hours(Weekday::ALL.as_slice(), "09:00", "12:00");
         assert_eq!(short.next_open(&[America::New_York, Asia::Tokyo], t), None);
         // Every mainland NANP zone at once (an unknown area code): 08-21 local.
         let all = crate::zones::zones_for_number("+18005550101");
-        let open = CallingHours::default().next_open(&all, utc("2024-06-05 03:00")).unwrap();
+        let open = CallingHours::default()
+            .next_open(&all, utc("2024-06-05 03:00"))
+            .unwrap();
         // 08:00 in Anchorage (AKDT, UTC-8) = 16:00 UTC; St John's is then 13:30, inside.
         assert_eq!(open, utc("2024-06-05 16:00"));
     }
@@ -488,9 +564,15 @@ mod tests {
         let h = hours(&[Weekday::Mon], "09:00", "10:00");
         let ny = [America::New_York];
         let monday_late = local(America::New_York, "2024-06-10 10:00");
-        assert_eq!(h.next_open(&ny, monday_late), Some(local(America::New_York, "2024-06-17 09:00")));
+        assert_eq!(
+            h.next_open(&ny, monday_late),
+            Some(local(America::New_York, "2024-06-17 09:00"))
+        );
         // Sydney Mon 09-10 AEST and New York Mon 09-10 EDT never overlap.
-        assert_eq!(h.next_open(&[America::New_York, Australia::Sydney], monday_late), None);
+        assert_eq!(
+            h.next_open(&[America::New_York, Australia::Sydney], monday_late),
+            None
+        );
     }
 
     /// next_open equals a minute-by-minute scan, over zones with odd offsets and DST rules.
@@ -522,7 +604,10 @@ mod tests {
             utc("2025-01-15 12:00"),
             utc("2025-06-15 12:00"),
         ];
-        let times = ["00:00", "00:30", "01:00", "01:30", "02:00", "02:30", "03:00", "08:00", "09:00", "12:45", "17:00", "21:00", "23:59"];
+        let times = [
+            "00:00", "00:30", "01:00", "01:30", "02:00", "02:30", "03:00", "08:00", "09:00",
+            "12:45", "17:00", "21:00", "23:59", "24:00",
+        ];
         let mut rng = fastrand::Rng::with_seed(7);
         for case in 0..120 {
             let mut start = times[rng.usize(..times.len())];
@@ -533,12 +618,17 @@ mod tests {
             if start > end {
                 std::mem::swap(&mut start, &mut end);
             }
-            let days: Vec<Weekday> = Weekday::ALL.into_iter().filter(|_| rng.u8(..4) != 0).collect();
+            let days: Vec<Weekday> = Weekday::ALL
+                .into_iter()
+                .filter(|_| rng.u8(..4) != 0)
+                .collect();
             if days.is_empty() {
                 continue;
             }
             let h = hours(&days, start, end);
-            let picked: Vec<Zone> = (0..rng.usize(1..=3)).map(|_| zones[rng.usize(..zones.len())]).collect();
+            let picked: Vec<Zone> = (0..rng.usize(1..=3))
+                .map(|_| zones[rng.usize(..zones.len())])
+                .collect();
             let now = anchors[rng.usize(..anchors.len())] + rng.i64(0..3 * MS_PER_DAY);
             let fast = h.next_open(&picked, now);
             let slow = scan(&h, &picked, now);

@@ -40,8 +40,8 @@ const NO_COUNTRY: &str = "no country: give +<country code> or a default region";
 /// such as "US", "GB", in any letter case) and returns it in E.164.
 ///
 /// Err is a short human reason ("not a phone number", "too short",
-/// "not a valid number for its country", "no country: give +<country code> or
-/// a default region" ...). Rejects CR/LF/control characters and inputs longer
+/// "not a valid number for its country", `"no country: give +<country code>
+/// or a default region"` ...). Rejects CR/LF/control characters and inputs longer
 /// than 64 bytes before parsing.
 ///
 /// Numbers are accepted when *possible* for their country (calling code and
@@ -74,11 +74,16 @@ pub fn parse_phone(input: &str, default_region: Option<&str>) -> Result<String, 
     if body.chars().any(char::is_alphabetic) {
         return Err("contains letters (extensions and vanity numbers are not accepted)".to_owned());
     }
+    if !body.bytes().any(|b| b.is_ascii_digit()) {
+        return Err("not a phone number".to_owned());
+    }
+    // Without a '+' or a region the parser may still take leading digits for a
+    // calling code ("44 20 ..."); that guess is not ours to make.
+    if default_region.is_none() && !body.contains('+') {
+        return Err(NO_COUNTRY.to_owned());
+    }
     let region = default_region.map(region_id).transpose()?;
     let number = phonenumber::parse(region, trimmed).map_err(|error| match error {
-        ParseError::InvalidCountryCode if region.is_none() && !trimmed.contains('+') => {
-            NO_COUNTRY.to_owned()
-        }
         ParseError::InvalidCountryCode => "unknown country code".to_owned(),
         ParseError::TooShortAfterIdd | ParseError::TooShortNsn => "too short".to_owned(),
         ParseError::TooLong => "too long".to_owned(),
@@ -86,11 +91,6 @@ pub fn parse_phone(input: &str, default_region: Option<&str>) -> Result<String, 
     })?;
     if number.extension().is_some() {
         return Err("has an extension, which cannot be dialed".to_owned());
-    }
-    // Without a '+' or a region the parser may still take leading digits for a
-    // calling code ("44 20 ..."); that guess is not ours to make.
-    if region.is_none() && !trimmed.contains('+') {
-        return Err(NO_COUNTRY.to_owned());
     }
     let e164 = number.format().mode(Mode::E164).to_string();
     let digits = e164.strip_prefix('+').unwrap_or(&e164);
@@ -106,7 +106,8 @@ pub fn region_ok(region: &str) -> bool {
 
 fn region_id(region: &str) -> Result<country::Id, String> {
     let trimmed = region.trim();
-    let unknown = || format!("unknown region {trimmed:?} (expected ISO 3166 alpha-2 such as \"US\")");
+    let unknown =
+        || format!("unknown region {trimmed:?} (expected ISO 3166 alpha-2 such as \"US\")");
     if trimmed.len() != 2 || !trimmed.bytes().all(|b| b.is_ascii_alphabetic()) {
         return Err(unknown());
     }
@@ -197,9 +198,7 @@ fn check_possible(digits: &str) -> Result<(), String> {
     match (lengths.first(), lengths.last()) {
         (Some(&min), _) if len < min => return Err("too short".to_owned()),
         (_, Some(&max)) if len > max => return Err("too long".to_owned()),
-        _ if !lengths.contains(&len) => {
-            return Err("not a valid number for its country".to_owned())
-        }
+        _ if !lengths.contains(&len) => return Err("not a valid number for its country".to_owned()),
         _ => {}
     }
     if code == 1 && matches!(national.as_bytes().first(), Some(b'0' | b'1')) {
@@ -214,15 +213,30 @@ mod tests {
 
     #[test]
     fn e164_is_returned_as_is() {
-        assert_eq!(parse_phone("+14155550101", None).as_deref(), Ok("+14155550101"));
-        assert_eq!(parse_phone(" +442079460018 ", None).as_deref(), Ok("+442079460018"));
-        assert_eq!(parse_phone("+390612345678", None).as_deref(), Ok("+390612345678"));
+        assert_eq!(
+            parse_phone("+14155550101", None).as_deref(),
+            Ok("+14155550101")
+        );
+        assert_eq!(
+            parse_phone(" +442079460018 ", None).as_deref(),
+            Ok("+442079460018")
+        );
+        assert_eq!(
+            parse_phone("+390612345678", None).as_deref(),
+            Ok("+390612345678")
+        );
     }
 
     #[test]
     fn test_and_fictional_nanp_ranges_are_possible() {
         // Used by the scheduler's tests, the demo and the benchmarks.
-        for n in ["+14155550101", "+15551000000", "+14150000000", "+15550100000", "+12345678901"] {
+        for n in [
+            "+14155550101",
+            "+15551000000",
+            "+14150000000",
+            "+15550100000",
+            "+12345678901",
+        ] {
             assert_eq!(parse_phone(n, None).as_deref(), Ok(n));
         }
         for i in [0, 1, 9999] {
@@ -233,41 +247,101 @@ mod tests {
 
     #[test]
     fn separated_e164_is_normalized() {
-        assert_eq!(parse_phone("+1 415 555 0101", None).as_deref(), Ok("+14155550101"));
-        assert_eq!(parse_phone("+1-415-555-0101", None).as_deref(), Ok("+14155550101"));
-        assert_eq!(parse_phone("+44 20 7946 0018", None).as_deref(), Ok("+442079460018"));
-        assert_eq!(parse_phone("+44 (0)20 7946 0018", None).as_deref(), Ok("+442079460018"));
-        assert_eq!(parse_phone("+1 (415) 555-0101", None).as_deref(), Ok("+14155550101"));
+        assert_eq!(
+            parse_phone("+1 415 555 0101", None).as_deref(),
+            Ok("+14155550101")
+        );
+        assert_eq!(
+            parse_phone("+1-415-555-0101", None).as_deref(),
+            Ok("+14155550101")
+        );
+        assert_eq!(
+            parse_phone("+44 20 7946 0018", None).as_deref(),
+            Ok("+442079460018")
+        );
+        assert_eq!(
+            parse_phone("+44 (0)20 7946 0018", None).as_deref(),
+            Ok("+442079460018")
+        );
+        assert_eq!(
+            parse_phone("+1 (415) 555-0101", None).as_deref(),
+            Ok("+14155550101")
+        );
     }
 
     #[test]
     fn national_forms_with_a_region() {
-        assert_eq!(parse_phone("(415) 555-0101", Some("US")).as_deref(), Ok("+14155550101"));
-        assert_eq!(parse_phone("415.555.0101", Some("us")).as_deref(), Ok("+14155550101"));
-        assert_eq!(parse_phone("1 415 555 0101", Some("US")).as_deref(), Ok("+14155550101"));
-        assert_eq!(parse_phone("020 7946 0018", Some("GB")).as_deref(), Ok("+442079460018"));
-        assert_eq!(parse_phone("07911 123456", Some("GB")).as_deref(), Ok("+447911123456"));
-        assert_eq!(parse_phone("030 1234567", Some("DE")).as_deref(), Ok("+49301234567"));
-        assert_eq!(parse_phone("01 42 68 53 00", Some("FR")).as_deref(), Ok("+33142685300"));
+        assert_eq!(
+            parse_phone("(415) 555-0101", Some("US")).as_deref(),
+            Ok("+14155550101")
+        );
+        assert_eq!(
+            parse_phone("415.555.0101", Some("us")).as_deref(),
+            Ok("+14155550101")
+        );
+        assert_eq!(
+            parse_phone("1 415 555 0101", Some("US")).as_deref(),
+            Ok("+14155550101")
+        );
+        assert_eq!(
+            parse_phone("020 7946 0018", Some("GB")).as_deref(),
+            Ok("+442079460018")
+        );
+        assert_eq!(
+            parse_phone("07911 123456", Some("GB")).as_deref(),
+            Ok("+447911123456")
+        );
+        assert_eq!(
+            parse_phone("030 1234567", Some("DE")).as_deref(),
+            Ok("+49301234567")
+        );
+        assert_eq!(
+            parse_phone("01 42 68 53 00", Some("FR")).as_deref(),
+            Ok("+33142685300")
+        );
         // An international form wins over the region.
-        assert_eq!(parse_phone("+44 20 7946 0018", Some("US")).as_deref(), Ok("+442079460018"));
-        assert_eq!(parse_phone("011 44 20 7946 0018", Some("US")).as_deref(), Ok("+442079460018"));
+        assert_eq!(
+            parse_phone("+44 20 7946 0018", Some("US")).as_deref(),
+            Ok("+442079460018")
+        );
+        assert_eq!(
+            parse_phone("011 44 20 7946 0018", Some("US")).as_deref(),
+            Ok("+442079460018")
+        );
     }
 
     #[test]
     fn national_form_without_a_region_names_the_fix() {
-        assert_eq!(parse_phone("(415) 555-0101", None), Err(NO_COUNTRY.to_owned()));
+        assert_eq!(
+            parse_phone("(415) 555-0101", None),
+            Err(NO_COUNTRY.to_owned())
+        );
         assert_eq!(parse_phone("4155550101", None), Err(NO_COUNTRY.to_owned()));
     }
 
     #[test]
     fn junk_is_rejected() {
-        for junk in ["", "   ", "hello", "+", "+-", "+1+4155550101", "+1415555010a", "n/a", "+1  415"] {
+        for junk in [
+            "",
+            "   ",
+            "hello",
+            "+",
+            "+-",
+            "+1+4155550101",
+            "+1415555010a",
+            "n/a",
+            "+1  415",
+        ] {
             let result = parse_phone(junk, Some("US"));
             assert!(result.is_err(), "{junk:?} gave {result:?}");
         }
-        assert!(parse_phone("hello", Some("US")).unwrap_err().contains("letters"));
-        assert_eq!(parse_phone("--", Some("US")), Err("not a phone number".to_owned()));
+        assert!(parse_phone("hello", Some("US"))
+            .unwrap_err()
+            .contains("letters"));
+        assert_eq!(
+            parse_phone("--", Some("US")),
+            Err("not a phone number".to_owned())
+        );
         assert!(parse_phone("1-800-FLOWERS", Some("US")).is_err());
         assert!(parse_phone("+1 415 555 0101 x12", None).is_err());
         assert!(parse_phone("+1 415 555 0101;ext=12", None).is_err());
@@ -275,7 +349,13 @@ mod tests {
 
     #[test]
     fn line_breaks_and_control_characters_are_rejected() {
-        for bad in ["+14155550101\r\n", "+1415555\n0101", "+14155550101\0", "\t+14155550101", "+1415\u{7f}5550101"] {
+        for bad in [
+            "+14155550101\r\n",
+            "+1415555\n0101",
+            "+14155550101\0",
+            "\t+14155550101",
+            "+1415\u{7f}5550101",
+        ] {
             let err = parse_phone(bad, Some("US")).unwrap_err();
             assert!(err.contains("control"), "{bad:?}: {err}");
         }
@@ -284,18 +364,35 @@ mod tests {
     #[test]
     fn long_input_is_rejected_before_parsing() {
         let long = format!("+1415555{}", "0".repeat(60));
-        assert!(parse_phone(&long, None).unwrap_err().contains("longer than 64"));
+        assert!(parse_phone(&long, None)
+            .unwrap_err()
+            .contains("longer than 64"));
         let padded = format!("{}+14155550101", " ".repeat(MAX_INPUT_LEN));
         assert!(parse_phone(&padded, None).is_err());
     }
 
     #[test]
     fn lengths_are_checked_per_country() {
-        assert_eq!(parse_phone("+1415555010", None), Err("too short".to_owned()));
-        assert_eq!(parse_phone("+141555501011", None), Err("too long".to_owned()));
-        assert_eq!(parse_phone("+1234567890123456", None), Err("too long".to_owned()));
-        assert_eq!(parse_phone("+10155550101", None), Err("not a valid number for its country".to_owned()));
-        assert_eq!(parse_phone("+99912345678", None), Err("unknown country code".to_owned()));
+        assert_eq!(
+            parse_phone("+1415555010", None),
+            Err("too short".to_owned())
+        );
+        assert_eq!(
+            parse_phone("+141555501011", None),
+            Err("too long".to_owned())
+        );
+        assert_eq!(
+            parse_phone("+1234567890123456", None),
+            Err("too long".to_owned())
+        );
+        assert_eq!(
+            parse_phone("+10155550101", None),
+            Err("not a valid number for its country".to_owned())
+        );
+        assert_eq!(
+            parse_phone("+99912345678", None),
+            Err("unknown country code".to_owned())
+        );
         assert!(parse_phone("+4912", None).is_err());
     }
 

@@ -76,7 +76,10 @@ impl Config {
         }
         let max_cps: f64 = env.parse_or("DIALSTACK_MAX_CPS", 200.0)?;
         if !(max_cps.is_finite() && max_cps > 0.0 && max_cps <= 10_000.0) {
-            return Err(ConfigError::new("DIALSTACK_MAX_CPS", "must be above 0 and at most 10000"));
+            return Err(ConfigError::new(
+                "DIALSTACK_MAX_CPS",
+                "must be above 0 and at most 10000",
+            ));
         }
         let allowed = env.get("DIALSTACK_ALLOWED_PREFIXES").unwrap_or_default();
         let denied = env.get("DIALSTACK_DENIED_PREFIXES").unwrap_or_default();
@@ -92,7 +95,10 @@ impl Config {
         }
         let lease_ms: u64 = env.parse_or("DIALSTACK_LEADER_LEASE_MS", 5_000)?;
         if !(500..=60_000).contains(&lease_ms) {
-            return Err(ConfigError::new("DIALSTACK_LEADER_LEASE_MS", "must be 500-60000"));
+            return Err(ConfigError::new(
+                "DIALSTACK_LEADER_LEASE_MS",
+                "must be 500-60000",
+            ));
         }
         Ok(Self {
             common,

@@ -39,7 +39,11 @@ pub(super) const COUNTRIES: &[Group<&str>] = &[
     Group::new("SI", &[Europe::Ljubljana], &["386"]),
     // The Canary Islands are an hour behind the peninsula.
     Group::new("ES", &[Europe::Madrid, Atlantic::Canary], &["34"]),
-    Group::new("ES-CN", &[Atlantic::Canary], &["34822", "34828", "34922", "34928"]),
+    Group::new(
+        "ES-CN",
+        &[Atlantic::Canary],
+        &["34822", "34828", "34922", "34928"],
+    ),
     Group::new("SE", &[Europe::Stockholm], &["46"]),
     Group::new("IS", &[Atlantic::Reykjavik], &["354"]),
     Group::new("LI", &[Europe::Vaduz], &["423"]),
@@ -81,7 +85,11 @@ pub(super) const COUNTRIES: &[Group<&str>] = &[
         ],
         &["7"],
     ),
-    Group::new("RU Moscow", &[Europe::Moscow], &["7495", "7496", "7498", "7499"]),
+    Group::new(
+        "RU Moscow",
+        &[Europe::Moscow],
+        &["7495", "7496", "7498", "7499"],
+    ),
     Group::new("RU St Petersburg", &[Europe::Moscow], &["7812", "7813"]),
     Group::new("RU Kaliningrad", &[Europe::Kaliningrad], &["74012"]),
     Group::new("KZ", &[Asia::Almaty, Asia::Oral], &["76", "77"]),
@@ -124,7 +132,12 @@ pub(super) const COUNTRIES: &[Group<&str>] = &[
     Group::new("MN", &[Asia::Ulaanbaatar, Asia::Hovd], &["976"]),
     Group::new(
         "ID",
-        &[Asia::Jakarta, Asia::Pontianak, Asia::Makassar, Asia::Jayapura],
+        &[
+            Asia::Jakarta,
+            Asia::Pontianak,
+            Asia::Makassar,
+            Asia::Jayapura,
+        ],
         &["62"],
     ),
     Group::new("ID Jakarta", &[Asia::Jakarta], &["6221"]),
@@ -160,7 +173,11 @@ pub(super) const COUNTRIES: &[Group<&str>] = &[
     ),
     Group::new("NZ", &[Pacific::Auckland, Pacific::Chatham], &["64"]),
     Group::new("FJ", &[Pacific::Fiji], &["679"]),
-    Group::new("PG", &[Pacific::Port_Moresby, Pacific::Bougainville], &["675"]),
+    Group::new(
+        "PG",
+        &[Pacific::Port_Moresby, Pacific::Bougainville],
+        &["675"],
+    ),
     // Africa
     Group::new("DZ", &[Africa::Algiers], &["213"]),
     Group::new("AO", &[Africa::Luanda], &["244"]),
@@ -237,7 +254,11 @@ pub(super) const COUNTRIES: &[Group<&str>] = &[
     Group::new("BR AC", &[America::Rio_Branco], &["5568"]),
     Group::new("BR RO", &[America::Porto_Velho], &["5569"]),
     Group::new("BR AM", &[America::Manaus], &["5592"]),
-    Group::new("BR AM west", &[America::Manaus, America::Eirunepe], &["5597"]),
+    Group::new(
+        "BR AM west",
+        &[America::Manaus, America::Eirunepe],
+        &["5597"],
+    ),
     Group::new("BR RR", &[America::Boa_Vista], &["5595"]),
     Group::new(
         "CL",
@@ -276,8 +297,16 @@ pub(super) const COUNTRIES: &[Group<&str>] = &[
         &["5233", "5255", "5256"],
     ),
     Group::new("MX Monterrey", &[America::Monterrey], &["5281"]),
-    Group::new("MX Baja California", &[America::Tijuana], &["52646", "52664", "52665", "52686"]),
-    Group::new("MX Quintana Roo", &[America::Cancun], &["52983", "52984", "52998"]),
+    Group::new(
+        "MX Baja California",
+        &[America::Tijuana],
+        &["52646", "52664", "52665", "52686"],
+    ),
+    Group::new(
+        "MX Quintana Roo",
+        &[America::Cancun],
+        &["52983", "52984", "52998"],
+    ),
     Group::new("NI", &[America::Managua], &["505"]),
     Group::new("PA", &[America::Panama], &["507"]),
     Group::new("PE", &[America::Lima], &["51"]),

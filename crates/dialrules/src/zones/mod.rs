@@ -67,9 +67,11 @@ pub fn parse_zone(name: &str) -> Result<Zone, String> {
     if trimmed.is_empty() {
         return Err("time zone is empty".to_owned());
     }
-    trimmed
-        .parse::<Zone>()
-        .map_err(|_| format!("unknown time zone {trimmed:?} (expected an IANA name such as \"America/New_York\")"))
+    trimmed.parse::<Zone>().map_err(|_| {
+        format!(
+            "unknown time zone {trimmed:?} (expected an IANA name such as \"America/New_York\")"
+        )
+    })
 }
 
 /// The zones an E.164 number may ring in: by country calling code, and for
@@ -161,9 +163,15 @@ mod tests {
         );
         assert_eq!(zones_for_number("+34928123456"), vec![Atlantic::Canary]);
         assert_eq!(zones_for_number("+5511987654321"), vec![America::Sao_Paulo]);
-        assert_eq!(zones_for_number("+5568987654321"), vec![America::Rio_Branco]);
+        assert_eq!(
+            zones_for_number("+5568987654321"),
+            vec![America::Rio_Branco]
+        );
         assert_eq!(zones_for_number("+5215512345678").len(), 7);
-        assert_eq!(zones_for_number("+525512345678"), vec![America::Mexico_City]);
+        assert_eq!(
+            zones_for_number("+525512345678"),
+            vec![America::Mexico_City]
+        );
     }
 
     #[test]
@@ -182,8 +190,7 @@ mod tests {
             // EU, EEA, UK, CH
             "43", "32", "359", "385", "357", "420", "45", "372", "358", "33", "49", "30", "36",
             "353", "39", "371", "370", "352", "356", "31", "48", "351", "40", "421", "386", "34",
-            "46", "354", "423", "47", "44", "41",
-            // populous elsewhere
+            "46", "354", "423", "47", "44", "41", // populous elsewhere
             "1", "7", "20", "27", "51", "52", "54", "55", "56", "57", "58", "60", "61", "62", "63",
             "64", "66", "81", "82", "84", "86", "90", "91", "92", "93", "95", "98", "212", "213",
             "233", "234", "243", "244", "249", "251", "254", "255", "256", "258", "380", "880",
@@ -215,7 +222,11 @@ mod tests {
                     "{}: {prefix:?}",
                     group.label
                 );
-                assert!(!prefix.starts_with('1'), "{}: NANP goes in nanp.rs", group.label);
+                assert!(
+                    !prefix.starts_with('1'),
+                    "{}: NANP goes in nanp.rs",
+                    group.label
+                );
                 assert!(seen.insert((*prefix).to_owned()), "prefix {prefix} twice");
             }
         }
@@ -244,7 +255,9 @@ mod tests {
         assert_eq!(parse_zone("America/New_York"), Ok(America::New_York));
         assert_eq!(parse_zone(" Europe/London "), Ok(Europe::London));
         assert!(parse_zone("").is_err());
-        assert!(parse_zone("Mars/Olympus_Mons").unwrap_err().contains("unknown time zone"));
+        assert!(parse_zone("Mars/Olympus_Mons")
+            .unwrap_err()
+            .contains("unknown time zone"));
         assert!(parse_zone("America/New_York\r\n").is_err());
         assert!(parse_zone("America/New\nYork").is_err());
     }

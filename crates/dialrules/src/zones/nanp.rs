@@ -72,7 +72,11 @@ pub(super) const AREAS: &[Group<u16>] = &[
     ),
     Group::new("US-HI", &[Pacific::Honolulu], &[808]),
     // The panhandle north of the Salmon river is on Pacific time.
-    Group::new("US-ID", &[America::Boise, America::Los_Angeles], &[208, 986]),
+    Group::new(
+        "US-ID",
+        &[America::Boise, America::Los_Angeles],
+        &[208, 986],
+    ),
     Group::new(
         "US-IL",
         CENTRAL,
@@ -116,12 +120,12 @@ pub(super) const AREAS: &[Group<u16>] = &[
         &[231, 248, 269, 313, 517, 586, 616, 679, 734, 810, 947, 989],
     ),
     // Four Upper Peninsula counties on the Wisconsin line are on Central time.
-    Group::new("US-MI upper", &[America::Detroit, America::Menominee], &[906]),
     Group::new(
-        "US-MN",
-        CENTRAL,
-        &[218, 320, 507, 612, 651, 763, 924, 952],
+        "US-MI upper",
+        &[America::Detroit, America::Menominee],
+        &[906],
     ),
+    Group::new("US-MN", CENTRAL, &[218, 320, 507, 612, 651, 763, 924, 952]),
     Group::new("US-MS", CENTRAL, &[228, 601, 662, 769]),
     Group::new(
         "US-MO",
@@ -133,7 +137,11 @@ pub(super) const AREAS: &[Group<u16>] = &[
     Group::new("US-NE west", CENTRAL_MOUNTAIN, &[308]),
     Group::new("US-NV", PACIFIC, &[702, 725]),
     // West Wendover is on Mountain time.
-    Group::new("US-NV north", &[America::Los_Angeles, America::Denver], &[775]),
+    Group::new(
+        "US-NV north",
+        &[America::Los_Angeles, America::Denver],
+        &[775],
+    ),
     Group::new("US-NH", EAST, &[603]),
     Group::new(
         "US-NJ",
@@ -165,7 +173,11 @@ pub(super) const AREAS: &[Group<u16>] = &[
     Group::new("US-OK", CENTRAL, &[405, 539, 572, 580, 918]),
     Group::new("US-OR", PACIFIC, &[503, 971]),
     // Malheur County is on Mountain time.
-    Group::new("US-OR east", &[America::Los_Angeles, America::Boise], &[458, 541]),
+    Group::new(
+        "US-OR east",
+        &[America::Los_Angeles, America::Boise],
+        &[458, 541],
+    ),
     Group::new(
         "US-PA",
         EAST,
@@ -200,11 +212,7 @@ pub(super) const AREAS: &[Group<u16>] = &[
     ),
     Group::new("US-WA", PACIFIC, &[206, 253, 360, 425, 509, 564]),
     Group::new("US-WV", EAST, &[304, 681]),
-    Group::new(
-        "US-WI",
-        CENTRAL,
-        &[262, 274, 353, 414, 534, 608, 715, 920],
-    ),
+    Group::new("US-WI", CENTRAL, &[262, 274, 353, 414, 534, 608, 715, 920]),
     Group::new("US-WY", MOUNTAIN, &[307]),
     // US territories
     Group::new("US-PR", &[America::Puerto_Rico], &[787, 939]),
@@ -225,7 +233,11 @@ pub(super) const AREAS: &[Group<u16>] = &[
     Group::new("CA-MB", &[America::Winnipeg], &[204, 431, 584]),
     Group::new("CA-NB", &[America::Moncton], &[428, 506]),
     // Labrador is mostly on Atlantic time.
-    Group::new("CA-NL", &[America::St_Johns, America::Goose_Bay], &[709, 879]),
+    Group::new(
+        "CA-NL",
+        &[America::St_Johns, America::Goose_Bay],
+        &[709, 879],
+    ),
     Group::new("CA-NS PE", &[America::Halifax], &[782, 902]),
     Group::new(
         "CA-ON",
@@ -236,16 +248,28 @@ pub(super) const AREAS: &[Group<u16>] = &[
         ],
     ),
     // West of 90°W (Kenora, Dryden) is on Central time.
-    Group::new("CA-ON northwest", &[America::Toronto, America::Winnipeg], &[807]),
+    Group::new(
+        "CA-ON northwest",
+        &[America::Toronto, America::Winnipeg],
+        &[807],
+    ),
     Group::new(
         "CA-QC",
         &[America::Toronto],
         &[263, 354, 438, 450, 468, 514, 579, 819, 873],
     ),
     // The Magdalen Islands and the Lower North Shore are on Atlantic time.
-    Group::new("CA-QC east", &[America::Toronto, America::Halifax], &[367, 418, 581]),
+    Group::new(
+        "CA-QC east",
+        &[America::Toronto, America::Halifax],
+        &[367, 418, 581],
+    ),
     // Lloydminster keeps Alberta's time.
-    Group::new("CA-SK", &[America::Regina, America::Edmonton], &[306, 474, 639]),
+    Group::new(
+        "CA-SK",
+        &[America::Regina, America::Edmonton],
+        &[306, 474, 639],
+    ),
     Group::new(
         "CA-YT NT NU",
         &[

@@ -174,19 +174,38 @@ impl Repo {
         let ids: Vec<&str> = items.iter().map(|i| i.event_id).collect();
         let mut tx = self.db.begin().await?;
         let fresh = inbox_claim_many(&mut tx, self.db.dialect, crate::NAME, &ids).await?;
-        // Rows in key order: two batches touching the same calls lock them
-        // in the same order and cannot deadlock each other.
-        let mut order: Vec<usize> = (0..items.len()).filter(|i| fresh[*i]).collect();
-        order.sort_by_key(|i| (items[*i].change.call_id(), *i));
+        // One row per call: its new events folded in delivery order, as
+        // applying them one after the other would leave it.
         let mut applied = vec![false; items.len()];
-        for i in order {
-            applied[i] = match items[i].change {
-                Change::Call(ev) => upsert_cdr(&mut tx, self.db.dialect, ev).await?,
-                Change::Recording(r) => {
-                    super::recordings::upsert_recording(&mut tx, self.db.dialect, r).await?;
-                    true
+        let mut rows: std::collections::BTreeMap<&str, CdrRow<'_>> = Default::default();
+        let mut recordings = Vec::new();
+        for (i, item) in items.iter().enumerate().filter(|(i, _)| fresh[*i]) {
+            match item.change {
+                Change::Call(ev) => {
+                    let Some(row) = CdrRow::of(ev) else { continue };
+                    applied[i] = true;
+                    match rows.entry(row.call_id) {
+                        std::collections::btree_map::Entry::Occupied(mut e) => {
+                            e.get_mut().then(row)
+                        }
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            e.insert(row);
+                        }
+                    }
                 }
-            };
+                Change::Recording(r) => {
+                    applied[i] = true;
+                    recordings.push(r);
+                }
+            }
+        }
+        // Rows in key order (the map's): two batches touching the same calls
+        // lock them in the same order and cannot deadlock each other.
+        let rows: Vec<CdrRow<'_>> = rows.into_values().collect();
+        upsert_cdrs(&mut tx, self.db.dialect, &rows).await?;
+        recordings.sort_by_key(|r| &r.call.call_id);
+        for r in recordings {
+            super::recordings::upsert_recording(&mut tx, self.db.dialect, r).await?;
         }
         tx.commit().await?;
         Ok(applied)
@@ -259,42 +278,139 @@ pub enum Change<'a> {
     Recording(&'a RecordingReady),
 }
 
-impl Change<'_> {
-    fn call_id(&self) -> &str {
-        match self {
-            Self::Call(ev) => &ev.call().call_id,
-            Self::Recording(r) => &r.call.call_id,
+/// Upserts the CDR of `ev`'s call inside `tx`; `false` for an event type
+/// that does not change the CDR.
+async fn upsert_cdr(tx: &mut Tx, dialect: Dialect, ev: &CallEvent) -> Result<bool, sqlx::Error> {
+    let Some(row) = CdrRow::of(ev) else {
+        return Ok(false);
+    };
+    upsert_cdrs(tx, dialect, std::slice::from_ref(&row)).await?;
+    Ok(true)
+}
+
+/// What one or more events of a call write into its CDR.
+#[derive(Debug, Clone, PartialEq)]
+struct CdrRow<'a> {
+    call_id: &'a str,
+    attempt_id: &'a str,
+    campaign_id: &'a str,
+    phone: &'a str,
+    state: &'static str,
+    rank: i64,
+    outcome: Option<&'static str>,
+    reason: Option<&'static str>,
+    sip_status: Option<i64>,
+    dialed_at: Option<i64>,
+    ringing_at: Option<i64>,
+    answered_at: Option<i64>,
+    ended_at: Option<i64>,
+    ring_ms: Option<i64>,
+    talk_ms: Option<i64>,
+    rtp_sent: Option<i64>,
+    rtp_received: Option<i64>,
+    team: Option<&'a str>,
+    agent_id: Option<&'a str>,
+    mos: Option<f64>,
+    quality: Option<String>,
+}
+
+impl<'a> CdrRow<'a> {
+    /// The row `ev` writes; `None` for an event type the CDR does not follow.
+    fn of(ev: &'a CallEvent) -> Option<Self> {
+        let (state, rank) = stage(ev.ty())?;
+        let d = ev.call();
+        let done = match ev {
+            CallEvent::Completed(c) => Some(c),
+            _ => None,
+        };
+        let quality = done.and_then(|c| c.quality.as_ref());
+        let quality_json = quality
+            .and_then(|q| serde_json::to_string(q).ok())
+            .filter(|q| {
+                let fits = q.len() <= MAX_QUALITY_JSON;
+                if !fits {
+                    tracing::warn!(call_id = %d.call_id, len = q.len(), "quality object too long, not stored");
+                }
+                fits
+            });
+        let at = |s: &str| (s == state).then_some(d.at_ms);
+        Some(Self {
+            call_id: &d.call_id,
+            attempt_id: &d.attempt_id,
+            campaign_id: &d.campaign_id,
+            phone: &d.phone,
+            state,
+            rank,
+            outcome: done.map(|c| c.outcome.as_str()),
+            reason: done.and_then(|c| c.reason).map(|r| r.as_str()),
+            sip_status: done.and_then(|c| c.sip_status).map(i64::from),
+            dialed_at: at("dialing"),
+            ringing_at: at("ringing"),
+            answered_at: at("answered"),
+            ended_at: at("completed"),
+            ring_ms: match ev {
+                CallEvent::Answered(a) => Some(a.ring_ms),
+                CallEvent::Completed(c) => Some(c.ring_ms),
+                _ => None,
+            },
+            talk_ms: done.map(|c| c.talk_ms),
+            rtp_sent: done.map(|c| c.rtp_sent as i64),
+            rtp_received: done.map(|c| c.rtp_received as i64),
+            team: d.team.as_deref(),
+            agent_id: done.and_then(|c| c.agent_id.as_deref()),
+            mos: quality.map(|q| q.mos).filter(|m| m.is_finite()),
+            quality: quality_json,
+        })
+    }
+
+    /// Folds a later event of the same call in, with the upsert's rules
+    /// (see [`upsert_cdrs`]): the first known time of each stage and the
+    /// team are kept, a later known value replaces the rest, the highest
+    /// stage wins. Upserting the folded row leaves the CDR as upserting
+    /// each event in turn would.
+    fn then(&mut self, later: Self) {
+        fn latest<T>(old: &mut Option<T>, new: Option<T>) {
+            if new.is_some() {
+                *old = new;
+            }
+        }
+        fn first<T>(old: &mut Option<T>, new: Option<T>) {
+            if old.is_none() {
+                *old = new;
+            }
+        }
+        latest(&mut self.outcome, later.outcome);
+        latest(&mut self.reason, later.reason);
+        latest(&mut self.sip_status, later.sip_status);
+        first(&mut self.dialed_at, later.dialed_at);
+        first(&mut self.ringing_at, later.ringing_at);
+        first(&mut self.answered_at, later.answered_at);
+        first(&mut self.ended_at, later.ended_at);
+        latest(&mut self.ring_ms, later.ring_ms);
+        latest(&mut self.talk_ms, later.talk_ms);
+        latest(&mut self.rtp_sent, later.rtp_sent);
+        latest(&mut self.rtp_received, later.rtp_received);
+        first(&mut self.team, later.team);
+        latest(&mut self.agent_id, later.agent_id);
+        latest(&mut self.mos, later.mos);
+        latest(&mut self.quality, later.quality);
+        if later.rank > self.rank {
+            self.state = later.state;
+            self.rank = later.rank;
         }
     }
 }
 
-/// Upserts the CDR of `ev`'s call inside `tx`; `false` for an event type
-/// that does not change the CDR.
-async fn upsert_cdr(tx: &mut Tx, dialect: Dialect, ev: &CallEvent) -> Result<bool, sqlx::Error> {
-    let Some((state, rank)) = stage(ev.ty()) else {
-        return Ok(false);
-    };
-    let d = ev.call();
-    let done = match ev {
-        CallEvent::Completed(c) => Some(c),
-        _ => None,
-    };
-    let quality = done.and_then(|c| c.quality.as_ref());
-    let quality_json = quality
-        .and_then(|q| serde_json::to_string(q).ok())
-        .filter(|q| {
-            let fits = q.len() <= MAX_QUALITY_JSON;
-            if !fits {
-                tracing::warn!(call_id = %d.call_id, len = q.len(), "quality object too long, not stored");
-            }
-            fits
-        });
-    let ring_ms = match ev {
-        CallEvent::Answered(a) => Some(a.ring_ms),
-        CallEvent::Completed(c) => Some(c.ring_ms),
-        _ => None,
-    };
-    let at = |s: &str| (s == state).then_some(d.at_ms);
+/// Rows per upsert statement (22 values each).
+const ROWS_PER_UPSERT: usize = 200;
+
+/// Upserts CDR rows (distinct calls) inside `tx`, in as few statements as
+/// the rows allow.
+async fn upsert_cdrs(
+    tx: &mut Tx,
+    dialect: Dialect,
+    rows: &[CdrRow<'_>],
+) -> Result<(), sqlx::Error> {
     let upsert = dialect.upsert(
         "call_id",
         &[
@@ -325,33 +441,40 @@ async fn upsert_cdr(tx: &mut Tx, dialect: Dialect, ev: &CallEvent) -> Result<boo
             ),
         ],
     );
-    let sql = format!(
-        "INSERT INTO cdrs ({COLS}, state_rank, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) {upsert}"
-    );
-    sqlx::query(&sql)
-        .bind(&d.call_id)
-        .bind(&d.attempt_id)
-        .bind(&d.campaign_id)
-        .bind(&d.phone)
-        .bind(state)
-        .bind(done.map(|c| c.outcome.as_str()))
-        .bind(done.and_then(|c| c.reason).map(|r| r.as_str()))
-        .bind(done.and_then(|c| c.sip_status).map(i64::from))
-        .bind(at("dialing"))
-        .bind(at("ringing"))
-        .bind(at("answered"))
-        .bind(at("completed"))
-        .bind(ring_ms)
-        .bind(done.map(|c| c.talk_ms))
-        .bind(done.map(|c| c.rtp_sent as i64))
-        .bind(done.map(|c| c.rtp_received as i64))
-        .bind(d.team.clone())
-        .bind(done.and_then(|c| c.agent_id.clone()))
-        .bind(quality.map(|q| q.mos).filter(|m| m.is_finite()))
-        .bind(quality_json)
-        .bind(rank)
-        .bind(dialstack_common::now_ms())
-        .execute(&mut **tx)
-        .await?;
-    Ok(true)
+    let now = dialstack_common::now_ms();
+    const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    for chunk in rows.chunks(ROWS_PER_UPSERT) {
+        let sql = format!(
+            "INSERT INTO cdrs ({COLS}, state_rank, updated_at) VALUES {ROW}{} {upsert}",
+            format!(", {ROW}").repeat(chunk.len() - 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for r in chunk {
+            q = q
+                .bind(r.call_id)
+                .bind(r.attempt_id)
+                .bind(r.campaign_id)
+                .bind(r.phone)
+                .bind(r.state)
+                .bind(r.outcome)
+                .bind(r.reason)
+                .bind(r.sip_status)
+                .bind(r.dialed_at)
+                .bind(r.ringing_at)
+                .bind(r.answered_at)
+                .bind(r.ended_at)
+                .bind(r.ring_ms)
+                .bind(r.talk_ms)
+                .bind(r.rtp_sent)
+                .bind(r.rtp_received)
+                .bind(r.team)
+                .bind(r.agent_id)
+                .bind(r.mos)
+                .bind(r.quality.clone())
+                .bind(r.rank)
+                .bind(now);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
 }

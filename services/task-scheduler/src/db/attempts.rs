@@ -66,8 +66,7 @@ pub(crate) async fn settle_lead(
         return Ok(());
     };
     let lead_id: String = r.try_get(0)?;
-    let policy: RetryPolicy = r
-        .try_get::<Option<String>, _>(1)?
+    let policy: RetryPolicy = super::text(&r, 1)?
         .and_then(|p| serde_json::from_str(&p).ok())
         .unwrap_or_default();
     let campaign_stopped = r.try_get::<String, _>(2)? == "stopped";
@@ -220,10 +219,14 @@ impl Repo {
         let now = dialstack_common::now_ms();
         let completed = match ev {
             CallEvent::Dialing(_) => {
-                sqlx::query(
-                    &format!("UPDATE attempts SET state = 'dialing', updated_at = ? WHERE id = ?{}",
-                    sql_in("state", &AttemptState::sources(AttemptEvent::Dialing), AttemptState::as_str)),
-                )
+                sqlx::query(&format!(
+                    "UPDATE attempts SET state = 'dialing', updated_at = ? WHERE id = ?{}",
+                    sql_in(
+                        "state",
+                        &AttemptState::sources(AttemptEvent::Dialing),
+                        AttemptState::as_str
+                    )
+                ))
                 .bind(now)
                 .bind(&data.attempt_id)
                 .execute(&mut *tx)

@@ -76,7 +76,9 @@ impl Campaign {
             retry_policy: self.retry_policy.clone(),
             priority: self.priority.clamp(0, 100) as u32,
             max_attempts: self.max_attempts.and_then(|d| u32::try_from(d).ok()),
-            max_attempts_per_day: self.max_attempts_per_day.and_then(|d| u32::try_from(d).ok()),
+            max_attempts_per_day: self
+                .max_attempts_per_day
+                .and_then(|d| u32::try_from(d).ok()),
         }
     }
 }
@@ -84,8 +86,8 @@ impl Campaign {
 pub(crate) const CAMPAIGN_COLS: &str = "id, name, caller_id, max_concurrent, max_cps, talk_time_ms, ring_timeout_ms, state, created_at, team, record, recording_retention_days, priority, calling_hours, retry_policy, max_attempts, max_attempts_per_day, default_region";
 
 pub(crate) fn campaign_from(r: &sqlx::any::AnyRow) -> Result<Campaign, sqlx::Error> {
-    let hours: Option<String> = r.try_get(13)?;
-    let retry: Option<String> = r.try_get(14)?;
+    let hours = super::text(r, 13)?;
+    let retry = super::text(r, 14)?;
     Ok(Campaign {
         id: r.try_get(0)?,
         name: r.try_get(1)?,
@@ -230,7 +232,11 @@ impl Repo {
         }
         sql.push_str(" ORDER BY id LIMIT ?");
         let mut query = sqlx::query(&sql);
-        for v in [&state, &q.team, &q.after].into_iter().flatten().chain(teams) {
+        for v in [&state, &q.team, &q.after]
+            .into_iter()
+            .flatten()
+            .chain(teams)
+        {
             query = query.bind(v);
         }
         let rows = query.bind(q.limit).fetch_all(&self.db.pool).await?;
@@ -320,7 +326,11 @@ impl Repo {
         };
         let sql = format!(
             "UPDATE campaigns SET state = ?, updated_at = ?{stamp} WHERE id = ?{}",
-            sql_in("state", &CampaignState::sources(action), CampaignState::as_str)
+            sql_in(
+                "state",
+                &CampaignState::sources(action),
+                CampaignState::as_str
+            )
         );
         let mut q = sqlx::query(&sql).bind(to.as_str()).bind(now);
         if !stamp.is_empty() {
@@ -334,7 +344,11 @@ impl Repo {
         if to == CampaignState::Stopped {
             sqlx::query(&format!(
                 "UPDATE leads SET state = ?, updated_at = ? WHERE campaign_id = ?{}",
-                sql_in("state", &LeadState::sources(LeadEvent::Cancel), LeadState::as_str)
+                sql_in(
+                    "state",
+                    &LeadState::sources(LeadEvent::Cancel),
+                    LeadState::as_str
+                )
             ))
             .bind(LeadState::Canceled.as_str())
             .bind(now)

@@ -147,7 +147,12 @@ impl Repo {
             for p in chunk {
                 q = q.bind(p.to_string());
             }
-            for r in q.bind(campaign_id).bind(now).fetch_all(&self.db.pool).await? {
+            for r in q
+                .bind(campaign_id)
+                .bind(now)
+                .fetch_all(&self.db.pool)
+                .await?
+            {
                 hits.insert(r.try_get(0)?);
             }
         }

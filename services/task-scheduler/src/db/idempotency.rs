@@ -92,7 +92,7 @@ impl Repo {
         }
         Ok(Reservation::Replay {
             status: u16::try_from(status).unwrap_or(500),
-            body: r.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
+            body: super::text(&r, 2)?.unwrap_or_default(),
         })
     }
 

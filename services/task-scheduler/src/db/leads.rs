@@ -302,17 +302,14 @@ impl Repo {
         }
         let mut by_lead: HashMap<String, Vec<LeadAttempt>> = HashMap::new();
         for r in q.fetch_all(&self.db.pool).await? {
-            by_lead
-                .entry(r.try_get(0)?)
-                .or_default()
-                .push(LeadAttempt {
-                    id: r.try_get(1)?,
-                    state: r.try_get(2)?,
-                    call_id: r.try_get(3)?,
-                    outcome: r.try_get(4)?,
-                    reason: r.try_get(5)?,
-                    created_at: r.try_get(6)?,
-                });
+            by_lead.entry(r.try_get(0)?).or_default().push(LeadAttempt {
+                id: r.try_get(1)?,
+                state: r.try_get(2)?,
+                call_id: r.try_get(3)?,
+                outcome: r.try_get(4)?,
+                reason: r.try_get(5)?,
+                created_at: r.try_get(6)?,
+            });
         }
         for l in leads {
             l.attempts = by_lead.remove(&l.id).unwrap_or_default();
@@ -345,7 +342,8 @@ impl Repo {
         .bind(lead_id)
         .execute(&self.db.pool)
         .await?;
-        self.callback_result(lead_id, moved.rows_affected() == 1).await
+        self.callback_result(lead_id, moved.rows_affected() == 1)
+            .await
     }
 
     /// Cancels a booked callback: the lead returns to its lane (or to
@@ -360,7 +358,8 @@ impl Repo {
         .bind(lead_id)
         .execute(&self.db.pool)
         .await?;
-        self.callback_result(lead_id, moved.rows_affected() == 1).await
+        self.callback_result(lead_id, moved.rows_affected() == 1)
+            .await
     }
 
     async fn callback_result(&self, id: &str, moved: bool) -> Result<CallbackResult, sqlx::Error> {

@@ -141,7 +141,7 @@ pub const MIGRATIONS: &[Migration] = &[
                 id VARCHAR(64) NOT NULL PRIMARY KEY,
                 request_hash VARCHAR(64) NOT NULL,
                 status BIGINT NOT NULL,
-                body TEXT NULL,
+                body MEDIUMTEXT NULL,
                 created_at BIGINT NOT NULL
               );
               CREATE INDEX idempotency_created ON idempotency (created_at);
@@ -158,6 +158,18 @@ pub const MIGRATIONS: &[Migration] = &[
 pub struct Repo {
     /// The database.
     pub db: Db,
+}
+
+/// A nullable text column: MySQL reports TEXT with a binary collation as
+/// BLOB, so bytes are accepted too.
+pub(crate) fn text(row: &sqlx::any::AnyRow, i: usize) -> Result<Option<String>, sqlx::Error> {
+    use sqlx::Row;
+    match row.try_get::<Option<String>, _>(i) {
+        Ok(s) => Ok(s),
+        Err(_) => Ok(row
+            .try_get::<Option<Vec<u8>>, _>(i)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())),
+    }
 }
 
 /// `?, ?, ...` for `n` values.

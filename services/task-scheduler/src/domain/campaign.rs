@@ -300,7 +300,10 @@ pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Invalid {
 pub fn valid_name(name: &str) -> Result<String, Invalid> {
     let name = name.trim().to_owned();
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-        return Err(invalid("name", "must be 1-200 characters without control characters"));
+        return Err(invalid(
+            "name",
+            "must be 1-200 characters without control characters",
+        ));
     }
     Ok(name)
 }
@@ -313,7 +316,10 @@ impl NewCampaignRequest {
         let caller_id = Phone::parse(&self.caller_id).map_err(|e| invalid("caller_id", e))?;
         if let Some(r) = &self.default_region {
             if !dialstack_dialrules::phone::region_ok(r) {
-                return Err(invalid("default_region", "must be an ISO 3166 alpha-2 region such as US"));
+                return Err(invalid(
+                    "default_region",
+                    "must be an ISO 3166 alpha-2 region such as US",
+                ));
             }
         }
         let settings = Settings {
@@ -469,7 +475,10 @@ mod tests {
             phone: "+14155550102".into(),
             agent_id: Some("bad id".into()),
         });
-        assert_eq!(r.validate(&rules()).unwrap_err().field, "contacts[1].agent_id");
+        assert_eq!(
+            r.validate(&rules()).unwrap_err().field,
+            "contacts[1].agent_id"
+        );
     }
 
     #[test]
@@ -503,6 +512,9 @@ mod tests {
         assert_eq!(c.settings.patched(&bad).unwrap_err().field, "max_cps");
         let unknown: Result<CampaignPatch, _> =
             serde_json::from_value(serde_json::json!({"state": "running"}));
-        assert!(unknown.is_err(), "state changes go through the lifecycle routes");
+        assert!(
+            unknown.is_err(),
+            "state changes go through the lifecycle routes"
+        );
     }
 }

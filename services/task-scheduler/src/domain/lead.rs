@@ -87,7 +87,11 @@ impl ValidLead {
     }
 }
 
-fn text(col: &'static str, v: &Option<String>, max: usize) -> Result<Option<String>, (String, String)> {
+fn text(
+    col: &'static str,
+    v: &Option<String>,
+    max: usize,
+) -> Result<Option<String>, (String, String)> {
     match v.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
         Some(s) if s.len() > max || s.chars().any(char::is_control) => Err((
@@ -122,7 +126,10 @@ impl LeadInput {
         }
         let priority = self.priority.unwrap_or(0);
         if priority > 9 {
-            return Err(("priority".to_owned(), "bad priority: must be 0-9".to_owned()));
+            return Err((
+                "priority".to_owned(),
+                "bad priority: must be 0-9".to_owned(),
+            ));
         }
         let agent_id = match self.agent_id.as_deref().map(str::trim) {
             None | Some("") => None,
@@ -142,7 +149,10 @@ impl LeadInput {
         }
         for (k, v) in &self.fields {
             if !field_name_ok(k) {
-                return Err((k.clone(), "field names must be 1-64 of [A-Za-z0-9_ .-]".to_owned()));
+                return Err((
+                    k.clone(),
+                    "field names must be 1-64 of [A-Za-z0-9_ .-]".to_owned(),
+                ));
             }
             if v.len() > MAX_FIELD_LEN || v.chars().any(|c| c.is_control() && c != '\t') {
                 return Err((
@@ -245,12 +255,10 @@ impl Columns {
         };
         let priority = match get(self.priority) {
             None => None,
-            Some(p) => Some(
-                p.parse::<u8>()
-                    .ok()
-                    .filter(|p| *p <= 9)
-                    .ok_or(("priority".to_owned(), "bad priority: must be 0-9".to_owned()))?,
-            ),
+            Some(p) => Some(p.parse::<u8>().ok().filter(|p| *p <= 9).ok_or((
+                "priority".to_owned(),
+                "bad priority: must be 0-9".to_owned(),
+            ))?),
         };
         let mut fields = BTreeMap::new();
         for (i, name) in &self.custom {
@@ -322,12 +330,48 @@ mod tests {
         assert_eq!(lead.phone, "+12125550100");
         assert!(lead.zones.contains("America/New_York"));
         for (l, col) in [
-            (LeadInput { phone: "hello".into(), ..Default::default() }, "phone"),
-            (LeadInput { phone: "+33612345678".into(), ..Default::default() }, "phone"),
-            (LeadInput { timezone: Some("Mars/Olympus".into()), ..ok.clone() }, "timezone"),
-            (LeadInput { priority: Some(12), ..ok.clone() }, "priority"),
-            (LeadInput { agent_id: Some("a b".into()), ..ok.clone() }, "agent_id"),
-            (LeadInput { first_name: Some("x\r\ny".into()), ..ok.clone() }, "first_name"),
+            (
+                LeadInput {
+                    phone: "hello".into(),
+                    ..Default::default()
+                },
+                "phone",
+            ),
+            (
+                LeadInput {
+                    phone: "+33612345678".into(),
+                    ..Default::default()
+                },
+                "phone",
+            ),
+            (
+                LeadInput {
+                    timezone: Some("Mars/Olympus".into()),
+                    ..ok.clone()
+                },
+                "timezone",
+            ),
+            (
+                LeadInput {
+                    priority: Some(12),
+                    ..ok.clone()
+                },
+                "priority",
+            ),
+            (
+                LeadInput {
+                    agent_id: Some("a b".into()),
+                    ..ok.clone()
+                },
+                "agent_id",
+            ),
+            (
+                LeadInput {
+                    first_name: Some("x\r\ny".into()),
+                    ..ok.clone()
+                },
+                "first_name",
+            ),
         ] {
             assert_eq!(v(l).unwrap_err(), col);
         }

@@ -16,7 +16,7 @@ pub mod pacing;
 pub mod state;
 
 pub use campaign::{
-    invalid, name_ok, valid_name, CampaignPatch, ContactInput, Invalid, NewCampaign, NewCampaignRequest,
-    Phone, Settings, MIN_RING_TIMEOUT_MS,
+    invalid, name_ok, valid_name, CampaignPatch, ContactInput, Invalid, NewCampaign,
+    NewCampaignRequest, Phone, Settings, MIN_RING_TIMEOUT_MS,
 };
 pub use pacing::{FairShare, Pacer};

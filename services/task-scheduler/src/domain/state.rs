@@ -349,9 +349,17 @@ mod tests {
                 }
             }
         }
-        assert_eq!(AS::Completed.apply(AE::Complete), None, "completed is final");
+        assert_eq!(
+            AS::Completed.apply(AE::Complete),
+            None,
+            "completed is final"
+        );
         assert_eq!(AS::Dialing.apply(AE::Claim), None);
-        assert_eq!(AS::Claimed.apply(AE::Cancel), None, "a claimed call is hung up, not canceled");
+        assert_eq!(
+            AS::Claimed.apply(AE::Cancel),
+            None,
+            "a claimed call is hung up, not canceled"
+        );
         assert_eq!(
             AS::sources(AE::Complete),
             vec![AS::Queued, AS::Claimed, AS::Dialing]
@@ -363,10 +371,18 @@ mod tests {
     fn leads_close_only_from_the_right_states() {
         assert_eq!(LS::Pending.apply(LE::Dispatch), Some(LS::Dialing));
         assert_eq!(LS::Dialing.apply(LE::Retry), Some(LS::Pending));
-        assert_eq!(LS::Dialing.apply(LE::Cancel), None, "a call in flight finishes");
+        assert_eq!(
+            LS::Dialing.apply(LE::Cancel),
+            None,
+            "a call in flight finishes"
+        );
         assert_eq!(LS::Dnc.apply(LE::Dispatch), None, "DNC is final");
         assert_eq!(LS::Canceled.apply(LE::Reschedule), None);
-        assert_eq!(LS::Done.apply(LE::Reschedule), Some(LS::Pending), "a callback reopens");
+        assert_eq!(
+            LS::Done.apply(LE::Reschedule),
+            Some(LS::Pending),
+            "a callback reopens"
+        );
         assert!(LS::Pending.open() && !LS::Done.open());
         for s in LS::ALL {
             assert_eq!(LS::parse(s.as_str()), Some(*s));

@@ -168,4 +168,3 @@ pub(super) async fn heartbeat(
     }
     Ok(ApiJson(HeartbeatResponse { renewed }))
 }
-

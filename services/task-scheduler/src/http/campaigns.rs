@@ -130,10 +130,16 @@ pub(super) async fn list_campaigns(
     let st = match p.state.as_deref() {
         None => None,
         Some(s) => Some(CampaignState::parse(s).ok_or_else(|| {
-            ApiError::invalid("state", "must be draft, running, paused, stopped or completed")
+            ApiError::invalid(
+                "state",
+                "must be draft, running, paused, stopped or completed",
+            )
         })?),
     };
-    if p.team.as_deref().is_some_and(|t| !crate::domain::name_ok(t)) {
+    if p.team
+        .as_deref()
+        .is_some_and(|t| !crate::domain::name_ok(t))
+    {
         return Err(ApiError::invalid("team", "must be 1-64 of [A-Za-z0-9._-]"));
     }
     let items = state

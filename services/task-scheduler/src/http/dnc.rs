@@ -73,9 +73,9 @@ async fn scope_of(
     match scope {
         None | Some("global") => Ok(DncScope::Global),
         Some(id) => {
-            visible(state, who, id)
-                .await
-                .map_err(|_| ApiError::invalid("scope", "must be global or a campaign you manage"))?;
+            visible(state, who, id).await.map_err(|_| {
+                ApiError::invalid("scope", "must be global or a campaign you manage")
+            })?;
             Ok(DncScope::Campaign(id.to_owned()))
         }
     }
@@ -129,7 +129,8 @@ pub(super) async fn add_dnc(
             reason: query.reason,
         }
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::new(ErrorCode::InvalidJson, e.to_string()))?
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidJson, e.to_string()))?
     };
     if req.numbers.is_empty() || req.numbers.len() > MAX_NUMBERS {
         return Err(ApiError::invalid(
@@ -145,10 +146,17 @@ pub(super) async fn add_dnc(
     }
     phones.sort();
     phones.dedup();
-    if req.expires_at.is_some_and(|e| e <= dialstack_common::now_ms()) {
+    if req
+        .expires_at
+        .is_some_and(|e| e <= dialstack_common::now_ms())
+    {
         return Err(ApiError::invalid("expires_at", "must be in the future"));
     }
-    let reason = req.reason.as_deref().map(str::trim).filter(|r| !r.is_empty());
+    let reason = req
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty());
     if reason.is_some_and(|r| r.len() > 200 || r.chars().any(char::is_control)) {
         return Err(ApiError::invalid(
             "reason",

@@ -47,7 +47,10 @@ where
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or_else(|| {
-            ApiError::invalid("Idempotency-Key", "must be 1-255 printable ASCII characters")
+            ApiError::invalid(
+                "Idempotency-Key",
+                "must be 1-255 printable ASCII characters",
+            )
         })?;
     let id = hex(&Sha256::digest(format!("{}\n{route}\n{key}", who.sub)));
     let hash = hex(&Sha256::digest(fingerprint));
@@ -84,7 +87,12 @@ where
             if let Err(e) = repo.idem_store(&id, status.as_u16(), &text).await {
                 tracing::warn!(error = %e, "cannot store an idempotent response");
             }
-            Ok((status, [(axum::http::header::CONTENT_TYPE, "application/json")], text).into_response())
+            Ok((
+                status,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                text,
+            )
+                .into_response())
         }
         Err(e) => {
             // Nothing was created: a corrected retry may use the key again.

@@ -67,7 +67,10 @@ fn parse_at(v: &serde_json::Value) -> Result<i64, ApiError> {
     .ok_or_else(|| ApiError::invalid("at", "must be RFC 3339 or ms since the epoch"))?;
     let now = dialstack_common::now_ms();
     if !(now - 60_000..=now + 366 * 86_400_000).contains(&ms) {
-        return Err(ApiError::invalid("at", "must be between now and a year ahead"));
+        return Err(ApiError::invalid(
+            "at",
+            "must be between now and a year ahead",
+        ));
     }
     Ok(ms.max(now))
 }
@@ -121,12 +124,19 @@ pub(super) async fn import_leads(
                     .unwrap_or("")
             );
             let body = req.into_body();
-            idempotency::once(&state.repo, &who, &headers, &route, fingerprint.as_bytes(), || async {
-                let report = importer::import_csv(&state.repo, &target, body, crate::NAME)
-                    .await
-                    .map_err(import_error)?;
-                finish(&state, &id, &who, report)
-            })
+            idempotency::once(
+                &state.repo,
+                &who,
+                &headers,
+                &route,
+                fingerprint.as_bytes(),
+                || async {
+                    let report = importer::import_csv(&state.repo, &target, body, crate::NAME)
+                        .await
+                        .map_err(import_error)?;
+                    finish(&state, &id, &who, report)
+                },
+            )
             .await
         }
         "application/json" => {
@@ -235,7 +245,10 @@ pub(super) async fn list_leads(
 ) -> Result<ApiJson<LeadPage>, ApiError> {
     who.require(READ_LEADS)?;
     let limit = page(p.limit, &p.cursor)?;
-    if p.campaign_id.as_ref().is_some_and(|v| v.is_empty() || v.len() > 64) {
+    if p.campaign_id
+        .as_ref()
+        .is_some_and(|v| v.is_empty() || v.len() > 64)
+    {
         return Err(ApiError::invalid("campaign_id", "must be 1-64 characters"));
     }
     let items = state
@@ -299,12 +312,20 @@ pub(super) async fn book_callback(
     let agent = match req.agent_id.as_deref() {
         None => None,
         Some(a) if crate::domain::name_ok(a) => Some(a.to_owned()),
-        Some(_) => return Err(ApiError::invalid("agent_id", "must be 1-64 of [A-Za-z0-9._-]")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "agent_id",
+                "must be 1-64 of [A-Za-z0-9._-]",
+            ))
+        }
     };
     // An agent books callbacks for itself only.
     let agent = if who.role == Role::Agent {
         if agent.as_deref().is_some_and(|a| a != who.sub) {
-            return Err(ApiError::invalid("agent_id", "an agent books callbacks for itself"));
+            return Err(ApiError::invalid(
+                "agent_id",
+                "an agent books callbacks for itself",
+            ));
         }
         Some(who.sub.clone())
     } else {
@@ -316,7 +337,10 @@ pub(super) async fn book_callback(
             CallbackResult::Done(l) => {
                 state.dispatcher_wake.notify_one();
                 tracing::info!(lead_id = %id, at, by = %who.sub, "callback booked");
-                Ok((StatusCode::OK, serde_json::to_value(*l).map_err(ApiError::internal)?))
+                Ok((
+                    StatusCode::OK,
+                    serde_json::to_value(*l).map_err(ApiError::internal)?,
+                ))
             }
             CallbackResult::Refused(s) => Err(ApiError::new(
                 ErrorCode::Conflict,

@@ -63,7 +63,10 @@ fn page(
             format!("must be 1-{MAX_PAGE}"),
         ));
     }
-    if cursor.as_ref().is_some_and(|v| v.is_empty() || v.len() > 64) {
+    if cursor
+        .as_ref()
+        .is_some_and(|v| v.is_empty() || v.len() > 64)
+    {
         return Err(dialstack_common::http::ApiError::invalid(
             "cursor",
             "must be 1-64 characters",

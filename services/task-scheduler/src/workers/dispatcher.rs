@@ -22,9 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::dispatch::DISPATCHER_LEASE;
 use crate::db::{Campaign, Candidate, Repo};
-use crate::domain::compliance::{
-    eligibility, CampaignRules, DeploymentRules, LeadFacts, Verdict,
-};
+use crate::domain::compliance::{eligibility, CampaignRules, DeploymentRules, LeadFacts, Verdict};
 use crate::domain::state::LeadState;
 use crate::domain::{FairShare, Pacer};
 
@@ -225,7 +223,9 @@ pub async fn run_dispatcher(
         for p in pacers.values() {
             next = next.min(p.next_token_in());
         }
-        next = next.max(global.next_token_in()).max(Duration::from_millis(10));
+        next = next
+            .max(global.next_token_in())
+            .max(Duration::from_millis(10));
         if again {
             next = Duration::from_millis(1);
         }
@@ -247,7 +247,11 @@ enum Round {
     Lost,
     /// Dials queued; `more`: leads were put off or closed, look again now;
     /// `reload`: a campaign completed.
-    Done { queued: u64, more: bool, reload: bool },
+    Done {
+        queued: u64,
+        more: bool,
+        reload: bool,
+    },
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -42,4 +42,3 @@ impl Handler for CallEvents {
 
 /// Bindings of the scheduler's consumer.
 pub const BINDINGS: &[&str] = &[types::CALL_DIALING, types::CALL_COMPLETED];
-

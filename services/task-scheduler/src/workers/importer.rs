@@ -31,8 +31,8 @@ pub const MAX_BODY_BYTES: u64 = 2 << 30;
 /// One rejected row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RowError {
-    /// Row number in the file, the header being row 1 (for JSON: the
-    /// array index).
+    /// Row number: the header is row 1, the first lead row 2; blank lines
+    /// are skipped and not counted (for JSON: the array index).
     pub row: u64,
     /// The column at fault.
     pub column: String,
@@ -238,7 +238,9 @@ async fn store(
         report.reject(e);
     }
     if !keep.is_empty() {
-        let r = repo.import_batch(&target.campaign_id, &keep, source).await?;
+        let r = repo
+            .import_batch(&target.campaign_id, &keep, source)
+            .await?;
         report.accepted += r.accepted;
         report.duplicates += r.duplicates;
     }
@@ -320,10 +322,17 @@ fn parse<R: Read>(reader: R, target: &ImportTarget, tx: mpsc::Sender<Result<Chun
         };
         match result {
             Ok(lead) => chunk.leads.push((row, lead)),
-            Err((column, reason)) => chunk.errors.push(RowError { row, column, reason }),
+            Err((column, reason)) => chunk.errors.push(RowError {
+                row,
+                column,
+                reason,
+            }),
         }
         if chunk.leads.len() + chunk.errors.len() >= BATCH_ROWS {
-            if tx.blocking_send(Ok(std::mem::replace(&mut chunk, fresh()))).is_err() {
+            if tx
+                .blocking_send(Ok(std::mem::replace(&mut chunk, fresh())))
+                .is_err()
+            {
                 return;
             }
         }

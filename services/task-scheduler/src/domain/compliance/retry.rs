@@ -107,17 +107,33 @@ mod tests {
     #[test]
     fn bad_rules_name_their_field() {
         for (body, field) in [
-            (serde_json::json!({"answered_human": {"max_retries": 1, "delay_secs": 5}}), "retry_policy.answered_human"),
-            (serde_json::json!({"busy": {"max_retries": 21, "delay_secs": 5}}), "retry_policy.busy.max_retries"),
-            (serde_json::json!({"busy": {"max_retries": 1, "delay_secs": 0}}), "retry_policy.busy.delay_secs"),
-            (serde_json::json!({"busy": {"max_retries": 1, "delay_secs": 5, "backoff": 0.5}}), "retry_policy.busy.backoff"),
-            (serde_json::json!({"nope": {"max_retries": 1, "delay_secs": 5}}), "retry_policy.nope"),
+            (
+                serde_json::json!({"answered_human": {"max_retries": 1, "delay_secs": 5}}),
+                "retry_policy.answered_human",
+            ),
+            (
+                serde_json::json!({"busy": {"max_retries": 21, "delay_secs": 5}}),
+                "retry_policy.busy.max_retries",
+            ),
+            (
+                serde_json::json!({"busy": {"max_retries": 1, "delay_secs": 0}}),
+                "retry_policy.busy.delay_secs",
+            ),
+            (
+                serde_json::json!({"busy": {"max_retries": 1, "delay_secs": 5, "backoff": 0.5}}),
+                "retry_policy.busy.backoff",
+            ),
+            (
+                serde_json::json!({"nope": {"max_retries": 1, "delay_secs": 5}}),
+                "retry_policy.nope",
+            ),
         ] {
             let p: RetryPolicy = serde_json::from_value(body).unwrap();
             assert_eq!(p.validate().unwrap_err().0, field);
         }
-        let unknown: Result<RetryPolicy, _> =
-            serde_json::from_value(serde_json::json!({"busy": {"max_retries": 1, "delay_secs": 5, "x": 1}}));
+        let unknown: Result<RetryPolicy, _> = serde_json::from_value(
+            serde_json::json!({"busy": {"max_retries": 1, "delay_secs": 5, "x": 1}}),
+        );
         assert!(unknown.is_err());
     }
 }

@@ -61,7 +61,10 @@ fn verdict(f: &Fixture, now: i64, zones: &[Zone], h: History, phone: &str) -> Ve
 fn calling_hours_hold_in_the_callees_zone_across_a_boundary() {
     let f = fixture();
     let ok = History::default();
-    assert_eq!(verdict(&f, FRI_15_UTC, &f.ny, ok, "+12125550100"), Verdict::Dial);
+    assert_eq!(
+        verdict(&f, FRI_15_UTC, &f.ny, ok, "+12125550100"),
+        Verdict::Dial
+    );
     // 07:00 in Los Angeles: wait until 08:00 there, one hour later.
     assert_eq!(
         verdict(&f, FRI_15_UTC, &f.la, ok, "+14155550100"),
@@ -73,14 +76,23 @@ fn calling_hours_hold_in_the_callees_zone_across_a_boundary() {
     // A number that may be in either zone waits for both.
     assert!(matches!(
         verdict(&f, FRI_15_UTC, &f.both, ok, "+14155550100"),
-        Verdict::Wait { until: FRI_16_UTC, why: Why::OutsideHours }
+        Verdict::Wait {
+            until: FRI_16_UTC,
+            why: Why::OutsideHours
+        }
     ));
     // The clock moves on: at 16:00 UTC every zone is open.
-    assert_eq!(verdict(&f, FRI_16_UTC, &f.both, ok, "+14155550100"), Verdict::Dial);
+    assert_eq!(
+        verdict(&f, FRI_16_UTC, &f.both, ok, "+14155550100"),
+        Verdict::Dial
+    );
     // No zone known: never inside a window.
     assert!(matches!(
         verdict(&f, FRI_16_UTC, &[], ok, "+14155550100"),
-        Verdict::Wait { why: Why::OutsideHours, .. }
+        Verdict::Wait {
+            why: Why::OutsideHours,
+            ..
+        }
     ));
 }
 
@@ -100,7 +112,10 @@ fn dnc_guard_and_caps_come_before_the_clock() {
     );
     assert!(matches!(
         verdict(&f, FRI_16_UTC, &f.ny, History::default(), "+33612345678"),
-        Verdict::Close { state: LeadState::Blocked, .. }
+        Verdict::Close {
+            state: LeadState::Blocked,
+            ..
+        }
     ));
     let day = History {
         lead_day: 2,
@@ -141,7 +156,10 @@ fn dnc_guard_and_caps_come_before_the_clock() {
         abandoned_at: Some(FRI_15_UTC - 73 * H),
         ..Default::default()
     };
-    assert_eq!(verdict(&f, FRI_16_UTC, &f.ny, long_ago, "+12125550100"), Verdict::Dial);
+    assert_eq!(
+        verdict(&f, FRI_16_UTC, &f.ny, long_ago, "+12125550100"),
+        Verdict::Dial
+    );
 }
 
 #[test]
@@ -172,7 +190,10 @@ fn lifetime_cap_state_and_due_time() {
             why: Why::NotDue
         }
     );
-    assert_eq!(eligibility(FRI_16_UTC, &lead, &h, &campaign, &deployment), Verdict::Dial);
+    assert_eq!(
+        eligibility(FRI_16_UTC, &lead, &h, &campaign, &deployment),
+        Verdict::Dial
+    );
     lead.attempts = 3;
     assert_eq!(
         eligibility(FRI_16_UTC, &lead, &h, &campaign, &deployment),

@@ -42,7 +42,8 @@ impl FairShare {
             let mut handed = 0u64;
             for &i in &active {
                 let (id, weight, demand) = wants[i];
-                let owed = round * f64::from(weight) / total + self.credit.get(id).copied().unwrap_or(0.0);
+                let owed =
+                    round * f64::from(weight) / total + self.credit.get(id).copied().unwrap_or(0.0);
                 let room = demand - given[i];
                 let whole = (owed.floor().max(0.0) as u64).min(room).min(left - handed);
                 given[i] += whole;
@@ -104,7 +105,10 @@ mod tests {
         }
         let ratio = got[0] as f64 / got[1] as f64;
         assert!((ratio - 3.0).abs() < 0.03, "{got:?}");
-        assert_eq!(got[0] + got[1], (0..1_000u64).map(|r| 1 + r % 3).sum::<u64>());
+        assert_eq!(
+            got[0] + got[1],
+            (0..1_000u64).map(|r| 1 + r % 3).sum::<u64>()
+        );
     }
 
     #[test]
