@@ -83,7 +83,7 @@ impl Config {
         }
         let allowed = env.get("DIALSTACK_ALLOWED_PREFIXES").unwrap_or_default();
         let denied = env.get("DIALSTACK_DENIED_PREFIXES").unwrap_or_default();
-        let guard = DestinationGuard::from_lists(&allowed, &denied).map_err(|e| {
+        let guard = DestinationGuard::from_lists(allowed, denied).map_err(|e| {
             ConfigError::new("DIALSTACK_ALLOWED_PREFIXES / DIALSTACK_DENIED_PREFIXES", &e)
         })?;
         let cap: u32 = env.parse_or("DIALSTACK_MAX_DAILY_ATTEMPTS_PER_NUMBER", 0)?;

@@ -150,7 +150,7 @@ pub struct CampaignQuery {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transition {
     /// Done: the campaign as it is now.
-    Moved(Campaign),
+    Moved(Box<Campaign>),
     /// Refused from this state.
     Refused(CampaignState),
     /// No such campaign.
@@ -296,7 +296,7 @@ impl Repo {
     async fn outcome_of(&self, id: &str, moved: bool) -> Result<Transition, sqlx::Error> {
         Ok(match self.campaign(id).await? {
             None => Transition::Missing,
-            Some(c) if moved => Transition::Moved(c),
+            Some(c) if moved => Transition::Moved(Box::new(c)),
             Some(c) => Transition::Refused(c.state()),
         })
     }
@@ -407,7 +407,7 @@ impl Repo {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Transition::Moved(c))
+        Ok(Transition::Moved(Box::new(c)))
     }
 
     /// Attempts in progress (queued, claimed or dialing).

@@ -246,7 +246,7 @@ impl Columns {
     }
 
     /// Turns one record into a [`LeadInput`]; Err is (column, reason).
-    pub fn lead<'a>(&self, record: &[&'a str]) -> Result<LeadInput, (String, String)> {
+    pub fn lead(&self, record: &[&str]) -> Result<LeadInput, (String, String)> {
         let get = |i: Option<usize>| {
             i.and_then(|i| record.get(i))
                 .map(|s| s.trim())

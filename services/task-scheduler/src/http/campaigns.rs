@@ -201,7 +201,7 @@ pub(super) async fn patch_campaign(
         Transition::Moved(c) => {
             state.dispatcher_wake.notify_one();
             tracing::info!(campaign_id = %id, by = %who.sub, "campaign settings changed");
-            Ok(ApiJson(view(&state, c).await?))
+            Ok(ApiJson(view(&state, *c).await?))
         }
         Transition::Refused(s) => Err(refused("change", s)),
         Transition::Missing => Err(ApiError::not_found("campaign")),
@@ -245,7 +245,7 @@ async fn lifecycle(
             state.relay.notify();
             state.dispatcher_wake.notify_one();
             tracing::info!(campaign_id = %id, by = %who.sub, action = action.as_str(), state = %c.state, "campaign moved");
-            Ok(ApiJson(view(&state, c).await?))
+            Ok(ApiJson(view(&state, *c).await?))
         }
         Transition::Refused(s) => Err(refused(action.as_str(), s)),
         Transition::Missing => Err(ApiError::not_found("campaign")),

@@ -328,13 +328,12 @@ fn parse<R: Read>(reader: R, target: &ImportTarget, tx: mpsc::Sender<Result<Chun
                 reason,
             }),
         }
-        if chunk.leads.len() + chunk.errors.len() >= BATCH_ROWS {
-            if tx
+        if chunk.leads.len() + chunk.errors.len() >= BATCH_ROWS
+            && tx
                 .blocking_send(Ok(std::mem::replace(&mut chunk, fresh())))
                 .is_err()
-            {
-                return;
-            }
+        {
+            return;
         }
     }
     let _ = tx.blocking_send(Ok(chunk));
