@@ -64,7 +64,7 @@ ADMIN="bench admin password 1"
 SVC="bench service password 1"
 start user-service "$PU" DIALSTACK_ADMIN_PASSWORD="$ADMIN" DIALSTACK_SERVICE_PASSWORD="$SVC"
 JWKS="http://127.0.0.1:$PU/.well-known/jwks.json"
-start task-scheduler "$PS" DIALSTACK_JWKS_URL="$JWKS"
+start task-scheduler "$PS" DIALSTACK_JWKS_URL="$JWKS" DIALSTACK_MAX_CPS=5000
 start storage-service "$PST" DIALSTACK_JWKS_URL="$JWKS"
 start monitor-service "$PM" DIALSTACK_JWKS_URL="$JWKS"
 start media-processor "$PMP" DIALSTACK_JWKS_URL="$JWKS" \
