@@ -152,9 +152,11 @@ impl Service for Application {
         };
         let wake = Arc::new(Notify::new());
         if let Some(events) = &base.events {
-            base.spawn_consumer(
+            base.spawn_batch_consumer(
                 events,
-                Subscription::new(NAME, workers::BINDINGS).with_concurrency(8),
+                Subscription::new(NAME, workers::BINDINGS)
+                    .with_concurrency(4)
+                    .with_batch(64),
                 Arc::new(workers::CallEvents {
                     repo: repo.clone(),
                     dispatcher_wake: wake.clone(),

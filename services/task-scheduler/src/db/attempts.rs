@@ -106,6 +106,53 @@ pub(crate) async fn settle_lead(
     Ok(())
 }
 
+/// One call event's updates inside `tx`: the campaign id when it completed
+/// its attempt.
+async fn apply_one(tx: &mut Tx, ev: &CallEvent, now: i64) -> Result<Option<String>, sqlx::Error> {
+    let data = ev.call();
+    let completed = match ev {
+        CallEvent::Dialing(_) => {
+            sqlx::query(&format!(
+                "UPDATE attempts SET state = 'dialing', updated_at = ? WHERE id = ?{}",
+                sql_in(
+                    "state",
+                    &AttemptState::sources(AttemptEvent::Dialing),
+                    AttemptState::as_str
+                )
+            ))
+            .bind(now)
+            .bind(&data.attempt_id)
+            .execute(&mut **tx)
+            .await?;
+            false
+        }
+        CallEvent::Completed(done) => {
+            let moved = sqlx::query(&format!(
+                "UPDATE attempts SET state = 'completed', outcome = ?, reason = ?, sip_status = ?, updated_at = ?
+                 WHERE id = ?{}",
+                sql_in(
+                    "state",
+                    &AttemptState::sources(AttemptEvent::Complete),
+                    AttemptState::as_str
+                )
+            ))
+            .bind(done.outcome.as_str())
+            .bind(done.reason.map(|r| r.as_str()))
+            .bind(done.sip_status.map(i64::from))
+            .bind(now)
+            .bind(&data.attempt_id)
+            .execute(&mut **tx)
+            .await?;
+            if moved.rows_affected() == 1 {
+                settle_lead(tx, &data.attempt_id, done.outcome, done.reason, now).await?;
+            }
+            moved.rows_affected() == 1
+        }
+        _ => false,
+    };
+    Ok(completed.then(|| data.campaign_id.clone()))
+}
+
 /// Cancels a campaign's attempts no media processor has claimed (on stop):
 /// each ends `canceled` with its `call.completed`, and its claim will be
 /// refused.
@@ -209,51 +256,37 @@ impl Repo {
         event_id: &str,
         ev: &CallEvent,
     ) -> Result<Option<String>, sqlx::Error> {
-        let data = ev.call();
-        let mut tx = self.db.begin().await?;
-        if !dialstack_common::db::inbox_claim(&mut tx, self.db.dialect, crate::NAME, event_id)
+        Ok(self
+            .apply_call_events(&[(event_id, ev)])
             .await?
-        {
-            return Ok(None);
-        }
+            .pop()
+            .flatten())
+    }
+
+    /// Applies a batch of call events in one transaction: one inbox
+    /// statement, each event's conditional updates, one commit. Per event,
+    /// in order: the campaign id when it completed its attempt. An event
+    /// seen before (inbox) changes nothing.
+    pub async fn apply_call_events(
+        &self,
+        events: &[(&str, &CallEvent)],
+    ) -> Result<Vec<Option<String>>, sqlx::Error> {
+        let mut tx = self.db.begin().await?;
+        let ids: Vec<&str> = events.iter().map(|(id, _)| *id).collect();
+        let fresh =
+            dialstack_common::db::inbox_claim_many(&mut tx, self.db.dialect, crate::NAME, &ids)
+                .await?;
         let now = dialstack_common::now_ms();
-        let completed = match ev {
-            CallEvent::Dialing(_) => {
-                sqlx::query(&format!(
-                    "UPDATE attempts SET state = 'dialing', updated_at = ? WHERE id = ?{}",
-                    sql_in(
-                        "state",
-                        &AttemptState::sources(AttemptEvent::Dialing),
-                        AttemptState::as_str
-                    )
-                ))
-                .bind(now)
-                .bind(&data.attempt_id)
-                .execute(&mut *tx)
-                .await?;
-                false
-            }
-            CallEvent::Completed(done) => {
-                let moved = sqlx::query(
-                    "UPDATE attempts SET state = 'completed', outcome = ?, reason = ?, sip_status = ?, updated_at = ?
-                     WHERE id = ? AND state <> 'completed'",
-                )
-                .bind(done.outcome.as_str())
-                .bind(done.reason.map(|r| r.as_str()))
-                .bind(done.sip_status.map(i64::from))
-                .bind(now)
-                .bind(&data.attempt_id)
-                .execute(&mut *tx)
-                .await?;
-                if moved.rows_affected() == 1 {
-                    settle_lead(&mut tx, &data.attempt_id, done.outcome, done.reason, now).await?;
-                }
-                moved.rows_affected() == 1
-            }
-            _ => false,
-        };
+        let mut out = Vec::with_capacity(events.len());
+        for ((_, ev), new) in events.iter().zip(fresh) {
+            out.push(if new {
+                apply_one(&mut tx, ev, now).await?
+            } else {
+                None
+            });
+        }
         tx.commit().await?;
-        Ok(completed.then(|| data.campaign_id.clone()))
+        Ok(out)
     }
 
     /// Asks media-processor to end the call `call_id` (a `hangup` command

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use dialstack_common::bus::{Delivery, HandleError, Handler};
+use dialstack_common::bus::{BatchHandler, Delivery, HandleError, Handler};
 use dialstack_common::events::CloudEvent;
 use dialstack_contract::{types, CallEvent};
 use tokio::sync::Notify;
@@ -37,6 +37,52 @@ impl Handler for CallEvents {
             self.dispatcher_wake.notify_one();
         }
         Ok(())
+    }
+}
+
+/// A delivery batch in one transaction ([`Repo::apply_call_events`]): a
+/// malformed message is dead-lettered alone; a database failure redelivers
+/// the batch, which the inbox makes harmless.
+#[async_trait::async_trait]
+impl BatchHandler for CallEvents {
+    async fn handle_batch(&self, batch: &[Delivery]) -> Vec<Result<(), HandleError>> {
+        let mut results: Vec<Result<(), HandleError>> = Vec::with_capacity(batch.len());
+        let mut parsed: Vec<(usize, String, CallEvent)> = Vec::new();
+        for (i, d) in batch.iter().enumerate() {
+            let ev = match CloudEvent::from_slice(&d.payload) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    results.push(Err(HandleError::Permanent(e.to_string())));
+                    continue;
+                }
+            };
+            match CallEvent::parse(&ev.ty, &ev.data) {
+                Ok(Some(call)) => {
+                    parsed.push((i, ev.id, call));
+                    results.push(Ok(()));
+                }
+                Ok(None) => results.push(Ok(())),
+                Err(e) => results.push(Err(HandleError::Permanent(format!("{}: {e}", ev.ty)))),
+            }
+        }
+        if parsed.is_empty() {
+            return results;
+        }
+        let items: Vec<(&str, &CallEvent)> =
+            parsed.iter().map(|(_, id, ev)| (id.as_str(), ev)).collect();
+        match self.repo.apply_call_events(&items).await {
+            Ok(done) => {
+                if done.iter().any(Option::is_some) {
+                    self.dispatcher_wake.notify_one();
+                }
+            }
+            Err(e) => {
+                for (i, _, _) in &parsed {
+                    results[*i] = Err(HandleError::Transient(e.to_string()));
+                }
+            }
+        }
+        results
     }
 }
 
