@@ -944,3 +944,237 @@ async fn the_destination_guard_refuses_at_import_and_again_at_dial_time() {
         assert_eq!(dialed, 0, "{engine}");
     }
 }
+
+/// Creates a user in user-service and logs in; returns (id, token).
+async fn user(s: &Stack, name: &str, role: &str, teams: &[&str]) -> (String, String) {
+    let password = format!("{name} has a long password");
+    let (st, u) = call(
+        &s.users,
+        Method::POST,
+        "/v1/users",
+        &s.admin,
+        Some(json!({"username": name, "password": password, "role": role, "teams": teams})),
+        &[],
+    )
+    .await;
+    assert_eq!(st, 201, "{u}");
+    (
+        u["id"].as_str().unwrap().to_owned(),
+        login(&s.users, name, &password).await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_and_strangers_get_clear_refusals() {
+    let s = Stack::start(&both_databases()[0].1, &[]).await;
+    let sales = s
+        .campaign(json!({"team": "sales", "contacts": ["+14155550101"]}))
+        .await;
+    let support = s
+        .campaign(json!({"team": "support", "contacts": ["+14155550102"]}))
+        .await;
+    let lead_of = |id: String| {
+        let s = &s;
+        async move {
+            let (_, page) = s
+                .call(Method::GET, &format!("/v1/campaigns/{id}/leads"), None)
+                .await;
+            page["items"][0]["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let sales_lead = lead_of(sales.clone()).await;
+    let support_lead = lead_of(support.clone()).await;
+    // Malformed bodies and parameters: 4xx naming the field, nothing stored.
+    for (method, path, body, field) in [
+        (
+            Method::POST,
+            "/v1/dnc".to_owned(),
+            json!({"numbers": ["+1415555010x"]}),
+            "numbers[0]",
+        ),
+        (
+            Method::POST,
+            "/v1/dnc".to_owned(),
+            json!({"numbers": []}),
+            "numbers",
+        ),
+        (
+            Method::POST,
+            "/v1/dnc".to_owned(),
+            json!({"numbers": ["+14155550101"], "expires_at": 1}),
+            "expires_at",
+        ),
+        (
+            Method::POST,
+            format!("/v1/leads/{sales_lead}/callback"),
+            json!({"at": "tomorrow"}),
+            "at",
+        ),
+        (
+            Method::POST,
+            format!("/v1/leads/{sales_lead}/callback"),
+            json!({"at": 1}),
+            "at",
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/campaigns/{sales}"),
+            json!({"retry_policy": {"busy": {"max_retries": 1, "delay_secs": 0}}}),
+            "retry_policy.busy.delay_secs",
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/campaigns/{sales}"),
+            json!({"name": ""}),
+            "name",
+        ),
+    ] {
+        let (st, b) = s.call(method, &path, Some(body)).await;
+        assert_eq!(st, 400, "{path}: {b}");
+        assert!(
+            b["message"].as_str().unwrap().contains(field),
+            "{path}: {b}"
+        );
+        assert!(b["request_id"].is_string(), "{b}");
+    }
+    let (st, b) = s
+        .call(
+            Method::PATCH,
+            &format!("/v1/campaigns/{sales}"),
+            Some(json!({"state": "running"})),
+        )
+        .await;
+    assert_eq!(
+        (st, b["code"].as_str()),
+        (400, Some("invalid_json")),
+        "unknown fields are refused: {b}"
+    );
+    let (st, _) = s
+        .call(
+            Method::POST,
+            &format!("/v1/campaigns/{sales}/leads"),
+            Some(json!({"phone": "+14155550103"})),
+        )
+        .await;
+    assert_eq!(st, 400, "a JSON import is an array");
+    let many: Vec<Value> = (0..10_001)
+        .map(|i| json!({"phone": format!("+1415{:07}", 4_000_000 + i)}))
+        .collect();
+    let (st, _) = s
+        .call(
+            Method::POST,
+            &format!("/v1/campaigns/{sales}/leads"),
+            Some(Value::Array(many)),
+        )
+        .await;
+    assert_eq!(st, 400, "JSON imports are bounded");
+    let (st, _) = s.call(Method::GET, "/v1/leads?state=nope", None).await;
+    assert_eq!(st, 400);
+    let (st, _) = s.call(Method::GET, "/v1/dnc/not-a-number", None).await;
+    assert_eq!(st, 400);
+    // A record longer than 1 MiB ends the import; the rows before it stay.
+    let mut csv = String::from("phone,note\n+14155550104,ok\n+14155550105,");
+    csv.push_str(&"x".repeat(2 << 20));
+    csv.push_str("\n+14155550106,after\n");
+    let (st, r) = s.csv(&sales, &csv).await;
+    assert_eq!(
+        (st, r["accepted"].as_i64()),
+        (200, Some(1)),
+        "{}",
+        r.to_string().chars().take(400).collect::<String>()
+    );
+    assert!(
+        r["stopped"].as_str().unwrap().contains("longer than"),
+        "{r}"
+    );
+    // A supervisor of sales: the support campaign and its lead do not exist
+    // for them; a DNC scoped to it is refused.
+    let (_, sam) = user(&s, "sam.sales", "supervisor", &["sales"]).await;
+    let as_sam = |method: Method, path: String, body: Option<Value>| {
+        let s = &s;
+        let sam = sam.clone();
+        async move { call(&s.sched, method, &path, &sam, body, &[]).await }
+    };
+    assert_eq!(
+        as_sam(Method::GET, format!("/v1/campaigns/{support}"), None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        as_sam(Method::GET, format!("/v1/campaigns/{sales}"), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        as_sam(
+            Method::POST,
+            format!("/v1/campaigns/{support}/leads"),
+            Some(json!([{"phone": "+14155550107"}]))
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        as_sam(Method::POST, format!("/v1/campaigns/{support}/stop"), None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        as_sam(
+            Method::POST,
+            format!("/v1/leads/{support_lead}/callback"),
+            Some(json!({"at": dialstack_common::now_ms() + 60_000}))
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        as_sam(
+            Method::POST,
+            "/v1/dnc".into(),
+            Some(json!({"numbers": ["+14155550108"], "scope": support}))
+        )
+        .await
+        .0,
+        400
+    );
+    let (st, page) = as_sam(Method::GET, "/v1/campaigns".into(), None).await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        page["items"].as_array().unwrap().len(),
+        1,
+        "only their team's: {page}"
+    );
+    // An agent books callbacks only for itself, and only on leads it may see.
+    let (_, ann) = user(&s, "ann.agent", "agent", &[]).await;
+    let (st, _) = call(
+        &s.sched,
+        Method::POST,
+        &format!("/v1/leads/{sales_lead}/callback"),
+        &ann,
+        Some(json!({"at": dialstack_common::now_ms() + 60_000})),
+        &[],
+    )
+    .await;
+    assert_eq!(st, 404, "not the agent's lead");
+    let (st, _) = call(
+        &s.sched,
+        Method::DELETE,
+        "/v1/dnc/+14155550101",
+        &ann,
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(st, 403, "agents add to DNC but never remove");
+    assert_eq!(
+        s.count("SELECT COUNT(*) FROM dnc").await,
+        0,
+        "nothing was stored by refused requests"
+    );
+}
