@@ -51,9 +51,14 @@ async fn main() -> anyhow::Result<()> {
     let now = dialstack_common::now_ms();
     if have < args.leads as i64 {
         let t = Instant::now();
-        eprintln!("filling: {} campaigns, {} leads (once)", args.campaigns, args.leads);
+        eprintln!(
+            "filling: {} campaigns, {} leads (once)",
+            args.campaigns, args.leads
+        );
         sqlx::query("DELETE FROM leads").execute(&db.pool).await?;
-        sqlx::query("DELETE FROM campaigns").execute(&db.pool).await?;
+        sqlx::query("DELETE FROM campaigns")
+            .execute(&db.pool)
+            .await?;
         for c in 0..args.campaigns {
             sqlx::query(
                 "INSERT INTO campaigns (id, name, caller_id, max_concurrent, max_cps, talk_time_ms, ring_timeout_ms, state, created_at, priority)
@@ -120,7 +125,10 @@ async fn main() -> anyhow::Result<()> {
     }
     pick.sort_by(f64::total_cmp);
     hist.sort_by(f64::total_cmp);
-    println!("leads: {total} over {} campaigns; batch {}", args.campaigns, args.batch);
+    println!(
+        "leads: {total} over {} campaigns; batch {}",
+        args.campaigns, args.batch
+    );
     println!(
         "pick next batch (candidates): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} picks ({:.1} leads each)",
         pct(&pick, 0.5),
@@ -149,7 +157,12 @@ async fn main() -> anyhow::Result<()> {
                 r.try_get::<Option<String>, _>(i)
                     .ok()
                     .flatten()
-                    .or_else(|| r.try_get::<Option<i64>, _>(i).ok().flatten().map(|v| v.to_string()))
+                    .or_else(|| {
+                        r.try_get::<Option<i64>, _>(i)
+                            .ok()
+                            .flatten()
+                            .map(|v| v.to_string())
+                    })
                     .unwrap_or_else(|| "NULL".into())
             })
             .collect();

@@ -299,6 +299,10 @@ impl Backend for KafkaBackend {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
+            // The longest a fetch may wait for data. tansu 0.6 sleeps through
+            // part of it even when data is there (half of the default 500 ms
+            // per fetch), which became most of the dial latency.
+            .set("fetch.wait.max.ms", "20")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             // Also the rebalance timeout: how long a rebalance waits for a
