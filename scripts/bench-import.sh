@@ -25,6 +25,8 @@ start() { # name port extra-env...
   env -i PATH="$PATH" DIALSTACK_LOG_FORMAT=json RUST_LOG=warn \
     DIALSTACK_HTTP_ADDR="127.0.0.1:$port" \
     DIALSTACK_DATABASE_URL="$MYSQL/${RUN}_${name//-/_}" \
+    DIALSTACK_EVENTS_URL="amqp://guest:guest@127.0.0.1:5672/%2f?namespace=$RUN&queue_expires_ms=600000" \
+    DIALSTACK_COMMANDS_URL="memory://$RUN" \
     "$@" "$BIN/$name" >"$LOGS/$name.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 240); do
