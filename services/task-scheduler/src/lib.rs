@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use dialstack_common::bus::Subscription;
 use dialstack_common::config::{CommonConfig, ConfigError, Env};
-use dialstack_common::db::OutboxRelay;
+use dialstack_common::db::{GroupCommit, GroupCommitOptions, OutboxRelay};
 use dialstack_common::service::{Built, Channels, Service, ServiceBase};
 use dialstack_dialrules::guard::DestinationGuard;
 use tokio::sync::Notify;
@@ -123,6 +123,8 @@ pub struct AppState {
     pub dispatcher_wake: Arc<Notify>,
     /// The destination guard, for imports.
     pub guard: Arc<DestinationGuard>,
+    /// Claims, group-committed.
+    pub claims: GroupCommit<db::attempts::ClaimWriter>,
 }
 
 /// A built task-scheduler.
@@ -199,6 +201,14 @@ impl Service for Application {
             relay: base.relay.clone(),
             dispatcher_wake: wake,
             guard: config.guard.clone(),
+            claims: GroupCommit::start(
+                base.db.clone(),
+                db::attempts::ClaimWriter,
+                GroupCommitOptions {
+                    max_batch: 128,
+                    workers: 2,
+                },
+            ),
         };
         Ok(Self(
             Built::with_long_routes(

@@ -153,6 +153,75 @@ async fn apply_one(tx: &mut Tx, ev: &CallEvent, now: i64) -> Result<Option<Strin
     Ok(completed.then(|| data.campaign_id.clone()))
 }
 
+/// One claim inside `tx` (compare-and-set on `queued`).
+async fn claim_in(
+    tx: &mut Tx,
+    attempt_id: &str,
+    claimer: &str,
+    lease_until: i64,
+) -> Result<Claim, sqlx::Error> {
+    let moved = sqlx::query(&format!(
+        "UPDATE attempts SET state = 'claimed', claimed_by = ?, lease_until = ?, updated_at = ?
+         WHERE id = ?{}",
+        sql_in(
+            "state",
+            &AttemptState::sources(AttemptEvent::Claim),
+            AttemptState::as_str
+        )
+    ))
+    .bind(claimer)
+    .bind(lease_until)
+    .bind(dialstack_common::now_ms())
+    .bind(attempt_id)
+    .execute(&mut **tx)
+    .await?;
+    if moved.rows_affected() == 1 {
+        return Ok(Claim::Granted(DialTarget {
+            attempt_id: attempt_id.to_owned(),
+            lease_until,
+        }));
+    }
+    let row = sqlx::query("SELECT state, claimed_by, lease_until FROM attempts WHERE id = ?")
+        .bind(attempt_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(match row {
+        None => Claim::Unknown,
+        Some(r) => {
+            let state: String = r.try_get(0)?;
+            let by: Option<String> = r.try_get(1)?;
+            if state == "claimed" && by.as_deref() == Some(claimer) {
+                Claim::Granted(DialTarget {
+                    attempt_id: attempt_id.to_owned(),
+                    lease_until: r.try_get::<Option<i64>, _>(2)?.unwrap_or(lease_until),
+                })
+            } else {
+                Claim::Taken(state)
+            }
+        }
+    })
+}
+
+/// Claims group-committed: concurrent claims from the media tier share one
+/// transaction (one log flush for many), each answered after the commit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClaimWriter;
+
+#[async_trait::async_trait]
+impl dialstack_common::db::BatchWrite for ClaimWriter {
+    /// (attempt id, claimer, lease end).
+    type Op = (String, String, i64);
+    type Out = Claim;
+
+    async fn write(&self, tx: &mut Tx, ops: &[Self::Op]) -> Result<Vec<Claim>, sqlx::Error> {
+        let mut out = Vec::with_capacity(ops.len());
+        for (id, claimer, until) in ops {
+            out.push(claim_in(tx, id, claimer, *until).await?);
+        }
+        Ok(out)
+    }
+}
+
 /// Cancels a campaign's attempts no media processor has claimed (on stop):
 /// each ends `canceled` with its `call.completed`, and its claim will be
 /// refused.
@@ -212,41 +281,10 @@ impl Repo {
         claimer: &str,
         lease_until: i64,
     ) -> Result<Claim, sqlx::Error> {
-        let moved = sqlx::query(
-            "UPDATE attempts SET state = 'claimed', claimed_by = ?, lease_until = ?, updated_at = ?
-             WHERE id = ? AND state = 'queued'",
-        )
-        .bind(claimer)
-        .bind(lease_until)
-        .bind(dialstack_common::now_ms())
-        .bind(attempt_id)
-        .execute(&self.db.pool)
-        .await?;
-        if moved.rows_affected() == 1 {
-            return Ok(Claim::Granted(DialTarget {
-                attempt_id: attempt_id.to_owned(),
-                lease_until,
-            }));
-        }
-        let row = sqlx::query("SELECT state, claimed_by, lease_until FROM attempts WHERE id = ?")
-            .bind(attempt_id)
-            .fetch_optional(&self.db.pool)
-            .await?;
-        Ok(match row {
-            None => Claim::Unknown,
-            Some(r) => {
-                let state: String = r.get(0);
-                let by: Option<String> = r.get(1);
-                if state == "claimed" && by.as_deref() == Some(claimer) {
-                    Claim::Granted(DialTarget {
-                        attempt_id: attempt_id.to_owned(),
-                        lease_until: r.get::<Option<i64>, _>(2).unwrap_or(lease_until),
-                    })
-                } else {
-                    Claim::Taken(state)
-                }
-            }
-        })
+        let mut tx = self.db.begin().await?;
+        let c = claim_in(&mut tx, attempt_id, claimer, lease_until).await?;
+        tx.commit().await?;
+        Ok(c)
     }
 
     /// Applies a call event to its attempt, once (inbox). Returns the campaign

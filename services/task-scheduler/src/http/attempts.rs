@@ -69,7 +69,18 @@ pub(super) async fn claim_attempt(
         return Err(ApiError::invalid("lease_ms", "must be 1000-300000"));
     }
     let until = dialstack_common::now_ms() + lease_ms;
-    match state.repo.claim(&id, &req.claimer, until).await? {
+    if id.is_empty() || id.len() > 64 {
+        return Err(ApiError::not_found("attempt"));
+    }
+    let claim = state
+        .claims
+        .submit((id, req.claimer.clone(), until))
+        .await
+        .map_err(|e| match e {
+            dialstack_common::db::GroupCommitError::Sql(e) => ApiError::from(e),
+            other => ApiError::internal(other),
+        })?;
+    match claim {
         Claim::Granted(t) => Ok(ApiJson(ClaimResponse {
             attempt_id: t.attempt_id,
             lease_until: t.lease_until,
