@@ -563,6 +563,23 @@ async fn dnc_added_after_import_is_never_dialed_and_retries_and_callbacks_fire()
         );
         // Busy again: no retry left; one lead gets a callback instead.
         s.complete(&id, &second, Outcome::Busy).await;
+        eventually(
+            "the second busy outcomes applied",
+            Duration::from_secs(20),
+            || async {
+                let n = s
+                    .count(&format!(
+                    "SELECT COUNT(*) FROM attempts WHERE campaign_id = '{id}' AND outcome = 'busy'"
+                ))
+                    .await;
+                if n == 4 {
+                    Ok(())
+                } else {
+                    Err(format!("{n} busy"))
+                }
+            },
+        )
+        .await;
         let lead = second[0].1.clone();
         eventually("leads done", Duration::from_secs(20), || async {
             let n = s

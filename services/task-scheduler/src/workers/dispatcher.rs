@@ -300,9 +300,16 @@ async fn round(
     let mut completed_any = false;
     for (c, n) in campaigns.iter().zip(given) {
         let q = if n > 0 {
-            match dispatch_campaign(repo, cfg, c, n, zones, Some(&cfg.holder)).await? {
-                None => return Ok(Round::Lost),
-                Some(q) => q,
+            match dispatch_campaign(repo, cfg, c, n, zones, Some(&cfg.holder)).await {
+                Ok(None) => return Ok(Round::Lost),
+                Ok(Some(q)) => q,
+                Err(e) => {
+                    // This campaign's batch is lost, not the round: the
+                    // others still get their share, and it is owed its own.
+                    tracing::warn!(error = %e, campaign_id = %c.id, "cannot dispatch a batch");
+                    share.refund(&c.id, n);
+                    continue;
+                }
             }
         } else {
             crate::db::Queued::default()
@@ -310,6 +317,7 @@ async fn round(
         if q.dialed + q.waited + q.closed == 0 {
             share.unused(&c.id);
             if n > 0 {
+                tracing::debug!(campaign_id = %c.id, given = n, "nothing due");
                 quiet.insert(c.id.clone(), Instant::now() + Duration::from_millis(250));
             }
             let flying = in_flight.get(&c.id).copied().unwrap_or(0);

@@ -40,10 +40,20 @@ impl FairShare {
             let total: f64 = active.iter().map(|&i| f64::from(wants[i].1)).sum();
             let round = left as f64;
             let mut handed = 0u64;
-            for &i in &active {
-                let (id, weight, demand) = wants[i];
-                let owed =
-                    round * f64::from(weight) / total + self.credit.get(id).copied().unwrap_or(0.0);
+            // The most owed first, so that a budget too small for everyone
+            // pays old debts before new shares.
+            let mut owed_by: Vec<(usize, f64)> = active
+                .iter()
+                .map(|&i| {
+                    let (id, weight, _) = wants[i];
+                    let o = round * f64::from(weight) / total
+                        + self.credit.get(id).copied().unwrap_or(0.0);
+                    (i, o)
+                })
+                .collect();
+            owed_by.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            for (i, owed) in owed_by {
+                let (id, _, demand) = wants[i];
                 let room = demand - given[i];
                 let whole = (owed.floor().max(0.0) as u64).min(room).min(left - handed);
                 given[i] += whole;
@@ -79,6 +89,12 @@ impl FairShare {
             }
         }
         given
+    }
+
+    /// Gives back `n` dials a campaign was given but could not start (its
+    /// batch failed to write): it is owed them in the next rounds.
+    pub fn refund(&mut self, campaign: &str, n: u64) {
+        *self.credit.entry(campaign.to_owned()).or_insert(0.0) += n as f64;
     }
 
     /// Returns dials a campaign was given but did not use (no lead was
@@ -121,6 +137,18 @@ mod tests {
         // Nobody wants anything: nothing is handed out.
         assert_eq!(s.split(10, &[("a", 1, 0)]), vec![0]);
         assert_eq!(s.split(0, &[("a", 1, 5)]), vec![0]);
+    }
+
+    #[test]
+    fn a_refund_is_paid_back_first() {
+        let mut s = FairShare::new();
+        let g = s.split(4, &[("a", 1, 100), ("b", 1, 100)]);
+        assert_eq!(g, vec![2, 2]);
+        s.refund("b", 2);
+        // b is owed its two back on top of its half.
+        let g = s.split(4, &[("a", 1, 100), ("b", 1, 100)]);
+        assert_eq!(g[0] + g[1], 4);
+        assert!(g[1] > g[0], "{g:?}");
     }
 
     #[test]
