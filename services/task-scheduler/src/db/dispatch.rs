@@ -287,6 +287,7 @@ impl Repo {
                     .execute(&mut *tx)
                     .await?;
                     if moved.rows_affected() != 1 {
+                        tracing::debug!(lead_id = %cand.id, "lead no longer pending");
                         continue;
                     }
                     let attempt_id = uuid::Uuid::now_v7().to_string();

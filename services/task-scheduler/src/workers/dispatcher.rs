@@ -115,6 +115,7 @@ pub async fn dispatch_campaign(
     let now_ms = dialstack_common::now_ms();
     let cands = repo.candidates(&c.id, now_ms, n).await?;
     if cands.is_empty() {
+        tracing::debug!(campaign_id = %c.id, n, now_ms, "no candidates");
         return Ok(Some(crate::db::Queued::default()));
     }
     let history = repo.history(&c.id, &cands, now_ms).await?;
@@ -305,17 +306,18 @@ async fn round(
                 Ok(Some(q)) => q,
                 Err(e) => {
                     // This campaign's batch is lost, not the round: the
-                    // others still get their share, and it is owed its own.
+                    // others still get their share, and as it recorded no
+                    // dial it is owed its own.
                     tracing::warn!(error = %e, campaign_id = %c.id, "cannot dispatch a batch");
-                    share.refund(&c.id, n);
                     continue;
                 }
             }
         } else {
             crate::db::Queued::default()
         };
+        let weight = c.priority.clamp(0, 100) as u32;
+        share.record(&c.id, weight, n, q.dialed);
         if q.dialed + q.waited + q.closed == 0 {
-            share.unused(&c.id);
             if n > 0 {
                 tracing::debug!(campaign_id = %c.id, given = n, "nothing due");
                 quiet.insert(c.id.clone(), Instant::now() + Duration::from_millis(250));
@@ -342,7 +344,7 @@ async fn round(
             more = true;
         }
         if q.dialed > 0 {
-            tracing::debug!(campaign_id = %c.id, dialed = q.dialed, waited = q.waited, closed = q.closed, "leads queued");
+            tracing::debug!(campaign_id = %c.id, given = n, dialed = q.dialed, waited = q.waited, closed = q.closed, "leads queued");
         }
     }
     Ok(Round::Done {
