@@ -210,9 +210,15 @@ impl AmqpBackend {
                 Some(Err(e)) => break Err(broker(e)),
                 Some(Ok(d)) => d,
             };
-            let permit = match permits.clone().acquire_owned().await {
-                Ok(p) => p,
-                Err(_) => break Ok(()),
+            // Waiting for a free handler must not outlast shutdown: a handler
+            // that never returns would otherwise keep the consumer alive. The
+            // delivery in hand stays unacknowledged and is redelivered.
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break Ok(()),
+                },
             };
             // What else the broker has already sent joins the batch.
             let mut batch = vec![first];
