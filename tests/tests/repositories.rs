@@ -439,6 +439,7 @@ mod scheduler {
             team: team.map(str::to_owned),
             record: true,
             recording_retention_days: Some(30),
+            cdr_retention_days: None,
             calling_hours: Some(all_day()),
             retry_policy: None,
             priority: None,
@@ -1193,7 +1194,7 @@ mod storage {
                 if page.is_empty() {
                     break;
                 }
-                after = page.last().map(|c| c.call_id.clone());
+                after = page.last().map(storage_service::db::CdrCursor::after);
                 seen.extend(page.into_iter().map(|c| c.call_id));
             }
             assert_eq!(
@@ -1253,25 +1254,25 @@ mod storage {
                 }
             };
             let ann = ids(CdrQuery {
-                agent_id: Some("ann".into()),
+                only_agent: Some("ann".into()),
                 ..Default::default()
             })
             .await;
             assert_eq!(ann, ["c-ann"], "{engine}");
             let sales = ids(CdrQuery {
-                teams: Some(vec!["sales".into()]),
+                only_teams: Some(vec!["sales".into()]),
                 ..Default::default()
             })
             .await;
             assert_eq!(sales, ["c-ann", "c-bob"], "{engine}");
             let both = ids(CdrQuery {
-                teams: Some(vec!["sales".into(), "support".into()]),
+                only_teams: Some(vec!["sales".into(), "support".into()]),
                 ..Default::default()
             })
             .await;
             assert_eq!(both.len(), 3, "{engine}");
             let no_team = ids(CdrQuery {
-                teams: Some(vec![]),
+                only_teams: Some(vec![]),
                 ..Default::default()
             })
             .await;
@@ -1384,7 +1385,7 @@ mod storage {
                 }
             };
             assert_eq!(below(3.6).await, ["c-poor"], "{engine}: strictly below");
-            assert_eq!(below(3.61).await, ["c-edge", "c-poor"], "{engine}");
+            assert_eq!(below(3.61).await, ["c-poor", "c-edge"], "{engine}: in start order");
             assert!(below(1.0).await.is_empty(), "{engine}");
             assert_eq!(below(5.0).await.len(), 3, "{engine}: no quality, no match");
 
@@ -1452,23 +1453,23 @@ mod storage {
             repo.postpone_recording_delete("c-edge", now - 1_000)
                 .await
                 .unwrap();
-            let due = repo.expired_recordings(now, 10).await.unwrap();
+            let due = repo.expired_recordings(now, None, 10).await.unwrap();
             let due_ids: Vec<_> = due.iter().map(|r| r.call_id.as_str()).collect();
             assert_eq!(due_ids, ["c-poor", "c-edge"], "{engine}");
-            assert_eq!(repo.expired_recordings(now, 1).await.unwrap().len(), 1);
+            assert_eq!(repo.expired_recordings(now, None, 1).await.unwrap().len(), 1);
             assert!(!repo
-                .delete_recording("c-poor", "file:///elsewhere.wav", now)
+                .delete_recording("c-poor", "file:///elsewhere.wav", now, None)
                 .await
                 .unwrap());
             assert!(
-                repo.delete_recording("c-poor", &due[0].url, now)
+                repo.delete_recording("c-poor", &due[0].url, now, None)
                     .await
                     .unwrap(),
                 "{engine}"
             );
             assert!(
                 !repo
-                    .delete_recording("c-poor", &due[0].url, now)
+                    .delete_recording("c-poor", &due[0].url, now, None)
                     .await
                     .unwrap(),
                 "{engine}: gone"

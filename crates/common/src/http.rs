@@ -51,6 +51,10 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The resource is not in a state that allows this.
     Conflict,
+    /// `If-Match` names a version that is no longer the resource's.
+    PreconditionFailed,
+    /// The route needs `If-Match` and the request has none.
+    PreconditionRequired,
     /// Too many requests; retry later.
     RateLimited,
     /// The request took longer than the server allows.
@@ -74,6 +78,8 @@ impl ErrorCode {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict => StatusCode::CONFLICT,
+            Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            Self::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Timeout => StatusCode::REQUEST_TIMEOUT,
             Self::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -92,6 +98,8 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
+            Self::PreconditionFailed => "precondition_failed",
+            Self::PreconditionRequired => "precondition_required",
             Self::RateLimited => "rate_limited",
             Self::Timeout => "timeout",
             Self::RangeNotSatisfiable => "range_not_satisfiable",
@@ -109,6 +117,8 @@ impl ErrorCode {
             405 => Self::MethodNotAllowed,
             408 => Self::Timeout,
             409 => Self::Conflict,
+            412 => Self::PreconditionFailed,
+            428 => Self::PreconditionRequired,
             416 => Self::RangeNotSatisfiable,
             429 => Self::RateLimited,
             503 => Self::Unavailable,

@@ -41,6 +41,9 @@ pub mod types {
     /// A lead import carried a customer's profile fields (storage-service
     /// owns profiles).
     pub const CUSTOMER_UPSERTED: &str = "customer.upserted";
+    /// A campaign was created or its settings changed (the settings other
+    /// services keep a copy of, e.g. storage-service's CDR retention).
+    pub const CAMPAIGN_UPDATED: &str = "campaign.updated";
 }
 
 /// A payload that breaks the contract; `field` names what is wrong.
@@ -534,6 +537,9 @@ pub struct CustomerUpserted {
     pub phone: String,
     /// The campaign whose import carried it.
     pub campaign_id: String,
+    /// The campaign's team: the customer's scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
     /// The customer's id in the operator's CRM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
@@ -546,6 +552,79 @@ pub struct CustomerUpserted {
     /// Other columns of the import, by column name.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub fields: std::collections::BTreeMap<String, String>,
+}
+
+impl CustomerUpserted {
+    /// Consumer-side checks: the number is E.164, ids and names are of
+    /// bounded length without control characters, at most 100 fields.
+    pub fn validate(&self) -> Result<(), ContractError> {
+        if !is_e164(&self.phone) {
+            return Err(bad("phone", "must be E.164 (+ and 2-15 digits)"));
+        }
+        check_id("campaign_id", &self.campaign_id)?;
+        for (field, v, max) in [
+            ("team", &self.team, 64),
+            ("external_id", &self.external_id, 128),
+            ("first_name", &self.first_name, 100),
+            ("last_name", &self.last_name, 100),
+        ] {
+            if let Some(v) = v {
+                if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
+                    return Err(bad(
+                        field,
+                        format!("must be 1-{max} characters without control characters"),
+                    ));
+                }
+            }
+        }
+        if self.fields.len() > 100 {
+            return Err(bad("fields", "at most 100"));
+        }
+        for (k, v) in &self.fields {
+            if k.is_empty() || k.len() > 64 || v.chars().count() > 1000 {
+                return Err(bad(
+                    "fields",
+                    "names are 1-64 characters and values at most 1,000",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `campaign.updated`: a campaign's settings that other services copy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CampaignUpdated {
+    /// The campaign.
+    pub campaign_id: String,
+    /// Its team.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// Days its call detail records are kept; `None`: the deployment's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdr_retention_days: Option<u32>,
+    /// Days its recordings are kept; `None`: the deployment's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_retention_days: Option<u32>,
+    /// Increases with every change of the campaign (ms since epoch of the
+    /// change): a consumer keeps the highest.
+    pub version: i64,
+}
+
+impl CampaignUpdated {
+    /// Consumer-side checks.
+    pub fn validate(&self) -> Result<(), ContractError> {
+        check_id("campaign_id", &self.campaign_id)?;
+        for (field, v) in [
+            ("cdr_retention_days", self.cdr_retention_days),
+            ("recording_retention_days", self.recording_retention_days),
+        ] {
+            if v.is_some_and(|d| !(1..=36_500).contains(&d)) {
+                return Err(bad(field, "must be 1-36500"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

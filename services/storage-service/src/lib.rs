@@ -1,15 +1,21 @@
-//! storage-service owns call detail records and recordings (customer
-//! profiles come in later work). It consumes every `call.*` event and keeps
-//! one CDR per call, idempotently, with the call's voice quality; it keeps
-//! the metadata of each call's recording from `call.recording.ready` and
-//! serves the audio from the recording store; a retention sweep deletes
-//! recordings past their campaign's retention.
+//! storage-service owns call detail records, recordings and customer
+//! profiles. It consumes every `call.*` event and keeps one CDR per call,
+//! idempotently, with the call's voice quality and customer; it keeps the
+//! metadata of each call's recording from `call.recording.ready` and serves
+//! the audio from the recording store; it merges `customer.upserted` from
+//! lead imports into the profiles and keeps each campaign's CDR retention
+//! from `campaign.updated`. CDRs are searched, paged by keyset and exported
+//! as a stream; a retention sweep deletes expired recordings and CDRs in
+//! small batches.
 //!
 //! Service-specific settings: `DIALSTACK_RECORDINGS_URL` (and
 //! `DIALSTACK_S3_*`, see `dialstack_common::recordings`; default
 //! `file://` + `./data/recordings`), which must be the store media-processor
-//! uploads to, and `DIALSTACK_RECORDING_SWEEP_SECS` (how often expired
-//! recordings are deleted, default 3600).
+//! uploads to; `DIALSTACK_RECORDING_SWEEP_SECS` (how often the retention
+//! sweep runs, default 3600); `DIALSTACK_CDR_RETENTION_DAYS` and
+//! `DIALSTACK_RECORDING_RETENTION_DAYS` (the defaults for campaigns that set
+//! none; unset keeps forever); `DIALSTACK_EXPORTS` (exports at once,
+//! default 4).
 //!
 //! # Layout
 //! - [`db`]: CDR upsert and queries, recording metadata
@@ -45,6 +51,14 @@ pub struct Config {
     pub recordings: RecordingStore,
     /// `DIALSTACK_RECORDING_SWEEP_SECS`: how often the retention sweep runs.
     pub sweep_period: Duration,
+    /// `DIALSTACK_CDR_RETENTION_DAYS`: days a CDR is kept when its
+    /// campaign sets none; `None` keeps it.
+    pub cdr_retention_days: Option<u32>,
+    /// `DIALSTACK_RECORDING_RETENTION_DAYS`: days a recording is kept when
+    /// its campaign sets none; `None` keeps it.
+    pub recording_retention_days: Option<u32>,
+    /// `DIALSTACK_EXPORTS`: exports that may run at once.
+    pub exports: usize,
 }
 
 impl Config {
@@ -59,10 +73,29 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let days = |name: &'static str| -> Result<Option<u32>, ConfigError> {
+            match env.get(name) {
+                None => Ok(None),
+                Some(v) => v
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|d| (1..=36_500).contains(d))
+                    .map(Some)
+                    .ok_or_else(|| ConfigError::new(name, "must be a number of days, 1-36500")),
+            }
+        };
+        let exports: usize = env.parse_or("DIALSTACK_EXPORTS", 4)?;
+        if !(1..=64).contains(&exports) {
+            return Err(ConfigError::new("DIALSTACK_EXPORTS", "must be 1-64"));
+        }
         Ok(Self {
             common,
             recordings,
             sweep_period: Duration::from_secs(sweep),
+            cdr_retention_days: days("DIALSTACK_CDR_RETENTION_DAYS")?,
+            recording_retention_days: days("DIALSTACK_RECORDING_RETENTION_DAYS")?,
+            exports,
         })
     }
 }
@@ -74,6 +107,8 @@ pub struct AppState {
     pub repo: db::Repo,
     /// The recordings' objects.
     pub store: RecordingStore,
+    /// Exports allowed to run at once (`DIALSTACK_EXPORTS`).
+    pub exports: Arc<tokio::sync::Semaphore>,
 }
 
 /// A built storage-service.
@@ -122,6 +157,8 @@ impl Service for Application {
             repo: repo.clone(),
             store: store.clone(),
             deleted: base.metrics.register(&retention::Sweeper::counter()?),
+            cdr_retention_days: config.cdr_retention_days,
+            recording_retention_days: config.recording_retention_days,
         };
         base.tasks
             .spawn(sweeper.run(config.sweep_period, base.shutdown.clone()));
@@ -132,7 +169,14 @@ impl Service for Application {
         Ok(Self(
             Built::new(
                 base,
-                http::router(AppState { repo, store }, keys),
+                http::router(
+                    AppState {
+                        repo,
+                        store,
+                        exports: Arc::new(tokio::sync::Semaphore::new(config.exports)),
+                    },
+                    keys,
+                ),
                 http::openapi(),
             )
             .await?,

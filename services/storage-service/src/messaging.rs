@@ -1,6 +1,7 @@
-//! The call-event consumer: `call.dialing` .. `call.completed` build the
+//! The event consumer: `call.dialing` .. `call.completed` build the
 //! CDR (with quality), `call.recording.ready` stores the recording's
-//! metadata. Each is applied once (inbox) and acknowledged after its commit;
+//! metadata, `customer.upserted` merges into the customer profiles and
+//! `campaign.updated` sets a campaign's CDR retention. Each is applied once (inbox) and acknowledged after its commit;
 //! an event that breaks the contract, or a recording whose URL is not in
 //! this service's recording store, is dead-lettered at once.
 //!
@@ -12,13 +13,15 @@
 use dialstack_common::bus::{BatchHandler, Delivery, HandleError, Handler};
 use dialstack_common::events::CloudEvent;
 use dialstack_common::recordings::RecordingStore;
-use dialstack_contract::{types, CallEvent, RecordingReady};
+use dialstack_contract::{types, CallEvent, CampaignUpdated, CustomerUpserted, RecordingReady};
 
+use crate::db::customers::{FieldValue, Upserted};
+use crate::db::retention::CampaignRetention;
 use crate::db::{stage, Applied, Change, Repo};
 
-/// Bindings of storage-service's queue: every `call.*` event, including
-/// `call.recording.ready`.
-pub const BINDINGS: &[&str] = &["call.#"];
+/// Bindings of storage-service's queue: every `call.*` event (including
+/// `call.recording.ready`), `customer.upserted` and `campaign.updated`.
+pub const BINDINGS: &[&str] = &["call.#", types::CUSTOMER_UPSERTED, types::CAMPAIGN_UPDATED];
 
 /// Upserts CDRs and recordings from call events.
 pub struct CallEvents {
@@ -31,23 +34,12 @@ pub struct CallEvents {
 #[async_trait::async_trait]
 impl Handler for CallEvents {
     async fn handle(&self, d: &Delivery) -> Result<(), HandleError> {
-        let ev = CloudEvent::from_slice(&d.payload)
-            .map_err(|e| HandleError::Permanent(e.to_string()))?;
-        if ev.ty == types::RECORDING_READY {
-            let r = self.recording(&ev)?;
-            self.repo
-                .apply_recording(&ev.id, &r)
-                .await
-                .map_err(|e| HandleError::Transient(e.to_string()))?;
-            return Ok(());
-        }
-        let Some(call) = CallEvent::parse(&ev.ty, &ev.data)
-            .map_err(|e| HandleError::Permanent(format!("{}: {e}", ev.ty)))?
-        else {
+        let parsed = self.parse(d)?;
+        let Some(item) = parsed.item() else {
             return Ok(());
         };
         self.repo
-            .apply(&ev.id, &call)
+            .apply_batch(std::slice::from_ref(&item))
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))?;
         Ok(())
@@ -62,6 +54,49 @@ enum Parsed {
     Call(String, CallEvent),
     /// A valid recording.
     Recording(String, RecordingReady),
+    /// A valid customer profile update, with its time.
+    Customer(String, CustomerUpserted, i64),
+    /// A campaign's retention.
+    Retention(String, CampaignRetention),
+}
+
+impl Parsed {
+    /// What applying it writes, if anything.
+    fn item(&self) -> Option<Applied<'_>> {
+        let (event_id, change) = match self {
+            Parsed::Skip => return None,
+            Parsed::Call(id, ev) => (id, Change::Call(ev)),
+            Parsed::Recording(id, r) => (id, Change::Recording(r)),
+            Parsed::Customer(id, c, at_ms) => (
+                id,
+                Change::Customer(Upserted {
+                    scope: c.team.as_deref().unwrap_or(""),
+                    phone: &c.phone,
+                    external_id: c.external_id.as_deref(),
+                    name: full_name(c),
+                    fields: c
+                        .fields
+                        .iter()
+                        .map(|(k, v)| (k.clone(), FieldValue::String(v.clone())))
+                        .collect(),
+                    at_ms: *at_ms,
+                }),
+            ),
+            Parsed::Retention(id, r) => (id, Change::Retention(r)),
+        };
+        Some(Applied { event_id, change })
+    }
+}
+
+/// "First Last" from what the import gave, if it gave either.
+fn full_name(c: &CustomerUpserted) -> Option<String> {
+    let parts: Vec<&str> = [c.first_name.as_deref(), c.last_name.as_deref()]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(" "))
 }
 
 #[async_trait::async_trait]
@@ -72,29 +107,17 @@ impl BatchHandler for CallEvents {
         let mut items = Vec::new();
         let mut at = Vec::new();
         for (i, p) in parsed.iter().enumerate() {
-            let change = match p {
-                Ok(Parsed::Call(id, ev)) => Applied {
-                    event_id: id,
-                    change: Change::Call(ev),
-                },
-                Ok(Parsed::Recording(id, r)) => Applied {
-                    event_id: id,
-                    change: Change::Recording(r),
-                },
-                _ => continue,
-            };
-            items.push(change);
-            at.push(i);
+            if let Some(item) = p.as_ref().ok().and_then(Parsed::item) {
+                items.push(item);
+                at.push(i);
+            }
         }
         let mut failed: Vec<Option<HandleError>> = Vec::new();
         if !items.is_empty() {
             if let Err(e) = self.repo.apply_batch(&items).await {
                 tracing::debug!(error = %e, events = items.len(), "batch not applied, applying one at a time");
                 for item in &items {
-                    let one = match item.change {
-                        Change::Call(ev) => self.repo.apply(item.event_id, ev).await,
-                        Change::Recording(r) => self.repo.apply_recording(item.event_id, r).await,
-                    };
+                    let one = self.repo.apply_batch(std::slice::from_ref(item)).await;
                     failed.push(one.err().map(|e| HandleError::Transient(e.to_string())));
                 }
             }
@@ -124,9 +147,33 @@ impl CallEvents {
     fn parse(&self, d: &Delivery) -> Result<Parsed, HandleError> {
         let ev = CloudEvent::from_slice(&d.payload)
             .map_err(|e| HandleError::Permanent(e.to_string()))?;
-        if ev.ty == types::RECORDING_READY {
-            let r = self.recording(&ev)?;
-            return Ok(Parsed::Recording(ev.id, r));
+        let bad = |e: &dyn std::fmt::Display| HandleError::Permanent(format!("{}: {e}", ev.ty));
+        match ev.ty.as_str() {
+            types::RECORDING_READY => {
+                let r = self.recording(&ev)?;
+                return Ok(Parsed::Recording(ev.id, r));
+            }
+            types::CUSTOMER_UPSERTED => {
+                let c: CustomerUpserted = ev.data_as().map_err(|e| bad(&e))?;
+                c.validate().map_err(|e| bad(&e))?;
+                let at_ms = chrono::DateTime::parse_from_rfc3339(&ev.time)
+                    .map_err(|e| bad(&format!("time: {e}")))?
+                    .timestamp_millis();
+                return Ok(Parsed::Customer(ev.id, c, at_ms));
+            }
+            types::CAMPAIGN_UPDATED => {
+                let c: CampaignUpdated = ev.data_as().map_err(|e| bad(&e))?;
+                c.validate().map_err(|e| bad(&e))?;
+                return Ok(Parsed::Retention(
+                    ev.id,
+                    CampaignRetention {
+                        campaign_id: c.campaign_id,
+                        cdr_retention_days: c.cdr_retention_days,
+                        version: c.version,
+                    },
+                ));
+            }
+            _ => {}
         }
         let call = CallEvent::parse(&ev.ty, &ev.data)
             .map_err(|e| HandleError::Permanent(format!("{}: {e}", ev.ty)))?;

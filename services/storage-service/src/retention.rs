@@ -1,10 +1,14 @@
 //! The retention sweep: every `DIALSTACK_RECORDING_SWEEP_SECS` it deletes
-//! the recordings whose `delete_after` has passed, object first and row
-//! second, at most [`BATCH`] per pass (passes repeat while they come back
-//! full). At least once: a pass interrupted between the two deletes leaves
-//! the row, and the next pass deletes the (missing) object again, which
-//! succeeds. Each deleted recording counts in
-//! `dialstack_recordings_deleted_total`.
+//! the recordings whose `delete_after` has passed (or, for a recording whose
+//! campaign set no retention, that are older than
+//! `DIALSTACK_RECORDING_RETENTION_DAYS`), object first and row second, then
+//! the CDRs past their campaign's `cdr_retention_days` (or
+//! `DIALSTACK_CDR_RETENTION_DAYS`) that no longer have a recording, at most
+//! [`BATCH`] of each per pass (passes repeat while they come back full), each
+//! batch its own short statement. At least once: a pass interrupted between
+//! a recording's two deletes leaves the row, and the next pass deletes the
+//! (missing) object again, which succeeds. Deletions count in
+//! `dialstack_storage_deleted_total{kind="recording"|"cdr"}`.
 
 use std::time::Duration;
 
@@ -26,17 +30,46 @@ pub struct Sweeper {
     pub repo: Repo,
     /// Their objects.
     pub store: RecordingStore,
-    /// `dialstack_recordings_deleted_total`.
-    pub deleted: prometheus::IntCounter,
+    /// `dialstack_storage_deleted_total{kind}`.
+    pub deleted: prometheus::IntCounterVec,
+    /// Default CDR retention (days); `None` keeps.
+    pub cdr_retention_days: Option<u32>,
+    /// Default recording retention (days); `None` keeps.
+    pub recording_retention_days: Option<u32>,
 }
 
 impl Sweeper {
     /// The counter, unregistered.
-    pub fn counter() -> prometheus::Result<prometheus::IntCounter> {
-        prometheus::IntCounter::new(
-            "dialstack_recordings_deleted_total",
-            "recordings deleted by the retention sweep (object and row)",
+    pub fn counter() -> prometheus::Result<prometheus::IntCounterVec> {
+        prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "dialstack_storage_deleted_total",
+                "rows deleted by retention and erasure, by kind (recording: object and row; cdr)",
+            ),
+            &["kind"],
         )
+    }
+
+    /// One pass: recordings, then CDRs; returns (recordings, CDRs) deleted.
+    pub async fn pass(&self) -> anyhow::Result<(usize, usize)> {
+        let recordings = self.sweep_once().await?;
+        let cdrs = self.sweep_cdrs_once().await?;
+        Ok((recordings, cdrs))
+    }
+
+    /// Deletes at most [`BATCH`] expired CDRs; returns how many.
+    pub async fn sweep_cdrs_once(&self) -> anyhow::Result<usize> {
+        let now = dialstack_common::now_ms();
+        let due = self
+            .repo
+            .expired_cdrs(now, self.cdr_retention_days, BATCH)
+            .await?;
+        let n = self.repo.delete_cdrs(&due).await?;
+        if n > 0 {
+            self.deleted.with_label_values(&["cdr"]).inc_by(n);
+            tracing::info!(cdrs = n, "expired call records deleted");
+        }
+        Ok(due.len())
     }
 
     /// One pass over at most [`BATCH`] expired recordings; returns how many
@@ -44,7 +77,13 @@ impl Sweeper {
     /// next one); a URL outside the store is logged and put off a day.
     pub async fn sweep_once(&self) -> anyhow::Result<usize> {
         let now = dialstack_common::now_ms();
-        let due = self.repo.expired_recordings(now, BATCH).await?;
+        let default_cutoff = self
+            .recording_retention_days
+            .map(|d| now.saturating_sub(i64::from(d) * crate::db::retention::DAY_MS));
+        let due = self
+            .repo
+            .expired_recordings(now, default_cutoff, BATCH)
+            .await?;
         let mut deleted = 0;
         for rec in due {
             match self.store.delete(&rec.url).await {
@@ -60,11 +99,11 @@ impl Sweeper {
             }
             if self
                 .repo
-                .delete_recording(&rec.call_id, &rec.url, now)
+                .delete_recording(&rec.call_id, &rec.url, now, default_cutoff)
                 .await?
             {
                 deleted += 1;
-                self.deleted.inc();
+                self.deleted.with_label_values(&["recording"]).inc();
                 tracing::info!(call_id = %rec.call_id, "expired recording deleted");
             }
         }
@@ -77,13 +116,13 @@ impl Sweeper {
             loop {
                 let pass = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    pass = self.sweep_once() => pass,
+                    pass = self.pass() => pass,
                 };
                 match pass {
-                    Ok(n) if n as i64 >= BATCH => continue,
+                    Ok((r, c)) if r as i64 >= BATCH || c as i64 >= BATCH => continue,
                     Ok(_) => break,
                     Err(e) => {
-                        tracing::warn!(error = format!("{e:#}"), "recording sweep failed");
+                        tracing::warn!(error = format!("{e:#}"), "retention sweep failed");
                         break;
                     }
                 }

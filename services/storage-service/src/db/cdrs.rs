@@ -4,7 +4,7 @@
 //! event is applied once (inbox). `call.completed` brings the call's
 //! quality; reads join the call's recording (see [`super::recordings`]).
 
-use dialstack_common::db::{inbox_claim, inbox_claim_many, Dialect, Tx};
+use dialstack_common::db::{inbox_claim_many, Dialect, Tx};
 use dialstack_contract::{types, CallEvent, RecordingReady};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -60,6 +60,15 @@ pub struct Cdr {
     pub quality: Option<serde_json::Value>,
     /// The call's recording, once stored.
     pub recording: Option<RecordingLink>,
+    /// The earliest time known of the call (ms since epoch): the INVITE's
+    /// once `call.dialing` is in. Listings are ordered by it and the `from`
+    /// and `to` filters apply to it.
+    pub started_at: i64,
+    /// The customer whose number was called (by the customer's numbers in
+    /// the campaign's team at the time of the call).
+    pub customer_id: Option<String>,
+    /// What the agent recorded about the call.
+    pub disposition: Option<String>,
 }
 
 /// What a CDR says about its recording; the audio is at `href`.
@@ -75,30 +84,165 @@ pub struct RecordingLink {
     pub href: String,
 }
 
-/// Filters of a CDR listing.
+/// Filters of a CDR listing or export; every one is optional and they
+/// combine with AND.
 #[derive(Debug, Clone, Default)]
 pub struct CdrQuery {
+    /// Only calls started at or after this (ms since epoch).
+    pub from: Option<i64>,
+    /// Only calls started before this (ms since epoch).
+    pub to: Option<i64>,
     /// Only this campaign.
     pub campaign_id: Option<String>,
     /// Only this outcome.
     pub outcome: Option<String>,
-    /// Calls after this id.
-    pub after: Option<String>,
-    /// Only calls bridged to this agent (an agent reading its own calls).
+    /// Only calls to this number.
+    pub phone: Option<String>,
+    /// Only calls to this customer.
+    pub customer_id: Option<String>,
+    /// Only calls bridged to this agent.
     pub agent_id: Option<String>,
-    /// Only calls of these teams (a supervisor); `Some(empty)` matches none.
-    pub teams: Option<Vec<String>>,
+    /// Only calls of this team.
+    pub team: Option<String>,
+    /// Only calls with this disposition.
+    pub disposition: Option<String>,
     /// Only calls whose MOS is below this (calls without one never match).
     pub mos_below: Option<f64>,
+    /// Calls after this position.
+    pub after: Option<CdrCursor>,
+    /// Access: only calls bridged to this agent (an agent reading its own).
+    pub only_agent: Option<String>,
+    /// Access: only calls of these teams (a supervisor); `Some(empty)`
+    /// matches none.
+    pub only_teams: Option<Vec<String>>,
     /// At most this many.
     pub limit: i64,
 }
 
+/// A position in the listing order (`started_at`, then `call_id`). Its text
+/// form, `<started_at>.<call_id>`, is the `cursor` of the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdrCursor {
+    /// `started_at` of the last row seen.
+    pub started_at: i64,
+    /// `call_id` of the last row seen.
+    pub call_id: String,
+}
+
+impl CdrCursor {
+    /// The position just after `cdr`.
+    pub fn after(cdr: &Cdr) -> Self {
+        Self {
+            started_at: cdr.started_at,
+            call_id: cdr.call_id.clone(),
+        }
+    }
+
+    /// Reads the text form; `None` if it is not one.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let (at, id) = raw.split_once('.')?;
+        let started_at = at.parse().ok()?;
+        let ok = !id.is_empty()
+            && id.len() <= 36
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        ok.then(|| Self {
+            started_at,
+            call_id: id.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for CdrCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.started_at, self.call_id)
+    }
+}
+
+/// A value bound to a listing's placeholder.
+enum Bind<'a> {
+    Text(&'a str),
+    Int(i64),
+    Real(f64),
+}
+
+impl CdrQuery {
+    /// The `WHERE` conditions (after `WHERE 1 = 1`) and their values.
+    fn conditions(&self) -> (String, Vec<Bind<'_>>) {
+        let mut sql = String::new();
+        let mut binds = Vec::new();
+        for (col, v) in [
+            ("c.campaign_id", &self.campaign_id),
+            ("c.outcome", &self.outcome),
+            ("c.phone", &self.phone),
+            ("c.customer_id", &self.customer_id),
+            ("c.agent_id", &self.agent_id),
+            ("c.team", &self.team),
+            ("c.disposition", &self.disposition),
+            ("c.agent_id", &self.only_agent),
+        ] {
+            if let Some(v) = v {
+                sql.push_str(&format!(" AND {col} = ?"));
+                binds.push(Bind::Text(v));
+            }
+        }
+        if let Some(teams) = &self.only_teams {
+            sql.push_str(&dialstack_common::db::and_in("c.team", teams.len()));
+            binds.extend(teams.iter().map(|t| Bind::Text(t)));
+        }
+        if let Some(from) = self.from {
+            sql.push_str(" AND c.started_at >= ?");
+            binds.push(Bind::Int(from));
+        }
+        if let Some(to) = self.to {
+            sql.push_str(" AND c.started_at < ?");
+            binds.push(Bind::Int(to));
+        }
+        if let Some(mos) = self.mos_below {
+            sql.push_str(" AND c.mos < ?");
+            binds.push(Bind::Real(mos));
+        }
+        if let Some(after) = &self.after {
+            // The first term bounds the index range; the second is the exact
+            // keyset condition.
+            sql.push_str(" AND c.started_at >= ? AND (c.started_at > ? OR c.call_id > ?)");
+            binds.push(Bind::Int(after.started_at));
+            binds.push(Bind::Int(after.started_at));
+            binds.push(Bind::Text(&after.call_id));
+        }
+        (sql, binds)
+    }
+
+    /// The listing's statement and values: at most `limit` rows in
+    /// (`started_at`, `call_id`) order.
+    fn statement(&self) -> (String, Vec<Bind<'_>>) {
+        let (cond, mut binds) = self.conditions();
+        binds.push(Bind::Int(self.limit));
+        (
+            format!("{SELECT} WHERE 1 = 1{cond} ORDER BY c.started_at, c.call_id LIMIT ?"),
+            binds,
+        )
+    }
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    binds: &'q [Bind<'q>],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for b in binds {
+        q = match b {
+            Bind::Text(v) => q.bind(*v),
+            Bind::Int(v) => q.bind(*v),
+            Bind::Real(v) => q.bind(*v),
+        };
+    }
+    q
+}
+
 /// The columns a call event writes.
-const COLS: &str = "call_id, attempt_id, campaign_id, phone, state, outcome, reason, sip_status, dialed_at, ringing_at, answered_at, ended_at, ring_ms, talk_ms, rtp_sent, rtp_received, team, agent_id, mos, quality";
+const COLS: &str = "call_id, attempt_id, campaign_id, phone, state, outcome, reason, sip_status, dialed_at, ringing_at, answered_at, ended_at, ring_ms, talk_ms, rtp_sent, rtp_received, team, agent_id, mos, quality, started_at";
 
 /// What a read returns: the CDR and its recording, if any.
-const SELECT: &str = "SELECT c.call_id, c.attempt_id, c.campaign_id, c.phone, c.state, c.outcome, c.reason, c.sip_status, c.dialed_at, c.ringing_at, c.answered_at, c.ended_at, c.ring_ms, c.talk_ms, c.rtp_sent, c.rtp_received, c.team, c.agent_id, c.quality, r.duration_ms, r.bytes, r.sha256 FROM cdrs c LEFT JOIN recordings r ON r.call_id = c.call_id";
+const SELECT: &str = "SELECT c.call_id, c.attempt_id, c.campaign_id, c.phone, c.state, c.outcome, c.reason, c.sip_status, c.dialed_at, c.ringing_at, c.answered_at, c.ended_at, c.ring_ms, c.talk_ms, c.rtp_sent, c.rtp_received, c.team, c.agent_id, c.quality, r.duration_ms, r.bytes, r.sha256, c.started_at, c.customer_id, c.disposition FROM cdrs c LEFT JOIN recordings r ON r.call_id = c.call_id";
 
 fn cdr_from(r: &sqlx::any::AnyRow) -> Cdr {
     let call_id: String = r.get(0);
@@ -135,6 +279,9 @@ fn cdr_from(r: &sqlx::any::AnyRow) -> Cdr {
         rtp_received: r.get(15),
         team: r.get(16),
         agent_id: r.get(17),
+        started_at: r.get(22),
+        customer_id: r.get(23),
+        disposition: r.get(24),
     }
 }
 
@@ -156,16 +303,14 @@ impl Repo {
         if stage(ev.ty()).is_none() {
             return Ok(false);
         }
-        let mut tx = self.db.begin().await?;
-        if !inbox_claim(&mut tx, self.db.dialect, crate::NAME, event_id).await? {
-            return Ok(false);
-        }
-        upsert_cdr(&mut tx, self.db.dialect, ev).await?;
-        tx.commit().await?;
-        Ok(true)
+        let item = Applied {
+            event_id,
+            change: Change::Call(ev),
+        };
+        Ok(self.apply_batch(&[item]).await?[0])
     }
 
-    /// Applies call events and recordings, each once, in one transaction:
+    /// Applies call events, recordings, profiles and retentions, each once, in one transaction:
     /// one inbox claim for the batch, then each new event's write. Returns,
     /// per item, whether it was applied (`false`: applied before, repeated in
     /// the batch, or of a type that changes nothing). If it fails, nothing of
@@ -179,8 +324,23 @@ impl Repo {
         let mut applied = vec![false; items.len()];
         let mut rows: std::collections::BTreeMap<&str, CdrRow<'_>> = Default::default();
         let mut recordings = Vec::new();
+        // Profiles first, so that this batch's calls link to them.
+        for (i, item) in items.iter().enumerate().filter(|(i, _)| fresh[*i]) {
+            match &item.change {
+                Change::Customer(c) => {
+                    super::customers::merge_upserted(&mut tx, c).await?;
+                    applied[i] = true;
+                }
+                Change::Retention(r) => {
+                    super::retention::upsert_retention(&mut tx, self.db.dialect, r).await?;
+                    applied[i] = true;
+                }
+                _ => {}
+            }
+        }
         for (i, item) in items.iter().enumerate().filter(|(i, _)| fresh[*i]) {
             match item.change {
+                Change::Customer(_) | Change::Retention(_) => {}
                 Change::Call(ev) => {
                     let Some(row) = CdrRow::of(ev) else { continue };
                     applied[i] = true;
@@ -220,47 +380,52 @@ impl Repo {
         Ok(row.as_ref().map(cdr_from))
     }
 
-    /// CDRs in call-id (time) order after the cursor.
+    /// CDRs in (`started_at`, `call_id`) order after the cursor.
     pub async fn list(&self, q: &CdrQuery) -> Result<Vec<Cdr>, sqlx::Error> {
-        let mut sql = format!("{SELECT} WHERE 1 = 1");
-        if q.campaign_id.is_some() {
-            sql.push_str(" AND c.campaign_id = ?");
-        }
-        if q.outcome.is_some() {
-            sql.push_str(" AND c.outcome = ?");
-        }
-        if q.after.is_some() {
-            sql.push_str(" AND c.call_id > ?");
-        }
-        if q.agent_id.is_some() {
-            sql.push_str(" AND c.agent_id = ?");
-        }
-        let teams = q.teams.as_deref().unwrap_or_default();
-        if q.teams.is_some() {
-            sql.push_str(&dialstack_common::db::and_in("c.team", teams.len()));
-        }
-        if q.mos_below.is_some() {
-            sql.push_str(" AND c.mos < ?");
-        }
-        sql.push_str(" ORDER BY c.call_id LIMIT ?");
-        let mut query = sqlx::query(&sql);
-        for v in [&q.campaign_id, &q.outcome, &q.after, &q.agent_id]
-            .into_iter()
-            .flatten()
-            .chain(teams)
-        {
-            query = query.bind(v);
-        }
-        if let Some(mos) = q.mos_below {
-            query = query.bind(mos);
-        }
-        let rows = query.bind(q.limit).fetch_all(&self.db.pool).await?;
+        let (sql, binds) = q.statement();
+        let rows = bind_all(sqlx::query(&sql), &binds)
+            .fetch_all(&self.db.pool)
+            .await?;
         Ok(rows.iter().map(cdr_from).collect())
+    }
+
+    /// Streams every CDR `q` matches (its `after` and `limit` are the start
+    /// and the chunk size) into `out`, in listing order: one keyset query
+    /// per chunk, each read row by row from the database cursor, so memory
+    /// stays flat whatever the size and a slow reader holds no connection
+    /// between chunks. Stops early, without error, when `out` is closed.
+    pub async fn export(
+        &self,
+        mut q: CdrQuery,
+        out: tokio::sync::mpsc::Sender<Cdr>,
+    ) -> Result<u64, sqlx::Error> {
+        use futures_util::TryStreamExt;
+        let mut sent = 0u64;
+        loop {
+            let (sql, binds) = q.statement();
+            let mut rows = bind_all(sqlx::query(&sql), &binds).fetch(&self.db.pool);
+            let mut last = None;
+            let mut n = 0;
+            while let Some(row) = rows.try_next().await? {
+                let cdr = cdr_from(&row);
+                last = Some(CdrCursor::after(&cdr));
+                n += 1;
+                if out.send(cdr).await.is_err() {
+                    return Ok(sent);
+                }
+                sent += 1;
+            }
+            drop(rows);
+            if n < q.limit {
+                return Ok(sent);
+            }
+            q.after = last;
+        }
     }
 }
 
 /// One write of a batch: the event id (for the inbox) and what it changes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Applied<'a> {
     /// The CloudEvent id.
     pub event_id: &'a str,
@@ -269,23 +434,17 @@ pub struct Applied<'a> {
 }
 
 /// What an event changes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Change<'a> {
+    /// A customer profile (`customer.upserted`, validated).
+    Customer(super::customers::Upserted<'a>),
+    /// A campaign's CDR retention (`campaign.updated`, validated).
+    Retention(&'a super::retention::CampaignRetention),
     /// A call's CDR.
     Call(&'a CallEvent),
     /// A call's recording (validated by the caller, as for
     /// [`Repo::apply_recording`]).
     Recording(&'a RecordingReady),
-}
-
-/// Upserts the CDR of `ev`'s call inside `tx`; `false` for an event type
-/// that does not change the CDR.
-async fn upsert_cdr(tx: &mut Tx, dialect: Dialect, ev: &CallEvent) -> Result<bool, sqlx::Error> {
-    let Some(row) = CdrRow::of(ev) else {
-        return Ok(false);
-    };
-    upsert_cdrs(tx, dialect, std::slice::from_ref(&row)).await?;
-    Ok(true)
 }
 
 /// What one or more events of a call write into its CDR.
@@ -312,6 +471,7 @@ struct CdrRow<'a> {
     agent_id: Option<&'a str>,
     mos: Option<f64>,
     quality: Option<String>,
+    started_at: i64,
 }
 
 impl<'a> CdrRow<'a> {
@@ -360,6 +520,7 @@ impl<'a> CdrRow<'a> {
             agent_id: done.and_then(|c| c.agent_id.as_deref()),
             mos: quality.map(|q| q.mos).filter(|m| m.is_finite()),
             quality: quality_json,
+            started_at: d.at_ms,
         })
     }
 
@@ -394,6 +555,7 @@ impl<'a> CdrRow<'a> {
         latest(&mut self.agent_id, later.agent_id);
         latest(&mut self.mos, later.mos);
         latest(&mut self.quality, later.quality);
+        self.started_at = self.started_at.min(later.started_at);
         if later.rank > self.rank {
             self.state = later.state;
             self.rank = later.rank;
@@ -401,7 +563,7 @@ impl<'a> CdrRow<'a> {
     }
 }
 
-/// Rows per upsert statement (22 values each).
+/// Rows per upsert statement (23 values each).
 const ROWS_PER_UPSERT: usize = 200;
 
 /// Upserts CDR rows (distinct calls) inside `tx`, in as few statements as
@@ -430,6 +592,10 @@ async fn upsert_cdrs(
             ("mos", "COALESCE(new(mos), mos)"),
             ("quality", "COALESCE(new(quality), quality)"),
             ("updated_at", "new(updated_at)"),
+            (
+                "started_at",
+                "CASE WHEN new(started_at) < started_at THEN new(started_at) ELSE started_at END",
+            ),
             // MySQL applies these in order, so state is set before its rank changes.
             (
                 "state",
@@ -442,7 +608,7 @@ async fn upsert_cdrs(
         ],
     );
     let now = dialstack_common::now_ms();
-    const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
     for chunk in rows.chunks(ROWS_PER_UPSERT) {
         let sql = format!(
             "INSERT INTO cdrs ({COLS}, state_rank, updated_at) VALUES {ROW}{} {upsert}",
@@ -471,8 +637,34 @@ async fn upsert_cdrs(
                 .bind(r.agent_id)
                 .bind(r.mos)
                 .bind(r.quality.clone())
+                .bind(r.started_at)
                 .bind(r.rank)
                 .bind(now);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    link_customers(tx, rows.iter().map(|r| r.call_id)).await
+}
+
+/// Sets the customer of the CDRs among `call_ids` that have none yet: the
+/// customer who has the called number in the campaign's team (or, for a
+/// call of no team, among customers of no team). A customer created later
+/// links their earlier calls in turn ([`super::customers`]).
+async fn link_customers<'a>(
+    tx: &mut Tx,
+    call_ids: impl Iterator<Item = &'a str>,
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<&str> = call_ids.collect();
+    for chunk in ids.chunks(ROWS_PER_UPSERT) {
+        let sql = format!(
+            "UPDATE cdrs SET customer_id = (SELECT p.customer_id FROM customer_phones p \
+             WHERE p.scope = COALESCE(cdrs.team, '') AND p.phone = cdrs.phone) \
+             WHERE customer_id IS NULL{}",
+            dialstack_common::db::and_in("call_id", chunk.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(*id);
         }
         q.execute(&mut **tx).await?;
     }

@@ -73,10 +73,12 @@ impl Repo {
     }
 
     /// Up to `limit` recordings whose `delete_after` is at or before `now_ms`,
-    /// the longest expired first.
+    /// the longest expired first, then (with `default_cutoff`) those with no
+    /// `delete_after` created before the cutoff.
     pub async fn expired_recordings(
         &self,
         now_ms: i64,
+        default_cutoff: Option<i64>,
         limit: i64,
     ) -> Result<Vec<Recording>, sqlx::Error> {
         let rows = sqlx::query(&format!(
@@ -86,7 +88,19 @@ impl Repo {
         .bind(limit)
         .fetch_all(&self.db.pool)
         .await?;
-        Ok(rows.iter().map(recording_from).collect())
+        let mut out: Vec<Recording> = rows.iter().map(recording_from).collect();
+        let left = limit - out.len() as i64;
+        if let (Some(cutoff), true) = (default_cutoff, left > 0) {
+            let rows = sqlx::query(&format!(
+                "SELECT {COLS} FROM recordings WHERE delete_after IS NULL AND created_at < ? ORDER BY created_at, call_id LIMIT ?"
+            ))
+            .bind(cutoff)
+            .bind(left)
+            .fetch_all(&self.db.pool)
+            .await?;
+            out.extend(rows.iter().map(recording_from));
+        }
+        Ok(out)
     }
 
     /// Deletes the row of an expired recording whose object is gone. A row
@@ -96,13 +110,16 @@ impl Repo {
         call_id: &str,
         url: &str,
         now_ms: i64,
+        default_cutoff: Option<i64>,
     ) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
-            "DELETE FROM recordings WHERE call_id = ? AND url = ? AND delete_after IS NOT NULL AND delete_after <= ?",
+            "DELETE FROM recordings WHERE call_id = ? AND url = ? AND \
+             ((delete_after IS NOT NULL AND delete_after <= ?) OR (delete_after IS NULL AND created_at < ?))",
         )
         .bind(call_id)
         .bind(url)
         .bind(now_ms)
+        .bind(default_cutoff.unwrap_or(i64::MIN))
         .execute(&self.db.pool)
         .await?;
         Ok(done.rows_affected() == 1)

@@ -2,9 +2,11 @@
 //!
 //! # Layout
 //! - [`recording`]: `GET /v1/calls/{id}/recording`, with byte ranges
+//! - [`export`]: `GET /v1/calls/export`, streamed CSV or NDJSON
+//! - [`customers`]: customer profiles
 
 use axum::extract::{Path, State};
-use axum::routing::get;
+use axum::routing::{get, patch, post};
 use axum::Router;
 use dialstack_common::auth::{require_auth, roles, Keys, Principal, Role, RouteRoles};
 use dialstack_common::http::{ApiError, ApiJson, ApiQuery, BearerSecurity, ErrorBody};
@@ -12,32 +14,143 @@ use dialstack_contract::Outcome;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::db::{Cdr, CdrQuery, RecordingLink};
+use crate::db::{Cdr, CdrCursor, CdrQuery, RecordingLink};
 use crate::AppState;
 
+pub mod customers;
+pub mod export;
 pub mod recording;
 
-const READ: &[Role] = &[Role::Admin, Role::Supervisor, Role::Agent, Role::Service];
+pub(crate) const READ: &[Role] = &[Role::Admin, Role::Supervisor, Role::Agent, Role::Service];
 /// Page size when none is asked for.
 pub const DEFAULT_LIMIT: i64 = 50;
 /// Largest page.
 pub const MAX_LIMIT: i64 = 500;
 
-/// `GET /v1/calls` query.
-#[derive(Debug, Deserialize, IntoParams)]
+/// `GET /v1/calls` query: filters combine with AND.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ListParams {
+    /// Only calls started at or after this: ms since epoch or RFC 3339.
+    pub from: Option<String>,
+    /// Only calls started before this: ms since epoch or RFC 3339.
+    pub to: Option<String>,
     /// Only this campaign.
     pub campaign_id: Option<String>,
     /// Only this outcome.
     pub outcome: Option<String>,
-    /// Page size (1-500, default 50).
-    pub limit: Option<i64>,
-    /// `next_cursor` of the previous page.
-    pub cursor: Option<String>,
+    /// Only calls to this number (E.164).
+    pub phone: Option<String>,
+    /// Only calls to this customer.
+    pub customer_id: Option<String>,
+    /// Only calls bridged to this agent.
+    pub agent_id: Option<String>,
+    /// Only calls of this team.
+    pub team: Option<String>,
+    /// Only calls with this disposition.
+    pub disposition: Option<String>,
     /// Only calls whose MOS is below this (1.0-5.0); calls without a
     /// quality measurement never match.
     #[param(value_type = Option<f64>, minimum = 1.0, maximum = 5.0)]
     pub mos_below: Option<String>,
+    /// Page size (1-500, default 50).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl ListParams {
+    /// The query these filters make, for `who`, with the caller's access
+    /// applied; errors name the parameter.
+    pub fn query(self, who: &Principal, limit: i64) -> Result<CdrQuery, ApiError> {
+        if let Some(o) = &self.outcome {
+            if Outcome::parse(o).is_none() {
+                return Err(ApiError::invalid(
+                    "outcome",
+                    format!("{o:?} is not an outcome"),
+                ));
+            }
+        }
+        let mos_below = self.mos_below.as_deref().map(parse_mos).transpose()?;
+        for (field, v) in [
+            ("campaign_id", &self.campaign_id),
+            ("customer_id", &self.customer_id),
+            ("agent_id", &self.agent_id),
+            ("team", &self.team),
+            ("disposition", &self.disposition),
+        ] {
+            if v.as_ref().is_some_and(|v| !is_token(v)) {
+                return Err(ApiError::invalid(
+                    field,
+                    "must be 1-64 characters without control characters",
+                ));
+            }
+        }
+        if let Some(phone) = &self.phone {
+            check_phone("phone", phone)?;
+        }
+        let from = self.from.as_deref().map(|v| parse_time("from", v)).transpose()?;
+        let to = self.to.as_deref().map(|v| parse_time("to", v)).transpose()?;
+        if let (Some(f), Some(t)) = (from, to) {
+            if t <= f {
+                return Err(ApiError::invalid("to", "must be after from"));
+            }
+        }
+        let after = match self.cursor.as_deref() {
+            None => None,
+            Some(c) => Some(
+                CdrCursor::parse(c)
+                    .ok_or_else(|| ApiError::invalid("cursor", "not a cursor of this listing"))?,
+            ),
+        };
+        Ok(CdrQuery {
+            from,
+            to,
+            campaign_id: self.campaign_id,
+            outcome: self.outcome,
+            phone: self.phone,
+            customer_id: self.customer_id,
+            agent_id: self.agent_id,
+            team: self.team,
+            disposition: self.disposition,
+            mos_below,
+            after,
+            only_agent: (who.role == Role::Agent).then(|| who.sub.clone()),
+            only_teams: (who.role == Role::Supervisor).then(|| who.teams.clone()),
+            limit,
+        })
+    }
+}
+
+/// 1-64 characters, none a control character.
+pub(crate) fn is_token(v: &str) -> bool {
+    !v.is_empty() && v.chars().count() <= 64 && !v.chars().any(char::is_control)
+}
+
+/// A number in E.164.
+pub(crate) fn check_phone(field: &str, v: &str) -> Result<(), ApiError> {
+    if dialstack_contract::is_e164(v) && v.len() <= 16 {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(field, "must be E.164 (+ and 2-15 digits)"))
+    }
+}
+
+/// A time given as ms since epoch or RFC 3339, in ms since epoch.
+pub(crate) fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
+    let v = v.trim();
+    if let Ok(ms) = v.parse::<i64>() {
+        if (0..=253_402_300_799_999).contains(&ms) {
+            return Ok(ms);
+        }
+    } else if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
+        return Ok(t.timestamp_millis());
+    }
+    Err(ApiError::invalid(
+        field,
+        "must be ms since epoch or an RFC 3339 time",
+    ))
 }
 
 /// A page of CDRs.
@@ -52,8 +165,15 @@ pub struct CdrPage {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "dialstack storage-service", version = "1"),
-    paths(list_calls, get_call, recording::get_recording),
-    components(schemas(Cdr, CdrPage, RecordingLink, ErrorBody)),
+    paths(list_calls, get_call, recording::get_recording, export::export_calls,
+        customers::create_customer, customers::get_customer, customers::patch_customer,
+        customers::search_customers, customers::customer_calls, customers::export_customer,
+        customers::delete_customer),
+    components(schemas(Cdr, CdrPage, RecordingLink, ErrorBody, customers::NewCustomerRequest,
+        customers::PatchCustomerRequest, customers::ConsentPatch, customers::CustomerPage,
+        customers::CustomerExport, customers::DeleteResult, crate::db::customers::Customer,
+        crate::db::customers::Consent, crate::db::customers::FieldValue,
+        crate::db::customers::AuditEntry)),
     modifiers(&BearerSecurity)
 )]
 struct Doc;
@@ -75,6 +195,46 @@ pub const ROUTES: &[RouteRoles] = &[
         path: "/v1/calls/{id}/recording",
         roles: READ,
     },
+    RouteRoles {
+        method: "GET",
+        path: "/v1/calls/export",
+        roles: READ,
+    },
+    RouteRoles {
+        method: "POST",
+        path: "/v1/customers",
+        roles: customers::WRITE,
+    },
+    RouteRoles {
+        method: "GET",
+        path: "/v1/customers",
+        roles: READ,
+    },
+    RouteRoles {
+        method: "GET",
+        path: "/v1/customers/{id}",
+        roles: READ,
+    },
+    RouteRoles {
+        method: "PATCH",
+        path: "/v1/customers/{id}",
+        roles: customers::WRITE,
+    },
+    RouteRoles {
+        method: "DELETE",
+        path: "/v1/customers/{id}",
+        roles: customers::WRITE,
+    },
+    RouteRoles {
+        method: "GET",
+        path: "/v1/customers/{id}/calls",
+        roles: READ,
+    },
+    RouteRoles {
+        method: "GET",
+        path: "/v1/customers/{id}/export",
+        roles: customers::WRITE,
+    },
 ];
 
 /// The OpenAPI document.
@@ -91,11 +251,40 @@ pub fn router(state: AppState, keys: Keys) -> Router {
             "/v1/calls/{id}/recording",
             get(recording::get_recording).route_layer(roles(READ)),
         )
+        .route(
+            "/v1/calls/export",
+            get(export::export_calls).route_layer(roles(READ)),
+        )
+        .route(
+            "/v1/customers",
+            post(customers::create_customer)
+                .route_layer(roles(customers::WRITE))
+                .merge(get(customers::search_customers).route_layer(roles(READ))),
+        )
+        .route(
+            "/v1/customers/{id}",
+            get(customers::get_customer)
+                .route_layer(roles(READ))
+                .merge(
+                    patch(customers::patch_customer)
+                        .delete(customers::delete_customer)
+                        .route_layer(roles(customers::WRITE)),
+                ),
+        )
+        .route(
+            "/v1/customers/{id}/calls",
+            get(customers::customer_calls).route_layer(roles(READ)),
+        )
+        .route(
+            "/v1/customers/{id}/export",
+            get(customers::export_customer).route_layer(roles(customers::WRITE)),
+        )
         .route_layer(axum::middleware::from_fn_with_state(keys, require_auth))
         .with_state(state)
 }
 
-/// Call detail records, oldest first, filtered and paged.
+/// Call detail records in start order, filtered and paged by a keyset
+/// cursor (stable while calls are added).
 #[utoipa::path(get, path = "/v1/calls", params(ListParams), security(("bearer" = [])),
     responses((status = 200, body = CdrPage), (status = 400, body = ErrorBody)))]
 async fn list_calls(
@@ -104,40 +293,27 @@ async fn list_calls(
     ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<ApiJson<CdrPage>, ApiError> {
     who.require(READ)?;
-    let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
+    let limit = page_limit(p.limit)?;
+    let q = p.query(&who, limit)?;
+    Ok(ApiJson(page(&state, &q).await?))
+}
+
+/// The page size asked for, checked.
+pub(crate) fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::invalid("limit", format!("must be 1-{MAX_LIMIT}")));
     }
-    if let Some(o) = &p.outcome {
-        if Outcome::parse(o).is_none() {
-            return Err(ApiError::invalid(
-                "outcome",
-                format!("{o:?} is not an outcome"),
-            ));
-        }
-    }
-    let mos_below = p.mos_below.as_deref().map(parse_mos).transpose()?;
-    for (field, v) in [("campaign_id", &p.campaign_id), ("cursor", &p.cursor)] {
-        if v.as_ref().is_some_and(|v| v.is_empty() || v.len() > 64) {
-            return Err(ApiError::invalid(field, "must be 1-64 characters"));
-        }
-    }
-    let items = state
-        .repo
-        .list(&CdrQuery {
-            campaign_id: p.campaign_id,
-            outcome: p.outcome,
-            after: p.cursor,
-            limit,
-            agent_id: (who.role == Role::Agent).then(|| who.sub.clone()),
-            teams: (who.role == Role::Supervisor).then(|| who.teams.clone()),
-            mos_below,
-        })
-        .await?;
-    let next_cursor = (items.len() as i64 == limit)
-        .then(|| items.last().map(|c| c.call_id.clone()))
+    Ok(limit)
+}
+
+/// One page of `q`.
+pub(crate) async fn page(state: &AppState, q: &CdrQuery) -> Result<CdrPage, ApiError> {
+    let items = state.repo.list(q).await?;
+    let next_cursor = (items.len() as i64 == q.limit)
+        .then(|| items.last().map(|c| CdrCursor::after(c).to_string()))
         .flatten();
-    Ok(ApiJson(CdrPage { items, next_cursor }))
+    Ok(CdrPage { items, next_cursor })
 }
 
 /// One call detail record.

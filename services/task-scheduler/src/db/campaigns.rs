@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use dialstack_common::db::{outbox_enqueue, Tx};
 use dialstack_common::events::CloudEvent;
-use dialstack_contract::{types, CampaignStateChanged};
+use dialstack_contract::{types, CampaignStateChanged, CampaignUpdated};
 use dialstack_dialrules::hours::CallingHours;
 use sqlx::Row;
 
@@ -40,6 +40,8 @@ pub struct Campaign {
     pub record: bool,
     /// Recordings are deleted this many days after the call.
     pub recording_retention_days: Option<i64>,
+    /// Call detail records are deleted this many days after the call.
+    pub cdr_retention_days: Option<i64>,
     /// Fair-share weight.
     pub priority: i64,
     /// Calling window in the callee's time.
@@ -72,6 +74,9 @@ impl Campaign {
             recording_retention_days: self
                 .recording_retention_days
                 .and_then(|d| u32::try_from(d).ok()),
+            cdr_retention_days: self
+                .cdr_retention_days
+                .and_then(|d| u32::try_from(d).ok()),
             calling_hours: self.calling_hours.clone(),
             retry_policy: self.retry_policy.clone(),
             priority: self.priority.clamp(0, 100) as u32,
@@ -83,7 +88,7 @@ impl Campaign {
     }
 }
 
-pub(crate) const CAMPAIGN_COLS: &str = "id, name, caller_id, max_concurrent, max_cps, talk_time_ms, ring_timeout_ms, state, created_at, team, record, recording_retention_days, priority, calling_hours, retry_policy, max_attempts, max_attempts_per_day, default_region";
+pub(crate) const CAMPAIGN_COLS: &str = "id, name, caller_id, max_concurrent, max_cps, talk_time_ms, ring_timeout_ms, state, created_at, team, record, recording_retention_days, priority, calling_hours, retry_policy, max_attempts, max_attempts_per_day, default_region, cdr_retention_days";
 
 pub(crate) fn campaign_from(r: &sqlx::any::AnyRow) -> Result<Campaign, sqlx::Error> {
     let hours = super::text(r, 13)?;
@@ -101,6 +106,7 @@ pub(crate) fn campaign_from(r: &sqlx::any::AnyRow) -> Result<Campaign, sqlx::Err
         team: r.try_get(9)?,
         record: r.try_get::<i64, _>(10)? != 0,
         recording_retention_days: r.try_get(11)?,
+        cdr_retention_days: r.try_get(18)?,
         priority: r.try_get(12)?,
         calling_hours: hours
             .and_then(|h| serde_json::from_str(&h).ok())
@@ -173,7 +179,7 @@ impl Repo {
         let (hours, retry) = settings_json(s);
         let mut tx = self.db.begin().await?;
         sqlx::query(&format!(
-            "INSERT INTO campaigns ({CAMPAIGN_COLS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'draft', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO campaigns ({CAMPAIGN_COLS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'draft', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&id)
         .bind(&c.name)
@@ -192,12 +198,14 @@ impl Repo {
         .bind(s.max_attempts.map(i64::from))
         .bind(s.max_attempts_per_day.map(i64::from))
         .bind(c.default_region.clone())
+        .bind(s.cdr_retention_days.map(i64::from))
         .bind(now)
         .execute(&mut *tx)
         .await?;
         for chunk in c.contacts.chunks(leads::INSERT_CHUNK) {
             leads::insert_leads(&mut tx, self.db.dialect, &id, chunk, now).await?;
         }
+        settings_event(&mut tx, crate::NAME, &id, c.team.as_deref(), s, now).await?;
         tx.commit().await?;
         self.campaign(&id).await?.ok_or(sqlx::Error::RowNotFound)
     }
@@ -267,10 +275,12 @@ impl Repo {
             .copied()
             .filter(|s| s.editable())
             .collect();
+        let now = dialstack_common::now_ms();
+        let mut tx = self.db.begin().await?;
         let moved = sqlx::query(&format!(
             "UPDATE campaigns SET name = COALESCE(?, name), max_concurrent = ?, max_cps = ?, talk_time_ms = ?, ring_timeout_ms = ?,
                record = ?, recording_retention_days = ?, priority = ?, calling_hours = ?, retry_policy = ?,
-               max_attempts = ?, max_attempts_per_day = ?, updated_at = ?
+               max_attempts = ?, max_attempts_per_day = ?, cdr_retention_days = ?, updated_at = ?
              WHERE id = ?{}",
             sql_in("state", &editable, CampaignState::as_str)
         ))
@@ -286,11 +296,22 @@ impl Repo {
         .bind(retry)
         .bind(s.max_attempts.map(i64::from))
         .bind(s.max_attempts_per_day.map(i64::from))
-        .bind(dialstack_common::now_ms())
+        .bind(s.cdr_retention_days.map(i64::from))
+        .bind(now)
         .bind(id)
-        .execute(&self.db.pool)
+        .execute(&mut *tx)
         .await?;
-        self.outcome_of(id, moved.rows_affected() == 1).await
+        let moved = moved.rows_affected() == 1;
+        if moved {
+            let team: Option<String> = sqlx::query("SELECT team FROM campaigns WHERE id = ?")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            settings_event(&mut tx, crate::NAME, id, team.as_deref(), s, now).await?;
+        }
+        tx.commit().await?;
+        self.outcome_of(id, moved).await
     }
 
     async fn outcome_of(&self, id: &str, moved: bool) -> Result<Transition, sqlx::Error> {
@@ -479,6 +500,26 @@ impl Repo {
         p.done = p.states.get("completed").copied().unwrap_or(0);
         Ok(p)
     }
+}
+
+/// Writes `campaign.updated` (the settings other services copy) in `tx`.
+async fn settings_event(
+    tx: &mut Tx,
+    source: &str,
+    id: &str,
+    team: Option<&str>,
+    s: &Settings,
+    version: i64,
+) -> Result<(), sqlx::Error> {
+    let data = CampaignUpdated {
+        campaign_id: id.to_owned(),
+        team: team.map(str::to_owned),
+        cdr_retention_days: s.cdr_retention_days,
+        recording_retention_days: s.recording_retention_days,
+        version,
+    };
+    let ev = CloudEvent::new(source, types::CAMPAIGN_UPDATED, id, &data);
+    outbox_enqueue(tx, dialstack_common::db::channel::EVENTS, id, &ev).await
 }
 
 pub(crate) async fn campaign_event(

@@ -179,6 +179,16 @@ async fn profile_events(
     campaign_id: &str,
     leads: &[ValidLead],
 ) -> Result<(), sqlx::Error> {
+    if !leads.iter().any(ValidLead::has_profile) {
+        return Ok(());
+    }
+    // The campaign's team is the customers' scope in storage-service.
+    let team: Option<String> = sqlx::query("SELECT team FROM campaigns WHERE id = ?")
+        .bind(campaign_id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .and_then(|r| sqlx::Row::get(&r, 0));
+    let team = team.as_deref();
     let events: Vec<CloudEvent> = leads
         .iter()
         .filter(|l| l.has_profile())
@@ -186,6 +196,7 @@ async fn profile_events(
             let data = CustomerUpserted {
                 phone: l.phone.clone(),
                 campaign_id: campaign_id.to_owned(),
+                team: team.map(str::to_owned),
                 external_id: l.external_id.clone(),
                 first_name: l.first_name.clone(),
                 last_name: l.last_name.clone(),

@@ -151,6 +151,11 @@ pub const MIGRATIONS: &[Migration] = &[
                 until_ms BIGINT NOT NULL
               )",
     },
+    Migration {
+        version: 6,
+        name: "campaign cdr retention",
+        sql: "ALTER TABLE campaigns ADD COLUMN cdr_retention_days BIGINT NULL",
+    },
 ];
 
 /// The repository.

@@ -70,6 +70,11 @@ pub struct NewCampaignRequest {
     /// keep until deleted).
     #[serde(default)]
     pub recording_retention_days: Option<u32>,
+    /// Delete the campaign's call detail records this many days after the
+    /// call (1-36500; default: the deployment's `DIALSTACK_CDR_RETENTION_DAYS`
+    /// in storage-service). A record outlives its recording.
+    #[serde(default)]
+    pub cdr_retention_days: Option<u32>,
     /// Calling window in the callee's local time (default every day
     /// 08:00-21:00).
     #[serde(default)]
@@ -112,6 +117,8 @@ pub struct CampaignPatch {
     pub record: Option<bool>,
     /// Recording retention (days).
     pub recording_retention_days: Option<u32>,
+    /// Call record retention (days).
+    pub cdr_retention_days: Option<u32>,
     /// Calling window.
     #[schema(value_type = Option<Object>)]
     pub calling_hours: Option<CallingHours>,
@@ -176,6 +183,8 @@ pub struct Settings {
     pub record: bool,
     /// Recording retention (days).
     pub recording_retention_days: Option<u32>,
+    /// Call record retention (days).
+    pub cdr_retention_days: Option<u32>,
     /// Calling window.
     pub calling_hours: CallingHours,
     /// Retries by outcome.
@@ -211,6 +220,12 @@ impl Settings {
             .is_some_and(|d| !(1..=3650).contains(&d))
         {
             return Err(invalid("recording_retention_days", "must be 1-3650"));
+        }
+        if self
+            .cdr_retention_days
+            .is_some_and(|d| !(1..=36_500).contains(&d))
+        {
+            return Err(invalid("cdr_retention_days", "must be 1-36500"));
         }
         self.calling_hours
             .validate()
@@ -250,6 +265,9 @@ impl Settings {
         );
         if patch.recording_retention_days.is_some() {
             s.recording_retention_days = patch.recording_retention_days;
+        }
+        if patch.cdr_retention_days.is_some() {
+            s.cdr_retention_days = patch.cdr_retention_days;
         }
         if patch.max_attempts.is_some() {
             s.max_attempts = patch.max_attempts;
@@ -329,6 +347,7 @@ impl NewCampaignRequest {
             ring_timeout_ms: self.ring_timeout_ms.unwrap_or(30_000),
             record: self.record,
             recording_retention_days: self.recording_retention_days,
+            cdr_retention_days: self.cdr_retention_days,
             calling_hours: self.calling_hours.unwrap_or_default(),
             retry_policy: self.retry_policy.unwrap_or_default(),
             priority: self.priority.unwrap_or(1),
@@ -412,6 +431,7 @@ mod tests {
             team: None,
             record: false,
             recording_retention_days: None,
+            cdr_retention_days: None,
             calling_hours: None,
             retry_policy: None,
             priority: None,
