@@ -9,10 +9,14 @@
 //! (`http://127.0.0.1:9000`, see [`s3`]).
 
 pub mod campaigns;
+pub mod issuer;
 pub mod procs;
 pub mod proxy;
 pub mod rtpengine;
 pub mod s3;
+pub mod smtp;
+pub mod users;
+pub mod wecom;
 
 use std::future::Future;
 use std::time::Duration;

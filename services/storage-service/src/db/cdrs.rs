@@ -144,7 +144,9 @@ impl CdrCursor {
         let started_at = at.parse().ok()?;
         let ok = !id.is_empty()
             && id.len() <= 36
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         ok.then(|| Self {
             started_at,
             call_id: id.to_owned(),

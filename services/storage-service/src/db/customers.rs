@@ -14,7 +14,11 @@
 //! 3. else a new customer.
 //!
 //! The number then belongs to that customer (the CRM's id wins: a number
-//! given with an external id leaves any other customer that held it). An
+//! given with an external id leaves any other customer that held it). A
+//! customer left with no number and no external id by such a move can no
+//! longer be told apart from the one that took the number: it is absorbed
+//! (its name and fields fill what the other lacks, as an event of its
+//! `source_at` would, its tags and calls move over, and it is deleted). An
 //! event at least as new as the profile's newest source (`source_at`, the
 //! event's time or the last edit through the API) overwrites the name and
 //! the fields it gives; an older one only fills what is missing. So the
@@ -376,11 +380,15 @@ impl Repo {
         let mut sql = format!("SELECT {COLS} FROM customers c WHERE 1 = 1");
         let mut binds: Vec<String> = Vec::new();
         if let Some(phone) = &q.phone {
-            sql.push_str(" AND c.id IN (SELECT p.customer_id FROM customer_phones p WHERE p.phone = ?)");
+            sql.push_str(
+                " AND c.id IN (SELECT p.customer_id FROM customer_phones p WHERE p.phone = ?)",
+            );
             binds.push(phone.clone());
         }
         if let Some(tag) = &q.tag {
-            sql.push_str(" AND c.id IN (SELECT t.customer_id FROM customer_tags t WHERE t.tag = ?)");
+            sql.push_str(
+                " AND c.id IN (SELECT t.customer_id FROM customer_tags t WHERE t.tag = ?)",
+            );
             binds.push(tag.clone());
         }
         if let Some(ext) = &q.external_id {
@@ -553,9 +561,15 @@ impl Repo {
         .await;
         match updated {
             Ok(r) if r.rows_affected() == 1 => {}
-            Ok(_) => return Err(CustomerError::Stale { current: expected + 1 }),
+            Ok(_) => {
+                return Err(CustomerError::Stale {
+                    current: expected + 1,
+                })
+            }
             Err(e) if is_unique_violation(&e) => {
-                return Err(CustomerError::Stale { current: expected + 1 })
+                return Err(CustomerError::Stale {
+                    current: expected + 1,
+                })
             }
             Err(e) => return Err(e.into()),
         }
@@ -594,8 +608,16 @@ impl Repo {
         } else {
             "UPDATE cdrs SET customer_id = NULL WHERE customer_id = ?"
         };
-        let calls = sqlx::query(sql).bind(id).execute(&mut *tx).await?.rows_affected();
-        let action = if erase { "customer.erase" } else { "customer.delete" };
+        let calls = sqlx::query(sql)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let action = if erase {
+            "customer.erase"
+        } else {
+            "customer.delete"
+        };
         let detail = serde_json::json!({
             "calls": calls,
             "recordings_deleted": recordings_deleted,
@@ -730,6 +752,7 @@ pub(super) async fn merge_upserted(tx: &mut Tx, ev: &Upserted<'_>) -> Result<Str
                 .await?;
             repair_primary(tx, &h).await?;
             repair_primary(tx, &id).await?;
+            absorb_if_orphaned(tx, &h, &id, now).await?;
         }
         None => {
             add_phone(tx, ev.scope, ev.phone, &id).await?;
@@ -737,6 +760,82 @@ pub(super) async fn merge_upserted(tx: &mut Tx, ev: &Upserted<'_>) -> Result<Str
         }
     }
     Ok(id)
+}
+
+/// Folds customer `from` into `into` if `from` has neither a number nor an
+/// external id left.
+async fn absorb_if_orphaned(
+    tx: &mut Tx,
+    from: &str,
+    into: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT c.external_id, c.name, c.fields, c.source_at, \
+           (SELECT COUNT(*) FROM customer_phones p WHERE p.customer_id = c.id) \
+         FROM customers c WHERE c.id = ?",
+    )
+    .bind(from)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else { return Ok(()) };
+    let ext: Option<String> = row.get(0);
+    let phones: i64 = row.get(4);
+    if ext.is_some() || phones > 0 {
+        return Ok(());
+    }
+    let name: String = row.get(1);
+    let fields: BTreeMap<String, FieldValue> =
+        serde_json::from_str(&row.get::<String, _>(2)).unwrap_or_default();
+    let as_event = Upserted {
+        scope: "",
+        phone: "",
+        external_id: None,
+        name: (!name.is_empty()).then_some(name),
+        fields,
+        at_ms: row.get(3),
+    };
+    merge_into(tx, into, &as_event, now).await?;
+    let tags: Vec<String> = sqlx::query("SELECT tag FROM customer_tags WHERE customer_id = ?")
+        .bind(from)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut all: Vec<String> = sqlx::query("SELECT tag FROM customer_tags WHERE customer_id = ?")
+        .bind(into)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    all.extend(tags);
+    all.sort();
+    all.dedup();
+    all.truncate(MAX_TAGS);
+    set_tags(tx, into, &all).await?;
+    sqlx::query("UPDATE customers SET tags = ? WHERE id = ?")
+        .bind(tags_json(&all))
+        .bind(into)
+        .execute(&mut **tx)
+        .await?;
+    set_tags(tx, from, &[]).await?;
+    sqlx::query("UPDATE cdrs SET customer_id = ? WHERE customer_id = ?")
+        .bind(into)
+        .bind(from)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM customers WHERE id = ?")
+        .bind(from)
+        .execute(&mut **tx)
+        .await?;
+    tracing::info!(
+        from,
+        into,
+        "customer with no number left absorbed by the number's new customer"
+    );
+    Ok(())
 }
 
 /// Applies an event's name and fields to an existing customer.
@@ -762,7 +861,10 @@ async fn merge_into(tx: &mut Tx, id: &str, ev: &Upserted<'_>, now: i64) -> Resul
     }
     let mut json = fields_json(&fields);
     if json.len() > MAX_FIELDS_JSON {
-        tracing::warn!(customer_id = id, "merged fields too long, the event's fields are not kept");
+        tracing::warn!(
+            customer_id = id,
+            "merged fields too long, the event's fields are not kept"
+        );
         json = row.get(1);
     }
     sqlx::query(

@@ -314,7 +314,10 @@ pub async fn create_customer(
         (Some(t), _) => t.clone(),
         (None, Role::Supervisor) if who.teams.len() == 1 => who.teams[0].clone(),
         (None, Role::Supervisor) => {
-            return Err(ApiError::invalid("team", "required: you lead several teams or none"))
+            return Err(ApiError::invalid(
+                "team",
+                "required: you lead several teams or none",
+            ))
         }
         (None, _) => String::new(),
     };
@@ -567,7 +570,10 @@ pub async fn delete_customer(
         // Objects first: an erasure that fails here leaves the profile, and
         // repeating the request finishes it.
         for _ in 0..100 {
-            let batch = state.repo.customer_recordings(&id, ERASE_RECORDINGS).await?;
+            let batch = state
+                .repo
+                .customer_recordings(&id, ERASE_RECORDINGS)
+                .await?;
             let n = batch.len() as i64;
             for (call_id, url) in batch {
                 state.store.delete(&url).await.map_err(|e| {

@@ -201,8 +201,14 @@ pub async fn export_calls(
         },
     );
     let (ty, name) = match format {
-        Format::Csv => ("text/csv; charset=utf-8", "attachment; filename=\"calls.csv\""),
-        Format::Ndjson => ("application/x-ndjson", "attachment; filename=\"calls.ndjson\""),
+        Format::Csv => (
+            "text/csv; charset=utf-8",
+            "attachment; filename=\"calls.csv\"",
+        ),
+        Format::Ndjson => (
+            "application/x-ndjson",
+            "attachment; filename=\"calls.ndjson\"",
+        ),
     };
     Ok((
         [

@@ -90,8 +90,16 @@ impl ListParams {
         if let Some(phone) = &self.phone {
             check_phone("phone", phone)?;
         }
-        let from = self.from.as_deref().map(|v| parse_time("from", v)).transpose()?;
-        let to = self.to.as_deref().map(|v| parse_time("to", v)).transpose()?;
+        let from = self
+            .from
+            .as_deref()
+            .map(|v| parse_time("from", v))
+            .transpose()?;
+        let to = self
+            .to
+            .as_deref()
+            .map(|v| parse_time("to", v))
+            .transpose()?;
         if let (Some(f), Some(t)) = (from, to) {
             if t <= f {
                 return Err(ApiError::invalid("to", "must be after from"));
@@ -133,7 +141,10 @@ pub(crate) fn check_phone(field: &str, v: &str) -> Result<(), ApiError> {
     if dialstack_contract::is_e164(v) && v.len() <= 16 {
         Ok(())
     } else {
-        Err(ApiError::invalid(field, "must be E.164 (+ and 2-15 digits)"))
+        Err(ApiError::invalid(
+            field,
+            "must be E.164 (+ and 2-15 digits)",
+        ))
     }
 }
 
@@ -263,13 +274,11 @@ pub fn router(state: AppState, keys: Keys) -> Router {
         )
         .route(
             "/v1/customers/{id}",
-            get(customers::get_customer)
-                .route_layer(roles(READ))
-                .merge(
-                    patch(customers::patch_customer)
-                        .delete(customers::delete_customer)
-                        .route_layer(roles(customers::WRITE)),
-                ),
+            get(customers::get_customer).route_layer(roles(READ)).merge(
+                patch(customers::patch_customer)
+                    .delete(customers::delete_customer)
+                    .route_layer(roles(customers::WRITE)),
+            ),
         )
         .route(
             "/v1/customers/{id}/calls",
