@@ -297,9 +297,16 @@ impl Db {
         Ok(())
     }
 
-    /// Begins a transaction.
+    /// Begins a transaction. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`, waiting out the busy timeout): a deferred
+    /// transaction that reads and then writes fails at once with "database is
+    /// locked" when another writer committed in between, which concurrent
+    /// consumers (a read of the inbox, then its insert) hit under load.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        self.pool.begin().await
+        match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::MySql => self.pool.begin().await,
+        }
     }
 }
 

@@ -226,6 +226,26 @@ impl CdrQuery {
     }
 }
 
+impl CdrQuery {
+    /// The listing's SQL with its values written in as literals, for
+    /// `EXPLAIN` in benchmarks and reports (never executed).
+    pub fn explain_sql(&self) -> String {
+        let (sql, binds) = self.statement();
+        let mut out = String::new();
+        let mut values = binds.iter();
+        for part in sql.split('?') {
+            out.push_str(part);
+            match values.next() {
+                Some(Bind::Text(v)) => out.push_str(&format!("'{}'", v.replace('\'', "''"))),
+                Some(Bind::Int(v)) => out.push_str(&v.to_string()),
+                Some(Bind::Real(v)) => out.push_str(&v.to_string()),
+                None => {}
+            }
+        }
+        out
+    }
+}
+
 fn bind_all<'q>(
     mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     binds: &'q [Bind<'q>],
@@ -658,10 +678,12 @@ async fn link_customers<'a>(
 ) -> Result<(), sqlx::Error> {
     let ids: Vec<&str> = call_ids.collect();
     for chunk in ids.chunks(ROWS_PER_UPSERT) {
+        // `+customer_id` keeps planners off the customer index (most rows
+        // of a large table have no customer): the call ids pick the rows.
         let sql = format!(
             "UPDATE cdrs SET customer_id = (SELECT p.customer_id FROM customer_phones p \
              WHERE p.scope = COALESCE(cdrs.team, '') AND p.phone = cdrs.phone) \
-             WHERE customer_id IS NULL{}",
+             WHERE +customer_id IS NULL{}",
             dialstack_common::db::and_in("call_id", chunk.len())
         );
         let mut q = sqlx::query(&sql);
