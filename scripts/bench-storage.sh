@@ -14,6 +14,9 @@ EVENTS="${3:-200000}"
 SQLITE_DIR="${DIALSTACK_BENCH_DIR:-$HOME/.cache/dialstack/bench}"
 scripts/test-env.sh >/dev/null
 cargo build --release -p dialstack-tests --bin storage-bench --locked -q
+# A buffer pool that holds the CDR indexes (docs/OPERATIONS.md); both
+# settings are dynamic and stay until MariaDB restarts.
+mysql -uroot -h127.0.0.1 -e "SET GLOBAL innodb_buffer_pool_size = 4294967296; SET GLOBAL innodb_log_file_size = 1073741824"
 echo "== MariaDB"
 target/release/storage-bench --db-url "mysql://root@127.0.0.1:3306/dialstack_store_${CDRS}" \
   --cdrs "$CDRS" --customers "$CUSTOMERS" --events "$EVENTS"

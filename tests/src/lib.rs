@@ -14,6 +14,9 @@ pub mod procs;
 pub mod proxy;
 pub mod rtpengine;
 pub mod s3;
+pub mod smtp;
+pub mod users;
+pub mod wecom;
 
 use std::future::Future;
 use std::time::Duration;

@@ -16,113 +16,31 @@ use dialstack_common::bus::{
 };
 use dialstack_common::events::CloudEvent;
 use dialstack_contract::{types, Outcome};
-use dialstack_tests::{amqp_url, both_databases, eventually, in_process, unique, InProcess};
+use dialstack_tests::users::{call, Users, ADMIN_PASSWORD};
+use dialstack_tests::{amqp_url, both_databases, eventually, in_process, unique};
 use dialstack_tests::{typed, CallEventData};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-const ADMIN_PASSWORD: &str = "correct horse battery staple";
 const B64URL: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-async fn call(
-    http: &reqwest::Client,
-    method: Method,
-    url: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut r = http.request(method, url).bearer_auth(token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+async fn start_users(database_url: &str, events_url: &str) -> Users {
+    Users::start_with(
+        database_url,
+        events_url,
+        &[("DIALSTACK_AGENT_HEARTBEAT_TIMEOUT_SECS", "3600")],
+    )
+    .await
 }
 
-/// A user-service in this process, with helpers.
-struct Users(InProcess);
+/// Agent moves these tests make, on top of the shared helpers.
+trait AgentMoves {
+    async fn state_of(&self, token: &str, id: &str) -> String;
+    async fn drive(&self, token: &str, id: &str, path: &[&str]);
+}
 
-impl Users {
-    async fn start(database_url: &str, events_url: &str) -> Self {
-        Self(
-            in_process::<user_service::Application>(&[
-                ("DIALSTACK_DATABASE_URL", database_url),
-                ("DIALSTACK_EVENTS_URL", events_url),
-                ("DIALSTACK_ADMIN_PASSWORD", ADMIN_PASSWORD),
-                ("DIALSTACK_AGENT_HEARTBEAT_TIMEOUT_SECS", "3600"),
-            ])
-            .await,
-        )
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        call(
-            &self.0.http,
-            method,
-            &format!("{}{path}", self.0.url),
-            token,
-            body,
-        )
-        .await
-    }
-
-    /// The whole login answer (access and refresh token).
-    async fn login(&self, username: &str, password: &str) -> (u16, Value) {
-        let r = self
-            .0
-            .http
-            .post(format!("{}/v1/auth/login", self.0.url))
-            .json(&json!({"username": username, "password": password}))
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn token(&self, username: &str, password: &str) -> String {
-        let (status, body) = self.login(username, password).await;
-        assert_eq!(status, 200, "login {username}: {body}");
-        body["access_token"].as_str().unwrap().to_owned()
-    }
-
-    /// Creates a user; returns its id and password.
-    async fn user(&self, admin: &str, name: &str, role: &str, teams: &[&str]) -> (String, String) {
-        let password = format!("{name} has a long password");
-        let (status, user) = self
-            .call(
-                Method::POST,
-                "/v1/users",
-                admin,
-                Some(json!({"username": name, "password": password, "role": role, "teams": teams})),
-            )
-            .await;
-        assert_eq!(status, 201, "{user}");
-        (user["id"].as_str().unwrap().to_owned(), password)
-    }
-
-    /// Creates an agent in `team` with a profile; returns (id, token).
-    async fn agent(&self, admin: &str, name: &str, team: &str) -> (String, String) {
-        let (id, password) = self.user(admin, name, "agent", &[]).await;
-        let (status, agent) = self
-            .call(
-                Method::PUT,
-                &format!("/v1/agents/{id}"),
-                admin,
-                Some(json!({"display_name": name, "sip_uri": format!("sip:{name}@pbx.example"), "teams": [team]})),
-            )
-            .await;
-        assert_eq!(status, 200, "{agent}");
-        (id, self.token(name, &password).await)
-    }
-
+impl AgentMoves for Users {
     async fn state_of(&self, token: &str, id: &str) -> String {
         let (status, a) = self
             .call(Method::GET, &format!("/v1/agents/{id}"), token, None)
@@ -166,7 +84,7 @@ async fn admins_manage_users_and_supervisors_only_their_teams() {
         let events = Channel::connect(&events_url, EVENTS).await.unwrap();
         let watch = Subscription::new("watcher", &["agent.state"]);
         events.prepare(&watch).await.unwrap();
-        let u = Users::start(&url, &events_url).await;
+        let u = start_users(&url, &events_url).await;
         let admin = u.token("admin", ADMIN_PASSWORD).await;
         let admin_id = u.call(Method::GET, "/v1/users/me", &admin, None).await.1["id"]
             .as_str()
@@ -212,8 +130,9 @@ async fn admins_manage_users_and_supervisors_only_their_teams() {
         let (sam, sam_password) = u.user(&admin, "sam", "supervisor", &["sales"]).await;
         let (alice, alice_token) = u.agent(&admin, "alice", "sales").await;
         let (bob, bob_token) = u.agent(&admin, "bob", "support").await;
-        let (status, sam_login) = u.login("sam", &sam_password).await;
-        assert_eq!(status, 200, "{engine}");
+        let r = u.login("sam", &sam_password).await;
+        assert_eq!(r.status, 200, "{engine}");
+        let sam_login = r.body;
         let sam_token = sam_login["access_token"].as_str().unwrap().to_owned();
         let sam_refresh = sam_login["refresh_token"].as_str().unwrap().to_owned();
         // The token carries the teams other services scope by.
@@ -317,6 +236,18 @@ async fn admins_manage_users_and_supervisors_only_their_teams() {
             .call(Method::PUT, &path, &admin, profile(json!(thirteen)))
             .await;
         assert_eq!(status, 400, "{engine}: at most twelve teams");
+        // Her token carries the teams she had at login: after the changes it
+        // is void here too, and she logs in again.
+        let (status, _) = u
+            .call(
+                Method::GET,
+                &format!("/v1/agents/{alice}"),
+                &alice_token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 401, "{engine}: a token with old teams");
+        let alice_token = u.token("alice", "alice has a long password").await;
 
         // Team settings: wrap-up ends by itself after the team's timeout.
         for bad in [
@@ -475,14 +406,18 @@ async fn admins_manage_users_and_supervisors_only_their_teams() {
             );
         }
         assert_eq!(
-            u.login("bob", "bob has a long password").await.0,
+            u.login("bob", "bob has a long password").await.status,
             401,
             "{engine}"
         );
         let (_, users) = u.call(Method::GET, "/v1/users", &admin, None).await;
         let mut names = ids(&users, "username");
         names.sort();
-        assert_eq!(names, ["ada", "admin", "alice", "sam"], "{engine}");
+        assert_eq!(
+            names,
+            ["ada", "admin", "alice", "dialstack-service", "sam"],
+            "{engine}"
+        );
         assert!(users
             .as_array()
             .unwrap()
@@ -565,7 +500,7 @@ async fn every_invalid_agent_transition_is_refused_over_http() {
         ("paused", &["available", "paused"]),
     ];
     for (engine, url) in both_databases() {
-        let u = Users::start(&url, &format!("memory://{}", unique("transitions"))).await;
+        let u = start_users(&url, &format!("memory://{}", unique("transitions"))).await;
         let admin = u.token("admin", ADMIN_PASSWORD).await;
         let mut refused = 0;
         for (from, path) in reach {
@@ -620,7 +555,7 @@ async fn agents_and_supervisors_read_only_their_own_calls_and_leads() {
             }
         };
         let events = amqp_url(&unique("acc"));
-        let u = Users::start(&url, &events).await;
+        let u = start_users(&url, &events).await;
         let jwks = format!("{}/.well-known/jwks.json", u.0.url);
         let storage = in_process::<storage_service::Application>(&[
             ("DIALSTACK_DATABASE_URL", &database("store")),
@@ -979,7 +914,7 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_attacks_are_refused_with_401_by_every_verifier() {
     for (engine, url) in both_databases() {
-        let u = Users::start(&url, &format!("memory://{}", unique("attacks"))).await;
+        let u = start_users(&url, &format!("memory://{}", unique("attacks"))).await;
         let jwks_url = format!("{}/.well-known/jwks.json", u.0.url);
         let storage = in_process::<storage_service::Application>(&[
             (

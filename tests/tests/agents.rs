@@ -8,88 +8,42 @@ use std::time::Duration;
 
 use dialstack_common::bus::{Channel, Delivery, HandleError, Handler, Subscription, EVENTS};
 use dialstack_common::events::CloudEvent;
-use dialstack_tests::{amqp_url, both_databases, eventually, in_process, unique, InProcess};
+use dialstack_tests::users::{Users, ADMIN_PASSWORD};
+use dialstack_tests::{amqp_url, both_databases, eventually, unique};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-const ADMIN_PASSWORD: &str = "correct horse battery staple";
-
-/// A user-service in this process.
-struct Users(InProcess);
-
-impl std::ops::Deref for Users {
-    type Target = InProcess;
-    fn deref(&self) -> &InProcess {
-        &self.0
-    }
-}
-
 async fn users(database_url: &str, events_url: &str, heartbeat_secs: u64) -> Users {
     let heartbeat = heartbeat_secs.to_string();
-    Users(
-        in_process::<user_service::Application>(&[
-            ("DIALSTACK_DATABASE_URL", database_url),
-            ("DIALSTACK_EVENTS_URL", events_url),
-            ("DIALSTACK_ADMIN_PASSWORD", ADMIN_PASSWORD),
-            ("DIALSTACK_AGENT_HEARTBEAT_TIMEOUT_SECS", &heartbeat),
-        ])
-        .await,
+    Users::start_with(
+        database_url,
+        events_url,
+        &[("DIALSTACK_AGENT_HEARTBEAT_TIMEOUT_SECS", &heartbeat)],
     )
+    .await
 }
 
-impl Users {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut r = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
+/// An agent user with a profile (team and one skill), offline at first;
+/// returns (id, token).
+async fn agent(u: &Users, admin: &str, name: &str, team: &str) -> (String, String) {
+    let (id, password) = u.user(admin, name, "agent", &[]).await;
+    let agent = u
+        .profile(
+            admin,
+            &id,
+            json!({"display_name": name, "sip_uri": format!("sip:{name}@pbx.example"), "teams": [team], "skills": {"spanish": 7}}),
+        )
+        .await;
+    assert_eq!(agent["state"], "offline", "{agent}");
+    (id, u.token(name, &password).await)
+}
 
-    async fn login(&self, username: &str, password: &str) -> String {
-        dialstack_tests::procs::login(&self.url, username, password).await
-    }
+/// The state change call, on top of the shared helpers.
+trait SetState {
+    async fn set_state(&self, token: &str, id: &str, body: Value) -> (u16, Value);
+}
 
-    /// Creates an agent user with a profile; returns (id, token).
-    async fn agent(&self, admin: &str, name: &str, team: &str) -> (String, String) {
-        let password = format!("{name} password long enough");
-        let (status, user) = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/users",
-                admin,
-                Some(json!({"username": name, "password": password, "role": "agent"})),
-            )
-            .await;
-        assert_eq!(status, 201, "{user}");
-        let id = user["id"].as_str().unwrap().to_owned();
-        let (status, agent) = self
-            .call(
-                reqwest::Method::PUT,
-                &format!("/v1/agents/{id}"),
-                admin,
-                Some(json!({"display_name": name, "sip_uri": format!("sip:{name}@pbx.example"), "teams": [team], "skills": {"spanish": 7}})),
-            )
-            .await;
-        assert_eq!(
-            (status, agent["state"].as_str()),
-            (200, Some("offline")),
-            "{agent}"
-        );
-        (id.clone(), self.login(name, &password).await)
-    }
-
+impl SetState for Users {
     async fn set_state(&self, token: &str, id: &str, body: Value) -> (u16, Value) {
         self.call(
             reqwest::Method::POST,
@@ -133,9 +87,9 @@ async fn agent_state_machine_access_and_events() {
         };
 
         let u = users(&url, &events_url, 3600).await;
-        let admin = u.login("admin", ADMIN_PASSWORD).await;
-        let (alice, alice_token) = u.agent(&admin, "alice", "sales").await;
-        let (bob, _) = u.agent(&admin, "bob", "support").await;
+        let admin = u.token("admin", ADMIN_PASSWORD).await;
+        let (alice, alice_token) = agent(&u, &admin, "alice", "sales").await;
+        let (bob, _) = agent(&u, &admin, "bob", "support").await;
 
         let (status, a) = u
             .set_state(&alice_token, &alice, json!({"state": "available"}))
@@ -310,9 +264,9 @@ async fn an_agent_without_heartbeats_goes_offline() {
     for (engine, url) in both_databases() {
         let events_url = amqp_url(&unique("hb"));
         let u = users(&url, &events_url, 1).await;
-        let admin = u.login("admin", ADMIN_PASSWORD).await;
-        let (carol, token) = u.agent(&admin, "carol", "sales").await;
-        let (dave, dave_token) = u.agent(&admin, "dave", "sales").await;
+        let admin = u.token("admin", ADMIN_PASSWORD).await;
+        let (carol, token) = agent(&u, &admin, "carol", "sales").await;
+        let (dave, dave_token) = agent(&u, &admin, "dave", "sales").await;
         for (id, t) in [(&carol, &token), (&dave, &dave_token)] {
             let (status, _) = u
                 .call(

@@ -1385,7 +1385,11 @@ mod storage {
                 }
             };
             assert_eq!(below(3.6).await, ["c-poor"], "{engine}: strictly below");
-            assert_eq!(below(3.61).await, ["c-poor", "c-edge"], "{engine}: in start order");
+            assert_eq!(
+                below(3.61).await,
+                ["c-poor", "c-edge"],
+                "{engine}: in start order"
+            );
             assert!(below(1.0).await.is_empty(), "{engine}");
             assert_eq!(below(5.0).await.len(), 3, "{engine}: no quality, no match");
 
@@ -1456,7 +1460,10 @@ mod storage {
             let due = repo.expired_recordings(now, None, 10).await.unwrap();
             let due_ids: Vec<_> = due.iter().map(|r| r.call_id.as_str()).collect();
             assert_eq!(due_ids, ["c-poor", "c-edge"], "{engine}");
-            assert_eq!(repo.expired_recordings(now, None, 1).await.unwrap().len(), 1);
+            assert_eq!(
+                repo.expired_recordings(now, None, 1).await.unwrap().len(),
+                1
+            );
             assert!(!repo
                 .delete_recording("c-poor", "file:///elsewhere.wav", now, None)
                 .await

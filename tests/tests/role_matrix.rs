@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use dialstack_common::auth::{Role, RouteRoles};
 use dialstack_tests::procs::{dialstack_up, log_dir, login};
 use dialstack_tests::unique;
+use dialstack_tests::users::Users;
 use serde_json::{json, Value};
 
 fn declared() -> Vec<(&'static str, &'static [RouteRoles])> {
@@ -34,14 +35,18 @@ async fn every_route_gives_each_role_exactly_its_declared_access() {
     let admin = login(users, "admin", admin_password.trim()).await;
     let mut tokens: HashMap<Role, String> = HashMap::new();
     tokens.insert(Role::Admin, admin.clone());
+    // A service account takes client credentials, not a login.
+    let service = Users::client_token_at(
+        &http,
+        users,
+        user_service::SERVICE_ACCOUNT,
+        service_password.trim(),
+    )
+    .await;
+    assert_eq!(service.status, 200, "{}", service.body);
     tokens.insert(
         Role::Service,
-        login(
-            users,
-            user_service::SERVICE_ACCOUNT,
-            service_password.trim(),
-        )
-        .await,
+        service.body["access_token"].as_str().unwrap().to_owned(),
     );
     for (name, role) in [
         ("sam.supervisor", Role::Supervisor),

@@ -14,6 +14,7 @@ use dialstack_common::bus::{Channel, OutMessage, EVENTS};
 use dialstack_common::db::Db;
 use dialstack_common::events::CloudEvent;
 use dialstack_contract::{types, Outcome};
+use dialstack_tests::users::Users;
 use dialstack_tests::{
     amqp_url, both_databases, eventually, fresh_mysql_url, fresh_sqlite_url, in_process, typed,
     unique, CallEventData, InProcess,
@@ -22,15 +23,13 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::Row;
 
-const ADMIN_PASSWORD: &str = "scheduler test admin password";
-
 fn all_day() -> Value {
     json!({"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "00:00", "end": "24:00"})
 }
 
 /// user-service (for tokens) and one scheduler on a fresh database.
 struct Stack {
-    users: InProcess,
+    users: Users,
     sched: InProcess,
     admin: String,
     db_url: String,
@@ -46,21 +45,11 @@ fn fresh_db(engine_url: &str) -> String {
     }
 }
 
-async fn users(events: &str) -> InProcess {
-    in_process::<user_service::Application>(&[
-        ("DIALSTACK_DATABASE_URL", &fresh_sqlite_url()),
-        ("DIALSTACK_EVENTS_URL", events),
-        ("DIALSTACK_ADMIN_PASSWORD", ADMIN_PASSWORD),
-    ])
-    .await
+async fn users(events: &str) -> Users {
+    Users::start(&fresh_sqlite_url(), events).await
 }
 
-async fn scheduler(
-    users: &InProcess,
-    db_url: &str,
-    events: &str,
-    extra: &[(&str, &str)],
-) -> InProcess {
+async fn scheduler(users: &Users, db_url: &str, events: &str, extra: &[(&str, &str)]) -> InProcess {
     let jwks = format!("{}/.well-known/jwks.json", users.url);
     let commands = format!("memory://{}", unique("cmd"));
     let mut vars: Vec<(&str, &str)> = vec![
@@ -80,7 +69,7 @@ impl Stack {
         let users = users(&events).await;
         let db_url = fresh_db(engine_url);
         let sched = scheduler(&users, &db_url, &events, extra).await;
-        let admin = login(&users, "admin", ADMIN_PASSWORD).await;
+        let admin = users.admin().await;
         let db = Db::connect(&db_url).await.unwrap();
         Self {
             users,
@@ -178,20 +167,6 @@ impl Stack {
             .unwrap();
         }
     }
-}
-
-async fn login(users: &InProcess, name: &str, password: &str) -> String {
-    let r: Value = users
-        .http
-        .post(format!("{}/v1/auth/login", users.url))
-        .json(&json!({"username": name, "password": password}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    r["access_token"].as_str().unwrap().to_owned()
 }
 
 async fn call(
@@ -920,7 +895,7 @@ async fn the_destination_guard_refuses_at_import_and_again_at_dial_time() {
             &[("DIALSTACK_ALLOWED_PREFIXES", "+1")],
         )
         .await;
-        let admin = login(&users, "admin", ADMIN_PASSWORD).await;
+        let admin = users.admin().await;
         let (st, _) = call(
             &sched,
             Method::POST,
@@ -964,21 +939,8 @@ async fn the_destination_guard_refuses_at_import_and_again_at_dial_time() {
 
 /// Creates a user in user-service and logs in; returns (id, token).
 async fn user(s: &Stack, name: &str, role: &str, teams: &[&str]) -> (String, String) {
-    let password = format!("{name} has a long password");
-    let (st, u) = call(
-        &s.users,
-        Method::POST,
-        "/v1/users",
-        &s.admin,
-        Some(json!({"username": name, "password": password, "role": role, "teams": teams})),
-        &[],
-    )
-    .await;
-    assert_eq!(st, 201, "{u}");
-    (
-        u["id"].as_str().unwrap().to_owned(),
-        login(&s.users, name, &password).await,
-    )
+    let (id, password) = s.users.user(&s.admin, name, role, teams).await;
+    (id, s.users.token(name, &password).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

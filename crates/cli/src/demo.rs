@@ -238,7 +238,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("call records stored (first page): {cdrs}");
     if let Some(rate) = stats["failure_rate"].as_f64() {
         println!(
-            "failure rate, last 5 min (busy, rejected, failed): {:.1}%",
+            "failure rate, last 5 min (failed, or rejected by the network): {:.1}%",
             rate * 100.0
         );
     }

@@ -599,7 +599,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
 pub type Keys = Arc<dyn KeySource>;
 
 /// Axum middleware: refuses the request with 401 unless it carries a valid
-/// bearer token; otherwise inserts the [`Principal`].
+/// bearer token; otherwise inserts the [`Principal`] and the verified
+/// [`Claims`] into the request's extensions.
 pub async fn require_auth(State(keys): State<Keys>, mut req: Request, next: Next) -> Response {
     let token = req
         .headers()
@@ -626,6 +627,10 @@ pub async fn require_auth(State(keys): State<Keys>, mut req: Request, next: Next
             AuthError::Revoked.into_response()
         }
         Ok(claims) => {
+            // The whole claims too, for a service that checks more than the
+            // principal (user-service compares the issue time with its own
+            // revocations).
+            req.extensions_mut().insert(claims.clone());
             req.extensions_mut().insert(Principal {
                 sub: claims.sub,
                 role: claims.role,

@@ -62,6 +62,14 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric registered once");
         }
+        // process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds, ...: the system-load row of the dashboards.
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metrics registered once");
         Self {
             registry,
             service,

@@ -11,7 +11,11 @@ use crate::db::{Applied, Repo};
 use crate::CallMetrics;
 
 /// Bindings of monitor-service's queue.
-pub const BINDINGS: &[&str] = &[types::CALL_DIALING, types::CALL_COMPLETED];
+pub const BINDINGS: &[&str] = &[
+    types::CALL_DIALING,
+    types::CALL_ANSWERED,
+    types::CALL_COMPLETED,
+];
 
 /// Counts calls.
 pub struct CallEvents {
@@ -40,10 +44,16 @@ impl Handler for CallEvents {
             Applied::Nothing => {}
             Applied::Started => self.metrics.active.inc(),
             Applied::Completed(outcome) => {
+                let campaign = call.call().campaign_id.as_str();
                 self.metrics
                     .calls
-                    .with_label_values(&[&call.call().campaign_id, &outcome])
+                    .with_label_values(&[campaign, &outcome])
                     .inc();
+                if let CallEvent::Completed(c) = &call {
+                    if crate::domain::is_failure(c.outcome, c.sip_status) {
+                        self.metrics.failures.with_label_values(&[campaign]).inc();
+                    }
+                }
                 if self.metrics.active.get() > 0 {
                     self.metrics.active.dec();
                 }

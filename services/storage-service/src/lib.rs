@@ -145,7 +145,7 @@ impl Service for Application {
                 events,
                 Subscription::new(NAME, messaging::BINDINGS)
                     .with_concurrency(4)
-                    .with_batch(64),
+                    .with_batch(256),
                 Arc::new(messaging::CallEvents {
                     repo: repo.clone(),
                     store: store.clone(),

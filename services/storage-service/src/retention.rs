@@ -41,13 +41,18 @@ pub struct Sweeper {
 impl Sweeper {
     /// The counter, unregistered.
     pub fn counter() -> prometheus::Result<prometheus::IntCounterVec> {
-        prometheus::IntCounterVec::new(
+        let c = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "dialstack_storage_deleted_total",
-                "rows deleted by retention and erasure, by kind (recording: object and row; cdr)",
+                "rows deleted by the retention sweep, by kind (recording: object and row; cdr)",
             ),
             &["kind"],
-        )
+        )?;
+        // Both series exist from the start, at 0.
+        for kind in ["cdr", "recording"] {
+            c.with_label_values(&[kind]);
+        }
+        Ok(c)
     }
 
     /// One pass: recordings, then CDRs; returns (recordings, CDRs) deleted.

@@ -16,42 +16,15 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::db::{AuditEntry, RefreshUse};
+use crate::extract::ClientIp;
+use crate::hashing::{Busy, HashError, Lane};
+use crate::throttle::{Admit, Credential};
 use crate::AppState;
 
 /// Lifetime of an access token.
 pub const ACCESS_TTL: Duration = Duration::from_secs(15 * 60);
 /// Lifetime of a refresh token (each use replaces it).
 pub const REFRESH_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Failed logins allowed per account per hour (OWASP ASVS 2.2.1: at most 100).
-pub const ACCOUNT_FAILURES_PER_HOUR: i64 = 100;
-/// Failed logins allowed per client address per hour, unless
-/// `DIALSTACK_LOGIN_IP_FAILURES_PER_HOUR` says otherwise (a call center
-/// behind one NAT address may need more).
-pub const IP_FAILURES_PER_HOUR: i64 = 1_000;
-const HOUR_MS: i64 = 3_600_000;
-
-/// The client's address (the TCP peer; a proxy in front must be trusted to
-/// be the only client).
-#[derive(Debug, Clone)]
-pub struct ClientIp(pub String);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(Self(
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip().to_string())
-                .unwrap_or_else(|| "unknown".into()),
-        ))
-    }
-}
-
 /// A new opaque refresh token and the hash that is stored.
 fn new_refresh_token() -> (String, String) {
     use argon2::password_hash::rand_core::{OsRng, RngCore};
@@ -85,18 +58,52 @@ pub struct AuditParams {
     pub limit: Option<i64>,
 }
 
-fn too_many(retry_after_s: i64) -> axum::response::Response {
-    use axum::response::IntoResponse as _;
-    let mut resp = ApiError::new(
-        ErrorCode::RateLimited,
-        "too many failed logins; try again later",
-    )
-    .into_response();
-    if let Ok(v) = axum::http::HeaderValue::from_str(&retry_after_s.max(1).to_string()) {
+fn with_retry_after(mut resp: axum::response::Response, secs: i64) -> axum::response::Response {
+    if let Ok(v) = axum::http::HeaderValue::from_str(&secs.max(1).to_string()) {
         resp.headers_mut()
             .insert(axum::http::header::RETRY_AFTER, v);
     }
     resp
+}
+
+/// 429 with `Retry-After`: a throttling gate is closed.
+fn too_many(retry_after_s: i64) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    with_retry_after(
+        ApiError::new(ErrorCode::RateLimited, "too many attempts; try again later").into_response(),
+        retry_after_s,
+    )
+}
+
+/// 503 with `Retry-After`: the password hashing queue is full.
+fn busy() -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    with_retry_after(
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "too many logins at once; try again shortly",
+        )
+        .into_response(),
+        1,
+    )
+}
+
+impl From<Busy> for ApiError {
+    fn from(_: Busy) -> Self {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "too many password checks at once; try again shortly",
+        )
+    }
+}
+
+impl From<HashError> for ApiError {
+    fn from(e: HashError) -> Self {
+        match e {
+            HashError::Busy(b) => b.into(),
+            failed @ HashError::Failed(_) => ApiError::internal(failed),
+        }
+    }
 }
 
 /// `POST /v1/auth/login` body.
@@ -238,10 +245,12 @@ pub fn router(state: AppState, keys: Arc<StaticKeys>) -> Router {
         .with_state(state)
 }
 
-/// Refuses (401) a token whose user is gone or holds another role now: a
-/// demoted admin cannot use the token issued before the change to undo it.
-/// Here the database is at hand; the other services rely on the token's
-/// short lifetime (`DIALSTACK_ACCESS_TOKEN_TTL_SECS`).
+/// Refuses (401) a token whose user is gone, holds another role now, or
+/// whose tokens were revoked after this one was issued (password change or
+/// reset, teams changed): a demoted admin cannot use the token issued before
+/// the change to undo it, nor can a stolen token outlive a password change.
+/// The other services learn revocations from the JWKS within their refresh
+/// interval; here the database is at hand, so it is immediate.
 async fn still_current(
     State(state): State<AppState>,
     req: axum::extract::Request,
@@ -251,8 +260,27 @@ async fn still_current(
     let Some(who) = req.extensions().get::<Principal>().cloned() else {
         return next.run(req).await;
     };
-    match state.repo.user_by_id(&who.sub).await {
-        Ok(Some(u)) if u.role == who.role => next.run(req).await,
+    let issued_at_ms = req
+        .extensions()
+        .get::<dialstack_common::auth::Claims>()
+        .map(|c| c.issued_at_ms());
+    match state.repo.token_standing(&who.sub).await {
+        Ok(Some((role, revoked))) if role == who.role => {
+            let void = match (revoked, issued_at_ms) {
+                (Some(not_before), Some(at)) => at < not_before,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if !void {
+                return next.run(req).await;
+            }
+            tracing::info!(user_id = %who.sub, "revoked token refused");
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "the token was revoked; log in again",
+            )
+            .into_response()
+        }
         Ok(_) => {
             tracing::info!(user_id = %who.sub, "token of a deleted or changed user refused");
             ApiError::new(
@@ -266,11 +294,14 @@ async fn still_current(
 }
 
 /// Exchanges a username and password for an access token and a refresh
-/// token. After 100 failures in an hour an account is refused (429, even with
-/// the right password) until the oldest failure leaves the window; so is a
-/// client address after 1,000.
+/// token. Attempts are throttled per account and address pair (exponential
+/// backoff), per address and, from addresses the account has not used
+/// recently, per account (429 with `Retry-After`); a burst beyond what the
+/// password hashing pool can queue gets 503 with `Retry-After`. Service
+/// accounts cannot log in here: they use client credentials.
 #[utoipa::path(post, path = "/v1/auth/login", request_body = LoginRequest,
-    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+    responses((status = 200, body = TokenResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -280,18 +311,42 @@ async fn login(
     if req.username.is_empty() || req.username.len() > 64 || req.password.len() > 1024 {
         return Err(ApiError::invalid("username", "must be 1-64 characters"));
     }
-    if let Some(refused) = rate_limited(&state, &req.username, &ip).await? {
-        return Ok(refused);
-    }
-    let user = state.repo.user_by_name(&req.username).await?;
-    let ok = crate::domain::verify_password(
-        &req.password,
-        user.as_ref().map(|u| u.password_hash.clone()),
+    let attempt = match crate::throttle::admit(
+        &state.repo,
+        &state.limits,
+        &req.username,
+        &ip,
+        Credential::Password,
     )
-    .await;
-    let Some(user) = user.filter(|_| ok) else {
+    .await?
+    {
+        Admit::Go(a) => a,
+        Admit::Refused { by, retry_after_s } => {
+            state.refused.with_label_values(&[by.as_str()]).inc();
+            tracing::info!(username = %req.username, %ip, gate = by.as_str(), "login throttled");
+            return Ok(too_many(retry_after_s));
+        }
+    };
+    let user = state.repo.user_by_name(&req.username).await?;
+    let checked = state
+        .hasher
+        .verify(
+            attempt.lane,
+            &req.password,
+            user.as_ref().map(|u| u.password_hash.clone()),
+        )
+        .await;
+    let ok = match checked {
+        Ok(ok) => ok,
+        Err(Busy) => {
+            attempt.unchecked(&state.repo).await?;
+            state.refused.with_label_values(&["busy"]).inc();
+            return Ok(busy());
+        }
+    };
+    let Some(user) = user.filter(|u| ok && u.role != Role::Service) else {
+        attempt.failed();
         tracing::info!(username = %req.username, %ip, "login failed");
-        state.repo.record_failure(&req.username, &ip).await?;
         state
             .repo
             .audit("login_failed", &req.username, &ip, "")
@@ -301,40 +356,19 @@ async fn login(
             "invalid username or password",
         ));
     };
+    attempt.succeeded(&state.repo).await?;
     tracing::info!(user_id = %user.id, role = user.role.as_str(), "login succeeded");
     state
         .repo
         .audit("login_succeeded", &user.id, &ip, user.role.as_str())
         .await?;
     let family = uuid::Uuid::now_v7().to_string();
-    Ok(issue(&state, &user, &family).await?.into_response())
-}
-
-/// The 429 to answer when the account or the client address has had too
-/// many failures in the last hour (audited), else `None`.
-async fn rate_limited(
-    state: &AppState,
-    username: &str,
-    ip: &str,
-) -> Result<Option<axum::response::Response>, ApiError> {
-    let since = dialstack_common::now_ms() - HOUR_MS;
-    for (key, by_ip, limit) in [
-        (username, false, ACCOUNT_FAILURES_PER_HOUR),
-        (ip, true, state.ip_failures_per_hour),
-    ] {
-        let (failures, oldest) = state.repo.failures_since(key, by_ip, since).await?;
-        if failures >= limit {
-            let retry = (oldest.unwrap_or(since) + HOUR_MS - dialstack_common::now_ms()) / 1000 + 1;
-            let what = if by_ip { "client address" } else { "account" };
-            tracing::warn!(%username, %ip, failures, "login rate limited");
-            state
-                .repo
-                .audit("login_rate_limited", username, ip, what)
-                .await?;
-            return Ok(Some(too_many(retry)));
-        }
-    }
-    Ok(None)
+    let (refresh_token, hash) = new_refresh_token();
+    state
+        .repo
+        .store_refresh(&hash, &family, &user.id, REFRESH_TTL.as_millis() as i64)
+        .await?;
+    Ok(issue(&state, &user, refresh_token).await?.into_response())
 }
 
 /// `POST /v1/auth/token` body: the OAuth 2.0 client-credentials grant of a
@@ -363,9 +397,12 @@ pub struct AccessToken {
 
 /// Issues an access token to a service account (client credentials): no
 /// refresh token, since the service simply asks again. Only `service`
-/// accounts may use it; failures count towards the same limits as logins.
+/// accounts may use it. Attempts are throttled per client id and address
+/// pair and per address, never per account: a stranger's failures on the
+/// service account do not refuse the service's own secret.
 #[utoipa::path(post, path = "/v1/auth/token", request_body = ClientCredentials,
-    responses((status = 200, body = AccessToken), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+    responses((status = 200, body = AccessToken), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn client_token(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -381,18 +418,42 @@ async fn client_token(
     if req.client_id.is_empty() || req.client_id.len() > 64 || req.client_secret.len() > 1024 {
         return Err(ApiError::invalid("client_id", "must be 1-64 characters"));
     }
-    if let Some(refused) = rate_limited(&state, &req.client_id, &ip).await? {
-        return Ok(refused);
-    }
-    let user = state.repo.user_by_name(&req.client_id).await?;
-    let ok = crate::domain::verify_password(
-        &req.client_secret,
-        user.as_ref().map(|u| u.password_hash.clone()),
+    let attempt = match crate::throttle::admit(
+        &state.repo,
+        &state.limits,
+        &req.client_id,
+        &ip,
+        Credential::ClientSecret,
     )
-    .await;
+    .await?
+    {
+        Admit::Go(a) => a,
+        Admit::Refused { by, retry_after_s } => {
+            state.refused.with_label_values(&[by.as_str()]).inc();
+            tracing::info!(client_id = %req.client_id, %ip, gate = by.as_str(), "client credentials throttled");
+            return Ok(too_many(retry_after_s));
+        }
+    };
+    let user = state.repo.user_by_name(&req.client_id).await?;
+    let checked = state
+        .hasher
+        .verify(
+            attempt.lane,
+            &req.client_secret,
+            user.as_ref().map(|u| u.password_hash.clone()),
+        )
+        .await;
+    let ok = match checked {
+        Ok(ok) => ok,
+        Err(Busy) => {
+            attempt.unchecked(&state.repo).await?;
+            state.refused.with_label_values(&["busy"]).inc();
+            return Ok(busy());
+        }
+    };
     let Some(user) = user.filter(|u| ok && u.role == Role::Service) else {
+        attempt.failed();
         tracing::info!(client_id = %req.client_id, %ip, "client credentials refused");
-        state.repo.record_failure(&req.client_id, &ip).await?;
         state
             .repo
             .audit("client_credentials_failed", &req.client_id, &ip, "")
@@ -402,6 +463,7 @@ async fn client_token(
             "invalid client credentials",
         ));
     };
+    attempt.succeeded(&state.repo).await?;
     let claims = new_claims(&user.id, user.role, state.access_ttl);
     Ok(ApiJson(AccessToken {
         access_token: state.keyring.signer().sign(&claims),
@@ -411,19 +473,14 @@ async fn client_token(
     .into_response())
 }
 
-/// An access token and a new refresh token of `family`. The token carries
-/// the teams that scope what the user sees in every service: a supervisor's
-/// teams, or an agent's from its profile.
+/// An access token for `user` with `refresh_token` (already stored). The
+/// token carries the teams that scope what the user sees in every service:
+/// a supervisor's teams, or an agent's from its profile.
 async fn issue(
     state: &AppState,
     user: &crate::db::User,
-    family: &str,
+    refresh_token: String,
 ) -> Result<ApiJson<TokenResponse>, ApiError> {
-    let (refresh_token, hash) = new_refresh_token();
-    state
-        .repo
-        .store_refresh(&hash, family, &user.id, REFRESH_TTL.as_millis() as i64)
-        .await?;
     let mut claims = new_claims(&user.id, user.role, state.access_ttl);
     claims.teams = match user.role {
         Role::Supervisor => user.teams.clone(),
@@ -446,7 +503,9 @@ async fn issue(
 
 /// Trades a refresh token for a new pair. Each refresh token works once:
 /// presenting a used one revokes its whole family (the session), since one of
-/// the two presenters holds a stolen copy.
+/// the two presenters holds a stolen copy. Of two concurrent presentations
+/// one wins and the other gets 401 and revokes the family, the winner's new
+/// token included.
 #[utoipa::path(post, path = "/v1/auth/refresh", request_body = RefreshRequest,
     responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody)))]
 async fn refresh(
@@ -458,14 +517,19 @@ async fn refresh(
     if req.refresh_token.is_empty() || req.refresh_token.len() > 256 {
         return Err(refused());
     }
+    let (next_token, next_hash) = new_refresh_token();
     match state
         .repo
-        .use_refresh(&hash_refresh(&req.refresh_token))
+        .rotate_refresh(
+            &hash_refresh(&req.refresh_token),
+            &next_hash,
+            REFRESH_TTL.as_millis() as i64,
+        )
         .await?
     {
-        RefreshUse::Rotated { user_id, family_id } => {
+        RefreshUse::Rotated { user_id, .. } => {
             let user = state.repo.user_by_id(&user_id).await?.ok_or_else(refused)?;
-            issue(&state, &user, &family_id).await
+            issue(&state, &user, next_token).await
         }
         RefreshUse::Reused { family_id } => {
             tracing::warn!(%family_id, %ip, "refresh token reused, session revoked");
@@ -518,38 +582,73 @@ pub struct PasswordChange {
 /// Changes the caller's own password; every session (refresh token) of the
 /// caller ends.
 #[utoipa::path(put, path = "/v1/users/me/password", request_body = PasswordChange, security(("bearer" = [])),
-    responses((status = 204), (status = 400, body = ErrorBody)))]
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn change_password(
     State(state): State<AppState>,
     who: Principal,
     ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<PasswordChange>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
     let user = state
         .repo
         .user_by_id(&who.sub)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
-    if req.current_password.len() > 1024
-        || !crate::domain::verify_password(&req.current_password, Some(user.password_hash)).await
-    {
-        state.repo.record_failure(&user.username, &ip).await?;
+    if req.current_password.len() > 1024 {
         return Err(ApiError::invalid(
             "current_password",
             "is not the password in use",
         ));
     }
+    // A stolen access token must not become a way to guess the password.
+    let attempt = match crate::throttle::admit(
+        &state.repo,
+        &state.limits,
+        &user.username,
+        &ip,
+        Credential::Password,
+    )
+    .await?
+    {
+        Admit::Go(a) => a,
+        Admit::Refused { by, retry_after_s } => {
+            state.refused.with_label_values(&[by.as_str()]).inc();
+            return Ok(too_many(retry_after_s));
+        }
+    };
+    let ok = match state
+        .hasher
+        .verify(
+            Lane::Trusted,
+            &req.current_password,
+            Some(user.password_hash),
+        )
+        .await
+    {
+        Ok(ok) => ok,
+        Err(Busy) => {
+            attempt.unchecked(&state.repo).await?;
+            return Ok(busy());
+        }
+    };
+    if !ok {
+        attempt.failed();
+        return Err(ApiError::invalid(
+            "current_password",
+            "is not the password in use",
+        ));
+    }
+    attempt.succeeded(&state.repo).await?;
     crate::domain::check_password(&req.new_password)
         .map_err(|e| ApiError::invalid("new_password", e))?;
-    let hash = crate::domain::hash_password(&req.new_password)
-        .await
-        .map_err(ApiError::internal)?;
+    let hash = state.hasher.hash(Lane::Trusted, &req.new_password).await?;
     state.repo.set_password(&user.id, &hash).await?;
     state
         .repo
         .audit("password_changed", &user.id, &ip, "")
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// A signing-key rotation that was scheduled.

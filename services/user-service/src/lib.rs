@@ -4,12 +4,17 @@
 //! verify tokens.
 //!
 //! # Layout
-//! - [`domain`]: usernames and the password policy
-//! - [`db`]: the users and signing-key repositories, migrations
-//! - [`http`]: login, sessions, JWKS, audit; OpenAPI
+//! - [`domain`]: usernames, the password policy and hashing, agent states
+//! - [`db`]: the repository by aggregate (users, sessions, login throttle,
+//!   audit, agents, teams, keys and revocations) and the migrations
+//! - [`http`]: login, client credentials, sessions, JWKS, audit, the auth
+//!   layer (revocations applied here too); OpenAPI and the router
 //! - [`users`]: users (admin CRUD) and team settings
 //! - [`agents`]: agent profiles, agent state, presence and wrap-up timeouts
 //! - [`keyring`]: the signing key in use, rotation and retirement
+//! - [`hashing`]: the bounded password hashing pool
+//! - [`throttle`]: login throttling (pair backoff, address and account caps)
+//! - [`extract`]: request extractors shared by the route modules
 //!
 //! Service-specific settings: `DIALSTACK_ADMIN_PASSWORD` (creates the `admin`
 //! user on first start; required while no admin exists),
@@ -18,14 +23,25 @@
 //! `DIALSTACK_KEY_PUBLISH_DELAY_SECS` (default 30),
 //! `DIALSTACK_SERVICE_PASSWORD` (creates or updates the `dialstack-service`
 //! service account that other services log in with),
-//! `DIALSTACK_LOGIN_IP_FAILURES_PER_HOUR` (default 1000: failed logins from
-//! one client address before it is refused for the rest of the hour).
+//! `DIALSTACK_LOGIN_IP_FAILURES_PER_HOUR` (default 1000: attempts from one
+//! client address in an hour, across accounts),
+//! `DIALSTACK_LOGIN_ACCOUNT_FAILURES_PER_HOUR` (default 100: attempts on one
+//! account in an hour from addresses it has not logged in from recently),
+//! `DIALSTACK_LOGIN_FREE_ATTEMPTS` (default 5: attempts of one account and
+//! address pair before its exponential backoff starts),
+//! `DIALSTACK_LOGIN_BACKOFF_MAX_SECS` (default 900: the longest wait of that
+//! backoff), `DIALSTACK_PASSWORD_HASH_WORKERS` (default: the CPUs, at most 4;
+//! each hash holds 19 MiB) and `DIALSTACK_PASSWORD_HASH_QUEUE` (default 32:
+//! requests waiting per lane before 503). See [`throttle`] and [`hashing`].
 
 pub mod agents;
 pub mod db;
 pub mod domain;
+pub mod extract;
+pub mod hashing;
 pub mod http;
 pub mod keyring;
+pub mod throttle;
 pub mod users;
 
 use std::sync::Arc;
@@ -58,8 +74,12 @@ pub struct Config {
     /// `DIALSTACK_KEY_PUBLISH_DELAY_SECS` (default 30): a new key is in the
     /// JWKS this long before it signs.
     pub key_publish_delay: std::time::Duration,
-    /// `DIALSTACK_LOGIN_IP_FAILURES_PER_HOUR` (default 1000).
-    pub ip_failures_per_hour: i64,
+    /// `DIALSTACK_LOGIN_*`: login throttling.
+    pub limits: throttle::LoginLimits,
+    /// `DIALSTACK_PASSWORD_HASH_WORKERS`: hashes at once.
+    pub hash_workers: usize,
+    /// `DIALSTACK_PASSWORD_HASH_QUEUE`: requests waiting per lane.
+    pub hash_queue: usize,
 }
 
 impl Config {
@@ -91,16 +111,47 @@ impl Config {
                 "must be at most 3600",
             ));
         }
-        let ip_failures_per_hour: i64 = env.parse_or(
-            "DIALSTACK_LOGIN_IP_FAILURES_PER_HOUR",
-            http::IP_FAILURES_PER_HOUR,
-        )?;
-        if !(1..=1_000_000).contains(&ip_failures_per_hour) {
-            return Err(ConfigError::new(
+        let defaults = throttle::LoginLimits::default();
+        let ranged = |var: &'static str, default: i64, range: std::ops::RangeInclusive<i64>| {
+            let v: i64 = env.parse_or(var, default)?;
+            if range.contains(&v) {
+                Ok(v)
+            } else {
+                Err(ConfigError::new(
+                    var,
+                    format!("must be {}-{}", range.start(), range.end()),
+                ))
+            }
+        };
+        let limits = throttle::LoginLimits {
+            ip_per_hour: ranged(
                 "DIALSTACK_LOGIN_IP_FAILURES_PER_HOUR",
-                "must be 1-1000000",
-            ));
-        }
+                defaults.ip_per_hour,
+                1..=1_000_000,
+            )?,
+            account_per_hour: ranged(
+                "DIALSTACK_LOGIN_ACCOUNT_FAILURES_PER_HOUR",
+                defaults.account_per_hour,
+                1..=1_000_000,
+            )?,
+            free_attempts: ranged(
+                "DIALSTACK_LOGIN_FREE_ATTEMPTS",
+                defaults.free_attempts,
+                1..=1000,
+            )?,
+            backoff_max: std::time::Duration::from_secs(ranged(
+                "DIALSTACK_LOGIN_BACKOFF_MAX_SECS",
+                defaults.backoff_max.as_secs() as i64,
+                1..=86_400,
+            )? as u64),
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let hash_workers = ranged(
+            "DIALSTACK_PASSWORD_HASH_WORKERS",
+            cpus.clamp(1, 4) as i64,
+            1..=64,
+        )? as usize;
+        let hash_queue = ranged("DIALSTACK_PASSWORD_HASH_QUEUE", 32, 1..=10_000)? as usize;
         let admin_password = env.get("DIALSTACK_ADMIN_PASSWORD").map(str::to_owned);
         if let Some(p) = &admin_password {
             domain::check_password(p)
@@ -118,7 +169,9 @@ impl Config {
             heartbeat_timeout: std::time::Duration::from_secs(heartbeat_secs),
             access_ttl: std::time::Duration::from_secs(ttl_secs),
             key_publish_delay: std::time::Duration::from_secs(publish_secs),
-            ip_failures_per_hour,
+            limits,
+            hash_workers,
+            hash_queue,
         })
     }
 }
@@ -136,8 +189,12 @@ pub struct AppState {
     pub key_publish_delay: std::time::Duration,
     /// The outbox relay (woken after agent state changes).
     pub relay: dialstack_common::db::OutboxRelay,
-    /// Failed logins allowed per client address per hour.
-    pub ip_failures_per_hour: i64,
+    /// Login throttling limits.
+    pub limits: throttle::LoginLimits,
+    /// Password hashing for requests (bounded).
+    pub hasher: hashing::PasswordPool,
+    /// `dialstack_login_refused_total{reason}`: attempts refused unchecked.
+    pub refused: prometheus::IntCounterVec,
 }
 
 /// A built user-service, ready to run.
@@ -217,13 +274,37 @@ impl Service for Application {
             config.heartbeat_timeout,
             base.shutdown.clone(),
         ));
+        let pool_metrics = hashing::PoolMetrics::new()?;
+        base.metrics.register(&pool_metrics.running);
+        base.metrics.register(&pool_metrics.peak);
+        base.metrics.register(&pool_metrics.queued);
+        base.metrics.register(&pool_metrics.rejected);
+        let hasher = hashing::PasswordPool::start(
+            config.hash_workers,
+            config.hash_queue,
+            Some(pool_metrics),
+        );
+        let refused = base.metrics.register(&prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "dialstack_login_refused_total",
+                "login and token attempts refused before the password was checked",
+            ),
+            &["reason"],
+        )?);
+        base.tasks.spawn(throttle::run_pruning(
+            repo.clone(),
+            config.limits.clone(),
+            base.shutdown.clone(),
+        ));
         let state = AppState {
             repo,
             keyring,
             access_ttl: config.access_ttl,
             key_publish_delay: config.key_publish_delay,
             relay: base.relay.clone(),
-            ip_failures_per_hour: config.ip_failures_per_hour,
+            limits: config.limits,
+            hasher,
+            refused,
         };
         Ok(Self(
             Built::new(base, http::router(state, keys), http::openapi()).await?,

@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use crate::agents::{name_ok, Scope, MAX_TEAMS};
 use crate::db::{Team, User, UserChange, UserUpdate};
-use crate::http::ClientIp;
+use crate::extract::ClientIp;
 use crate::AppState;
 
 const ADMIN: &[Role] = &[Role::Admin];
@@ -178,9 +178,10 @@ pub async fn create_user(
     crate::domain::check_username(&req.username).map_err(|e| ApiError::invalid("username", e))?;
     crate::domain::check_password(&req.password).map_err(|e| ApiError::invalid("password", e))?;
     check_teams(req.role, &req.teams)?;
-    let hash = crate::domain::hash_password(&req.password)
-        .await
-        .map_err(ApiError::internal)?;
+    let hash = state
+        .hasher
+        .hash(crate::hashing::Lane::Trusted, &req.password)
+        .await?;
     let user = state
         .repo
         .create_user(&req.username, req.role, &hash)
@@ -262,11 +263,7 @@ pub async fn patch_user(
     let password_hash = match &req.password {
         Some(p) => {
             crate::domain::check_password(p).map_err(|e| ApiError::invalid("password", e))?;
-            Some(
-                crate::domain::hash_password(p)
-                    .await
-                    .map_err(ApiError::internal)?,
-            )
+            Some(state.hasher.hash(crate::hashing::Lane::Trusted, p).await?)
         }
         None => None,
     };

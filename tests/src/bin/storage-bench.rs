@@ -59,9 +59,9 @@ struct Args {
     /// Call events to ingest (0: skip).
     #[arg(long, default_value_t = 200_000)]
     events: usize,
-    /// RabbitMQ.
-    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
-    amqp: String,
+    /// Only the ingest part (for tuning it).
+    #[arg(long)]
+    only_ingest: bool,
 }
 
 /// The CDR indexes of the schema (storage-service migration 4).
@@ -333,6 +333,21 @@ async fn main() -> anyhow::Result<()> {
     let http = reqwest::Client::new();
 
     // Reads.
+    if !args.only_ingest {
+        reads_and_export(&args, &db, &st, &http, &admin).await?;
+    }
+
+    // Ingest.
+    ingest(&args, &db, st, &events, &vars).await
+}
+
+async fn reads_and_export(
+    args: &Args,
+    db: &Db,
+    st: &dialstack_tests::InProcess,
+    http: &reqwest::Client,
+    admin: &str,
+) -> anyhow::Result<()> {
     let per_day = args.cdrs / DAYS;
     let mut rng = fastrand::Rng::with_seed(13);
     println!(
@@ -416,7 +431,7 @@ async fn main() -> anyhow::Result<()> {
             let t = Instant::now();
             let r = http
                 .get(format!("{}{path}", st.url))
-                .bearer_auth(&admin)
+                .bearer_auth(admin)
                 .send()
                 .await?;
             anyhow::ensure!(r.status().is_success(), "{path}: {}", r.status());
@@ -488,7 +503,7 @@ async fn main() -> anyhow::Result<()> {
             "{}/v1/calls/export?format=csv&from={from}&to={to}",
             st.url
         ))
-        .bearer_auth(&admin)
+        .bearer_auth(admin)
         .send()
         .await?;
     anyhow::ensure!(r.status().is_success(), "export: {}", r.status());
@@ -515,13 +530,23 @@ async fn main() -> anyhow::Result<()> {
         peak_after / 1024
     );
 
-    // Ingest.
+    let _ = per_day;
+    Ok(())
+}
+
+async fn ingest(
+    args: &Args,
+    db: &Db,
+    st: dialstack_tests::InProcess,
+    events: &str,
+    vars: &[(&str, &str)],
+) -> anyhow::Result<()> {
     if args.events > 0 {
         drop(st);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let calls = args.events / 4;
         let run = unique("ing");
-        let channel = Channel::connect(&events, EVENTS).await?;
+        let channel = Channel::connect(events, EVENTS).await?;
         let mut msgs = Vec::with_capacity(calls * 4);
         for i in 0..calls {
             let d = CallEventData {
@@ -567,7 +592,7 @@ async fn main() -> anyhow::Result<()> {
             tp.elapsed().as_secs_f64()
         );
         let t = Instant::now();
-        let st = in_process::<storage_service::Application>(&vars).await;
+        let st = in_process::<storage_service::Application>(vars).await;
         let pattern = format!("{run}-%");
         loop {
             let done: i64 = sqlx::query(
@@ -595,6 +620,5 @@ async fn main() -> anyhow::Result<()> {
         );
         drop(st);
     }
-    let _ = per_day;
     Ok(())
 }

@@ -74,9 +74,7 @@ impl Campaign {
             recording_retention_days: self
                 .recording_retention_days
                 .and_then(|d| u32::try_from(d).ok()),
-            cdr_retention_days: self
-                .cdr_retention_days
-                .and_then(|d| u32::try_from(d).ok()),
+            cdr_retention_days: self.cdr_retention_days.and_then(|d| u32::try_from(d).ok()),
             calling_hours: self.calling_hours.clone(),
             retry_policy: self.retry_policy.clone(),
             priority: self.priority.clamp(0, 100) as u32,

@@ -1,0 +1,157 @@
+//! Pure rules of monitor-service: what counts as a failed call, what an
+//! alert rule says, how an alert moves through its life, and which silences
+//! hold it back. No axum, sqlx or broker types here.
+//!
+//! # Layout
+//! - this module: the failure definition and windowed call counts
+//! - [`rules`]: alert rules as data, validated field by field
+//! - [`channel`]: notification channels as data (secrets by variable name)
+//! - [`lifecycle`]: pending → firing → resolved, and when to notify
+//! - [`silence`]: label matchers of silences and inhibitions
+
+pub mod channel;
+pub mod lifecycle;
+pub mod rules;
+pub mod silence;
+
+use std::collections::BTreeMap;
+
+use dialstack_contract::Outcome;
+
+/// SIP 603 Decline: the callee (or the callee's phone) said no. Media
+/// processor reports it as `rejected`, but it is the callee's answer, not
+/// a fault of the system or the network.
+pub const SIP_DECLINE: u16 = 603;
+
+/// Whether a completed call is a *failure*: the system's or the network's
+/// fault (DESIGN §8). `failed` always is (timeouts, 5xx, media lost, trunk
+/// auth); `rejected` is, unless the callee declined (603). Busy, no answer,
+/// machine, abandoned and canceled calls are outcomes, not failures.
+pub fn is_failure(outcome: Outcome, sip_status: Option<u16>) -> bool {
+    match outcome {
+        Outcome::Failed => true,
+        Outcome::Rejected => sip_status != Some(SIP_DECLINE),
+        Outcome::AnsweredHuman
+        | Outcome::AnsweredMachine
+        | Outcome::Busy
+        | Outcome::NoAnswer
+        | Outcome::Abandoned
+        | Outcome::Canceled => false,
+    }
+}
+
+/// MOS below this is a poor call for the voice-quality rule ("good" starts
+/// at 3.7; 3.6 is a bucket bound of `dialstack_call_mos`).
+pub const POOR_MOS: f64 = 3.6;
+
+/// Completed calls of one campaign in a window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counts {
+    /// By outcome name.
+    pub by_outcome: BTreeMap<String, i64>,
+    /// Failures ([`is_failure`]).
+    pub failures: i64,
+    /// Calls with a MOS measurement.
+    pub measured: i64,
+    /// Measured calls with MOS below [`POOR_MOS`].
+    pub poor_mos: i64,
+}
+
+impl Counts {
+    /// All completed calls.
+    pub fn total(&self) -> i64 {
+        self.by_outcome.values().sum()
+    }
+
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &Counts) {
+        for (o, n) in &other.by_outcome {
+            *self.by_outcome.entry(o.clone()).or_default() += n;
+        }
+        self.failures += other.failures;
+        self.measured += other.measured;
+        self.poor_mos += other.poor_mos;
+    }
+
+    /// Failures over completed calls; 0 when there were none.
+    pub fn failure_rate(&self) -> f64 {
+        ratio(self.failures, self.total())
+    }
+
+    /// Abandoned over live-answered calls (abandoned ones included, as
+    /// regulators count them); 0 when none were answered by a person.
+    pub fn abandon_ratio(&self) -> f64 {
+        let n = |o: Outcome| self.by_outcome.get(o.as_str()).copied().unwrap_or(0);
+        let abandoned = n(Outcome::Abandoned);
+        ratio(abandoned, n(Outcome::AnsweredHuman) + abandoned)
+    }
+
+    /// Share of measured calls with a poor MOS; 0 when none were measured.
+    pub fn poor_mos_ratio(&self) -> f64 {
+        ratio(self.poor_mos, self.measured)
+    }
+}
+
+fn ratio(n: i64, d: i64) -> f64 {
+    if d > 0 {
+        n as f64 / d as f64
+    } else {
+        0.0
+    }
+}
+
+/// Counts of one campaign (with its team), as read from the database.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CampaignCounts {
+    /// The campaign.
+    pub campaign_id: String,
+    /// Its team, when the calls carried one.
+    pub team: Option<String>,
+    /// The counts.
+    pub counts: Counts,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_systems_and_the_networks_faults_are_failures() {
+        for o in Outcome::ALL {
+            let expected = matches!(o, Outcome::Failed | Outcome::Rejected);
+            assert_eq!(is_failure(*o, None), expected, "{o}");
+        }
+        assert!(is_failure(Outcome::Rejected, Some(403)));
+        assert!(is_failure(Outcome::Rejected, Some(404)));
+        assert!(is_failure(Outcome::Rejected, Some(604)));
+        assert!(!is_failure(Outcome::Rejected, Some(603)), "decline");
+        assert!(!is_failure(Outcome::Busy, Some(486)));
+        assert!(!is_failure(Outcome::Busy, Some(600)));
+        assert!(!is_failure(Outcome::NoAnswer, Some(480)));
+        assert!(is_failure(Outcome::Failed, Some(503)));
+    }
+
+    #[test]
+    fn ratios_over_a_window() {
+        let mut c = Counts::default();
+        assert_eq!(
+            (c.failure_rate(), c.abandon_ratio(), c.poor_mos_ratio()),
+            (0.0, 0.0, 0.0)
+        );
+        c.by_outcome.insert("answered_human".into(), 6);
+        c.by_outcome.insert("busy".into(), 2);
+        c.by_outcome.insert("failed".into(), 1);
+        c.by_outcome.insert("abandoned".into(), 2);
+        c.failures = 1;
+        c.measured = 4;
+        c.poor_mos = 1;
+        assert_eq!(c.total(), 11);
+        assert!((c.failure_rate() - 1.0 / 11.0).abs() < 1e-12);
+        assert!((c.abandon_ratio() - 0.25).abs() < 1e-12);
+        assert!((c.poor_mos_ratio() - 0.25).abs() < 1e-12);
+        let mut sum = c.clone();
+        sum.add(&c);
+        assert_eq!(sum.total(), 22);
+        assert_eq!(sum.failures, 2);
+    }
+}

@@ -1,0 +1,82 @@
+//! user-service's repository: one [`Repo`] over the service's database, its
+//! methods grouped by aggregate, and the schema.
+//!
+//! # Layout
+//! - [`migrations`]: the schema, in version order
+//! - [`users`]: accounts, roles, supervisors' teams, password hashes
+//! - [`sessions`]: refresh tokens (one family per login, rotated atomically)
+//! - [`throttle`]: login throttling counters (atomic charge and refund)
+//! - [`audit`]: the audit log
+//! - [`agents`]: agent profiles, state and heartbeats (with their outbox events)
+//! - [`teams`]: team settings
+//! - [`keys`]: signing keys and access-token revocations
+//!
+//! A change that ends sessions (role, password, deletion) revokes the refresh
+//! tokens and writes the access-token revocation in the same transaction as
+//! the change itself.
+
+pub mod agents;
+pub mod audit;
+pub mod keys;
+pub mod migrations;
+pub mod sessions;
+pub mod teams;
+pub mod throttle;
+pub mod users;
+
+pub use agents::{Agent, StateChange};
+pub use audit::AuditEntry;
+pub use migrations::MIGRATIONS;
+pub use sessions::RefreshUse;
+pub use teams::Team;
+pub use throttle::{Admission, Gate};
+pub use users::{User, UserChange, UserUpdate};
+
+use dialstack_common::db::{Db, Dialect};
+
+/// The repository.
+#[derive(Clone, Debug)]
+pub struct Repo {
+    db: Db,
+}
+
+impl Repo {
+    /// A repository over `db`.
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// The SQL engine behind the repository.
+    pub fn dialect(&self) -> Dialect {
+        self.db.dialect
+    }
+
+    /// ` FOR UPDATE` where the engine has row locks (MySQL).
+    fn for_update(&self) -> &'static str {
+        match self.db.dialect {
+            Dialect::MySql => " FOR UPDATE",
+            Dialect::Sqlite => "",
+        }
+    }
+}
+
+/// `s` cut to at most `max` characters (the audit columns' sizes).
+fn clip(s: &str, max: usize) -> &str {
+    s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
+}
+
+/// Teams are stored as `,a,b,` so that `LIKE '%,a,%'` finds members.
+fn join_teams(teams: &[String]) -> String {
+    if teams.is_empty() {
+        String::new()
+    } else {
+        format!(",{},", teams.join(","))
+    }
+}
+
+fn split_teams(s: &str) -> Vec<String> {
+    s.split(',')
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
