@@ -76,8 +76,26 @@ pub async fn sipp_with(scenario_file: Option<PathBuf>, extra: &[&str]) -> Sipp {
     let child = cmd
         .spawn()
         .expect("sipp installed (scripts/test-env.sh installs sip-tester)");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Ready once its SIP port is bound (a fixed pause was too short on a
+    // loaded machine: the INVITE went to a closed port).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !udp_bound(port) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
     Sipp { child, port }
+}
+
+/// Whether a socket is bound to UDP `port` on 127.0.0.1 (read from
+/// `/proc/net/udp`, without binding it ourselves).
+fn udp_bound(port: u16) -> bool {
+    let needle = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .map(|t| {
+            t.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(needle.as_str()))
+        })
+        .unwrap_or(false)
 }
 
 impl Sipp {
