@@ -348,7 +348,6 @@ async fn reads_and_export(
     http: &reqwest::Client,
     admin: &str,
 ) -> anyhow::Result<()> {
-    let per_day = args.cdrs / DAYS;
     let mut rng = fastrand::Rng::with_seed(13);
     println!(
         "\n## Reads ({} requests each, limit 50, through HTTP)\n",
@@ -487,16 +486,6 @@ async fn reads_and_export(
     let from = BASE + DAY;
     let to = from + rows_wanted * step;
     let (peak_before, rss_before) = rss();
-    let sampler = tokio::spawn(async {
-        let mut max = 0;
-        loop {
-            max = max.max(rss().1);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if max == u64::MAX {
-                return max;
-            }
-        }
-    });
     let t = Instant::now();
     let r = http
         .get(format!(
@@ -516,7 +505,6 @@ async fn reads_and_export(
         lines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
     }
     let secs = t.elapsed().as_secs_f64();
-    sampler.abort();
     let (peak_after, rss_after) = rss();
     let exported = lines.saturating_sub(1);
     println!("\n## Export\n");
@@ -530,7 +518,6 @@ async fn reads_and_export(
         peak_after / 1024
     );
 
-    let _ = per_day;
     Ok(())
 }
 

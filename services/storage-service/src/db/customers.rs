@@ -300,18 +300,8 @@ impl Repo {
         let id = uuid::Uuid::now_v7().to_string();
         let now = dialstack_common::now_ms();
         let mut tx = self.db.begin().await?;
-        if let Some(ext) = &new.external_id {
-            if let Some(owner) = by_external(&mut tx, &new.scope, ext).await? {
-                return Err(CustomerError::ExternalTaken { owner });
-            }
-        }
-        for phone in &new.phones {
-            if let Some(owner) = phone_owner(&mut tx, &new.scope, phone).await? {
-                return Err(CustomerError::PhoneTaken {
-                    phone: phone.clone(),
-                    owner,
-                });
-            }
+        if let Some(taken) = conflict_of(&mut tx, new).await? {
+            return Err(taken);
         }
         let written = async {
             insert_customer(&mut tx, &id, new, now, now).await?;
@@ -326,29 +316,15 @@ impl Repo {
             Ok(()) => {}
             // A racing create took the number or the id between our check
             // and our insert; report it as the check would have.
-            Err(e) if is_unique_violation(&e) => return Err(self.taken(new).await?),
+            Err(e) if is_unique_violation(&e) => {
+                let mut tx = self.db.begin().await?;
+                return Err(conflict_of(&mut tx, new)
+                    .await?
+                    .unwrap_or(CustomerError::Db(e)));
+            }
             Err(e) => return Err(e.into()),
         }
         self.customer(&id).await?.ok_or(CustomerError::NotFound)
-    }
-
-    /// Which uniqueness a failed create broke (after the race).
-    async fn taken(&self, new: &NewCustomer) -> Result<CustomerError, sqlx::Error> {
-        let mut tx = self.db.begin().await?;
-        if let Some(ext) = &new.external_id {
-            if let Some(owner) = by_external(&mut tx, &new.scope, ext).await? {
-                return Ok(CustomerError::ExternalTaken { owner });
-            }
-        }
-        for phone in &new.phones {
-            if let Some(owner) = phone_owner(&mut tx, &new.scope, phone).await? {
-                return Ok(CustomerError::PhoneTaken {
-                    phone: phone.clone(),
-                    owner,
-                });
-            }
-        }
-        Ok(CustomerError::Stale { current: 0 })
     }
 
     /// One customer, with all their numbers.
@@ -796,23 +772,16 @@ async fn absorb_if_orphaned(
         at_ms: row.get(3),
     };
     merge_into(tx, into, &as_event, now).await?;
-    let tags: Vec<String> = sqlx::query("SELECT tag FROM customer_tags WHERE customer_id = ?")
-        .bind(from)
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let mut all: Vec<String> = sqlx::query("SELECT tag FROM customer_tags WHERE customer_id = ?")
-        .bind(into)
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    all.extend(tags);
-    all.sort();
-    all.dedup();
+    let mut all: Vec<String> = sqlx::query(
+        "SELECT DISTINCT tag FROM customer_tags WHERE customer_id IN (?, ?) ORDER BY tag",
+    )
+    .bind(from)
+    .bind(into)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
     all.truncate(MAX_TAGS);
     set_tags(tx, into, &all).await?;
     sqlx::query("UPDATE customers SET tags = ? WHERE id = ?")
@@ -960,6 +929,25 @@ async fn set_tags(tx: &mut Tx, id: &str, tags: &[String]) -> Result<(), sqlx::Er
             .await?;
     }
     Ok(())
+}
+
+/// The number or external id of `new` that another customer of its scope
+/// already has, as the error to answer.
+async fn conflict_of(tx: &mut Tx, new: &NewCustomer) -> Result<Option<CustomerError>, sqlx::Error> {
+    if let Some(ext) = &new.external_id {
+        if let Some(owner) = by_external(tx, &new.scope, ext).await? {
+            return Ok(Some(CustomerError::ExternalTaken { owner }));
+        }
+    }
+    for phone in &new.phones {
+        if let Some(owner) = phone_owner(tx, &new.scope, phone).await? {
+            return Ok(Some(CustomerError::PhoneTaken {
+                phone: phone.clone(),
+                owner,
+            }));
+        }
+    }
+    Ok(None)
 }
 
 async fn by_external(tx: &mut Tx, scope: &str, ext: &str) -> Result<Option<String>, sqlx::Error> {
