@@ -44,6 +44,10 @@ pub mod types {
     /// A campaign was created or its settings changed (the settings other
     /// services keep a copy of, e.g. storage-service's CDR retention).
     pub const CAMPAIGN_UPDATED: &str = "campaign.updated";
+    /// An answered call was connected to an agent.
+    pub const CALL_BRIDGED: &str = "call.bridged";
+    /// The agent on a call set its disposition (ends wrap-up).
+    pub const CALL_DISPOSITION: &str = "call.disposition";
 }
 
 /// A payload that breaks the contract; `field` names what is wrong.
@@ -123,6 +127,57 @@ pub struct DialCommand {
     /// `recording_retention_days`); `None` keeps it until deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording_retention_days: Option<u32>,
+    /// Connect the answered callee to an agent (campaign modes `preview`,
+    /// `progressive`, `predictive`); `None`: no agent (`ivr`, and the tone
+    /// of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<BridgeSpec>,
+}
+
+/// How an answered call reaches an agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct BridgeSpec {
+    /// Skills the agent must have, with the lowest level (1-10).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub skills: std::collections::BTreeMap<String, u8>,
+    /// Preview: this agent asked for the lead and is called first, then the
+    /// customer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// How long an answered callee may wait for an agent before the
+    /// compliance message and hang-up (ms; the law says 2,000).
+    #[serde(default = "default_abandon_after_ms")]
+    pub abandon_after_ms: u64,
+}
+
+fn default_abandon_after_ms() -> u64 {
+    2_000
+}
+
+/// Most skills a bridge may ask for.
+pub const MAX_BRIDGE_SKILLS: usize = 16;
+
+impl BridgeSpec {
+    /// Edge rules: skill names are ids with levels 1-10, at most
+    /// [`MAX_BRIDGE_SKILLS`]; the agent id is an id; the wait is 100-10,000 ms.
+    pub fn validate(&self) -> Result<(), ContractError> {
+        if self.skills.len() > MAX_BRIDGE_SKILLS {
+            return Err(bad("bridge.skills", format!("at most {MAX_BRIDGE_SKILLS}")));
+        }
+        for (k, v) in &self.skills {
+            check_id("bridge.skills", k)?;
+            if !(1..=10).contains(v) {
+                return Err(bad("bridge.skills", "levels are 1-10"));
+            }
+        }
+        if let Some(a) = &self.agent_id {
+            check_id("bridge.agent_id", a)?;
+        }
+        if !(100..=10_000).contains(&self.abandon_after_ms) {
+            return Err(bad("bridge.abandon_after_ms", "must be 100-10000"));
+        }
+        Ok(())
+    }
 }
 
 impl DialCommand {
@@ -159,6 +214,9 @@ impl DialCommand {
                     "must be 1-64 characters without control characters",
                 ));
             }
+        }
+        if let Some(b) = &self.bridge {
+            b.validate()?;
         }
         Ok(())
     }
@@ -417,6 +475,80 @@ pub struct CallCompleted {
     /// Voice quality (RTP path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality: Option<Quality>,
+    /// The agent leg, when the call was bridged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentLeg>,
+}
+
+/// The agent leg of a bridged call.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct AgentLeg {
+    /// The agent.
+    pub agent_id: String,
+    /// The callee's wait from answer until the agent was connected (ms).
+    pub wait_ms: i64,
+    /// From INVITE to the agent's answer (ms).
+    pub ring_ms: i64,
+    /// From the agent's answer until the bridge ended (ms).
+    pub talk_ms: i64,
+    /// Agents tried before this one answered (each did not answer in time).
+    #[serde(default)]
+    pub tries: u32,
+    /// Voice quality of the agent's audio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<Quality>,
+}
+
+/// `call.bridged`: the answered callee is talking to an agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CallBridged {
+    /// The call.
+    #[serde(flatten)]
+    pub call: CallRef,
+    /// The agent.
+    pub agent_id: String,
+    /// The callee's wait from answer until the agent was connected (ms).
+    pub wait_ms: i64,
+    /// From INVITE to the agent's answer (ms).
+    pub agent_ring_ms: i64,
+}
+
+/// `call.disposition`: the agent on a call set its disposition.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CallDisposition {
+    /// The call.
+    pub call_id: String,
+    /// The attempt.
+    pub attempt_id: String,
+    /// The campaign.
+    pub campaign_id: String,
+    /// The agent who set it.
+    pub agent_id: String,
+    /// The code (one of the campaign's).
+    pub code: String,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// With `CALLBACK`: when (ms since epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_at_ms: Option<i64>,
+    /// When (ms since epoch).
+    pub at_ms: i64,
+}
+
+impl CallDisposition {
+    /// Consumer-side checks.
+    pub fn validate(&self) -> Result<(), ContractError> {
+        check_id("call_id", &self.call_id)?;
+        check_id("attempt_id", &self.attempt_id)?;
+        check_id("campaign_id", &self.campaign_id)?;
+        check_id("agent_id", &self.agent_id)?;
+        check_id("code", &self.code)?;
+        if self.note.as_ref().is_some_and(|n| n.chars().count() > 1000) {
+            return Err(bad("note", "at most 1,000 characters"));
+        }
+        Ok(())
+    }
 }
 
 impl CallCompleted {
@@ -433,6 +565,7 @@ impl CallCompleted {
             rtp_received: 0,
             agent_id: None,
             quality: None,
+            agent: None,
         }
     }
 }
@@ -448,6 +581,8 @@ pub enum CallEvent {
     Answered(CallAnswered),
     /// `call.completed`.
     Completed(CallCompleted),
+    /// `call.bridged`.
+    Bridged(CallBridged),
 }
 
 impl CallEvent {
@@ -463,6 +598,7 @@ impl CallEvent {
             types::CALL_RINGING => Self::Ringing(read(data)?),
             types::CALL_ANSWERED => Self::Answered(read(data)?),
             types::CALL_COMPLETED => Self::Completed(read(data)?),
+            types::CALL_BRIDGED => Self::Bridged(read(data)?),
             _ => return Ok(None),
         };
         ev.call().validate()?;
@@ -476,6 +612,7 @@ impl CallEvent {
             Self::Ringing(_) => types::CALL_RINGING,
             Self::Answered(_) => types::CALL_ANSWERED,
             Self::Completed(_) => types::CALL_COMPLETED,
+            Self::Bridged(_) => types::CALL_BRIDGED,
         }
     }
 
@@ -486,6 +623,7 @@ impl CallEvent {
             Self::Ringing(e) => &e.call,
             Self::Answered(e) => &e.call,
             Self::Completed(e) => &e.call,
+            Self::Bridged(e) => &e.call,
         }
     }
 
@@ -496,6 +634,7 @@ impl CallEvent {
             Self::Ringing(e) => serde_json::to_value(e),
             Self::Answered(e) => serde_json::to_value(e),
             Self::Completed(e) => serde_json::to_value(e),
+            Self::Bridged(e) => serde_json::to_value(e),
         };
         // Plain structs of strings and numbers always serialize.
         v.unwrap_or(serde_json::Value::Null)
@@ -514,10 +653,17 @@ pub struct AgentStateChanged {
     /// Pause code, when paused.
     #[serde(default)]
     pub pause_code: Option<String>,
-    /// Why (`login`, `heartbeat_lost`, `deleted`, ...).
+    /// Why (`login`, `heartbeat_lost`, `deleted`, `reserved`, ...).
     pub reason: String,
     /// When (ms since epoch).
     pub at_ms: i64,
+    /// The agent's teams (consumers that pace dialing count free agents
+    /// per team).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teams: Vec<String>,
+    /// The call, for `reserved`, `on_call` and `wrap_up`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
 }
 
 /// `campaign.state`: a campaign started, paused or finished.
@@ -643,6 +789,7 @@ mod tests {
             team: Some("east".into()),
             record: true,
             recording_retention_days: Some(90),
+            bridge: None,
         }
     }
 

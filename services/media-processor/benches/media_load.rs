@@ -103,6 +103,7 @@ async fn main() {
         Arc::get_mut(&mut media).expect("not shared yet").recorder = Some(r);
     }
     let ctx = Arc::new(CallContext {
+        bridge: None,
         transport,
         trunk: sipp,
         trunk_host: sipp.to_string(),
@@ -141,6 +142,7 @@ async fn main() {
                 team: None,
                 record,
                 recording_retention_days: None,
+                bridge: None,
             };
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             let count = tokio::spawn(async move {

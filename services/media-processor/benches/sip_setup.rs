@@ -91,6 +91,7 @@ async fn main() {
     tokio::spawn(transport.clone().run(stop.clone()));
     let setup = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("s", "s")).unwrap();
     let ctx = Arc::new(CallContext {
+        bridge: None,
         transport,
         trunk: sipp,
         trunk_host: sipp.to_string(),
@@ -131,6 +132,7 @@ async fn main() {
                 team: None,
                 record: false,
                 recording_retention_days: None,
+                bridge: None,
             };
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             let started = Instant::now();

@@ -44,7 +44,11 @@
 //! `./data/recordings`, or `s3://bucket/prefix` with `DIALSTACK_S3_*`),
 //! `DIALSTACK_RECORDINGS_SPOOL` (where recordings are written before
 //! upload, default `./data/recordings-spool`), `DIALSTACK_MAX_RECORDINGS`
-//! (recordings at once, default 2000; more are shed).
+//! (recordings at once, default 2000; more are shed),
+//! `DIALSTACK_AGENT_ANSWER_MS` (how long an agent's phone may ring before
+//! the next agent is tried, default 8000, 500-60000),
+//! `DIALSTACK_ABANDON_PROMPT` (a WAV file, PCM mono 8 kHz 16-bit, of the
+//! compliance message an abandoned callee hears; default a built-in chime).
 
 pub mod call;
 pub mod db;
@@ -113,6 +117,10 @@ pub struct Config {
     pub rtp_latch: bool,
     /// Talk time left to answered calls at shutdown.
     pub drain_talk: Duration,
+    /// How long an agent's phone may ring.
+    pub agent_answer: Duration,
+    /// The compliance message for abandoned calls (8 kHz linear).
+    pub abandon_prompt: Arc<Vec<i16>>,
     /// Claim lease.
     pub lease: Duration,
     /// OPTIONS keepalive interval (`None`: off).
@@ -271,7 +279,27 @@ impl Config {
             })?;
         let recordings = dialstack_common::recordings::RecordingStore::from_env(env)?;
         let max_recordings: usize = env.parse_or("DIALSTACK_MAX_RECORDINGS", 2_000)?;
+        let agent_answer_ms: u64 = env.parse_or("DIALSTACK_AGENT_ANSWER_MS", 8_000)?;
+        if !(500..=60_000).contains(&agent_answer_ms) {
+            return Err(ConfigError::new(
+                "DIALSTACK_AGENT_ANSWER_MS",
+                "must be 500-60000",
+            ));
+        }
+        let abandon_prompt = match env.get("DIALSTACK_ABANDON_PROMPT").map(str::to_owned) {
+            None => call::bridge::builtin_prompt(),
+            Some(path) => {
+                let bytes = std::fs::read(&path).map_err(|e| {
+                    ConfigError::new("DIALSTACK_ABANDON_PROMPT", format!("{path}: {e}"))
+                })?;
+                call::bridge::read_wav(&bytes).map_err(|e| {
+                    ConfigError::new("DIALSTACK_ABANDON_PROMPT", format!("{path}: {e}"))
+                })?
+            }
+        };
         Ok(Self {
+            agent_answer: Duration::from_millis(agent_answer_ms),
+            abandon_prompt: Arc::new(abandon_prompt),
             jitter,
             recordings,
             recordings_spool: env
@@ -441,7 +469,24 @@ impl Service for Application {
         base.readiness
             .add(Arc::new(sip::transport::SipReady(transport.clone())));
         tracing::info!(sip = %transport.local_addr()?, %trunk, %media_ip, auth = config.sip_credentials.is_some(), "sip user agent ready");
+        let client = Arc::new(scheduler_client::SchedulerClient::new(
+            &config.scheduler_url,
+            &config.users_url,
+            &config.service_user,
+            &config.service_password,
+        ));
+        let bridge_metrics = call::bridge::BridgeMetrics::new()?;
+        base.metrics.register(&bridge_metrics.calls);
+        base.metrics.register(&bridge_metrics.agent_legs);
+        base.metrics.register(&bridge_metrics.wait);
+        let bridge = Arc::new(call::bridge::BridgeContext {
+            desk: client.clone(),
+            agent_answer: config.agent_answer,
+            prompt: config.abandon_prompt.clone(),
+            metrics: bridge_metrics,
+        });
         let ctx = Arc::new(call::CallContext {
+            bridge: Some(bridge),
             transport,
             trunk,
             trunk_host,
@@ -461,12 +506,6 @@ impl Service for Application {
                 recorder: Some(recorder),
             }),
         });
-        let client = Arc::new(scheduler_client::SchedulerClient::new(
-            &config.scheduler_url,
-            &config.users_url,
-            &config.service_user,
-            &config.service_password,
-        ));
         let claimer = format!(
             "{}-{}",
             std::env::var("HOSTNAME").unwrap_or_else(|_| NAME.to_owned()),

@@ -314,14 +314,41 @@ async fn run_call(
                     Progress::Answered { ring_ms } => {
                         CallEvent::Answered(CallAnswered { call, ring_ms })
                     }
+                    Progress::Bridged {
+                        agent_id,
+                        wait_ms,
+                        agent_ring_ms,
+                    } => CallEvent::Bridged(dialstack_contract::CallBridged {
+                        call,
+                        agent_id,
+                        wait_ms,
+                        agent_ring_ms,
+                    }),
                 };
                 emit(&log, &relay, &event).await;
             }
         })
     };
     let span = tracing::info_span!("call", call_id = %cmd.call_id);
-    let report =
-        tracing::Instrument::instrument(place_call(&ctx, &cmd, tx, hangup, shutdown), span).await;
+    let preview = match (&ctx.bridge, &cmd.bridge) {
+        (Some(b), Some(spec)) => spec.agent_id.clone().map(|a| (b.clone(), a)),
+        _ => None,
+    };
+    let report = match preview {
+        Some((bctx, agent_id)) => {
+            tracing::Instrument::instrument(
+                crate::call::bridge::run_preview(
+                    &ctx, &bctx, &cmd, &agent_id, tx, hangup, shutdown,
+                ),
+                span,
+            )
+            .await
+        }
+        None => {
+            tracing::Instrument::instrument(place_call(&ctx, &cmd, tx, hangup, shutdown), span)
+                .await
+        }
+    };
     let _ = reporter.await;
     let done = CallCompleted {
         call: now(&base),
@@ -332,8 +359,9 @@ async fn run_call(
         talk_ms: report.talk_ms,
         rtp_sent: report.rtp_sent,
         rtp_received: report.rtp_received,
-        agent_id: None,
+        agent_id: report.agent.as_ref().map(|a| a.agent_id.clone()),
         quality: report.quality().cloned(),
+        agent: report.agent.clone(),
     };
     emit(&log, &relay, &CallEvent::Completed(done)).await;
 }

@@ -84,12 +84,23 @@ impl SchedulerClient {
         path: &str,
         body: &serde_json::Value,
     ) -> anyhow::Result<reqwest::Response> {
+        self.post_to(&self.scheduler_url, path, body).await
+    }
+
+    /// [`Self::post`] to `base`.
+    async fn post_to(
+        &self,
+        base: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<reqwest::Response> {
         let mut force = false;
         loop {
             let token = self.token(force).await?;
             let resp = self
                 .http
-                .post(format!("{}{path}", self.scheduler_url))
+                .post(format!("{base}{path}"))
+                .timeout(Duration::from_secs(3))
                 .bearer_auth(&token)
                 .json(body)
                 .send()
@@ -150,6 +161,71 @@ impl SchedulerClient {
                 Ok(body["renewed"].as_u64().unwrap_or(0))
             }
             other => anyhow::bail!("heartbeat failed with status {other}"),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::call::bridge::AgentDesk for SchedulerClient {
+    async fn reserve(
+        &self,
+        r: &crate::call::bridge::Reservation,
+    ) -> anyhow::Result<Option<crate::call::bridge::ReservedAgent>> {
+        let mut body = serde_json::json!({
+            "call_id": r.call_id,
+            "skills": r.skills,
+            "exclude": r.exclude,
+        });
+        if let Some(t) = &r.team {
+            body["team"] = serde_json::json!(t);
+        }
+        if let Some(a) = &r.agent_id {
+            body["agent_id"] = serde_json::json!(a);
+        }
+        let resp = self
+            .post_to(&self.users_url, "/v1/agents/reserve", &body)
+            .await?;
+        match resp.status().as_u16() {
+            200 => {
+                let v: serde_json::Value = resp.json().await?;
+                let id = v["id"].as_str().or_else(|| v["user_id"].as_str());
+                let uri = v["sip_uri"].as_str();
+                match (id, uri) {
+                    (Some(id), Some(uri)) => Ok(Some(crate::call::bridge::ReservedAgent {
+                        id: id.to_owned(),
+                        sip_uri: uri.to_owned(),
+                    })),
+                    _ => anyhow::bail!("reservation answer without id or sip_uri"),
+                }
+            }
+            404 | 409 => Ok(None),
+            other => anyhow::bail!("reservation failed with status {other}"),
+        }
+    }
+
+    async fn set_state(
+        &self,
+        agent_id: &str,
+        state: &str,
+        call_id: &str,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        let resp = self
+            .post_to(
+                &self.users_url,
+                &format!("/v1/agents/{agent_id}/state"),
+                &serde_json::json!({"state": state, "call_id": call_id, "reason": reason}),
+            )
+            .await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            let status = resp.status();
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            anyhow::bail!(
+                "agent state {state} refused: {status} {}",
+                body["message"].as_str().unwrap_or("")
+            )
         }
     }
 }

@@ -9,6 +9,7 @@
 //! A call moves through [`CallPhase`]s; [`CallPhase::can_become`] is the one
 //! table of legal moves.
 
+pub mod bridge;
 pub mod invite;
 pub mod session;
 
@@ -26,6 +27,7 @@ use crate::sip::sdp::LocalSdp;
 use crate::sip::{Dialog, SipTransport};
 
 /// Where and how calls are placed.
+#[derive(Clone)]
 pub struct CallContext {
     /// SIP socket.
     pub transport: Arc<SipTransport>,
@@ -47,6 +49,9 @@ pub struct CallContext {
     pub drain_talk: Duration,
     /// The media loop's settings, metrics and recorder.
     pub media: Arc<crate::rtp::stream::MediaContext>,
+    /// Agents for bridged calls (`None`: dial commands with a bridge play
+    /// the tone, as without one).
+    pub bridge: Option<Arc<bridge::BridgeContext>>,
 }
 
 /// Where a call is in its life.
@@ -138,6 +143,15 @@ pub enum Progress {
         /// From INVITE to answer.
         ring_ms: i64,
     },
+    /// The answered callee is connected to an agent.
+    Bridged {
+        /// The agent.
+        agent_id: String,
+        /// The callee's wait from answer (ms).
+        wait_ms: i64,
+        /// From the agent's INVITE to its answer (ms).
+        agent_ring_ms: i64,
+    },
 }
 
 /// How a call ended.
@@ -161,6 +175,8 @@ pub struct Report {
     pub rtp_dropped: u64,
     /// Everything the media loop counted (answered calls).
     pub media: Option<crate::rtp::stream::StreamReport>,
+    /// The agent leg of a bridged call.
+    pub agent: Option<dialstack_contract::AgentLeg>,
 }
 
 impl Report {
@@ -180,6 +196,7 @@ impl Report {
             rtp_received: 0,
             rtp_dropped: 0,
             media: None,
+            agent: None,
         }
     }
 
@@ -263,6 +280,29 @@ pub async fn place_call(
     hangup: CancellationToken,
     shutdown: CancellationToken,
 ) -> Report {
+    place_leg(ctx, cmd, LegOptions::default(), progress, hangup, shutdown).await
+}
+
+/// How one leg differs from a call to the trunk.
+#[derive(Default)]
+pub struct LegOptions {
+    /// The Request-URI and To (default: the command's number at the trunk).
+    pub remote_uri: Option<String>,
+    /// Extra INVITE header lines, each ending in CRLF.
+    pub invite_headers: String,
+    /// The leg's audio comes from and goes to a bridge.
+    pub io: Option<crate::rtp::stream::BridgeIo>,
+}
+
+/// [`place_call`] for one leg: the callee at the trunk, or an agent.
+pub async fn place_leg(
+    ctx: &CallContext,
+    cmd: &DialCommand,
+    leg: LegOptions,
+    progress: mpsc::UnboundedSender<Progress>,
+    hangup: CancellationToken,
+    shutdown: CancellationToken,
+) -> Report {
     let started = Instant::now();
     let (rtp, rtcp) = match ctx.ports.bind_pair(ctx.media_ip).await {
         Ok((rtp, rtcp)) => (rtp, rtcp),
@@ -280,14 +320,19 @@ pub async fn place_call(
     } else {
         ("", "")
     };
+    let remote_uri = leg
+        .remote_uri
+        .clone()
+        .unwrap_or_else(|| format!("sip:{}@{}{ruri_params}", cmd.phone, ctx.trunk_host));
     let mut dialog = Dialog::new(
         &cmd.call_id,
-        format!("sip:{}@{}{ruri_params}", cmd.phone, ctx.trunk_host),
+        remote_uri,
         format!("sip:{}@{}", cmd.caller_id, ctx.media_ip),
         format!("sip:dialstack@{host}{contact_params}"),
         host,
         transport,
     );
+    dialog.invite_headers = leg.invite_headers;
     let session_id = fastrand::u64(1..1 << 40);
     let mut local_sdp = LocalSdp {
         ip: ctx.media_ip,
@@ -325,6 +370,7 @@ pub async fn place_call(
                 started,
                 &stop,
                 &mut phase,
+                leg.io,
             )
             .await
         }

@@ -12,7 +12,7 @@ use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 
 use super::{resolve_hop, CallContext, CallPhase, Phase, Progress, Report, StopSignals};
-use crate::rtp::stream::{run_stream, StreamReport};
+use crate::rtp::stream::{run_stream, AudioPipe, BridgeIo, StreamReport, LIVE_FRAMES};
 use crate::sip::dialog::InDialog;
 use crate::sip::digest::Challenge;
 use crate::sip::sdp::{parse_remote, LocalSdp, RemoteMedia};
@@ -34,6 +34,7 @@ pub async fn run(
     started: Instant,
     stop: &StopSignals,
     phase: &mut Phase,
+    leg_io: Option<BridgeIo>,
 ) -> Report {
     let call_id = cmd.call_id.as_str();
     dialog.confirm(&answer);
@@ -45,6 +46,31 @@ pub async fn run(
     ctx.setup_seconds.observe(started.elapsed().as_secs_f64());
     let _ = progress.send(Progress::Answered { ring_ms });
     let answered_at = Instant::now();
+    // A callee leg of a bridged campaign: an agent is found and called
+    // beside this loop; the callee's audio goes through two pipes.
+    let end_callee = CancellationToken::new();
+    let callee_gone = CancellationToken::new();
+    let mut io = leg_io;
+    let mut bridge_task = None;
+    if let (None, Some(spec), Some(bctx)) = (&io, &cmd.bridge, &ctx.bridge) {
+        let callee_io = BridgeIo {
+            heard: AudioPipe::new(LIVE_FRAMES),
+            say: AudioPipe::new(super::bridge::PROMPT_FRAMES),
+        };
+        io = Some(callee_io.clone());
+        bridge_task = Some(tokio::spawn(super::bridge::run(super::bridge::Job {
+            ctx: ctx.clone(),
+            bctx: bctx.clone(),
+            cmd: cmd.clone(),
+            spec: spec.clone(),
+            io: callee_io,
+            answered_at,
+            progress: progress.clone(),
+            end_callee: end_callee.clone(),
+            callee_gone: callee_gone.clone(),
+            shutdown: stop.shutdown.clone(),
+        })));
+    }
     let stop_media = CancellationToken::new();
     let mut media_tx: Option<watch::Sender<RemoteMedia>> = None;
     let mut media_task = None;
@@ -73,6 +99,7 @@ pub async fn run(
                 ctx.media.clone(),
                 recording,
                 stop_media.clone(),
+                io,
             )));
         }
         Some(Err(reason)) => {
@@ -185,6 +212,7 @@ pub async fn run(
                 }
             }
             _ = sleep_until(talk_end) => break,
+            _ = end_callee.cancelled() => break,
             _ = stop.hangup.cancelled() => {
                 tracing::info!(%call_id, "hang-up requested");
                 break;
@@ -196,6 +224,7 @@ pub async fn run(
         }
     }
     let talk_ms = answered_at.elapsed().as_millis() as i64;
+    callee_gone.cancel();
     stop_media.cancel();
     let stats = match media_task {
         Some(h) => h.await.unwrap_or_default(),
@@ -205,7 +234,11 @@ pub async fn run(
         phase.go(CallPhase::Terminating);
         hang_up(ctx, dialog, rx, hop, &stop.shutdown).await;
     }
-    tracing::info!(%call_id, talk_ms, peer_hung_up, "call ended");
+    let bridged = match bridge_task {
+        Some(t) => t.await.unwrap_or_default(),
+        None => super::bridge::BridgeEnd::default(),
+    };
+    tracing::info!(%call_id, talk_ms, peer_hung_up, abandoned = bridged.abandoned, "call ended");
     let mut dropped = 0;
     for (reason, n) in [
         ("malformed", stats.malformed),
@@ -220,7 +253,12 @@ pub async fn run(
             .inc_by(n);
     }
     Report {
-        outcome: Outcome::AnsweredHuman,
+        outcome: if bridged.abandoned {
+            Outcome::Abandoned
+        } else {
+            Outcome::AnsweredHuman
+        },
+        agent: bridged.agent,
         reason: None,
         sip_status: answer.status(),
         ring_ms,

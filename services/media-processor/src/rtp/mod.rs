@@ -394,6 +394,28 @@ impl ToneStream {
         heard
     }
 
+    /// Like [`Self::write_packet`] with `pcm` as the audio instead of the
+    /// tone (a bridged call relays the other leg's voice, a prompt plays
+    /// its frames).
+    pub fn write_pcm(
+        &mut self,
+        payload_type: u8,
+        sending: bool,
+        pcm: &[i16; SAMPLES_PER_PACKET],
+        out: &mut [u8; RTP_PACKET_LEN],
+    ) {
+        let codec = dialstack_media::g711::Codec::from_payload_type(payload_type)
+            .unwrap_or(dialstack_media::g711::Codec::Pcmu);
+        out[0] = 0x80;
+        out[1] = (u8::from(self.first) << 7) | (payload_type & 0x7F);
+        out[2..4].copy_from_slice(&self.seq.to_be_bytes());
+        out[4..8].copy_from_slice(&self.ts.to_be_bytes());
+        out[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        codec.encode(pcm, &mut out[12..]);
+        self.last_ts = self.ts;
+        self.advance(sending);
+    }
+
     fn advance(&mut self, sending: bool) {
         self.ts = self.ts.wrapping_add(SAMPLES_PER_PACKET as u32);
         self.samples += SAMPLES_PER_PACKET as u64;

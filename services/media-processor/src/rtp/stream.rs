@@ -55,6 +55,94 @@ impl MediaContext {
     }
 }
 
+/// One 20 ms frame of 8 kHz linear audio.
+pub type Frame = [i16; 160];
+
+/// A bounded queue of frames between two media loops (a bridge) or from a
+/// prompt player to a loop. Live audio is kept short ([`AudioPipe::push_live`]
+/// drops the oldest frames beyond [`LIVE_FRAMES`], so a stall never turns
+/// into delay); a prompt is queued whole up to the pipe's capacity.
+pub struct AudioPipe {
+    q: std::sync::Mutex<std::collections::VecDeque<Frame>>,
+    cap: usize,
+}
+
+/// Frames of live audio a bridge keeps queued at most (60 ms).
+pub const LIVE_FRAMES: usize = 3;
+
+impl AudioPipe {
+    /// A pipe holding at most `cap` frames.
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self {
+            q: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(cap.min(64))),
+            cap: cap.max(1),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Frame>> {
+        self.q
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues a live frame, dropping the oldest beyond [`LIVE_FRAMES`].
+    pub fn push_live(&self, f: &Frame) {
+        let mut q = self.lock();
+        while q.len() >= LIVE_FRAMES {
+            q.pop_front();
+        }
+        q.push_back(*f);
+    }
+
+    /// Queues `pcm` as frames (the last one padded with silence), up to
+    /// the capacity; returns the frames queued.
+    pub fn push_all(&self, pcm: &[i16]) -> usize {
+        let mut q = self.lock();
+        let mut n = 0;
+        for chunk in pcm.chunks(160) {
+            if q.len() >= self.cap {
+                break;
+            }
+            let mut f = [0i16; 160];
+            f[..chunk.len()].copy_from_slice(chunk);
+            q.push_back(f);
+            n += 1;
+        }
+        n
+    }
+
+    /// The next frame, if any.
+    pub fn pop(&self) -> Option<Frame> {
+        self.lock().pop_front()
+    }
+
+    /// Frames queued.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops everything queued.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
+/// A media loop's audio when it is part of a bridge: what it hears goes
+/// into `heard`, what it sends comes from `say` (silence when empty)
+/// instead of the tone.
+#[derive(Clone)]
+pub struct BridgeIo {
+    /// Where the decoded incoming audio goes (the other leg's `say`).
+    pub heard: Arc<AudioPipe>,
+    /// What this leg sends.
+    pub say: Arc<AudioPipe>,
+}
+
 /// What a stream counted, returned when it stops.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct StreamReport {
@@ -178,6 +266,7 @@ pub async fn run_stream(
     ctx: Arc<MediaContext>,
     mut recording: Option<Recording>,
     stop: CancellationToken,
+    bridge: Option<BridgeIo>,
 ) -> StreamReport {
     let mut report = StreamReport::default();
     let mut tone = ToneStream::new();
@@ -292,7 +381,18 @@ pub async fn run_stream(
         }
         // The clock advances on hold too; nothing is sent then.
         let sending = current.sending_allowed();
-        let sent_pcm = tone.write_packet(current.payload_type, sending, &mut out);
+        let relayed;
+        let sent_pcm: &[i16; 160] = match &bridge {
+            Some(io) => {
+                if audio_started {
+                    io.heard.push_live(&heard);
+                }
+                relayed = io.say.pop().unwrap_or(silence);
+                tone.write_pcm(current.payload_type, sending, &relayed, &mut out);
+                &relayed
+            }
+            None => tone.write_packet(current.payload_type, sending, &mut out),
+        };
         if sending {
             let to = gate.send_to(current.addr);
             if sock.send_to(&out, to).is_ok() {

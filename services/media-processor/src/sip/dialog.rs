@@ -46,6 +46,9 @@ pub struct Dialog {
     pub remote_cseq: Option<u32>,
     /// `(header name, value)` of the credentials sent with the INVITE.
     pub invite_auth: Option<(&'static str, String)>,
+    /// Extra header lines of the INVITE, each ending in CRLF (an agent
+    /// leg's auto-answer request).
+    pub invite_headers: String,
 }
 
 /// Whether an in-dialog request is acceptable.
@@ -88,6 +91,7 @@ impl Dialog {
             local_cseq: 1,
             remote_cseq: None,
             invite_auth: None,
+            invite_headers: String::new(),
         }
     }
 
@@ -172,6 +176,7 @@ impl Dialog {
         if let Some((name, value)) = &self.invite_auth {
             let _ = write!(out, "{name}: {value}\r\n");
         }
+        out.push_str(&self.invite_headers);
         out.push_str("Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE\r\n");
         out.push_str("User-Agent: dialstack\r\nContent-Type: application/sdp\r\n");
         let _ = write!(out, "Content-Length: {}\r\n\r\n{sdp}", sdp.len());

@@ -147,6 +147,7 @@ async fn context_full(
     .unwrap();
     tokio::spawn(transport.clone().run(stop.clone()));
     let ctx = CallContext {
+        bridge: None,
         transport,
         trunk,
         trunk_host: trunk.to_string(),
@@ -176,6 +177,7 @@ pub fn command(talk_time_ms: u64, ring_timeout_ms: u64) -> DialCommand {
         team: None,
         record: false,
         recording_retention_days: None,
+        bridge: None,
     }
 }
 

@@ -1,0 +1,736 @@
+//! The agent side of an answered call (campaign modes with agents): a free
+//! agent is reserved at user-service, called with auto-answer signalling
+//! (`Answer-Mode: Auto`, RFC 5373, and `Call-Info: ;answer-after=0`) and
+//! bridged B2BUA-style: each leg runs its own media loop with its own
+//! jitter buffer, and what one leg hears is what the other sends
+//! ([`BridgeIo`]).
+//!
+//! - An agent that does not answer within [`BridgeContext::agent_answer`]
+//!   is canceled, its reservation released, and the next agent is tried.
+//! - When no agent is connected within the command's `abandon_after_ms`
+//!   (2 s by law) of the callee's answer, the callee hears the compliance
+//!   message and is hung up: outcome `abandoned`.
+//! - Either side hanging up ends both legs. The agent goes `reserved →
+//!   on_call` when its leg answers and `on_call → wrap_up` when the bridge
+//!   ends; a reservation that was not used is released (`available`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dialstack_contract::{AgentLeg, BridgeSpec, DialCommand};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{resolve_hop, CallContext, LegOptions, Progress, Report};
+use crate::rtp::stream::BridgeIo;
+
+/// Most frames a prompt may queue on a leg (60 s).
+pub const PROMPT_FRAMES: usize = 3_000;
+
+/// How long to wait before asking for an agent again when none was free.
+const RESERVE_RETRY: Duration = Duration::from_millis(150);
+
+/// An agent reserved for a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservedAgent {
+    /// The agent (user id).
+    pub id: String,
+    /// Where to call them.
+    pub sip_uri: String,
+}
+
+/// What to reserve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// The campaign's team.
+    pub team: Option<String>,
+    /// Skills with their lowest level.
+    pub skills: std::collections::BTreeMap<String, u8>,
+    /// The call.
+    pub call_id: String,
+    /// Agents already tried for this call.
+    pub exclude: Vec<String>,
+    /// Exactly this agent (preview).
+    pub agent_id: Option<String>,
+}
+
+/// The owner of agent state (user-service), as the bridge uses it.
+#[async_trait::async_trait]
+pub trait AgentDesk: Send + Sync {
+    /// Reserves one free matching agent; `Ok(None)` when none is free.
+    async fn reserve(&self, r: &Reservation) -> anyhow::Result<Option<ReservedAgent>>;
+    /// Moves a reserved or talking agent (`on_call`, `wrap_up`, or
+    /// `available` to release an unused reservation).
+    async fn set_state(
+        &self,
+        agent_id: &str,
+        state: &str,
+        call_id: &str,
+        reason: &str,
+    ) -> anyhow::Result<()>;
+}
+
+/// Counters of the bridge.
+#[derive(Clone)]
+pub struct BridgeMetrics {
+    /// Bridged calls by how they went: `bridged`, `abandoned`, `callee_gone`.
+    pub calls: prometheus::IntCounterVec,
+    /// Agent legs by result: `answered`, `not_answered`.
+    pub agent_legs: prometheus::IntCounterVec,
+    /// The callee's wait from answer to agent (s).
+    pub wait: prometheus::Histogram,
+}
+
+impl BridgeMetrics {
+    /// The metric definitions (register them with the service's registry).
+    pub fn new() -> prometheus::Result<Self> {
+        Ok(Self {
+            calls: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "dialstack_bridge_calls_total",
+                    "answered calls of campaigns with agents, by how they ended: bridged, abandoned (no agent in time), callee_gone (hung up while waiting)",
+                ),
+                &["result"],
+            )?,
+            agent_legs: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "dialstack_agent_legs_total",
+                    "calls to agents, by result: answered, not_answered",
+                ),
+                &["result"],
+            )?,
+            wait: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "dialstack_agent_wait_seconds",
+                    "an answered callee's wait until an agent is connected",
+                )
+                .buckets(vec![0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0]),
+            )?,
+        })
+    }
+}
+
+/// What every bridged call shares.
+pub struct BridgeContext {
+    /// Agent reservations and states.
+    pub desk: Arc<dyn AgentDesk>,
+    /// How long an agent's phone may ring (`DIALSTACK_AGENT_ANSWER_MS`).
+    pub agent_answer: Duration,
+    /// The compliance message (8 kHz linear), played before an abandoned
+    /// call is hung up.
+    pub prompt: Arc<Vec<i16>>,
+    /// Counters.
+    pub metrics: BridgeMetrics,
+}
+
+/// How the agent side of a call ended.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct BridgeEnd {
+    /// The agent leg, when one was connected.
+    pub agent: Option<AgentLeg>,
+    /// No agent in time: the callee heard the message and was hung up.
+    pub abandoned: bool,
+}
+
+/// One bridged call's agent side.
+pub struct Job {
+    /// The callee leg's context (the agent leg copies it).
+    pub ctx: CallContext,
+    /// Agents.
+    pub bctx: Arc<BridgeContext>,
+    /// The callee's command.
+    pub cmd: DialCommand,
+    /// The campaign's bridge settings.
+    pub spec: BridgeSpec,
+    /// The callee's audio pipes (`heard`: from the callee, `say`: to it).
+    pub io: BridgeIo,
+    /// When the callee answered.
+    pub answered_at: Instant,
+    /// Progress of the callee's call (`Bridged` goes here).
+    pub progress: mpsc::UnboundedSender<Progress>,
+    /// Cancel to hang up the callee (the agent hung up, or abandon).
+    pub end_callee: CancellationToken,
+    /// Cancelled when the callee's leg ended.
+    pub callee_gone: CancellationToken,
+    /// The process is shutting down.
+    pub shutdown: CancellationToken,
+}
+
+/// The auto-answer header lines of an agent's INVITE.
+pub fn auto_answer_headers(ctx: &CallContext) -> String {
+    format!(
+        "Answer-Mode: Auto\r\nCall-Info: <sip:{}>;answer-after=0\r\n",
+        ctx.media_ip
+    )
+}
+
+/// Finds, calls and bridges an agent for the callee of `job`, or abandons
+/// the call when none is connected in time. (Boxed: the agent's leg runs
+/// the same call code that spawns this, so the future's type must be named.)
+pub fn run(job: Job) -> std::pin::Pin<Box<dyn std::future::Future<Output = BridgeEnd> + Send>> {
+    Box::pin(run_job(job))
+}
+
+async fn run_job(job: Job) -> BridgeEnd {
+    let call_id = job.cmd.call_id.clone();
+    let deadline = job.answered_at + Duration::from_millis(job.spec.abandon_after_ms);
+    let mut exclude: Vec<String> = Vec::new();
+    let mut tries: u32 = 0;
+    loop {
+        if job.callee_gone.is_cancelled() {
+            job.bctx
+                .metrics
+                .calls
+                .with_label_values(&["callee_gone"])
+                .inc();
+            return BridgeEnd::default();
+        }
+        if Instant::now() >= deadline {
+            return abandon(&job).await;
+        }
+        let want = Reservation {
+            team: job.cmd.team.clone(),
+            skills: job.spec.skills.clone(),
+            call_id: call_id.clone(),
+            exclude: exclude.clone(),
+            agent_id: job.spec.agent_id.clone(),
+        };
+        let agent = match job.bctx.desk.reserve(&want).await {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                wait_a_little(&job, deadline).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(%call_id, error = %e, "agent reservation failed");
+                wait_a_little(&job, deadline).await;
+                continue;
+            }
+        };
+        tries += 1;
+        match call_agent(&job, &agent, tries, deadline).await {
+            AgentTry::Connected(leg) => {
+                job.bctx.metrics.calls.with_label_values(&["bridged"]).inc();
+                return BridgeEnd {
+                    agent: Some(leg),
+                    abandoned: false,
+                };
+            }
+            AgentTry::NotAnswered => {
+                release(&job, &agent.id).await;
+                exclude.push(agent.id);
+                if exclude.len() > 64 {
+                    exclude.remove(0);
+                }
+            }
+            AgentTry::Stopped => {
+                release(&job, &agent.id).await;
+            }
+        }
+    }
+}
+
+/// Sleeps until the next reservation try, the deadline or the callee's
+/// hang-up, whichever comes first.
+async fn wait_a_little(job: &Job, deadline: Instant) {
+    let until = (Instant::now() + RESERVE_RETRY).min(deadline);
+    tokio::select! {
+        _ = tokio::time::sleep_until(until.into()) => {}
+        _ = job.callee_gone.cancelled() => {}
+    }
+}
+
+async fn release(job: &Job, agent_id: &str) {
+    if let Err(e) = job
+        .bctx
+        .desk
+        .set_state(agent_id, "available", &job.cmd.call_id, "not_answered")
+        .await
+    {
+        tracing::warn!(call_id = %job.cmd.call_id, %agent_id, error = %e, "releasing the agent failed (the reservation lapses)");
+    }
+}
+
+/// Plays the compliance message to the callee, then hangs it up.
+async fn abandon(job: &Job) -> BridgeEnd {
+    let call_id = &job.cmd.call_id;
+    job.io.say.clear();
+    let frames = job.io.say.push_all(&job.bctx.prompt);
+    tracing::info!(%call_id, frames, "no agent in time: compliance message, then hang-up");
+    job.bctx
+        .metrics
+        .calls
+        .with_label_values(&["abandoned"])
+        .inc();
+    // The callee's media loop plays one frame per 20 ms; a little margin
+    // for the frame in flight.
+    let playing = Duration::from_millis(frames as u64 * 20 + 100);
+    tokio::select! {
+        _ = tokio::time::sleep(playing) => {}
+        _ = job.callee_gone.cancelled() => {}
+    }
+    job.end_callee.cancel();
+    BridgeEnd {
+        agent: None,
+        abandoned: true,
+    }
+}
+
+enum AgentTry {
+    /// The agent answered; the bridge ran until one side hung up.
+    Connected(AgentLeg),
+    /// The agent did not answer in time (or refused).
+    NotAnswered,
+    /// The callee hung up, or the abandon deadline passed, before the agent answered.
+    Stopped,
+}
+
+/// Calls `agent` and, when it answers, bridges it to the callee until one
+/// side hangs up.
+async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: Instant) -> AgentTry {
+    let call_id = &job.cmd.call_id;
+    let hop = resolve_hop(&agent.sip_uri, job.ctx.trunk).await;
+    let mut ctx = job.ctx.clone();
+    ctx.trunk = hop;
+    ctx.credentials = None;
+    let answer_ms = (job.bctx.agent_answer.as_millis() as u64).clamp(
+        dialstack_contract::MIN_RING_TIMEOUT_MS,
+        dialstack_contract::MAX_RING_TIMEOUT_MS,
+    );
+    let cmd = DialCommand {
+        call_id: format!("{call_id}-a{attempt}"),
+        ring_timeout_ms: answer_ms,
+        record: false,
+        bridge: None,
+        ..job.cmd.clone()
+    };
+    // The agent hears the callee (the callee's `heard`) and speaks into
+    // the callee's `say`; stale audio from before the connection is dropped.
+    let io = BridgeIo {
+        heard: job.io.say.clone(),
+        say: job.io.heard.clone(),
+    };
+    let leg = LegOptions {
+        remote_uri: Some(agent.sip_uri.clone()),
+        invite_headers: auto_answer_headers(&ctx),
+        io: Some(io),
+    };
+    let (ptx, mut prx) = mpsc::unbounded_channel();
+    let hangup = CancellationToken::new();
+    let shutdown = job.shutdown.clone();
+    let leg_task = {
+        let hangup = hangup.clone();
+        tokio::spawn(async move { super::place_leg(&ctx, &cmd, leg, ptx, hangup, shutdown).await })
+    };
+    let invited = Instant::now();
+    tracing::info!(%call_id, agent_id = %agent.id, "calling the agent");
+    // Until the agent answers: the callee's hang-up or the abandon
+    // deadline stops the agent's call.
+    let agent_ring_ms = loop {
+        tokio::select! {
+            p = prx.recv() => match p {
+                Some(Progress::Answered { ring_ms }) => break Some(ring_ms),
+                Some(_) => continue,
+                None => break None,
+            },
+            _ = job.callee_gone.cancelled() => {
+                hangup.cancel();
+                let _ = leg_task.await;
+                return AgentTry::Stopped;
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                hangup.cancel();
+                let _ = leg_task.await;
+                return AgentTry::Stopped;
+            }
+        }
+    };
+    let Some(agent_ring_ms) = agent_ring_ms else {
+        // The leg ended unanswered (busy, no answer within the answer time,
+        // refused).
+        let report = leg_task.await.ok();
+        tracing::info!(%call_id, agent_id = %agent.id, outcome = ?report.as_ref().map(|r| r.outcome), "agent did not answer");
+        job.bctx
+            .metrics
+            .agent_legs
+            .with_label_values(&["not_answered"])
+            .inc();
+        return AgentTry::NotAnswered;
+    };
+    let connected = Instant::now();
+    let wait_ms = job.answered_at.elapsed().as_millis() as i64;
+    job.bctx
+        .metrics
+        .agent_legs
+        .with_label_values(&["answered"])
+        .inc();
+    job.bctx.metrics.wait.observe(wait_ms as f64 / 1_000.0);
+    if let Err(e) = job
+        .bctx
+        .desk
+        .set_state(&agent.id, "on_call", call_id, "bridged")
+        .await
+    {
+        tracing::warn!(%call_id, agent_id = %agent.id, error = %e, "agent state on_call refused");
+    }
+    let _ = job.progress.send(Progress::Bridged {
+        agent_id: agent.id.clone(),
+        wait_ms,
+        agent_ring_ms,
+    });
+    tracing::info!(%call_id, agent_id = %agent.id, wait_ms, ring_ms = agent_ring_ms, since_invite_ms = invited.elapsed().as_millis() as u64, "bridged");
+    // Talking: whichever side hangs up first ends the other.
+    let mut leg_task = leg_task;
+    let report: Option<Report> = tokio::select! {
+        r = &mut leg_task => {
+            job.end_callee.cancel();
+            r.ok()
+        }
+        _ = job.callee_gone.cancelled() => {
+            hangup.cancel();
+            leg_task.await.ok()
+        }
+    };
+    if let Err(e) = job
+        .bctx
+        .desk
+        .set_state(&agent.id, "wrap_up", call_id, "hangup")
+        .await
+    {
+        tracing::warn!(%call_id, agent_id = %agent.id, error = %e, "agent state wrap_up refused");
+    }
+    let talk_ms = connected.elapsed().as_millis() as i64;
+    AgentTry::Connected(AgentLeg {
+        agent_id: agent.id.clone(),
+        wait_ms,
+        ring_ms: agent_ring_ms,
+        talk_ms: report
+            .as_ref()
+            .map_or(talk_ms, |r| if r.talk_ms > 0 { r.talk_ms } else { talk_ms }),
+        tries: attempt - 1,
+        quality: report.as_ref().and_then(|r| r.quality().cloned()),
+    })
+}
+
+/// Preview dialing: the agent who asked for the lead is called first; once
+/// they answer, the customer is called and bridged to them. The customer's
+/// call is the command's call (its events and report); the agent leg is
+/// in [`Report::agent`]. An agent who is not free or does not answer means
+/// the customer is never dialed (`canceled`).
+pub async fn run_preview(
+    ctx: &CallContext,
+    bctx: &Arc<BridgeContext>,
+    cmd: &DialCommand,
+    agent_id: &str,
+    progress: mpsc::UnboundedSender<Progress>,
+    hangup: CancellationToken,
+    shutdown: CancellationToken,
+) -> Report {
+    let started = Instant::now();
+    let call_id = &cmd.call_id;
+    let skipped = |why: &str| {
+        tracing::info!(%call_id, %agent_id, why, "preview call not placed");
+        Report::unanswered(dialstack_contract::Outcome::Canceled, None, None, started)
+    };
+    let want = Reservation {
+        team: cmd.team.clone(),
+        skills: Default::default(),
+        call_id: call_id.clone(),
+        exclude: Vec::new(),
+        agent_id: Some(agent_id.to_owned()),
+    };
+    let agent = match bctx.desk.reserve(&want).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return skipped("agent not available"),
+        Err(e) => {
+            tracing::warn!(%call_id, error = %e, "agent reservation failed");
+            return skipped("reservation failed");
+        }
+    };
+    // Agent leg: hears what the customer says (pipe `to_agent`), speaks
+    // into `to_customer`.
+    let to_agent = crate::rtp::stream::AudioPipe::new(crate::rtp::stream::LIVE_FRAMES);
+    let to_customer = crate::rtp::stream::AudioPipe::new(PROMPT_FRAMES);
+    let hop = resolve_hop(&agent.sip_uri, ctx.trunk).await;
+    let mut actx = ctx.clone();
+    actx.trunk = hop;
+    actx.credentials = None;
+    let acmd = DialCommand {
+        call_id: format!("{call_id}-a1"),
+        ring_timeout_ms: (bctx.agent_answer.as_millis() as u64).clamp(
+            dialstack_contract::MIN_RING_TIMEOUT_MS,
+            dialstack_contract::MAX_RING_TIMEOUT_MS,
+        ),
+        record: false,
+        bridge: None,
+        ..cmd.clone()
+    };
+    let leg = LegOptions {
+        remote_uri: Some(agent.sip_uri.clone()),
+        invite_headers: auto_answer_headers(&actx),
+        io: Some(BridgeIo {
+            heard: to_customer.clone(),
+            say: to_agent.clone(),
+        }),
+    };
+    let (atx, mut arx) = mpsc::unbounded_channel();
+    let agent_hangup = CancellationToken::new();
+    let mut agent_task = {
+        let hangup = agent_hangup.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(
+            async move { super::place_leg(&actx, &acmd, leg, atx, hangup, shutdown).await },
+        )
+    };
+    let agent_ring_ms = loop {
+        tokio::select! {
+            p = arx.recv() => match p {
+                Some(Progress::Answered { ring_ms }) => break Some(ring_ms),
+                Some(_) => continue,
+                None => break None,
+            },
+            _ = hangup.cancelled() => {
+                agent_hangup.cancel();
+                let _ = (&mut agent_task).await;
+                break None;
+            }
+        }
+    };
+    let Some(agent_ring_ms) = agent_ring_ms else {
+        let _ = agent_task.await;
+        if let Err(e) = bctx
+            .desk
+            .set_state(&agent.id, "available", call_id, "not_answered")
+            .await
+        {
+            tracing::warn!(%call_id, error = %e, "releasing the agent failed");
+        }
+        return skipped("agent did not answer");
+    };
+    let connected = Instant::now();
+    if let Err(e) = bctx
+        .desk
+        .set_state(&agent.id, "on_call", call_id, "preview")
+        .await
+    {
+        tracing::warn!(%call_id, error = %e, "agent state on_call refused");
+    }
+    // The customer's call, relayed to the agent; the agent hanging up ends it.
+    let customer_io = BridgeIo {
+        heard: to_agent,
+        say: to_customer,
+    };
+    let customer_hangup = hangup.child_token();
+    let (ctx_tx, mut ctx_rx) = mpsc::unbounded_channel();
+    let forward = {
+        let progress = progress.clone();
+        let agent_id = agent.id.clone();
+        tokio::spawn(async move {
+            while let Some(p) = ctx_rx.recv().await {
+                let answered = matches!(p, Progress::Answered { .. });
+                let _ = progress.send(p);
+                if answered {
+                    let _ = progress.send(Progress::Bridged {
+                        agent_id: agent_id.clone(),
+                        wait_ms: 0,
+                        agent_ring_ms,
+                    });
+                }
+            }
+        })
+    };
+    let customer = LegOptions {
+        io: Some(customer_io),
+        ..LegOptions::default()
+    };
+    let mut report = {
+        let call = super::place_leg(
+            ctx,
+            cmd,
+            customer,
+            ctx_tx,
+            customer_hangup.clone(),
+            shutdown,
+        );
+        tokio::pin!(call);
+        tokio::select! {
+            r = &mut call => r,
+            _ = &mut agent_task => {
+                customer_hangup.cancel();
+                call.await
+            }
+        }
+    };
+    let _ = forward.await;
+    agent_hangup.cancel();
+    let agent_report = if agent_task.is_finished() {
+        None
+    } else {
+        agent_task.await.ok()
+    };
+    if let Err(e) = bctx
+        .desk
+        .set_state(&agent.id, "wrap_up", call_id, "hangup")
+        .await
+    {
+        tracing::warn!(%call_id, error = %e, "agent state wrap_up refused");
+    }
+    report.agent = Some(AgentLeg {
+        agent_id: agent.id.clone(),
+        wait_ms: 0,
+        ring_ms: agent_ring_ms,
+        talk_ms: connected.elapsed().as_millis() as i64,
+        tries: 0,
+        quality: agent_report.as_ref().and_then(|r| r.quality().cloned()),
+    });
+    report
+}
+
+/// The built-in compliance message when no recording is configured: three
+/// short chimes (660 Hz then 880 Hz), 1.5 s in all, at 8 kHz. Operators
+/// set a recorded message with `DIALSTACK_ABANDON_PROMPT` (a WAV file).
+pub fn builtin_prompt() -> Vec<i16> {
+    let mut out = Vec::with_capacity(12_000);
+    for freq in [660.0f64, 880.0, 660.0] {
+        for n in 0..2_400 {
+            let t = n as f64 / 8_000.0;
+            // 10 ms fade in and out, so the chime does not click.
+            let env = (n.min(2_399 - n) as f64 / 80.0).min(1.0);
+            out.push((env * 8_000.0 * (2.0 * std::f64::consts::PI * freq * t).sin()) as i16);
+        }
+        out.extend(std::iter::repeat_n(0i16, 1_600));
+    }
+    out
+}
+
+/// Reads a WAV file of 16-bit linear PCM, mono, 8 kHz (the format a
+/// compliance recording must be delivered in); errors name what is wrong.
+pub fn read_wav(bytes: &[u8]) -> Result<Vec<i16>, String> {
+    if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
+        return Err("not a RIFF/WAVE file".into());
+    }
+    let mut pos = 12;
+    let mut format: Option<(u16, u16, u32, u16)> = None;
+    while pos + 8 <= bytes.len() {
+        let id = &bytes[pos..pos + 4];
+        let len = u32::from_le_bytes([
+            bytes[pos + 4],
+            bytes[pos + 5],
+            bytes[pos + 6],
+            bytes[pos + 7],
+        ]) as usize;
+        let body_start = pos + 8;
+        let body_end = body_start
+            .checked_add(len)
+            .filter(|&e| e <= bytes.len())
+            .ok_or("a chunk runs past the end of the file")?;
+        let body = &bytes[body_start..body_end];
+        match id {
+            b"fmt " => {
+                if body.len() < 16 {
+                    return Err("fmt chunk too short".into());
+                }
+                let u16_at = |i: usize| u16::from_le_bytes([body[i], body[i + 1]]);
+                let rate = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
+                format = Some((u16_at(0), u16_at(2), rate, u16_at(14)));
+            }
+            b"data" => {
+                let Some((fmt, channels, rate, bits)) = format else {
+                    return Err("data before fmt".into());
+                };
+                if fmt != 1 || channels != 1 || rate != 8_000 || bits != 16 {
+                    return Err(format!(
+                        "must be PCM mono 8000 Hz 16-bit (found format {fmt}, {channels} channels, {rate} Hz, {bits} bits)"
+                    ));
+                }
+                if body.len() > PROMPT_FRAMES * 320 {
+                    return Err("longer than 60 s".into());
+                }
+                return Ok(body
+                    .chunks_exact(2)
+                    .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                    .collect());
+            }
+            _ => {}
+        }
+        pos = body_end + (len & 1);
+    }
+    Err("no data chunk".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wav(rate: u32, channels: u16, samples: &[i16]) -> Vec<u8> {
+        let mut v = Vec::new();
+        let data_len = (samples.len() * 2) as u32;
+        v.extend_from_slice(b"RIFF");
+        v.extend_from_slice(&(36 + data_len).to_le_bytes());
+        v.extend_from_slice(b"WAVEfmt ");
+        v.extend_from_slice(&16u32.to_le_bytes());
+        v.extend_from_slice(&1u16.to_le_bytes());
+        v.extend_from_slice(&channels.to_le_bytes());
+        v.extend_from_slice(&rate.to_le_bytes());
+        v.extend_from_slice(&(rate * 2).to_le_bytes());
+        v.extend_from_slice(&2u16.to_le_bytes());
+        v.extend_from_slice(&16u16.to_le_bytes());
+        v.extend_from_slice(b"data");
+        v.extend_from_slice(&data_len.to_le_bytes());
+        for s in samples {
+            v.extend_from_slice(&s.to_le_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn wav_prompts_are_read_and_bad_ones_named() {
+        assert_eq!(
+            read_wav(&wav(8_000, 1, &[1, -2, 3])).unwrap(),
+            vec![1, -2, 3]
+        );
+        assert!(read_wav(&wav(16_000, 1, &[1]))
+            .unwrap_err()
+            .contains("16000 Hz"));
+        assert!(read_wav(&wav(8_000, 2, &[1, 2]))
+            .unwrap_err()
+            .contains("2 channels"));
+        assert!(read_wav(b"RIFF\x00\x00\x00\x00WAVE")
+            .unwrap_err()
+            .contains("no data"));
+        assert!(read_wav(b"garbage").is_err());
+        // A chunk length that lies is refused, not read past the end.
+        let mut lying = wav(8_000, 1, &[1, 2, 3]);
+        let n = lying.len();
+        lying[n - 10..n - 6].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(read_wav(&lying).is_err());
+        for cut in 0..44 {
+            let _ = read_wav(&wav(8_000, 1, &[5; 10])[..cut]);
+        }
+    }
+
+    #[test]
+    fn the_builtin_prompt_is_audible_and_short() {
+        let p = builtin_prompt();
+        assert_eq!(p.len(), 3 * 4_000);
+        let loud = p.iter().filter(|s| s.unsigned_abs() > 4_000).count();
+        assert!(loud > 3_000, "{loud}");
+    }
+
+    use crate::rtp::stream::{AudioPipe, LIVE_FRAMES};
+
+    #[test]
+    fn pipes_keep_live_audio_short_and_prompts_whole() {
+        let pipe = AudioPipe::new(PROMPT_FRAMES);
+        for i in 0..10 {
+            pipe.push_live(&[i; 160]);
+        }
+        assert_eq!(pipe.len(), LIVE_FRAMES);
+        assert_eq!(pipe.pop().unwrap()[0], 7);
+        pipe.clear();
+        assert_eq!(pipe.push_all(&vec![1i16; 160 * 5 + 1]), 6);
+        assert_eq!(pipe.len(), 6);
+        let small = AudioPipe::new(2);
+        assert_eq!(small.push_all(&[1i16; 1_000]), 2);
+    }
+}

@@ -1,0 +1,669 @@
+//! Bridging answered calls to agents over real UDP: the callee and the
+//! agents are small SIP user agents of this test, each answering with SDP
+//! and sending a steady sample value of its own as PCMU, and decoding what
+//! it receives; so the test sees the callee's voice arrive at the agent and
+//! the agent's at the callee, through both legs' jitter buffers.
+//!
+//! The agent directory is an in-memory desk here (user-service's real
+//! reservation is tested in the tests package, end to end).
+//!
+//! - bridged: audio both ways, `Bridged` progress, agent on_call then
+//!   wrap_up, the agent's INVITE asks for auto-answer, either side's
+//!   hang-up ends the other
+//! - an agent that does not answer is canceled and released, the next one
+//!   is bridged
+//! - no agent within the abandon time: the callee hears the compliance
+//!   message and is hung up, outcome `abandoned`
+//! - preview: the agent is called first, then the customer
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{command, context};
+use dialstack_contract::{BridgeSpec, Outcome};
+use media_processor::call::bridge::{
+    AgentDesk, BridgeContext, BridgeMetrics, Reservation, ReservedAgent,
+};
+use media_processor::call::{place_call, CallContext, Progress, Report};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+const T1: Duration = Duration::from_millis(100);
+
+/// How a test user agent behaves.
+#[derive(Clone, Copy)]
+struct Behaviour {
+    /// Answer at all (otherwise: 180 and wait for CANCEL).
+    answer: bool,
+    /// The sample value it sends.
+    level: i16,
+    /// Hang up (BYE) this long after the ACK.
+    bye_after: Option<Duration>,
+}
+
+/// What a test user agent saw.
+#[derive(Default)]
+struct Seen {
+    invites: Vec<String>,
+    /// Decoded samples received, per packet: the packet's mean.
+    means: Vec<i32>,
+    got_bye: bool,
+    got_cancel: bool,
+}
+
+struct Ua {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Seen>>,
+    stop: CancellationToken,
+}
+
+fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn ulaw_decode(b: u8) -> i16 {
+    let b = !b;
+    let sign = b & 0x80;
+    let exp = (b >> 4) & 7;
+    let mant = b & 0x0f;
+    let mag = (((mant as i32) << 3) + 0x84) << exp;
+    let v = mag - 0x84;
+    (if sign != 0 { -v } else { v }) as i16
+}
+
+fn ulaw_encode(s: i16) -> u8 {
+    let mut pcm = s as i32;
+    let sign = if pcm < 0 { 0x80 } else { 0 };
+    if pcm < 0 {
+        pcm = -pcm;
+    }
+    pcm = (pcm + 0x84).min(32_635 + 0x84);
+    let mut exp = 7;
+    let mut mask = 0x4000;
+    while exp > 0 && pcm & mask == 0 {
+        exp -= 1;
+        mask >>= 1;
+    }
+    let mant = (pcm >> (exp + 3)) & 0x0f;
+    !(sign | (exp << 4) as i32 | mant) as u8
+}
+
+impl Ua {
+    async fn start(b: Behaviour) -> Ua {
+        let sip = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let rtp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = sip.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let stop = CancellationToken::new();
+        let ua = Ua {
+            addr,
+            seen: seen.clone(),
+            stop: stop.clone(),
+        };
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut media: Option<tokio::task::JoinHandle<()>> = None;
+            let media_stop = CancellationToken::new();
+            let mut invite: Option<(String, SocketAddr)> = None;
+            let mut remote_rtp: Option<SocketAddr> = None;
+            let rtp_port = rtp.local_addr().unwrap().port();
+            loop {
+                let (n, from) = tokio::select! {
+                    r = sip.recv_from(&mut buf) => match r { Ok(x) => x, Err(_) => break },
+                    _ = stop.cancelled() => break,
+                };
+                let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+                let method = msg.split_whitespace().next().unwrap_or("").to_owned();
+                let reply = |code: &str, extra: &str, body: &str| {
+                    let mut r = format!("SIP/2.0 {code}\r\n");
+                    for h in ["Via", "From", "Call-ID", "CSeq"] {
+                        if let Some(v) = header(&msg, h) {
+                            r.push_str(&format!("{h}: {v}\r\n"));
+                        }
+                    }
+                    let to = header(&msg, "To").unwrap_or("");
+                    if to.contains("tag=") {
+                        r.push_str(&format!("To: {to}\r\n"));
+                    } else {
+                        r.push_str(&format!("To: {to};tag=ua{rtp_port}\r\n"));
+                    }
+                    r.push_str(extra);
+                    r.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+                    r
+                };
+                match method.as_str() {
+                    "INVITE" => {
+                        seen.lock().unwrap().invites.push(msg.clone());
+                        if let Some((ip, port)) = sdp_media(&msg) {
+                            remote_rtp = Some(SocketAddr::new(ip.parse().unwrap(), port));
+                        }
+                        invite = Some((msg.clone(), from));
+                        let _ = sip
+                            .send_to(reply("180 Ringing", "", "").as_bytes(), from)
+                            .await;
+                        if b.answer {
+                            let sdp = format!(
+                                "v=0\r\no=ua 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+                            );
+                            let extra = format!(
+                                "Contact: <sip:ua@{addr}>\r\nContent-Type: application/sdp\r\n"
+                            );
+                            let _ = sip
+                                .send_to(reply("200 OK", &extra, &sdp).as_bytes(), from)
+                                .await;
+                        }
+                    }
+                    "ACK" if media.is_none() && b.answer => {
+                        let Some(to) = remote_rtp else { continue };
+                        media = Some(tokio::spawn(run_media(
+                            rtp.clone(),
+                            to,
+                            b.level,
+                            seen.clone(),
+                            media_stop.clone(),
+                        )));
+                        if let (Some(after), Some((inv, peer))) = (b.bye_after, invite.clone()) {
+                            let sip = sip.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(after).await;
+                                let bye = bye_for(&inv, addr, rtp_port);
+                                let _ = sip.send_to(bye.as_bytes(), peer).await;
+                            });
+                        }
+                    }
+                    "BYE" => {
+                        seen.lock().unwrap().got_bye = true;
+                        let _ = sip.send_to(reply("200 OK", "", "").as_bytes(), from).await;
+                        media_stop.cancel();
+                    }
+                    "CANCEL" => {
+                        seen.lock().unwrap().got_cancel = true;
+                        let _ = sip.send_to(reply("200 OK", "", "").as_bytes(), from).await;
+                        if let Some((inv, _)) = &invite {
+                            let inv = inv.clone();
+                            let r = {
+                                let mut r = "SIP/2.0 487 Request Terminated\r\n".to_owned();
+                                for h in ["Via", "From", "Call-ID", "CSeq"] {
+                                    if let Some(v) = header(&inv, h) {
+                                        r.push_str(&format!("{h}: {v}\r\n"));
+                                    }
+                                }
+                                r.push_str(&format!(
+                                    "To: {};tag=ua{rtp_port}\r\nContent-Length: 0\r\n\r\n",
+                                    header(&inv, "To").unwrap_or("")
+                                ));
+                                r
+                            };
+                            let _ = sip.send_to(r.as_bytes(), from).await;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            media_stop.cancel();
+        });
+        ua
+    }
+
+    fn uri(&self, user: &str) -> String {
+        format!("sip:{user}@{}", self.addr)
+    }
+
+    /// Share of received packets whose mean is within 15 % of `level`.
+    fn heard_share(&self, level: i16) -> (f64, usize) {
+        let s = self.seen.lock().unwrap();
+        let n = s.means.len();
+        if n == 0 {
+            return (0.0, 0);
+        }
+        let tol = (i32::from(level).abs() * 15 / 100).max(50);
+        let hits = s
+            .means
+            .iter()
+            .filter(|&&m| (m - i32::from(level)).abs() <= tol)
+            .count();
+        (hits as f64 / n as f64, n)
+    }
+
+    /// Packets received whose mean magnitude is loud (not silence).
+    fn loud_packets(&self) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .means
+            .iter()
+            .filter(|m| m.abs() > 0)
+            .count()
+    }
+}
+
+impl Drop for Ua {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn sdp_media(msg: &str) -> Option<(String, u16)> {
+    let ip = msg
+        .lines()
+        .find_map(|l| l.strip_prefix("c=IN IP4 "))?
+        .trim()
+        .to_owned();
+    let port = msg
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some((ip, port))
+}
+
+/// A BYE from the callee side of the dialog `invite` created.
+fn bye_for(invite: &str, me: SocketAddr, rtp_port: u16) -> String {
+    let from = header(invite, "From").unwrap_or("");
+    let to = header(invite, "To").unwrap_or("");
+    let call_id = header(invite, "Call-ID").unwrap_or("");
+    let contact = header(invite, "Contact")
+        .unwrap_or("")
+        .trim_matches(|c| c == '<' || c == '>')
+        .to_owned();
+    format!(
+        "BYE {contact} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKbye{rtp_port}\r\nFrom: {to};tag=ua{rtp_port}\r\nTo: {from}\r\nCall-ID: {call_id}\r\nCSeq: 1 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// Sends `level` as PCMU every 20 ms and records what arrives.
+async fn run_media(
+    sock: Arc<UdpSocket>,
+    to: SocketAddr,
+    level: i16,
+    seen: Arc<Mutex<Seen>>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut seq: u16 = 1;
+    let mut ts: u32 = 0;
+    let ssrc: u32 = 0x1234_0000 | u32::from(to.port());
+    let mut buf = [0u8; 2048];
+    for _ in 0..3_000 {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let mut pkt = vec![0x80, 0];
+                pkt.extend_from_slice(&seq.to_be_bytes());
+                pkt.extend_from_slice(&ts.to_be_bytes());
+                pkt.extend_from_slice(&ssrc.to_be_bytes());
+                pkt.extend(std::iter::repeat_n(ulaw_encode(level), 160));
+                let _ = sock.send_to(&pkt, to).await;
+                seq = seq.wrapping_add(1);
+                ts = ts.wrapping_add(160);
+            }
+            r = sock.recv_from(&mut buf) => {
+                if let Ok((n, _)) = r {
+                    if n > 12 {
+                        let body = &buf[12..n];
+                        let sum: i32 = body.iter().map(|&b| i32::from(ulaw_decode(b))).sum();
+                        seen.lock().unwrap().means.push(sum / body.len() as i32);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The in-memory agent directory: a list of agents, free or not.
+#[derive(Default)]
+struct Desk {
+    agents: Mutex<Vec<(String, String, bool)>>,
+    log: Mutex<Vec<(String, String)>>,
+}
+
+#[async_trait::async_trait]
+impl AgentDesk for Desk {
+    async fn reserve(&self, r: &Reservation) -> anyhow::Result<Option<ReservedAgent>> {
+        let mut agents = self.agents.lock().unwrap();
+        for (id, uri, free) in agents.iter_mut() {
+            let wanted = r.agent_id.as_ref().is_none_or(|a| a == id);
+            if *free && wanted && !r.exclude.contains(id) {
+                *free = false;
+                self.log
+                    .lock()
+                    .unwrap()
+                    .push((id.clone(), "reserved".into()));
+                return Ok(Some(ReservedAgent {
+                    id: id.clone(),
+                    sip_uri: uri.clone(),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn set_state(
+        &self,
+        agent_id: &str,
+        state: &str,
+        _call_id: &str,
+        _reason: &str,
+    ) -> anyhow::Result<()> {
+        self.log
+            .lock()
+            .unwrap()
+            .push((agent_id.to_owned(), state.to_owned()));
+        if state == "available" || state == "wrap_up" {
+            for (id, _, free) in self.agents.lock().unwrap().iter_mut() {
+                if id == agent_id && state == "available" {
+                    *free = true;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn with_bridge(mut ctx: CallContext, desk: Arc<Desk>, agent_answer: Duration) -> CallContext {
+    ctx.bridge = Some(Arc::new(BridgeContext {
+        desk,
+        agent_answer,
+        prompt: Arc::new(media_processor::call::bridge::builtin_prompt()),
+        metrics: BridgeMetrics::new().unwrap(),
+    }));
+    ctx
+}
+
+async fn run(ctx: &CallContext, cmd: &dialstack_contract::DialCommand) -> (Report, Vec<Progress>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let report = tokio::time::timeout(
+        Duration::from_secs(30),
+        place_call(
+            ctx,
+            cmd,
+            tx,
+            CancellationToken::new(),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("the call ends");
+    let mut progress = Vec::new();
+    while let Ok(p) = rx.try_recv() {
+        progress.push(p);
+    }
+    (report, progress)
+}
+
+fn bridged(abandon_after_ms: u64) -> BridgeSpec {
+    BridgeSpec {
+        skills: BTreeMap::new(),
+        agent_id: None,
+        abandon_after_ms,
+    }
+}
+
+const CALLEE: i16 = 1_000;
+const AGENT: i16 = -3_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_call_is_bridged_with_audio_both_ways_and_the_agent_cycles() {
+    let callee = Ua::start(Behaviour {
+        answer: true,
+        level: CALLEE,
+        bye_after: None,
+    })
+    .await;
+    let agent = Ua::start(Behaviour {
+        answer: true,
+        level: AGENT,
+        bye_after: None,
+    })
+    .await;
+    let desk = Arc::new(Desk::default());
+    desk.agents
+        .lock()
+        .unwrap()
+        .push(("ag1".into(), agent.uri("ag1"), true));
+    let (ctx, _stop) = context(callee.addr, T1).await;
+    let ctx = with_bridge(ctx, desk.clone(), Duration::from_secs(2));
+    let mut cmd = command(2_500, 5_000);
+    cmd.bridge = Some(bridged(2_000));
+    let (report, progress) = run(&ctx, &cmd).await;
+    assert_eq!(report.outcome, Outcome::AnsweredHuman, "{report:?}");
+    let leg = report.agent.as_ref().expect("an agent leg");
+    assert_eq!(leg.agent_id, "ag1");
+    assert!(leg.wait_ms < 2_000, "{leg:?}");
+    assert!(leg.talk_ms > 1_000, "{leg:?}");
+    assert!(
+        progress
+            .iter()
+            .any(|p| matches!(p, Progress::Bridged { agent_id, .. } if agent_id == "ag1")),
+        "{progress:?}"
+    );
+    // The agent's INVITE asked for auto-answer, with its own Call-ID.
+    let invites = agent.seen.lock().unwrap().invites.clone();
+    assert_eq!(invites.len(), 1);
+    assert_eq!(header(&invites[0], "Answer-Mode"), Some("Auto"));
+    assert!(header(&invites[0], "Call-Info")
+        .unwrap()
+        .contains("answer-after=0"));
+    assert_ne!(header(&invites[0], "Call-ID"), Some(cmd.call_id.as_str()));
+    // Audio both ways: most of what each side heard is the other's voice.
+    let (share, n) = agent.heard_share(CALLEE);
+    assert!(
+        n > 40 && share > 0.6,
+        "agent heard the callee in {share} of {n}"
+    );
+    let (share, n) = callee.heard_share(AGENT);
+    assert!(
+        n > 40 && share > 0.6,
+        "callee heard the agent in {share} of {n}"
+    );
+    // The talk limit hung up the callee; the agent got BYE too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(agent.seen.lock().unwrap().got_bye, "agent leg ended");
+    let states: Vec<String> = desk
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, s)| s.clone())
+        .collect();
+    assert_eq!(states, ["reserved", "on_call", "wrap_up"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callee_hanging_up_ends_the_agent_leg() {
+    let callee = Ua::start(Behaviour {
+        answer: true,
+        level: CALLEE,
+        bye_after: Some(Duration::from_millis(1_200)),
+    })
+    .await;
+    let agent = Ua::start(Behaviour {
+        answer: true,
+        level: AGENT,
+        bye_after: None,
+    })
+    .await;
+    let desk = Arc::new(Desk::default());
+    desk.agents
+        .lock()
+        .unwrap()
+        .push(("ag1".into(), agent.uri("ag1"), true));
+    let (ctx, _stop) = context(callee.addr, T1).await;
+    let ctx = with_bridge(ctx, desk.clone(), Duration::from_secs(2));
+    let mut cmd = command(20_000, 5_000);
+    cmd.bridge = Some(bridged(2_000));
+    let started = std::time::Instant::now();
+    let (report, _) = run(&ctx, &cmd).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(report.outcome, Outcome::AnsweredHuman);
+    assert!(report.agent.is_some());
+    assert!(agent.seen.lock().unwrap().got_bye, "the agent got BYE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_who_does_not_answer_is_released_and_the_next_is_bridged() {
+    let callee = Ua::start(Behaviour {
+        answer: true,
+        level: CALLEE,
+        bye_after: None,
+    })
+    .await;
+    let sleepy = Ua::start(Behaviour {
+        answer: false,
+        level: AGENT,
+        bye_after: None,
+    })
+    .await;
+    let agent = Ua::start(Behaviour {
+        answer: true,
+        level: AGENT,
+        bye_after: None,
+    })
+    .await;
+    let desk = Arc::new(Desk::default());
+    {
+        let mut a = desk.agents.lock().unwrap();
+        a.push(("sleepy".into(), sleepy.uri("sleepy"), true));
+        a.push(("ag2".into(), agent.uri("ag2"), true));
+    }
+    let (ctx, _stop) = context(callee.addr, T1).await;
+    let ctx = with_bridge(ctx, desk.clone(), Duration::from_millis(600));
+    let mut cmd = command(1_500, 5_000);
+    cmd.bridge = Some(bridged(2_000));
+    let (report, _) = run(&ctx, &cmd).await;
+    let leg = report.agent.as_ref().expect("bridged to the second agent");
+    assert_eq!(leg.agent_id, "ag2");
+    assert_eq!(leg.tries, 1);
+    assert!(
+        sleepy.seen.lock().unwrap().got_cancel,
+        "the first agent's call was canceled"
+    );
+    let log = desk.log.lock().unwrap().clone();
+    assert!(
+        log.contains(&("sleepy".into(), "available".into())),
+        "{log:?}"
+    );
+    assert!(log.contains(&("ag2".into(), "on_call".into())), "{log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_agent_in_time_plays_the_message_and_abandons() {
+    let callee = Ua::start(Behaviour {
+        answer: true,
+        level: CALLEE,
+        bye_after: None,
+    })
+    .await;
+    let desk = Arc::new(Desk::default());
+    let (ctx, _stop) = context(callee.addr, T1).await;
+    let ctx = with_bridge(ctx, desk.clone(), Duration::from_secs(2));
+    let mut cmd = command(30_000, 5_000);
+    cmd.bridge = Some(bridged(500));
+    let started = std::time::Instant::now();
+    let (report, progress) = run(&ctx, &cmd).await;
+    assert_eq!(report.outcome, Outcome::Abandoned, "{report:?}");
+    assert!(report.agent.is_none());
+    assert!(!progress
+        .iter()
+        .any(|p| matches!(p, Progress::Bridged { .. })));
+    // 0.5 s wait, 1.5 s message, then BYE: well before the 30 s talk time.
+    let took = started.elapsed();
+    assert!(
+        took > Duration::from_millis(1_900) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    assert!(callee.seen.lock().unwrap().got_bye);
+    // The message was audible: its three chimes are 0.9 s of sound (45
+    // packets) in its 1.5 s.
+    let loud = callee.loud_packets();
+    assert!((40..=60).contains(&loud), "{loud} loud packets");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_calls_the_agent_first_then_the_customer() {
+    let customer = Ua::start(Behaviour {
+        answer: true,
+        level: CALLEE,
+        bye_after: None,
+    })
+    .await;
+    let agent = Ua::start(Behaviour {
+        answer: true,
+        level: AGENT,
+        bye_after: None,
+    })
+    .await;
+    let other = Ua::start(Behaviour {
+        answer: true,
+        level: AGENT,
+        bye_after: None,
+    })
+    .await;
+    let desk = Arc::new(Desk::default());
+    {
+        let mut a = desk.agents.lock().unwrap();
+        a.push(("other".into(), other.uri("other"), true));
+        a.push(("me".into(), agent.uri("me"), true));
+    }
+    let (ctx, _stop) = context(customer.addr, T1).await;
+    let ctx = Arc::new(with_bridge(ctx, desk.clone(), Duration::from_secs(2)));
+    let mut cmd = command(2_000, 5_000);
+    cmd.bridge = Some(BridgeSpec {
+        agent_id: Some("me".into()),
+        ..bridged(2_000)
+    });
+    let bctx = ctx.bridge.clone().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let report = tokio::time::timeout(
+        Duration::from_secs(30),
+        media_processor::call::bridge::run_preview(
+            &ctx,
+            &bctx,
+            &cmd,
+            "me",
+            tx,
+            CancellationToken::new(),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.outcome, Outcome::AnsweredHuman, "{report:?}");
+    assert_eq!(report.agent.as_ref().unwrap().agent_id, "me");
+    assert!(
+        other.seen.lock().unwrap().invites.is_empty(),
+        "only the agent who asked"
+    );
+    let agent_invite_at = agent.seen.lock().unwrap().invites.len();
+    assert_eq!(agent_invite_at, 1);
+    let mut progress = Vec::new();
+    while let Ok(p) = rx.try_recv() {
+        progress.push(p);
+    }
+    assert!(progress
+        .iter()
+        .any(|p| matches!(p, Progress::Bridged { .. })));
+    let (share, n) = customer.heard_share(AGENT);
+    assert!(
+        n > 30 && share > 0.6,
+        "customer heard the agent in {share} of {n}"
+    );
+    let (share, n) = agent.heard_share(CALLEE);
+    assert!(
+        n > 30 && share > 0.5,
+        "agent heard the customer in {share} of {n}"
+    );
+}
