@@ -1583,3 +1583,94 @@ fn campaign_updated_and_customer_upserted_are_checked_field_by_field() {
         "cdr_retention_days"
     );
 }
+
+/// A bridged call's agent leg lands in its CDR; the agent's disposition
+/// arrives as `call.disposition` and sets the CDR's disposition, once; a
+/// disposition for a call whose record is not in yet fails (it is
+/// redelivered) and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridged_call_keeps_its_agent_leg_and_its_disposition() {
+    for (engine, url) in both_databases() {
+        let repo = repo(&url).await;
+        let call = dialstack_contract::CallRef {
+            call_id: "bridged-1".into(),
+            attempt_id: "a-1".into(),
+            campaign_id: "k1".into(),
+            phone: "+14155550177".into(),
+            at_ms: BASE,
+            team: Some("east".into()),
+        };
+        let leg = dialstack_contract::AgentLeg {
+            agent_id: "agent-7".into(),
+            wait_ms: 420,
+            ring_ms: 180,
+            talk_ms: 61_000,
+            tries: 1,
+            quality: None,
+        };
+        let done = dialstack_contract::CallEvent::Completed(dialstack_contract::CallCompleted {
+            agent_id: Some("agent-7".into()),
+            agent: Some(leg.clone()),
+            talk_ms: 61_500,
+            ..dialstack_contract::CallCompleted::unanswered(
+                call.clone(),
+                Outcome::AnsweredHuman,
+                None,
+            )
+        });
+        let disposition = |call_id: &str| dialstack_contract::CallDisposition {
+            call_id: call_id.into(),
+            attempt_id: "a-1".into(),
+            campaign_id: "k1".into(),
+            agent_id: "agent-7".into(),
+            code: "SALE".into(),
+            note: Some("two units".into()),
+            callback_at_ms: None,
+            at_ms: BASE + MINUTE,
+        };
+        // Before its call record: refused, nothing written.
+        let early = disposition("not-yet");
+        let r = repo
+            .apply_batch(&[Applied {
+                event_id: "disp-early",
+                change: Change::Disposition(&early),
+            }])
+            .await;
+        assert!(
+            r.is_err(),
+            "{engine}: a disposition without its record fails"
+        );
+        assert!(repo.get("not-yet").await.unwrap().is_none(), "{engine}");
+        // Completion and disposition in one batch.
+        let d = disposition("bridged-1");
+        let applied = repo
+            .apply_batch(&[
+                Applied {
+                    event_id: "done-1",
+                    change: Change::Call(&done),
+                },
+                Applied {
+                    event_id: "disp-1",
+                    change: Change::Disposition(&d),
+                },
+            ])
+            .await
+            .unwrap();
+        assert_eq!(applied, vec![true, true], "{engine}");
+        let cdr = repo.get("bridged-1").await.unwrap().unwrap();
+        assert_eq!(cdr.agent_id.as_deref(), Some("agent-7"), "{engine}");
+        assert_eq!(cdr.disposition.as_deref(), Some("SALE"), "{engine}");
+        let agent: dialstack_contract::AgentLeg =
+            serde_json::from_value(cdr.agent.clone().unwrap()).unwrap();
+        assert_eq!(agent, leg, "{engine}");
+        // The same event again is a duplicate: nothing changes.
+        let again = repo
+            .apply_batch(&[Applied {
+                event_id: "disp-1",
+                change: Change::Disposition(&d),
+            }])
+            .await
+            .unwrap();
+        assert_eq!(again, vec![false], "{engine}");
+    }
+}

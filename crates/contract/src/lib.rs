@@ -963,4 +963,76 @@ mod tests {
         );
         assert!(CallEvent::parse(types::CALL_DIALING, &serde_json::json!("str")).is_err());
     }
+
+    #[test]
+    fn bridge_specs_and_dispositions_name_what_is_wrong() {
+        let mut cmd = dial();
+        cmd.bridge = Some(BridgeSpec::default());
+        // The default wait is the legal 2 s once read from JSON.
+        let spec: BridgeSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(spec.abandon_after_ms, 2_000);
+        cmd.bridge = Some(spec.clone());
+        assert!(cmd.validate().is_ok());
+        for (bad, field) in [
+            (
+                BridgeSpec {
+                    abandon_after_ms: 50,
+                    ..spec.clone()
+                },
+                "bridge.abandon_after_ms",
+            ),
+            (
+                BridgeSpec {
+                    agent_id: Some("a b".into()),
+                    ..spec.clone()
+                },
+                "bridge.agent_id",
+            ),
+            (
+                BridgeSpec {
+                    skills: [("spanish".to_owned(), 11u8)].into(),
+                    ..spec.clone()
+                },
+                "bridge.skills",
+            ),
+            (
+                BridgeSpec {
+                    skills: (0..20).map(|i| (format!("s{i}"), 1u8)).collect(),
+                    ..spec.clone()
+                },
+                "bridge.skills",
+            ),
+        ] {
+            cmd.bridge = Some(bad);
+            assert_eq!(cmd.validate().unwrap_err().field, field);
+        }
+        let ok = CallDisposition {
+            call_id: "c1".into(),
+            attempt_id: "a1".into(),
+            campaign_id: "k1".into(),
+            agent_id: "ag".into(),
+            code: "CALLBACK".into(),
+            note: None,
+            callback_at_ms: Some(1),
+            at_ms: 1,
+        };
+        assert!(ok.validate().is_ok());
+        let mut bad = ok.clone();
+        bad.code = "DROP TABLE".into();
+        assert_eq!(bad.validate().unwrap_err().field, "code");
+        let mut bad = ok.clone();
+        bad.note = Some("x".repeat(1_001));
+        assert_eq!(bad.validate().unwrap_err().field, "note");
+        // A bridged event parses as a call event; one missing its agent does not.
+        let call = serde_json::json!({"call_id": "c1", "attempt_id": "a1", "campaign_id": "k1", "phone": "+14155550101", "at_ms": 1});
+        let mut v = call.clone();
+        v["agent_id"] = "ag".into();
+        v["wait_ms"] = 10.into();
+        v["agent_ring_ms"] = 5.into();
+        assert!(matches!(
+            CallEvent::parse(types::CALL_BRIDGED, &v),
+            Ok(Some(CallEvent::Bridged(_)))
+        ));
+        assert!(CallEvent::parse(types::CALL_BRIDGED, &call).is_err());
+    }
 }

@@ -58,6 +58,8 @@ enum Parsed {
     Customer(String, CustomerUpserted, i64),
     /// A campaign's retention.
     Retention(String, CampaignRetention),
+    /// An agent's disposition of a call.
+    Disposition(String, dialstack_contract::CallDisposition),
 }
 
 impl Parsed {
@@ -83,6 +85,7 @@ impl Parsed {
                 }),
             ),
             Parsed::Retention(id, r) => (id, Change::Retention(r)),
+            Parsed::Disposition(id, d) => (id, Change::Disposition(d)),
         };
         Some(Applied { event_id, change })
     }
@@ -172,6 +175,11 @@ impl CallEvents {
                         version: c.version,
                     },
                 ));
+            }
+            types::CALL_DISPOSITION => {
+                let d: dialstack_contract::CallDisposition = ev.data_as().map_err(|e| bad(&e))?;
+                d.validate().map_err(|e| bad(&e))?;
+                return Ok(Parsed::Disposition(ev.id, d));
             }
             _ => {}
         }

@@ -69,6 +69,10 @@ pub struct Cdr {
     pub customer_id: Option<String>,
     /// What the agent recorded about the call.
     pub disposition: Option<String>,
+    /// The agent leg of a bridged call (`agent_id`, `wait_ms`, `ring_ms`,
+    /// `talk_ms`, `tries`, `quality`).
+    #[schema(value_type = Option<Object>)]
+    pub agent: Option<serde_json::Value>,
 }
 
 /// What a CDR says about its recording; the audio is at `href`.
@@ -261,10 +265,10 @@ fn bind_all<'q>(
 }
 
 /// The columns a call event writes.
-const COLS: &str = "call_id, attempt_id, campaign_id, phone, state, outcome, reason, sip_status, dialed_at, ringing_at, answered_at, ended_at, ring_ms, talk_ms, rtp_sent, rtp_received, team, agent_id, mos, quality, started_at";
+const COLS: &str = "call_id, attempt_id, campaign_id, phone, state, outcome, reason, sip_status, dialed_at, ringing_at, answered_at, ended_at, ring_ms, talk_ms, rtp_sent, rtp_received, team, agent_id, mos, quality, started_at, agent_leg";
 
 /// What a read returns: the CDR and its recording, if any.
-const SELECT: &str = "SELECT c.call_id, c.attempt_id, c.campaign_id, c.phone, c.state, c.outcome, c.reason, c.sip_status, c.dialed_at, c.ringing_at, c.answered_at, c.ended_at, c.ring_ms, c.talk_ms, c.rtp_sent, c.rtp_received, c.team, c.agent_id, c.quality, r.duration_ms, r.bytes, r.sha256, c.started_at, c.customer_id, c.disposition FROM cdrs c LEFT JOIN recordings r ON r.call_id = c.call_id";
+const SELECT: &str = "SELECT c.call_id, c.attempt_id, c.campaign_id, c.phone, c.state, c.outcome, c.reason, c.sip_status, c.dialed_at, c.ringing_at, c.answered_at, c.ended_at, c.ring_ms, c.talk_ms, c.rtp_sent, c.rtp_received, c.team, c.agent_id, c.quality, r.duration_ms, r.bytes, r.sha256, c.started_at, c.customer_id, c.disposition, c.agent_leg FROM cdrs c LEFT JOIN recordings r ON r.call_id = c.call_id";
 
 fn cdr_from(r: &sqlx::any::AnyRow) -> Cdr {
     let call_id: String = r.get(0);
@@ -304,6 +308,9 @@ fn cdr_from(r: &sqlx::any::AnyRow) -> Cdr {
         started_at: r.get(22),
         customer_id: r.get(23),
         disposition: r.get(24),
+        agent: r
+            .get::<Option<String>, _>(25)
+            .and_then(|a| serde_json::from_str(&a).ok()),
     }
 }
 
@@ -362,7 +369,7 @@ impl Repo {
         }
         for (i, item) in items.iter().enumerate().filter(|(i, _)| fresh[*i]) {
             match item.change {
-                Change::Customer(_) | Change::Retention(_) => {}
+                Change::Customer(_) | Change::Retention(_) | Change::Disposition(_) => {}
                 Change::Call(ev) => {
                     let Some(row) = CdrRow::of(ev) else { continue };
                     applied[i] = true;
@@ -388,6 +395,26 @@ impl Repo {
         recordings.sort_by_key(|r| &r.call.call_id);
         for r in recordings {
             super::recordings::upsert_recording(&mut tx, self.db.dialect, r).await?;
+        }
+        // Dispositions after the rows: a call's completion and its
+        // disposition may arrive in one batch. One for a call whose CDR is
+        // not in yet fails the batch (retried one by one, then redelivered).
+        for (i, item) in items.iter().enumerate().filter(|(i, _)| fresh[*i]) {
+            if let Change::Disposition(d) = item.change {
+                let done = sqlx::query(
+                    "UPDATE cdrs SET disposition = ?, updated_at = ? WHERE call_id = ?",
+                )
+                .bind(&d.code)
+                .bind(dialstack_common::now_ms())
+                .bind(&d.call_id)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    tracing::info!(call_id = %d.call_id, "disposition before its call record; retried");
+                    return Err(sqlx::Error::RowNotFound);
+                }
+                applied[i] = true;
+            }
         }
         tx.commit().await?;
         Ok(applied)
@@ -467,6 +494,8 @@ pub enum Change<'a> {
     /// A call's recording (validated by the caller, as for
     /// [`Repo::apply_recording`]).
     Recording(&'a RecordingReady),
+    /// The agent's disposition of a call (`call.disposition`, validated).
+    Disposition(&'a dialstack_contract::CallDisposition),
 }
 
 /// What one or more events of a call write into its CDR.
@@ -494,6 +523,7 @@ struct CdrRow<'a> {
     mos: Option<f64>,
     quality: Option<String>,
     started_at: i64,
+    agent_leg: Option<String>,
 }
 
 impl<'a> CdrRow<'a> {
@@ -543,6 +573,10 @@ impl<'a> CdrRow<'a> {
             mos: quality.map(|q| q.mos).filter(|m| m.is_finite()),
             quality: quality_json,
             started_at: d.at_ms,
+            agent_leg: done
+                .and_then(|c| c.agent.as_ref())
+                .and_then(|a| serde_json::to_string(a).ok())
+                .filter(|a| a.len() <= 4_096),
         })
     }
 
@@ -577,6 +611,7 @@ impl<'a> CdrRow<'a> {
         latest(&mut self.agent_id, later.agent_id);
         latest(&mut self.mos, later.mos);
         latest(&mut self.quality, later.quality);
+        latest(&mut self.agent_leg, later.agent_leg);
         self.started_at = self.started_at.min(later.started_at);
         if later.rank > self.rank {
             self.state = later.state;
@@ -585,7 +620,7 @@ impl<'a> CdrRow<'a> {
     }
 }
 
-/// Rows per upsert statement (23 values each).
+/// Rows per upsert statement (24 values each).
 const ROWS_PER_UPSERT: usize = 200;
 
 /// Upserts CDR rows (distinct calls) inside `tx`, in as few statements as
@@ -613,6 +648,7 @@ async fn upsert_cdrs(
             ("agent_id", "COALESCE(new(agent_id), agent_id)"),
             ("mos", "COALESCE(new(mos), mos)"),
             ("quality", "COALESCE(new(quality), quality)"),
+            ("agent_leg", "COALESCE(new(agent_leg), agent_leg)"),
             ("updated_at", "new(updated_at)"),
             (
                 "started_at",
@@ -630,7 +666,7 @@ async fn upsert_cdrs(
         ],
     );
     let now = dialstack_common::now_ms();
-    const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
     for chunk in rows.chunks(ROWS_PER_UPSERT) {
         let sql = format!(
             "INSERT INTO cdrs ({COLS}, state_rank, updated_at) VALUES {ROW}{} {upsert}",
@@ -660,6 +696,7 @@ async fn upsert_cdrs(
                 .bind(r.mos)
                 .bind(r.quality.clone())
                 .bind(r.started_at)
+                .bind(r.agent_leg.clone())
                 .bind(r.rank)
                 .bind(now);
         }

@@ -176,6 +176,12 @@ pub const MIGRATIONS: &[Migration] = &[
               );
               CREATE INDEX storage_audit_subject ON storage_audit (subject, at)",
     },
+    // The agent leg of bridged calls (issue 11).
+    Migration {
+        version: 5,
+        name: "cdr agent leg",
+        sql: "ALTER TABLE cdrs ADD COLUMN agent_leg VARCHAR(4096) NULL",
+    },
 ];
 
 /// The repository.
