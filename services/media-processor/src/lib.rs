@@ -45,6 +45,7 @@
 //! `DIALSTACK_RECORDINGS_SPOOL` (where recordings are written before
 //! upload, default `./data/recordings-spool`), `DIALSTACK_MAX_RECORDINGS`
 //! (recordings at once, default 2000; more are shed),
+//! `DIALSTACK_ENVIRONMENT` (`production` refuses the `sim://` trunk),
 //! `DIALSTACK_AGENT_ANSWER_MS` (how long an agent's phone may ring before
 //! the next agent is tried, default 8000, 500-60000),
 //! `DIALSTACK_ABANDON_PROMPT` (a WAV file, PCM mono 8 kHz 16-bit, of the
@@ -189,6 +190,16 @@ impl Config {
         let common = CommonConfig::from_env(env, PORT)?.require_jwks()?;
         let trunk_url = env.required("DIALSTACK_SIP_TRUNK")?;
         let trunk = parse_trunk(&trunk_url)?;
+        if matches!(trunk, Trunk::Sim(_))
+            && env
+                .get("DIALSTACK_ENVIRONMENT")
+                .is_some_and(|e| e.eq_ignore_ascii_case("production"))
+        {
+            return Err(ConfigError::new(
+                "DIALSTACK_SIP_TRUNK",
+                "sim:// (the simulated carrier) is refused when DIALSTACK_ENVIRONMENT=production: set the carrier's sip: URI",
+            ));
+        }
         let trunk_tcp = matches!(trunk, Trunk::Sip(_)) && trunk_uses_tcp(&trunk_url)?;
         let rtp_ports = env.or("DIALSTACK_RTP_PORTS", "20000-29999");
         rtp::PortPool::parse(&rtp_ports).map_err(|e| ConfigError::new("DIALSTACK_RTP_PORTS", e))?;
@@ -682,6 +693,47 @@ mod tests {
         assert_eq!(e.var, "DIALSTACK_MEDIA_INTERFACE");
         let c = Config::from_env(&Env::from_pairs(base)).unwrap();
         assert_eq!(c.media_ip, Some(IpAddr::from([203, 0, 113, 7])));
+    }
+
+    #[test]
+    fn production_refuses_the_simulated_carrier_and_agent_settings_are_checked() {
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = required_env();
+            pairs.extend_from_slice(extra);
+            Config::from_env(&Env::from_pairs(pairs))
+        };
+        let e = with(&[("DIALSTACK_ENVIRONMENT", "production")]).unwrap_err();
+        assert_eq!(e.var, "DIALSTACK_SIP_TRUNK");
+        assert!(e.to_string().contains("production"), "{e}");
+        let e = with(&[("DIALSTACK_ENVIRONMENT", "Production")]).unwrap_err();
+        assert_eq!(e.var, "DIALSTACK_SIP_TRUNK");
+        // A real carrier in production, and the simulator elsewhere, are fine.
+        let mut pairs = required_env();
+        pairs.retain(|(k, _)| *k != "DIALSTACK_SIP_TRUNK");
+        pairs.extend([
+            ("DIALSTACK_SIP_TRUNK", "sip:127.0.0.1:5080"),
+            ("DIALSTACK_ENVIRONMENT", "production"),
+        ]);
+        assert!(Config::from_env(&Env::from_pairs(pairs)).is_ok());
+        assert!(with(&[("DIALSTACK_ENVIRONMENT", "staging")]).is_ok());
+        // Agent answer time and the compliance recording.
+        let c = with(&[]).unwrap();
+        assert_eq!(c.agent_answer, Duration::from_millis(8_000));
+        assert_eq!(c.abandon_prompt.len(), 12_000);
+        for bad in ["0", "100", "600000", "soon"] {
+            let e = with(&[("DIALSTACK_AGENT_ANSWER_MS", bad)]).unwrap_err();
+            assert_eq!(e.var, "DIALSTACK_AGENT_ANSWER_MS", "{bad}");
+        }
+        let e = with(&[("DIALSTACK_ABANDON_PROMPT", "/no/such/prompt.wav")]).unwrap_err();
+        assert_eq!(e.var, "DIALSTACK_ABANDON_PROMPT");
+        let dir = std::env::temp_dir().join(format!("dialstack-prompt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_wav = dir.join("not.wav");
+        std::fs::write(&not_wav, b"hello").unwrap();
+        let path: &'static str = Box::leak(not_wav.display().to_string().into_boxed_str());
+        let e = with(&[("DIALSTACK_ABANDON_PROMPT", path)]).unwrap_err();
+        assert!(e.to_string().contains("RIFF"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
