@@ -446,6 +446,11 @@ mod scheduler {
             max_attempts: None,
             max_attempts_per_day: None,
             default_region: None,
+            mode: None,
+            dial_ratio: None,
+            abandon_cap_pct: None,
+            skills: None,
+            abandon_after_ms: None,
         };
         let c = repo
             .create_campaign(
@@ -1790,4 +1795,79 @@ mod media {
             );
         }
     }
+}
+
+/// The inbox is pruned by age: entries older than the horizon go (in
+/// bounded batches), newer ones stay and still de-duplicate.
+#[tokio::test]
+async fn inbox_entries_older_than_the_horizon_are_pruned() {
+    for (engine, url) in both_databases() {
+        let db = db(&url, &[]).await;
+        let mut tx = db.begin().await.unwrap();
+        for i in 0..30 {
+            assert!(inbox_claim(&mut tx, db.dialect, "c", &format!("e{i}"))
+                .await
+                .unwrap());
+        }
+        tx.commit().await.unwrap();
+        let now = dialstack_common::now_ms();
+        sqlx::query("UPDATE inbox SET received_at = ? WHERE event_id < 'e2'")
+            .bind(now - dialstack_common::db::INBOX_HORIZON_MS - 1_000)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let old = count(
+            &db,
+            &format!(
+                "SELECT COUNT(*) FROM inbox WHERE received_at < {}",
+                now - dialstack_common::db::INBOX_HORIZON_MS
+            ),
+        )
+        .await;
+        assert!(old > 0, "{engine}");
+        let pruned =
+            dialstack_common::db::prune_inbox(&db, now - dialstack_common::db::INBOX_HORIZON_MS)
+                .await
+                .unwrap();
+        assert_eq!(pruned as i64, old, "{engine}");
+        assert_eq!(
+            count(&db, "SELECT COUNT(*) FROM inbox").await,
+            30 - old,
+            "{engine}"
+        );
+        let mut tx = db.begin().await.unwrap();
+        assert!(
+            !inbox_claim(&mut tx, db.dialect, "c", "e29").await.unwrap(),
+            "{engine}: a kept entry still de-duplicates"
+        );
+        tx.rollback().await.unwrap();
+    }
+}
+
+/// A broker that accepts the TCP connection but never speaks AMQP (a hung
+/// broker) fails the connect within the timeout instead of blocking the
+/// service's start or its outbox relay forever.
+#[tokio::test]
+async fn a_hung_broker_fails_the_connect_within_the_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+            if held.len() > 16 {
+                break;
+            }
+        }
+    });
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f?namespace=hung");
+    let started = std::time::Instant::now();
+    let r = dialstack_common::bus::Channel::connect(&url, dialstack_common::bus::EVENTS).await;
+    let took = started.elapsed();
+    assert!(r.is_err(), "a hung broker is an error");
+    assert!(
+        took >= std::time::Duration::from_secs(9) && took < std::time::Duration::from_secs(20),
+        "{took:?}"
+    );
+    hold.abort();
 }

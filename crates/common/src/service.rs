@@ -93,6 +93,7 @@ impl ServiceBase {
             None
         };
         let relay = OutboxRelay::new(db.clone(), outbox_channels, Some(metrics.clone()));
+        readiness.add(relay.health());
         let tasks = TaskTracker::new();
         let keys = config.jwks_url.as_ref().map(|url| {
             let cache = Arc::new(JwksCache::new(url.clone()));

@@ -33,11 +33,22 @@ fn broker(e: impl std::fmt::Display) -> BusError {
     BusError::Broker(e.to_string())
 }
 
+/// How long a connection to the broker may take to open.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a publish may wait for the broker's confirm (a broker under a
+/// memory or disk alarm blocks publishers without refusing them).
+pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn open(uri: &str) -> Result<Connection, BusError> {
     let props = ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio);
-    Connection::connect(uri, props).await.map_err(broker)
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(uri, props)).await {
+        Ok(r) => r.map_err(broker),
+        Err(_) => Err(BusError::Broker(format!(
+            "no connection to the broker within {CONNECT_TIMEOUT:?}"
+        ))),
+    }
 }
 
 async fn declare_exchange(
@@ -342,8 +353,8 @@ impl Backend for AmqpBackend {
             .with_message_id(msg.id.clone().into())
             .with_correlation_id(msg.key.clone().into())
             .with_content_type("application/cloudevents+json".into());
-        let confirm = ch
-            .basic_publish(
+        let publish = async {
+            ch.basic_publish(
                 &self.exchange,
                 &msg.routing_key,
                 BasicPublishOptions::default(),
@@ -353,7 +364,19 @@ impl Backend for AmqpBackend {
             .await
             .map_err(broker)?
             .await
-            .map_err(broker)?;
+            .map_err(broker)
+        };
+        let confirm = match tokio::time::timeout(CONFIRM_TIMEOUT, publish).await {
+            Ok(r) => r?,
+            Err(_) => {
+                // The channel may be blocked (flow control, a resource
+                // alarm): the next publish opens a fresh one.
+                *self.publisher.lock().await = None;
+                return Err(BusError::Broker(format!(
+                    "no publish confirm within {CONFIRM_TIMEOUT:?}"
+                )));
+            }
+        };
         match confirm {
             Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
             Confirmation::Nack(_) => Err(BusError::Broker("publish nacked by broker".into())),

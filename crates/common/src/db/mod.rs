@@ -134,11 +134,13 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-/// The migrations every service gets: the outbox and the inbox.
-const COMMON_MIGRATIONS: &[Migration] = &[Migration {
-    version: 0,
-    name: "outbox and inbox",
-    sql: "CREATE TABLE IF NOT EXISTS outbox (
+/// The migrations every service gets: the outbox and the inbox (the
+/// inbox is pruned by age, [`prune_inbox`]).
+const COMMON_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 0,
+        name: "outbox and inbox",
+        sql: "CREATE TABLE IF NOT EXISTS outbox (
             id VARCHAR(64) NOT NULL PRIMARY KEY,
             channel VARCHAR(32) NOT NULL,
             routing_key VARCHAR(128) NOT NULL,
@@ -154,7 +156,13 @@ const COMMON_MIGRATIONS: &[Migration] = &[Migration {
             received_at BIGINT NOT NULL,
             PRIMARY KEY (consumer, event_id)
           )",
-}];
+    },
+    Migration {
+        version: 1,
+        name: "inbox pruning by age",
+        sql: "CREATE INDEX inbox_received ON inbox (received_at)",
+    },
+];
 
 /// A pool plus the engine it talks to. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -412,7 +420,65 @@ pub struct OutboxRelay {
     channels: Arc<HashMap<String, Channel>>,
     wake: Arc<Notify>,
     metrics: Option<Metrics>,
+    health: Arc<RelayHealth>,
 }
+
+/// Whether the relay can publish: readiness goes red while it has been
+/// failing with rows pending for longer than [`RelayHealth::GRACE_MS`], so
+/// that a broker that accepts connections but not messages (a memory
+/// alarm, a hung connection) takes the instance out of rotation.
+#[derive(Debug, Default)]
+pub struct RelayHealth {
+    /// When the current run of failed passes began (ms since epoch; 0: the
+    /// last pass succeeded).
+    failing_since: std::sync::atomic::AtomicI64,
+}
+
+impl RelayHealth {
+    /// Failures shorter than this (ms) do not turn readiness red.
+    pub const GRACE_MS: i64 = 15_000;
+
+    fn record(&self, ok: bool, now: i64) {
+        use std::sync::atomic::Ordering;
+        if ok {
+            self.failing_since.store(0, Ordering::Relaxed);
+        } else {
+            let _ =
+                self.failing_since
+                    .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// `Err` naming how long the relay has been failing, beyond the grace.
+    pub fn status(&self, now: i64) -> Result<(), String> {
+        let since = self
+            .failing_since
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if since != 0 && now - since > Self::GRACE_MS {
+            Err(format!(
+                "cannot publish for {} s (rows stay in the outbox)",
+                (now - since) / 1_000
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::http::ReadyCheck for RelayHealth {
+    fn name(&self) -> &str {
+        "outbox relay"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        self.status(crate::now_ms())
+    }
+}
+
+/// How long consumed event ids are kept for de-duplication (a redelivery
+/// after this is applied again; brokers redeliver within minutes).
+pub const INBOX_HORIZON_MS: i64 = 7 * 86_400_000;
 
 /// Reads one outbox row. Text columns may come back as bytes (MySQL reports
 /// TEXT with a binary collation as BLOB), so both are accepted.
@@ -443,7 +509,13 @@ impl OutboxRelay {
             channels: Arc::new(channels),
             wake: Arc::new(Notify::new()),
             metrics,
+            health: Arc::new(RelayHealth::default()),
         }
+    }
+
+    /// The relay's health, for readiness.
+    pub fn health(&self) -> Arc<RelayHealth> {
+        self.health.clone()
     }
 
     /// Wakes the relay now (call after committing an outbox row).
@@ -528,6 +600,7 @@ impl OutboxRelay {
             // were committed.
             let last_pass = shutdown.is_cancelled();
             let result = self.relay_once().await;
+            self.health.record(result.is_ok(), crate::now_ms());
             let more = match &result {
                 Ok(n) => {
                     failures = 0;
@@ -551,6 +624,9 @@ impl OutboxRelay {
                     .bind(cutoff)
                     .execute(&self.db.pool)
                     .await;
+                if let Err(e) = prune_inbox(&self.db, crate::now_ms() - INBOX_HORIZON_MS).await {
+                    tracing::warn!(error = %e, "inbox not pruned");
+                }
                 last_cleanup = std::time::Instant::now();
             }
             if last_pass {
@@ -581,9 +657,47 @@ impl OutboxRelay {
     }
 }
 
+/// Deletes inbox entries received before `cutoff` (ms), in bounded
+/// batches; returns how many went.
+pub async fn prune_inbox(db: &Db, cutoff: i64) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    for _ in 0..100 {
+        let sql = match db.dialect {
+            Dialect::MySql => "DELETE FROM inbox WHERE received_at < ? LIMIT 5000",
+            Dialect::Sqlite => {
+                "DELETE FROM inbox WHERE rowid IN (SELECT rowid FROM inbox WHERE received_at < ? LIMIT 5000)"
+            }
+        };
+        let n = sqlx::query(sql)
+            .bind(cutoff)
+            .execute(&db.pool)
+            .await?
+            .rows_affected();
+        total += n;
+        if n < 5_000 {
+            break;
+        }
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relay_health_turns_red_only_after_the_grace() {
+        let h = RelayHealth::default();
+        assert!(h.status(1_000).is_ok());
+        h.record(false, 1_000);
+        assert!(h.status(1_000 + RelayHealth::GRACE_MS).is_ok());
+        // A second failure does not move the start of the run.
+        h.record(false, 5_000);
+        let e = h.status(2_000 + RelayHealth::GRACE_MS).unwrap_err();
+        assert!(e.contains("cannot publish for 16 s"), "{e}");
+        h.record(true, 20_000);
+        assert!(h.status(1_000_000).is_ok());
+    }
 
     #[test]
     fn in_lists() {
