@@ -489,15 +489,103 @@ impl utoipa::Modify for BearerSecurity {
     }
 }
 
-/// Serialises an OpenAPI document as 3.1 JSON.
+/// Serialises an OpenAPI document as 3.1 JSON, with its parameters put
+/// right ([`complete_parameters`]).
 pub fn openapi_json(doc: utoipa::openapi::OpenApi) -> serde_json::Value {
-    serde_json::to_value(doc).unwrap_or_default()
+    let mut v = serde_json::to_value(doc).unwrap_or_default();
+    complete_parameters(&mut v);
+    v
+}
+
+/// Puts an operation's parameters where its path says they are: a
+/// parameter declared `in: path` that the path template does not name is a
+/// query parameter (a query struct's fields default to `path` in the
+/// generator), and a `{name}` of the template that no parameter declares is
+/// added as a required string path parameter. OpenAPI requires both; a
+/// generated client or Swagger UI gets them wrong otherwise.
+pub fn complete_parameters(doc: &mut serde_json::Value) {
+    use serde_json::{json, Value};
+    const METHODS: [&str; 8] = [
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (template, item) in paths.iter_mut() {
+        let names: Vec<String> = template
+            .split('{')
+            .skip(1)
+            .filter_map(|rest| rest.split_once('}').map(|(n, _)| n.to_owned()))
+            .collect();
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for method in METHODS {
+            let Some(op) = item.get_mut(method).and_then(Value::as_object_mut) else {
+                continue;
+            };
+            let params = op
+                .entry("parameters")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            let Some(params) = params.as_array_mut() else {
+                continue;
+            };
+            for p in params.iter_mut() {
+                let in_path = p["in"] == "path";
+                let named = p["name"]
+                    .as_str()
+                    .is_some_and(|n| names.iter().any(|x| x == n));
+                if in_path && !named {
+                    p["in"] = json!("query");
+                }
+                if p["in"] == "path" {
+                    p["required"] = json!(true);
+                }
+            }
+            for n in &names {
+                let declared = params
+                    .iter()
+                    .any(|p| p["in"] == "path" && p["name"].as_str() == Some(n));
+                if !declared {
+                    params.push(json!({
+                        "name": n,
+                        "in": "path",
+                        "required": true,
+                        "schema": {"type": "string"},
+                    }));
+                }
+            }
+            if params.is_empty() {
+                op.remove("parameters");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::body::Body;
+
+    #[test]
+    fn parameters_follow_the_path_template() {
+        let mut doc = serde_json::json!({"paths": {
+            "/v1/things/{id}": {"get": {"parameters": [
+                {"name": "limit", "in": "path", "required": false, "schema": {"type": "integer"}},
+            ]}},
+            "/v1/things": {"post": {}},
+        }});
+        complete_parameters(&mut doc);
+        let ps = &doc["paths"]["/v1/things/{id}"]["get"]["parameters"];
+        assert_eq!(ps[0]["in"], "query", "{ps}");
+        assert_eq!(
+            ps[1],
+            serde_json::json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}})
+        );
+        assert!(doc["paths"]["/v1/things"]["post"]
+            .get("parameters")
+            .is_none());
+    }
     use axum::routing::post;
     use tower::ServiceExt;
 
