@@ -246,6 +246,48 @@ impl Users {
         (id, self.token(name, &password).await)
     }
 
+    /// `POST /v1/agents/{id}/state` with `body`, as `token`.
+    pub async fn set_state(&self, token: &str, id: &str, body: Value) -> (u16, Value) {
+        self.call(
+            Method::POST,
+            &format!("/v1/agents/{id}/state"),
+            token,
+            Some(body),
+        )
+        .await
+    }
+
+    /// `POST /v1/agents/reserve` with `body`, as `token` (a service's).
+    pub async fn reserve(&self, token: &str, body: Value) -> (u16, Value) {
+        self.call(Method::POST, "/v1/agents/reserve", token, Some(body))
+            .await
+    }
+
+    /// Brings available agent `id` into `until` (`reserved`, `on_call` or
+    /// `wrap_up`) the way the dialer does, with the service token `service`:
+    /// reserves exactly this agent for a fresh call, connects it, ends the
+    /// call. Returns the call id.
+    pub async fn take_call(&self, service: &str, id: &str, until: &str) -> String {
+        let call_id = uuid::Uuid::now_v7().to_string();
+        let (status, body) = self
+            .reserve(service, json!({"call_id": call_id, "agent_id": id}))
+            .await;
+        assert_eq!(status, 200, "reserve {id}: {body}");
+        let steps: &[&str] = match until {
+            "reserved" => &[],
+            "on_call" => &["on_call"],
+            "wrap_up" => &["on_call", "wrap_up"],
+            other => panic!("{other} is not a state of a call"),
+        };
+        for step in steps {
+            let (status, body) = self
+                .set_state(service, id, json!({"state": step, "call_id": call_id}))
+                .await;
+            assert_eq!(status, 200, "{id} to {step}: {body}");
+        }
+        call_id
+    }
+
     /// The text of `/metrics`.
     pub async fn metrics(&self) -> String {
         self.http
@@ -258,11 +300,166 @@ impl Users {
             .unwrap()
     }
 
+    /// The value of a metric on `/metrics`, named with its labels as
+    /// rendered (e.g. `dialstack_agents{state="available"}`); 0 when absent.
+    pub async fn metric_or_zero(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+
     /// The value of an unlabelled metric on `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
         let text = self.metrics().await;
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    }
+}
+
+/// One `agent.state` event as a test sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentEvent {
+    /// The agent.
+    pub agent_id: String,
+    /// The state it left.
+    pub previous: String,
+    /// The state it entered.
+    pub state: String,
+    /// Why.
+    pub reason: String,
+    /// The call, if the event names one.
+    pub call_id: Option<String>,
+    /// The agent's teams.
+    pub teams: Vec<String>,
+}
+
+impl AgentEvent {
+    /// `(previous, state, reason, call_id)`, for comparing sequences.
+    pub fn step(&self) -> (String, String, String, Option<String>) {
+        (
+            self.previous.clone(),
+            self.state.clone(),
+            self.reason.clone(),
+            self.call_id.clone(),
+        )
+    }
+}
+
+#[derive(Default)]
+struct AgentEventSink(std::sync::Mutex<Vec<AgentEvent>>);
+
+#[async_trait::async_trait]
+impl dialstack_common::bus::Handler for AgentEventSink {
+    async fn handle(
+        &self,
+        d: &dialstack_common::bus::Delivery,
+    ) -> Result<(), dialstack_common::bus::HandleError> {
+        use dialstack_common::bus::HandleError;
+        let ev = dialstack_common::events::CloudEvent::from_slice(&d.payload)
+            .map_err(|e| HandleError::Permanent(e.to_string()))?;
+        let data: dialstack_contract::AgentStateChanged =
+            serde_json::from_value(ev.data).map_err(|e| HandleError::Permanent(e.to_string()))?;
+        self.0
+            .lock()
+            .map_err(|e| HandleError::Permanent(e.to_string()))?
+            .push(AgentEvent {
+                agent_id: data.agent_id,
+                previous: data.previous,
+                state: data.state,
+                reason: data.reason,
+                call_id: data.call_id,
+                teams: data.teams,
+            });
+        Ok(())
+    }
+}
+
+/// A consumer of `agent.state` on an events channel that keeps every event
+/// in arrival order; stopped by [`AgentEventLog::stop`].
+pub struct AgentEventLog {
+    sink: std::sync::Arc<AgentEventSink>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AgentEventLog {
+    /// Binds a queue on `events_url` (before the service publishes, so no
+    /// event is missed) and starts consuming it.
+    pub async fn start(events_url: &str) -> Self {
+        use dialstack_common::bus::{Channel, Subscription, EVENTS};
+        let channel = Channel::connect(events_url, EVENTS)
+            .await
+            .expect("the events broker");
+        let sub = Subscription::new(crate::unique("agent-events"), &["agent.state"]);
+        channel.prepare(&sub).await.expect("an agent.state queue");
+        let sink = std::sync::Arc::new(AgentEventSink::default());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = {
+            let (sink, stop) = (sink.clone(), stop.clone());
+            tokio::spawn(async move {
+                channel
+                    .consume(sub, sink, stop)
+                    .await
+                    .expect("consuming agent.state")
+            })
+        };
+        Self { sink, stop, task }
+    }
+
+    /// The events of `agent_id` so far, in arrival order.
+    pub fn of(&self, agent_id: &str) -> Vec<AgentEvent> {
+        self.sink
+            .0
+            .lock()
+            .expect("the event log")
+            .iter()
+            .filter(|e| e.agent_id == agent_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits (up to 30 s) until the steps of `agent_id` are exactly
+    /// `expected` ([`AgentEvent::step`]); returns its events.
+    pub async fn expect(
+        &self,
+        what: &str,
+        agent_id: &str,
+        expected: &[(&str, &str, &str, Option<&str>)],
+    ) -> Vec<AgentEvent> {
+        let expected: Vec<_> = expected
+            .iter()
+            .map(|(p, s, r, c)| {
+                (
+                    p.to_string(),
+                    s.to_string(),
+                    r.to_string(),
+                    c.map(str::to_owned),
+                )
+            })
+            .collect();
+        crate::eventually(what, std::time::Duration::from_secs(30), || async {
+            let got = self.of(agent_id);
+            let steps: Vec<_> = got.iter().map(AgentEvent::step).collect();
+            if steps == expected {
+                Ok(got)
+            } else {
+                Err(format!("{steps:?}"))
+            }
+        })
+        .await
+    }
+
+    /// Stops consuming.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.expect("the consumer ends");
     }
 }

@@ -49,18 +49,27 @@ impl AgentMoves for Users {
         a["state"].as_str().unwrap().to_owned()
     }
 
+    /// Moves the agent along `path`: its own steps with `token`, the call
+    /// steps (reserved, on_call, wrap_up) as the dialer takes them, with the
+    /// service token and the call's id.
     async fn drive(&self, token: &str, id: &str, path: &[&str]) {
+        let service = self.service_token().await;
+        let mut call: Option<String> = None;
         for s in path {
-            let body = if *s == "paused" {
-                json!({"state": s, "pause_code": "break"})
-            } else {
-                json!({"state": s})
+            if *s == "reserved" {
+                call = Some(self.take_call(&service, id, "reserved").await);
+                continue;
+            }
+            let (who, body) = match *s {
+                "paused" => (token, json!({"state": s, "pause_code": "break"})),
+                "on_call" | "wrap_up" => (service.as_str(), json!({"state": s, "call_id": call})),
+                _ => (token, json!({"state": s})),
             };
             let (status, b) = self
                 .call(
                     Method::POST,
                     &format!("/v1/agents/{id}/state"),
-                    token,
+                    who,
                     Some(body),
                 )
                 .await;

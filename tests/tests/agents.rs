@@ -1,17 +1,15 @@
 //! Agents on SQLite and on MariaDB: the state machine over HTTP (invalid
 //! transitions are 409 with the current state), object-level access (another
-//! agent is a 404), presence (no heartbeat → offline), and `agent.state`
-//! events arriving in order at a RabbitMQ consumer.
+//! agent is a 404), presence (no heartbeat → offline), a call's cycle driven
+//! by the dialer, and `agent.state` events (with the agent's teams and the
+//! call) arriving in order at a RabbitMQ consumer. Reservation itself is in
+//! `reservations.rs`.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dialstack_common::bus::{Channel, Delivery, HandleError, Handler, Subscription, EVENTS};
-use dialstack_common::events::CloudEvent;
-use dialstack_tests::users::{Users, ADMIN_PASSWORD};
+use dialstack_tests::users::{AgentEventLog, Users, ADMIN_PASSWORD};
 use dialstack_tests::{amqp_url, both_databases, eventually, unique};
-use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
+use serde_json::json;
 
 async fn users(database_url: &str, events_url: &str, heartbeat_secs: u64) -> Users {
     let heartbeat = heartbeat_secs.to_string();
@@ -38,53 +36,11 @@ async fn agent(u: &Users, admin: &str, name: &str, team: &str) -> (String, Strin
     (id, u.token(name, &password).await)
 }
 
-/// The state change call, on top of the shared helpers.
-trait SetState {
-    async fn set_state(&self, token: &str, id: &str, body: Value) -> (u16, Value);
-}
-
-impl SetState for Users {
-    async fn set_state(&self, token: &str, id: &str, body: Value) -> (u16, Value) {
-        self.call(
-            reqwest::Method::POST,
-            &format!("/v1/agents/{id}/state"),
-            token,
-            Some(body),
-        )
-        .await
-    }
-}
-
-#[derive(Default)]
-struct Recorder(Mutex<Vec<(String, String, String)>>);
-
-#[async_trait::async_trait]
-impl Handler for Recorder {
-    async fn handle(&self, d: &Delivery) -> Result<(), HandleError> {
-        let ev = CloudEvent::from_slice(&d.payload)
-            .map_err(|e| HandleError::Permanent(e.to_string()))?;
-        let s = |k: &str| ev.data[k].as_str().unwrap_or("").to_owned();
-        self.0
-            .lock()
-            .unwrap()
-            .push((s("agent_id"), s("previous"), s("state")));
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_state_machine_access_and_events() {
     for (engine, url) in both_databases() {
         let events_url = amqp_url(&unique("ag"));
-        let channel = Channel::connect(&events_url, EVENTS).await.unwrap();
-        let sub = Subscription::new("agents-test", &["agent.state"]);
-        channel.prepare(&sub).await.unwrap();
-        let rec = Arc::new(Recorder::default());
-        let stop_consumer = CancellationToken::new();
-        let consumer = {
-            let (channel, rec, stop) = (channel.clone(), rec.clone(), stop_consumer.clone());
-            tokio::spawn(async move { channel.consume(sub, rec, stop).await.unwrap() })
-        };
+        let log = AgentEventLog::start(&events_url).await;
 
         let u = users(&url, &events_url, 3600).await;
         let admin = u.token("admin", ADMIN_PASSWORD).await;
@@ -221,41 +177,181 @@ async fn agent_state_machine_access_and_events() {
             .await;
         assert_eq!(status, 200, "{engine}");
 
-        let expected = vec![
-            (alice.clone(), "offline".to_owned(), "available".to_owned()),
-            (alice.clone(), "available".to_owned(), "paused".to_owned()),
-            (alice.clone(), "paused".to_owned(), "available".to_owned()),
-        ];
+        let events = log
+            .expect(
+                &format!("{engine}: agent.state events in order"),
+                &alice,
+                &[
+                    ("offline", "available", "requested", None),
+                    ("available", "paused", "requested", None),
+                    ("paused", "available", "requested", None),
+                ],
+            )
+            .await;
+        for e in events {
+            assert_eq!(
+                e.teams,
+                vec!["sales"],
+                "{engine}: every event has the teams"
+            );
+        }
+        assert!(log.of(&bob).len() <= 1);
+        log.stop().await;
+    }
+}
+
+/// A call's cycle as the dialer drives it: reserved, connected, ended, then
+/// wrap-up ended by the agent and, on the next call, by the team's timeout.
+/// Only the dialer takes the call steps, each naming its call; every event
+/// carries the teams and the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cycles_its_agent_and_every_step_is_an_event() {
+    for (engine, url) in both_databases() {
+        let events_url = amqp_url(&unique("cyc"));
+        let log = AgentEventLog::start(&events_url).await;
+        let u = users(&url, &events_url, 3600).await;
+        let admin = u.admin().await;
+        let service = u.service_token().await;
+        let (eve, eve_token) = agent(&u, &admin, "eve", "east").await;
+        let (status, _) = u
+            .set_state(&eve_token, &eve, json!({"state": "available"}))
+            .await;
+        assert_eq!(status, 200, "{engine}");
+
+        let (status, r) = u
+            .reserve(&service, json!({"call_id": "call-1", "team": "east"}))
+            .await;
+        assert_eq!(
+            (status, r["id"].as_str()),
+            (200, Some(eve.as_str())),
+            "{engine}: {r}"
+        );
+        // The agent cannot connect or release itself; the dialer must name
+        // the call, and the right one.
+        for to in ["on_call", "available"] {
+            let (status, b) = u
+                .set_state(&eve_token, &eve, json!({"state": to, "call_id": "call-1"}))
+                .await;
+            assert_eq!(
+                (status, b["code"].as_str()),
+                (403, Some("forbidden")),
+                "{engine}: agent to {to}: {b}"
+            );
+        }
+        let (status, b) = u
+            .set_state(&service, &eve, json!({"state": "on_call"}))
+            .await;
+        assert_eq!(status, 400, "{engine}: {b}");
+        assert!(
+            b["message"].as_str().unwrap().starts_with("call_id"),
+            "{engine}: {b}"
+        );
+        let (status, b) = u
+            .set_state(
+                &service,
+                &eve,
+                json!({"state": "on_call", "call_id": "call-0"}),
+            )
+            .await;
+        assert_eq!(
+            (status, b["code"].as_str(), b["current_state"].as_str()),
+            (409, Some("conflict"), Some("reserved")),
+            "{engine}: another call's connect: {b}"
+        );
+        let (status, a) = u
+            .set_state(
+                &service,
+                &eve,
+                json!({"state": "on_call", "call_id": "call-1"}),
+            )
+            .await;
+        assert_eq!(
+            (status, a["state"].as_str(), a["call_id"].as_str()),
+            (200, Some("on_call"), Some("call-1")),
+            "{engine}: {a}"
+        );
+        assert!(a.get("reserved_until").is_none(), "{engine}: {a}");
+        let (status, a) = u
+            .set_state(
+                &service,
+                &eve,
+                json!({"state": "wrap_up", "call_id": "call-1"}),
+            )
+            .await;
+        assert_eq!(
+            (status, a["state"].as_str(), a["call_id"].as_str()),
+            (200, Some("wrap_up"), Some("call-1")),
+            "{engine}: {a}"
+        );
+        // The agent ends its wrap-up.
+        let (status, a) = u
+            .set_state(&eve_token, &eve, json!({"state": "available"}))
+            .await;
+        assert_eq!(
+            (status, a["state"].as_str()),
+            (200, Some("available")),
+            "{engine}: {a}"
+        );
+        assert!(
+            a.get("call_id").is_none(),
+            "{engine}: the call is over: {a}"
+        );
+
+        // The next call's wrap-up ends by the team's timeout.
+        let (status, _) = u
+            .call(
+                reqwest::Method::PUT,
+                "/v1/teams/east",
+                &admin,
+                Some(json!({"wrap_up_timeout_secs": 1})),
+            )
+            .await;
+        assert_eq!(status, 200, "{engine}");
+        let call_2 = u.take_call(&service, &eve, "wrap_up").await;
         eventually(
-            &format!("{engine}: agent.state events in order"),
-            Duration::from_secs(30),
+            &format!("{engine}: eve's wrap-up times out"),
+            Duration::from_secs(15),
             || async {
-                let got: Vec<_> = rec
-                    .0
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|(a, _, _)| *a == alice)
-                    .cloned()
-                    .collect();
-                if got == expected {
+                let (_, a) = u
+                    .call(
+                        reqwest::Method::GET,
+                        &format!("/v1/agents/{eve}"),
+                        &admin,
+                        None,
+                    )
+                    .await;
+                if a["state"] == "available" {
                     Ok(())
                 } else {
-                    Err(format!("{got:?}"))
+                    Err(a.to_string())
                 }
             },
         )
         .await;
-        let bobs = rec
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(a, _, _)| *a == bob)
-            .count();
-        assert!(bobs <= 1);
-        stop_consumer.cancel();
-        consumer.await.unwrap();
+
+        let c1 = Some("call-1");
+        let c2 = Some(call_2.as_str());
+        let events = log
+            .expect(
+                &format!("{engine}: eve's events"),
+                &eve,
+                &[
+                    ("offline", "available", "requested", None),
+                    ("available", "reserved", "reserved", c1),
+                    ("reserved", "on_call", "connected", c1),
+                    ("on_call", "wrap_up", "call_ended", c1),
+                    ("wrap_up", "available", "requested", c1),
+                    ("available", "reserved", "reserved", c2),
+                    ("reserved", "on_call", "connected", c2),
+                    ("on_call", "wrap_up", "call_ended", c2),
+                    ("wrap_up", "available", "wrap_up_timeout", c2),
+                ],
+            )
+            .await;
+        for e in events {
+            assert_eq!(e.teams, vec!["east"], "{engine}: {e:?}");
+        }
+        log.stop().await;
     }
 }
 

@@ -61,3 +61,85 @@ fn every_service_serves_a_valid_openapi_document() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+fn swagger_ui_dir() -> PathBuf {
+    let tools = std::env::var("DIALSTACK_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/dialstack/tools")
+        });
+    let dir = tools.join("swagger-ui");
+    assert!(
+        dir.join("swagger-ui-bundle.js").exists(),
+        "Swagger UI assets missing in {} (scripts/test-env.sh unpacks them)",
+        dir.display()
+    );
+    dir
+}
+
+/// `/docs` is Swagger UI over the service's own document, from local
+/// assets (no network): headless Chromium renders the operations. The
+/// assets are served by name only; anything else under `/docs/` is a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swagger_ui_renders_the_api_offline() {
+    let dir = swagger_ui_dir();
+    // Read once per process by the HTTP layer, before any service starts.
+    std::env::set_var("DIALSTACK_SWAGGER_UI_DIR", &dir);
+    let users =
+        dialstack_tests::users::Users::start(&dialstack_tests::fresh_sqlite_url(), "memory://")
+            .await;
+    let http = reqwest::Client::new();
+    let page = http
+        .get(format!("{}/docs", users.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page
+        .text()
+        .await
+        .unwrap()
+        .contains("/docs/swagger-ui-bundle.js"));
+    let js = http
+        .get(format!("{}/docs/swagger-ui-bundle.js", users.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(js.status(), 200);
+    assert_eq!(js.headers()["content-type"], "text/javascript");
+    for bad in [
+        "../Cargo.toml",
+        "LICENSE",
+        "%2e%2e%2fetc%2fpasswd",
+        "swagger-ui.css.map",
+    ] {
+        let r = http
+            .get(format!("{}/docs/{bad}", users.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{bad}");
+    }
+    let out = tokio::process::Command::new("chromium")
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--virtual-time-budget=8000",
+            "--dump-dom",
+        ])
+        .arg(format!("{}/docs", users.url))
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("chromium runs (scripts/test-env.sh installs it)");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("swagger-ui"),
+        "no Swagger UI: {}",
+        &dom[..dom.len().min(2000)]
+    );
+    assert!(dom.contains("/v1/auth/token"), "operations not rendered");
+}

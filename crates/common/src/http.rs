@@ -341,6 +341,8 @@ pub fn finish_router(api: Router, ctx: HttpContext) -> Router {
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .route("/docs", get(docs_page))
+        .route("/docs/{file}", get(docs_asset))
         .with_state(ctx.clone());
     api.merge(shared)
         // A bug that panics in a handler becomes a 500 envelope, not a dropped connection.
@@ -372,6 +374,95 @@ async fn metrics(State(ctx): State<HttpContext>) -> Response {
 
 async fn openapi(State(ctx): State<HttpContext>) -> Response {
     Json(ctx.openapi.as_ref().clone()).into_response()
+}
+
+/// The API reference page: Swagger UI over `/openapi.json`, from assets on
+/// local disk (no network at run time). Without the assets it lists the
+/// operations itself, so `/docs` always says something useful.
+const DOCS_PAGE: &str = r##"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>dialstack API</title>
+<link rel="stylesheet" href="/docs/swagger-ui.css"></head>
+<body><div id="ui"></div>
+<script src="/docs/swagger-ui-bundle.js"></script>
+<script>
+if (window.SwaggerUIBundle) {
+  window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui", deepLinking: true});
+} else {
+  fetch("/openapi.json").then(r => r.json()).then(doc => {
+    const root = document.getElementById("ui");
+    const h = document.createElement("h1");
+    h.textContent = doc.info.title + " " + doc.info.version;
+    root.appendChild(h);
+    const note = document.createElement("p");
+    note.textContent = "Swagger UI assets are not installed (DIALSTACK_SWAGGER_UI_DIR); the operations:";
+    root.appendChild(note);
+    const list = document.createElement("ul");
+    for (const [path, item] of Object.entries(doc.paths || {})) {
+      for (const [method, op] of Object.entries(item)) {
+        const li = document.createElement("li");
+        li.textContent = method.toUpperCase() + " " + path + " - " + (op.summary || op.description || "");
+        list.appendChild(li);
+      }
+    }
+    root.appendChild(list);
+  });
+}
+</script></body></html>"##;
+
+async fn docs_page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        DOCS_PAGE,
+    )
+        .into_response()
+}
+
+/// The two Swagger UI files `/docs` loads, read once from
+/// `DIALSTACK_SWAGGER_UI_DIR` (default `/usr/share/dialstack/swagger-ui`,
+/// where the images put them; `scripts/test-env.sh` unpacks them into its
+/// tools folder). Only these names are served: no path reaches the disk.
+fn swagger_asset(name: &str) -> Option<&'static [u8]> {
+    use std::sync::OnceLock;
+    static ASSETS: OnceLock<Vec<(&'static str, Vec<u8>)>> = OnceLock::new();
+    let assets = ASSETS.get_or_init(|| {
+        let dir = std::env::var("DIALSTACK_SWAGGER_UI_DIR")
+            .ok()
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| "/usr/share/dialstack/swagger-ui".to_owned());
+        ["swagger-ui.css", "swagger-ui-bundle.js"]
+            .into_iter()
+            .filter_map(|n| {
+                let bytes = std::fs::read(std::path::Path::new(&dir).join(n)).ok()?;
+                Some((n, bytes))
+            })
+            .collect()
+    });
+    assets
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, b)| b.as_slice())
+}
+
+async fn docs_asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    let kind = match file.as_str() {
+        "swagger-ui.css" => "text/css",
+        "swagger-ui-bundle.js" => "text/javascript",
+        _ => return ApiError::not_found("no such file").into_response(),
+    };
+    match swagger_asset(&file) {
+        Some(bytes) => (
+            [
+                (header::CONTENT_TYPE, kind),
+                (header::CACHE_CONTROL, "public, max-age=86400"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        None => ApiError::not_found(format!(
+            "{file} is not installed (set DIALSTACK_SWAGGER_UI_DIR)"
+        ))
+        .into_response(),
+    }
 }
 
 const REQUEST_ID_HEADER: &str = "x-request-id";

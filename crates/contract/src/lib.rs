@@ -475,9 +475,10 @@ pub struct CallCompleted {
     /// Voice quality (RTP path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality: Option<Quality>,
-    /// The agent leg, when the call was bridged.
+    /// The agent leg, when the call was bridged (boxed: most calls have
+    /// none, and the event stays small).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent: Option<AgentLeg>,
+    pub agent: Option<Box<AgentLeg>>,
 }
 
 /// The agent leg of a bridged call.

@@ -361,7 +361,7 @@ async fn run_call(
         rtp_received: report.rtp_received,
         agent_id: report.agent.as_ref().map(|a| a.agent_id.clone()),
         quality: report.quality().cloned(),
-        agent: report.agent.clone(),
+        agent: report.agent.clone().map(Box::new),
     };
     emit(&log, &relay, &CallEvent::Completed(done)).await;
 }

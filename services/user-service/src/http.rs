@@ -148,11 +148,13 @@ pub struct Me {
         crate::users::create_user, crate::users::list_users, crate::users::get_user,
         crate::users::patch_user, crate::users::delete_user, crate::users::list_teams, crate::users::put_team,
         crate::agents::put_agent, crate::agents::get_agent,
-        crate::agents::list_agents, crate::agents::change_state, crate::agents::heartbeat),
+        crate::agents::list_agents, crate::agents::change_state, crate::agents::heartbeat,
+        crate::agents::reserve::reserve_agent),
     components(schemas(LoginRequest, ClientCredentials, AccessToken, RefreshRequest, TokenResponse, Me, ErrorBody, Jwks, dialstack_common::auth::Revoked, AuditEntry, Rotation, PasswordChange,
         crate::users::NewUser, crate::users::UserView, crate::users::UserPatch, crate::users::TeamSettings,
         crate::db::Team, crate::agents::AgentProfile,
-        crate::agents::AgentView, crate::agents::StateRequest, crate::db::Agent, crate::domain::AgentState)),
+        crate::agents::AgentView, crate::agents::StateRequest, crate::db::Agent, crate::db::AgentCall, crate::domain::AgentState,
+        crate::agents::reserve::ReserveRequest, crate::agents::reserve::ReservedAgent)),
     modifiers(&BearerSecurity)
 )]
 struct Doc;

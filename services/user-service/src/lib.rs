@@ -5,12 +5,15 @@
 //!
 //! # Layout
 //! - [`domain`]: usernames, the password policy and hashing, agent states
+//!   and who may move them, what a call needs of its agent
 //! - [`db`]: the repository by aggregate (users, sessions, login throttle,
 //!   audit, agents, teams, keys and revocations) and the migrations
 //! - [`http`]: login, client credentials, sessions, JWKS, audit, the auth
 //!   layer (revocations applied here too); OpenAPI and the router
 //! - [`users`]: users (admin CRUD) and team settings
-//! - [`agents`]: agent profiles, agent state, presence and wrap-up timeouts
+//! - [`agents`]: agent profiles, agent state, reserving an agent for a call
+//!   (`POST /v1/agents/reserve`, see [`agents::reserve`]), presence, wrap-up
+//!   timeouts and lapsed reservations
 //! - [`keyring`]: the signing key in use, rotation and retirement
 //! - [`hashing`]: the bounded password hashing pool
 //! - [`throttle`]: login throttling (pair backoff, address and account caps)
@@ -19,7 +22,11 @@
 //! Service-specific settings: `DIALSTACK_ADMIN_PASSWORD` (creates the `admin`
 //! user on first start; required while no admin exists),
 //! `DIALSTACK_AGENT_HEARTBEAT_TIMEOUT_SECS` (default 30: an agent silent that
-//! long goes offline), `DIALSTACK_ACCESS_TOKEN_TTL_SECS` (default 900),
+//! long goes offline), `DIALSTACK_AGENT_RESERVATION_SECS` (default 15, 1-300:
+//! a reserved agent not connected to its call that long is available again;
+//! keep it above media-processor's `DIALSTACK_AGENT_ANSWER_MS`, the time an
+//! agent's phone may ring, or a slow agent's reservation lapses mid-ring),
+//! `DIALSTACK_ACCESS_TOKEN_TTL_SECS` (default 900),
 //! `DIALSTACK_KEY_PUBLISH_DELAY_SECS` (default 30),
 //! `DIALSTACK_SERVICE_PASSWORD` (creates or updates the `dialstack-service`
 //! service account that other services log in with),
@@ -69,6 +76,9 @@ pub struct Config {
     pub service_password: Option<String>,
     /// Silence after which an agent goes offline.
     pub heartbeat_timeout: std::time::Duration,
+    /// `DIALSTACK_AGENT_RESERVATION_SECS` (default 15): how long a
+    /// reservation holds an agent before it lapses unused.
+    pub reservation_hold: std::time::Duration,
     /// `DIALSTACK_ACCESS_TOKEN_TTL_SECS` (default 900).
     pub access_ttl: std::time::Duration,
     /// `DIALSTACK_KEY_PUBLISH_DELAY_SECS` (default 30): a new key is in the
@@ -95,6 +105,13 @@ impl Config {
             return Err(ConfigError::new(
                 "DIALSTACK_AGENT_HEARTBEAT_TIMEOUT_SECS",
                 "must be 1-3600",
+            ));
+        }
+        let reservation_secs: u64 = env.parse_or("DIALSTACK_AGENT_RESERVATION_SECS", 15)?;
+        if !(1..=300).contains(&reservation_secs) {
+            return Err(ConfigError::new(
+                "DIALSTACK_AGENT_RESERVATION_SECS",
+                "must be 1-300",
             ));
         }
         let ttl_secs: u64 = env.parse_or("DIALSTACK_ACCESS_TOKEN_TTL_SECS", 900)?;
@@ -167,6 +184,7 @@ impl Config {
             admin_password,
             service_password,
             heartbeat_timeout: std::time::Duration::from_secs(heartbeat_secs),
+            reservation_hold: std::time::Duration::from_secs(reservation_secs),
             access_ttl: std::time::Duration::from_secs(ttl_secs),
             key_publish_delay: std::time::Duration::from_secs(publish_secs),
             limits,
@@ -195,6 +213,12 @@ pub struct AppState {
     pub hasher: hashing::PasswordPool,
     /// `dialstack_login_refused_total{reason}`: attempts refused unchecked.
     pub refused: prometheus::IntCounterVec,
+    /// How long a reservation holds an agent.
+    pub reservation_hold: std::time::Duration,
+    /// `dialstack_agent_reservations_total{result}`: reservation requests by
+    /// result (`reserved`, `none`: no agent fits and is available,
+    /// `lost_race`: the ones that fitted went to concurrent reservations).
+    pub reservations: prometheus::IntCounterVec,
 }
 
 /// A built user-service, ready to run.
@@ -272,8 +296,19 @@ impl Service for Application {
             base.relay.clone(),
             gauge,
             config.heartbeat_timeout,
+            config.reservation_hold,
             base.shutdown.clone(),
         ));
+        let reservations = base.metrics.register(&prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "dialstack_agent_reservations_total",
+                "agent reservation requests by result",
+            ),
+            &["result"],
+        )?);
+        for result in ["reserved", "none", "lost_race"] {
+            reservations.with_label_values(&[result]);
+        }
         let pool_metrics = hashing::PoolMetrics::new()?;
         base.metrics.register(&pool_metrics.running);
         base.metrics.register(&pool_metrics.peak);
@@ -305,6 +340,8 @@ impl Service for Application {
             limits: config.limits,
             hasher,
             refused,
+            reservation_hold: config.reservation_hold,
+            reservations,
         };
         Ok(Self(
             Built::new(base, http::router(state, keys), http::openapi()).await?,
@@ -317,5 +354,38 @@ impl Service for Application {
 
     async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.0.run().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut env = Env::from_pairs(pairs.iter().copied());
+        env.set("DIALSTACK_DATABASE_URL", "sqlite://unused.db");
+        env.set("DIALSTACK_EVENTS_URL", "memory://");
+        Config::from_env(&env)
+    }
+
+    #[test]
+    fn the_reservation_hold_is_read_and_bounded() {
+        assert_eq!(
+            config(&[]).unwrap().reservation_hold,
+            std::time::Duration::from_secs(15)
+        );
+        assert_eq!(
+            config(&[("DIALSTACK_AGENT_RESERVATION_SECS", "2")])
+                .unwrap()
+                .reservation_hold,
+            std::time::Duration::from_secs(2)
+        );
+        for bad in ["0", "301", "soon", "-1"] {
+            let e = config(&[("DIALSTACK_AGENT_RESERVATION_SECS", bad)]).unwrap_err();
+            assert!(
+                e.to_string().contains("DIALSTACK_AGENT_RESERVATION_SECS"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

@@ -12,6 +12,7 @@ pub const MIGRATIONS: &[Migration] = &[
     MIGRATION_TEAMS,
     MIGRATION_REVOCATIONS,
     MIGRATION_LOGIN_THROTTLE,
+    MIGRATION_AGENT_CALLS,
 ];
 
 /// Users and signing keys.
@@ -129,4 +130,14 @@ pub const MIGRATION_LOGIN_THROTTLE: Migration = Migration {
             trusted_until BIGINT NOT NULL
           );
           CREATE INDEX login_throttle_window ON login_throttle (window_start)",
+};
+
+/// The call an agent is reserved for, talking on or wrapping up, and when a
+/// reservation lapses (see [`super::reservations`]).
+pub const MIGRATION_AGENT_CALLS: Migration = Migration {
+    version: 8,
+    name: "agent calls and reservations",
+    sql: "ALTER TABLE agents ADD COLUMN call_id VARCHAR(64) NULL;
+          ALTER TABLE agents ADD COLUMN reserved_until BIGINT NULL;
+          CREATE INDEX agents_call ON agents (call_id)",
 };

@@ -8,6 +8,8 @@
 //! - [`throttle`]: login throttling counters (atomic charge and refund)
 //! - [`audit`]: the audit log
 //! - [`agents`]: agent profiles, state and heartbeats (with their outbox events)
+//! - [`reservations`]: reserving an available agent for a call, and lapsing
+//!   reservations not used in time
 //! - [`teams`]: team settings
 //! - [`keys`]: signing keys and access-token revocations
 //!
@@ -19,14 +21,16 @@ pub mod agents;
 pub mod audit;
 pub mod keys;
 pub mod migrations;
+pub mod reservations;
 pub mod sessions;
 pub mod teams;
 pub mod throttle;
 pub mod users;
 
-pub use agents::{Agent, StateChange};
+pub use agents::{Agent, AgentCall, AgentRow, StateChange};
 pub use audit::AuditEntry;
 pub use migrations::MIGRATIONS;
+pub use reservations::Reservation;
 pub use sessions::RefreshUse;
 pub use teams::Team;
 pub use throttle::{Admission, Gate};

@@ -1,5 +1,15 @@
-//! Usernames and the password policy. Hashing is argon2id with the `argon2`
-//! crate's defaults (19 MiB, 2 passes, 1 lane), which meet OWASP's minimum.
+//! The rules of user-service, free of HTTP and SQL.
+//!
+//! # Layout
+//! - this module: usernames and the password policy. Hashing is argon2id with
+//!   the `argon2` crate's defaults (19 MiB, 2 passes, 1 lane), which meet
+//!   OWASP's minimum.
+//! - [`agent`]: agent states, who may move an agent between them, what a
+//!   call needs of the agent it reserves, and the wrap-up timeout.
+
+pub mod agent;
+
+pub use agent::{judge, wrap_up_due, AgentNeeds, AgentState, Requester, Verdict};
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, SaltString};
 use argon2::Argon2;
@@ -206,138 +216,5 @@ mod tests {
             "correct horse battery",
             Some(&greedy)
         ));
-    }
-}
-
-/// Where an agent is, as the dialer sees it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum AgentState {
-    /// Not logged in, or gone (no heartbeat).
-    Offline,
-    /// Waiting for a call.
-    Available,
-    /// A call is being routed to them.
-    Reserved,
-    /// Talking.
-    OnCall,
-    /// After-call work.
-    WrapUp,
-    /// Away, with a pause code.
-    Paused,
-}
-
-impl AgentState {
-    /// Every state, in a stable order.
-    pub const ALL: [AgentState; 6] = [
-        Self::Offline,
-        Self::Available,
-        Self::Reserved,
-        Self::OnCall,
-        Self::WrapUp,
-        Self::Paused,
-    ];
-
-    /// The snake_case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Offline => "offline",
-            Self::Available => "available",
-            Self::Reserved => "reserved",
-            Self::OnCall => "on_call",
-            Self::WrapUp => "wrap_up",
-            Self::Paused => "paused",
-        }
-    }
-
-    /// Parses the snake_case name.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.as_str() == s)
-    }
-
-    /// Whether an agent may move from `self` to `to` on request. Going
-    /// offline for lack of heartbeats is the system's doing and is always
-    /// allowed (see [`AgentState::can_time_out`]).
-    pub fn can_become(self, to: AgentState) -> bool {
-        use AgentState::*;
-        matches!(
-            (self, to),
-            (Offline, Available)
-                | (Available, Reserved | Paused | Offline)
-                | (Reserved, OnCall | Available)
-                | (OnCall, WrapUp)
-                | (WrapUp, Available | Paused | Offline)
-                | (Paused, Available | Offline)
-        )
-    }
-
-    /// Whether a missing heartbeat takes the agent offline from here.
-    pub fn can_time_out(self) -> bool {
-        self != AgentState::Offline
-    }
-}
-
-/// Whether an agent in `wrap_up` since `since_ms` is due to leave it at
-/// `now_ms`: the shortest timeout among its teams that set one applies; with
-/// none, only the agent ends its wrap-up.
-pub fn wrap_up_due(
-    teams: &[String],
-    timeouts_secs: &std::collections::HashMap<String, i64>,
-    since_ms: i64,
-    now_ms: i64,
-) -> bool {
-    teams
-        .iter()
-        .filter_map(|t| timeouts_secs.get(t))
-        .min()
-        .is_some_and(|secs| now_ms - since_ms >= secs * 1000)
-}
-
-#[cfg(test)]
-mod agent_tests {
-    use super::AgentState::{self, *};
-
-    #[test]
-    fn the_transition_table() {
-        let allowed = [
-            (Offline, Available),
-            (Available, Reserved),
-            (Available, Paused),
-            (Available, Offline),
-            (Reserved, OnCall),
-            (Reserved, Available),
-            (OnCall, WrapUp),
-            (WrapUp, Available),
-            (WrapUp, Paused),
-            (WrapUp, Offline),
-            (Paused, Available),
-            (Paused, Offline),
-        ];
-        for from in AgentState::ALL {
-            for to in AgentState::ALL {
-                assert_eq!(
-                    from.can_become(to),
-                    allowed.contains(&(from, to)),
-                    "{from:?} -> {to:?}"
-                );
-            }
-            assert_eq!(AgentState::parse(from.as_str()), Some(from));
-        }
-        assert!(!Offline.can_time_out() && OnCall.can_time_out());
-    }
-
-    #[test]
-    fn wrap_up_ends_at_the_shortest_team_timeout() {
-        use super::wrap_up_due;
-        let limits: std::collections::HashMap<String, i64> =
-            [("sales".to_owned(), 30), ("vip".to_owned(), 10)].into();
-        let teams = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(!wrap_up_due(&teams(&["sales"]), &limits, 0, 29_999));
-        assert!(wrap_up_due(&teams(&["sales"]), &limits, 0, 30_000));
-        assert!(wrap_up_due(&teams(&["sales", "vip"]), &limits, 0, 10_000));
-        assert!(!wrap_up_due(&teams(&["support"]), &limits, 0, 1_000_000));
-        assert!(!wrap_up_due(&[], &limits, 0, 1_000_000));
     }
 }

@@ -1,12 +1,34 @@
-//! Users and agents: creating users (admins), agent profiles (admins and
-//! supervisors), agent state with its transition table, heartbeats, and the
-//! presence loop that takes silent agents offline.
+//! Agents: profiles (admins and supervisors), agent state with its
+//! transition table, heartbeats, reserving an agent for a call, and the
+//! presence loop.
 //!
 //! Object level: an agent sees and changes only itself; asking about another
 //! agent is a 404, so ids cannot be probed.
+//!
+//! # Layout
+//! - this module: the routes, profiles, the state change and the scope
+//! - [`reserve`]: `POST /v1/agents/reserve`, the dialer's atomic choice of
+//!   an agent for a call
+//! - [`presence`]: the loop that takes silent agents offline, ends overdue
+//!   wrap-ups, lapses unused reservations and keeps `dialstack_agents{state}`
+//!
+//! # A call's agent
+//! The dialer (media-processor, a service account) reserves an agent
+//! (`available → reserved`, the call id recorded on the agent), connects it
+//! (`reserved → on_call`), and ends the call (`on_call → wrap_up`), naming
+//! the call each time; or gives the reservation back (`reserved →
+//! available`). A reservation not connected within
+//! `DIALSTACK_AGENT_RESERVATION_SECS` lapses back to `available`. The agent
+//! ends its wrap-up (`wrap_up → available` or `paused`), or the team's
+//! wrap-up timeout does. Agents never reserve or connect themselves
+//! ([`crate::domain::AgentState::may_request`]).
+
+pub mod presence;
+pub mod reserve;
+
+pub use presence::run_presence;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -16,15 +38,15 @@ use axum::{Json, Router};
 use dialstack_common::auth::{roles, Principal, Role, RouteRoles, ANY_ROLE};
 use dialstack_common::http::{ApiError, ApiJson, ApiQuery, ErrorBody, ErrorCode};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::db::{Agent, Repo, StateChange};
-use crate::domain::AgentState;
+use crate::db::{Agent, AgentCall, AgentRow, StateChange};
+use crate::domain::{AgentState, Requester};
 use crate::AppState;
 
 const MANAGE: &[Role] = &[Role::Admin, Role::Supervisor];
 const VIEW: &[Role] = &[Role::Admin, Role::Supervisor, Role::Service];
+const SERVICE: &[Role] = &[Role::Service];
 
 /// Who may call each route (agents then only reach their own record).
 pub const ROUTES: &[RouteRoles] = &[
@@ -53,6 +75,11 @@ pub const ROUTES: &[RouteRoles] = &[
         path: "/v1/agents/{id}/heartbeat",
         roles: ANY_ROLE,
     },
+    RouteRoles {
+        method: "POST",
+        path: "/v1/agents/reserve",
+        roles: SERVICE,
+    },
 ];
 
 /// `PUT /v1/agents/{id}` body.
@@ -73,21 +100,25 @@ pub struct AgentProfile {
     pub max_concurrent: Option<i64>,
 }
 
-/// An agent with the time spent in its state.
+/// An agent with the time spent in its state and the call it is busy with.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AgentView {
     /// The agent.
     #[serde(flatten)]
     pub agent: Agent,
+    /// The call (`reserved`, `on_call`, `wrap_up`).
+    #[serde(flatten)]
+    pub call: AgentCall,
     /// Seconds in the current state.
     pub seconds_in_state: i64,
 }
 
-impl From<Agent> for AgentView {
-    fn from(agent: Agent) -> Self {
-        let seconds_in_state = (dialstack_common::now_ms() - agent.state_since).max(0) / 1000;
+impl From<AgentRow> for AgentView {
+    fn from(row: AgentRow) -> Self {
+        let seconds_in_state = (dialstack_common::now_ms() - row.agent.state_since).max(0) / 1000;
         Self {
-            agent,
+            agent: row.agent,
+            call: row.call,
             seconds_in_state,
         }
     }
@@ -101,9 +132,15 @@ pub struct StateRequest {
     /// Required with `paused`.
     #[serde(default)]
     pub pause_code: Option<String>,
-    /// Free text kept in the event.
+    /// Free text kept in the event (default: `connected`, `call_ended` or
+    /// `released` for the call steps, else `requested`).
     #[serde(default)]
     pub reason: Option<String>,
+    /// The call the change is about. Required from a service for the call
+    /// steps (`reserved → on_call`, `on_call → wrap_up`, `reserved →
+    /// available`); whenever given, it must be the agent's call (409).
+    #[serde(default)]
+    pub call_id: Option<String>,
 }
 
 /// `GET /v1/agents` filters.
@@ -134,6 +171,10 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/v1/agents/{id}/heartbeat",
             post(heartbeat).route_layer(roles(ANY_ROLE)),
+        )
+        .route(
+            "/v1/agents/reserve",
+            post(reserve::reserve_agent).route_layer(roles(SERVICE)),
         )
 }
 
@@ -189,7 +230,8 @@ impl Scope {
 /// 1,024 characters and travel in every token).
 pub const MAX_TEAMS: usize = 12;
 
-/// Team, skill and pause-code names: 1-64 of `[A-Za-z0-9._-]`.
+/// Team, skill and pause-code names, and ids that cross services (call
+/// ids, agent ids): 1-64 of `[A-Za-z0-9._-]`.
 pub fn name_ok(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -271,7 +313,7 @@ pub async fn put_agent(
     if !(1..=10).contains(&max_concurrent) {
         return Err(ApiError::invalid("max_concurrent", "must be 1-10"));
     }
-    let agent = state
+    state
         .repo
         .upsert_agent(&Agent {
             id: user.id,
@@ -286,21 +328,27 @@ pub async fn put_agent(
             last_heartbeat: 0,
         })
         .await?;
-    Ok(ApiJson(agent.into()))
+    // Read back with the call, which a profile change keeps.
+    let row = state
+        .repo
+        .agent_row(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("agent user"))?;
+    Ok(ApiJson(row.into()))
 }
 
 /// The agent, if the caller may see it: agents see only themselves,
 /// supervisors the agents of their teams; anyone else's is a 404.
-async fn visible(state: &AppState, who: &Principal, id: &str) -> Result<Agent, ApiError> {
+async fn visible(state: &AppState, who: &Principal, id: &str) -> Result<AgentRow, ApiError> {
     let scope = Scope::of(state, who).await?;
     if matches!(&scope, Scope::Own(me) if me != id) {
         return Err(ApiError::not_found("agent"));
     }
     state
         .repo
-        .agent(id)
+        .agent_row(id)
         .await?
-        .filter(|a| scope.sees(a))
+        .filter(|a| scope.sees(&a.agent))
         .ok_or_else(|| ApiError::not_found("agent"))
 }
 
@@ -337,24 +385,28 @@ pub async fn list_agents(
     let scope = Scope::of(&state, &who).await?;
     let mut agents = state
         .repo
-        .agents(f.state.as_deref(), f.team.as_deref(), f.skill.as_deref())
+        .agent_rows(f.state.as_deref(), f.team.as_deref(), f.skill.as_deref())
         .await?;
-    agents.retain(|a| scope.sees(a));
+    agents.retain(|a| scope.sees(&a.agent));
     Ok(ApiJson(agents.into_iter().map(AgentView::from).collect()))
 }
 
 /// Changes an agent's state. Agents change their own; supervisors, admins
-/// and services anyone's. An invalid transition is a 409 whose body carries
-/// `current_state`.
+/// and services anyone's they see. Only a reservation sets `reserved`; the
+/// call steps are the dialer's and name the call (see the module doc): an
+/// agent asking for one is a 403, a service omitting `call_id` a 400. An
+/// invalid transition, or a `call_id` that is not the agent's call, is a 409
+/// whose body carries `current_state`.
 #[utoipa::path(post, path = "/v1/agents/{id}/state", request_body = StateRequest, security(("bearer" = [])),
-    responses((status = 200, body = AgentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = AgentView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn change_state(
     State(state): State<AppState>,
     who: Principal,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<StateRequest>,
 ) -> Result<Response, ApiError> {
-    visible(&state, &who, &id).await?;
+    let current = visible(&state, &who, &id).await?;
     let pause_code = match (req.state, req.pause_code.as_deref()) {
         (AgentState::Paused, Some(code)) if name_ok(code) => Some(code),
         (AgentState::Paused, _) => {
@@ -365,28 +417,86 @@ pub async fn change_state(
         }
         (_, _) => None,
     };
-    let reason = req.reason.as_deref().unwrap_or("requested");
+    if req.call_id.as_deref().is_some_and(|c| !name_ok(c)) {
+        return Err(ApiError::invalid(
+            "call_id",
+            "must be 1-64 of [A-Za-z0-9._-]",
+        ));
+    }
+    let from = current.agent.state;
+    let reason = req.reason.as_deref().unwrap_or(match (from, req.state) {
+        (AgentState::Reserved, AgentState::OnCall) => "connected",
+        (AgentState::OnCall, AgentState::WrapUp) => "call_ended",
+        (AgentState::Reserved, AgentState::Available) => "released",
+        _ => "requested",
+    });
     if reason.len() > 128 {
         return Err(ApiError::invalid(
             "reason",
             "must be at most 128 characters",
         ));
     }
-    match state.repo.set_state(&id, req.state, pause_code, reason, false).await? {
-        StateChange::Changed(agent) => {
-            state.relay.notify();
-            Ok(ApiJson(AgentView::from(agent)).into_response())
-        }
-        StateChange::Refused(current) => Ok((
+    let requester = match who.role {
+        Role::Agent => Requester::Agent,
+        Role::Admin | Role::Supervisor => Requester::Manager,
+        Role::Service => Requester::Service,
+    };
+    let change = state
+        .repo
+        .request_state(
+            &id,
+            req.state,
+            pause_code,
+            reason,
+            requester,
+            req.call_id.as_deref(),
+        )
+        .await?;
+    let conflict = |current: AgentState, message: String| {
+        (
             StatusCode::CONFLICT,
             Json(serde_json::json!({
                 "code": ErrorCode::Conflict.as_str(),
-                "message": format!("an agent cannot go from {} to {}", current.as_str(), req.state.as_str()),
+                "message": message,
                 "request_id": dialstack_common::http::current_request_id(),
                 "current_state": current.as_str(),
             })),
         )
-            .into_response()),
+            .into_response()
+    };
+    let to = req.state.as_str();
+    match change {
+        StateChange::Changed(row) => {
+            state.relay.notify();
+            Ok(ApiJson(AgentView::from(*row)).into_response())
+        }
+        StateChange::Refused(current) => Ok(conflict(
+            current,
+            format!("an agent cannot go from {} to {to}", current.as_str()),
+        )),
+        StateChange::WrongCall(current) => Ok(conflict(
+            current,
+            "call_id is not the agent's call".to_owned(),
+        )),
+        StateChange::Forbidden(current) if req.state == AgentState::Reserved => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "an agent goes from {} to reserved only by POST /v1/agents/reserve",
+                current.as_str()
+            ),
+        )),
+        StateChange::Forbidden(current) => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "role {} may not move an agent from {} to {to}: the dialer does",
+                who.role.as_str(),
+                current.as_str()
+            ),
+        )),
+        StateChange::CallRequired(current) => Err(ApiError::invalid(
+            "call_id",
+            format!("is required to go from {} to {to}", current.as_str()),
+        )),
         StateChange::Unknown => Err(ApiError::not_found("agent")),
     }
 }
@@ -404,88 +514,5 @@ pub async fn heartbeat(
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("agent"))
-    }
-}
-
-/// Takes agents without a heartbeat for `timeout` offline, and keeps the
-/// `dialstack_agents{state}` gauge, until shutdown.
-pub async fn run_presence(
-    repo: Repo,
-    relay: dialstack_common::db::OutboxRelay,
-    gauge: prometheus::IntGaugeVec,
-    timeout: Duration,
-    shutdown: CancellationToken,
-) {
-    // At most a second between passes, so states stay true to the second.
-    let period = (timeout / 3).clamp(Duration::from_millis(200), Duration::from_secs(1));
-    loop {
-        end_overdue_wrap_ups(&repo, &relay).await;
-        let cutoff = dialstack_common::now_ms() - timeout.as_millis() as i64;
-        match repo.silent_agents(cutoff).await {
-            Ok(ids) => {
-                for id in ids {
-                    match repo
-                        .set_state(&id, AgentState::Offline, None, "heartbeat_timeout", true)
-                        .await
-                    {
-                        Ok(StateChange::Changed(_)) => {
-                            tracing::info!(agent_id = %id, "agent went silent, now offline");
-                            relay.notify();
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "cannot take a silent agent offline"),
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "presence check failed"),
-        }
-        if let Ok(counts) = repo.agent_counts().await {
-            for s in AgentState::ALL {
-                let n = counts
-                    .iter()
-                    .find(|(k, _)| k == s.as_str())
-                    .map(|(_, n)| *n)
-                    .unwrap_or(0);
-                gauge.with_label_values(&[s.as_str()]).set(n);
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
-        }
-    }
-}
-
-/// Ends the wrap-up of agents whose team's wrap-up timeout has passed.
-async fn end_overdue_wrap_ups(repo: &Repo, relay: &dialstack_common::db::OutboxRelay) {
-    let (teams, agents) = match (repo.teams().await, repo.agents_in_wrap_up().await) {
-        (Ok(t), Ok(a)) => (t, a),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::warn!(error = %e, "wrap-up check failed");
-            return;
-        }
-    };
-    let limits: std::collections::HashMap<String, i64> = teams
-        .into_iter()
-        .filter_map(|t| Some((t.name, t.wrap_up_timeout_secs?)))
-        .collect();
-    let now = dialstack_common::now_ms();
-    for a in agents {
-        if !crate::domain::wrap_up_due(&a.teams, &limits, a.state_since, now) {
-            continue;
-        }
-        // Only if still in this very wrap-up: an agent who paused or moved
-        // on meanwhile is left alone.
-        match repo
-            .transition(&a, AgentState::Available, None, "wrap_up_timeout")
-            .await
-        {
-            Ok(StateChange::Changed(_)) => {
-                tracing::info!(agent_id = %a.id, "wrap-up timed out, agent available");
-                relay.notify();
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(agent_id = %a.id, error = %e, "cannot end a wrap-up"),
-        }
     }
 }
