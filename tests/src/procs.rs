@@ -214,6 +214,7 @@ impl Suite {
         let jwks = format!("{}/.well-known/jwks.json", users.url);
         let mut env = common("sched");
         env.insert("DIALSTACK_JWKS_URL".into(), jwks.clone());
+        env.insert("DIALSTACK_USER_SERVICE_URL".into(), users.url.clone());
         let scheduler = ServiceProc::start("task-scheduler", &env, &logs).await;
         // storage-service serves what media-processor records: both use the
         // same store (a folder of the test's own unless the test names one).

@@ -2,8 +2,11 @@
 //! seed's failure-rate rule firing on call events from the bus (published
 //! as media-processor publishes them), notifications received by a WeCom
 //! robot and an SMTP server running in the test, silences, restarts, two
-//! replicas, retries, and Alertmanager's webhook. Real RabbitMQ, real
-//! MariaDB or SQLite, real user-service for tokens.
+//! replicas, retries, and Alertmanager's webhook; agents by state from
+//! `agent.state`; the wallboard's stream and its page in headless Chromium.
+//! Real RabbitMQ, real MariaDB or SQLite, real user-service for tokens and
+//! agent states. The same alert through the real suite and SIPp is in
+//! `alerts_e2e.rs`.
 
 use std::time::Duration;
 
@@ -27,7 +30,7 @@ const AM_TOKEN: &str = "alertmanager-test-token-0123456789abcdef";
 
 /// user-service for tokens, the bus, a robot and a mail server.
 struct World {
-    _users: InProcess,
+    users: InProcess,
     jwks: String,
     admin: String,
     events: String,
@@ -61,7 +64,7 @@ async fn world() -> World {
         .to_owned();
     World {
         jwks: format!("{}/.well-known/jwks.json", users.url),
-        _users: users,
+        users,
         admin,
         bus: Channel::connect(&events, EVENTS).await.unwrap(),
         events,
@@ -250,6 +253,153 @@ impl World {
         assert_eq!(self.robot.accepted().len(), n, "robot messages");
         assert_eq!(self.smtp.mails().len(), n, "mails");
     }
+
+    /// A user of user-service with `role` and `teams`; its id and token.
+    async fn user(&self, name: &str, role: &str, teams: &[&str]) -> (String, String) {
+        let id = self.new_user(name, role, teams).await;
+        (id, self.login(name).await)
+    }
+
+    /// Creates a user of user-service; its id.
+    async fn new_user(&self, name: &str, role: &str, teams: &[&str]) -> String {
+        let password = format!("{name} has a long password");
+        let resp = self
+            .http
+            .post(format!("{}/v1/users", self.users.url))
+            .bearer_auth(&self.admin)
+            .json(&json!({"username": name, "password": password, "role": role, "teams": teams}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        resp.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// An access token of user `name` (made by [`World::new_user`]).
+    async fn login(&self, name: &str) -> String {
+        let login: Value = self
+            .http
+            .post(format!("{}/v1/auth/login", self.users.url))
+            .json(&json!({"username": name, "password": format!("{name} has a long password")}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        login["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// An agent of user-service in `teams`; its id and token.
+    async fn agent(&self, name: &str, teams: &[&str]) -> (String, String) {
+        let id = self.new_user(name, "agent", &[]).await;
+        let resp = self
+            .http
+            .put(format!("{}/v1/agents/{id}", self.users.url))
+            .bearer_auth(&self.admin)
+            .json(
+                &json!({"display_name": name, "sip_uri": format!("sip:{name}@pbx.example"),
+                "teams": teams}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        // Logged in after the profile: a profile change voids earlier tokens.
+        (id, self.login(name).await)
+    }
+
+    /// The agent moves to `body` (`{"state": ...}`) through user-service,
+    /// which publishes the `agent.state` event.
+    async fn agent_moves(&self, id: &str, token: &str, body: Value) {
+        let resp = self
+            .http
+            .post(format!("{}/v1/agents/{id}/state", self.users.url))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{body}");
+    }
+
+    /// Publishes an `agent.state` event made by the test.
+    async fn agent_event(&self, agent: &str, state: &str, teams: &[&str], at_ms: i64) {
+        let ce = dialstack_tests::campaigns::agent_state(agent, state, teams, at_ms, None);
+        dialstack_tests::campaigns::publish(&self.bus, &ce).await;
+    }
+
+    /// Publishes `data` as an `agent.state` event's data, whatever it is.
+    async fn raw_agent_event(&self, data: Value) {
+        let ce = CloudEvent::new("user-service", types::AGENT_STATE, "mallory", &data);
+        dialstack_tests::campaigns::publish(&self.bus, &ce).await;
+    }
+
+    /// An open wallboard stream of `m` as `token`.
+    async fn wallboard(&self, m: &InProcess, token: &str) -> reqwest::Response {
+        let resp = self
+            .http
+            .get(format!("{}/v1/wallboard", m.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp
+    }
+}
+
+/// `dialstack_agents{state,team}` of `m` as (team, state) → agents, for
+/// series with a value above zero.
+async fn agents_gauge(m: &InProcess) -> std::collections::BTreeMap<(String, String), f64> {
+    let text = reqwest::get(format!("{}/metrics", m.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let label = |l: &str, k: &str| {
+        l.split(&format!("{k}=\""))
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    text.lines()
+        .filter(|l| l.starts_with("dialstack_agents{"))
+        .filter_map(|l| {
+            let v: f64 = l.rsplit(' ').next()?.parse().ok()?;
+            (v > 0.0).then(|| ((label(l, "team"), label(l, "state")), v))
+        })
+        .collect()
+}
+
+/// `(team, state, n)` triples as the gauge map.
+fn gauge_of(rows: &[(&str, &str, f64)]) -> std::collections::BTreeMap<(String, String), f64> {
+    rows.iter()
+        .map(|(t, s, n)| (((*t).to_owned(), (*s).to_owned()), *n))
+        .collect()
+}
+
+/// Waits until `dialstack_agents` of `m` is exactly `want` (non-zero series).
+async fn agents_are(m: &InProcess, want: &[(&str, &str, f64)]) {
+    let want = gauge_of(want);
+    eventually(
+        "dialstack_agents as expected",
+        Duration::from_secs(30),
+        || async {
+            let got = agents_gauge(m).await;
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("{got:?}, want {want:?}"))
+            }
+        },
+    )
+    .await;
 }
 
 /// The value of the series of `name` whose labels include all of `labels`.
@@ -1109,26 +1259,168 @@ async fn history_is_pruned_and_pending_notifications_are_kept() {
     );
 }
 
-/// Runs headless Chromium on `url` for about `ms` milliseconds with `args`
-/// (`--dump-dom` or `--screenshot=...`); its stdout.
-async fn chromium(url: &str, ms: u64, args: &[String]) -> String {
-    let out = tokio::process::Command::new("chromium")
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--window-size=1280,720",
-            &format!("--virtual-time-budget={ms}"),
-        ])
-        .args(args)
-        .arg(url)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("chromium runs (scripts/test-env.sh installs it)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// Headless Chromium driven over the DevTools protocol on a pipe
+/// (`--remote-debugging-pipe`: NUL-terminated JSON on its fds 3 and 4,
+/// here two FIFOs), attached to one page.
+struct Browser {
+    child: tokio::process::Child,
+    to: tokio::net::unix::pipe::Sender,
+    from: tokio::io::BufReader<tokio::net::unix::pipe::Receiver>,
+    session: String,
+    next_id: u64,
+    /// The FIFOs and the profile, removed on close.
+    dir: std::path::PathBuf,
+}
+
+impl Browser {
+    /// Starts Chromium and opens `url` in a new page.
+    async fn open(url: &str) -> Self {
+        use tokio::net::unix::pipe;
+        let dir = dialstack_tests::procs::log_dir("alerts_wallboard").join(unique("cdp-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (to_path, from_path) = (dir.join("to-chromium"), dir.join("from-chromium"));
+        for p in [&to_path, &from_path] {
+            let made = std::process::Command::new("mkfifo").arg(p).status();
+            assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", p.display());
+        }
+        // Opened read-write, neither end waits for the other (Linux).
+        let to = pipe::OpenOptions::new()
+            .read_write(true)
+            .open_sender(&to_path)
+            .unwrap();
+        let from = pipe::OpenOptions::new()
+            .read_write(true)
+            .open_receiver(&from_path)
+            .unwrap();
+        let child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(
+                r#"exec chromium --headless=new --no-sandbox --disable-gpu --disable-dev-shm-usage \
+                   --no-first-run --window-size=1280,900 --user-data-dir="$3" \
+                   --remote-debugging-pipe about:blank 3<"$1" 4>"$2" 2>"$4""#,
+            )
+            .arg("sh")
+            .arg(&to_path)
+            .arg(&from_path)
+            .arg(dir.join("profile"))
+            .arg(dir.with_extension("log"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromium runs (scripts/test-env.sh installs it)");
+        let mut b = Self {
+            child,
+            to,
+            from: tokio::io::BufReader::new(from),
+            session: String::new(),
+            next_id: 0,
+            dir,
+        };
+        let target = b
+            .send(None, "Target.createTarget", json!({"url": url}))
+            .await;
+        let attached = b
+            .send(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": target["targetId"], "flatten": true}),
+            )
+            .await;
+        b.session = attached["sessionId"].as_str().unwrap().to_owned();
+        b
+    }
+
+    /// Sends one command (to the page's session when `session` is given)
+    /// and returns its result; events in between are skipped.
+    async fn send(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut msg = json!({"id": id, "method": method, "params": params});
+        if let Some(s) = session {
+            msg["sessionId"] = json!(s);
+        }
+        let mut bytes = serde_json::to_vec(&msg).unwrap();
+        bytes.push(0);
+        self.to.write_all(&bytes).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut buf = Vec::new();
+            tokio::time::timeout_at(deadline, self.from.read_until(0, &mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("chromium did not answer {method}"))
+                .unwrap();
+            buf.pop();
+            let reply: Value = serde_json::from_slice(&buf).unwrap_or(Value::Null);
+            if reply["id"] == id {
+                assert!(reply["error"].is_null(), "{method}: {reply}");
+                return reply["result"].clone();
+            }
+        }
+    }
+
+    /// The value of a JavaScript expression in the page.
+    async fn eval(&mut self, expression: &str) -> Value {
+        let session = self.session.clone();
+        let r = self
+            .send(
+                Some(&session),
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true}),
+            )
+            .await;
+        r["result"]["value"].clone()
+    }
+
+    /// Waits until `expression` is `want` in the page.
+    async fn until(&mut self, what: &str, expression: &str, want: Value) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.eval(expression).await;
+            if got == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: {expression} is {got}, not {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stores a PNG screenshot of the page at `path`.
+    async fn screenshot(&mut self, path: &std::path::Path) {
+        use base64::Engine;
+        let session = self.session.clone();
+        let r = self
+            .send(
+                Some(&session),
+                "Page.captureScreenshot",
+                json!({"format": "png"}),
+            )
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(r["data"].as_str().unwrap_or_default())
+            .unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+
+    /// Closes the browser and waits for it to exit.
+    async fn close(mut self) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.send(None, "Browser.close", json!({})),
+        )
+        .await;
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1154,62 +1446,330 @@ async fn the_wallboard_page_renders_live_in_chromium() {
         Some(Outcome::Failed),
     )
     .await;
+    let now = dialstack_common::now_ms();
+    w.agent_event("ada", "on_call", &["east"], now).await;
     // The page shows what the stream says once the monitor has it.
-    let mut resp = w
-        .http
-        .get(format!("{}/v1/wallboard", m.url))
-        .bearer_auth(&w.admin)
-        .send()
-        .await
-        .unwrap();
+    let mut resp = w.wallboard(&m, &w.admin).await;
     let mut buf = String::new();
     snapshot_where(&mut resp, &mut buf, |s| {
-        s["ringing"] == 1 && s["talking"] == 1 && s["campaigns"][0]["completed"] == 1
+        s["ringing"] == 1
+            && s["talking"] == 1
+            && s["campaigns"][0]["completed"] == 1
+            && s["agents"]["by_state"]["on_call"] == 1
     })
     .await;
     drop(resp);
+
     let url = format!("{}/wallboard#token={}", m.url, w.admin);
-    let dump = ["--dump-dom".to_owned()];
-    let dom = chromium(&url, 10_000, &dump).await;
-    let row = dom
-        .split(&format!("data-campaign=\"{campaign}\""))
-        .nth(1)
-        .unwrap_or_else(|| panic!("no row for the campaign in {dom}"));
-    let cells: Vec<&str> = row
-        .split("<td")
-        .skip(1)
-        .filter_map(|c| {
-            c.split_once('>')
-                .map(|(_, rest)| rest.split('<').next().unwrap_or(""))
-        })
-        .take(7)
-        .collect();
+    let mut page = Browser::open(&url).await;
+    let row = format!(
+        "Array.from(document.querySelector('tr[data-campaign=\"{campaign}\"]')?.children ?? []).map((td) => td.textContent)"
+    );
+    page.until(
+        "the campaign's row",
+        &row,
+        json!([campaign, "", "1", "1", "1", "100.0 %", "0.0 %"]),
+    )
+    .await;
+    let text = |id: &str| format!("document.getElementById('{id}').textContent");
+    page.until("talking", &text("talking"), json!("1")).await;
+    page.until("agents on a call", &text("agents-on_call"), json!("1"))
+        .await;
+    page.until("agents available", &text("agents-available"), json!("0"))
+        .await;
+    // A mark that a reload would wipe out.
+    page.eval("window.dialstackMark = 'still the same page'")
+        .await;
+    let updates = "Number(document.body.dataset.updates)";
+    let before = page.eval(updates).await.as_i64().unwrap();
+
+    // New events, no reload: the numbers move.
+    w.agent_event("bea", "available", &["west"], dialstack_common::now_ms())
+        .await;
+    w.event(
+        types::CALL_COMPLETED,
+        &campaign,
+        &format!("{campaign}-c1"),
+        Some(Outcome::AnsweredHuman),
+    )
+    .await;
+    page.until(
+        "an agent became available",
+        &text("agents-available"),
+        json!("1"),
+    )
+    .await;
+    page.until("the talking call ended", &text("talking"), json!("0"))
+        .await;
+    page.until(
+        "the west team's row",
+        "document.querySelector('tr[data-team=\"west\"] td:nth-child(2)')?.textContent ?? null",
+        json!("1"),
+    )
+    .await;
     assert_eq!(
-        cells,
-        vec![campaign.as_str(), "", "1", "1", "1", "100.0 %", "0.0 %"],
-        "ringing 1, talking 1, one failed call completed"
+        page.eval("window.dialstackMark").await,
+        json!("still the same page"),
+        "updated in place, not reloaded"
     );
-    assert!(dom.contains(r#"id="talking">1<"#), "{dom}");
-    let updates: u32 = dom
-        .split("data-updates=\"")
-        .nth(1)
-        .and_then(|v| v.split('"').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    // Headless Chromium dumps the page as soon as its virtual time is up,
-    // which does not wait for a second snapshot of the stream; updates of
-    // the stream itself are checked by the test above.
-    assert!(
-        updates >= 1,
-        "the page rendered the stream ({updates} snapshots)"
-    );
+    let after = page.eval(updates).await.as_i64().unwrap();
+    assert!(after > before, "{before} -> {after} snapshots rendered");
+
     let shot = dialstack_tests::procs::log_dir("alerts_wallboard").join("wallboard.png");
     let _ = std::fs::remove_file(&shot);
-    chromium(&url, 4000, &[format!("--screenshot={}", shot.display())]).await;
+    page.screenshot(&shot).await;
+    page.close().await;
     let png = std::fs::read(&shot).expect("the screenshot is stored");
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 10_000,
         "{} bytes",
         png.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_by_state_follow_agent_state_per_team_in_any_order() {
+    let w = world().await;
+    let db = fresh_mysql_url();
+    let m = w.monitor(&db).await;
+    agents_are(&m, &[]).await;
+
+    // Real agents: user-service publishes their moves.
+    let (alice, alice_token) = w.agent("alice", &["east"]).await;
+    let (bob, bob_token) = w.agent("bob", &["east", "west"]).await;
+    w.agent_moves(&alice, &alice_token, json!({"state": "available"}))
+        .await;
+    w.agent_moves(&bob, &bob_token, json!({"state": "available"}))
+        .await;
+    w.agent_moves(
+        &bob,
+        &bob_token,
+        json!({"state": "paused", "pause_code": "lunch"}),
+    )
+    .await;
+    agents_are(
+        &m,
+        &[
+            ("east", "available", 1.0),
+            ("east", "paused", 1.0),
+            ("west", "paused", 1.0),
+        ],
+    )
+    .await;
+
+    // Events out of order: carol's older state arrives after the newer
+    // one and changes nothing; a redelivered event counts once.
+    let now = dialstack_common::now_ms();
+    w.agent_event("carol", "on_call", &[], now).await;
+    w.agent_event("carol", "available", &[], now - 5_000).await;
+    let dup = dialstack_tests::campaigns::agent_state("dave", "wrap_up", &["west"], now, None);
+    for _ in 0..2 {
+        dialstack_tests::campaigns::publish(&w.bus, &dup).await;
+    }
+    // Erin joins, then her profile is removed: she is no longer counted.
+    w.agent_event("erin", "available", &["west"], now).await;
+    let mut gone =
+        dialstack_tests::campaigns::agent_state("erin", "offline", &["west"], now + 1, None);
+    gone.data["reason"] = json!("user_deleted");
+    dialstack_tests::campaigns::publish(&w.bus, &gone).await;
+    // Malformed events are dead-lettered, each for its field, and count nothing.
+    let good = json!({"agent_id": "mallory", "previous": "offline", "state": "available",
+        "reason": "login", "at_ms": now, "teams": ["east"]});
+    let mut malformed = Vec::new();
+    for (field, value) in [
+        ("state", json!("asleep")),
+        ("at_ms", json!("yesterday")),
+        ("at_ms", Value::Null),
+        ("teams", json!("east")),
+        ("agent_id", json!("mallory the intruder")),
+    ] {
+        let mut d = good.clone();
+        d[field] = value;
+        malformed.push(d);
+    }
+    malformed.push(json!(["not", "an", "object"]));
+    for d in &malformed {
+        w.raw_agent_event(d.clone()).await;
+    }
+    let want = [
+        ("east", "available", 1.0),
+        ("east", "paused", 1.0),
+        ("west", "paused", 1.0),
+        ("west", "wrap_up", 1.0),
+        ("none", "on_call", 1.0),
+    ];
+    agents_are(&m, &want).await;
+    let dead = eventually(
+        "malformed agent.state dead-lettered",
+        Duration::from_secs(30),
+        || async {
+            let d = w
+                .bus
+                .dead_letters("monitor-service", 20)
+                .await
+                .map_err(|e| e.to_string())?;
+            if d.len() >= malformed.len() {
+                Ok(d)
+            } else {
+                Err(format!("{} dead", d.len()))
+            }
+        },
+    )
+    .await;
+    assert_eq!(dead.len(), malformed.len());
+    for d in &dead {
+        let ce = CloudEvent::from_slice(&d.payload).unwrap();
+        assert_eq!(
+            (ce.ty.as_str(), ce.subject.as_deref()),
+            (types::AGENT_STATE, Some("mallory"))
+        );
+    }
+
+    // The wallboard: every agent once, and per team.
+    let mut resp = w.wallboard(&m, &w.admin).await;
+    let mut buf = String::new();
+    let s = snapshot_where(&mut resp, &mut buf, |s| {
+        s["agents"]["by_state"]["wrap_up"] == 1
+    })
+    .await;
+    assert_eq!(
+        s["agents"]["by_state"],
+        json!({"available": 1, "reserved": 0, "on_call": 1, "wrap_up": 1, "paused": 1, "offline": 0}),
+        "{s}"
+    );
+    let teams: Vec<&str> = s["agents"]["teams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["team"].as_str().unwrap())
+        .collect();
+    assert_eq!(teams, vec!["east", "none", "west"]);
+    assert_eq!(s["agents"]["teams"][2]["by_state"]["paused"], 1);
+    drop(resp);
+
+    // A supervisor of the west team sees its agents only.
+    let (_, west_lead) = w.user("wendy", "supervisor", &["west"]).await;
+    let mut resp = w.wallboard(&m, &west_lead).await;
+    let s = snapshot_where(&mut resp, &mut String::new(), |_| true).await;
+    assert_eq!(
+        s["agents"]["by_state"],
+        json!({"available": 0, "reserved": 0, "on_call": 0, "wrap_up": 1, "paused": 1, "offline": 0}),
+        "{s}"
+    );
+    assert_eq!(s["agents"]["teams"].as_array().unwrap().len(), 1, "{s}");
+    drop(resp);
+
+    // A restart keeps the counts (the database has them), and what comes
+    // next moves them.
+    drop(m);
+    let m = w.monitor(&db).await;
+    agents_are(&m, &want).await;
+    w.agent_moves(&bob, &bob_token, json!({"state": "available"}))
+        .await;
+    agents_are(
+        &m,
+        &[
+            ("east", "available", 2.0),
+            ("west", "available", 1.0),
+            ("west", "wrap_up", 1.0),
+            ("none", "on_call", 1.0),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn agent_states_keep_each_agents_latest_event_on_both_databases() {
+    use monitor_service::db::agents::AgentApplied;
+    use monitor_service::db::{Repo, MIGRATIONS};
+    use monitor_service::domain::agents::{AgentState, AgentUpdate};
+    let up = |agent: &str, state: AgentState, at_ms: i64, teams: &[&str]| AgentUpdate {
+        agent_id: agent.into(),
+        state,
+        at_ms,
+        teams: teams.iter().map(|t| (*t).to_owned()).collect(),
+        removed: false,
+    };
+    for (engine, url) in dialstack_tests::both_databases() {
+        let db = dialstack_common::db::Db::connect(&url).await.unwrap();
+        db.migrate(MIGRATIONS).await.unwrap();
+        let repo = Repo { db };
+        let apply = |id: &str, u: AgentUpdate| {
+            let (repo, id) = (repo.clone(), id.to_owned());
+            async move { repo.apply_agent_state(&id, &u).await.unwrap() }
+        };
+        let a1 = up("a", AgentState::Available, 100, &["east"]);
+        assert_eq!(apply("e1", a1.clone()).await, AgentApplied::Applied);
+        assert_eq!(apply("e1", a1).await, AgentApplied::Duplicate, "{engine}");
+        assert_eq!(
+            apply("e2", up("a", AgentState::Offline, 50, &[])).await,
+            AgentApplied::Stale,
+            "{engine}: older than held"
+        );
+        assert_eq!(
+            apply("e3", up("a", AgentState::OnCall, 200, &["east", "west"])).await,
+            AgentApplied::Applied
+        );
+        apply("e4", up("b", AgentState::Paused, 150, &[])).await;
+        let all = repo.agents_by_state(None).await.unwrap();
+        assert_eq!(
+            (
+                all.get(AgentState::OnCall),
+                all.get(AgentState::Paused),
+                all.total()
+            ),
+            (1, 1, 2),
+            "{engine}"
+        );
+        let mut by_team = repo.agents_by_team(None).await.unwrap();
+        by_team.sort();
+        assert_eq!(
+            by_team,
+            vec![
+                ("east".to_owned(), AgentState::OnCall, 1),
+                ("none".to_owned(), AgentState::Paused, 1),
+                ("west".to_owned(), AgentState::OnCall, 1),
+            ],
+            "{engine}"
+        );
+        let both = ["east".to_owned(), "west".to_owned()];
+        let scoped = repo.agents_by_state(Some(&both[..])).await.unwrap();
+        assert_eq!(scoped.total(), 1, "{engine}: an agent of two teams once");
+        assert_eq!(
+            repo.agents_by_team(Some(&both[1..])).await.unwrap(),
+            vec![("west".to_owned(), AgentState::OnCall, 1)]
+        );
+        // Teams follow the latest event; a removed profile is not counted.
+        apply("e5", up("a", AgentState::Available, 300, &["west"])).await;
+        assert_eq!(
+            repo.agents_by_team(Some(&both[..])).await.unwrap(),
+            vec![("west".to_owned(), AgentState::Available, 1)],
+            "{engine}"
+        );
+        let mut removed = up("a", AgentState::Offline, 400, &["west"]);
+        removed.removed = true;
+        apply("e6", removed).await;
+        assert_eq!(repo.agents_by_state(None).await.unwrap().total(), 1);
+        // Events of one agent handled at once, in any order: the newest wins.
+        let states = [
+            AgentState::Available,
+            AgentState::Reserved,
+            AgentState::OnCall,
+            AgentState::WrapUp,
+        ];
+        let mut order: Vec<i64> = (1..=24).collect();
+        fastrand::shuffle(&mut order);
+        let writes = order.iter().map(|&at| {
+            let state = states[(at % 4) as usize];
+            apply(&format!("c{at}"), up("c", state, 1_000 + at, &["north"]))
+        });
+        futures_util::future::join_all(writes).await;
+        assert_eq!(
+            repo.agents_by_team(Some(&["north".to_owned()][..]))
+                .await
+                .unwrap(),
+            vec![("north".to_owned(), states[0], 1)],
+            "{engine}: the event at 1024 wins"
+        );
+    }
 }

@@ -451,6 +451,7 @@ mod scheduler {
             abandon_cap_pct: None,
             skills: None,
             abandon_after_ms: None,
+            dispositions: None,
         };
         let c = repo
             .create_campaign(

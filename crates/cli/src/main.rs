@@ -4,8 +4,11 @@
 //!   defaults (SQLite under `./data`, in-process channels, the `sim://` trunk).
 //! - `dialstack demo` runs a demo campaign against a running suite and shows
 //!   its progress live.
+//! - `dialstack simulate` runs the pacing simulator (VICIdial's adaptive
+//!   pacer against dialstack's predictive pacer) and prints a table.
 
 mod demo;
+mod simulate;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +30,8 @@ enum Command {
     Up(up::UpArgs),
     /// Run a demo campaign against a running suite.
     Demo(demo::DemoArgs),
+    /// Compare pacers on simulated shifts (no services needed).
+    Simulate(simulate::SimulateArgs),
 }
 
 #[tokio::main]
@@ -35,6 +40,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Simulate(args) => simulate::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -143,6 +143,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let mut env = base("task-scheduler", port(eph, task_scheduler::PORT));
     env.set("DIALSTACK_JWKS_URL", jwks.clone());
+    // Dispositions end the agent's wrap-up there.
+    env.set("DIALSTACK_USER_SERVICE_URL", users_url.clone());
     let scheduler =
         start::<task_scheduler::Application>("task-scheduler", &env, &shutdown, &mut tasks).await?;
 

@@ -291,6 +291,28 @@ named_enum! {
     }
 }
 
+/// SIP 603 Decline: the callee (or the callee's phone) said no. Media
+/// processor reports it as `rejected`, but it is the callee's answer, not a
+/// fault of the system or the network.
+pub const SIP_DECLINE: u16 = 603;
+
+/// Whether a completed call is a *failure*: the system's or the network's
+/// fault. `failed` always is (timeouts, 5xx, media lost, trunk auth);
+/// `rejected` is, unless the callee declined (603). Busy, no answer,
+/// machine, abandoned and canceled calls are outcomes, not failures.
+pub fn is_failure(outcome: Outcome, sip_status: Option<u16>) -> bool {
+    match outcome {
+        Outcome::Failed => true,
+        Outcome::Rejected => sip_status != Some(SIP_DECLINE),
+        Outcome::AnsweredHuman
+        | Outcome::AnsweredMachine
+        | Outcome::Busy
+        | Outcome::NoAnswer
+        | Outcome::Abandoned
+        | Outcome::Canceled => false,
+    }
+}
+
 named_enum! {
     /// Why a call `failed` (or, for `no_answer`, how it rang out).
     FailReason {

@@ -350,6 +350,9 @@ async fn run_call(
         }
     };
     let _ = reporter.await;
+    ctx.media
+        .metrics
+        .call_ended(report.outcome, report.sip_status);
     let done = CallCompleted {
         call: now(&base),
         outcome: report.outcome,
@@ -361,7 +364,7 @@ async fn run_call(
         rtp_received: report.rtp_received,
         agent_id: report.agent.as_ref().map(|a| a.agent_id.clone()),
         quality: report.quality().cloned(),
-        agent: report.agent.clone().map(Box::new),
+        agent: report.agent.clone(),
     };
     emit(&log, &relay, &CallEvent::Completed(done)).await;
 }

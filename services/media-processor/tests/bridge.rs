@@ -69,30 +69,11 @@ fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
 }
 
 fn ulaw_decode(b: u8) -> i16 {
-    let b = !b;
-    let sign = b & 0x80;
-    let exp = (b >> 4) & 7;
-    let mant = b & 0x0f;
-    let mag = (((mant as i32) << 3) + 0x84) << exp;
-    let v = mag - 0x84;
-    (if sign != 0 { -v } else { v }) as i16
+    dialstack_media::g711::ulaw_to_linear(b)
 }
 
 fn ulaw_encode(s: i16) -> u8 {
-    let mut pcm = s as i32;
-    let sign = if pcm < 0 { 0x80 } else { 0 };
-    if pcm < 0 {
-        pcm = -pcm;
-    }
-    pcm = (pcm + 0x84).min(32_635 + 0x84);
-    let mut exp = 7;
-    let mut mask = 0x4000;
-    while exp > 0 && pcm & mask == 0 {
-        exp -= 1;
-        mask >>= 1;
-    }
-    let mant = (pcm >> (exp + 3)) & 0x0f;
-    !(sign | (exp << 4) as i32 | mant) as u8
+    dialstack_media::g711::linear_to_ulaw(s)
 }
 
 impl Ua {

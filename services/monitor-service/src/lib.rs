@@ -1,15 +1,19 @@
 //! monitor-service watches calls and tells someone when they go wrong. It
 //! counts calls by campaign and outcome on `/metrics`
 //! (`dialstack_calls_total`, `dialstack_call_failures_total`,
-//! `dialstack_active_calls`), serves totals and the failure rate over a
-//! window at `GET /v1/stats`, evaluates alert rules over those counts, and
-//! notifies WeCom group robots and e-mail recipients, with silences,
-//! inhibition, retries and a lease so that one replica notifies.
+//! `dialstack_active_calls`) and agents by state and team
+//! (`dialstack_agents{state,team}`, from `agent.state`), serves totals and
+//! the failure rate over a window at `GET /v1/stats`, evaluates alert rules
+//! over those counts, and notifies WeCom group robots and e-mail
+//! recipients, with silences, inhibition, retries and a lease so that one
+//! replica notifies.
 //!
 //! # Layout
-//! - [`domain`]: the failure definition, rules, alert lifecycle, silences, channels
-//! - [`db`]: call counts, rules, alerts, silences, channels, notification outbox, lease
-//! - [`messaging`]: the call-event consumer, the active-calls gauge
+//! - [`domain`]: the failure definition, rules, alert lifecycle, silences,
+//!   channels, agent states
+//! - [`db`]: call counts, agents, rules, alerts, silences, channels,
+//!   notification outbox, lease
+//! - [`messaging`]: the event consumer (calls and agents), their gauges
 //! - [`engine`]: rule evaluation under the lease, Alertmanager's alerts
 //! - [`notify`]: WeCom and SMTP delivery with backoff and rate limits
 //! - [`http`]: routes, OpenAPI, the wallboard (SSE and its page)
@@ -204,20 +208,36 @@ impl Service for Application {
             ),
             &["channel", "result"],
         )?);
+        let agents_gauge = base.metrics.register(&prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "dialstack_agents",
+                "agents by state and team, from agent.state (an agent counts in each of its teams; \
+                 team \"none\": agents of no team, \"other\": teams beyond the 200 largest)",
+            ),
+            &["state", "team"],
+        )?);
+        let agents_changed = Arc::new(tokio::sync::Notify::new());
         if let Some(events) = &base.events {
             base.spawn_consumer(
                 events,
                 Subscription::new(NAME, messaging::BINDINGS).with_concurrency(16),
-                Arc::new(messaging::CallEvents {
+                Arc::new(messaging::Events {
                     repo: repo.clone(),
                     metrics: metrics.clone(),
+                    agents_changed: agents_changed.clone(),
                 }),
             )
             .await?;
         }
-        base.tasks.spawn(messaging::run_gauge(
+        base.tasks.spawn(messaging::calls::run_gauge(
             repo.clone(),
             metrics,
+            base.shutdown.clone(),
+        ));
+        base.tasks.spawn(messaging::agents::run_gauge(
+            repo.clone(),
+            agents_gauge,
+            agents_changed,
             base.shutdown.clone(),
         ));
         let notifier = notify::Notifier::new(

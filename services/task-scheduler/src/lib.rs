@@ -7,6 +7,9 @@
 //! `DIALSTACK_MAX_CPS`, shared among campaigns by weight. It grants media
 //! processors a claim on each attempt before they dial (dial once), and
 //! settles attempts and their leads (retry or done) from `call.completed`.
+//! Campaigns with agents (`progressive`, `predictive`) are paced by the
+//! team's ready agents from `agent.state` and kept under their abandon cap
+//! by a per-day ledger; `preview` ones are dialed by their agents.
 //!
 //! # Layout
 //! - [`domain`]: campaigns, leads, state tables, pacing, compliance
@@ -21,6 +24,9 @@
 //! - `DIALSTACK_DENIED_PREFIXES`: prefixes refused on top of the built-in premium ranges
 //! - `DIALSTACK_MAX_DAILY_ATTEMPTS_PER_NUMBER`: attempts per number per 24 h across campaigns (default off)
 //! - `DIALSTACK_LEADER_LEASE_MS`: the dispatcher lease (default 5000)
+//! - `DIALSTACK_MAX_LIVE_STREAMS`: live-view event streams open at once (default 64)
+//! - `DIALSTACK_USER_SERVICE_URL`: user-service (`http://host:port`), where a
+//!   disposition ends the agent's wrap-up (default unset: the wrap-up timeout ends it)
 
 pub mod db;
 pub mod domain;
@@ -61,6 +67,11 @@ pub struct Config {
     pub lease_ttl: std::time::Duration,
     /// This host's name (`HOSTNAME`), in the dispatcher lease.
     pub host: String,
+    /// Live-view event streams open at once (`DIALSTACK_MAX_LIVE_STREAMS`).
+    pub max_live_streams: usize,
+    /// user-service's base URL (`DIALSTACK_USER_SERVICE_URL`), where a
+    /// disposition ends the agent's wrap-up.
+    pub user_service_url: Option<String>,
 }
 
 impl Config {
@@ -100,7 +111,31 @@ impl Config {
                 "must be 500-60000",
             ));
         }
+        let max_live_streams: usize = env.parse_or(
+            "DIALSTACK_MAX_LIVE_STREAMS",
+            http::live::DEFAULT_MAX_STREAMS,
+        )?;
+        if !(1..=10_000).contains(&max_live_streams) {
+            return Err(ConfigError::new(
+                "DIALSTACK_MAX_LIVE_STREAMS",
+                "must be 1-10000",
+            ));
+        }
+        let user_service_url = match env.get("DIALSTACK_USER_SERVICE_URL") {
+            None | Some("") => None,
+            Some(u) if u.starts_with("http://") && u.len() > "http://".len() => {
+                Some(u.trim_end_matches('/').to_owned())
+            }
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "DIALSTACK_USER_SERVICE_URL",
+                    "must be an http:// URL",
+                ))
+            }
+        };
         Ok(Self {
+            user_service_url,
+            max_live_streams,
             common,
             queued_timeout: std::time::Duration::from_secs(secs),
             max_cps,
@@ -125,6 +160,14 @@ pub struct AppState {
     pub guard: Arc<DestinationGuard>,
     /// Claims, group-committed.
     pub claims: GroupCommit<db::attempts::ClaimWriter>,
+    /// Live-view event streams.
+    pub live: http::live::LiveStreams,
+    /// Attempts per number per 24 h across campaigns (preview leads are
+    /// judged as the dispatcher judges).
+    pub number_daily_cap: Option<u32>,
+    /// Ends agents' wrap-up in user-service after a disposition (`None`:
+    /// `DIALSTACK_USER_SERVICE_URL` unset).
+    pub wrap_up: Option<http::dispositions::WrapUpClient>,
 }
 
 /// A built task-scheduler.
@@ -153,6 +196,8 @@ impl Service for Application {
             db: base.db.clone(),
         };
         let wake = Arc::new(Notify::new());
+        let observations = workers::dispatcher::Observations::default();
+        let dispatch_metrics = workers::dispatcher::DispatchMetrics::register(&base.metrics);
         if let Some(events) = &base.events {
             base.spawn_batch_consumer(
                 events,
@@ -162,6 +207,7 @@ impl Service for Application {
                 Arc::new(workers::CallEvents {
                     repo: repo.clone(),
                     dispatcher_wake: wake.clone(),
+                    observations: observations.clone(),
                 }),
             )
             .await?;
@@ -183,6 +229,13 @@ impl Service for Application {
                 guard: config.guard.clone(),
                 number_daily_cap: config.number_daily_cap,
             },
+            (observations, dispatch_metrics.clone()),
+            base.shutdown.clone(),
+        ));
+        base.tasks.spawn(workers::dispatcher::run_abandon_gauge(
+            repo.clone(),
+            dispatch_metrics,
+            std::time::Duration::from_secs(2),
             base.shutdown.clone(),
         ));
         base.tasks.spawn(workers::run_reaper(
@@ -209,6 +262,12 @@ impl Service for Application {
                     workers: 2,
                 },
             ),
+            live: http::live::LiveStreams::new(config.max_live_streams, base.shutdown.clone()),
+            number_daily_cap: config.number_daily_cap,
+            wrap_up: config
+                .user_service_url
+                .as_deref()
+                .map(http::dispositions::WrapUpClient::new),
         };
         Ok(Self(
             Built::with_long_routes(

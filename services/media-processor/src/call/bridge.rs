@@ -152,6 +152,9 @@ pub struct Job {
     pub end_callee: CancellationToken,
     /// Cancelled when the callee's leg ended.
     pub callee_gone: CancellationToken,
+    /// Cancelled by the bridge when an agent is connected (the callee's
+    /// talk time starts).
+    pub connected: CancellationToken,
     /// The process is shutting down.
     pub shutdown: CancellationToken,
 }
@@ -373,6 +376,7 @@ async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: In
     {
         tracing::warn!(%call_id, agent_id = %agent.id, error = %e, "agent state on_call refused");
     }
+    job.connected.cancel();
     let _ = job.progress.send(Progress::Bridged {
         agent_id: agent.id.clone(),
         wait_ms,
@@ -575,14 +579,14 @@ pub async fn run_preview(
     {
         tracing::warn!(%call_id, error = %e, "agent state wrap_up refused");
     }
-    report.agent = Some(AgentLeg {
+    report.agent = Some(Box::new(AgentLeg {
         agent_id: agent.id.clone(),
         wait_ms: 0,
         ring_ms: agent_ring_ms,
         talk_ms: connected.elapsed().as_millis() as i64,
         tries: 0,
         quality: agent_report.as_ref().and_then(|r| r.quality().cloned()),
-    });
+    }));
     report
 }
 

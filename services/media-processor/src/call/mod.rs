@@ -175,8 +175,8 @@ pub struct Report {
     pub rtp_dropped: u64,
     /// Everything the media loop counted (answered calls).
     pub media: Option<crate::rtp::stream::StreamReport>,
-    /// The agent leg of a bridged call.
-    pub agent: Option<dialstack_contract::AgentLeg>,
+    /// The agent leg of a bridged call (boxed: most calls have none).
+    pub agent: Option<Box<dialstack_contract::AgentLeg>>,
 }
 
 impl Report {

@@ -50,6 +50,9 @@ pub async fn run(
     // beside this loop; the callee's audio goes through two pipes.
     let end_callee = CancellationToken::new();
     let callee_gone = CancellationToken::new();
+    // A bridged call's talk time runs from the agent's connection (the
+    // wait for an agent and the compliance message are not talk).
+    let connected = CancellationToken::new();
     let mut io = leg_io;
     let mut bridge_task = None;
     if let (None, Some(spec), Some(bctx)) = (&io, &cmd.bridge, &ctx.bridge) {
@@ -68,6 +71,7 @@ pub async fn run(
             progress: progress.clone(),
             end_callee: end_callee.clone(),
             callee_gone: callee_gone.clone(),
+            connected: connected.clone(),
             shutdown: stop.shutdown.clone(),
         })));
     }
@@ -107,7 +111,14 @@ pub async fn run(
         }
         None => tracing::warn!(%call_id, "SDP answer not UTF-8, call continues without media"),
     }
-    let mut talk_end = tokio::time::Instant::now() + Duration::from_millis(cmd.talk_time_ms);
+    let talk_time = Duration::from_millis(cmd.talk_time_ms);
+    let far_away = tokio::time::Instant::now() + Duration::from_secs(86_400);
+    let mut talk_end = if bridge_task.is_some() {
+        far_away
+    } else {
+        tokio::time::Instant::now() + talk_time
+    };
+    let mut talk_started = bridge_task.is_none();
     let mut draining = false;
     let mut peer_hung_up = false;
     // The last response to a request of the peer (its CSeq), for its
@@ -213,6 +224,10 @@ pub async fn run(
             }
             _ = sleep_until(talk_end) => break,
             _ = end_callee.cancelled() => break,
+            _ = connected.cancelled(), if !talk_started => {
+                talk_started = true;
+                talk_end = talk_end.min(tokio::time::Instant::now() + talk_time);
+            }
             _ = stop.hangup.cancelled() => {
                 tracing::info!(%call_id, "hang-up requested");
                 break;
@@ -258,7 +273,7 @@ pub async fn run(
         } else {
             Outcome::AnsweredHuman
         },
-        agent: bridged.agent,
+        agent: bridged.agent.map(Box::new),
         reason: None,
         sip_status: answer.status(),
         ring_ms,

@@ -29,6 +29,12 @@ pub struct MediaMetrics {
     pub underflows: IntCounter,
     /// `dialstack_rtcp_packets_total{direction,result}`.
     pub rtcp: IntCounterVec,
+    /// `dialstack_media_calls_completed_total{outcome}`: calls this instance
+    /// ended (the canary gate's denominator, per pod).
+    pub completed: IntCounterVec,
+    /// `dialstack_media_call_failures_total`: those that were failures
+    /// ([`dialstack_contract::is_failure`]).
+    pub failures: IntCounter,
 }
 
 impl MediaMetrics {
@@ -110,6 +116,23 @@ impl MediaMetrics {
                 "20 ms frames due while the jitter buffer was empty",
             )?,
             rtcp,
+            completed: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "dialstack_media_calls_completed_total",
+                        "calls this media processor ended, by outcome",
+                    ),
+                    &["outcome"],
+                )?;
+                for o in dialstack_contract::Outcome::ALL {
+                    c.with_label_values(&[o.as_str()]);
+                }
+                c
+            },
+            failures: IntCounter::new(
+                "dialstack_media_call_failures_total",
+                "calls this media processor ended that were failures (failed, or rejected other than 603)",
+            )?,
         })
     }
 
@@ -126,5 +149,46 @@ impl MediaMetrics {
         m.register(&self.concealed);
         m.register(&self.underflows);
         m.register(&self.rtcp);
+        m.register(&self.completed);
+        m.register(&self.failures);
+    }
+
+    /// Counts one ended call.
+    pub fn call_ended(&self, outcome: dialstack_contract::Outcome, sip_status: Option<u16>) {
+        self.completed.with_label_values(&[outcome.as_str()]).inc();
+        if dialstack_contract::is_failure(outcome, sip_status) {
+            self.failures.inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dialstack_contract::Outcome;
+
+    #[test]
+    fn ended_calls_count_by_outcome_and_failures_by_the_shared_rule() {
+        let m = MediaMetrics::new().unwrap();
+        m.call_ended(Outcome::AnsweredHuman, Some(200));
+        m.call_ended(Outcome::Busy, Some(486));
+        m.call_ended(Outcome::Rejected, Some(603));
+        m.call_ended(Outcome::Rejected, Some(404));
+        m.call_ended(Outcome::Failed, Some(503));
+        let n = |o: &str| m.completed.with_label_values(&[o]).get();
+        assert_eq!(
+            (n("answered_human"), n("busy"), n("rejected"), n("failed")),
+            (1, 1, 2, 1)
+        );
+        assert_eq!(
+            n("abandoned"),
+            0,
+            "every outcome is exported from the start"
+        );
+        assert_eq!(
+            m.failures.get(),
+            2,
+            "404 and 503; busy and decline are not failures"
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! monitor-service's database: completed calls (for windowed rates) and
-//! calls in progress here; alert rules, alerts, silences and leases in
-//! [`alerting`]; channels and the notification outbox in [`notify`].
+//! calls in progress here; agents by state in [`agents`]; alert rules,
+//! alerts, silences and leases in [`alerting`]; channels and the
+//! notification outbox in [`notify`].
 
+pub mod agents;
 pub mod alerting;
 pub mod notify;
 
@@ -124,6 +126,23 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 6,
         name: "answered calls in progress (wallboard: ringing or talking)",
         sql: "ALTER TABLE active_calls ADD COLUMN answered SMALLINT NOT NULL DEFAULT 0",
+    },
+    Migration {
+        version: 7,
+        name: "agents by state and team (wallboard, dialstack_agents)",
+        sql: "CREATE TABLE agent_states (
+            agent_id VARCHAR(64) NOT NULL PRIMARY KEY,
+            state VARCHAR(16) NOT NULL,
+            at_ms BIGINT NOT NULL,
+            removed SMALLINT NOT NULL DEFAULT 0,
+            updated_at BIGINT NOT NULL
+          );
+          CREATE TABLE agent_teams (
+            agent_id VARCHAR(64) NOT NULL,
+            team VARCHAR(64) NOT NULL,
+            PRIMARY KEY (agent_id, team)
+          );
+          CREATE INDEX agent_teams_team ON agent_teams (team)",
     },
 ];
 

@@ -1,14 +1,17 @@
 //! Pure rules of monitor-service: what counts as a failed call, what an
-//! alert rule says, how an alert moves through its life, and which silences
-//! hold it back. No axum, sqlx or broker types here.
+//! alert rule says, how an alert moves through its life, which silences
+//! hold it back, and how agents are counted by state. No axum, sqlx or
+//! broker types here.
 //!
 //! # Layout
 //! - this module: the failure definition and windowed call counts
+//! - [`agents`]: agent states from `agent.state`, counted per team
 //! - [`rules`]: alert rules as data, validated field by field
 //! - [`channel`]: notification channels as data (secrets by variable name)
 //! - [`lifecycle`]: pending → firing → resolved, and when to notify
 //! - [`silence`]: label matchers of silences and inhibitions
 
+pub mod agents;
 pub mod channel;
 pub mod lifecycle;
 pub mod rules;
@@ -18,27 +21,9 @@ use std::collections::BTreeMap;
 
 use dialstack_contract::Outcome;
 
-/// SIP 603 Decline: the callee (or the callee's phone) said no. Media
-/// processor reports it as `rejected`, but it is the callee's answer, not
-/// a fault of the system or the network.
-pub const SIP_DECLINE: u16 = 603;
-
-/// Whether a completed call is a *failure*: the system's or the network's
-/// fault (DESIGN §8). `failed` always is (timeouts, 5xx, media lost, trunk
-/// auth); `rejected` is, unless the callee declined (603). Busy, no answer,
-/// machine, abandoned and canceled calls are outcomes, not failures.
-pub fn is_failure(outcome: Outcome, sip_status: Option<u16>) -> bool {
-    match outcome {
-        Outcome::Failed => true,
-        Outcome::Rejected => sip_status != Some(SIP_DECLINE),
-        Outcome::AnsweredHuman
-        | Outcome::AnsweredMachine
-        | Outcome::Busy
-        | Outcome::NoAnswer
-        | Outcome::Abandoned
-        | Outcome::Canceled => false,
-    }
-}
+// The one definition of a failure lives in the contract, so media-processor
+// (its per-instance counters, for the canary gate) and monitor-service agree.
+pub use dialstack_contract::{is_failure, SIP_DECLINE};
 
 /// MOS below this is a poor call for the voice-quality rule ("good" starts
 /// at 3.7; 3.6 is a bucket bound of `dialstack_call_mos`).

@@ -77,7 +77,8 @@ pub struct Stats {
     components(schemas(Stats, ErrorBody, alerting::RuleView, alerting::NewSilence,
         crate::db::alerting::AlertRow, crate::db::alerting::SilenceRow,
         crate::db::notify::ChannelRow, crate::domain::silence::Matcher,
-        wallboard::Snapshot, wallboard::CampaignBoard, wallboard::FiringAlert)),
+        wallboard::Snapshot, wallboard::CampaignBoard, wallboard::FiringAlert,
+        wallboard::AgentsBoard, wallboard::TeamAgents)),
     modifiers(&BearerSecurity)
 )]
 struct Doc;

@@ -1,6 +1,7 @@
 //! The wallboard: `GET /v1/wallboard` streams a snapshot every few seconds
-//! as Server-Sent Events (calls ringing and talking, failure rate and
-//! abandon ratio per campaign over five minutes, alerts firing), and
+//! as Server-Sent Events (calls ringing and talking, agents by state and
+//! team, failure rate and abandon ratio per campaign over five minutes,
+//! alerts firing), and
 //! `GET /wallboard` serves the static page that renders it (no build step;
 //! the page asks for a token and reads the stream with `fetch`).
 
@@ -16,6 +17,7 @@ use dialstack_common::http::{ApiError, ErrorBody, ErrorCode};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::domain::agents::{fold_teams, ByState, MAX_TEAM_LABELS};
 use crate::AppState;
 
 /// Window of the per-campaign rates.
@@ -55,6 +57,28 @@ pub struct FiringAlert {
     pub since_ms: i64,
 }
 
+/// One team's agents.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TeamAgents {
+    /// The team (`none`: agents of no team; `other`: the teams beyond the
+    /// 200 largest, summed).
+    pub team: String,
+    /// Its agents by state (`available`, `reserved`, `on_call`,
+    /// `wrap_up`, `paused`, `offline`, each present).
+    #[schema(value_type = BTreeMap<String, i64>)]
+    pub by_state: ByState,
+}
+
+/// Agents by state, from `agent.state` events (each agent's latest).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentsBoard {
+    /// Every agent in scope once, by state (each state present).
+    #[schema(value_type = BTreeMap<String, i64>)]
+    pub by_state: ByState,
+    /// Per team (an agent counts in each of its teams), by team name.
+    pub teams: Vec<TeamAgents>,
+}
+
 /// One snapshot of the wallboard (the `data` of each `wallboard` event).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Snapshot {
@@ -66,6 +90,8 @@ pub struct Snapshot {
     pub ringing: i64,
     /// Calls talking, all campaigns.
     pub talking: i64,
+    /// Agents by state, in all and per team.
+    pub agents: AgentsBoard,
     /// Per campaign, with calls in progress or completed in the window.
     pub campaigns: Vec<CampaignBoard>,
     /// Alerts firing.
@@ -126,11 +152,19 @@ async fn snapshot(state: &AppState, teams: Option<&[String]>) -> Result<Snapshot
         })
         .collect();
     let campaigns: Vec<CampaignBoard> = boards.into_values().collect();
+    let agents = AgentsBoard {
+        by_state: state.repo.agents_by_state(teams).await?,
+        teams: fold_teams(&state.repo.agents_by_team(teams).await?, MAX_TEAM_LABELS)
+            .into_iter()
+            .map(|(team, by_state)| TeamAgents { team, by_state })
+            .collect(),
+    };
     Ok(Snapshot {
         at_ms: now,
         window_seconds: WINDOW_MS / 1000,
         ringing: campaigns.iter().map(|c| c.ringing).sum(),
         talking: campaigns.iter().map(|c| c.talking).sum(),
+        agents,
         campaigns,
         alerts,
     })

@@ -108,7 +108,12 @@ pub(crate) async fn settle_lead(
 
 /// One call event's updates inside `tx`: the campaign id when it completed
 /// its attempt.
-async fn apply_one(tx: &mut Tx, ev: &CallEvent, now: i64) -> Result<Option<String>, sqlx::Error> {
+async fn apply_one(
+    tx: &mut Tx,
+    dialect: dialstack_common::db::Dialect,
+    ev: &CallEvent,
+    now: i64,
+) -> Result<Option<String>, sqlx::Error> {
     let data = ev.call();
     let completed = match ev {
         CallEvent::Dialing(_) => {
@@ -145,8 +150,45 @@ async fn apply_one(tx: &mut Tx, ev: &CallEvent, now: i64) -> Result<Option<Strin
             .await?;
             if moved.rows_affected() == 1 {
                 settle_lead(tx, &data.attempt_id, done.outcome, done.reason, now).await?;
+                let agent = done
+                    .agent
+                    .as_ref()
+                    .map(|a| a.agent_id.clone())
+                    .or_else(|| done.agent_id.clone());
+                if agent.is_some() {
+                    sqlx::query("UPDATE attempts SET agent_id = ? WHERE id = ?")
+                        .bind(agent)
+                        .bind(&data.attempt_id)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                super::ledger::record(tx, dialect, &data.campaign_id, done.outcome, data.at_ms)
+                    .await?;
             }
             moved.rows_affected() == 1
+        }
+        // The live view and the pacer tell ringing, waiting-for-an-agent
+        // and talking calls apart by these times; the first one heard wins.
+        CallEvent::Answered(_) => {
+            sqlx::query("UPDATE attempts SET answered_at = COALESCE(answered_at, ?) WHERE id = ?")
+                .bind(data.at_ms)
+                .bind(&data.attempt_id)
+                .execute(&mut **tx)
+                .await?;
+            false
+        }
+        CallEvent::Bridged(b) => {
+            sqlx::query(
+                "UPDATE attempts SET answered_at = COALESCE(answered_at, ?), bridged_at = COALESCE(bridged_at, ?),
+                   agent_id = ? WHERE id = ?",
+            )
+            .bind(data.at_ms - b.wait_ms.max(0))
+            .bind(data.at_ms)
+            .bind(&b.agent_id)
+            .bind(&data.attempt_id)
+            .execute(&mut **tx)
+            .await?;
+            false
         }
         _ => false,
     };
@@ -318,7 +360,7 @@ impl Repo {
         let mut out = Vec::with_capacity(events.len());
         for ((_, ev), new) in events.iter().zip(fresh) {
             out.push(if new {
-                apply_one(&mut tx, ev, now).await?
+                apply_one(&mut tx, self.db.dialect, ev, now).await?
             } else {
                 None
             });

@@ -9,6 +9,7 @@ use dialstack_dialrules::hours::CallingHours;
 use sqlx::Row;
 
 use super::{leads, Repo};
+use crate::domain::campaign::DialMode;
 use crate::domain::compliance::RetryPolicy;
 use crate::domain::state::{sql_in, CampaignAction, CampaignState, LeadEvent, LeadState};
 use crate::domain::{NewCampaign, Settings};
@@ -55,6 +56,18 @@ pub struct Campaign {
     pub max_attempts_per_day: Option<i64>,
     /// Region for national numbers.
     pub default_region: Option<String>,
+    /// Dialing mode: `ivr`, `preview`, `progressive` or `predictive`.
+    pub mode: DialMode,
+    /// Progressive: calls not yet with an agent per ready agent.
+    pub dial_ratio: f64,
+    /// Abandon cap in percent of live-answered calls (today and 30 days).
+    pub abandon_cap_pct: f64,
+    /// Skills an agent needs (name → lowest level 1-10).
+    pub skills: BTreeMap<String, u8>,
+    /// Longest wait of an answered callee for an agent (ms).
+    pub abandon_after_ms: i64,
+    /// Disposition codes agents may set on its calls.
+    pub dispositions: Vec<String>,
 }
 
 impl Campaign {
@@ -82,15 +95,23 @@ impl Campaign {
             max_attempts_per_day: self
                 .max_attempts_per_day
                 .and_then(|d| u32::try_from(d).ok()),
+            mode: self.mode,
+            dial_ratio: self.dial_ratio,
+            abandon_cap_pct: self.abandon_cap_pct,
+            skills: self.skills.clone(),
+            abandon_after_ms: self.abandon_after_ms.max(0) as u64,
+            dispositions: self.dispositions.clone(),
         }
     }
 }
 
-pub(crate) const CAMPAIGN_COLS: &str = "id, name, caller_id, max_concurrent, max_cps, talk_time_ms, ring_timeout_ms, state, created_at, team, record, recording_retention_days, priority, calling_hours, retry_policy, max_attempts, max_attempts_per_day, default_region, cdr_retention_days";
+pub(crate) const CAMPAIGN_COLS: &str = "id, name, caller_id, max_concurrent, max_cps, talk_time_ms, ring_timeout_ms, state, created_at, team, record, recording_retention_days, priority, calling_hours, retry_policy, max_attempts, max_attempts_per_day, default_region, cdr_retention_days, mode, dial_ratio, abandon_cap_pct, skills, abandon_after_ms, dispositions";
 
 pub(crate) fn campaign_from(r: &sqlx::any::AnyRow) -> Result<Campaign, sqlx::Error> {
     let hours = super::text(r, 13)?;
     let retry = super::text(r, 14)?;
+    let mode: String = r.try_get(19)?;
+    let skills = super::text(r, 22)?;
     Ok(Campaign {
         id: r.try_get(0)?,
         name: r.try_get(1)?,
@@ -115,6 +136,22 @@ pub(crate) fn campaign_from(r: &sqlx::any::AnyRow) -> Result<Campaign, sqlx::Err
         max_attempts: r.try_get(15)?,
         max_attempts_per_day: r.try_get(16)?,
         default_region: r.try_get(17)?,
+        mode: DialMode::parse(&mode).ok_or_else(|| {
+            sqlx::Error::Decode(format!("campaigns.mode: unknown mode {mode:?}").into())
+        })?,
+        dial_ratio: r.try_get(20)?,
+        abandon_cap_pct: r.try_get(21)?,
+        skills: match skills {
+            None => BTreeMap::new(),
+            Some(s) => serde_json::from_str(&s)
+                .map_err(|e| sqlx::Error::Decode(format!("campaigns.skills: {e}").into()))?,
+        },
+        abandon_after_ms: r.try_get(23)?,
+        dispositions: match super::text(r, 24)? {
+            None => crate::domain::disposition::default_dispositions(),
+            Some(s) => serde_json::from_str(&s)
+                .map_err(|e| sqlx::Error::Decode(format!("campaigns.dispositions: {e}").into()))?,
+        },
     })
 }
 
@@ -168,6 +205,16 @@ fn settings_json(s: &Settings) -> (String, String) {
     )
 }
 
+/// The stored skills: `NULL` when there are none.
+fn skills_json(s: &Settings) -> Option<String> {
+    (!s.skills.is_empty()).then(|| serde_json::to_string(&s.skills).unwrap_or_default())
+}
+
+/// The stored disposition codes (a JSON array).
+fn dispositions_json(s: &Settings) -> String {
+    serde_json::to_string(&s.dispositions).unwrap_or_default()
+}
+
 impl Repo {
     /// Stores a new campaign and its inline leads.
     pub async fn create_campaign(&self, c: &NewCampaign) -> Result<Campaign, sqlx::Error> {
@@ -177,7 +224,7 @@ impl Repo {
         let (hours, retry) = settings_json(s);
         let mut tx = self.db.begin().await?;
         sqlx::query(&format!(
-            "INSERT INTO campaigns ({CAMPAIGN_COLS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'draft', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO campaigns ({CAMPAIGN_COLS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'draft', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&id)
         .bind(&c.name)
@@ -197,6 +244,12 @@ impl Repo {
         .bind(s.max_attempts_per_day.map(i64::from))
         .bind(c.default_region.clone())
         .bind(s.cdr_retention_days.map(i64::from))
+        .bind(s.mode.as_str())
+        .bind(s.dial_ratio)
+        .bind(s.abandon_cap_pct)
+        .bind(skills_json(s))
+        .bind(s.abandon_after_ms as i64)
+        .bind(dispositions_json(s))
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -278,7 +331,8 @@ impl Repo {
         let moved = sqlx::query(&format!(
             "UPDATE campaigns SET name = COALESCE(?, name), max_concurrent = ?, max_cps = ?, talk_time_ms = ?, ring_timeout_ms = ?,
                record = ?, recording_retention_days = ?, priority = ?, calling_hours = ?, retry_policy = ?,
-               max_attempts = ?, max_attempts_per_day = ?, cdr_retention_days = ?, updated_at = ?
+               max_attempts = ?, max_attempts_per_day = ?, cdr_retention_days = ?,
+               mode = ?, dial_ratio = ?, abandon_cap_pct = ?, skills = ?, abandon_after_ms = ?, dispositions = ?, updated_at = ?
              WHERE id = ?{}",
             sql_in("state", &editable, CampaignState::as_str)
         ))
@@ -295,6 +349,12 @@ impl Repo {
         .bind(s.max_attempts.map(i64::from))
         .bind(s.max_attempts_per_day.map(i64::from))
         .bind(s.cdr_retention_days.map(i64::from))
+        .bind(s.mode.as_str())
+        .bind(s.dial_ratio)
+        .bind(s.abandon_cap_pct)
+        .bind(skills_json(s))
+        .bind(s.abandon_after_ms as i64)
+        .bind(dispositions_json(s))
         .bind(now)
         .bind(id)
         .execute(&mut *tx)

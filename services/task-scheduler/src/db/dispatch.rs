@@ -33,6 +33,33 @@ pub struct Candidate {
     pub lane: i64,
 }
 
+/// A campaign's calls in flight (attempts queued, claimed or dialing) by
+/// phase, from the times `call.answered` and `call.bridged` leave on them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallPhases {
+    /// The dial command is on its way or claimed: no INVITE yet.
+    pub queued: i64,
+    /// INVITE out, not answered.
+    pub ringing: i64,
+    /// Answered, not yet with an agent (or, for `ivr`, with the prompt).
+    pub waiting: i64,
+    /// With an agent.
+    pub talking: i64,
+}
+
+impl CallPhases {
+    /// Every call in flight (what `max_concurrent` caps).
+    pub fn in_flight(self) -> i64 {
+        self.queued + self.ringing + self.waiting + self.talking
+    }
+
+    /// Calls not yet with an agent: what progressive and predictive
+    /// dialing weigh against ready agents.
+    pub fn unbridged(self) -> i64 {
+        self.queued + self.ringing + self.waiting
+    }
+}
+
 /// What one queueing transaction did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Queued {
@@ -109,6 +136,70 @@ impl Repo {
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()
+    }
+
+    /// Calls in flight per campaign by phase (one query for every
+    /// campaign): see [`CallPhases`].
+    pub async fn call_phases_by_campaign(
+        &self,
+    ) -> Result<HashMap<String, CallPhases>, sqlx::Error> {
+        self.call_phases_where("", None).await
+    }
+
+    /// When each of a campaign's calls placed and not yet answered was
+    /// placed (ms): the predictive pacer weighs them by age.
+    pub async fn ringing_since(&self, campaign_id: &str) -> Result<Vec<i64>, sqlx::Error> {
+        sqlx::query(
+            "SELECT created_at FROM attempts
+             WHERE campaign_id = ? AND state IN ('queued', 'claimed', 'dialing') AND answered_at IS NULL",
+        )
+        .bind(campaign_id)
+        .fetch_all(&self.db.pool)
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect()
+    }
+
+    /// One campaign's calls in flight by phase.
+    pub async fn call_phases(&self, campaign_id: &str) -> Result<CallPhases, sqlx::Error> {
+        Ok(self
+            .call_phases_where(" AND campaign_id = ?", Some(campaign_id))
+            .await?
+            .remove(campaign_id)
+            .unwrap_or_default())
+    }
+
+    async fn call_phases_where(
+        &self,
+        cond: &str,
+        campaign_id: Option<&str>,
+    ) -> Result<HashMap<String, CallPhases>, sqlx::Error> {
+        let sql = format!(
+            "SELECT campaign_id,
+               CASE WHEN bridged_at IS NOT NULL THEN 'talking' WHEN answered_at IS NOT NULL THEN 'waiting'
+                    WHEN state = 'dialing' THEN 'ringing' ELSE 'queued' END AS phase,
+               COUNT(*)
+             FROM attempts WHERE state IN ('queued', 'claimed', 'dialing'){cond} GROUP BY campaign_id, phase"
+        );
+        let mut q = sqlx::query(&sql);
+        if let Some(id) = campaign_id {
+            q = q.bind(id);
+        }
+        let mut out: HashMap<String, CallPhases> = HashMap::new();
+        for r in q.fetch_all(&self.db.pool).await? {
+            let id: String = r.try_get(0)?;
+            let phase: String = r.try_get(1)?;
+            let n: i64 = r.try_get(2)?;
+            let p = out.entry(id).or_default();
+            match phase.as_str() {
+                "talking" => p.talking = n,
+                "waiting" => p.waiting = n,
+                "ringing" => p.ringing = n,
+                _ => p.queued = n,
+            }
+        }
+        Ok(out)
     }
 
     /// Up to `n` pending leads of a campaign due by `now`: callbacks first,
@@ -247,6 +338,22 @@ impl Repo {
         lease: Option<(&str, i64)>,
         source: &str,
     ) -> Result<Option<Queued>, sqlx::Error> {
+        let bridge = c.settings().bridge();
+        let done = self.queue_with(c, verdicts, lease, source, bridge).await?;
+        Ok(done.map(|(q, _)| q))
+    }
+
+    /// [`Repo::queue`] with the bridge its dial commands carry (a preview
+    /// dial names its agent); also returns `(lead, attempt, call)` ids of
+    /// each dial written.
+    pub async fn queue_with(
+        &self,
+        c: &Campaign,
+        verdicts: &[(Candidate, Verdict)],
+        lease: Option<(&str, i64)>,
+        source: &str,
+        bridge: Option<dialstack_contract::BridgeSpec>,
+    ) -> Result<Option<(Queued, Vec<(String, String, String)>)>, sqlx::Error> {
         let now = dialstack_common::now_ms();
         let mut tx = self.db.begin().await?;
         if let Some((holder, ttl)) = lease {
@@ -305,6 +412,7 @@ impl Repo {
                         recording_retention_days: c
                             .recording_retention_days
                             .and_then(|d| u32::try_from(d).ok()),
+                        bridge: bridge.clone(),
                     };
                     commands.push(CloudEvent::new(source, types::DIAL, &call_id, &cmd));
                     attempts.push((attempt_id, call_id, cand));
@@ -364,6 +472,10 @@ impl Repo {
             .collect();
         outbox_enqueue_many(&mut tx, &items).await?;
         tx.commit().await?;
-        Ok(Some(done))
+        let ids = attempts
+            .into_iter()
+            .map(|(a, call, cand)| (cand.id.clone(), a, call))
+            .collect();
+        Ok(Some((done, ids)))
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use dialstack_common::db::{Dialect, Tx};
 use sqlx::Row;
 
 use super::{marks, Repo};
@@ -52,6 +53,49 @@ pub struct DncEntry {
     pub created_at: i64,
 }
 
+/// Adds (or renews) entries inside `tx` (see [`Repo::add_dnc`]); returns
+/// how many rows were written.
+pub(crate) async fn insert_dnc(
+    tx: &mut Tx,
+    dialect: Dialect,
+    phones: &[String],
+    scope: &DncScope,
+    expires_at: Option<i64>,
+    reason: Option<&str>,
+    by: &str,
+) -> Result<u64, sqlx::Error> {
+    let now = dialstack_common::now_ms();
+    let mut written = 0;
+    for chunk in phones.chunks(500) {
+        let sql = format!(
+            "INSERT INTO dnc (phone, scope, expires_at, reason, created_by, created_at) VALUES {} {}",
+            vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "),
+            dialect.upsert(
+                "phone, scope",
+                &[
+                    ("expires_at", "new(expires_at)"),
+                    ("reason", "new(reason)"),
+                    ("created_by", "new(created_by)"),
+                    ("created_at", "new(created_at)"),
+                ]
+            )
+        );
+        let mut q = sqlx::query(&sql);
+        for p in chunk {
+            q = q
+                .bind(p.clone())
+                .bind(scope.as_str().to_owned())
+                .bind(expires_at)
+                .bind(reason.map(str::to_owned))
+                .bind(by.to_owned())
+                .bind(now);
+        }
+        q.execute(&mut **tx).await?;
+        written += chunk.len() as u64;
+    }
+    Ok(written)
+}
+
 impl Repo {
     /// Adds (or renews) entries; returns how many rows were written.
     pub async fn add_dnc(
@@ -62,36 +106,17 @@ impl Repo {
         reason: Option<&str>,
         by: &str,
     ) -> Result<u64, sqlx::Error> {
-        let now = dialstack_common::now_ms();
-        let mut written = 0;
         let mut tx = self.db.begin().await?;
-        for chunk in phones.chunks(500) {
-            let sql = format!(
-                "INSERT INTO dnc (phone, scope, expires_at, reason, created_by, created_at) VALUES {} {}",
-                vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "),
-                self.db.dialect.upsert(
-                    "phone, scope",
-                    &[
-                        ("expires_at", "new(expires_at)"),
-                        ("reason", "new(reason)"),
-                        ("created_by", "new(created_by)"),
-                        ("created_at", "new(created_at)"),
-                    ]
-                )
-            );
-            let mut q = sqlx::query(&sql);
-            for p in chunk {
-                q = q
-                    .bind(p.clone())
-                    .bind(scope.as_str().to_owned())
-                    .bind(expires_at)
-                    .bind(reason.map(str::to_owned))
-                    .bind(by.to_owned())
-                    .bind(now);
-            }
-            q.execute(&mut *tx).await?;
-            written += chunk.len() as u64;
-        }
+        let written = insert_dnc(
+            &mut tx,
+            self.db.dialect,
+            phones,
+            scope,
+            expires_at,
+            reason,
+            by,
+        )
+        .await?;
         tx.commit().await?;
         Ok(written)
     }

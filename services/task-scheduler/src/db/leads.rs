@@ -216,6 +216,31 @@ async fn profile_events(
     outbox_enqueue_many(tx, &items).await
 }
 
+/// Books a callback inside `tx` (see [`Repo::book_callback`]): `true` when
+/// the lead moved.
+pub(crate) async fn book_callback_in(
+    tx: &mut Tx,
+    lead_id: &str,
+    at: i64,
+    agent_id: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let sources = LeadState::sources(LeadEvent::Reschedule);
+    let moved = sqlx::query(&format!(
+        "UPDATE leads SET lane = 0, due_at = ?, callback_at = ?, callback_agent_id = ?,
+           reopened = CASE WHEN state = 'done' THEN 1 ELSE reopened END, state = 'pending', updated_at = ?
+         WHERE id = ?{} AND campaign_id IN (SELECT id FROM campaigns WHERE state IN ('draft', 'running', 'paused'))",
+        sql_in("state", &sources, LeadState::as_str)
+    ))
+    .bind(at)
+    .bind(at)
+    .bind(agent_id.map(str::to_owned))
+    .bind(dialstack_common::now_ms())
+    .bind(lead_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(moved.rows_affected() == 1)
+}
+
 /// What became of a callback request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallbackResult {
@@ -338,23 +363,10 @@ impl Repo {
         at: i64,
         agent_id: Option<&str>,
     ) -> Result<CallbackResult, sqlx::Error> {
-        let now = dialstack_common::now_ms();
-        let sources = LeadState::sources(LeadEvent::Reschedule);
-        let moved = sqlx::query(&format!(
-            "UPDATE leads SET lane = 0, due_at = ?, callback_at = ?, callback_agent_id = ?,
-               reopened = CASE WHEN state = 'done' THEN 1 ELSE reopened END, state = 'pending', updated_at = ?
-             WHERE id = ?{} AND campaign_id IN (SELECT id FROM campaigns WHERE state IN ('draft', 'running', 'paused'))",
-            sql_in("state", &sources, LeadState::as_str)
-        ))
-        .bind(at)
-        .bind(at)
-        .bind(agent_id.map(str::to_owned))
-        .bind(now)
-        .bind(lead_id)
-        .execute(&self.db.pool)
-        .await?;
-        self.callback_result(lead_id, moved.rows_affected() == 1)
-            .await
+        let mut tx = self.db.begin().await?;
+        let moved = book_callback_in(&mut tx, lead_id, at, agent_id).await?;
+        tx.commit().await?;
+        self.callback_result(lead_id, moved).await
     }
 
     /// Cancels a booked callback: the lead returns to its lane (or to

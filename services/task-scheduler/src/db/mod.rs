@@ -11,13 +11,21 @@
 //! - [`attempts`]: claims, call events, hang-ups, leases, the reaper
 //! - [`dnc`]: do-not-call entries
 //! - [`idempotency`]: stored responses of `Idempotency-Key` requests
+//! - [`presence`]: agents' latest state, from `agent.state`
+//! - [`ledger`]: live-answered and abandoned calls per campaign and day
+//! - [`dispositions`]: agents' dispositions of calls and their effects
+//! - [`preview`]: preview holds: the next lead for an agent, dial, skip
 
 pub mod attempts;
 pub mod campaigns;
 pub mod dispatch;
+pub mod dispositions;
 pub mod dnc;
 pub mod idempotency;
 pub mod leads;
+pub mod ledger;
+pub mod presence;
+pub mod preview;
 
 use dialstack_common::db::{Db, Migration};
 
@@ -155,6 +163,51 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 6,
         name: "campaign cdr retention",
         sql: "ALTER TABLE campaigns ADD COLUMN cdr_retention_days BIGINT NULL",
+    },
+    Migration {
+        version: 7,
+        name: "dialing modes, agent presence, abandon ledger, bridge times",
+        sql: "ALTER TABLE campaigns ADD COLUMN mode VARCHAR(16) NOT NULL DEFAULT 'ivr';
+              ALTER TABLE campaigns ADD COLUMN dial_ratio DOUBLE NOT NULL DEFAULT 1.0;
+              ALTER TABLE campaigns ADD COLUMN abandon_cap_pct DOUBLE NOT NULL DEFAULT 3.0;
+              ALTER TABLE campaigns ADD COLUMN skills TEXT NULL;
+              ALTER TABLE campaigns ADD COLUMN abandon_after_ms BIGINT NOT NULL DEFAULT 2000;
+              ALTER TABLE attempts ADD COLUMN answered_at BIGINT NULL;
+              ALTER TABLE attempts ADD COLUMN bridged_at BIGINT NULL;
+              ALTER TABLE attempts ADD COLUMN agent_id VARCHAR(64) NULL;
+              CREATE INDEX attempts_agent ON attempts (agent_id, state);
+              CREATE TABLE agent_presence (
+                agent_id VARCHAR(64) NOT NULL PRIMARY KEY,
+                teams TEXT NOT NULL,
+                state VARCHAR(16) NOT NULL,
+                since_ms BIGINT NOT NULL,
+                call_id VARCHAR(64) NULL,
+                updated_at BIGINT NOT NULL
+              );
+              CREATE INDEX agent_presence_state ON agent_presence (state);
+              CREATE TABLE abandon_ledger (
+                campaign_id VARCHAR(36) NOT NULL,
+                day BIGINT NOT NULL,
+                live BIGINT NOT NULL,
+                abandoned BIGINT NOT NULL,
+                PRIMARY KEY (campaign_id, day)
+              )",
+    },
+    Migration {
+        version: 8,
+        name: "dispositions, preview holds",
+        sql: "ALTER TABLE campaigns ADD COLUMN dispositions TEXT NULL;
+              ALTER TABLE attempts ADD COLUMN disposition VARCHAR(32) NULL;
+              ALTER TABLE attempts ADD COLUMN disposition_note TEXT NULL;
+              ALTER TABLE attempts ADD COLUMN disposition_by VARCHAR(64) NULL;
+              ALTER TABLE attempts ADD COLUMN disposition_at BIGINT NULL;
+              ALTER TABLE attempts ADD COLUMN disposition_callback_at BIGINT NULL;
+              ALTER TABLE leads ADD COLUMN disposition VARCHAR(32) NULL;
+              ALTER TABLE leads ADD COLUMN disposition_note TEXT NULL;
+              ALTER TABLE leads ADD COLUMN preview_agent_id VARCHAR(64) NULL;
+              ALTER TABLE leads ADD COLUMN preview_until BIGINT NULL;
+              ALTER TABLE leads ADD COLUMN skip_reason VARCHAR(200) NULL;
+              CREATE INDEX leads_preview ON leads (preview_agent_id, preview_until)",
     },
 ];
 

@@ -1,6 +1,9 @@
 //! Campaign rules: what a valid campaign is, and what may change once it
 //! exists. No I/O here.
 
+use std::collections::BTreeMap;
+
+use dialstack_contract::{BridgeSpec, MAX_BRIDGE_SKILLS};
 use dialstack_dialrules::hours::CallingHours;
 use serde::Deserialize;
 
@@ -30,6 +33,69 @@ impl Phone {
         &self.0
     }
 }
+
+/// How a campaign's answered calls reach people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DialMode {
+    /// No agents: a prompt (the tone until the IVR exists). Never bridged.
+    #[default]
+    Ivr,
+    /// An agent asks for a lead and dials it; never dialed automatically.
+    Preview,
+    /// Calls not yet with an agent ≤ ready agents × `dial_ratio`.
+    Progressive,
+    /// The pacer decides from measured answer rate, handle times and the
+    /// abandon ledger.
+    Predictive,
+}
+
+impl DialMode {
+    /// Every mode.
+    pub const ALL: [DialMode; 4] = [
+        Self::Ivr,
+        Self::Preview,
+        Self::Progressive,
+        Self::Predictive,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ivr => "ivr",
+            Self::Preview => "preview",
+            Self::Progressive => "progressive",
+            Self::Predictive => "predictive",
+        }
+    }
+
+    /// Parses a stored or sent name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// Answered calls are bridged to an agent of the campaign's team.
+    pub fn uses_agents(self) -> bool {
+        self != Self::Ivr
+    }
+
+    /// The dispatcher places its calls (preview calls are placed by agents).
+    pub fn auto_dials(self) -> bool {
+        self != Self::Preview
+    }
+}
+
+impl std::fmt::Display for DialMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The legal abandon cap (percent of live-answered calls); a campaign may
+/// aim lower, never higher.
+pub const MAX_ABANDON_CAP_PCT: f64 = 3.0;
+/// The longest an answered callee may wait for an agent (ms).
+pub const MAX_ABANDON_AFTER_MS: u64 = 2_000;
 
 /// Ring time the law asks for before a call may be given up as no answer.
 pub const MIN_RING_TIMEOUT_MS: u64 = 15_000;
@@ -97,6 +163,30 @@ pub struct NewCampaignRequest {
     /// country code.
     #[serde(default)]
     pub default_region: Option<String>,
+    /// `ivr` (default: no agents), `preview`, `progressive` or `predictive`.
+    /// Every mode but `ivr` needs a `team`: its agents take the calls.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Progressive: calls not yet with an agent per ready agent (0.5-5.0,
+    /// default 1.0).
+    #[serde(default)]
+    pub dial_ratio: Option<f64>,
+    /// Most abandoned calls, in percent of live-answered ones, today and
+    /// over 30 days (0.1-3.0, default 3.0); dialing slows at 80 % of it and
+    /// stops at it.
+    #[serde(default)]
+    pub abandon_cap_pct: Option<f64>,
+    /// Skills an agent needs, by name, with the lowest level (1-10).
+    #[serde(default)]
+    pub skills: Option<BTreeMap<String, i64>>,
+    /// How long an answered callee may wait for an agent before the
+    /// compliance message (100-2000 ms, default 2000).
+    #[serde(default)]
+    pub abandon_after_ms: Option<u64>,
+    /// Disposition codes agents may set on calls: 1-32 of `[A-Z0-9_]{1,32}`
+    /// (default `SALE`, `NO_INTEREST`, `CALLBACK`, `DNC`, `WRONG_NUMBER`).
+    #[serde(default)]
+    pub dispositions: Option<Vec<String>>,
 }
 
 /// `PATCH /v1/campaigns/{id}`: only the fields given change.
@@ -130,6 +220,18 @@ pub struct CampaignPatch {
     pub max_attempts: Option<u32>,
     /// Most attempts per lead per 24 h.
     pub max_attempts_per_day: Option<u32>,
+    /// Dialing mode (`ivr`, `preview`, `progressive`, `predictive`).
+    pub mode: Option<String>,
+    /// Progressive dial ratio.
+    pub dial_ratio: Option<f64>,
+    /// Abandon cap (percent).
+    pub abandon_cap_pct: Option<f64>,
+    /// Agent skills (name → lowest level); replaces the whole map.
+    pub skills: Option<BTreeMap<String, i64>>,
+    /// Longest wait for an agent (ms).
+    pub abandon_after_ms: Option<u64>,
+    /// Disposition codes; replaces the whole list.
+    pub dispositions: Option<Vec<String>>,
 }
 
 /// One contact as sent: a bare number, or a number with its agent.
@@ -195,9 +297,69 @@ pub struct Settings {
     pub max_attempts: Option<u32>,
     /// Most attempts per lead per 24 h.
     pub max_attempts_per_day: Option<u32>,
+    /// Dialing mode.
+    pub mode: DialMode,
+    /// Progressive dial ratio.
+    pub dial_ratio: f64,
+    /// Abandon cap (percent).
+    pub abandon_cap_pct: f64,
+    /// Agent skills (name → lowest level).
+    pub skills: BTreeMap<String, u8>,
+    /// Longest wait for an agent (ms).
+    pub abandon_after_ms: u64,
+    /// Disposition codes agents may set.
+    pub dispositions: Vec<String>,
+}
+
+/// Parses a sent mode.
+fn parse_mode(s: &str) -> Result<DialMode, Invalid> {
+    DialMode::parse(s)
+        .ok_or_else(|| invalid("mode", "must be ivr, preview, progressive or predictive"))
+}
+
+/// Validates sent skills: names as ids, levels 1-10, at most
+/// [`MAX_BRIDGE_SKILLS`].
+fn parse_skills(m: &BTreeMap<String, i64>) -> Result<BTreeMap<String, u8>, Invalid> {
+    if m.len() > MAX_BRIDGE_SKILLS {
+        return Err(invalid(
+            "skills",
+            format!("at most {MAX_BRIDGE_SKILLS} skills"),
+        ));
+    }
+    m.iter()
+        .map(|(k, v)| {
+            if !name_ok(k) {
+                return Err(invalid("skills", "names must be 1-64 of [A-Za-z0-9._-]"));
+            }
+            match u8::try_from(*v) {
+                Ok(l) if (1..=10).contains(&l) => Ok((k.clone(), l)),
+                _ => Err(invalid(format!("skills.{k}"), "levels are 1-10")),
+            }
+        })
+        .collect()
+}
+
+/// Every mode but `ivr` is matched with agents by the campaign's team.
+pub fn check_mode_team(mode: DialMode, team: Option<&str>) -> Result<(), Invalid> {
+    if mode.uses_agents() && team.is_none() {
+        return Err(invalid(
+            "team",
+            format!("a {mode} campaign needs a team: its agents take the calls"),
+        ));
+    }
+    Ok(())
 }
 
 impl Settings {
+    /// What dial commands carry for the agent bridge: `None` for `ivr`.
+    pub fn bridge(&self) -> Option<BridgeSpec> {
+        self.mode.uses_agents().then(|| BridgeSpec {
+            skills: self.skills.clone(),
+            agent_id: None,
+            abandon_after_ms: self.abandon_after_ms,
+        })
+    }
+
     /// Validates every field; the first failure names its field.
     pub fn validate(&self) -> Result<(), Invalid> {
         if !(1..=10_000).contains(&self.max_concurrent) {
@@ -244,6 +406,32 @@ impl Settings {
                 return Err(invalid(field, "must be 1-100"));
             }
         }
+        if !(self.dial_ratio.is_finite() && (0.5..=5.0).contains(&self.dial_ratio)) {
+            return Err(invalid("dial_ratio", "must be 0.5-5.0"));
+        }
+        if !(self.abandon_cap_pct.is_finite()
+            && (0.1..=MAX_ABANDON_CAP_PCT).contains(&self.abandon_cap_pct))
+        {
+            return Err(invalid(
+                "abandon_cap_pct",
+                "must be 0.1-3.0 (the legal cap is 3 %)",
+            ));
+        }
+        if !(100..=MAX_ABANDON_AFTER_MS).contains(&self.abandon_after_ms) {
+            return Err(invalid(
+                "abandon_after_ms",
+                "must be 100-2000 (an agent within 2 s)",
+            ));
+        }
+        if self.skills.len() > MAX_BRIDGE_SKILLS
+            || self
+                .skills
+                .iter()
+                .any(|(k, v)| !name_ok(k) || !(1..=10).contains(v))
+        {
+            return Err(invalid("skills", "names are ids, levels 1-10"));
+        }
+        super::disposition::validate_codes(&self.dispositions)?;
         Ok(())
     }
 
@@ -274,6 +462,16 @@ impl Settings {
         }
         if patch.max_attempts_per_day.is_some() {
             s.max_attempts_per_day = patch.max_attempts_per_day;
+        }
+        if let Some(m) = &patch.mode {
+            s.mode = parse_mode(m)?;
+        }
+        set!(dial_ratio, abandon_cap_pct, abandon_after_ms);
+        if let Some(k) = &patch.skills {
+            s.skills = parse_skills(k)?;
+        }
+        if let Some(d) = &patch.dispositions {
+            s.dispositions = d.clone();
         }
         s.validate()?;
         Ok(s)
@@ -353,6 +551,25 @@ impl NewCampaignRequest {
             priority: self.priority.unwrap_or(1),
             max_attempts: self.max_attempts,
             max_attempts_per_day: self.max_attempts_per_day,
+            mode: self
+                .mode
+                .as_deref()
+                .map(parse_mode)
+                .transpose()?
+                .unwrap_or_default(),
+            dial_ratio: self.dial_ratio.unwrap_or(1.0),
+            abandon_cap_pct: self.abandon_cap_pct.unwrap_or(MAX_ABANDON_CAP_PCT),
+            skills: self
+                .skills
+                .as_ref()
+                .map(parse_skills)
+                .transpose()?
+                .unwrap_or_default(),
+            abandon_after_ms: self.abandon_after_ms.unwrap_or(MAX_ABANDON_AFTER_MS),
+            dispositions: self
+                .dispositions
+                .clone()
+                .unwrap_or_else(super::disposition::default_dispositions),
         };
         settings.validate()?;
         if self.contacts.len() > MAX_CONTACTS {
@@ -364,6 +581,7 @@ impl NewCampaignRequest {
         if self.team.as_deref().is_some_and(|t| !name_ok(t)) {
             return Err(invalid("team", "must be 1-64 of [A-Za-z0-9._-]"));
         }
+        check_mode_team(settings.mode, self.team.as_deref())?;
         let rules = super::lead::ImportRules {
             default_region: self.default_region.as_deref(),
             ..*rules
@@ -438,6 +656,12 @@ mod tests {
             max_attempts: None,
             max_attempts_per_day: None,
             default_region: None,
+            mode: None,
+            dial_ratio: None,
+            abandon_cap_pct: None,
+            skills: None,
+            abandon_after_ms: None,
+            dispositions: None,
         }
     }
 
@@ -536,5 +760,97 @@ mod tests {
             unknown.is_err(),
             "state changes go through the lifecycle routes"
         );
+    }
+
+    #[test]
+    fn dialing_modes_are_validated_and_name_their_field() {
+        let c = req().validate(&rules()).unwrap();
+        assert_eq!(c.settings.mode, DialMode::Ivr, "ivr by default");
+        assert_eq!(c.settings.bridge(), None, "ivr calls are never bridged");
+        assert_eq!(
+            (
+                c.settings.dial_ratio,
+                c.settings.abandon_cap_pct,
+                c.settings.abandon_after_ms
+            ),
+            (1.0, 3.0, 2_000)
+        );
+        let field = |f: fn(&mut NewCampaignRequest)| {
+            let mut r = req();
+            r.team = Some("east".into());
+            f(&mut r);
+            r.validate(&rules()).map(|_| ()).map_err(|e| e.field)
+        };
+        assert_eq!(
+            field(|r| r.mode = Some("robocall".into())),
+            Err("mode".into())
+        );
+        assert_eq!(
+            field(|r| r.dial_ratio = Some(0.4)),
+            Err("dial_ratio".into())
+        );
+        assert_eq!(
+            field(|r| r.dial_ratio = Some(f64::NAN)),
+            Err("dial_ratio".into())
+        );
+        assert_eq!(field(|r| r.dial_ratio = Some(5.0)), Ok(()));
+        assert_eq!(
+            field(|r| r.abandon_cap_pct = Some(3.5)),
+            Err("abandon_cap_pct".into()),
+            "never above the legal 3 %"
+        );
+        assert_eq!(
+            field(|r| r.abandon_cap_pct = Some(0.05)),
+            Err("abandon_cap_pct".into())
+        );
+        assert_eq!(
+            field(|r| r.abandon_after_ms = Some(2_001)),
+            Err("abandon_after_ms".into())
+        );
+        assert_eq!(
+            field(|r| r.abandon_after_ms = Some(99)),
+            Err("abandon_after_ms".into())
+        );
+        assert_eq!(
+            field(|r| r.skills = Some([("spanish".to_owned(), 11)].into())),
+            Err("skills.spanish".into())
+        );
+        assert_eq!(
+            field(|r| r.skills = Some([("bad name".to_owned(), 3)].into())),
+            Err("skills".into())
+        );
+        let mut r = req();
+        r.mode = Some("progressive".into());
+        assert_eq!(
+            r.validate(&rules()).unwrap_err().field,
+            "team",
+            "agents come from the team"
+        );
+        let mut r = req();
+        r.mode = Some("predictive".into());
+        r.team = Some("east".into());
+        r.skills = Some([("spanish".to_owned(), 3)].into());
+        r.abandon_after_ms = Some(1_500);
+        let c = r.validate(&rules()).unwrap();
+        let b = c.settings.bridge().unwrap();
+        assert_eq!(b.skills.get("spanish"), Some(&3));
+        assert_eq!((b.agent_id.as_deref(), b.abandon_after_ms), (None, 1_500));
+        assert!(b.validate().is_ok(), "what we send passes the contract");
+        let p: CampaignPatch =
+            serde_json::from_value(serde_json::json!({"mode": "preview", "dial_ratio": 2.0}))
+                .unwrap();
+        let s = c.settings.patched(&p).unwrap();
+        assert_eq!((s.mode, s.dial_ratio), (DialMode::Preview, 2.0));
+        assert!(!s.mode.auto_dials());
+        let p: CampaignPatch =
+            serde_json::from_value(serde_json::json!({"abandon_cap_pct": 4.0})).unwrap();
+        assert_eq!(c.settings.patched(&p).unwrap_err().field, "abandon_cap_pct");
+        assert_eq!(
+            check_mode_team(DialMode::Progressive, None)
+                .unwrap_err()
+                .field,
+            "team"
+        );
+        assert!(check_mode_team(DialMode::Ivr, None).is_ok());
     }
 }

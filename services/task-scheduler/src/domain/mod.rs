@@ -8,9 +8,13 @@
 //! - [`state`]: the transition tables
 //! - [`pacing`]: token buckets, weighted fair share
 //! - [`compliance`]: whether a lead is dialable now; retry policy
+//! - [`dialing`]: agent states, the abandon ratio and how near its cap
+//! - [`disposition`]: disposition codes and what each does to its lead
 
 pub mod campaign;
 pub mod compliance;
+pub mod dialing;
+pub mod disposition;
 pub mod lead;
 pub mod pacing;
 pub mod state;

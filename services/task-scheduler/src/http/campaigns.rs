@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use super::{idempotency, page, sees_campaign, MANAGE};
 use crate::db::{Campaign, CampaignQuery, Progress, Transition};
+use crate::domain::campaign::check_mode_team;
 use crate::domain::lead::ImportRules;
 use crate::domain::state::{CampaignAction, CampaignState};
 use crate::domain::{valid_name, CampaignPatch, NewCampaignRequest};
@@ -171,7 +172,8 @@ pub(super) async fn get_campaign(
     Ok(ApiJson(view(&state, c).await?))
 }
 
-/// Changes settings: pacing, calling hours, retry policy, priority, caps,
+/// Changes settings: pacing, dialing mode (every mode but `ivr` needs the
+/// campaign to have a team), calling hours, retry policy, priority, caps,
 /// recording. Not once stopped or completed (409).
 #[utoipa::path(patch, path = "/v1/campaigns/{id}", request_body = CampaignPatch, security(("bearer" = [])),
     responses((status = 200, body = CampaignView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -192,6 +194,8 @@ pub(super) async fn patch_campaign(
     let settings = c
         .settings()
         .patched(&patch)
+        .map_err(|e| ApiError::invalid(&e.field, e.reason))?;
+    check_mode_team(settings.mode, c.team.as_deref())
         .map_err(|e| ApiError::invalid(&e.field, e.reason))?;
     match state
         .repo

@@ -5,13 +5,19 @@
 //! - [`leads`]: imports (JSON or streamed CSV), listings, callbacks
 //! - [`dnc`]: do-not-call entries
 //! - [`attempts`]: the media tier's claims and lease renewals, hang-ups
+//! - [`live`]: the abandon ledger (JSON, CSV) and the live view (JSON, SSE)
+//! - [`dispositions`]: agents' dispositions of calls, ending their wrap-up
+//! - [`preview`]: preview dialing: next lead, dial, skip
 //! - [`idempotency`]: `Idempotency-Key` on creating POSTs
 
 pub mod attempts;
 pub mod campaigns;
+pub mod dispositions;
 pub mod dnc;
 pub mod idempotency;
 pub mod leads;
+pub mod live;
+pub mod preview;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -32,6 +38,8 @@ const READ_LEADS: &[Role] = &[Role::Admin, Role::Supervisor, Role::Agent, Role::
 const CALLBACK: &[Role] = &[Role::Admin, Role::Supervisor, Role::Agent];
 const DNC_ADD: &[Role] = &[Role::Admin, Role::Supervisor, Role::Agent];
 const DNC_READ: &[Role] = &[Role::Admin, Role::Supervisor, Role::Agent, Role::Service];
+use dispositions::DISPOSE;
+use preview::AGENT;
 
 /// Largest page of a listing.
 pub const MAX_PAGE: i64 = 500;
@@ -85,14 +93,22 @@ fn page(
         leads::import_leads, leads::campaign_leads, leads::list_leads, leads::get_lead, leads::book_callback,
         leads::cancel_callback,
         dnc::add_dnc, dnc::get_dnc, dnc::delete_dnc,
-        attempts::claim_attempt, attempts::heartbeat, attempts::hangup_call
+        attempts::claim_attempt, attempts::heartbeat, attempts::hangup_call,
+        live::abandon, live::abandon_csv, live::live, live::live_stream,
+        dispositions::set_disposition, preview::next_lead, preview::dial_lead, preview::skip_lead
     ),
     components(schemas(
         attempts::HangupAccepted, NewCampaignRequest, CampaignPatch, ContactInput, Campaign, Progress,
         RetryPolicy, RetryRule, campaigns::CampaignView, campaigns::CampaignPage,
         attempts::ClaimRequest, attempts::ClaimResponse, attempts::HeartbeatRequest, attempts::HeartbeatResponse,
         Lead, LeadAttempt, leads::LeadPage, LeadInput, ImportReport, RowError, leads::CallbackRequest,
-        DncEntry, dnc::DncRequest, dnc::DncAdded, dnc::DncStatus, ErrorBody
+        DncEntry, dnc::DncRequest, dnc::DncAdded, dnc::DncStatus, ErrorBody,
+        crate::domain::campaign::DialMode, crate::domain::dialing::AgentStatus,
+        crate::db::ledger::LedgerDay, crate::db::presence::Presence,
+        live::AbandonReport, live::WindowView, live::LiveView, live::LiveAgents, live::LiveCalls,
+        dispositions::DispositionRequest, dispositions::DispositionView, dispositions::WrapUpEnd,
+        crate::db::dispositions::Disposition, preview::NextLead, preview::PreviewCampaign,
+        preview::PreviewDial, preview::SkipRequest
     )),
     modifiers(&BearerSecurity)
 )]
@@ -127,6 +143,14 @@ route_roles! {
     "POST" "/v1/attempts/{id}/claim" CLAIM,
     "POST" "/v1/attempts/heartbeat" CLAIM,
     "POST" "/v1/calls/{call_id}/hangup" MANAGE,
+    "GET" "/v1/campaigns/{id}/abandon" MANAGE,
+    "GET" "/v1/campaigns/{id}/abandon.csv" MANAGE,
+    "GET" "/v1/campaigns/{id}/live" MANAGE,
+    "GET" "/v1/campaigns/{id}/live/stream" MANAGE,
+    "POST" "/v1/calls/{call_id}/disposition" DISPOSE,
+    "POST" "/v1/agents/me/next-lead" AGENT,
+    "POST" "/v1/leads/{id}/dial" AGENT,
+    "POST" "/v1/leads/{id}/skip" AGENT,
 }
 
 /// The OpenAPI document.
@@ -174,6 +198,22 @@ pub fn router(state: AppState, keys: Keys) -> Router {
                 .route_layer(roles(MANAGE)),
         )
         .route(
+            "/v1/campaigns/{id}/abandon",
+            get(live::abandon).route_layer(roles(MANAGE)),
+        )
+        .route(
+            "/v1/campaigns/{id}/abandon.csv",
+            get(live::abandon_csv).route_layer(roles(MANAGE)),
+        )
+        .route(
+            "/v1/campaigns/{id}/live",
+            get(live::live).route_layer(roles(MANAGE)),
+        )
+        .route(
+            "/v1/campaigns/{id}/live/stream",
+            get(live::live_stream).route_layer(roles(MANAGE)),
+        )
+        .route(
             "/v1/leads",
             get(leads::list_leads).route_layer(roles(READ_LEADS)),
         )
@@ -205,6 +245,22 @@ pub fn router(state: AppState, keys: Keys) -> Router {
         .route(
             "/v1/attempts/heartbeat",
             post(attempts::heartbeat).route_layer(roles(CLAIM)),
+        )
+        .route(
+            "/v1/calls/{call_id}/disposition",
+            post(dispositions::set_disposition).route_layer(roles(DISPOSE)),
+        )
+        .route(
+            "/v1/agents/me/next-lead",
+            post(preview::next_lead).route_layer(roles(AGENT)),
+        )
+        .route(
+            "/v1/leads/{id}/dial",
+            post(preview::dial_lead).route_layer(roles(AGENT)),
+        )
+        .route(
+            "/v1/leads/{id}/skip",
+            post(preview::skip_lead).route_layer(roles(AGENT)),
         )
         .route_layer(axum::middleware::from_fn_with_state(keys, require_auth))
         .with_state(state)

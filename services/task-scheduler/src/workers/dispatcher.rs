@@ -8,9 +8,16 @@
 //! checks the lease is still held. A replica that loses the lease (it
 //! paused past the lease, or the database said so) writes nothing more;
 //! one that dies is replaced when its lease runs out.
+//!
+//! Campaigns with agents add a limit on top of the rate and the fair share
+//! ([`AgentPacing`]): `preview` campaigns are never dialed here (agents
+//! dial them); `progressive` ones keep calls not yet with an agent at most
+//! ready agents × `dial_ratio`; `predictive` ones ask their pacer. Either
+//! falls back to one call per ready agent at 80 % of the abandon cap (today
+//! or 30 days, from the ledger) and stops at the cap.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dialstack_common::db::OutboxRelay;
@@ -20,9 +27,19 @@ use dialstack_dialrules::Zone;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::dispatch::DISPATCHER_LEASE;
+use dialstack_contract::{CallCompleted, Outcome};
+use prometheus::{GaugeVec, IntCounterVec, Opts};
+
+use crate::db::dispatch::{CallPhases, DISPATCHER_LEASE};
+use crate::db::ledger::Windows;
 use crate::db::{Campaign, Candidate, Repo};
+use crate::domain::campaign::DialMode;
 use crate::domain::compliance::{eligibility, CampaignRules, DeploymentRules, LeadFacts, Verdict};
+use crate::domain::dialing::{AgentStatus, Throttle};
+use crate::domain::pacing::{
+    AbandonStats, BusyAgent, BusyState, DialPacer, PacingEvent, PacingObservation, PacingSnapshot,
+    Predictive, Progressive,
+};
 use crate::domain::state::LeadState;
 use crate::domain::{FairShare, Pacer};
 
@@ -42,6 +59,414 @@ pub struct DispatcherConfig {
     pub guard: Arc<DestinationGuard>,
     /// Most attempts per number per 24 h across campaigns.
     pub number_daily_cap: Option<u32>,
+}
+
+/// The dispatcher's metrics.
+#[derive(Clone)]
+pub struct DispatchMetrics {
+    /// `dialstack_campaign_abandon_ratio{campaign,window}`: running
+    /// campaigns only, so the label stays bounded.
+    pub abandon_ratio: GaugeVec,
+    /// `dialstack_campaign_abandon_throttles_total{level}`: campaigns that
+    /// entered `near_cap` (one call per agent) or `at_cap` (no new calls).
+    pub throttles: IntCounterVec,
+}
+
+impl DispatchMetrics {
+    /// Creates the collectors and registers them with `m`.
+    pub fn register(m: &dialstack_common::metrics::Metrics) -> Self {
+        let abandon_ratio = GaugeVec::new(
+            Opts::new(
+                "dialstack_campaign_abandon_ratio",
+                "abandoned over live-answered calls of a running campaign, today (UTC) and over 30 days",
+            ),
+            &["campaign", "window"],
+        )
+        .expect("valid metric");
+        let throttles = IntCounterVec::new(
+            Opts::new(
+                "dialstack_campaign_abandon_throttles_total",
+                "times a campaign's dialing was slowed (near_cap) or stopped (at_cap) by its abandon cap",
+            ),
+            &["level"],
+        )
+        .expect("valid metric");
+        Self {
+            abandon_ratio: m.register(&abandon_ratio),
+            throttles: m.register(&throttles),
+        }
+    }
+
+    /// Collectors registered nowhere (tests, tools).
+    pub fn unregistered() -> Self {
+        Self::register(&dialstack_common::metrics::Metrics::new("unregistered"))
+    }
+}
+
+/// What the event consumer tells the dispatcher's pacers.
+#[derive(Debug, Clone)]
+pub enum Observed {
+    /// A call completed (its ring, answer, agent leg and talk times).
+    Completed(Box<CallCompleted>),
+    /// An agent of `teams` left wrap-up after `wrap_ms`.
+    WrapEnded {
+        /// The agent's teams.
+        teams: Vec<String>,
+        /// When (ms since epoch).
+        at_ms: i64,
+        /// How long the wrap-up lasted.
+        wrap_ms: i64,
+    },
+}
+
+/// Completed calls and ended wrap-ups the event consumer hands to the
+/// dispatcher's pacers (bounded: the oldest are dropped). With several
+/// replicas each hears what its consumer took: the leader's pacers learn
+/// from a sample, and the abandon ledger (in the database) keeps them
+/// under the cap whatever they miss.
+#[derive(Clone, Default)]
+pub struct Observations(Arc<Mutex<VecDeque<Observed>>>);
+
+/// Most observations waiting for the dispatcher.
+const MAX_OBSERVATIONS: usize = 10_000;
+
+impl Observations {
+    /// Adds one observation.
+    pub fn push(&self, c: Observed) {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= MAX_OBSERVATIONS {
+            q.pop_front();
+        }
+        q.push_back(c);
+    }
+
+    /// Takes every waiting one.
+    pub fn drain(&self) -> Vec<Observed> {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        q.drain(..).collect()
+    }
+}
+
+/// What the dispatcher keeps about campaigns with agents between rounds.
+#[derive(Default)]
+pub struct AgentPacing {
+    /// Abandon counts by campaign, read from the ledger every round, after
+    /// the calls in flight: a call that completed and left the count of
+    /// calls in flight is always in the ledger read after it.
+    windows: HashMap<String, Windows>,
+    /// The throttle each campaign was in last round (logged and counted on
+    /// change).
+    throttles: HashMap<String, Throttle>,
+    /// Campaigns held back by agents or the cap (not by the rate) in the
+    /// last round: the dispatcher waits for an event rather than polling.
+    blocked: HashSet<String>,
+    /// One pacer per running campaign with agents, kept across rounds so
+    /// that the predictive one learns.
+    pacers: HashMap<String, CampaignPacer>,
+}
+
+/// A campaign's pacer and what it was made for.
+struct CampaignPacer {
+    mode: DialMode,
+    ratio: f64,
+    team: Option<String>,
+    abandon_after_ms: i64,
+    pacer: Box<dyn DialPacer>,
+}
+
+impl CampaignPacer {
+    fn new(c: &Campaign) -> Self {
+        let pacer: Box<dyn DialPacer> = match c.mode {
+            DialMode::Predictive => Box::new(Predictive::default()),
+            _ => Box::new(Progressive::new(c.dial_ratio)),
+        };
+        Self {
+            mode: c.mode,
+            ratio: c.dial_ratio,
+            team: c.team.clone(),
+            abandon_after_ms: c.abandon_after_ms,
+            pacer,
+        }
+    }
+
+    /// Still the pacer `c` asks for (a predictive one keeps what it learnt
+    /// across changes of settings it does not read).
+    fn fits(&self, c: &Campaign) -> bool {
+        self.mode == c.mode
+            && self.team == c.team
+            && (c.mode == DialMode::Predictive || self.ratio == c.dial_ratio)
+    }
+}
+
+fn ms(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+/// What a pacer learns from a completed call: its ring (answered by a
+/// person or not), and for a person the bridge or the abandon and the
+/// agent's talk. Canceled calls (ours) teach nothing.
+pub fn call_observations(c: &CallCompleted, abandon_after_ms: i64) -> Vec<PacingObservation> {
+    let person = match c.outcome {
+        Outcome::Canceled => return Vec::new(),
+        Outcome::AnsweredHuman | Outcome::Abandoned => true,
+        _ => false,
+    };
+    let end = c.call.at_ms;
+    let talk = if person { c.talk_ms.max(0) } else { 0 };
+    let answered_at = end - talk;
+    let placed_at = answered_at - c.ring_ms.max(0);
+    let mut out = vec![PacingObservation {
+        at_ms: ms(answered_at),
+        event: PacingEvent::RingEnded {
+            placed_at_ms: ms(placed_at),
+            ring_ms: ms(c.ring_ms),
+            answered: person,
+        },
+    }];
+    match (c.outcome, &c.agent) {
+        (Outcome::Abandoned, leg) => {
+            let wait = leg.as_ref().map_or(abandon_after_ms, |a| a.wait_ms);
+            out.push(PacingObservation {
+                at_ms: ms(answered_at + wait.max(0)),
+                event: PacingEvent::Abandoned { wait_ms: ms(wait) },
+            });
+        }
+        (Outcome::AnsweredHuman, Some(a)) => {
+            out.push(PacingObservation {
+                at_ms: ms(answered_at + a.wait_ms.max(0)),
+                event: PacingEvent::Connected {
+                    wait_ms: ms(a.wait_ms),
+                },
+            });
+            out.push(PacingObservation {
+                at_ms: ms(end),
+                event: PacingEvent::TalkEnded {
+                    talk_ms: ms(a.talk_ms),
+                },
+            });
+        }
+        _ => {}
+    }
+    out
+}
+
+impl AgentPacing {
+    /// Rereads the ledger (one indexed query for every campaign with
+    /// agents).
+    async fn refresh(&mut self, repo: &Repo, campaigns: &[Campaign]) -> Result<(), sqlx::Error> {
+        let ids: Vec<&str> = campaigns
+            .iter()
+            .filter(|c| c.mode.uses_agents())
+            .map(|c| c.id.as_str())
+            .collect();
+        self.windows = repo
+            .abandon_windows(&ids, dialstack_common::now_ms())
+            .await?;
+        self.throttles
+            .retain(|id, _| campaigns.iter().any(|c| &c.id == id));
+        self.pacers.retain(|id, p| {
+            campaigns
+                .iter()
+                .any(|c| &c.id == id && c.mode.uses_agents() && p.fits(c))
+        });
+        Ok(())
+    }
+
+    /// Hands what the event consumer saw to the pacers it concerns.
+    fn observe(&mut self, seen: Vec<Observed>) {
+        for o in seen {
+            match o {
+                Observed::Completed(c) => {
+                    if let Some(p) = self.pacers.get_mut(&c.call.campaign_id) {
+                        for obs in call_observations(&c, p.abandon_after_ms) {
+                            p.pacer.observe(&obs);
+                        }
+                    }
+                }
+                Observed::WrapEnded {
+                    teams,
+                    at_ms,
+                    wrap_ms,
+                } => {
+                    let obs = PacingObservation {
+                        at_ms: ms(at_ms),
+                        event: PacingEvent::WrapEnded {
+                            wrap_ms: ms(wrap_ms),
+                        },
+                    };
+                    for p in self.pacers.values_mut() {
+                        if p.team.as_ref().is_some_and(|t| teams.contains(t)) {
+                            p.pacer.observe(&obs);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The campaign as its pacer sees it: the team's agents (ready, busy
+    /// since when), its calls ringing (placed when) and waiting, and the
+    /// ledger's abandon counts against the cap.
+    async fn snapshot(
+        repo: &Repo,
+        c: &Campaign,
+        team: &str,
+        phases: CallPhases,
+        w: Windows,
+    ) -> Result<PacingSnapshot, sqlx::Error> {
+        let now = dialstack_common::now_ms();
+        let agents = repo.team_agents(team).await?;
+        let mut busy: Vec<BusyAgent> = repo
+            .team_busy(team)
+            .await?
+            .into_iter()
+            .map(|(s, since)| BusyAgent {
+                state: if s == AgentStatus::WrapUp {
+                    BusyState::WrapUp
+                } else {
+                    BusyState::Talking
+                },
+                since_ms: ms(since),
+            })
+            .collect();
+        // Agents the attempts show bridged before their own state arrived.
+        let takes_calls = agents.by_state.get("available").copied().unwrap_or(0)
+            + agents.by_state.get("reserved").copied().unwrap_or(0);
+        for _ in 0..(takes_calls - agents.ready).max(0) {
+            busy.push(BusyAgent {
+                state: BusyState::Talking,
+                since_ms: ms(now),
+            });
+        }
+        let ringing_since_ms = if c.mode == DialMode::Predictive {
+            repo.ringing_since(&c.id)
+                .await?
+                .into_iter()
+                .map(ms)
+                .collect()
+        } else {
+            vec![ms(now); (phases.queued + phases.ringing).max(0) as usize]
+        };
+        let minute = now.div_euclid(60_000).rem_euclid(1_440);
+        Ok(PacingSnapshot {
+            now_ms: ms(now),
+            clock_hhmm: u16::try_from(minute / 60 * 100 + minute % 60).unwrap_or(0),
+            agents_logged_in: u32::try_from(agents.logged_in.max(0)).unwrap_or(u32::MAX),
+            agents_ready: u32::try_from(agents.ready.max(0)).unwrap_or(u32::MAX),
+            busy,
+            ringing_since_ms,
+            calls_waiting: u32::try_from(phases.waiting.max(0)).unwrap_or(u32::MAX),
+            abandon: AbandonStats {
+                live_today: ms(w.today.live),
+                abandoned_today: ms(w.today.abandoned),
+                live_30d: ms(w.last_30_days.live),
+                abandoned_30d: ms(w.last_30_days.abandoned),
+            },
+            cap_pct: c.abandon_cap_pct,
+        })
+    }
+
+    /// How many new calls a campaign with agents may place now, on top of
+    /// its rate: `None` for `ivr` (no agent limit).
+    async fn limit(
+        &mut self,
+        repo: &Repo,
+        c: &Campaign,
+        phases: CallPhases,
+        metrics: &DispatchMetrics,
+    ) -> Result<Option<u64>, sqlx::Error> {
+        match c.mode {
+            DialMode::Ivr => return Ok(None),
+            DialMode::Preview => return Ok(Some(0)),
+            DialMode::Progressive | DialMode::Predictive => {}
+        }
+        let Some(team) = c.team.as_deref() else {
+            tracing::warn!(campaign_id = %c.id, mode = %c.mode, "campaign with agents has no team: not dialed");
+            return Ok(Some(0));
+        };
+        let w = self.windows.get(&c.id).copied().unwrap_or_default();
+        let throttle = Throttle::of(c.abandon_cap_pct, w.today.ratio(), w.last_30_days.ratio());
+        let before = self.throttles.insert(c.id.clone(), throttle);
+        if before != Some(throttle) && (before.is_some() || throttle != Throttle::Open) {
+            match throttle {
+                Throttle::Open => {
+                    tracing::info!(campaign_id = %c.id, "abandon ratio back under 80 % of the cap: pacing resumes")
+                }
+                _ => {
+                    tracing::warn!(
+                        campaign_id = %c.id,
+                        level = throttle.as_str(),
+                        cap_pct = c.abandon_cap_pct,
+                        today = w.today.ratio(),
+                        last_30_days = w.last_30_days.ratio(),
+                        "abandon ratio near or at the cap: dialing throttled"
+                    );
+                    metrics
+                        .throttles
+                        .with_label_values(&[throttle.as_str()])
+                        .inc();
+                }
+            }
+        }
+        if throttle == Throttle::AtCap {
+            return Ok(Some(0));
+        }
+        let snap = Self::snapshot(repo, c, team, phases, w).await?;
+        let pacer = self
+            .pacers
+            .entry(c.id.clone())
+            .or_insert_with(|| CampaignPacer::new(c));
+        if !pacer.fits(c) {
+            *pacer = CampaignPacer::new(c);
+        }
+        let paced = pacer.pacer.calls_to_place(&snap);
+        let allowed = match throttle {
+            Throttle::NearCap => paced.min(Progressive::calls(1.0, &snap)),
+            _ => paced,
+        };
+        tracing::trace!(campaign_id = %c.id, pacer = pacer.pacer.name(), ready = snap.agents_ready, unbridged = snap.unbridged(), paced, allowed, "paced");
+        Ok(Some(u64::from(allowed)))
+    }
+}
+
+/// Every few seconds until shutdown, on every replica: sets
+/// `dialstack_campaign_abandon_ratio` for the running campaigns (and only
+/// them: a campaign that stops running leaves the gauge).
+pub async fn run_abandon_gauge(
+    repo: Repo,
+    metrics: DispatchMetrics,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match refresh_abandon_gauge(&repo, &metrics).await {
+            Ok(()) => {}
+            Err(e) => tracing::debug!(error = %e, "abandon gauge not refreshed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+async fn refresh_abandon_gauge(repo: &Repo, m: &DispatchMetrics) -> Result<(), sqlx::Error> {
+    let running = repo.running_campaigns().await?;
+    let ids: Vec<&str> = running.iter().map(|c| c.id.as_str()).collect();
+    let windows = repo
+        .abandon_windows(&ids, dialstack_common::now_ms())
+        .await?;
+    m.abandon_ratio.reset();
+    for id in ids {
+        let w = windows.get(id).copied().unwrap_or_default();
+        m.abandon_ratio
+            .with_label_values(&[id, "today"])
+            .set(w.today.ratio());
+        m.abandon_ratio
+            .with_label_values(&[id, "30d"])
+            .set(w.last_30_days.ratio());
+    }
+    Ok(())
 }
 
 /// Zones by their comma-separated names, parsed once.
@@ -131,8 +556,11 @@ pub async fn run_dispatcher(
     relay: OutboxRelay,
     wake: Arc<Notify>,
     cfg: DispatcherConfig,
+    agent_feed: (Observations, DispatchMetrics),
     shutdown: CancellationToken,
 ) {
+    let (observations, metrics) = agent_feed;
+    let mut agents = AgentPacing::default();
     let ttl_ms = cfg.lease_ttl.as_millis() as i64;
     let renew_every = cfg.lease_ttl / 3;
     let mut leader = false;
@@ -168,6 +596,7 @@ pub async fn run_dispatcher(
                     tracing::warn!(holder = %cfg.holder, "dispatcher lease lost");
                 }
                 pacers.clear();
+                agents = AgentPacing::default();
                 loaded = Instant::now() - Duration::from_secs(60);
             }
         }
@@ -187,10 +616,12 @@ pub async fn run_dispatcher(
             loaded = Instant::now();
         }
         let mut again = false;
+        agents.observe(observations.drain());
         match round(
             &repo,
             &cfg,
             &campaigns,
+            (&mut agents, &metrics),
             &mut pacers,
             &mut global,
             &mut share,
@@ -221,8 +652,10 @@ pub async fn run_dispatcher(
             Err(e) => tracing::warn!(error = %e, "dispatch round failed"),
         }
         let mut next = Duration::from_millis(200);
-        for p in pacers.values() {
-            next = next.min(p.next_token_in());
+        for (id, p) in &pacers {
+            if !agents.blocked.contains(id) {
+                next = next.min(p.next_token_in());
+            }
         }
         next = next
             .max(global.next_token_in())
@@ -260,6 +693,7 @@ async fn round(
     repo: &Repo,
     cfg: &DispatcherConfig,
     campaigns: &[Campaign],
+    (agents, metrics): (&mut AgentPacing, &DispatchMetrics),
     pacers: &mut HashMap<String, Pacer>,
     global: &mut Pacer,
     share: &mut FairShare,
@@ -274,7 +708,22 @@ async fn round(
             reload: false,
         });
     }
-    let in_flight = repo.in_flight_by_campaign().await?;
+    let phases = repo.call_phases_by_campaign().await?;
+    let in_flight: HashMap<String, i64> = phases
+        .iter()
+        .map(|(id, p)| (id.clone(), p.in_flight()))
+        .collect();
+    agents.blocked.clear();
+    let mut limits: HashMap<&str, u64> = HashMap::new();
+    if campaigns.iter().any(|c| c.mode.uses_agents()) {
+        agents.refresh(repo, campaigns).await?;
+        for c in campaigns {
+            let p = phases.get(&c.id).copied().unwrap_or_default();
+            if let Some(limit) = agents.limit(repo, c, p, metrics).await? {
+                limits.insert(c.id.as_str(), limit);
+            }
+        }
+    }
     let now = Instant::now();
     let budget = global.allowance(now, 0, u64::MAX).min(MAX_BATCH * 4);
     let wants: Vec<(&str, u32, u64)> = campaigns
@@ -285,13 +734,19 @@ async fn round(
                 .or_insert_with(|| Pacer::new(c.max_cps, now));
             let flying = in_flight.get(&c.id).copied().unwrap_or(0).max(0) as u64;
             let resting = quiet.get(&c.id).is_some_and(|until| *until > now);
-            let want = if resting {
+            let mut want = if resting {
                 0
             } else {
                 pacer
                     .allowance(now, flying, c.max_concurrent.max(0) as u64)
                     .min(MAX_BATCH)
             };
+            if let Some(limit) = limits.get(c.id.as_str()) {
+                if *limit < want {
+                    want = *limit;
+                    agents.blocked.insert(c.id.clone());
+                }
+            }
             (c.id.as_str(), c.priority.clamp(0, 100) as u32, want)
         })
         .collect();
@@ -352,4 +807,70 @@ async fn round(
         more,
         reload: completed_any,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use dialstack_contract::{AgentLeg, CallRef};
+
+    use super::*;
+
+    fn done(outcome: Outcome, agent: Option<AgentLeg>) -> CallCompleted {
+        CallCompleted {
+            ring_ms: 4_000,
+            talk_ms: 30_000,
+            agent: agent.map(Box::new),
+            ..CallCompleted::unanswered(
+                CallRef {
+                    call_id: "c".into(),
+                    attempt_id: "a".into(),
+                    campaign_id: "k".into(),
+                    phone: "+14155550100".into(),
+                    at_ms: 100_000,
+                    team: Some("east".into()),
+                },
+                outcome,
+                None,
+            )
+        }
+    }
+
+    #[test]
+    fn completed_calls_teach_ring_bridge_and_talk() {
+        let leg = AgentLeg {
+            agent_id: "ann".into(),
+            wait_ms: 400,
+            ring_ms: 300,
+            talk_ms: 29_000,
+            tries: 0,
+            quality: None,
+        };
+        let obs = call_observations(&done(Outcome::AnsweredHuman, Some(leg)), 2_000);
+        let events: Vec<PacingEvent> = obs.iter().map(|o| o.event).collect();
+        assert_eq!(
+            events,
+            [
+                PacingEvent::RingEnded {
+                    placed_at_ms: 66_000,
+                    ring_ms: 4_000,
+                    answered: true
+                },
+                PacingEvent::Connected { wait_ms: 400 },
+                PacingEvent::TalkEnded { talk_ms: 29_000 },
+            ]
+        );
+        assert_eq!(obs[0].at_ms, 70_000, "answered when the talk began");
+        let obs = call_observations(&done(Outcome::Abandoned, None), 2_000);
+        assert_eq!(obs[1].event, PacingEvent::Abandoned { wait_ms: 2_000 });
+        let obs = call_observations(&done(Outcome::NoAnswer, None), 2_000);
+        assert_eq!(
+            obs.iter().map(|o| o.event).collect::<Vec<_>>(),
+            [PacingEvent::RingEnded {
+                placed_at_ms: 96_000,
+                ring_ms: 4_000,
+                answered: false
+            }]
+        );
+        assert!(call_observations(&done(Outcome::Canceled, None), 2_000).is_empty());
+    }
 }

@@ -3,8 +3,8 @@
 //! request body into lead batches.
 //!
 //! # Layout
-//! - [`dispatcher`]: pacing, fair share, eligibility, queueing
-//! - [`events`]: `call.dialing` / `call.completed` consumer
+//! - [`dispatcher`]: pacing (rate, fair share, agents and the abandon cap), eligibility, queueing
+//! - [`events`]: `call.*` and `agent.state` consumer (attempts, ledger, presence)
 //! - [`reaper`]: stuck attempts, old idempotency keys
 //! - [`importer`]: streamed CSV and JSON lead imports
 

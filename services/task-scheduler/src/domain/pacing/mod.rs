@@ -1,12 +1,34 @@
 //! Pacing: a token bucket per campaign and one for the deployment
-//! (`DIALSTACK_MAX_CPS`), and the weighted fair share that splits the
-//! deployment's dials among running campaigns. No I/O here.
+//! (`DIALSTACK_MAX_CPS`), the weighted fair share that splits the
+//! deployment's dials among running campaigns, and the dial pacers of
+//! campaigns with agents. No I/O here.
+//!
+//! # Layout
+//! - this file: [`Pacer`], the token bucket
+//! - `share`: [`FairShare`]
+//! - [`model`]: what a dial pacer sees ([`PacingSnapshot`]) and learns from
+//!   ([`PacingObservation`]), the [`DialPacer`] trait, [`Progressive`]
+//! - [`predictive`]: dialstack's [`Predictive`] pacer
+//! - [`vicidial`]: VICIdial's adaptive pacer, the simulator's baseline
+//! - [`sim`]: the seeded simulator that runs any [`DialPacer`]
 
 use std::time::{Duration, Instant};
 
+mod dist;
+pub mod model;
+pub mod predictive;
 mod share;
+pub mod sim;
+pub mod vicidial;
 
+pub use model::{
+    AbandonStats, BusyAgent, BusyState, DialPacer, PacingEvent, PacingObservation, PacingSnapshot,
+    Progressive, MAX_CALLS_PER_CYCLE,
+};
+pub use predictive::{Predictive, PredictiveConfig};
 pub use share::FairShare;
+pub use sim::{simulate, SimConfig, SimReport};
+pub use vicidial::{DropMethod, Vicidial, VicidialConfig};
 
 /// Token bucket for one campaign's calls per second, with a burst of one
 /// second's worth (at least one call).

@@ -1,0 +1,532 @@
+//! dialstack's predictive pacer: places more calls than free agents from
+//! what it has measured, and keeps abandoned calls under the campaign's cap.
+//!
+//! # The model
+//!
+//! Every cycle, for a grid of horizons Δ (up to the 99th percentile of the
+//! time answered calls ring), it compares two random counts:
+//!
+//! - **answers by Δ**: calls already answered and waiting, plus, for each
+//!   ringing call of age a, P(answered within Δ | still ringing at a) =
+//!   p·(F₊(a+Δ) − F₊(a)) / (p·S₊(a) + (1−p)·S₋(a)), where p is the answer
+//!   rate and F₊/S₊, S₋ the ring-time distributions of answered and
+//!   unanswered calls; plus n·p·F₊(Δ) for n new calls;
+//! - **agents free by Δ + patience** (an answer may wait 2 s): agents ready
+//!   now, plus, for each agent talking for e, P(talk residual + wrap-up ≤ Δ
+//!   + 2 s | talk > e) (wrap-up at three of its quantiles), and for each agent
+//!   in wrap-up for e, P(wrap ≤ e + Δ + 2 s | wrap > e).
+//!
+//! Each count is a sum of independent Bernoulli trials, so it has a mean
+//! and a variance; a model error of `model_error` × the answers is added
+//! to the variance for what the estimates miss (drift, a biased sample).
+//! The pacer places the largest n for which, at every horizon where new
+//! calls matter, `free − answers ≥ z · sd(free − answers)`: an answer
+//! arriving when no agent is free is the abandoned call.
+//!
+//! z is learned: each live call moves it by `gain · (abandoned − target)`,
+//! so it settles where the measured abandon ratio is the target
+//! (`target_share_of_cap` × the cap, 2.4 % under 3 %). Before the cap, the
+//! abandon counts throttle it: as the worse of today's ratio (Ofcom's
+//! calendar day) and the 30-day ratio (FTC/FCC) climbs from the target to
+//! the cap, z is raised by up to `near_cap_boost` and the target lowered to
+//! zero; with less than `headroom_floor` abandoned calls left before either
+//! window is at the cap, the pacer dials progressively (one call per ready
+//! agent, which cannot abandon).
+//!
+//! Everything is learned online with exponential forgetting, so a shift's
+//! drift is followed: p from ring outcomes counted by dial cohort (each
+//! outcome enters once every call of its cohort could have ended, so fast
+//! answers do not inflate p while the ring-outs are still ringing); the
+//! four duration distributions as histograms. Until it has seen
+//! `min_ring_outcomes` ring outcomes, `min_talks` talks and `min_wraps`
+//! wrap-ups, it dials progressively at 1.0.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use super::dist::Histogram;
+use super::model::{
+    BusyState, DialPacer, PacingEvent, PacingObservation, PacingSnapshot, Progressive,
+    MAX_CALLS_PER_CYCLE,
+};
+
+/// The predictive pacer's settings; the defaults are what the benchmark
+/// ran.
+#[derive(Debug, Clone)]
+pub struct PredictiveConfig {
+    /// The abandon ratio aimed at, as a share of the cap.
+    pub target_share_of_cap: f64,
+    /// How long an answered call may wait for an agent (2 s, the rule).
+    pub patience_ms: u64,
+    /// Calls ringing or waiting per agent, at most.
+    pub max_lines_per_agent: f64,
+    /// Ring outcomes before leaving progressive.
+    pub min_ring_outcomes: u64,
+    /// Completed talks before leaving progressive.
+    pub min_talks: u64,
+    /// Completed talks per active agent before leaving progressive: the
+    /// first talks to end are the short ones.
+    pub min_talks_per_agent: f64,
+    /// Completed wrap-ups before leaving progressive.
+    pub min_wraps: u64,
+    /// The starting threshold: the highest chance that the last call
+    /// placed is abandoned if answered.
+    pub threshold_init: f64,
+    /// Lowest threshold.
+    pub threshold_min: f64,
+    /// Highest threshold.
+    pub threshold_max: f64,
+    /// How far one live call moves the threshold's logarithm.
+    pub threshold_gain: f64,
+    /// Abandoned calls left before the cap under which the pacer dials
+    /// progressively.
+    pub headroom_floor: f64,
+    /// Abandoned calls left before the cap under which the threshold
+    /// narrows (linearly to zero at `headroom_floor`)...
+    pub headroom_soft: f64,
+    /// ... or, if more, this many minutes of abandoned calls at the target
+    /// ratio.
+    pub headroom_minutes: f64,
+    /// Relative error of the expected answers, as a standard deviation.
+    pub model_error: f64,
+    /// Samples the answer rate remembers.
+    pub answer_window: f64,
+    /// Samples the ring-time distributions remember.
+    pub ring_window: f64,
+    /// Samples the talk and wrap-up distributions remember.
+    pub handle_window: f64,
+}
+
+impl Default for PredictiveConfig {
+    fn default() -> Self {
+        Self {
+            target_share_of_cap: 0.8,
+            patience_ms: 2_000,
+            max_lines_per_agent: 10.0,
+            min_ring_outcomes: 100,
+            min_talks: 30,
+            min_talks_per_agent: 2.0,
+            min_wraps: 20,
+            threshold_init: 0.05,
+            threshold_min: 0.001,
+            threshold_max: 0.5,
+            threshold_gain: 0.1,
+            headroom_floor: 1.0,
+            headroom_soft: 4.0,
+            headroom_minutes: 2.0,
+            model_error: 0.03,
+            answer_window: 1_000.0,
+            ring_window: 2_000.0,
+            handle_window: 1_000.0,
+        }
+    }
+}
+
+/// Horizons evaluated per cycle.
+const HORIZONS: usize = 12;
+
+/// The answer rate by dial cohort with exponential forgetting.
+#[derive(Debug, Clone)]
+struct AnswerRate {
+    /// Outcomes not counted yet: (when their cohort has ended, answered).
+    pending: BinaryHeap<Reverse<(u64, bool)>>,
+    yes: f64,
+    all: f64,
+    keep: f64,
+    counted: u64,
+    /// The longest ring seen: a cohort has ended this long after dialing.
+    hold_ms: u64,
+}
+
+impl AnswerRate {
+    fn new(window: f64) -> Self {
+        Self {
+            pending: BinaryHeap::new(),
+            // A prior of 20 % worth five calls; forgotten within a few hundred.
+            yes: 1.0,
+            all: 5.0,
+            keep: 1.0 - 1.0 / window.max(2.0),
+            counted: 0,
+            hold_ms: 30_000,
+        }
+    }
+
+    fn observe(&mut self, at_ms: u64, placed_at_ms: u64, ring_ms: u64, answered: bool) {
+        self.hold_ms = self.hold_ms.max(ring_ms.min(120_000));
+        let release = placed_at_ms.saturating_add(self.hold_ms);
+        if release <= at_ms || self.pending.len() > 1_000_000 {
+            self.count(answered);
+        } else {
+            self.pending.push(Reverse((release, answered)));
+        }
+    }
+
+    fn advance(&mut self, now_ms: u64) {
+        while let Some(&Reverse((at, answered))) = self.pending.peek() {
+            if at > now_ms {
+                break;
+            }
+            self.pending.pop();
+            self.count(answered);
+        }
+    }
+
+    fn count(&mut self, answered: bool) {
+        self.yes = self.yes * self.keep + f64::from(u8::from(answered));
+        self.all = self.all * self.keep + 1.0;
+        self.counted += 1;
+    }
+
+    fn rate(&self) -> f64 {
+        (self.yes / self.all).clamp(0.001, 1.0)
+    }
+}
+
+/// The predictive pacer.
+#[derive(Debug, Clone)]
+pub struct Predictive {
+    cfg: PredictiveConfig,
+    answer: AnswerRate,
+    ring_yes: Histogram,
+    ring_no: Histogram,
+    talk: Histogram,
+    wrap: Histogram,
+    /// ln of the learned threshold.
+    log_threshold: f64,
+    /// The abandon ratio aimed at as of the last cycle (fraction).
+    target: f64,
+    pub debug_probs: Vec<f64>,
+    /// Calls placed per ms, averaged over about half a minute.
+    dial_rate: f64,
+    /// The previous snapshot's time.
+    last_now: Option<u64>,
+    /// Whether the last cycle was predictive (z learns only then).
+    predicting: bool,
+    // Per-cycle scratch, kept to avoid allocating every cycle.
+    horizon: [f64; HORIZONS],
+    answers_mean: [f64; HORIZONS],
+    answers_var: [f64; HORIZONS],
+    free_mean: [f64; HORIZONS],
+    free_var: [f64; HORIZONS],
+}
+
+impl Predictive {
+    /// A pacer with `cfg`, knowing nothing yet.
+    pub fn new(cfg: PredictiveConfig) -> Self {
+        let log_threshold = sane(cfg.threshold_init, 0.05).clamp(1e-6, 1.0).ln();
+        Self {
+            answer: AnswerRate::new(cfg.answer_window),
+            ring_yes: Histogram::new(100, 120_000, cfg.ring_window),
+            ring_no: Histogram::new(100, 120_000, cfg.ring_window),
+            talk: Histogram::new(1_000, 3_600_000, cfg.handle_window),
+            wrap: Histogram::new(1_000, 600_000, cfg.handle_window),
+            log_threshold,
+            target: 0.0,
+            predicting: false,
+            debug_probs: Vec::new(),
+            dial_rate: 0.0,
+            last_now: None,
+            horizon: [0.0; HORIZONS],
+            answers_mean: [0.0; HORIZONS],
+            answers_var: [0.0; HORIZONS],
+            free_mean: [0.0; HORIZONS],
+            free_var: [0.0; HORIZONS],
+            cfg,
+        }
+    }
+
+    /// The learned threshold (for logs and tests).
+    pub fn threshold(&self) -> f64 {
+        self.log_threshold.exp()
+    }
+
+    /// DEBUG
+    pub fn debug_last(&self) -> ([f64; HORIZONS], [f64; HORIZONS], [f64; HORIZONS]) {
+        if !self.predicting {
+            return ([0.0; HORIZONS], self.free_mean, self.answers_mean);
+        }
+        (self.horizon, self.free_mean, self.answers_mean)
+    }
+
+    /// The measured answer rate.
+    pub fn answer_rate(&self) -> f64 {
+        self.answer.rate()
+    }
+
+    fn warm(&self, active: u32) -> bool {
+        let talks = (self.cfg.min_talks_per_agent * f64::from(active)).max(0.0) as u64;
+        self.answer.counted >= self.cfg.min_ring_outcomes
+            && self.ring_yes.count() >= 10
+            && self.talk.count() >= self.cfg.min_talks.max(talks)
+            && self.wrap.count() >= self.cfg.min_wraps
+    }
+
+    /// The largest n whose last call would be abandoned, if answered, with
+    /// probability at most `threshold`; at most `hi`.
+    fn solve(&mut self, snap: &PacingSnapshot, threshold: f64, hi: u32) -> u32 {
+        let now = snap.now_ms;
+        let p = self.answer.rate();
+        let patience = self.cfg.patience_ms as f64;
+        let reach = self.ring_yes.quantile(0.99).clamp(4_000.0, 60_000.0);
+        let waiting = f64::from(snap.calls_waiting);
+        let ready = f64::from(snap.agents_ready);
+        for j in 0..HORIZONS {
+            self.horizon[j] = reach * (j + 1) as f64 / HORIZONS as f64;
+            self.answers_mean[j] = waiting;
+            self.answers_var[j] = 0.0;
+            self.free_mean[j] = ready;
+            self.free_var[j] = 0.0;
+        }
+        for &since in &snap.ringing_since_ms {
+            let age = now.saturating_sub(since) as f64;
+            let yes_left = p * self.ring_yes.survival(age);
+            let alive = yes_left + (1.0 - p) * self.ring_no.survival(age);
+            if alive < 1e-9 || yes_left < 1e-12 {
+                continue;
+            }
+            let f0 = self.ring_yes.cdf(age);
+            for j in 0..HORIZONS {
+                let pi =
+                    (p * (self.ring_yes.cdf(age + self.horizon[j]) - f0) / alive).clamp(0.0, 1.0);
+                self.answers_mean[j] += pi;
+                self.answers_var[j] += pi * (1.0 - pi);
+            }
+        }
+        let wraps = [
+            self.wrap.quantile(1.0 / 6.0),
+            self.wrap.quantile(0.5),
+            self.wrap.quantile(5.0 / 6.0),
+        ];
+        for agent in &snap.busy {
+            let e = now.saturating_sub(agent.since_ms) as f64;
+            for j in 0..HORIZONS {
+                let d = self.horizon[j] + patience;
+                let rho = match agent.state {
+                    BusyState::Talking => {
+                        wraps
+                            .iter()
+                            .map(|w| self.talk.ends_within(e, d - w))
+                            .sum::<f64>()
+                            / 3.0
+                    }
+                    BusyState::WrapUp => self.wrap.ends_within(e, d),
+                };
+                self.free_mean[j] += rho;
+                self.free_var[j] += rho * (1.0 - rho);
+            }
+        }
+        // Calls placed after this cycle and answered quickly take agents
+        // ahead of this cycle's slower answers: at the recent dial rate,
+        // p · rate · ∫₀^Δ F₊(u) du of them are answered by Δ.
+        let mut integral = 0.0;
+        let mut prev_cdf = 0.0;
+        let step = reach / HORIZONS as f64 / 4.0;
+        for j in 0..HORIZONS {
+            for i in 1..=4 {
+                let u = self.horizon[j] - step * f64::from(4 - i);
+                let c = self.ring_yes.cdf(u);
+                integral += (prev_cdf + c) / 2.0 * step;
+                prev_cdf = c;
+            }
+            let later = p * self.dial_rate * integral;
+            self.answers_mean[j] += later;
+            self.answers_var[j] += later;
+        }
+        // A new call answered at all is answered in horizon j's slice with
+        // weight[j]; what rings past the last horizon counts in the last.
+        let cdf: [f64; HORIZONS] = std::array::from_fn(|j| self.ring_yes.cdf(self.horizon[j]));
+        let weight: [f64; HORIZONS] = std::array::from_fn(|j| match j {
+            0 => cdf[0],
+            j if j == HORIZONS - 1 => 1.0 - cdf[j - 1],
+            j => cdf[j] - cdf[j - 1],
+        });
+        let kappa = self.cfg.model_error.max(0.0);
+        // P(the (k+1)-th new call, answered in slice j, finds every agent
+        // free by then + patience taken by the answers before it).
+        let abandon_of_next = |k: f64| {
+            (0..HORIZONS)
+                .map(|j| {
+                    if weight[j] <= 0.0 {
+                        return 0.0;
+                    }
+                    let q = p * cdf[j];
+                    let before = self.answers_mean[j] + k * q;
+                    let var = self.free_var[j]
+                        + self.answers_var[j]
+                        + k * q * (1.0 - q)
+                        + (kappa * before).powi(2);
+                    // Continuity correction: no agent left means
+                    // before ≥ free, i.e. before − free > −0.5.
+                    let x = (before - self.free_mean[j] + 0.5) / var.max(0.05).sqrt();
+                    weight[j] * normal_cdf(x)
+                })
+                .sum::<f64>()
+        };
+        if hi == 0 || abandon_of_next(0.0) > threshold {
+            return 0;
+        }
+        // n calls fit when the n-th one's chance is under the threshold.
+        let (mut lo, mut hi) = (1u32, hi);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if abandon_of_next(f64::from(mid - 1)) <= threshold {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        let probs: Vec<f64> = (0..lo).map(|k| abandon_of_next(f64::from(k))).collect();
+        self.debug_probs = probs;
+        lo
+    }
+}
+
+impl Predictive {
+    /// Counts the calls placed since the previous cycle (ringing calls
+    /// younger than it) into the dial rate.
+    fn track_dial_rate(&mut self, snap: &PacingSnapshot) {
+        let now = snap.now_ms;
+        if let Some(last) = self.last_now.filter(|&l| l < now) {
+            let placed = snap.ringing_since_ms.iter().filter(|&&s| s >= last).count() as f64;
+            let dt = (now - last) as f64;
+            let keep = (-dt / 30_000.0).exp();
+            self.dial_rate = keep * self.dial_rate + (1.0 - keep) * placed / dt;
+        }
+        self.last_now = Some(now);
+    }
+}
+
+/// Φ(x), the standard normal distribution function (|error| < 1.5e-7).
+fn normal_cdf(x: f64) -> f64 {
+    if x.is_nan() {
+        return 0.5;
+    }
+    // Abramowitz and Stegun 7.1.26 on erfc(|x| / √2).
+    let z = x.abs() / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * z);
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let tail = 0.5 * poly * (-z * z).exp();
+    if x >= 0.0 {
+        1.0 - tail
+    } else {
+        tail
+    }
+}
+
+impl Default for Predictive {
+    fn default() -> Self {
+        Self::new(PredictiveConfig::default())
+    }
+}
+
+fn sane(x: f64, default: f64) -> f64 {
+    if x.is_finite() {
+        x
+    } else {
+        default
+    }
+}
+
+/// A smoothed abandon ratio: 50 live calls at the target in front, so that
+/// the first abandoned call of the day does not read as 100 %.
+fn smoothed(abandoned: u64, live: u64, target: f64) -> f64 {
+    (abandoned as f64 + 50.0 * target) / (live as f64 + 50.0)
+}
+
+impl DialPacer for Predictive {
+    fn name(&self) -> &'static str {
+        "predictive"
+    }
+
+    fn calls_to_place(&mut self, snap: &PacingSnapshot) -> u32 {
+        self.answer.advance(snap.now_ms);
+        self.track_dial_rate(snap);
+        self.ring_yes.refresh();
+        self.ring_no.refresh();
+        self.talk.refresh();
+        self.wrap.refresh();
+        self.predicting = false;
+        let active = snap.active_agents();
+        if active == 0 {
+            return 0;
+        }
+        let lines = (f64::from(active) * self.cfg.max_lines_per_agent.clamp(1.0, 100.0))
+            .min(f64::from(u32::MAX)) as u32;
+        let room = lines
+            .saturating_sub(snap.unbridged())
+            .min(MAX_CALLS_PER_CYCLE);
+        let progressive = Progressive::calls(1.0, snap).min(room);
+
+        let cap_pct = sane(snap.cap_pct, 3.0).clamp(0.0, 100.0);
+        let cap = cap_pct / 100.0;
+        let tau = cap * sane(self.cfg.target_share_of_cap, 0.8).clamp(0.0, 1.0);
+        let a = &snap.abandon;
+        let ratio = smoothed(a.abandoned_today, a.live_today, tau).max(smoothed(
+            a.abandoned_30d,
+            a.live_30d,
+            tau,
+        ));
+        let over = if cap > tau {
+            ((ratio - tau) / (cap - tau)).clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
+        self.target = tau * (1.0 - over);
+        let headroom = a.headroom(cap_pct);
+        if cap <= 0.0 || headroom < self.cfg.headroom_floor || !self.warm(active) {
+            return progressive;
+        }
+        self.predicting = true;
+        // Live calls a minute with every agent busy, and the abandoned
+        // calls that makes at the target.
+        let handle_ms = (self.talk.mean_ms() + self.wrap.mean_ms()).max(1_000.0);
+        let per_minute = tau * f64::from(active) * 60_000.0 / handle_ms;
+        let soft = self
+            .cfg
+            .headroom_soft
+            .max(self.cfg.headroom_minutes * per_minute);
+        let room_left = if soft > self.cfg.headroom_floor {
+            ((headroom - self.cfg.headroom_floor) / (soft - self.cfg.headroom_floor))
+                .clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
+        // Nearing the cap, the threshold closes towards zero.
+        let threshold = self.threshold() * (1.0 - over) * room_left;
+        self.solve(snap, threshold, room)
+    }
+
+    fn observe(&mut self, obs: &PacingObservation) {
+        match obs.event {
+            PacingEvent::RingEnded {
+                placed_at_ms,
+                ring_ms,
+                answered,
+            } => {
+                self.answer
+                    .observe(obs.at_ms, placed_at_ms, ring_ms, answered);
+                if answered {
+                    self.ring_yes.add(ring_ms);
+                } else {
+                    self.ring_no.add(ring_ms);
+                }
+            }
+            PacingEvent::Connected { .. } | PacingEvent::Abandoned { .. } => {
+                if !self.predicting {
+                    return;
+                }
+                let abandoned = matches!(obs.event, PacingEvent::Abandoned { .. });
+                let step = f64::from(u8::from(abandoned)) - self.target;
+                let lo = self.cfg.threshold_min.max(1e-6).ln();
+                let hi = self.cfg.threshold_max.clamp(1e-6, 1.0).ln().max(lo);
+                self.log_threshold =
+                    (self.log_threshold - self.cfg.threshold_gain * step).clamp(lo, hi);
+            }
+            PacingEvent::TalkEnded { talk_ms } => self.talk.add(talk_ms),
+            PacingEvent::WrapEnded { wrap_ms } => self.wrap.add(wrap_ms),
+        }
+    }
+}
