@@ -154,7 +154,7 @@ mod tests {
         }
         h.refresh();
         assert_eq!(h.count(), 4);
-        assert!((h.mean_ms() - 25_000.0).abs() < 1e-6);
+        assert!((h.mean_ms() - 25_000.0).abs() < 1e-3);
         assert!((h.cdf(15_000.0) - 0.25).abs() < 1e-9);
         assert!((h.cdf(41_000.0) - 1.0).abs() < 1e-9);
         // Lasted 25 s: one of the two left ends by 35 s.
@@ -162,7 +162,10 @@ mod tests {
         // Past everything seen: the exponential residual, never NaN.
         let p = h.ends_within(500_000.0, 25_000.0);
         assert!(p > 0.0 && p < 1.0);
-        assert!((h.quantile(0.5) - 21_000.0).abs() < 1.0);
+        // Any point between the second and third sample is a median.
+        let median = h.quantile(0.5);
+        assert!((20_000.0..=31_000.0).contains(&median), "{median}");
+        assert!((h.quantile(0.9) - 40_600.0).abs() < 1.0);
         assert_eq!(Histogram::new(1_000, 10_000, 10.0).cdf(5.0), 0.0);
     }
 

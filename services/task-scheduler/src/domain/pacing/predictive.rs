@@ -3,43 +3,61 @@
 //!
 //! # The model
 //!
-//! Every cycle, for a grid of horizons Δ (up to the 99th percentile of the
-//! time answered calls ring), it compares two random counts:
+//! Every cycle it asks, call by call: if one more call is placed now and
+//! answered, what is the chance that no agent is left for it? It places
+//! calls while that chance stays under a learned threshold θ.
 //!
-//! - **answers by Δ**: calls already answered and waiting, plus, for each
-//!   ringing call of age a, P(answered within Δ | still ringing at a) =
-//!   p·(F₊(a+Δ) − F₊(a)) / (p·S₊(a) + (1−p)·S₋(a)), where p is the answer
-//!   rate and F₊/S₊, S₋ the ring-time distributions of answered and
-//!   unanswered calls; plus n·p·F₊(Δ) for n new calls;
-//! - **agents free by Δ + patience** (an answer may wait 2 s): agents ready
-//!   now, plus, for each agent talking for e, P(talk residual + wrap-up ≤ Δ
-//!   + 2 s | talk > e) (wrap-up at three of its quantiles), and for each agent
-//!   in wrap-up for e, P(wrap ≤ e + Δ + 2 s | wrap > e).
+//! For a grid of twelve answer times r (up to the 99th percentile of the
+//! ring time of answered calls) it forms two counts:
 //!
-//! Each count is a sum of independent Bernoulli trials, so it has a mean
-//! and a variance; a model error of `model_error` × the answers is added
-//! to the variance for what the estimates miss (drift, a biased sample).
-//! The pacer places the largest n for which, at every horizon where new
-//! calls matter, `free − answers ≥ z · sd(free − answers)`: an answer
-//! arriving when no agent is free is the abandoned call.
+//! - **answers by r** that come before the new call: calls answered and
+//!   waiting; for each ringing call of age a, P(answered within r | still
+//!   ringing at a) = p·(F₊(a+r) − F₊(a)) / (p·S₊(a) + (1−p)·S₋(a)) with p
+//!   the answer rate, F₊/S₊ the ring-time distribution of answered calls
+//!   and S₋ that of unanswered ones; the k new calls placed before it in
+//!   this cycle, k·p·F₊(r); and the calls later cycles will place and that
+//!   will be answered sooner, p · (recent dial rate) · ∫₀^r F₊(u) du
+//!   (without this term the model underestimated abandons two- to
+//!   fourfold);
+//! - **agents free by r + 2 s** (the answer may wait 2 s): agents ready now;
+//!   for each agent talking for e, P(talk residual + wrap-up ≤ r + 2 s |
+//!   talk > e), wrap-up taken at three of its quantiles; for each agent in
+//!   wrap-up for e, P(wrap ≤ e + r + 2 s | wrap > e).
 //!
-//! z is learned: each live call moves it by `gain · (abandoned − target)`,
-//! so it settles where the measured abandon ratio is the target
-//! (`target_share_of_cap` × the cap, 2.4 % under 3 %). Before the cap, the
-//! abandon counts throttle it: as the worse of today's ratio (Ofcom's
-//! calendar day) and the 30-day ratio (FTC/FCC) climbs from the target to
-//! the cap, z is raised by up to `near_cap_boost` and the target lowered to
-//! zero; with less than `headroom_floor` abandoned calls left before either
-//! window is at the cap, the pacer dials progressively (one call per ready
-//! agent, which cannot abandon).
+//! Both are sums of independent trials: a normal approximation with
+//! continuity correction gives P(answers before ≥ agents free), and the
+//! call's abandon chance is its average over r weighted by F₊. A model
+//! error of `model_error` × the answers is added to the variance.
+//!
+//! θ is learned from outcomes, as stochastic approximation: each live call
+//! moves ln θ by `−gain · (abandoned − target)`, so it settles where the
+//! measured abandon ratio is the target (`target_share_of_cap` × the cap:
+//! 2.4 % under 3 %).
+//!
+//! # Before the cap
+//!
+//! The abandon counts of the snapshot throttle it, for both windows (the
+//! FTC/FCC 30 days and Ofcom's calendar day, whichever is worse):
+//! - as the ratio (smoothed by 50 calls at the target) climbs from the
+//!   target to the cap, θ and the target shrink linearly to zero;
+//! - with H abandoned calls of headroom left (`cap · live − abandoned`),
+//!   under a floor of `headroom_floor` + two minutes of abandons at the
+//!   target the pacer dials progressively (one call per ready agent, which
+//!   cannot abandon), and from there up to `headroom_soft` (or the floor +
+//!   `headroom_minutes` of abandons) θ opens linearly. Calls already
+//!   ringing can still abandon after the pacer holds back, which is what
+//!   the minutes of abandons leave room for.
+//!
+//! # Learning
 //!
 //! Everything is learned online with exponential forgetting, so a shift's
 //! drift is followed: p from ring outcomes counted by dial cohort (each
-//! outcome enters once every call of its cohort could have ended, so fast
-//! answers do not inflate p while the ring-outs are still ringing); the
-//! four duration distributions as histograms. Until it has seen
-//! `min_ring_outcomes` ring outcomes, `min_talks` talks and `min_wraps`
-//! wrap-ups, it dials progressively at 1.0.
+//! outcome enters once every call of its cohort could have ended, so the
+//! quick answers do not inflate p while the ring-outs still ring), the four
+//! duration distributions as histograms (no shape assumed). Until it has
+//! seen `min_ring_outcomes` ring outcomes, `max(min_talks,
+//! min_talks_per_agent × agents)` talks (the first talks to end are the
+//! short ones) and `min_wraps` wrap-ups, it dials progressively at 1.0.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -112,7 +130,7 @@ impl Default for PredictiveConfig {
             threshold_max: 0.5,
             threshold_gain: 0.1,
             headroom_floor: 1.0,
-            headroom_soft: 4.0,
+            headroom_soft: 8.0,
             headroom_minutes: 2.0,
             model_error: 0.03,
             answer_window: 1_000.0,
@@ -195,12 +213,11 @@ pub struct Predictive {
     log_threshold: f64,
     /// The abandon ratio aimed at as of the last cycle (fraction).
     target: f64,
-    pub debug_probs: Vec<f64>,
     /// Calls placed per ms, averaged over about half a minute.
     dial_rate: f64,
     /// The previous snapshot's time.
     last_now: Option<u64>,
-    /// Whether the last cycle was predictive (z learns only then).
+    /// Whether the last cycle was predictive (θ learns only then).
     predicting: bool,
     // Per-cycle scratch, kept to avoid allocating every cycle.
     horizon: [f64; HORIZONS],
@@ -223,7 +240,6 @@ impl Predictive {
             log_threshold,
             target: 0.0,
             predicting: false,
-            debug_probs: Vec::new(),
             dial_rate: 0.0,
             last_now: None,
             horizon: [0.0; HORIZONS],
@@ -238,14 +254,6 @@ impl Predictive {
     /// The learned threshold (for logs and tests).
     pub fn threshold(&self) -> f64 {
         self.log_threshold.exp()
-    }
-
-    /// DEBUG
-    pub fn debug_last(&self) -> ([f64; HORIZONS], [f64; HORIZONS], [f64; HORIZONS]) {
-        if !self.predicting {
-            return ([0.0; HORIZONS], self.free_mean, self.answers_mean);
-        }
-        (self.horizon, self.free_mean, self.answers_mean)
     }
 
     /// The measured answer rate.
@@ -375,8 +383,6 @@ impl Predictive {
                 hi = mid - 1;
             }
         }
-        let probs: Vec<f64> = (0..lo).map(|k| abandon_of_next(f64::from(k))).collect();
-        self.debug_probs = probs;
         lo
     }
 }
@@ -479,18 +485,22 @@ impl DialPacer for Predictive {
         if cap <= 0.0 || headroom < self.cfg.headroom_floor || !self.warm(active) {
             return progressive;
         }
-        self.predicting = true;
-        // Live calls a minute with every agent busy, and the abandoned
-        // calls that makes at the target.
+        // Abandoned calls a minute at the target with every agent busy:
+        // calls already ringing can still add about that many after the
+        // pacer holds back, so the floor and the soft limit grow with it.
         let handle_ms = (self.talk.mean_ms() + self.wrap.mean_ms()).max(1_000.0);
         let per_minute = tau * f64::from(active) * 60_000.0 / handle_ms;
+        let floor = self.cfg.headroom_floor + 2.0 * per_minute;
+        if headroom < floor {
+            return progressive;
+        }
+        self.predicting = true;
         let soft = self
             .cfg
             .headroom_soft
-            .max(self.cfg.headroom_minutes * per_minute);
-        let room_left = if soft > self.cfg.headroom_floor {
-            ((headroom - self.cfg.headroom_floor) / (soft - self.cfg.headroom_floor))
-                .clamp(0.0, 1.0)
+            .max(floor + self.cfg.headroom_minutes * per_minute);
+        let room_left = if soft > floor {
+            ((headroom - floor) / (soft - floor)).clamp(0.0, 1.0)
         } else {
             1.0
         };
@@ -528,5 +538,230 @@ impl DialPacer for Predictive {
             PacingEvent::TalkEnded { talk_ms } => self.talk.add(talk_ms),
             PacingEvent::WrapEnded { wrap_ms } => self.wrap.add(wrap_ms),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::pacing::model::{AbandonStats, BusyAgent, Progressive};
+    use crate::domain::pacing::sim::{simulate, SimConfig};
+
+    fn obs(at_ms: u64, event: PacingEvent) -> PacingObservation {
+        PacingObservation { at_ms, event }
+    }
+
+    #[test]
+    fn normal_cdf_matches_tables() {
+        assert!((normal_cdf(0.0) - 0.5).abs() < 1e-7);
+        assert!((normal_cdf(1.96) - 0.975).abs() < 1e-4);
+        assert!((normal_cdf(-1.0) - 0.158_655).abs() < 1e-5);
+        assert_eq!(normal_cdf(f64::NAN), 0.5);
+        assert!(normal_cdf(40.0) <= 1.0 && normal_cdf(-40.0) >= 0.0);
+    }
+
+    #[test]
+    fn answer_rate_waits_for_the_cohort() {
+        let mut a = AnswerRate::new(1e9);
+        // Answers come back within 8 s, ring-outs at 25 s: counted as they
+        // come, p would read 1.0 for the first 25 s.
+        a.observe(25_000, 0, 25_000, false);
+        for i in 0..10 {
+            a.observe(8_000, i, 8_000, true);
+        }
+        a.advance(20_000);
+        assert_eq!(a.counted, 0, "answers held until their cohort has ended");
+        assert!((a.rate() - 0.2).abs() < 1e-9, "still the prior");
+        a.advance(45_000);
+        assert_eq!(a.counted, 11);
+        assert!((a.rate() - 11.0 / 16.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn starts_progressive_without_data() {
+        let mut p = Predictive::default();
+        let snap = PacingSnapshot {
+            now_ms: 1_000,
+            agents_logged_in: 10,
+            agents_ready: 4,
+            ringing_since_ms: vec![900],
+            cap_pct: 3.0,
+            ..PacingSnapshot::default()
+        };
+        assert_eq!(p.calls_to_place(&snap), Progressive::calls(1.0, &snap));
+        assert_eq!(p.calls_to_place(&snap), 3);
+    }
+
+    /// A pacer that has seen a few hundred calls of a 30 % campaign.
+    fn trained() -> Predictive {
+        let mut p = Predictive::default();
+        for i in 0..600u64 {
+            let at = i * 1_000;
+            let answered = i % 10 < 3;
+            let ring = if answered {
+                6_000 + (i % 7) * 1_000
+            } else {
+                25_000
+            };
+            p.observe(&obs(
+                at + ring,
+                PacingEvent::RingEnded {
+                    placed_at_ms: at,
+                    ring_ms: ring,
+                    answered,
+                },
+            ));
+            p.observe(&obs(
+                at,
+                PacingEvent::TalkEnded {
+                    talk_ms: 30_000 + (i % 13) * 5_000,
+                },
+            ));
+            p.observe(&obs(
+                at,
+                PacingEvent::WrapEnded {
+                    wrap_ms: 10_000 + (i % 5) * 4_000,
+                },
+            ));
+        }
+        p
+    }
+
+    #[test]
+    fn dials_ahead_of_free_agents_once_it_has_learned() {
+        let mut p = trained();
+        let now = 700_000;
+        let snap = PacingSnapshot {
+            now_ms: now,
+            clock_hhmm: 1000,
+            agents_logged_in: 20,
+            agents_ready: 4,
+            busy: (0..16)
+                .map(|i| BusyAgent {
+                    state: if i % 4 == 0 {
+                        BusyState::WrapUp
+                    } else {
+                        BusyState::Talking
+                    },
+                    since_ms: now - 5_000 * i,
+                })
+                .collect(),
+            abandon: AbandonStats {
+                live_today: 1_000,
+                abandoned_today: 10,
+                live_30d: 20_000,
+                abandoned_30d: 300,
+            },
+            cap_pct: 3.0,
+            ..PacingSnapshot::default()
+        };
+        let n = p.calls_to_place(&snap);
+        // More than one line per ready agent (p ≈ 0.3, agents about to free).
+        assert!(n > 4 && n < 100, "{n}");
+        // At the cap the same state gets progressive dialing only.
+        let at_cap = PacingSnapshot {
+            abandon: AbandonStats {
+                live_today: 1_000,
+                abandoned_today: 30,
+                ..snap.abandon
+            },
+            ..snap.clone()
+        };
+        assert_eq!(p.calls_to_place(&at_cap), 4);
+        // A 3 % month with a clean day is still at the cap.
+        let month_at_cap = PacingSnapshot {
+            abandon: AbandonStats {
+                live_30d: 20_000,
+                abandoned_30d: 600,
+                ..snap.abandon
+            },
+            ..snap.clone()
+        };
+        assert_eq!(p.calls_to_place(&month_at_cap), 4);
+    }
+
+    #[test]
+    fn extreme_inputs_neither_panic_nor_run_away() {
+        for mut p in [Predictive::default(), trained()] {
+            let empty = PacingSnapshot::default();
+            assert_eq!(p.calls_to_place(&empty), 0, "no agents, no calls");
+            let paused = PacingSnapshot {
+                agents_logged_in: 50,
+                ..PacingSnapshot::default()
+            };
+            assert_eq!(p.calls_to_place(&paused), 0);
+            let huge = PacingSnapshot {
+                now_ms: u64::MAX,
+                clock_hhmm: 9999,
+                agents_logged_in: u32::MAX,
+                agents_ready: u32::MAX,
+                busy: vec![
+                    BusyAgent {
+                        state: BusyState::Talking,
+                        since_ms: u64::MAX,
+                    };
+                    1_000
+                ],
+                ringing_since_ms: vec![0; 1_000],
+                calls_waiting: u32::MAX,
+                abandon: AbandonStats {
+                    live_today: u64::MAX,
+                    abandoned_today: u64::MAX,
+                    live_30d: u64::MAX,
+                    abandoned_30d: 0,
+                },
+                cap_pct: f64::NAN,
+            };
+            assert!(p.calls_to_place(&huge) <= MAX_CALLS_PER_CYCLE);
+            let future = PacingSnapshot {
+                now_ms: 10,
+                agents_logged_in: 100_000,
+                agents_ready: 100_000,
+                ringing_since_ms: vec![u64::MAX; 3],
+                busy: vec![
+                    BusyAgent {
+                        state: BusyState::WrapUp,
+                        since_ms: u64::MAX,
+                    };
+                    10
+                ],
+                abandon: AbandonStats {
+                    live_today: 1_000_000,
+                    abandoned_today: 0,
+                    live_30d: 1_000_000,
+                    abandoned_30d: 0,
+                },
+                cap_pct: 1e300,
+                ..PacingSnapshot::default()
+            };
+            assert_eq!(p.calls_to_place(&future), MAX_CALLS_PER_CYCLE);
+            // Nonsense observations are absorbed.
+            p.observe(&obs(
+                0,
+                PacingEvent::RingEnded {
+                    placed_at_ms: u64::MAX,
+                    ring_ms: u64::MAX,
+                    answered: true,
+                },
+            ));
+            p.observe(&obs(0, PacingEvent::TalkEnded { talk_ms: u64::MAX }));
+            p.observe(&obs(0, PacingEvent::WrapEnded { wrap_ms: 0 }));
+            p.observe(&obs(0, PacingEvent::Abandoned { wait_ms: u64::MAX }));
+            assert!(p.threshold().is_finite() && p.answer_rate().is_finite());
+        }
+    }
+
+    #[test]
+    fn stays_under_the_cap_and_beats_progressive_on_a_short_shift() {
+        let mut cfg = SimConfig::new(30, 0.3, 60.0);
+        cfg.duration_ms = 2 * 3_600_000;
+        let predictive = simulate(&cfg, &mut Predictive::default());
+        let progressive = simulate(&cfg, &mut Progressive::new(1.0));
+        assert!(predictive.abandon_pct <= 3.0, "{predictive:?}");
+        assert!(predictive.peak_day_abandon_pct <= 3.0, "{predictive:?}");
+        assert!(
+            predictive.occupancy_talk > progressive.occupancy_talk + 0.1,
+            "{predictive:?} {progressive:?}"
+        );
     }
 }

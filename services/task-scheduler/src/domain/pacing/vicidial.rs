@@ -376,9 +376,9 @@ mod tests {
             Vicidial::next_level(&cfg(), 2.8, means, &day_bad, 3.0, 900),
             2.8
         );
-        // At 13:30: h = 570 → × 0.57 = 1.596.
+        // At 13:30: h = 2100 − 1330 = 770 (not the 7.5 hours left) → × 0.77.
         let l = Vicidial::next_level(&cfg(), 2.8, means, &day_bad, 3.0, 1330);
-        assert!((l - 1.596).abs() < 1e-9, "{l}");
+        assert!((l - 2.156).abs() < 1e-9, "{l}");
         // HHMM as plain integers: 12:59 gives 841, 13:00 gives 800.
         let a = Vicidial::next_level(&cfg(), 2.0, means, &day_bad, 3.0, 1259);
         let b = Vicidial::next_level(&cfg(), 2.0, means, &day_bad, 3.0, 1300);
