@@ -601,7 +601,8 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
                         .as_str()
                         .unwrap()
                         .replace("$campaign", ".*")
-                        .replace("$instance", ".*"),
+                        .replace("$instance", ".*")
+                        .replace("$team", ".*"),
                 ));
             }
         }

@@ -96,14 +96,14 @@ pub struct PredictiveConfig {
     pub threshold_max: f64,
     /// How far one live call moves the threshold's logarithm.
     pub threshold_gain: f64,
-    /// Abandoned calls left before the cap under which the pacer dials
-    /// progressively.
+    /// Abandoned calls left before the cap (on top of two minutes of
+    /// abandons at the target) under which the pacer dials progressively.
     pub headroom_floor: f64,
     /// Abandoned calls left before the cap under which the threshold
-    /// narrows (linearly to zero at `headroom_floor`)...
+    /// narrows, linearly to zero at the floor...
     pub headroom_soft: f64,
-    /// ... or, if more, this many minutes of abandoned calls at the target
-    /// ratio.
+    /// ... or, if more, the floor plus this many minutes of abandoned calls
+    /// at the target.
     pub headroom_minutes: f64,
     /// Relative error of the expected answers, as a standard deviation.
     pub model_error: f64,
