@@ -60,6 +60,8 @@ pub struct CallMetrics {
     pub failures: prometheus::IntCounterVec,
     /// `dialstack_active_calls`.
     pub active: prometheus::IntGauge,
+    /// Which campaigns have a label of their own.
+    pub campaigns: std::sync::Arc<domain::LabelCap>,
 }
 
 /// monitor-service settings.
@@ -196,6 +198,7 @@ impl Service for Application {
                 "dialstack_active_calls",
                 "calls dialing, ringing or connected",
             )?),
+            campaigns: std::sync::Arc::new(domain::LabelCap::new(domain::MAX_CAMPAIGN_LABELS)),
         };
         let alerts_gauge = base.metrics.register(&prometheus::IntGaugeVec::new(
             prometheus::Opts::new("dialstack_alerts", "open alerts by state and rule"),

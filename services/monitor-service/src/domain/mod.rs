@@ -25,6 +25,46 @@ use dialstack_contract::Outcome;
 // (its per-instance counters, for the canary gate) and monitor-service agree.
 pub use dialstack_contract::{is_failure, SIP_DECLINE};
 
+/// Most campaigns with a `campaign` label of their own on the call
+/// counters per process; calls of later campaigns count under `other`, so
+/// a deployment that runs campaigns for years keeps a bounded number of
+/// series (the database keeps every campaign's counts for the engine).
+pub const MAX_CAMPAIGN_LABELS: usize = 500;
+
+/// A bounded set of label values: the first `max` distinct values keep
+/// their own label, later ones share `other`.
+#[derive(Debug)]
+pub struct LabelCap {
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    max: usize,
+}
+
+impl LabelCap {
+    /// A cap of `max` values.
+    pub fn new(max: usize) -> Self {
+        Self {
+            seen: std::sync::Mutex::new(std::collections::HashSet::new()),
+            max,
+        }
+    }
+
+    /// The label for `value`.
+    pub fn label(&self, value: &str) -> String {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.contains(value) {
+            return value.to_owned();
+        }
+        if seen.len() < self.max {
+            seen.insert(value.to_owned());
+            return value.to_owned();
+        }
+        "other".to_owned()
+    }
+}
+
 /// MOS below this is a poor call for the voice-quality rule ("good" starts
 /// at 3.7; 3.6 is a bucket bound of `dialstack_call_mos`).
 pub const POOR_MOS: f64 = 3.6;
@@ -98,6 +138,20 @@ pub struct CampaignCounts {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn campaign_labels_are_capped_and_later_ones_share_other() {
+        let cap = LabelCap::new(2);
+        assert_eq!(cap.label("a"), "a");
+        assert_eq!(cap.label("b"), "b");
+        assert_eq!(cap.label("c"), "other");
+        assert_eq!(cap.label("a"), "a", "an admitted value keeps its label");
+        for i in 0..10_000 {
+            assert_eq!(cap.label(&format!("k{i}")), "other");
+        }
+        assert_eq!(cap.seen.lock().unwrap().len(), 2, "memory stays bounded");
+    }
+
     use super::*;
 
     #[test]

@@ -30,7 +30,8 @@ pub async fn on_call_event(
         Applied::Nothing => {}
         Applied::Started => metrics.active.inc(),
         Applied::Completed(outcome) => {
-            let campaign = call.call().campaign_id.as_str();
+            let campaign = metrics.campaigns.label(&call.call().campaign_id);
+            let campaign = campaign.as_str();
             metrics.calls.with_label_values(&[campaign, &outcome]).inc();
             if let CallEvent::Completed(c) = &call {
                 if crate::domain::is_failure(c.outcome, c.sip_status) {
