@@ -369,6 +369,15 @@ mod tests {
     }
 
     #[test]
+    fn known_placeholder_secrets_are_refused_at_start() {
+        for var in ["DIALSTACK_ADMIN_PASSWORD", "DIALSTACK_SERVICE_PASSWORD"] {
+            let e = config(&[(var, "dev-admin-change-me")]).unwrap_err();
+            assert!(e.to_string().contains(var), "{e}");
+            assert!(e.to_string().contains("placeholder"), "{e}");
+        }
+    }
+
+    #[test]
     fn the_reservation_hold_is_read_and_bounded() {
         assert_eq!(
             config(&[]).unwrap().reservation_hold,

@@ -31,10 +31,27 @@ const COMMON: &[&str] = &[
     "changeme1234",
 ];
 
+/// Words of placeholder secrets from examples and templates (the compose
+/// and Kubernetes examples once shipped `dev-admin-change-me`): a secret
+/// containing one was never chosen, so the service refuses it at start.
+const PLACEHOLDERS: &[&str] = &[
+    "change-me",
+    "changeme",
+    "change_me",
+    "replace-me",
+    "replaceme",
+    "placeholder",
+    "your-password",
+];
+
 /// Checks a new password against the policy.
 pub fn check_password(p: &str) -> Result<(), String> {
     if p.chars().count() < MIN_PASSWORD_LEN {
         return Err(format!("must be at least {MIN_PASSWORD_LEN} characters"));
+    }
+    let lower = p.to_lowercase();
+    if PLACEHOLDERS.iter().any(|w| lower.contains(w)) {
+        return Err("is a placeholder from an example; set a secret of your own".into());
     }
     if COMMON.contains(&p.to_lowercase().as_str()) {
         return Err("is one of the most common passwords".into());
@@ -172,6 +189,14 @@ mod tests {
         assert!(check_password("short").is_err());
         assert!(check_password("Password1234").is_err());
         assert!(check_password("correct horse battery").is_ok());
+        for placeholder in [
+            "dev-admin-change-me",
+            "CHANGEME-please-123",
+            "placeholder-secret",
+        ] {
+            let e = check_password(placeholder).unwrap_err();
+            assert!(e.contains("placeholder"), "{placeholder}: {e}");
+        }
         assert!(check_username("ab").is_err());
         assert!(check_username("Admin").is_err());
         assert!(check_username("agent.007").is_ok());
