@@ -130,6 +130,13 @@ command -v curl >/dev/null || need+=(curl)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 dpkg -s zlib1g-dev >/dev/null 2>&1 || need+=(zlib1g-dev)
 dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need+=(libcurl4-openssl-dev)
+# media-processor's speech engines: espeak-ng (TTS, run as a process) and
+# pocketsphinx with its US English model (speech recognition).
+command -v espeak-ng >/dev/null || need+=(espeak-ng)
+command -v pocketsphinx_continuous >/dev/null || need+=(pocketsphinx)
+[ -f /usr/share/pocketsphinx/model/en-us/cmudict-en-us.dict ] || need+=(pocketsphinx-en-us)
+# lame makes the MP3 that the prompt upload test decodes.
+command -v lame >/dev/null || need+=(lame)
 if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
 
 # --- MariaDB on 3306 (root, empty password, over TCP) --------------------

@@ -254,6 +254,10 @@ impl Suite {
                 "DIALSTACK_RECORDINGS_SPOOL",
                 &logs.join(crate::unique("spool-")).display().to_string(),
             ),
+            (
+                "DIALSTACK_AUDIO_CACHE",
+                &logs.join("audio-cache").display().to_string(),
+            ),
         ] {
             env.insert(k.into(), v.into());
         }

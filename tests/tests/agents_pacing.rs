@@ -786,7 +786,9 @@ async fn the_ledger_counts_live_and_abandoned_calls_once() {
             let body = r.text().await.unwrap();
             assert_eq!(
                 body,
-                format!("date,live,abandoned,ratio\r\n{today},3,1,0.333333\r\n"),
+                format!(
+                    "date,live,abandoned,ratio,machine,amd_unsure\r\n{today},3,1,0.333333,0,0\r\n"
+                ),
                 "{engine}: {path}"
             );
         }

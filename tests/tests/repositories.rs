@@ -428,6 +428,10 @@ mod scheduler {
                         ContactInput::Lead {
                             phone,
                             agent_id: Some("ann".into()),
+                            first_name: None,
+                            last_name: None,
+                            external_id: None,
+                            fields: Default::default(),
                         }
                     } else {
                         ContactInput::Phone(phone)
@@ -452,6 +456,9 @@ mod scheduler {
             skills: None,
             abandon_after_ms: None,
             dispositions: None,
+            ivr_flow: None,
+            amd: None,
+            transcribe: false,
         };
         let c = repo
             .create_campaign(

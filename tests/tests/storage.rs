@@ -1611,6 +1611,8 @@ async fn a_bridged_call_keeps_its_agent_leg_and_its_disposition() {
         let done = dialstack_contract::CallEvent::Completed(dialstack_contract::CallCompleted {
             agent_id: Some("agent-7".into()),
             agent: Some(Box::new(leg.clone())),
+            ivr: None,
+            amd: None,
             talk_ms: 61_500,
             ..dialstack_contract::CallCompleted::unanswered(
                 call.clone(),

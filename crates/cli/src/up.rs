@@ -127,6 +127,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 data.join("recordings-spool").display().to_string(),
             );
         }
+        if env.get("DIALSTACK_AUDIO_CACHE").is_none() {
+            env.set(
+                "DIALSTACK_AUDIO_CACHE",
+                data.join("audio-cache").display().to_string(),
+            );
+        }
         env
     };
     let shutdown = dialstack_common::shutdown::on_signals();

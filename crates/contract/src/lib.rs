@@ -18,6 +18,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod ivr;
+
+pub use ivr::{AmdResult, AmdSpec, IvrFlow, IvrNode, IvrResult};
+
 /// Event and command types; the RabbitMQ routing key is the type.
 pub mod types {
     /// Command: place a call.
@@ -48,6 +52,8 @@ pub mod types {
     pub const CALL_BRIDGED: &str = "call.bridged";
     /// The agent on a call set its disposition (ends wrap-up).
     pub const CALL_DISPOSITION: &str = "call.disposition";
+    /// A recorded call was transcribed (campaigns with `transcribe`).
+    pub const CALL_TRANSCRIPT: &str = "call.transcript";
 }
 
 /// A payload that breaks the contract; `field` names what is wrong.
@@ -132,7 +138,25 @@ pub struct DialCommand {
     /// of earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<BridgeSpec>,
+    /// The campaign's IVR flow, run on the answered call (`None`: the tone,
+    /// or the bridge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ivr: Option<Box<IvrFlow>>,
+    /// Answering-machine detection (`None`: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amd: Option<AmdSpec>,
+    /// Transcribe the recording after the call (the campaign's
+    /// `transcribe`; needs `record`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transcribe: bool,
+    /// The lead's fields for prompts (`{first_name}`), at most
+    /// [`MAX_DIAL_FIELDS`].
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fields: std::collections::BTreeMap<String, String>,
 }
+
+/// Most lead fields a dial command carries.
+pub const MAX_DIAL_FIELDS: usize = 50;
 
 /// How an answered call reaches an agent.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -218,6 +242,23 @@ impl DialCommand {
         if let Some(b) = &self.bridge {
             b.validate()?;
         }
+        if let Some(f) = &self.ivr {
+            f.validate()?;
+        }
+        if let Some(a) = &self.amd {
+            a.validate()?;
+        }
+        if self.fields.len() > MAX_DIAL_FIELDS
+            || self
+                .fields
+                .iter()
+                .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 1_000)
+        {
+            return Err(bad(
+                "fields",
+                format!("at most {MAX_DIAL_FIELDS} fields, names 1-64 and values up to 1000 bytes"),
+            ));
+        }
         Ok(())
     }
 }
@@ -288,6 +329,9 @@ named_enum! {
         Abandoned = "abandoned",
         /// Canceled by us before answer (hang-up command, shutdown).
         Canceled = "canceled",
+        /// Answered; machine detection could not tell a person from a
+        /// machine in time (the call went on as a person's).
+        AmdUnsure = "amd_unsure",
     }
 }
 
@@ -306,6 +350,7 @@ pub fn is_failure(outcome: Outcome, sip_status: Option<u16>) -> bool {
         Outcome::Rejected => sip_status != Some(SIP_DECLINE),
         Outcome::AnsweredHuman
         | Outcome::AnsweredMachine
+        | Outcome::AmdUnsure
         | Outcome::Busy
         | Outcome::NoAnswer
         | Outcome::Abandoned
@@ -501,6 +546,12 @@ pub struct CallCompleted {
     /// none, and the event stays small).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<Box<AgentLeg>>,
+    /// What the IVR flow did (path, gathered values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ivr: Option<Box<IvrResult>>,
+    /// What answering-machine detection decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amd: Option<Box<AmdResult>>,
 }
 
 /// The agent leg of a bridged call.
@@ -520,6 +571,48 @@ pub struct AgentLeg {
     /// Voice quality of the agent's audio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality: Option<Quality>,
+}
+
+/// `call.transcript`: the words of a recorded call, by speech
+/// recognition after the call.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CallTranscript {
+    /// The call.
+    #[serde(flatten)]
+    pub call: CallRef,
+    /// The callee's words (the recording's callee channel).
+    pub text: String,
+    /// The recognizer's confidence (0-1), when it gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f32>,
+    /// The engine and model, e.g. `pocketsphinx en-us`.
+    pub engine: String,
+    /// Seconds of audio transcribed.
+    pub audio_seconds: f64,
+}
+
+/// Longest transcript text an event carries (bytes).
+pub const MAX_TRANSCRIPT_BYTES: usize = 64 * 1024;
+
+impl CallTranscript {
+    /// Consumer-side checks: the call reference, a bounded text, a
+    /// confidence in 0-1.
+    pub fn validate(&self) -> Result<(), ContractError> {
+        self.call.validate()?;
+        if self.text.len() > MAX_TRANSCRIPT_BYTES {
+            return Err(bad("text", format!("at most {MAX_TRANSCRIPT_BYTES} bytes")));
+        }
+        if self.confidence.is_some_and(|c| !(0.0..=1.0).contains(&c)) {
+            return Err(bad("confidence", "must be 0-1"));
+        }
+        if self.engine.is_empty() || self.engine.len() > 100 {
+            return Err(bad("engine", "must be 1-100 characters"));
+        }
+        if !(self.audio_seconds.is_finite() && self.audio_seconds >= 0.0) {
+            return Err(bad("audio_seconds", "must be a non-negative number"));
+        }
+        Ok(())
+    }
 }
 
 /// `call.bridged`: the answered callee is talking to an agent.
@@ -589,6 +682,8 @@ impl CallCompleted {
             agent_id: None,
             quality: None,
             agent: None,
+            ivr: None,
+            amd: None,
         }
     }
 }
@@ -813,6 +908,10 @@ mod tests {
             record: true,
             recording_retention_days: Some(90),
             bridge: None,
+            ivr: None,
+            amd: None,
+            transcribe: false,
+            fields: Default::default(),
         }
     }
 

@@ -52,6 +52,10 @@ impl Announce for Count {
         self.0.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+
+    async fn transcript(&self, _: &dialstack_contract::CallTranscript) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 #[tokio::main]
@@ -104,6 +108,7 @@ async fn main() {
     }
     let ctx = Arc::new(CallContext {
         bridge: None,
+        ivr: None,
         transport,
         trunk: sipp,
         trunk_host: sipp.to_string(),
@@ -143,6 +148,10 @@ async fn main() {
                 record,
                 recording_retention_days: None,
                 bridge: None,
+                ivr: None,
+                amd: None,
+                transcribe: false,
+                fields: Default::default(),
             };
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             let count = tokio::spawn(async move {

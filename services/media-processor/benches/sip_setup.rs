@@ -92,6 +92,7 @@ async fn main() {
     let setup = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("s", "s")).unwrap();
     let ctx = Arc::new(CallContext {
         bridge: None,
+        ivr: None,
         transport,
         trunk: sipp,
         trunk_host: sipp.to_string(),
@@ -133,6 +134,10 @@ async fn main() {
                 record: false,
                 recording_retention_days: None,
                 bridge: None,
+                ivr: None,
+                amd: None,
+                transcribe: false,
+                fields: Default::default(),
             };
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             let started = Instant::now();

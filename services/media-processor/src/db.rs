@@ -16,10 +16,11 @@ use dialstack_common::events::CloudEvent;
 use dialstack_contract::{types, CallEvent, RecordingReady};
 
 /// media-processor's schema.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "calls",
-    sql: "CREATE TABLE calls (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "calls",
+        sql: "CREATE TABLE calls (
             call_id VARCHAR(36) NOT NULL PRIMARY KEY,
             attempt_id VARCHAR(36) NOT NULL UNIQUE,
             campaign_id VARCHAR(36) NOT NULL,
@@ -28,7 +29,25 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             created_at BIGINT NOT NULL,
             updated_at BIGINT NOT NULL
           )",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "prompts",
+        sql: "CREATE TABLE prompts (
+            id VARCHAR(36) NOT NULL PRIMARY KEY,
+            name VARCHAR(100) NOT NULL UNIQUE,
+            kind VARCHAR(8) NOT NULL,
+            text TEXT NULL,
+            voice VARCHAR(40) NULL,
+            rate BIGINT NULL,
+            audio MEDIUMBLOB NULL,
+            duration_ms BIGINT NOT NULL,
+            sha256 VARCHAR(64) NOT NULL,
+            created_by VARCHAR(64) NOT NULL,
+            created_at BIGINT NOT NULL
+          )",
+    },
+];
 
 /// The repository.
 #[derive(Clone, Debug)]
@@ -100,6 +119,24 @@ impl Repo {
             &mut tx,
             dialstack_common::db::channel::EVENTS,
             &ready.call.call_id,
+            &ev,
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Puts `call.transcript` into the outbox.
+    pub async fn emit_transcript(
+        &self,
+        source: &str,
+        t: &dialstack_contract::CallTranscript,
+    ) -> Result<(), sqlx::Error> {
+        let ev = CloudEvent::new(source, types::CALL_TRANSCRIPT, &t.call.call_id, t);
+        let mut tx = self.db.begin().await?;
+        outbox_enqueue(
+            &mut tx,
+            dialstack_common::db::channel::EVENTS,
+            &t.call.call_id,
             &ev,
         )
         .await?;

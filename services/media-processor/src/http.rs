@@ -26,18 +26,57 @@ pub struct MediaStatus {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "dialstack media-processor", version = "1"),
-    paths(status),
-    components(schemas(MediaStatus, ErrorBody)),
+    paths(
+        status,
+        crate::prompts::create,
+        crate::prompts::list,
+        crate::prompts::get_one,
+        crate::prompts::delete,
+        crate::prompts::get_audio
+    ),
+    components(schemas(
+        MediaStatus,
+        ErrorBody,
+        crate::prompts::Prompt,
+        crate::prompts::NewTextPrompt
+    )),
     modifiers(&BearerSecurity)
 )]
 struct Doc;
 
 /// Who may call each route.
-pub const ROUTES: &[RouteRoles] = &[RouteRoles {
-    method: "GET",
-    path: "/v1/media/status",
-    roles: VIEW,
-}];
+pub const ROUTES: &[RouteRoles] = &[
+    RouteRoles {
+        method: "GET",
+        path: "/v1/media/status",
+        roles: VIEW,
+    },
+    RouteRoles {
+        method: "POST",
+        path: "/v1/prompts",
+        roles: crate::prompts::WRITE,
+    },
+    RouteRoles {
+        method: "GET",
+        path: "/v1/prompts",
+        roles: crate::prompts::READ,
+    },
+    RouteRoles {
+        method: "GET",
+        path: "/v1/prompts/{id}",
+        roles: crate::prompts::READ,
+    },
+    RouteRoles {
+        method: "DELETE",
+        path: "/v1/prompts/{id}",
+        roles: crate::prompts::WRITE,
+    },
+    RouteRoles {
+        method: "GET",
+        path: "/v1/prompts/{id}/audio",
+        roles: crate::prompts::READ,
+    },
+];
 
 /// The OpenAPI document.
 pub fn openapi() -> serde_json::Value {
@@ -46,10 +85,12 @@ pub fn openapi() -> serde_json::Value {
 
 /// The `/v1` routes.
 pub fn router(state: AppState, keys: Keys) -> Router {
+    let prompts = crate::prompts::router(state.prompts.clone());
     Router::new()
         .route("/v1/media/status", get(status).route_layer(roles(VIEW)))
-        .route_layer(axum::middleware::from_fn_with_state(keys, require_auth))
         .with_state(state)
+        .merge(prompts)
+        .route_layer(axum::middleware::from_fn_with_state(keys, require_auth))
 }
 
 /// Calls in progress on this instance and where they go.

@@ -51,10 +51,12 @@
 //! `DIALSTACK_ABANDON_PROMPT` (a WAV file, PCM mono 8 kHz 16-bit, of the
 //! compliance message an abandoned callee hears; default a built-in chime).
 
+pub mod ai;
 pub mod call;
 pub mod db;
 pub mod http;
 pub mod messaging;
+pub mod prompts;
 pub mod recording;
 pub mod rtp;
 pub mod scheduler_client;
@@ -108,6 +110,15 @@ pub struct Config {
     pub scheduler_url: String,
     /// user-service base URL.
     pub users_url: String,
+    /// Text to speech.
+    pub tts: ai::tts::TtsConfig,
+    /// Speech recognition.
+    pub asr: ai::asr::AsrConfig,
+    /// The key IVR webhooks are signed with (`DIALSTACK_WEBHOOK_SECRET`).
+    pub webhook_secret: String,
+    /// Webhooks may reach private addresses
+    /// (`DIALSTACK_WEBHOOK_ALLOW_PRIVATE`).
+    pub webhook_allow_private: bool,
     /// Service account.
     pub service_user: String,
     /// Its password.
@@ -308,7 +319,37 @@ impl Config {
                 })?
             }
         };
+        let production = env
+            .get("DIALSTACK_ENVIRONMENT")
+            .is_some_and(|e| e.eq_ignore_ascii_case("production"));
+        let webhook_secret = env.or("DIALSTACK_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET);
+        if production && webhook_secret == DEV_WEBHOOK_SECRET {
+            return Err(ConfigError::new(
+                "DIALSTACK_WEBHOOK_SECRET",
+                "is the development placeholder; set a secret of your own in production",
+            ));
+        }
+        if webhook_secret.len() < 16 {
+            return Err(ConfigError::new(
+                "DIALSTACK_WEBHOOK_SECRET",
+                "must be at least 16 characters",
+            ));
+        }
+        let webhook_allow_private = match env.or("DIALSTACK_WEBHOOK_ALLOW_PRIVATE", "0").as_str() {
+            "0" | "false" => false,
+            "1" | "true" => true,
+            other => {
+                return Err(ConfigError::new(
+                    "DIALSTACK_WEBHOOK_ALLOW_PRIVATE",
+                    format!("{other:?}: must be 0 or 1"),
+                ))
+            }
+        };
         Ok(Self {
+            tts: ai::tts::TtsConfig::from_env(env)?,
+            asr: ai::asr::AsrConfig::from_env(env)?,
+            webhook_secret,
+            webhook_allow_private,
             agent_answer: Duration::from_millis(agent_answer_ms),
             abandon_prompt: Arc::new(abandon_prompt),
             jitter,
@@ -338,13 +379,34 @@ impl Config {
     }
 }
 
+/// The webhook signing key used when none is configured (refused in
+/// production).
+pub const DEV_WEBHOOK_SECRET: &str = "dev-webhook-secret-change-me";
+
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
 pub struct AppState {
     /// Call context.
     pub ctx: Arc<call::CallContext>,
+    /// Prompts.
+    pub prompts: prompts::PromptState,
     /// Live calls.
     pub live: messaging::LiveCalls,
+}
+
+/// Post-call transcripts with the recognizer.
+struct AsrTranscriber(Arc<ai::asr::Asr>);
+
+#[async_trait::async_trait]
+impl recording::Transcriber for AsrTranscriber {
+    async fn transcribe(&self, pcm: &[i16]) -> anyhow::Result<(String, Option<f32>)> {
+        let r = self.0.transcribe(pcm).await?;
+        Ok((r.text, Some(r.confidence)))
+    }
+
+    fn engine(&self) -> String {
+        self.0.engine_name()
+    }
 }
 
 /// A built media-processor.
@@ -496,8 +558,45 @@ impl Service for Application {
             prompt: config.abandon_prompt.clone(),
             metrics: bridge_metrics,
         });
+        let ai_metrics = ai::metrics::AiMetrics::new()?;
+        ai_metrics.register(&base.metrics);
+        let ivr_metrics = call::ivr::IvrMetrics::new()?;
+        ivr_metrics.register(&base.metrics);
+        let prompts = prompts::PromptRepo::new(base.db.clone());
+        // Without espeak-ng (or a writable cache) the service still places
+        // calls: IVR flows and machine detection fall back to the tone,
+        // text prompts answer 503, and the reason is logged at start.
+        let tts = Arc::new(ai::tts::Tts::new(config.tts.clone(), ai_metrics.clone()));
+        let tts = match tts.check() {
+            Ok(()) => Some(tts),
+            Err(e) => {
+                tracing::error!(error = %e, "text to speech unavailable: IVR flows and machine detection are off in this process");
+                None
+            }
+        };
+        let ivr = match &tts {
+            Some(tts) => {
+                let asr = Arc::new(ai::asr::Asr::new(config.asr.clone(), ai_metrics));
+                recorder.set_transcriber(Arc::new(AsrTranscriber(asr.clone())));
+                Some(Arc::new(call::ivr::IvrContext {
+                    tts: tts.clone(),
+                    asr,
+                    prompts: Arc::new(prompts.clone()),
+                    webhooks: call::ivr::webhook::Webhooks::new(
+                        config.webhook_secret.as_bytes().to_vec(),
+                        Duration::from_secs(5),
+                        config.webhook_allow_private,
+                    )?,
+                    messages: Some(recorder.store().clone()),
+                    amd: dialstack_media::amd::AmdConfig::default(),
+                    metrics: ivr_metrics,
+                }))
+            }
+            None => None,
+        };
         let ctx = Arc::new(call::CallContext {
             bridge: Some(bridge),
+            ivr,
             transport,
             trunk,
             trunk_host,
@@ -588,7 +687,14 @@ impl Service for Application {
         Ok(Self(
             Built::new(
                 base,
-                http::router(AppState { ctx, live }, keys),
+                http::router(
+                    AppState {
+                        ctx,
+                        live,
+                        prompts: prompts::PromptState { repo: prompts, tts },
+                    },
+                    keys,
+                ),
                 http::openapi(),
             )
             .await?,

@@ -365,6 +365,8 @@ async fn run_call(
         agent_id: report.agent.as_ref().map(|a| a.agent_id.clone()),
         quality: report.quality().cloned(),
         agent: report.agent.clone(),
+        ivr: report.ivr.clone(),
+        amd: report.amd.clone(),
     };
     emit(&log, &relay, &CallEvent::Completed(done)).await;
 }

@@ -1,6 +1,7 @@
 //! The event consumer: `call.dialing` .. `call.completed` build the
-//! CDR (with quality), `call.recording.ready` stores the recording's
-//! metadata, `customer.upserted` merges into the customer profiles and
+//! CDR (with quality, IVR result and machine detection), `call.recording.ready`
+//! stores the recording's metadata, `call.transcript` the call's transcript,
+//! `customer.upserted` merges into the customer profiles and
 //! `campaign.updated` sets a campaign's CDR retention. Each is applied once (inbox) and acknowledged after its commit;
 //! an event that breaks the contract, or a recording whose URL is not in
 //! this service's recording store, is dead-lettered at once.
@@ -13,14 +14,17 @@
 use dialstack_common::bus::{BatchHandler, Delivery, HandleError, Handler};
 use dialstack_common::events::CloudEvent;
 use dialstack_common::recordings::RecordingStore;
-use dialstack_contract::{types, CallEvent, CampaignUpdated, CustomerUpserted, RecordingReady};
+use dialstack_contract::{
+    types, CallEvent, CallTranscript, CampaignUpdated, CustomerUpserted, RecordingReady,
+};
 
 use crate::db::customers::{FieldValue, Upserted};
 use crate::db::retention::CampaignRetention;
 use crate::db::{stage, Applied, Change, Repo};
 
 /// Bindings of storage-service's queue: every `call.*` event (including
-/// `call.recording.ready`), `customer.upserted` and `campaign.updated`.
+/// `call.recording.ready` and `call.transcript`), `customer.upserted` and
+/// `campaign.updated`.
 pub const BINDINGS: &[&str] = &["call.#", types::CUSTOMER_UPSERTED, types::CAMPAIGN_UPDATED];
 
 /// Upserts CDRs and recordings from call events.
@@ -60,6 +64,8 @@ enum Parsed {
     Retention(String, CampaignRetention),
     /// An agent's disposition of a call.
     Disposition(String, dialstack_contract::CallDisposition),
+    /// A call's transcript.
+    Transcript(String, CallTranscript),
 }
 
 impl Parsed {
@@ -86,6 +92,7 @@ impl Parsed {
             ),
             Parsed::Retention(id, r) => (id, Change::Retention(r)),
             Parsed::Disposition(id, d) => (id, Change::Disposition(d)),
+            Parsed::Transcript(id, t) => (id, Change::Transcript(t)),
         };
         Some(Applied { event_id, change })
     }
@@ -175,6 +182,14 @@ impl CallEvents {
                         version: c.version,
                     },
                 ));
+            }
+            types::CALL_TRANSCRIPT => {
+                let t: CallTranscript = ev.data_as().map_err(|e| bad(&e))?;
+                t.validate().map_err(|e| {
+                    tracing::warn!(event_id = %ev.id, field = e.field, reason = %e.reason, "malformed call.transcript dropped");
+                    bad(&e)
+                })?;
+                return Ok(Parsed::Transcript(ev.id, t));
             }
             types::CALL_DISPOSITION => {
                 let d: dialstack_contract::CallDisposition = ev.data_as().map_err(|e| bad(&e))?;

@@ -27,6 +27,9 @@
 //! - `DIALSTACK_MAX_LIVE_STREAMS`: live-view event streams open at once (default 64)
 //! - `DIALSTACK_USER_SERVICE_URL`: user-service (`http://host:port`), where a
 //!   disposition ends the agent's wrap-up (default unset: the wrap-up timeout ends it)
+//! - `DIALSTACK_AMD_FALSE_MACHINE_RATE`: the share (0-1) of people machine
+//!   detection is assumed to take for machines, behind the abandon report's
+//!   estimate of them (default 0.02; the pacer does not use it)
 
 pub mod db;
 pub mod domain;
@@ -72,6 +75,9 @@ pub struct Config {
     /// user-service's base URL (`DIALSTACK_USER_SERVICE_URL`), where a
     /// disposition ends the agent's wrap-up.
     pub user_service_url: Option<String>,
+    /// The share of people machine detection is assumed to take for
+    /// machines (`DIALSTACK_AMD_FALSE_MACHINE_RATE`, 0-1, default 0.02).
+    pub amd_false_machine_rate: f64,
 }
 
 impl Config {
@@ -133,7 +139,15 @@ impl Config {
                 ))
             }
         };
+        let amd_false_machine_rate: f64 = env.parse_or("DIALSTACK_AMD_FALSE_MACHINE_RATE", 0.02)?;
+        if !(amd_false_machine_rate.is_finite() && (0.0..=1.0).contains(&amd_false_machine_rate)) {
+            return Err(ConfigError::new(
+                "DIALSTACK_AMD_FALSE_MACHINE_RATE",
+                "must be a share from 0 to 1",
+            ));
+        }
         Ok(Self {
+            amd_false_machine_rate,
             user_service_url,
             max_live_streams,
             common,
@@ -168,6 +182,8 @@ pub struct AppState {
     /// Ends agents' wrap-up in user-service after a disposition (`None`:
     /// `DIALSTACK_USER_SERVICE_URL` unset).
     pub wrap_up: Option<http::dispositions::WrapUpClient>,
+    /// `DIALSTACK_AMD_FALSE_MACHINE_RATE`, for the abandon report.
+    pub amd_false_machine_rate: f64,
 }
 
 /// A built task-scheduler.
@@ -268,6 +284,7 @@ impl Service for Application {
                 .user_service_url
                 .as_deref()
                 .map(http::dispositions::WrapUpClient::new),
+            amd_false_machine_rate: config.amd_false_machine_rate,
         };
         Ok(Self(
             Built::with_long_routes(

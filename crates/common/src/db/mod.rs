@@ -72,6 +72,21 @@ impl Dialect {
     }
 }
 
+/// A nullable TEXT column by index or name: MySQL may report TEXT as a
+/// BLOB through the `Any` driver, so bytes are taken too (as UTF-8, lossy).
+pub fn text_column<I>(row: &sqlx::any::AnyRow, i: I) -> Result<Option<String>, sqlx::Error>
+where
+    I: sqlx::ColumnIndex<sqlx::any::AnyRow> + Copy,
+{
+    use sqlx::Row;
+    match row.try_get::<Option<String>, _>(i) {
+        Ok(s) => Ok(s),
+        Err(_) => Ok(row
+            .try_get::<Option<Vec<u8>>, _>(i)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())),
+    }
+}
+
 /// The condition ` AND col IN (?, ...)` for `n` bound values, or one that
 /// matches nothing when `n` is 0 (an empty scope sees no rows).
 pub fn and_in(col: &str, n: usize) -> String {

@@ -305,6 +305,10 @@ async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: In
         ring_timeout_ms: answer_ms,
         record: false,
         bridge: None,
+        ivr: None,
+        amd: None,
+        transcribe: false,
+        fields: Default::default(),
         ..job.cmd.clone()
     };
     // The agent hears the callee (the callee's `heard`) and speaks into
@@ -312,6 +316,7 @@ async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: In
     let io = BridgeIo {
         heard: job.io.say.clone(),
         say: job.io.heard.clone(),
+        keys: None,
     };
     let leg = LegOptions {
         remote_uri: Some(agent.sip_uri.clone()),
@@ -467,6 +472,10 @@ pub async fn run_preview(
         ),
         record: false,
         bridge: None,
+        ivr: None,
+        amd: None,
+        transcribe: false,
+        fields: Default::default(),
         ..cmd.clone()
     };
     let leg = LegOptions {
@@ -475,6 +484,7 @@ pub async fn run_preview(
         io: Some(BridgeIo {
             heard: to_customer.clone(),
             say: to_agent.clone(),
+            keys: None,
         }),
     };
     let (atx, mut arx) = mpsc::unbounded_channel();
@@ -523,6 +533,7 @@ pub async fn run_preview(
     let customer_io = BridgeIo {
         heard: to_agent,
         say: to_customer,
+        keys: None,
     };
     let customer_hangup = hangup.child_token();
     let (ctx_tx, mut ctx_rx) = mpsc::unbounded_channel();

@@ -11,6 +11,7 @@
 
 pub mod bridge;
 pub mod invite;
+pub mod ivr;
 pub mod session;
 
 use std::net::{IpAddr, SocketAddr};
@@ -52,6 +53,9 @@ pub struct CallContext {
     /// Agents for bridged calls (`None`: dial commands with a bridge play
     /// the tone, as without one).
     pub bridge: Option<Arc<bridge::BridgeContext>>,
+    /// Speech engines and prompts for IVR flows and machine detection
+    /// (`None`: commands with a flow play the tone).
+    pub ivr: Option<Arc<ivr::IvrContext>>,
 }
 
 /// Where a call is in its life.
@@ -177,6 +181,10 @@ pub struct Report {
     pub media: Option<crate::rtp::stream::StreamReport>,
     /// The agent leg of a bridged call (boxed: most calls have none).
     pub agent: Option<Box<dialstack_contract::AgentLeg>>,
+    /// What the IVR flow did.
+    pub ivr: Option<Box<dialstack_contract::IvrResult>>,
+    /// What machine detection decided.
+    pub amd: Option<Box<dialstack_contract::AmdResult>>,
 }
 
 impl Report {
@@ -197,6 +205,8 @@ impl Report {
             rtp_dropped: 0,
             media: None,
             agent: None,
+            ivr: None,
+            amd: None,
         }
     }
 

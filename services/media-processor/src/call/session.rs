@@ -55,10 +55,44 @@ pub async fn run(
     let connected = CancellationToken::new();
     let mut io = leg_io;
     let mut bridge_task = None;
+    let mut ivr_task = None;
+    let wants_ivr = cmd.ivr.is_some()
+        || cmd
+            .amd
+            .as_ref()
+            .is_some_and(|a| a.mode == dialstack_contract::ivr::AmdMode::Detect);
+    if io.is_none() && wants_ivr {
+        match &ctx.ivr {
+            Some(ictx) => {
+                let callee_io = BridgeIo {
+                    heard: AudioPipe::listener(super::ivr::LISTEN_FRAMES),
+                    say: AudioPipe::new(super::bridge::PROMPT_FRAMES),
+                    keys: Some(crate::rtp::stream::Keys::new()),
+                };
+                io = Some(callee_io.clone());
+                ivr_task = Some(tokio::spawn(super::ivr::run(super::ivr::Job {
+                    ctx: ctx.clone(),
+                    ictx: ictx.clone(),
+                    cmd: cmd.clone(),
+                    io: callee_io,
+                    answered_at,
+                    progress: progress.clone(),
+                    end_callee: end_callee.clone(),
+                    callee_gone: callee_gone.clone(),
+                    connected: connected.clone(),
+                    shutdown: stop.shutdown.clone(),
+                })));
+            }
+            None => {
+                tracing::warn!(%call_id, "IVR flow or machine detection asked for, but this process has no speech engines: tone");
+            }
+        }
+    }
     if let (None, Some(spec), Some(bctx)) = (&io, &cmd.bridge, &ctx.bridge) {
         let callee_io = BridgeIo {
             heard: AudioPipe::new(LIVE_FRAMES),
             say: AudioPipe::new(super::bridge::PROMPT_FRAMES),
+            keys: None,
         };
         io = Some(callee_io.clone());
         bridge_task = Some(tokio::spawn(super::bridge::run(super::bridge::Job {
@@ -82,7 +116,7 @@ pub async fn run(
         Some(Ok(remote)) => {
             let (tx, rx_media) = watch::channel(remote);
             media_tx = Some(tx);
-            let recording = match (&ctx.media.recorder, cmd.record) {
+            let mut recording = match (&ctx.media.recorder, cmd.record) {
                 (Some(rec), true) => rec.begin(
                     dialstack_contract::CallRef {
                         call_id: cmd.call_id.clone(),
@@ -96,6 +130,9 @@ pub async fn run(
                 ),
                 _ => None,
             };
+            if let Some(r) = recording.as_mut() {
+                r.set_transcribe(cmd.transcribe);
+            }
             media_task = Some(tokio::spawn(run_stream(
                 rtp,
                 rtcp,
@@ -113,12 +150,17 @@ pub async fn run(
     }
     let talk_time = Duration::from_millis(cmd.talk_time_ms);
     let far_away = tokio::time::Instant::now() + Duration::from_secs(86_400);
+    // A bridged call's talk time starts at the agent; an IVR call lasts
+    // as its flow says (each step has its own limit), at most
+    // MAX_IVR_CALL, unless it reaches an agent.
     let mut talk_end = if bridge_task.is_some() {
         far_away
+    } else if ivr_task.is_some() {
+        tokio::time::Instant::now() + super::ivr::MAX_IVR_CALL
     } else {
         tokio::time::Instant::now() + talk_time
     };
-    let mut talk_started = bridge_task.is_none();
+    let mut talk_started = bridge_task.is_none() && ivr_task.is_none();
     let mut draining = false;
     let mut peer_hung_up = false;
     // The last response to a request of the peer (its CSeq), for its
@@ -249,9 +291,13 @@ pub async fn run(
         phase.go(CallPhase::Terminating);
         hang_up(ctx, dialog, rx, hop, &stop.shutdown).await;
     }
+    let mut ivr_end = match ivr_task {
+        Some(t) => t.await.unwrap_or_default(),
+        None => super::ivr::IvrEnd::default(),
+    };
     let bridged = match bridge_task {
         Some(t) => t.await.unwrap_or_default(),
-        None => super::bridge::BridgeEnd::default(),
+        None => std::mem::take(&mut ivr_end.bridge),
     };
     tracing::info!(%call_id, talk_ms, peer_hung_up, abandoned = bridged.abandoned, "call ended");
     let mut dropped = 0;
@@ -271,9 +317,11 @@ pub async fn run(
         outcome: if bridged.abandoned {
             Outcome::Abandoned
         } else {
-            Outcome::AnsweredHuman
+            ivr_end.outcome.unwrap_or(Outcome::AnsweredHuman)
         },
         agent: bridged.agent.map(Box::new),
+        ivr: ivr_end.ivr.map(Box::new),
+        amd: ivr_end.amd.map(Box::new),
         reason: None,
         sip_status: answer.status(),
         ring_ms,

@@ -107,7 +107,22 @@ pub struct Sidecar {
     pub sha256: String,
     /// Retention (days).
     pub retention_days: Option<u32>,
+    /// Transcribe it after the upload.
+    #[serde(default)]
+    pub transcribe: bool,
 }
+
+/// Speech to text for post-call transcripts.
+#[async_trait::async_trait]
+pub trait Transcriber: Send + Sync {
+    /// The words in `pcm` (8 kHz linear) and a confidence if known.
+    async fn transcribe(&self, pcm: &[i16]) -> anyhow::Result<(String, Option<f32>)>;
+    /// The engine's name for the transcript.
+    fn engine(&self) -> String;
+}
+
+/// Longest audio transcribed per call (10 min); the rest is left out.
+pub const MAX_TRANSCRIBED_SAMPLES: usize = 10 * 60 * 8_000;
 
 enum Job {
     Open {
@@ -136,6 +151,8 @@ struct Finished {
 pub trait Announce: Send + Sync {
     /// Makes `ready` durable for delivery (the outbox); an error is retried.
     async fn ready(&self, ready: &RecordingReady) -> Result<(), String>;
+    /// Makes a transcript durable for delivery.
+    async fn transcript(&self, t: &dialstack_contract::CallTranscript) -> Result<(), String>;
 }
 
 /// Announces through the outbox: `call.recording.ready`.
@@ -156,6 +173,15 @@ impl Announce for OutboxAnnounce {
         self.relay.notify();
         Ok(())
     }
+
+    async fn transcript(&self, t: &dialstack_contract::CallTranscript) -> Result<(), String> {
+        self.repo
+            .emit_transcript(crate::NAME, t)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.relay.notify();
+        Ok(())
+    }
 }
 
 /// The recorder of one media processor.
@@ -170,9 +196,21 @@ pub struct Recorder {
     uploads: Arc<Semaphore>,
     metrics: RecordingMetrics,
     stop: CancellationToken,
+    transcriber: std::sync::OnceLock<Arc<dyn Transcriber>>,
 }
 
 impl Recorder {
+    /// Where recordings (and IVR messages) are stored.
+    pub fn store(&self) -> &Arc<RecordingStore> {
+        &self.store
+    }
+
+    /// Sets the engine for post-call transcripts (once; later calls are
+    /// ignored).
+    pub fn set_transcriber(&self, t: Arc<dyn Transcriber>) {
+        let _ = self.transcriber.set(t);
+    }
+
     /// Starts the writer thread and uploads what a previous run left in
     /// `spool`.
     pub fn start(
@@ -200,6 +238,7 @@ impl Recorder {
             uploads: Arc::new(Semaphore::new(UPLOADS)),
             metrics,
             stop,
+            transcriber: std::sync::OnceLock::new(),
         });
         let leftover = me.clone();
         tokio::spawn(async move { leftover.upload_spool().await });
@@ -236,6 +275,7 @@ impl Recorder {
             first_frame: 0,
             frames: 0,
             closed: false,
+            transcribe: false,
         })
     }
 
@@ -311,6 +351,9 @@ impl Recorder {
             .await;
             match tried {
                 Ok(()) => {
+                    if side.transcribe {
+                        self.transcribe(&side, &wav).await;
+                    }
                     let _ = tokio::fs::remove_file(&wav).await;
                     let _ = tokio::fs::remove_file(&meta).await;
                     self.metrics.spooled.dec();
@@ -332,6 +375,65 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    /// Transcribes the callee's channel of a stored recording and
+    /// announces it; a failure is logged (the recording is kept either way).
+    async fn transcribe(&self, side: &Sidecar, wav: &Path) {
+        let call_id = &side.call.call_id;
+        let Some(engine) = self.transcriber.get() else {
+            tracing::warn!(%call_id, "transcript asked for, but no speech engine in this process");
+            return;
+        };
+        let left = match tokio::fs::read(wav).await {
+            Ok(bytes) => left_channel(&bytes),
+            Err(e) => {
+                tracing::warn!(%call_id, error = %e, "cannot read the recording to transcribe");
+                return;
+            }
+        };
+        let seconds = left.len() as f64 / 8_000.0;
+        match engine.transcribe(&left).await {
+            Ok((text, confidence)) => {
+                let mut text = text;
+                if text.len() > dialstack_contract::MAX_TRANSCRIPT_BYTES {
+                    let mut cut = dialstack_contract::MAX_TRANSCRIPT_BYTES;
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    text.truncate(cut);
+                }
+                let t = dialstack_contract::CallTranscript {
+                    call: CallRef {
+                        at_ms: dialstack_common::now_ms(),
+                        ..side.call.clone()
+                    },
+                    text,
+                    confidence: confidence.filter(|c| (0.0..=1.0).contains(c)),
+                    engine: engine.engine(),
+                    audio_seconds: seconds,
+                };
+                match self.announce.transcript(&t).await {
+                    Ok(()) => tracing::info!(%call_id, seconds, "transcript stored"),
+                    Err(e) => {
+                        tracing::warn!(%call_id, error = %e, "cannot announce the transcript")
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(%call_id, error = %e, "transcription failed"),
+        }
+    }
+}
+
+/// The left (callee) channel of one of our stereo recordings, at most
+/// [`MAX_TRANSCRIBED_SAMPLES`].
+fn left_channel(wav: &[u8]) -> Vec<i16> {
+    let data = wav.get(44..).unwrap_or(&[]);
+    data.chunks_exact(4)
+        .take(MAX_TRANSCRIBED_SAMPLES)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
 /// Call ids become file names: only the contract's id characters.
 fn safe_id(id: &str) -> bool {
     !id.is_empty()
@@ -351,9 +453,15 @@ pub struct Recording {
     first_frame: u64,
     frames: u64,
     closed: bool,
+    transcribe: bool,
 }
 
 impl Recording {
+    /// Transcribe this recording once stored.
+    pub fn set_transcribe(&mut self, on: bool) {
+        self.transcribe = on;
+    }
+
     /// Appends one 20 ms stereo frame: `left` heard, `right` sent.
     pub fn push(&mut self, left: &[i16; 160], right: &[i16; 160]) {
         for (l, r) in left.iter().zip(right) {
@@ -411,6 +519,7 @@ impl Recording {
             bytes: finished.bytes,
             sha256: finished.sha256,
             retention_days: self.retention_days,
+            transcribe: self.transcribe,
         };
         let meta = rec.spool.join(format!("{}.json", self.call.call_id));
         let written = match serde_json::to_vec(&side) {

@@ -416,6 +416,37 @@ impl ToneStream {
         self.advance(sending);
     }
 
+    /// The RTP timestamp the next frame will carry (an outgoing
+    /// telephone-event starts here).
+    pub fn next_timestamp(&self) -> u32 {
+        self.ts
+    }
+
+    /// Like [`Self::write_pcm`], but the frame's packet is an RFC 4733
+    /// telephone-event: the event's start timestamp `event_ts`, the 4-byte
+    /// payload, `marker` on its first packet. Returns the packet's length.
+    pub fn write_event(
+        &mut self,
+        payload_type: u8,
+        sending: bool,
+        event_ts: u32,
+        marker: bool,
+        payload: [u8; 4],
+        out: &mut [u8; RTP_PACKET_LEN],
+    ) -> usize {
+        out[0] = 0x80;
+        out[1] = (u8::from(marker) << 7) | (payload_type & 0x7F);
+        out[2..4].copy_from_slice(&self.seq.to_be_bytes());
+        out[4..8].copy_from_slice(&event_ts.to_be_bytes());
+        out[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        out[12..16].copy_from_slice(&payload);
+        self.last_ts = self.ts;
+        self.advance(sending);
+        // Audio after the event begins a new talkspurt.
+        self.first = true;
+        16
+    }
+
     fn advance(&mut self, sending: bool) {
         self.ts = self.ts.wrapping_add(SAMPLES_PER_PACKET as u32);
         self.samples += SAMPLES_PER_PACKET as u64;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dialstack_contract::Quality;
+use dialstack_media::dtmf::{EventReceiver, EventSender, TelephoneEvent};
 use dialstack_media::g711::Codec;
 use dialstack_media::jitter::{FrameKind, JitterBuffer, JitterConfig, JitterStats};
 use dialstack_media::quality::{LossPattern, QualityInputs, ReceiverStats};
@@ -60,11 +61,13 @@ pub type Frame = [i16; 160];
 
 /// A bounded queue of frames between two media loops (a bridge) or from a
 /// prompt player to a loop. Live audio is kept short ([`AudioPipe::push_live`]
-/// drops the oldest frames beyond [`LIVE_FRAMES`], so a stall never turns
-/// into delay); a prompt is queued whole up to the pipe's capacity.
+/// drops the oldest frames beyond its live limit, [`LIVE_FRAMES`] unless
+/// made with [`AudioPipe::listener`], so a stall never turns into delay);
+/// a prompt is queued whole up to the pipe's capacity.
 pub struct AudioPipe {
     q: std::sync::Mutex<std::collections::VecDeque<Frame>>,
     cap: usize,
+    live: std::sync::atomic::AtomicUsize,
 }
 
 /// Frames of live audio a bridge keeps queued at most (60 ms).
@@ -76,7 +79,28 @@ impl AudioPipe {
         Arc::new(Self {
             q: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(cap.min(64))),
             cap: cap.max(1),
+            live: std::sync::atomic::AtomicUsize::new(LIVE_FRAMES),
         })
+    }
+
+    /// A pipe whose reader is not a media loop but a listener (IVR, speech
+    /// recognition, machine detection) that wakes on its own schedule:
+    /// live audio is kept up to `frames` before the oldest is dropped.
+    pub fn listener(frames: usize) -> Arc<Self> {
+        Arc::new(Self {
+            q: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(frames.min(64))),
+            cap: frames.max(1),
+            live: std::sync::atomic::AtomicUsize::new(frames.max(1)),
+        })
+    }
+
+    /// Makes a listener's pipe a bridge's again (at most [`LIVE_FRAMES`]
+    /// queued) and drops what it holds: the IVR hands the callee to an
+    /// agent.
+    pub fn make_live(&self) {
+        self.live
+            .store(LIVE_FRAMES, std::sync::atomic::Ordering::Relaxed);
+        self.clear();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Frame>> {
@@ -85,10 +109,11 @@ impl AudioPipe {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues a live frame, dropping the oldest beyond [`LIVE_FRAMES`].
+    /// Queues a live frame, dropping the oldest beyond the live limit.
     pub fn push_live(&self, f: &Frame) {
+        let live = self.live.load(std::sync::atomic::Ordering::Relaxed);
         let mut q = self.lock();
-        while q.len() >= LIVE_FRAMES {
+        while q.len() >= live {
             q.pop_front();
         }
         q.push_back(*f);
@@ -116,6 +141,11 @@ impl AudioPipe {
         self.lock().pop_front()
     }
 
+    /// Everything queued, oldest first.
+    pub fn drain(&self) -> Vec<Frame> {
+        self.lock().drain(..).collect()
+    }
+
     /// Frames queued.
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -132,6 +162,124 @@ impl AudioPipe {
     }
 }
 
+/// Where a key press came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    /// An RFC 4733 telephone-event.
+    Rfc4733,
+    /// Tones in the audio (Goertzel).
+    Inband,
+}
+
+impl KeySource {
+    /// The name used in results (`dtmf`, `inband`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySource::Rfc4733 => "dtmf",
+            KeySource::Inband => "inband",
+        }
+    }
+}
+
+/// Most keys queued either way (a peer flooding telephone-events cannot
+/// grow memory).
+pub const MAX_QUEUED_KEYS: usize = 64;
+
+/// DTMF between a media loop and its controller (IVR): keys the peer sent
+/// as telephone-events, and keys to send to it.
+#[derive(Default)]
+pub struct Keys {
+    rfc4733_seen: std::sync::atomic::AtomicBool,
+    received: std::sync::Mutex<std::collections::VecDeque<(char, KeySource)>>,
+    to_send: std::sync::Mutex<std::collections::VecDeque<char>>,
+}
+
+impl Keys {
+    /// New, empty.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// A key the peer pressed (dropped beyond [`MAX_QUEUED_KEYS`]).
+    pub fn received(&self, key: char, source: KeySource) {
+        if source == KeySource::Rfc4733 {
+            self.rfc4733_seen
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut q = self
+            .received
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if q.len() < MAX_QUEUED_KEYS {
+            q.push_back((key, source));
+        }
+    }
+
+    /// Whether the peer sent telephone-events on this call (then tones in
+    /// its audio are the same keys again, not new ones).
+    pub fn rfc4733_seen(&self) -> bool {
+        self.rfc4733_seen.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether a key is waiting.
+    pub fn has_received(&self) -> bool {
+        !self
+            .received
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// The oldest key pressed and not yet taken.
+    pub fn take(&self) -> Option<(char, KeySource)> {
+        self.received
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop_front()
+    }
+
+    /// Forgets keys pressed so far (type-ahead is not wanted).
+    pub fn clear_received(&self) {
+        self.received
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Queues keys to send (`,` is a 500 ms pause); returns how many were
+    /// queued.
+    pub fn send(&self, keys: &str) -> usize {
+        let mut q = self
+            .to_send
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut n = 0;
+        for k in keys.chars() {
+            if q.len() >= MAX_QUEUED_KEYS {
+                break;
+            }
+            q.push_back(k);
+            n += 1;
+        }
+        n
+    }
+
+    /// Keys still to send.
+    pub fn sending(&self) -> usize {
+        self.to_send
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    fn next_to_send(&self) -> Option<char> {
+        self.to_send
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop_front()
+    }
+}
+
 /// A media loop's audio when it is part of a bridge: what it hears goes
 /// into `heard`, what it sends comes from `say` (silence when empty)
 /// instead of the tone.
@@ -141,6 +289,22 @@ pub struct BridgeIo {
     pub heard: Arc<AudioPipe>,
     /// What this leg sends.
     pub say: Arc<AudioPipe>,
+    /// DTMF in and out, for a controller that wants it (IVR).
+    pub keys: Option<Arc<Keys>>,
+}
+
+/// An outgoing key press in progress.
+struct KeyOut {
+    sender: dialstack_media::dtmf::EventSender,
+    start_ts: u32,
+}
+
+/// What the loop does about DTMF out: pressing a key, pausing, or idle.
+enum KeyState {
+    Idle,
+    Pressing(KeyOut),
+    /// Frames of silence left (between keys, and for `,`).
+    Gap(u32),
 }
 
 /// What a stream counted, returned when it stops.
@@ -312,6 +476,9 @@ pub async fn run_stream(
     let mut audio_started = false;
     let mut delays = DelayHistogram([0; 201]);
     let mut ticks: u64 = 0;
+    let keys = bridge.as_ref().and_then(|b| b.keys.clone());
+    let mut events_in = EventReceiver::new();
+    let mut key_state = KeyState::Idle;
     // One wake-up per 20 ms and nothing else: hang-ups and re-negotiations
     // are looked at on each tick (an atomic load each, no waiter to
     // register), RTCP is read every 5 s with kernel arrival times.
@@ -342,7 +509,16 @@ pub async fn run_stream(
                 match gate.admit(pkt, from, Instant::now()) {
                     Ok(h) => {
                         report.received += 1;
-                        if h.payload_type == current.payload_type {
+                        if Some(h.payload_type) == current.dtmf_payload_type {
+                            if let (Some(keys), Some(ev)) = (
+                                keys.as_ref(),
+                                payload(pkt, &h).and_then(TelephoneEvent::parse),
+                            ) {
+                                if let Some(k) = events_in.on_packet(h.timestamp, &ev) {
+                                    keys.received(k, KeySource::Rfc4733);
+                                }
+                            }
+                        } else if h.payload_type == current.payload_type {
                             if let (Some(codec), Some(body)) =
                                 (Codec::from_payload_type(h.payload_type), payload(pkt, &h))
                             {
@@ -382,20 +558,29 @@ pub async fn run_stream(
         // The clock advances on hold too; nothing is sent then.
         let sending = current.sending_allowed();
         let relayed;
+        let mut len = RTP_PACKET_LEN;
         let sent_pcm: &[i16; 160] = match &bridge {
             Some(io) => {
                 if audio_started {
                     io.heard.push_live(&heard);
                 }
                 relayed = io.say.pop().unwrap_or(silence);
-                tone.write_pcm(current.payload_type, sending, &relayed, &mut out);
-                &relayed
+                match key_packet(&mut key_state, keys.as_deref(), &current, &tone) {
+                    Some((pt, ts, marker, body)) => {
+                        len = tone.write_event(pt, sending, ts, marker, body, &mut out);
+                        &silence
+                    }
+                    None => {
+                        tone.write_pcm(current.payload_type, sending, &relayed, &mut out);
+                        &relayed
+                    }
+                }
             }
             None => tone.write_packet(current.payload_type, sending, &mut out),
         };
         if sending {
             let to = gate.send_to(current.addr);
-            if sock.send_to(&out, to).is_ok() {
+            if sock.send_to(&out[..len], to).is_ok() {
                 report.sent += 1;
                 rtcp.on_sent(tone.last_timestamp(), RTP_PACKET_LEN - 12);
             }
@@ -449,6 +634,63 @@ pub async fn run_stream(
             .observe(f64::from(jb.stats().target_delay_ms) / 1_000.0);
     }
     report
+}
+
+/// Frames of silence between two keys sent (and after the last).
+const KEY_GAP_FRAMES: u32 = 3;
+/// Frames of a `,` pause (500 ms).
+const KEY_PAUSE_FRAMES: u32 = 25;
+/// How long each key sent is held (ms).
+const KEY_MS: u32 = 100;
+
+/// The telephone-event packet this frame carries instead of audio, if a
+/// key is being sent: (payload type, event timestamp, marker, payload).
+/// Keys are sent only when the peer negotiated telephone-event; without it
+/// they are dropped (and logged once per key).
+fn key_packet(
+    state: &mut KeyState,
+    keys: Option<&Keys>,
+    current: &RemoteMedia,
+    tone: &ToneStream,
+) -> Option<(u8, u32, bool, [u8; 4])> {
+    loop {
+        match state {
+            KeyState::Pressing(k) => {
+                if let (Some((body, marker)), Some(pt)) =
+                    (k.sender.next_packet(), current.dtmf_payload_type)
+                {
+                    return Some((pt, k.start_ts, marker, body));
+                }
+                *state = KeyState::Gap(KEY_GAP_FRAMES);
+            }
+            KeyState::Gap(n) => {
+                if *n > 0 {
+                    *n -= 1;
+                    return None;
+                }
+                *state = KeyState::Idle;
+            }
+            KeyState::Idle => {
+                let key = keys?.next_to_send()?;
+                if key == ',' {
+                    *state = KeyState::Gap(KEY_PAUSE_FRAMES);
+                    continue;
+                }
+                match (EventSender::new(key, KEY_MS), current.dtmf_payload_type) {
+                    (Some(sender), Some(_)) => {
+                        *state = KeyState::Pressing(KeyOut {
+                            sender,
+                            start_ts: tone.next_timestamp(),
+                        });
+                    }
+                    (None, _) => tracing::warn!(%key, "not a DTMF key, not sent"),
+                    (_, None) => {
+                        tracing::warn!(%key, "the peer did not offer telephone-event, key not sent")
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The next instant on the process-wide 20 ms grid.

@@ -2,6 +2,10 @@
 //! context on port 0, a dial command, and a call run to its end.
 #![allow(dead_code)]
 
+pub mod engines;
+pub mod pcap;
+pub mod recorded;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -148,6 +152,7 @@ async fn context_full(
     tokio::spawn(transport.clone().run(stop.clone()));
     let ctx = CallContext {
         bridge: None,
+        ivr: None,
         transport,
         trunk,
         trunk_host: trunk.to_string(),
@@ -178,6 +183,10 @@ pub fn command(talk_time_ms: u64, ring_timeout_ms: u64) -> DialCommand {
         record: false,
         recording_retention_days: None,
         bridge: None,
+        ivr: None,
+        amd: None,
+        transcribe: false,
+        fields: Default::default(),
     }
 }
 

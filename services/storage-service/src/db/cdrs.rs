@@ -2,7 +2,8 @@
 //! whatever order they arrive. A later stage never gives way to an earlier
 //! one, timestamps are kept from the first event that knew them, and each
 //! event is applied once (inbox). `call.completed` brings the call's
-//! quality; reads join the call's recording (see [`super::recordings`]).
+//! quality, its IVR result and machine detection's decision; reads join
+//! the call's recording (see [`super::recordings`]).
 
 use dialstack_common::db::{inbox_claim_many, Dialect, Tx};
 use dialstack_contract::{types, CallEvent, RecordingReady};
@@ -14,6 +15,16 @@ use super::Repo;
 /// Longest quality object stored (the column's size); a longer one is
 /// dropped with a warning rather than failing the call's record.
 const MAX_QUALITY_JSON: usize = 4000;
+/// Longest IVR result stored (under the column's 64 KiB); a longer one
+/// loses its path first, then is dropped, with a warning.
+const MAX_IVR_JSON: usize = 60_000;
+/// Longest machine detection result stored (the column's size).
+const MAX_AMD_JSON: usize = 4096;
+/// Longest `ivr_result` summary kept searchable (characters; the column's
+/// size, within an index key).
+pub const MAX_IVR_SUMMARY: usize = 512;
+/// What machine detection may decide (`amd_result`).
+pub const AMD_RESULTS: &[&str] = &["human", "machine", "unsure"];
 
 /// One call detail record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -73,6 +84,19 @@ pub struct Cdr {
     /// `talk_ms`, `tries`, `quality`).
     #[schema(value_type = Option<Object>)]
     pub agent: Option<serde_json::Value>,
+    /// What the campaign's IVR flow did (`path`, the nodes visited; `vars`,
+    /// the values gathered with their `source`; `ended_at`; `messages`,
+    /// recorded messages; `dtmf_sent`).
+    #[schema(value_type = Option<Object>)]
+    pub ivr: Option<serde_json::Value>,
+    /// The values the IVR gathered as `var=value` joined by `&` in name
+    /// order (`choice=1&ok=yes`): what the `ivr_result` filter searches.
+    pub ivr_result: Option<String>,
+    /// What answering-machine detection decided (`result`: `human`,
+    /// `machine` or `unsure`; `decision_ms`; `reason`; `features`;
+    /// `message_played`).
+    #[schema(value_type = Option<Object>)]
+    pub amd: Option<serde_json::Value>,
 }
 
 /// What a CDR says about its recording; the audio is at `href`.
@@ -112,6 +136,11 @@ pub struct CdrQuery {
     pub disposition: Option<String>,
     /// Only calls whose MOS is below this (calls without one never match).
     pub mos_below: Option<f64>,
+    /// Only calls whose IVR result matches.
+    pub ivr_result: Option<IvrResultFilter>,
+    /// Only calls machine detection classified so (`human`, `machine`,
+    /// `unsure`).
+    pub amd_result: Option<String>,
     /// Calls after this position.
     pub after: Option<CdrCursor>,
     /// Access: only calls bridged to this agent (an agent reading its own).
@@ -121,6 +150,67 @@ pub struct CdrQuery {
     pub only_teams: Option<Vec<String>>,
     /// At most this many.
     pub limit: i64,
+}
+
+/// The `ivr_result` filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IvrResultFilter {
+    /// The whole summary is this (asked with a `&`: `choice=1&ok=yes`).
+    Exact(String),
+    /// One `&`-separated part of the summary is this (`choice=1`: matches
+    /// `choice=1&ok=yes`, never `choice=10` nor `xchoice=1`).
+    Part(String),
+}
+
+impl IvrResultFilter {
+    /// The filter a sent value asks for: with a `&` the whole summary,
+    /// else one part of it.
+    pub fn parse(v: &str) -> Self {
+        if v.contains('&') {
+            Self::Exact(v.to_owned())
+        } else {
+            Self::Part(v.to_owned())
+        }
+    }
+}
+
+/// `v` for a `LIKE ... ESCAPE '!'` pattern: its `!`, `%` and `_` taken
+/// literally. (`!`, because a backslash is itself an escape in MySQL's
+/// string literals and not in SQLite's.)
+fn like_literal(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 4);
+    for c in v.chars() {
+        if matches!(c, '!' | '%' | '_') {
+            out.push('!');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The searchable summary of an IVR result: control characters dropped,
+/// and past [`MAX_IVR_SUMMARY`] characters cut after the last whole
+/// `var=value` part that fits (so a part stays findable).
+pub fn ivr_summary(r: &dialstack_contract::IvrResult) -> Option<String> {
+    let full: String = r.summary().chars().filter(|c| !c.is_control()).collect();
+    if full.is_empty() {
+        return None;
+    }
+    if full.chars().count() <= MAX_IVR_SUMMARY {
+        return Some(full);
+    }
+    let mut out = String::new();
+    for part in full.split('&') {
+        let extra = part.chars().count() + usize::from(!out.is_empty());
+        if out.chars().count() + extra > MAX_IVR_SUMMARY {
+            break;
+        }
+        if !out.is_empty() {
+            out.push('&');
+        }
+        out.push_str(part);
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// A position in the listing order (`started_at`, then `call_id`). Its text
@@ -167,6 +257,7 @@ impl std::fmt::Display for CdrCursor {
 /// A value bound to a listing's placeholder.
 enum Bind<'a> {
     Text(&'a str),
+    Owned(String),
     Int(i64),
     Real(f64),
 }
@@ -184,6 +275,7 @@ impl CdrQuery {
             ("c.agent_id", &self.agent_id),
             ("c.team", &self.team),
             ("c.disposition", &self.disposition),
+            ("c.amd_result", &self.amd_result),
             ("c.agent_id", &self.only_agent),
         ] {
             if let Some(v) = v {
@@ -206,6 +298,26 @@ impl CdrQuery {
         if let Some(mos) = self.mos_below {
             sql.push_str(" AND c.mos < ?");
             binds.push(Bind::Real(mos));
+        }
+        match &self.ivr_result {
+            None => {}
+            Some(IvrResultFilter::Exact(v)) => {
+                sql.push_str(" AND c.ivr_result = ?");
+                binds.push(Bind::Text(v));
+            }
+            Some(IvrResultFilter::Part(v)) => {
+                // The part alone, first, last or in the middle: anchored on
+                // `&` so `a=1` is not found in `aa=1` or `a=10`.
+                sql.push_str(
+                    " AND (c.ivr_result = ? OR c.ivr_result LIKE ? ESCAPE '!' \
+                     OR c.ivr_result LIKE ? ESCAPE '!' OR c.ivr_result LIKE ? ESCAPE '!')",
+                );
+                let lit = like_literal(v);
+                binds.push(Bind::Text(v));
+                binds.push(Bind::Owned(format!("{lit}&%")));
+                binds.push(Bind::Owned(format!("%&{lit}")));
+                binds.push(Bind::Owned(format!("%&{lit}&%")));
+            }
         }
         if let Some(after) = &self.after {
             // The first term bounds the index range; the second is the exact
@@ -241,6 +353,7 @@ impl CdrQuery {
             out.push_str(part);
             match values.next() {
                 Some(Bind::Text(v)) => out.push_str(&format!("'{}'", v.replace('\'', "''"))),
+                Some(Bind::Owned(v)) => out.push_str(&format!("'{}'", v.replace('\'', "''"))),
                 Some(Bind::Int(v)) => out.push_str(&v.to_string()),
                 Some(Bind::Real(v)) => out.push_str(&v.to_string()),
                 None => {}
@@ -257,6 +370,7 @@ fn bind_all<'q>(
     for b in binds {
         q = match b {
             Bind::Text(v) => q.bind(*v),
+            Bind::Owned(v) => q.bind(v.as_str()),
             Bind::Int(v) => q.bind(*v),
             Bind::Real(v) => q.bind(*v),
         };
@@ -265,10 +379,16 @@ fn bind_all<'q>(
 }
 
 /// The columns a call event writes.
-const COLS: &str = "call_id, attempt_id, campaign_id, phone, state, outcome, reason, sip_status, dialed_at, ringing_at, answered_at, ended_at, ring_ms, talk_ms, rtp_sent, rtp_received, team, agent_id, mos, quality, started_at, agent_leg";
+const COLS: &str = "call_id, attempt_id, campaign_id, phone, state, outcome, reason, sip_status, dialed_at, ringing_at, answered_at, ended_at, ring_ms, talk_ms, rtp_sent, rtp_received, team, agent_id, mos, quality, started_at, agent_leg, ivr, ivr_result, amd, amd_result";
 
 /// What a read returns: the CDR and its recording, if any.
-const SELECT: &str = "SELECT c.call_id, c.attempt_id, c.campaign_id, c.phone, c.state, c.outcome, c.reason, c.sip_status, c.dialed_at, c.ringing_at, c.answered_at, c.ended_at, c.ring_ms, c.talk_ms, c.rtp_sent, c.rtp_received, c.team, c.agent_id, c.quality, r.duration_ms, r.bytes, r.sha256, c.started_at, c.customer_id, c.disposition, c.agent_leg FROM cdrs c LEFT JOIN recordings r ON r.call_id = c.call_id";
+const SELECT: &str = "SELECT c.call_id, c.attempt_id, c.campaign_id, c.phone, c.state, c.outcome, c.reason, c.sip_status, c.dialed_at, c.ringing_at, c.answered_at, c.ended_at, c.ring_ms, c.talk_ms, c.rtp_sent, c.rtp_received, c.team, c.agent_id, c.quality, r.duration_ms, r.bytes, r.sha256, c.started_at, c.customer_id, c.disposition, c.agent_leg, c.ivr, c.ivr_result, c.amd FROM cdrs c LEFT JOIN recordings r ON r.call_id = c.call_id";
+
+/// A nullable TEXT column: MySQL may report TEXT as a BLOB, so bytes are
+/// taken too.
+pub(crate) fn text(r: &sqlx::any::AnyRow, i: usize) -> Option<String> {
+    dialstack_common::db::text_column(r, i).ok().flatten()
+}
 
 fn cdr_from(r: &sqlx::any::AnyRow) -> Cdr {
     let call_id: String = r.get(0);
@@ -310,6 +430,11 @@ fn cdr_from(r: &sqlx::any::AnyRow) -> Cdr {
         disposition: r.get(24),
         agent: r
             .get::<Option<String>, _>(25)
+            .and_then(|a| serde_json::from_str(&a).ok()),
+        ivr: text(r, 26).and_then(|a| serde_json::from_str(&a).ok()),
+        ivr_result: r.get(27),
+        amd: r
+            .get::<Option<String>, _>(28)
             .and_then(|a| serde_json::from_str(&a).ok()),
     }
 }
@@ -370,6 +495,10 @@ impl Repo {
         for (i, item) in items.iter().enumerate().filter(|(i, _)| fresh[*i]) {
             match item.change {
                 Change::Customer(_) | Change::Retention(_) | Change::Disposition(_) => {}
+                Change::Transcript(t) => {
+                    super::transcripts::upsert_transcript(&mut tx, self.db.dialect, t).await?;
+                    applied[i] = true;
+                }
                 Change::Call(ev) => {
                     let Some(row) = CdrRow::of(ev) else { continue };
                     applied[i] = true;
@@ -496,6 +625,8 @@ pub enum Change<'a> {
     Recording(&'a RecordingReady),
     /// The agent's disposition of a call (`call.disposition`, validated).
     Disposition(&'a dialstack_contract::CallDisposition),
+    /// A call's transcript (`call.transcript`, validated).
+    Transcript(&'a dialstack_contract::CallTranscript),
 }
 
 /// What one or more events of a call write into its CDR.
@@ -524,6 +655,35 @@ struct CdrRow<'a> {
     quality: Option<String>,
     started_at: i64,
     agent_leg: Option<String>,
+    ivr: Option<String>,
+    ivr_result: Option<String>,
+    amd: Option<String>,
+    amd_result: Option<&'a str>,
+}
+
+/// The IVR result as stored: within [`MAX_IVR_JSON`], losing its path
+/// first; `None` (with a warning) when even that is too long.
+fn ivr_json(call_id: &str, r: &dialstack_contract::IvrResult) -> Option<String> {
+    let full = serde_json::to_string(r).ok()?;
+    if full.len() <= MAX_IVR_JSON {
+        return Some(full);
+    }
+    let pathless = dialstack_contract::IvrResult {
+        path: Vec::new(),
+        ..r.clone()
+    };
+    let short = serde_json::to_string(&pathless).ok()?;
+    if short.len() <= MAX_IVR_JSON {
+        tracing::warn!(
+            call_id,
+            len = full.len(),
+            "ivr result too long, stored without its path"
+        );
+        Some(short)
+    } else {
+        tracing::warn!(call_id, len = full.len(), "ivr result too long, not stored");
+        None
+    }
 }
 
 impl<'a> CdrRow<'a> {
@@ -577,6 +737,23 @@ impl<'a> CdrRow<'a> {
                 .and_then(|c| c.agent.as_ref())
                 .and_then(|a| serde_json::to_string(a).ok())
                 .filter(|a| a.len() <= 4_096),
+            ivr: done
+                .and_then(|c| c.ivr.as_deref())
+                .and_then(|r| ivr_json(&d.call_id, r)),
+            ivr_result: done.and_then(|c| c.ivr.as_deref()).and_then(ivr_summary),
+            amd: done
+                .and_then(|c| c.amd.as_ref())
+                .and_then(|a| serde_json::to_string(a).ok())
+                .filter(|a| {
+                    let fits = a.len() <= MAX_AMD_JSON;
+                    if !fits {
+                        tracing::warn!(call_id = %d.call_id, len = a.len(), "amd result too long, not stored");
+                    }
+                    fits
+                }),
+            amd_result: done
+                .and_then(|c| c.amd.as_ref())
+                .and_then(|a| AMD_RESULTS.iter().copied().find(|r| *r == a.result)),
         })
     }
 
@@ -612,6 +789,10 @@ impl<'a> CdrRow<'a> {
         latest(&mut self.mos, later.mos);
         latest(&mut self.quality, later.quality);
         latest(&mut self.agent_leg, later.agent_leg);
+        latest(&mut self.ivr, later.ivr);
+        latest(&mut self.ivr_result, later.ivr_result);
+        latest(&mut self.amd, later.amd);
+        latest(&mut self.amd_result, later.amd_result);
         self.started_at = self.started_at.min(later.started_at);
         if later.rank > self.rank {
             self.state = later.state;
@@ -620,7 +801,7 @@ impl<'a> CdrRow<'a> {
     }
 }
 
-/// Rows per upsert statement (24 values each).
+/// Rows per upsert statement (28 values each).
 const ROWS_PER_UPSERT: usize = 200;
 
 /// Upserts CDR rows (distinct calls) inside `tx`, in as few statements as
@@ -649,6 +830,10 @@ async fn upsert_cdrs(
             ("mos", "COALESCE(new(mos), mos)"),
             ("quality", "COALESCE(new(quality), quality)"),
             ("agent_leg", "COALESCE(new(agent_leg), agent_leg)"),
+            ("ivr", "COALESCE(new(ivr), ivr)"),
+            ("ivr_result", "COALESCE(new(ivr_result), ivr_result)"),
+            ("amd", "COALESCE(new(amd), amd)"),
+            ("amd_result", "COALESCE(new(amd_result), amd_result)"),
             ("updated_at", "new(updated_at)"),
             (
                 "started_at",
@@ -666,7 +851,8 @@ async fn upsert_cdrs(
         ],
     );
     let now = dialstack_common::now_ms();
-    const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    const ROW: &str =
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
     for chunk in rows.chunks(ROWS_PER_UPSERT) {
         let sql = format!(
             "INSERT INTO cdrs ({COLS}, state_rank, updated_at) VALUES {ROW}{} {upsert}",
@@ -697,6 +883,10 @@ async fn upsert_cdrs(
                 .bind(r.quality.clone())
                 .bind(r.started_at)
                 .bind(r.agent_leg.clone())
+                .bind(r.ivr.clone())
+                .bind(r.ivr_result.clone())
+                .bind(r.amd.clone())
+                .bind(r.amd_result)
                 .bind(r.rank)
                 .bind(now);
         }
@@ -730,4 +920,86 @@ async fn link_customers<'a>(
         q.execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use dialstack_contract::ivr::Gathered;
+    use dialstack_contract::IvrResult;
+
+    use super::*;
+
+    fn result(vars: &[(&str, &str)]) -> IvrResult {
+        IvrResult {
+            vars: vars
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        (*k).to_owned(),
+                        Gathered {
+                            value: (*v).to_owned(),
+                            source: "dtmf".into(),
+                            confidence: None,
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_summary_is_searchable_and_cut_on_whole_parts() {
+        assert_eq!(
+            ivr_summary(&result(&[("ok", "yes"), ("choice", "1")])).as_deref(),
+            Some("choice=1&ok=yes")
+        );
+        assert_eq!(
+            ivr_summary(&result(&[])),
+            None,
+            "no values, nothing to find"
+        );
+        let long: Vec<(String, String)> = (0..40)
+            .map(|i| (format!("v{i:02}"), "1".repeat(20)))
+            .collect();
+        let long: Vec<(&str, &str)> = long.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let s = ivr_summary(&result(&long)).unwrap();
+        assert!(s.chars().count() <= MAX_IVR_SUMMARY, "{}", s.len());
+        assert!(s.split('&').all(|p| p.len() == 24), "whole parts only: {s}");
+        assert!(s.starts_with("v00=") && s.contains("&v19="), "{s}");
+        assert_eq!(
+            ivr_summary(&result(&[("a", "x\u{7}y")])).as_deref(),
+            Some("a=xy"),
+            "control characters are dropped"
+        );
+    }
+
+    #[test]
+    fn ivr_filters_are_exact_with_an_ampersand_and_anchored_parts_without() {
+        assert_eq!(
+            IvrResultFilter::parse("a=1&b=2"),
+            IvrResultFilter::Exact("a=1&b=2".into())
+        );
+        assert_eq!(
+            IvrResultFilter::parse("a=1"),
+            IvrResultFilter::Part("a=1".into())
+        );
+        assert_eq!(like_literal("a_b=100%!"), "a!_b=100!%!!");
+        let q = CdrQuery {
+            ivr_result: Some(IvrResultFilter::parse("acct_no=5")),
+            limit: 10,
+            ..Default::default()
+        };
+        let sql = q.explain_sql();
+        for want in [
+            "c.ivr_result = 'acct_no=5'",
+            "LIKE 'acct!_no=5&%' ESCAPE '!'",
+            "LIKE '%&acct!_no=5' ESCAPE '!'",
+            "LIKE '%&acct!_no=5&%' ESCAPE '!'",
+        ] {
+            assert!(sql.contains(want), "{want} in {sql}");
+        }
+    }
 }

@@ -554,9 +554,10 @@ impl Repo {
     }
 
     /// Deletes a customer's profile: their numbers, tags and row; their
-    /// calls stay, unlinked. With `erase`, their calls also lose the number
-    /// (the statistics stay: times, outcome, quality, agent) and the
-    /// caller has deleted their recordings first ([`Self::customer_recordings`]).
+    /// calls stay, unlinked. With `erase`, their calls also lose the number,
+    /// their transcripts and what the IVR gathered (the statistics stay:
+    /// times, outcome, quality, agent) and the caller has deleted their
+    /// recordings first ([`Self::customer_recordings`]).
     /// Audited either way. Returns how many calls were changed.
     pub async fn delete_customer(
         &self,
@@ -579,8 +580,17 @@ impl Repo {
                 .execute(&mut *tx)
                 .await?;
         }
+        if erase {
+            // The callee's words, and what they keyed in, are personal data.
+            sqlx::query(
+                "DELETE FROM transcripts WHERE call_id IN (SELECT call_id FROM cdrs WHERE customer_id = ?)",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
         let sql = if erase {
-            "UPDATE cdrs SET phone = '', customer_id = NULL WHERE customer_id = ?"
+            "UPDATE cdrs SET phone = '', customer_id = NULL, ivr = NULL, ivr_result = NULL WHERE customer_id = ?"
         } else {
             "UPDATE cdrs SET customer_id = NULL WHERE customer_id = ?"
         };

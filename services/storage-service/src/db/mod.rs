@@ -7,17 +7,20 @@
 //! - [`customers`]: customer profiles, their numbers and tags, the merge of
 //!   `customer.upserted`, erasure and the audit of it
 //! - [`retention`]: per-campaign retention from `campaign.updated`, and the
-//!   batched deletes of expired CDRs
+//!   batched deletes of expired CDRs (with their transcripts)
+//! - [`transcripts`]: call transcripts from `call.transcript`
 
 pub mod cdrs;
 pub mod customers;
 pub mod recordings;
 pub mod retention;
+pub mod transcripts;
 
 use dialstack_common::db::{Db, Migration};
 
-pub use cdrs::{stage, Applied, Cdr, CdrCursor, CdrQuery, Change, RecordingLink};
+pub use cdrs::{stage, Applied, Cdr, CdrCursor, CdrQuery, Change, IvrResultFilter, RecordingLink};
 pub use recordings::Recording;
+pub use transcripts::Transcript;
 
 /// storage-service's schema.
 pub const MIGRATIONS: &[Migration] = &[
@@ -181,6 +184,29 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 5,
         name: "cdr agent leg",
         sql: "ALTER TABLE cdrs ADD COLUMN agent_leg VARCHAR(4096) NULL",
+    },
+    // IVR, machine detection and transcripts (issue 12). `ivr` and `amd`
+    // are the event's objects; `ivr_result` (the IVR's `var=value&...`
+    // summary) and `amd_result` (`human`, `machine`, `unsure`) are their
+    // searchable parts, each leading an index that continues with the
+    // keyset order. A transcript is up to 64 KiB (MEDIUMTEXT).
+    Migration {
+        version: 6,
+        name: "cdr ivr and amd, transcripts",
+        sql: "ALTER TABLE cdrs ADD COLUMN ivr TEXT NULL;
+              ALTER TABLE cdrs ADD COLUMN ivr_result VARCHAR(512) NULL;
+              ALTER TABLE cdrs ADD COLUMN amd VARCHAR(4096) NULL;
+              ALTER TABLE cdrs ADD COLUMN amd_result VARCHAR(16) NULL;
+              CREATE INDEX cdrs_by_ivr_result ON cdrs (ivr_result, started_at, call_id);
+              CREATE INDEX cdrs_by_amd_result ON cdrs (amd_result, started_at, call_id);
+              CREATE TABLE transcripts (
+                call_id VARCHAR(36) NOT NULL PRIMARY KEY,
+                text MEDIUMTEXT NOT NULL,
+                confidence DOUBLE NULL,
+                engine VARCHAR(100) NOT NULL,
+                audio_seconds DOUBLE NOT NULL,
+                created_at BIGINT NOT NULL
+              )",
     },
 ];
 

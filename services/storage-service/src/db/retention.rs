@@ -1,8 +1,9 @@
 //! Retention of CDRs: each campaign's `cdr_retention_days` (from
 //! `campaign.updated`, newest version wins), else the global default; a CDR
 //! is kept at least as long as its recording (the recording's own retention
-//! deletes it first). Deletes go in small batches of ids, each its own
-//! short statement, so no delete holds a long lock.
+//! deletes it first), and its transcript goes with it. Deletes go in small
+//! batches of ids, each its own short transaction, so no delete holds a
+//! long lock.
 
 use dialstack_common::db::{and_in, Tx};
 use sqlx::Row;
@@ -93,12 +94,14 @@ impl Repo {
         Ok(out)
     }
 
-    /// Deletes these CDRs (unless a recording appeared meanwhile); returns
-    /// how many went.
+    /// Deletes these CDRs (unless a recording appeared meanwhile) and the
+    /// transcripts of those that went, in one transaction; returns how many
+    /// CDRs went.
     pub async fn delete_cdrs(&self, call_ids: &[String]) -> Result<u64, sqlx::Error> {
         if call_ids.is_empty() {
             return Ok(0);
         }
+        let mut tx = self.db.begin().await?;
         let sql = format!(
             "DELETE FROM cdrs WHERE NOT EXISTS (SELECT 1 FROM recordings r WHERE r.call_id = cdrs.call_id){}",
             and_in("call_id", call_ids.len())
@@ -107,7 +110,18 @@ impl Repo {
         for id in call_ids {
             q = q.bind(id.as_str());
         }
-        Ok(q.execute(&self.db.pool).await?.rows_affected())
+        let gone = q.execute(&mut *tx).await?.rows_affected();
+        let sql = format!(
+            "DELETE FROM transcripts WHERE NOT EXISTS (SELECT 1 FROM cdrs c WHERE c.call_id = transcripts.call_id){}",
+            and_in("call_id", call_ids.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for id in call_ids {
+            q = q.bind(id.as_str());
+        }
+        q.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(gone)
     }
 }
 

@@ -53,6 +53,8 @@ pub const CSV_COLUMNS: &[&str] = &[
     "rtp_received",
     "mos",
     "recording_bytes",
+    "ivr_result",
+    "amd_result",
 ];
 
 /// `GET /v1/calls/export` query: the listing's filters plus the format.
@@ -83,6 +85,10 @@ pub struct ExportParams {
     /// As for `GET /v1/calls`.
     #[param(value_type = Option<f64>, minimum = 1.0, maximum = 5.0)]
     pub mos_below: Option<String>,
+    /// As for `GET /v1/calls`.
+    pub ivr_result: Option<String>,
+    /// As for `GET /v1/calls`.
+    pub amd: Option<String>,
 }
 
 impl ExportParams {
@@ -98,6 +104,8 @@ impl ExportParams {
             team: self.team,
             disposition: self.disposition,
             mos_below: self.mos_below,
+            ivr_result: self.ivr_result,
+            amd: self.amd,
             limit: None,
             cursor: None,
         }
@@ -239,7 +247,12 @@ pub fn encode(format: Format, c: &Cdr, out: &mut BytesMut) {
                 .and_then(|m| m.as_f64())
                 .map(|m| format!("{m:.2}"))
                 .unwrap_or_default();
-            let cells: [String; 23] = [
+            let amd = c
+                .amd
+                .as_ref()
+                .and_then(|a| a.get("result"))
+                .and_then(|r| r.as_str());
+            let cells: [String; 25] = [
                 c.call_id.clone(),
                 c.attempt_id.clone(),
                 c.campaign_id.clone(),
@@ -263,6 +276,8 @@ pub fn encode(format: Format, c: &Cdr, out: &mut BytesMut) {
                 int(c.rtp_received),
                 mos,
                 int(c.recording.as_ref().map(|r| r.bytes)),
+                text_cell(c.ivr_result.as_deref()),
+                text_cell(amd),
             ];
             for (i, cell) in cells.iter().enumerate() {
                 if i > 0 {

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`recording`]: `GET /v1/calls/{id}/recording`, with byte ranges
+//!   (`GET /v1/calls/{id}/transcript` is here, beside `GET /v1/calls/{id}`)
 //! - [`export`]: `GET /v1/calls/export`, streamed CSV or NDJSON
 //! - [`customers`]: customer profiles
 
@@ -14,7 +15,8 @@ use dialstack_contract::Outcome;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::db::{Cdr, CdrCursor, CdrQuery, RecordingLink};
+use crate::db::cdrs::AMD_RESULTS;
+use crate::db::{Cdr, CdrCursor, CdrQuery, IvrResultFilter, RecordingLink, Transcript};
 use crate::AppState;
 
 pub mod customers;
@@ -54,6 +56,13 @@ pub struct ListParams {
     /// quality measurement never match.
     #[param(value_type = Option<f64>, minimum = 1.0, maximum = 5.0)]
     pub mos_below: Option<String>,
+    /// Only calls whose IVR result matches (1-200 characters): with a `&`,
+    /// the whole result (`choice=1&ok=yes`); without, one gathered value
+    /// (`choice=1` matches `choice=1&ok=yes`, never `choice=10`).
+    pub ivr_result: Option<String>,
+    /// Only calls machine detection classified so: `human`, `machine` or
+    /// `unsure`.
+    pub amd: Option<String>,
     /// Page size (1-500, default 50).
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
@@ -73,6 +82,16 @@ impl ListParams {
             }
         }
         let mos_below = self.mos_below.as_deref().map(parse_mos).transpose()?;
+        let ivr_result = self
+            .ivr_result
+            .as_deref()
+            .map(parse_ivr_result)
+            .transpose()?;
+        if let Some(a) = &self.amd {
+            if !AMD_RESULTS.contains(&a.as_str()) {
+                return Err(ApiError::invalid("amd", "must be human, machine or unsure"));
+            }
+        }
         for (field, v) in [
             ("campaign_id", &self.campaign_id),
             ("customer_id", &self.customer_id),
@@ -123,12 +142,26 @@ impl ListParams {
             team: self.team,
             disposition: self.disposition,
             mos_below,
+            ivr_result,
+            amd_result: self.amd,
             after,
             only_agent: (who.role == Role::Agent).then(|| who.sub.clone()),
             only_teams: (who.role == Role::Supervisor).then(|| who.teams.clone()),
             limit,
         })
     }
+}
+
+/// `ivr_result`: 1-200 characters, none a control character.
+fn parse_ivr_result(v: &str) -> Result<IvrResultFilter, ApiError> {
+    let n = v.chars().count();
+    if !(1..=200).contains(&n) || v.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "ivr_result",
+            "must be 1-200 characters without control characters",
+        ));
+    }
+    Ok(IvrResultFilter::parse(v))
 }
 
 /// 1-64 characters, none a control character.
@@ -176,11 +209,11 @@ pub struct CdrPage {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "dialstack storage-service", version = "1"),
-    paths(list_calls, get_call, recording::get_recording, export::export_calls,
+    paths(list_calls, get_call, get_transcript, recording::get_recording, export::export_calls,
         customers::create_customer, customers::get_customer, customers::patch_customer,
         customers::search_customers, customers::customer_calls, customers::export_customer,
         customers::delete_customer),
-    components(schemas(Cdr, CdrPage, RecordingLink, ErrorBody, customers::NewCustomerRequest,
+    components(schemas(Cdr, CdrPage, RecordingLink, Transcript, ErrorBody, customers::NewCustomerRequest,
         customers::PatchCustomerRequest, customers::ConsentPatch, customers::CustomerPage,
         customers::CustomerExport, customers::DeleteResult, crate::db::customers::Customer,
         crate::db::customers::Consent, crate::db::customers::FieldValue,
@@ -204,6 +237,11 @@ pub const ROUTES: &[RouteRoles] = &[
     RouteRoles {
         method: "GET",
         path: "/v1/calls/{id}/recording",
+        roles: READ,
+    },
+    RouteRoles {
+        method: "GET",
+        path: "/v1/calls/{id}/transcript",
         roles: READ,
     },
     RouteRoles {
@@ -261,6 +299,10 @@ pub fn router(state: AppState, keys: Keys) -> Router {
         .route(
             "/v1/calls/{id}/recording",
             get(recording::get_recording).route_layer(roles(READ)),
+        )
+        .route(
+            "/v1/calls/{id}/transcript",
+            get(get_transcript).route_layer(roles(READ)),
         )
         .route(
             "/v1/calls/export",
@@ -341,6 +383,39 @@ async fn get_call(
         .filter(|c| may_read(&who, c))
         .map(ApiJson)
         .ok_or_else(|| ApiError::not_found("call"))
+}
+
+/// A call's transcript (campaigns with `transcribe`), under the access of
+/// the call's record: agents their own calls, supervisors their teams',
+/// admins and services all. 404 when there is none or the call is not the
+/// caller's to read.
+#[utoipa::path(get, path = "/v1/calls/{id}/transcript", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the call id")),
+    responses((status = 200, body = Transcript), (status = 404, body = ErrorBody)))]
+async fn get_transcript(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Transcript>, ApiError> {
+    who.require(READ)?;
+    let not_found = || ApiError::not_found("transcript");
+    if !is_token(&id) {
+        return Err(not_found());
+    }
+    let sees_all = matches!(who.role, Role::Admin | Role::Service);
+    if !sees_all {
+        // Without its record, the call's team and agent are unknown.
+        let cdr = state.repo.get(&id).await?.ok_or_else(not_found)?;
+        if !may_read(&who, &cdr) {
+            return Err(not_found());
+        }
+    }
+    state
+        .repo
+        .transcript(&id)
+        .await?
+        .map(ApiJson)
+        .ok_or_else(not_found)
 }
 
 /// `mos_below`: a number from 1.0 to 5.0 (the MOS scale).

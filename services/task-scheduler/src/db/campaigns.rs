@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use dialstack_common::db::{outbox_enqueue, Tx};
 use dialstack_common::events::CloudEvent;
-use dialstack_contract::{types, CampaignStateChanged, CampaignUpdated};
+use dialstack_contract::{types, AmdSpec, CampaignStateChanged, CampaignUpdated, IvrFlow};
 use dialstack_dialrules::hours::CallingHours;
 use sqlx::Row;
 
@@ -68,12 +68,26 @@ pub struct Campaign {
     pub abandon_after_ms: i64,
     /// Disposition codes agents may set on its calls.
     pub dispositions: Vec<String>,
+    /// The IVR flow its answered calls run (`null`: none).
+    #[schema(value_type = Option<Object>)]
+    pub ivr_flow: Option<IvrFlow>,
+    /// Answering-machine detection (`null`: off).
+    #[schema(value_type = Option<Object>)]
+    pub amd: Option<AmdSpec>,
+    /// Recorded calls are transcribed after they end.
+    pub transcribe: bool,
 }
 
 impl Campaign {
     /// Its state, typed.
     pub fn state(&self) -> CampaignState {
         CampaignState::parse(&self.state).unwrap_or(CampaignState::Stopped)
+    }
+
+    /// Whether its dial commands carry the lead's fields (see
+    /// [`Settings::needs_lead_fields`]).
+    pub fn needs_lead_fields(&self) -> bool {
+        crate::domain::ivr::needs_lead_fields(self.ivr_flow.as_ref(), self.amd.as_ref())
     }
 
     /// Its dialing settings.
@@ -101,11 +115,29 @@ impl Campaign {
             skills: self.skills.clone(),
             abandon_after_ms: self.abandon_after_ms.max(0) as u64,
             dispositions: self.dispositions.clone(),
+            ivr_flow: self.ivr_flow.clone(),
+            amd: self.amd.clone(),
+            transcribe: self.transcribe,
         }
     }
 }
 
-pub(crate) const CAMPAIGN_COLS: &str = "id, name, caller_id, max_concurrent, max_cps, talk_time_ms, ring_timeout_ms, state, created_at, team, record, recording_retention_days, priority, calling_hours, retry_policy, max_attempts, max_attempts_per_day, default_region, cdr_retention_days, mode, dial_ratio, abandon_cap_pct, skills, abandon_after_ms, dispositions";
+pub(crate) const CAMPAIGN_COLS: &str = "id, name, caller_id, max_concurrent, max_cps, talk_time_ms, ring_timeout_ms, state, created_at, team, record, recording_retention_days, priority, calling_hours, retry_policy, max_attempts, max_attempts_per_day, default_region, cdr_retention_days, mode, dial_ratio, abandon_cap_pct, skills, abandon_after_ms, dispositions, ivr_flow, amd, transcribe";
+
+/// A JSON column: `None` when NULL, a decode error naming the column when
+/// it does not parse (never a silent default).
+fn json_col<T: serde::de::DeserializeOwned>(
+    r: &sqlx::any::AnyRow,
+    i: usize,
+    col: &str,
+) -> Result<Option<T>, sqlx::Error> {
+    super::text(r, i)?
+        .map(|s| {
+            serde_json::from_str(&s)
+                .map_err(|e| sqlx::Error::Decode(format!("campaigns.{col}: {e}").into()))
+        })
+        .transpose()
+}
 
 pub(crate) fn campaign_from(r: &sqlx::any::AnyRow) -> Result<Campaign, sqlx::Error> {
     let hours = super::text(r, 13)?;
@@ -152,6 +184,9 @@ pub(crate) fn campaign_from(r: &sqlx::any::AnyRow) -> Result<Campaign, sqlx::Err
             Some(s) => serde_json::from_str(&s)
                 .map_err(|e| sqlx::Error::Decode(format!("campaigns.dispositions: {e}").into()))?,
         },
+        ivr_flow: json_col(r, 25, "ivr_flow")?,
+        amd: json_col(r, 26, "amd")?,
+        transcribe: r.try_get::<i64, _>(27)? != 0,
     })
 }
 
@@ -215,6 +250,18 @@ fn dispositions_json(s: &Settings) -> String {
     serde_json::to_string(&s.dispositions).unwrap_or_default()
 }
 
+/// The stored flow and machine detection: `NULL` when there are none.
+fn ivr_json(s: &Settings) -> (Option<String>, Option<String>) {
+    (
+        s.ivr_flow
+            .as_ref()
+            .map(|f| serde_json::to_string(f).unwrap_or_default()),
+        s.amd
+            .as_ref()
+            .map(|a| serde_json::to_string(a).unwrap_or_default()),
+    )
+}
+
 impl Repo {
     /// Stores a new campaign and its inline leads.
     pub async fn create_campaign(&self, c: &NewCampaign) -> Result<Campaign, sqlx::Error> {
@@ -222,9 +269,12 @@ impl Repo {
         let now = dialstack_common::now_ms();
         let s = &c.settings;
         let (hours, retry) = settings_json(s);
+        let (flow, amd) = ivr_json(s);
         let mut tx = self.db.begin().await?;
+        // Every column but `state` (8th, a literal) is bound, then `updated_at`.
         sqlx::query(&format!(
-            "INSERT INTO campaigns ({CAMPAIGN_COLS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'draft', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO campaigns ({CAMPAIGN_COLS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'draft', {})",
+            super::marks(CAMPAIGN_COLS.split(',').count() - 7)
         ))
         .bind(&id)
         .bind(&c.name)
@@ -250,12 +300,16 @@ impl Repo {
         .bind(skills_json(s))
         .bind(s.abandon_after_ms as i64)
         .bind(dispositions_json(s))
+        .bind(flow)
+        .bind(amd)
+        .bind(i64::from(s.transcribe))
         .bind(now)
         .execute(&mut *tx)
         .await?;
         for chunk in c.contacts.chunks(leads::INSERT_CHUNK) {
             leads::insert_leads(&mut tx, self.db.dialect, &id, chunk, now).await?;
         }
+        leads::profile_events(&mut tx, crate::NAME, &id, &c.contacts).await?;
         settings_event(&mut tx, crate::NAME, &id, c.team.as_deref(), s, now).await?;
         tx.commit().await?;
         self.campaign(&id).await?.ok_or(sqlx::Error::RowNotFound)
@@ -321,6 +375,7 @@ impl Repo {
         s: &Settings,
     ) -> Result<Transition, sqlx::Error> {
         let (hours, retry) = settings_json(s);
+        let (flow, amd) = ivr_json(s);
         let editable: Vec<CampaignState> = CampaignState::ALL
             .iter()
             .copied()
@@ -332,7 +387,8 @@ impl Repo {
             "UPDATE campaigns SET name = COALESCE(?, name), max_concurrent = ?, max_cps = ?, talk_time_ms = ?, ring_timeout_ms = ?,
                record = ?, recording_retention_days = ?, priority = ?, calling_hours = ?, retry_policy = ?,
                max_attempts = ?, max_attempts_per_day = ?, cdr_retention_days = ?,
-               mode = ?, dial_ratio = ?, abandon_cap_pct = ?, skills = ?, abandon_after_ms = ?, dispositions = ?, updated_at = ?
+               mode = ?, dial_ratio = ?, abandon_cap_pct = ?, skills = ?, abandon_after_ms = ?, dispositions = ?,
+               ivr_flow = ?, amd = ?, transcribe = ?, updated_at = ?
              WHERE id = ?{}",
             sql_in("state", &editable, CampaignState::as_str)
         ))
@@ -355,6 +411,9 @@ impl Repo {
         .bind(skills_json(s))
         .bind(s.abandon_after_ms as i64)
         .bind(dispositions_json(s))
+        .bind(flow)
+        .bind(amd)
+        .bind(i64::from(s.transcribe))
         .bind(now)
         .bind(id)
         .execute(&mut *tx)

@@ -1,12 +1,12 @@
 //! The dispatcher's statements: its lease, the next leads in line, what the
 //! database knows of their numbers, and queueing a batch in one transaction.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use dialstack_common::db::batch::{outbox_enqueue_many, OutboxItem};
 use dialstack_common::db::channel;
 use dialstack_common::events::CloudEvent;
-use dialstack_contract::{types, DialCommand, Outcome};
+use dialstack_contract::{types, DialCommand, Outcome, MAX_DIAL_FIELDS};
 use sqlx::Row;
 
 use super::{marks, Campaign, Repo};
@@ -31,6 +31,33 @@ pub struct Candidate {
     pub due_at: i64,
     /// 0 = callback, then by priority.
     pub lane: i64,
+    /// The lead's prompt fields as stored (a JSON object), when they were
+    /// asked for: only campaigns whose flow or machine message can say
+    /// them load them ([`crate::domain::Settings::needs_lead_fields`]).
+    pub fields: Option<String>,
+}
+
+/// A candidate's stored prompt fields, for its dial command (empty when
+/// none, or when the column does not parse: a prompt then says nothing
+/// for the field, and the call still goes).
+fn lead_fields(cand: &Candidate) -> BTreeMap<String, String> {
+    let Some(raw) = cand.fields.as_deref().filter(|f| !f.is_empty()) else {
+        return BTreeMap::new();
+    };
+    match serde_json::from_str::<BTreeMap<String, String>>(raw) {
+        Ok(mut f) => {
+            // As stored at import; kept within the contract all the same.
+            f.retain(|k, v| !k.is_empty() && k.len() <= 64 && v.len() <= 1_000);
+            while f.len() > MAX_DIAL_FIELDS {
+                f.pop_last();
+            }
+            f
+        }
+        Err(e) => {
+            tracing::warn!(lead_id = %cand.id, error = %e, "lead fields do not parse, dialed without them");
+            BTreeMap::new()
+        }
+    }
 }
 
 /// A campaign's calls in flight (attempts queued, claimed or dialing) by
@@ -205,19 +232,37 @@ impl Repo {
     /// Up to `n` pending leads of a campaign due by `now`: callbacks first,
     /// then by priority, each lane by due time. One round trip: a bounded
     /// index range per lane (`leads_due`), so the cost does not grow with
-    /// the number of leads.
+    /// the number of leads. Without their prompt fields.
     pub async fn candidates(
         &self,
         campaign_id: &str,
         now: i64,
         n: u64,
     ) -> Result<Vec<Candidate>, sqlx::Error> {
+        self.candidates_with(campaign_id, now, n, false).await
+    }
+
+    /// [`Repo::candidates`], with their prompt fields when `with_fields`.
+    pub async fn candidates_with(
+        &self,
+        campaign_id: &str,
+        now: i64,
+        n: u64,
+        with_fields: bool,
+    ) -> Result<Vec<Candidate>, sqlx::Error> {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let one = "SELECT * FROM (SELECT id, phone, zones, attempts, due_at, lane FROM leads
+        let cols = if with_fields {
+            "id, phone, zones, attempts, due_at, lane, fields"
+        } else {
+            "id, phone, zones, attempts, due_at, lane"
+        };
+        let one = format!(
+            "SELECT * FROM (SELECT {cols} FROM leads
                    WHERE campaign_id = ? AND state = 'pending' AND lane = ? AND due_at <= ?
-                   ORDER BY due_at, id LIMIT ?) t";
+                   ORDER BY due_at, id LIMIT ?) t"
+        );
         let sql: Vec<String> = (0..=10)
             .map(|lane| one.replacen(") t", &format!(") t{lane}"), 1))
             .collect();
@@ -238,6 +283,11 @@ impl Repo {
                     attempts: r.try_get(3)?,
                     due_at: r.try_get(4)?,
                     lane: r.try_get(5)?,
+                    fields: if with_fields {
+                        super::text(r, 6)?
+                    } else {
+                        None
+                    },
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -355,6 +405,10 @@ impl Repo {
         bridge: Option<dialstack_contract::BridgeSpec>,
     ) -> Result<Option<(Queued, Vec<(String, String, String)>)>, sqlx::Error> {
         let now = dialstack_common::now_ms();
+        let settings = c.settings();
+        let amd = settings.amd_command();
+        let with_fields = settings.needs_lead_fields();
+        let ivr = settings.ivr_flow.map(Box::new);
         let mut tx = self.db.begin().await?;
         if let Some((holder, ttl)) = lease {
             let held = sqlx::query(
@@ -413,6 +467,14 @@ impl Repo {
                             .recording_retention_days
                             .and_then(|d| u32::try_from(d).ok()),
                         bridge: bridge.clone(),
+                        ivr: ivr.clone(),
+                        amd: amd.clone(),
+                        transcribe: c.transcribe && c.record,
+                        fields: if with_fields {
+                            lead_fields(cand)
+                        } else {
+                            BTreeMap::new()
+                        },
                     };
                     commands.push(CloudEvent::new(source, types::DIAL, &call_id, &cmd));
                     attempts.push((attempt_id, call_id, cand));

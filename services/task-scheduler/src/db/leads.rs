@@ -144,9 +144,9 @@ pub(crate) async fn insert_leads(
     if leads.is_empty() {
         return Ok(0);
     }
-    let row = "(?, ?, 0, ?, ?, 'pending', ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)";
+    let row = "(?, ?, 0, ?, ?, 'pending', ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)";
     let sql = format!(
-        "{} INTO leads (id, campaign_id, seq, phone, agent_id, state, lane, priority, due_at, attempts, timezone, zones, external_id, first_name, last_name, created_at, updated_at) VALUES {}",
+        "{} INTO leads (id, campaign_id, seq, phone, agent_id, state, lane, priority, due_at, attempts, timezone, zones, external_id, first_name, last_name, fields, created_at, updated_at) VALUES {}",
         dialect.insert_ignore(),
         vec![row; leads.len()].join(", ")
     );
@@ -165,15 +165,22 @@ pub(crate) async fn insert_leads(
             .bind(l.external_id.clone())
             .bind(l.first_name.clone())
             .bind(l.last_name.clone())
+            .bind(prompt_fields_json(l))
             .bind(now)
             .bind(now);
     }
     Ok(q.execute(&mut **tx).await?.rows_affected())
 }
 
+/// The stored prompt fields of a lead (a JSON object; `NULL` for none).
+fn prompt_fields_json(l: &ValidLead) -> Option<String> {
+    let f = l.prompt_fields();
+    (!f.is_empty()).then(|| serde_json::to_string(&f).unwrap_or_default())
+}
+
 /// Writes a `customer.upserted` event for every lead that carries profile
 /// fields, in `tx`.
-async fn profile_events(
+pub(crate) async fn profile_events(
     tx: &mut Tx,
     source: &str,
     campaign_id: &str,

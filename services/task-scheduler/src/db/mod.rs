@@ -209,6 +209,18 @@ pub const MIGRATIONS: &[Migration] = &[
               ALTER TABLE leads ADD COLUMN skip_reason VARCHAR(200) NULL;
               CREATE INDEX leads_preview ON leads (preview_agent_id, preview_until)",
     },
+    // IVR flows, machine detection and transcription (issue 12). A flow is
+    // up to 64 KiB of JSON (MEDIUMTEXT: MySQL's TEXT stops at 64 KiB - 1).
+    Migration {
+        version: 9,
+        name: "ivr flows, machine detection, lead fields, machine counts",
+        sql: "ALTER TABLE campaigns ADD COLUMN ivr_flow MEDIUMTEXT NULL;
+              ALTER TABLE campaigns ADD COLUMN amd TEXT NULL;
+              ALTER TABLE campaigns ADD COLUMN transcribe BIGINT NOT NULL DEFAULT 0;
+              ALTER TABLE leads ADD COLUMN fields TEXT NULL;
+              ALTER TABLE abandon_ledger ADD COLUMN machine BIGINT NOT NULL DEFAULT 0;
+              ALTER TABLE abandon_ledger ADD COLUMN amd_unsure BIGINT NOT NULL DEFAULT 0",
+    },
 ];
 
 /// The repository.
@@ -221,13 +233,7 @@ pub struct Repo {
 /// A nullable text column: MySQL reports TEXT with a binary collation as
 /// BLOB, so bytes are accepted too.
 pub(crate) fn text(row: &sqlx::any::AnyRow, i: usize) -> Result<Option<String>, sqlx::Error> {
-    use sqlx::Row;
-    match row.try_get::<Option<String>, _>(i) {
-        Ok(s) => Ok(s),
-        Err(_) => Ok(row
-            .try_get::<Option<Vec<u8>>, _>(i)?
-            .map(|b| String::from_utf8_lossy(&b).into_owned())),
-    }
+    dialstack_common::db::text_column(row, i)
 }
 
 /// `?, ?, ...` for `n` values.

@@ -31,7 +31,7 @@ pub struct Hold {
     pub until: Option<i64>,
 }
 
-const CANDIDATE_COLS: &str = "id, phone, zones, attempts, due_at, lane";
+const CANDIDATE_COLS: &str = "id, phone, zones, attempts, due_at, lane, fields";
 
 fn candidate_from(r: &sqlx::any::AnyRow) -> Result<Candidate, sqlx::Error> {
     Ok(Candidate {
@@ -41,6 +41,8 @@ fn candidate_from(r: &sqlx::any::AnyRow) -> Result<Candidate, sqlx::Error> {
         attempts: r.try_get(3)?,
         due_at: r.try_get(4)?,
         lane: r.try_get(5)?,
+        // One lead at a time: its fields always come along.
+        fields: super::text(r, 6)?,
     })
 }
 

@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use dialstack_contract::{BridgeSpec, MAX_BRIDGE_SKILLS};
+use dialstack_contract::{AmdSpec, BridgeSpec, IvrFlow, MAX_BRIDGE_SKILLS};
 use dialstack_dialrules::hours::CallingHours;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use super::compliance::RetryPolicy;
+use super::ivr::{parse_amd, parse_ivr_flow};
 use super::lead::{LeadInput, ValidLead};
 
 /// A phone number in E.164: `+`, a non-zero digit, 7 to 15 digits in all.
@@ -187,6 +188,26 @@ pub struct NewCampaignRequest {
     /// (default `SALE`, `NO_INTEREST`, `CALLBACK`, `DNC`, `WRONG_NUMBER`).
     #[serde(default)]
     pub dispositions: Option<Vec<String>>,
+    /// The IVR flow answered calls run: `{"start": "<node>", "nodes":
+    /// {"<node>": {"type": "play" | "gather" | "branch" | "record" |
+    /// "transfer" | "webhook" | "hangup", ...}}}`, at most 64 KiB of JSON.
+    /// Any mode; a `transfer` node needs the campaign's `team` (its agents
+    /// take the call). Prompt texts may use the lead's fields
+    /// (`{first_name}`).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub ivr_flow: Option<serde_json::Value>,
+    /// Answering-machine detection: `{"mode": "off" | "detect",
+    /// "on_machine": "hangup" | "message", "message": {"prompt" | "text",
+    /// "voice", "rate"}}` (default off). `message` is required with
+    /// `on_machine: message`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub amd: Option<serde_json::Value>,
+    /// Transcribe each recorded call after it ends (`call.transcript`, kept
+    /// by storage-service); needs `record` (default off).
+    #[serde(default)]
+    pub transcribe: bool,
 }
 
 /// `PATCH /v1/campaigns/{id}`: only the fields given change.
@@ -232,6 +253,26 @@ pub struct CampaignPatch {
     pub abandon_after_ms: Option<u64>,
     /// Disposition codes; replaces the whole list.
     pub dispositions: Option<Vec<String>>,
+    /// The IVR flow, replaced whole; `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>, nullable)]
+    pub ivr_flow: Option<Option<serde_json::Value>>,
+    /// Answering-machine detection, replaced whole; `null` turns it off.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>, nullable)]
+    pub amd: Option<Option<serde_json::Value>>,
+    /// Transcribe recorded calls (needs `record`).
+    pub transcribe: Option<bool>,
+}
+
+/// A field that is present (`Some`), with JSON `null` as `Some(None)`; an
+/// absent one is `None` through `#[serde(default)]`.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// One contact as sent: a bare number, or a number with its agent.
@@ -240,13 +281,26 @@ pub struct CampaignPatch {
 pub enum ContactInput {
     /// A number, E.164.
     Phone(String),
-    /// A number owned by an agent (a personal callback or a preview lead).
+    /// A number with its owning agent (a personal callback or a preview
+    /// lead) and profile fields, which prompts may use (`{first_name}`).
     Lead {
         /// The number, E.164.
         phone: String,
         /// The owning agent's user id.
         #[serde(default)]
         agent_id: Option<String>,
+        /// First name.
+        #[serde(default)]
+        first_name: Option<String>,
+        /// Last name.
+        #[serde(default)]
+        last_name: Option<String>,
+        /// The customer's id in the operator's CRM.
+        #[serde(default)]
+        external_id: Option<String>,
+        /// Other profile fields.
+        #[serde(default)]
+        fields: BTreeMap<String, String>,
     },
 }
 
@@ -309,6 +363,12 @@ pub struct Settings {
     pub abandon_after_ms: u64,
     /// Disposition codes agents may set.
     pub dispositions: Vec<String>,
+    /// The IVR flow answered calls run (`None`: the tone, or the bridge).
+    pub ivr_flow: Option<IvrFlow>,
+    /// Answering-machine detection (`None`: off).
+    pub amd: Option<AmdSpec>,
+    /// Transcribe recorded calls.
+    pub transcribe: bool,
 }
 
 /// Parses a sent mode.
@@ -350,6 +410,30 @@ pub fn check_mode_team(mode: DialMode, team: Option<&str>) -> Result<(), Invalid
     Ok(())
 }
 
+/// A flow's `transfer` node hands the call to an agent of the campaign's
+/// team: without a team there is none to hand it to.
+pub fn check_flow_team(s: &Settings, team: Option<&str>) -> Result<(), Invalid> {
+    let Some(flow) = &s.ivr_flow else {
+        return Ok(());
+    };
+    if team.is_some() {
+        return Ok(());
+    }
+    match super::ivr::transfer_node(flow) {
+        Some(name) => Err(invalid(
+            "ivr_flow",
+            format!("node '{name}': a transfer needs the campaign to have a team (its agents take the call)"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The team rules of a campaign's settings: the mode's, then the flow's.
+pub fn check_team(s: &Settings, team: Option<&str>) -> Result<(), Invalid> {
+    check_mode_team(s.mode, team)?;
+    check_flow_team(s, team)
+}
+
 impl Settings {
     /// What dial commands carry for the agent bridge: `None` for `ivr`.
     pub fn bridge(&self) -> Option<BridgeSpec> {
@@ -358,6 +442,18 @@ impl Settings {
             agent_id: None,
             abandon_after_ms: self.abandon_after_ms,
         })
+    }
+
+    /// What dial commands carry for machine detection: only when it
+    /// detects (`off` is the same as none, and keeps commands small).
+    pub fn amd_command(&self) -> Option<AmdSpec> {
+        self.amd.clone().filter(super::ivr::detects)
+    }
+
+    /// Whether dial commands carry the lead's fields: only a flow or a
+    /// machine message can say them.
+    pub fn needs_lead_fields(&self) -> bool {
+        super::ivr::needs_lead_fields(self.ivr_flow.as_ref(), self.amd.as_ref())
     }
 
     /// Validates every field; the first failure names its field.
@@ -432,6 +528,18 @@ impl Settings {
             return Err(invalid("skills", "names are ids, levels 1-10"));
         }
         super::disposition::validate_codes(&self.dispositions)?;
+        if let Some(f) = &self.ivr_flow {
+            super::ivr::check_flow(f)?;
+        }
+        if let Some(a) = &self.amd {
+            a.validate().map_err(|e| invalid(e.field, e.reason))?;
+        }
+        if self.transcribe && !self.record {
+            return Err(invalid(
+                "transcribe",
+                "needs record: true (the transcript is made from the recording)",
+            ));
+        }
         Ok(())
     }
 
@@ -473,6 +581,13 @@ impl Settings {
         if let Some(d) = &patch.dispositions {
             s.dispositions = d.clone();
         }
+        if let Some(f) = &patch.ivr_flow {
+            s.ivr_flow = f.as_ref().map(parse_ivr_flow).transpose()?;
+        }
+        if let Some(a) = &patch.amd {
+            s.amd = a.as_ref().map(parse_amd).transpose()?;
+        }
+        set!(transcribe);
         s.validate()?;
         Ok(s)
     }
@@ -570,6 +685,9 @@ impl NewCampaignRequest {
                 .dispositions
                 .clone()
                 .unwrap_or_else(super::disposition::default_dispositions),
+            ivr_flow: self.ivr_flow.as_ref().map(parse_ivr_flow).transpose()?,
+            amd: self.amd.as_ref().map(parse_amd).transpose()?,
+            transcribe: self.transcribe,
         };
         settings.validate()?;
         if self.contacts.len() > MAX_CONTACTS {
@@ -581,7 +699,7 @@ impl NewCampaignRequest {
         if self.team.as_deref().is_some_and(|t| !name_ok(t)) {
             return Err(invalid("team", "must be 1-64 of [A-Za-z0-9._-]"));
         }
-        check_mode_team(settings.mode, self.team.as_deref())?;
+        check_team(&settings, self.team.as_deref())?;
         let rules = super::lead::ImportRules {
             default_region: self.default_region.as_deref(),
             ..*rules
@@ -596,9 +714,20 @@ impl NewCampaignRequest {
                         phone,
                         ..Default::default()
                     },
-                    ContactInput::Lead { phone, agent_id } => LeadInput {
+                    ContactInput::Lead {
                         phone,
                         agent_id,
+                        first_name,
+                        last_name,
+                        external_id,
+                        fields,
+                    } => LeadInput {
+                        phone,
+                        agent_id,
+                        first_name,
+                        last_name,
+                        external_id,
+                        fields,
                         ..Default::default()
                     },
                 };
@@ -662,6 +791,9 @@ mod tests {
             skills: None,
             abandon_after_ms: None,
             dispositions: None,
+            ivr_flow: None,
+            amd: None,
+            transcribe: false,
         }
     }
 
@@ -718,6 +850,10 @@ mod tests {
         r.contacts.push(ContactInput::Lead {
             phone: "+14155550102".into(),
             agent_id: Some("bad id".into()),
+            first_name: None,
+            last_name: None,
+            external_id: None,
+            fields: BTreeMap::new(),
         });
         assert_eq!(
             r.validate(&rules()).unwrap_err().field,
@@ -852,5 +988,160 @@ mod tests {
             "team"
         );
         assert!(check_mode_team(DialMode::Ivr, None).is_ok());
+    }
+
+    fn flow() -> serde_json::Value {
+        serde_json::json!({
+            "start": "hello",
+            "nodes": {
+                "hello": {"type": "gather", "var": "choice", "max_digits": 1,
+                          "say": {"text": "Hello {first_name}, press 1 to talk to us"},
+                          "next": "route"},
+                "route": {"type": "branch", "var": "choice", "cases": {"1": "agent"}, "default": "bye"},
+                "agent": {"type": "transfer", "no_agent": "bye"},
+                "bye": {"type": "play", "text": "Goodbye", "next": "end"},
+                "end": {"type": "hangup"}
+            }
+        })
+    }
+
+    /// The field and message of a failed create.
+    fn refused(f: impl FnOnce(&mut NewCampaignRequest)) -> (String, String) {
+        let mut r = req();
+        f(&mut r);
+        let e = r.validate(&rules()).unwrap_err();
+        (e.field, e.reason)
+    }
+
+    #[test]
+    fn a_campaign_takes_a_flow_in_any_mode_and_names_the_node_at_fault() {
+        let mut r = req();
+        r.team = Some("east".into());
+        r.ivr_flow = Some(flow());
+        let c = r.validate(&rules()).unwrap();
+        assert_eq!(c.settings.ivr_flow.as_ref().unwrap().nodes.len(), 5);
+        assert!(c.settings.needs_lead_fields(), "a flow can say lead fields");
+        let mut r = req();
+        r.team = Some("east".into());
+        r.mode = Some("predictive".into());
+        r.ivr_flow = Some(flow());
+        assert!(r.validate(&rules()).is_ok(), "any mode");
+        let (field, why) = refused(|r| {
+            r.team = Some("east".into());
+            let mut f = flow();
+            f["nodes"]["bye"]["next"] = "nowhere".into();
+            r.ivr_flow = Some(f);
+        });
+        assert_eq!(field, "ivr_flow");
+        assert!(why.contains("node 'bye'"), "{why}");
+    }
+
+    #[test]
+    fn a_transfer_needs_a_team() {
+        let (field, why) = refused(|r| r.ivr_flow = Some(flow()));
+        assert_eq!(field, "ivr_flow");
+        assert!(
+            why.contains("node 'agent'") && why.contains("team"),
+            "{why}"
+        );
+        let mut no_transfer = flow();
+        no_transfer["nodes"]["route"]["cases"]["1"] = "bye".into();
+        no_transfer["nodes"]
+            .as_object_mut()
+            .unwrap()
+            .remove("agent");
+        let mut r = req();
+        r.ivr_flow = Some(no_transfer);
+        assert!(
+            r.validate(&rules()).is_ok(),
+            "a flow without transfer needs no team"
+        );
+        // Agent modes ask for the team first.
+        let (field, _) = refused(|r| {
+            r.mode = Some("progressive".into());
+            r.ivr_flow = Some(flow());
+        });
+        assert_eq!(field, "team");
+    }
+
+    #[test]
+    fn transcription_needs_the_recording() {
+        let (field, _) = refused(|r| r.transcribe = true);
+        assert_eq!(field, "transcribe");
+        let mut r = req();
+        r.transcribe = true;
+        r.record = true;
+        let c = r.validate(&rules()).unwrap();
+        assert!(c.settings.transcribe);
+        let p: CampaignPatch =
+            serde_json::from_value(serde_json::json!({"record": false})).unwrap();
+        assert_eq!(c.settings.patched(&p).unwrap_err().field, "transcribe");
+        let p: CampaignPatch =
+            serde_json::from_value(serde_json::json!({"record": false, "transcribe": false}))
+                .unwrap();
+        assert!(!c.settings.patched(&p).unwrap().transcribe);
+    }
+
+    #[test]
+    fn machine_detection_is_sent_only_when_it_detects() {
+        let mut r = req();
+        r.amd = Some(
+            serde_json::json!({"mode": "detect", "on_machine": "message",
+            "message": {"text": "Hi {first_name}, call us back"}}),
+        );
+        let c = r.validate(&rules()).unwrap();
+        assert!(c.settings.amd_command().is_some());
+        assert!(c.settings.needs_lead_fields());
+        let (field, _) = refused(|r| {
+            r.amd = Some(serde_json::json!({"mode": "detect", "on_machine": "message"}))
+        });
+        assert_eq!(field, "amd", "a message action needs its message");
+        let mut r = req();
+        r.amd = Some(serde_json::json!({"mode": "off"}));
+        let c = r.validate(&rules()).unwrap();
+        assert_eq!(c.settings.amd_command(), None, "off is sent as none");
+        assert!(!c.settings.needs_lead_fields());
+    }
+
+    #[test]
+    fn a_patch_replaces_or_clears_the_flow_and_detection() {
+        let mut r = req();
+        r.team = Some("east".into());
+        r.ivr_flow = Some(flow());
+        r.amd = Some(serde_json::json!({"mode": "detect"}));
+        let c = r.validate(&rules()).unwrap();
+        let p: CampaignPatch = serde_json::from_value(serde_json::json!({"max_cps": 2.0})).unwrap();
+        let s = c.settings.patched(&p).unwrap();
+        assert!(s.ivr_flow.is_some() && s.amd.is_some(), "absent: unchanged");
+        let p: CampaignPatch =
+            serde_json::from_value(serde_json::json!({"ivr_flow": null, "amd": null})).unwrap();
+        let s = c.settings.patched(&p).unwrap();
+        assert_eq!((s.ivr_flow, s.amd), (None, None), "null clears");
+        let p: CampaignPatch = serde_json::from_value(serde_json::json!({"ivr_flow": {
+            "start": "a", "nodes": {"a": {"type": "play", "text": "hi"}}}}))
+        .unwrap();
+        let s = c.settings.patched(&p).unwrap();
+        assert_eq!(s.ivr_flow.unwrap().nodes.len(), 1, "replaced whole");
+        let p: CampaignPatch = serde_json::from_value(serde_json::json!({"ivr_flow": {
+            "start": "a", "nodes": {"a": {"type": "play"}}}}))
+        .unwrap();
+        let e = c.settings.patched(&p).unwrap_err();
+        assert_eq!(e.field, "ivr_flow");
+        assert!(e.reason.contains("node 'a'"), "{}", e.reason);
+    }
+
+    #[test]
+    fn inline_contacts_carry_profile_fields() {
+        let r: NewCampaignRequest = serde_json::from_value(serde_json::json!({
+            "name": "n", "caller_id": "+14155550100", "max_concurrent": 1, "max_cps": 1.0,
+            "contacts": [{"phone": "+14155550102", "first_name": "Ann", "fields": {"plan": "gold"}}]
+        }))
+        .unwrap();
+        let c = r.validate(&rules()).unwrap();
+        assert_eq!(c.contacts[0].first_name.as_deref(), Some("Ann"));
+        assert_eq!(
+            c.contacts[0].fields.get("plan").map(String::as_str),
+            Some("gold")
+        );
     }
 }

@@ -149,10 +149,18 @@ pub fn parse_agent_state(
     utoipa::ToSchema,
 )]
 pub struct AbandonCounts {
-    /// Calls answered by a person (abandoned ones included).
+    /// Calls answered by a person (abandoned ones included, and those
+    /// machine detection could not classify, `amd_unsure`).
     pub live: i64,
     /// Of those, calls no agent took in time.
     pub abandoned: i64,
+    /// Calls machine detection classified as machines (`answered_machine`;
+    /// not live).
+    #[serde(default)]
+    pub machine: i64,
+    /// Of the live calls, those machine detection could not classify.
+    #[serde(default)]
+    pub amd_unsure: i64,
 }
 
 impl AbandonCounts {
@@ -170,8 +178,43 @@ impl AbandonCounts {
         AbandonCounts {
             live: self.live + o.live,
             abandoned: self.abandoned + o.abandoned,
+            machine: self.machine + o.machine,
+            amd_unsure: self.amd_unsure + o.amd_unsure,
         }
     }
+
+    /// The abandon figures with machine detection's likely mistakes: a
+    /// person classified as a machine is hung up on (or hears the machine
+    /// message), which regulators count as an abandoned call. The ledger
+    /// cannot know which machines were people, so it estimates them as
+    /// `machine × false_machine_rate` (`DIALSTACK_AMD_FALSE_MACHINE_RATE`,
+    /// the detector's measured share of people it calls machines) and
+    /// counts them as live and abandoned. A report figure: the pacer keeps
+    /// to [`AbandonCounts::ratio`], what the ledger knows.
+    pub fn with_amd_estimate(self, false_machine_rate: f64) -> AmdEstimate {
+        let estimated = self.machine.max(0) as f64 * false_machine_rate;
+        let live = self.live.max(0) as f64 + estimated;
+        let abandoned = self.abandoned.max(0) as f64 + estimated;
+        AmdEstimate {
+            estimated_abandoned_by_amd: estimated,
+            abandon_rate_with_amd_pct: if live > 0.0 {
+                abandoned / live * 100.0
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
+/// People machine detection likely took for machines, and the abandon
+/// rate counting them ([`AbandonCounts::with_amd_estimate`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct AmdEstimate {
+    /// `machine × false_machine_rate`.
+    pub estimated_abandoned_by_amd: f64,
+    /// `(abandoned + estimate) / (live + estimate)` in percent (0 without
+    /// calls).
+    pub abandon_rate_with_amd_pct: f64,
 }
 
 /// Share of the cap at which dialing falls back to one call per agent.
@@ -298,9 +341,38 @@ mod tests {
         let c = AbandonCounts {
             live: 3,
             abandoned: 1,
+            ..Default::default()
         };
         assert!((c.ratio() - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(AbandonCounts::default().ratio(), 0.0);
+    }
+
+    #[test]
+    fn machines_add_an_estimate_of_people_hung_up_on() {
+        let c = AbandonCounts {
+            live: 98,
+            abandoned: 1,
+            machine: 100,
+            amd_unsure: 4,
+        };
+        assert!((c.ratio() - 1.0 / 98.0).abs() < 1e-12, "the plain ratio");
+        let e = c.with_amd_estimate(0.02);
+        assert!((e.estimated_abandoned_by_amd - 2.0).abs() < 1e-9);
+        assert!((e.abandon_rate_with_amd_pct - 3.0).abs() < 1e-9, "{e:?}");
+        let none = AbandonCounts::default().with_amd_estimate(0.02);
+        assert_eq!(none, AmdEstimate::default());
+        let only_machines = AbandonCounts {
+            machine: 50,
+            ..Default::default()
+        };
+        let e = only_machines.with_amd_estimate(0.02);
+        assert!((e.abandon_rate_with_amd_pct - 100.0).abs() < 1e-9);
+        assert_eq!(
+            only_machines
+                .with_amd_estimate(0.0)
+                .abandon_rate_with_amd_pct,
+            0.0
+        );
     }
 
     #[test]

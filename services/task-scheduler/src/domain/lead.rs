@@ -77,7 +77,41 @@ pub struct ValidLead {
     pub fields: BTreeMap<String, String>,
 }
 
+/// Most lead fields kept for prompts (what a `dial` command carries).
+pub const MAX_PROMPT_FIELDS: usize = dialstack_contract::MAX_DIAL_FIELDS;
+/// Longest lead field value kept for prompts (characters; longer ones are
+/// cut).
+pub const MAX_PROMPT_VALUE_CHARS: usize = 200;
+
 impl ValidLead {
+    /// The fields prompts may say (`{first_name}`): `first_name`,
+    /// `last_name` and `external_id`, then the custom fields in name order
+    /// (a custom field never hides a named one), at most
+    /// [`MAX_PROMPT_FIELDS`], names of at most 64 bytes, values cut at
+    /// [`MAX_PROMPT_VALUE_CHARS`] characters.
+    pub fn prompt_fields(&self) -> BTreeMap<String, String> {
+        let cut = |v: &str| -> String { v.chars().take(MAX_PROMPT_VALUE_CHARS).collect() };
+        let mut out = BTreeMap::new();
+        for (k, v) in [
+            ("first_name", &self.first_name),
+            ("last_name", &self.last_name),
+            ("external_id", &self.external_id),
+        ] {
+            if let Some(v) = v {
+                out.insert(k.to_owned(), cut(v));
+            }
+        }
+        for (k, v) in &self.fields {
+            if out.len() >= MAX_PROMPT_FIELDS {
+                break;
+            }
+            if !k.is_empty() && k.len() <= 64 && !out.contains_key(k) {
+                out.insert(k.clone(), cut(v));
+            }
+        }
+        out
+    }
+
     /// Whether it carries profile data for storage-service.
     pub fn has_profile(&self) -> bool {
         self.external_id.is_some()
@@ -312,6 +346,40 @@ mod tests {
         assert!(Columns::from_header(["name", "number"]).is_err());
         assert!(Columns::from_header(["phone", "a", "a"]).is_err());
         assert!(Columns::from_header(["phone", "bad\u{7}"]).is_err());
+    }
+
+    #[test]
+    fn prompt_fields_are_capped_and_cut() {
+        let g = guard();
+        let rules = ImportRules {
+            guard: &g,
+            default_region: None,
+        };
+        let mut fields: BTreeMap<String, String> = (1..MAX_CUSTOM_FIELDS)
+            .map(|i| (format!("f{i:02}"), "v".repeat(300)))
+            .collect();
+        fields.insert("first_name".into(), "not me".into());
+        let lead = LeadInput {
+            phone: "+12125550100".into(),
+            first_name: Some("Ann".into()),
+            external_id: Some("crm-1".into()),
+            fields,
+            ..Default::default()
+        };
+        let p = lead.validate(&rules).unwrap().prompt_fields();
+        assert_eq!(p.len(), MAX_PROMPT_FIELDS);
+        assert_eq!(
+            p["first_name"], "Ann",
+            "a custom field never hides a named one"
+        );
+        assert_eq!(p["external_id"], "crm-1");
+        assert!(!p.contains_key("last_name"));
+        assert_eq!(p["f01"].chars().count(), MAX_PROMPT_VALUE_CHARS);
+        let bare = LeadInput {
+            phone: "+12125550100".into(),
+            ..Default::default()
+        };
+        assert!(bare.validate(&rules).unwrap().prompt_fields().is_empty());
     }
 
     #[test]

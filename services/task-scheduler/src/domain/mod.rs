@@ -10,11 +10,13 @@
 //! - [`compliance`]: whether a lead is dialable now; retry policy
 //! - [`dialing`]: agent states, the abandon ratio and how near its cap
 //! - [`disposition`]: disposition codes and what each does to its lead
+//! - [`ivr`]: IVR flows and machine detection as campaigns set them
 
 pub mod campaign;
 pub mod compliance;
 pub mod dialing;
 pub mod disposition;
+pub mod ivr;
 pub mod lead;
 pub mod pacing;
 pub mod state;

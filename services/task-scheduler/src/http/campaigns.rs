@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::{idempotency, page, sees_campaign, MANAGE};
 use crate::db::{Campaign, CampaignQuery, Progress, Transition};
-use crate::domain::campaign::check_mode_team;
+use crate::domain::campaign::check_team;
 use crate::domain::lead::ImportRules;
 use crate::domain::state::{CampaignAction, CampaignState};
 use crate::domain::{valid_name, CampaignPatch, NewCampaignRequest};
@@ -78,8 +78,9 @@ pub(super) fn refused(what: &str, s: CampaignState) -> ApiError {
     )
 }
 
-/// Creates a draft campaign, optionally with inline contacts.
-/// Honours `Idempotency-Key`.
+/// Creates a draft campaign, optionally with inline contacts, an IVR flow
+/// (errors name `ivr_flow` and the node at fault), machine detection and
+/// transcription. Honours `Idempotency-Key`.
 #[utoipa::path(post, path = "/v1/campaigns", request_body = NewCampaignRequest, security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header, description = "replays the first response for 24 h")),
     responses((status = 201, body = CampaignView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -174,7 +175,8 @@ pub(super) async fn get_campaign(
 
 /// Changes settings: pacing, dialing mode (every mode but `ivr` needs the
 /// campaign to have a team), calling hours, retry policy, priority, caps,
-/// recording. Not once stopped or completed (409).
+/// recording, the IVR flow and machine detection (each replaced whole;
+/// `null` removes it), transcription. Not once stopped or completed (409).
 #[utoipa::path(patch, path = "/v1/campaigns/{id}", request_body = CampaignPatch, security(("bearer" = [])),
     responses((status = 200, body = CampaignView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn patch_campaign(
@@ -195,8 +197,7 @@ pub(super) async fn patch_campaign(
         .settings()
         .patched(&patch)
         .map_err(|e| ApiError::invalid(&e.field, e.reason))?;
-    check_mode_team(settings.mode, c.team.as_deref())
-        .map_err(|e| ApiError::invalid(&e.field, e.reason))?;
+    check_team(&settings, c.team.as_deref()).map_err(|e| ApiError::invalid(&e.field, e.reason))?;
     match state
         .repo
         .update_settings(&id, name.as_deref(), &settings)

@@ -54,23 +54,46 @@ impl LiveStreams {
     }
 }
 
-/// Counts of one window with their ratio.
+/// Counts of one window with their ratio, and the same with an estimate
+/// of the people machine detection took for machines.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct WindowView {
-    /// Calls answered by a person (abandoned ones included).
+    /// Calls answered by a person (abandoned ones included, and those
+    /// machine detection could not classify).
     pub live: i64,
     /// Of those, abandoned.
     pub abandoned: i64,
-    /// `abandoned / live` as a fraction (0 without live calls).
+    /// `abandoned / live` as a fraction (0 without live calls): what the
+    /// pacer and the cap go by.
     pub ratio: f64,
+    /// Calls machine detection classified as machines (not live).
+    pub machine: i64,
+    /// Of the live calls, those machine detection could not classify
+    /// (`amd_unsure`).
+    pub amd_unsure: i64,
+    /// People likely taken for machines: `machine ×
+    /// DIALSTACK_AMD_FALSE_MACHINE_RATE` (an estimate; regulators count a
+    /// person hung up on as an abandoned call).
+    pub estimated_abandoned_by_amd: f64,
+    /// `(abandoned + estimate) / (live + estimate)` in percent (0 without
+    /// calls): the abandon rate counting the estimate. A report figure;
+    /// dialing is paced by `ratio`.
+    pub abandon_rate_with_amd_pct: f64,
 }
 
-impl From<AbandonCounts> for WindowView {
-    fn from(c: AbandonCounts) -> Self {
+impl WindowView {
+    /// The view of `c`, with machine detection's estimate at
+    /// `false_machine_rate`.
+    pub fn of(c: AbandonCounts, false_machine_rate: f64) -> Self {
+        let e = c.with_amd_estimate(false_machine_rate);
         Self {
             live: c.live,
             abandoned: c.abandoned,
             ratio: c.ratio(),
+            machine: c.machine,
+            amd_unsure: c.amd_unsure,
+            estimated_abandoned_by_amd: e.estimated_abandoned_by_amd,
+            abandon_rate_with_amd_pct: e.abandon_rate_with_amd_pct,
         }
     }
 }
@@ -88,7 +111,12 @@ pub struct AbandonReport {
     pub today: WindowView,
     /// Today and the 29 days before.
     pub last_30_days: WindowView,
-    /// Days with live calls in the asked range, oldest first.
+    /// The share of people machine detection is assumed to take for
+    /// machines (`DIALSTACK_AMD_FALSE_MACHINE_RATE`), behind
+    /// `estimated_abandoned_by_amd`.
+    pub amd_false_machine_rate: f64,
+    /// Days with answered calls (by a person or a machine) in the asked
+    /// range, oldest first.
     pub days: Vec<LedgerDay>,
 }
 
@@ -113,20 +141,22 @@ async fn report(state: &AppState, c: &Campaign, days: i64) -> Result<AbandonRepo
         campaign_id: c.id.clone(),
         cap_pct: c.abandon_cap_pct,
         timezone: "UTC".into(),
-        today: w.today.into(),
-        last_30_days: w.last_30_days.into(),
+        today: WindowView::of(w.today, state.amd_false_machine_rate),
+        last_30_days: WindowView::of(w.last_30_days, state.amd_false_machine_rate),
+        amd_false_machine_rate: state.amd_false_machine_rate,
         days: state.repo.ledger_days(&c.id, now, days).await?,
     })
 }
 
 /// RFC 4180: a header row, CRLF line ends (the fields never need quotes:
-/// dates and numbers).
+/// dates and numbers). The machine counts come after the original four
+/// columns, so readers of those keep working.
 fn csv(days: &[LedgerDay]) -> String {
-    let mut out = String::from("date,live,abandoned,ratio\r\n");
+    let mut out = String::from("date,live,abandoned,ratio,machine,amd_unsure\r\n");
     for d in days {
         out.push_str(&format!(
-            "{},{},{},{:.6}\r\n",
-            d.date, d.live, d.abandoned, d.ratio
+            "{},{},{},{:.6},{},{}\r\n",
+            d.date, d.live, d.abandoned, d.ratio, d.machine, d.amd_unsure
         ));
     }
     out
@@ -155,8 +185,11 @@ fn days_param(days: Option<i64>) -> Result<i64, ApiError> {
 }
 
 /// The campaign's abandon ledger: live-answered and abandoned calls today
-/// (UTC calendar day) and over the last 30 days, and per day; `?format=csv`
-/// for one CSV row per day.
+/// (UTC calendar day) and over the last 30 days, and per day; calls
+/// machine detection classified as machines or could not classify, with
+/// an estimate of the people among the machines
+/// (`DIALSTACK_AMD_FALSE_MACHINE_RATE`) and the abandon rate counting them;
+/// `?format=csv` for one CSV row per day.
 #[utoipa::path(get, path = "/v1/campaigns/{id}/abandon", params(AbandonParams), security(("bearer" = [])),
     responses((status = 200, body = AbandonReport, description = "JSON, or text/csv with `format=csv`"),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -189,8 +222,8 @@ pub struct CsvParams {
     pub days: Option<i64>,
 }
 
-/// The abandon ledger as CSV: `date,live,abandoned,ratio`, one row per UTC
-/// day with live calls.
+/// The abandon ledger as CSV: `date,live,abandoned,ratio,machine,amd_unsure`,
+/// one row per UTC day with answered calls.
 #[utoipa::path(get, path = "/v1/campaigns/{id}/abandon.csv", params(CsvParams), security(("bearer" = [])),
     responses((status = 200, content_type = "text/csv", body = String),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -319,8 +352,8 @@ async fn live_view(state: &AppState, c: &Campaign) -> Result<LiveView, ApiError>
             talking: phases.talking,
         },
         abandon_cap_pct: c.abandon_cap_pct,
-        abandon_today: w.today.into(),
-        abandon_30_days: w.last_30_days.into(),
+        abandon_today: WindowView::of(w.today, state.amd_false_machine_rate),
+        abandon_30_days: WindowView::of(w.last_30_days, state.amd_false_machine_rate),
         dial_level,
         leads_left,
     })
@@ -405,11 +438,13 @@ mod tests {
             live: 3,
             abandoned: 1,
             ratio: 1.0 / 3.0,
+            machine: 7,
+            amd_unsure: 2,
         }];
         assert_eq!(
             csv(&days),
-            "date,live,abandoned,ratio\r\n2025-01-02,3,1,0.333333\r\n"
+            "date,live,abandoned,ratio,machine,amd_unsure\r\n2025-01-02,3,1,0.333333,7,2\r\n"
         );
-        assert_eq!(csv(&[]), "date,live,abandoned,ratio\r\n");
+        assert_eq!(csv(&[]), "date,live,abandoned,ratio,machine,amd_unsure\r\n");
     }
 }

@@ -15,6 +15,12 @@
 //! ready agents × `dial_ratio`; `predictive` ones ask their pacer. Either
 //! falls back to one call per ready agent at 80 % of the abandon cap (today
 //! or 30 days, from the ledger) and stops at the cap.
+//!
+//! The cap and the pacers go by the ledger's plain abandon rate (abandoned
+//! over live calls, `amd_unsure` counted live): what is known. The
+//! estimate of people machine detection took for machines
+//! (`DIALSTACK_AMD_FALSE_MACHINE_RATE`) is a figure of the abandon report
+//! only; it assumes a rate, and pacing on an assumption would hide it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -208,7 +214,8 @@ fn ms(v: i64) -> u64 {
 pub fn call_observations(c: &CallCompleted, abandon_after_ms: i64) -> Vec<PacingObservation> {
     let person = match c.outcome {
         Outcome::Canceled => return Vec::new(),
-        Outcome::AnsweredHuman | Outcome::Abandoned => true,
+        // Machine detection could not tell: the call went on as a person's.
+        Outcome::AnsweredHuman | Outcome::Abandoned | Outcome::AmdUnsure => true,
         _ => false,
     };
     let end = c.call.at_ms;
@@ -231,7 +238,7 @@ pub fn call_observations(c: &CallCompleted, abandon_after_ms: i64) -> Vec<Pacing
                 event: PacingEvent::Abandoned { wait_ms: ms(wait) },
             });
         }
-        (Outcome::AnsweredHuman, Some(a)) => {
+        (Outcome::AnsweredHuman | Outcome::AmdUnsure, Some(a)) => {
             out.push(PacingObservation {
                 at_ms: ms(answered_at + a.wait_ms.max(0)),
                 event: PacingEvent::Connected {
@@ -306,7 +313,8 @@ impl AgentPacing {
 
     /// The campaign as its pacer sees it: the team's agents (ready, busy
     /// since when), its calls ringing (placed when) and waiting, and the
-    /// ledger's abandon counts against the cap.
+    /// ledger's abandon counts against the cap (the plain rate, without the
+    /// report's estimate of people taken for machines).
     async fn snapshot(
         repo: &Repo,
         c: &Campaign,
@@ -538,7 +546,9 @@ pub async fn dispatch_campaign(
     lease: Option<&str>,
 ) -> Result<Option<crate::db::Queued>, sqlx::Error> {
     let now_ms = dialstack_common::now_ms();
-    let cands = repo.candidates(&c.id, now_ms, n).await?;
+    let cands = repo
+        .candidates_with(&c.id, now_ms, n, c.needs_lead_fields())
+        .await?;
     if cands.is_empty() {
         tracing::debug!(campaign_id = %c.id, n, now_ms, "no candidates");
         return Ok(Some(crate::db::Queued::default()));
@@ -820,6 +830,8 @@ mod tests {
             ring_ms: 4_000,
             talk_ms: 30_000,
             agent: agent.map(Box::new),
+            ivr: None,
+            amd: None,
             ..CallCompleted::unanswered(
                 CallRef {
                     call_id: "c".into(),
@@ -872,5 +884,26 @@ mod tests {
             }]
         );
         assert!(call_observations(&done(Outcome::Canceled, None), 2_000).is_empty());
+        // Machine detection unsure: a person, as far as pacing goes.
+        let obs = call_observations(&done(Outcome::AmdUnsure, None), 2_000);
+        assert_eq!(
+            obs[0].event,
+            PacingEvent::RingEnded {
+                placed_at_ms: 66_000,
+                ring_ms: 4_000,
+                answered: true
+            }
+        );
+        let obs = call_observations(&done(Outcome::AnsweredMachine, None), 2_000);
+        assert!(
+            matches!(
+                obs[0].event,
+                PacingEvent::RingEnded {
+                    answered: false,
+                    ..
+                }
+            ),
+            "a machine is not a person answering"
+        );
     }
 }

@@ -21,7 +21,8 @@ pub struct RetryRule {
 
 /// Retry rules by outcome (`no_answer`, `busy`, `failed`, `rejected`,
 /// `answered_machine`). An outcome without a rule ends the lead; answered
-/// calls, abandoned calls and cancellations always end it.
+/// calls (`amd_unsure` too: a person may have answered), abandoned calls
+/// and cancellations always end it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct RetryPolicy(pub BTreeMap<String, RetryRule>);
@@ -110,6 +111,12 @@ mod tests {
             (
                 serde_json::json!({"answered_human": {"max_retries": 1, "delay_secs": 5}}),
                 "retry_policy.answered_human",
+            ),
+            // A person may have answered: the lead is done, as for
+            // answered_human.
+            (
+                serde_json::json!({"amd_unsure": {"max_retries": 1, "delay_secs": 5}}),
+                "retry_policy.amd_unsure",
             ),
             (
                 serde_json::json!({"busy": {"max_retries": 21, "delay_secs": 5}}),
