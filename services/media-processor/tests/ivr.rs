@@ -292,3 +292,238 @@ async fn a_broadcast_plays_the_rendered_prompt() {
         .unwrap();
     assert_eq!(heard.text, "yes", "{heard:?}");
 }
+
+#[tokio::test]
+async fn keys_are_sent_as_rfc4733_events() {
+    use media_processor::rtp::stream::{run_stream, AudioPipe, BridgeIo, Keys, MediaContext};
+    use media_processor::sip::sdp::{Direction, RemoteMedia};
+    let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let ours = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (_tx, rx) = tokio::sync::watch::channel(RemoteMedia {
+        addr: peer.local_addr().unwrap(),
+        payload_type: 0,
+        dtmf_payload_type: Some(101),
+        direction: Direction::SendRecv,
+    });
+    let keys = Keys::new();
+    let io = BridgeIo {
+        heard: AudioPipe::listener(50),
+        say: AudioPipe::new(50),
+        keys: Some(keys.clone()),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stream = tokio::spawn(run_stream(
+        ours,
+        None,
+        rx,
+        MediaContext::standalone(Default::default(), false),
+        None,
+        stop.clone(),
+        Some(io),
+    ));
+    assert_eq!(keys.send("1,#"), 3);
+    // Collect 1.5 s of packets: audio (PT 0) and events (PT 101).
+    let mut events: Vec<(u32, bool, [u8; 4])> = Vec::new();
+    let mut audio = 0;
+    let mut buf = [0u8; 1500];
+    let until = tokio::time::Instant::now() + Duration::from_millis(1_500);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(until, peer.recv(&mut buf)).await {
+        let pt = buf[1] & 0x7f;
+        if pt == 101 {
+            assert_eq!(n, 16, "an event packet is 12 + 4 bytes");
+            let ts = u32::from_be_bytes(buf[4..8].try_into().unwrap());
+            events.push((ts, buf[1] & 0x80 != 0, buf[12..16].try_into().unwrap()));
+        } else {
+            assert_eq!(pt, 0);
+            audio += 1;
+        }
+    }
+    stop.cancel();
+    stream.await.unwrap();
+    assert!(audio > 20, "audio goes on around the keys: {audio}");
+    let mut pressed: Vec<(u32, u8)> = events.iter().map(|(ts, _, p)| (*ts, p[0])).collect();
+    pressed.dedup();
+    assert_eq!(
+        pressed.iter().map(|p| p.1).collect::<Vec<_>>(),
+        [1, 11],
+        "key 1, then # after the pause: {events:?}"
+    );
+    for (ts, event) in &pressed {
+        let pkts: Vec<_> = events.iter().filter(|e| e.0 == *ts).collect();
+        assert!(pkts[0].1, "marker on the first packet of key {event}");
+        let ends = pkts.iter().filter(|e| e.2[1] & 0x80 != 0).count();
+        assert_eq!(ends, 3, "the end packet three times for key {event}");
+        let last = u16::from_be_bytes([pkts.last().unwrap().2[2], pkts.last().unwrap().2[3]]);
+        assert_eq!(last, 800, "100 ms held");
+    }
+    assert!(
+        pressed[1].0.wrapping_sub(pressed[0].0) >= 8 * 500,
+        "the ',' pause"
+    );
+}
+
+/// A webhook receiver: answers 500 to the first request and 200 after,
+/// keeping every request.
+async fn webhook_receiver() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ivr", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = seen.clone();
+    tokio::spawn(async move {
+        for i in 0..10 {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then the body by Content-Length.
+            loop {
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&req).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if req.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            keep.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&req).to_string());
+            let status = if i == 0 {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let _ = s
+                .write_all(
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await;
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn a_webhook_gets_the_gathered_data_signed_and_retried() {
+    let (url, seen) = webhook_receiver().await;
+    let tones = dialstack_media::dtmf::tones("42#", 100, 80, 6_000);
+    let mut pcm = vec![0i16; 8 * 300];
+    pcm.extend(tones);
+    pcm.extend(vec![0i16; 8 * 2_000]);
+    let report = run_with_pcap("webhook", ulaw_packets(&pcm, 0, 0x5555_6666, 1, 1), |c| {
+        c.ivr = Some(flow(serde_json::json!({
+            "start": "account",
+            "nodes": {
+                "account": {"type": "gather", "var": "account", "max_digits": 6, "terminator": "#",
+                            "timeout_ms": 3000, "retries": 0, "next": "post"},
+                "post": {"type": "webhook", "url": url, "next": "bye", "on_error": "sorry"},
+                "bye": {"type": "hangup"},
+                "sorry": {"type": "hangup"}
+            }
+        })))
+    })
+    .await;
+    let ivr = report.ivr.expect("an IVR result");
+    assert_eq!(
+        ivr.vars["account"].value, "42",
+        "the terminator is not kept: {ivr:?}"
+    );
+    assert_eq!(
+        ivr.path,
+        ["account", "post", "bye"],
+        "delivered on the retry: {ivr:?}"
+    );
+    let reqs = seen.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 2, "one failure, one retry");
+    for r in &reqs {
+        let (head, body) = r.split_once("\r\n\r\n").unwrap();
+        let header = |name: &str| {
+            head.lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+                })
+                .unwrap_or_else(|| panic!("no {name} header in {head}"))
+        };
+        let ts: u64 = header("x-dialstack-timestamp").parse().unwrap();
+        let want =
+            media_processor::call::ivr::webhook::sign(b"test-webhook-secret", ts, body.as_bytes());
+        assert_eq!(header("x-dialstack-signature"), want);
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["ivr"]["vars"]["account"]["value"], "42", "{v}");
+        assert_eq!(v["phone"], "+14155550101");
+        assert!(header("idempotency-key").starts_with(v["call_id"].as_str().unwrap()));
+    }
+    // A forged signature is what a receiver must refuse: a different key
+    // gives a different one.
+    assert_ne!(
+        media_processor::call::ivr::webhook::sign(b"someone-else", 1, b"{}"),
+        media_processor::call::ivr::webhook::sign(b"test-webhook-secret", 1, b"{}")
+    );
+}
+
+#[tokio::test]
+async fn a_recorded_call_is_transcribed_after_it_ends() {
+    let dir = workdir("transcript");
+    let engines = common::engines::engines(&dir);
+    let speech = engines
+        .tts
+        .render(&TtsRequest {
+            text: "yes I would like to hear more about the offer".into(),
+            voice: "en-us".into(),
+            rate_wpm: 150,
+        })
+        .await
+        .unwrap();
+    let mut pcm = vec![0i16; 8 * 300];
+    pcm.extend(speech.pcm.iter());
+    pcm.extend(vec![0i16; 8 * 800]);
+    let pcap = dir.join("callee.pcap");
+    write_pcap(&pcap, &ulaw_packets(&pcm, 0, 0x7777_8888, 1, 1));
+    let peer = sipp(Some(play_scenario(&pcap))).await;
+    let (mut ctx, engines) = ivr_ctx(peer.addr(), &dir).await;
+    let recorded = common::recorded::local_recorder(&mut ctx, &dir).await;
+    recorded
+        .recorder
+        .set_transcriber(Arc::new(Transcribe(engines.asr.clone())));
+    let mut cmd = command(4_000, 15_000);
+    cmd.record = true;
+    cmd.transcribe = true;
+    let (report, _) = call(&ctx, &cmd).await;
+    assert_eq!(report.outcome, Outcome::AnsweredHuman);
+    assert_eq!(peer.exit_code().await, 0);
+    let t = recorded.transcript_of(&cmd).await;
+    t.validate().unwrap();
+    assert!(t.engine.starts_with("pocketsphinx"), "{t:?}");
+    assert!((3.5..=4.6).contains(&t.audio_seconds), "{t:?}");
+    assert!(!t.text.trim().is_empty(), "the callee's words: {t:?}");
+}
+
+struct Transcribe(Arc<media_processor::ai::asr::Asr>);
+
+#[async_trait::async_trait]
+impl media_processor::recording::Transcriber for Transcribe {
+    async fn transcribe(&self, pcm: &[i16]) -> anyhow::Result<(String, Option<f32>)> {
+        let r = self.0.transcribe(pcm).await?;
+        Ok((r.text, Some(r.confidence)))
+    }
+
+    fn engine(&self) -> String {
+        self.0.engine_name()
+    }
+}
