@@ -1,12 +1,16 @@
 //! Speech recognition accuracy on a corpus synthesised here: espeak-ng
-//! voices and rates, white noise at several signal-to-noise ratios, a
+//! voices (formant synthesis, robotic) and flite voices (CMU recordings,
+//! closer to natural speech), three speaking rates, white noise at several
+//! signal-to-noise ratios, a
 //! G.711 µ-law round trip (what a caller's audio goes through), then the
 //! recognizer as calls use it: yes/no, digit strings and a keyword menu
 //! with grammars, and short sentences transcribed with the language model
 //! (word error rate). Prints markdown tables.
 //!
 //! Usage: `cargo bench -p media-processor --bench asr_accuracy`
-//! (`-- --quick`: one voice and rate; `-- --sets yesno,digits,keywords,text`).
+//! (`-- --quick`: one voice of each engine, one rate; `-- --sets
+//! yesno,digits,keywords,text`; `-- --espeak-only` where flite is not
+//! installed: `apt-get install flite`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +21,10 @@ use media_processor::ai::asr::{Asr, AsrConfig, Grammar, Recognition};
 use media_processor::ai::metrics::AiMetrics;
 use media_processor::ai::tts::{Tts, TtsConfig, TtsRequest};
 
-const VOICES: &[&str] = &["en-us", "en", "en+f3", "en+m3", "en-gb-x-rp"];
+/// espeak-ng voices (`espeak-ng --voices=en`).
+const ESPEAK: &[&str] = &["en-us", "en", "en+f3", "en+m3", "en-gb-x-rp"];
+/// flite voices (`flite -lv`), `flite:` marks them.
+const FLITE: &[&str] = &["flite:slt", "flite:rms", "flite:awb", "flite:kal16"];
 const RATES: &[u16] = &[130, 170, 210];
 /// Signal-to-noise ratios (dB); `None` is clean.
 const NOISE: &[Option<f64>] = &[None, Some(20.0), Some(10.0)];
@@ -86,6 +93,25 @@ fn degrade(pcm: &[i16], snr: Option<f64>, seed: u64) -> Vec<i16> {
             g711::ulaw_to_linear(g711::linear_to_ulaw(s))
         })
         .collect()
+}
+
+/// `text` said by a flite voice, at 8 kHz; `rate` (words a minute, 170
+/// is flite's own pace) becomes its duration stretch.
+fn flite(voice: &str, rate: u16, text: &str, dir: &std::path::Path) -> Vec<i16> {
+    let out = dir.join(format!("flite-{}.wav", fastrand::u64(..)));
+    let ok = std::process::Command::new("flite")
+        .args(["-voice", voice, "--setf"])
+        .arg(format!("duration_stretch={:.3}", 170.0 / f64::from(rate)))
+        .arg("-t")
+        .arg(text)
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .expect("flite installed (apt-get install flite), or pass --espeak-only");
+    assert!(ok.success(), "flite {voice} {text}");
+    let bytes = std::fs::read(&out).expect("flite output");
+    let _ = std::fs::remove_file(&out);
+    media_processor::ai::audio::decode(&bytes).expect("flite WAV")
 }
 
 fn word_errors(reference: &str, hypothesis: &str) -> (usize, usize) {
@@ -166,7 +192,15 @@ async fn main() {
             },
             |s| s.split(',').map(str::to_owned).collect(),
         );
-    let voices = if quick { &VOICES[..1] } else { VOICES };
+    let espeak_only = args.iter().any(|a| a == "--espeak-only");
+    let mut voices: Vec<&'static str> = if quick {
+        ESPEAK[..1].to_vec()
+    } else {
+        ESPEAK.to_vec()
+    };
+    if !espeak_only {
+        voices.extend_from_slice(if quick { &FLITE[..1] } else { FLITE });
+    }
     let rates = if quick { &RATES[1..2] } else { RATES };
     let dir = std::env::temp_dir().join(format!("dialstack-asr-bench-{}", std::process::id()));
     let metrics = AiMetrics::new().expect("metrics");
@@ -193,7 +227,7 @@ async fn main() {
     let mut rng = fastrand::Rng::with_seed(20_26);
     let mut cases = Vec::new();
     let has = |s: &str| sets.iter().any(|x| x == s);
-    for &voice in voices {
+    for &voice in &voices {
         for &rate in rates {
             for &noise in NOISE {
                 if has("yesno") {
@@ -263,15 +297,20 @@ async fn main() {
     let started = Instant::now();
     let mut audio = Vec::with_capacity(cases.len());
     for (i, c) in cases.iter().enumerate() {
-        let r = tts
-            .render(&TtsRequest {
-                text: c.text.clone(),
-                voice: c.voice.into(),
-                rate_wpm: c.rate,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{} {}: {e}", c.voice, c.text));
-        audio.push(degrade(&r.pcm, c.noise, i as u64));
+        let pcm = match c.voice.strip_prefix("flite:") {
+            Some(voice) => flite(voice, c.rate, &c.text, &dir),
+            None => tts
+                .render(&TtsRequest {
+                    text: c.text.clone(),
+                    voice: c.voice.into(),
+                    rate_wpm: c.rate,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{} {}: {e}", c.voice, c.text))
+                .pcm
+                .to_vec(),
+        };
+        audio.push(degrade(&pcm, c.noise, i as u64));
     }
     let mut set = tokio::task::JoinSet::new();
     for (i, (c, pcm)) in cases.iter().zip(audio).enumerate() {

@@ -322,7 +322,11 @@ impl Config {
         let production = env
             .get("DIALSTACK_ENVIRONMENT")
             .is_some_and(|e| e.eq_ignore_ascii_case("production"));
-        let webhook_secret = env.or("DIALSTACK_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET);
+        let webhook_secret = env
+            .get("DIALSTACK_WEBHOOK_SECRET")
+            .filter(|v| !v.is_empty())
+            .unwrap_or(DEV_WEBHOOK_SECRET)
+            .to_owned();
         if production && webhook_secret == DEV_WEBHOOK_SECRET {
             return Err(ConfigError::new(
                 "DIALSTACK_WEBHOOK_SECRET",
@@ -820,7 +824,20 @@ mod tests {
             ("DIALSTACK_SIP_TRUNK", "sip:127.0.0.1:5080"),
             ("DIALSTACK_ENVIRONMENT", "production"),
         ]);
+        // ... once the webhook key is not the development placeholder.
+        let e = Config::from_env(&Env::from_pairs(pairs.clone())).unwrap_err();
+        assert_eq!(e.var, "DIALSTACK_WEBHOOK_SECRET");
+        assert!(e.to_string().contains("placeholder"), "{e}");
+        pairs.push(("DIALSTACK_WEBHOOK_SECRET", "a real secret of the operator"));
         assert!(Config::from_env(&Env::from_pairs(pairs)).is_ok());
+        let e = with(&[("DIALSTACK_WEBHOOK_SECRET", "short")]).unwrap_err();
+        assert_eq!(e.var, "DIALSTACK_WEBHOOK_SECRET");
+        let e = with(&[("DIALSTACK_WEBHOOK_ALLOW_PRIVATE", "yes")]).unwrap_err();
+        assert_eq!(e.var, "DIALSTACK_WEBHOOK_ALLOW_PRIVATE");
+        assert!(
+            with(&[("DIALSTACK_WEBHOOK_SECRET", "")]).is_ok(),
+            "blank is unset"
+        );
         assert!(with(&[("DIALSTACK_ENVIRONMENT", "staging")]).is_ok());
         // Agent answer time and the compliance recording.
         let c = with(&[]).unwrap();

@@ -542,6 +542,18 @@ fn prepare(pcm8k: &[i16]) -> Vec<i16> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(NOISE_FILL_RMS); // TUNING HOOK
+    let fold: f32 = std::env::var("DIALSTACK_ASR_TUNE_FOLD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0); // TUNING HOOK
+    if fold > 0.0 {
+        for (i, s) in up.iter_mut().enumerate() {
+            let m = if i % 2 == 0 { 1.0 } else { -1.0 };
+            *s = (f32::from(*s) * (1.0 + fold * m))
+                .round()
+                .clamp(-32768.0, 32767.0) as i16;
+        }
+    }
     fill_high_band(&mut up, fill);
     up
 }
