@@ -534,7 +534,10 @@ fn read_dictionary(path: &Path) -> Result<HashSet<String>, AsrError> {
 
 /// The 16 kHz audio the engine reads: padded, upsampled, noise-filled.
 fn prepare(pcm8k: &[i16]) -> Vec<i16> {
-    let pad: usize = std::env::var("DIALSTACK_ASR_TUNE_PAD").ok().and_then(|v| v.parse().ok()).unwrap_or(PAD); // TUNING HOOK
+    let pad: usize = std::env::var("DIALSTACK_ASR_TUNE_PAD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PAD); // TUNING HOOK
     let mut padded = vec![0i16; pad];
     padded.extend_from_slice(pcm8k);
     padded.extend(std::iter::repeat_n(0i16, pad));
