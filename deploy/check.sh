@@ -17,7 +17,10 @@ rm -rf "$out" && mkdir -p "$out"
 # empty key and <KEY> in a value replaced by KEY's value, as an operator would.
 fill() {
   python3 - "$1" "$2" <<'PY'
-import re, secrets, sys
+import base64, re, secrets, sys
+# The key-encryption key is 32 bytes in base64; the previous one is blank
+# but during a rotation.
+kek = base64.b64encode(secrets.token_bytes(32)).decode()
 vals = {}
 for line in open(sys.argv[1]):
     line = line.strip()
@@ -26,7 +29,9 @@ for line in open(sys.argv[1]):
     key, _, value = line.partition("=")
     if not value:
         value = {"DIALSTACK_SIP_TRUNK": "sip:carrier.invalid:5060", "DIALSTACK_S3_ACCESS_KEY_ID": "dialstack",
-                 "DIALSTACK_SIP_USERNAME": "", "DIALSTACK_SIP_PASSWORD": ""}.get(key, secrets.token_hex(20))
+                 "DIALSTACK_SIP_USERNAME": "", "DIALSTACK_SIP_PASSWORD": "",
+                 "DIALSTACK_KEY_ENCRYPTION_KEY": kek,
+                 "DIALSTACK_KEY_ENCRYPTION_KEY_PREVIOUS": ""}.get(key, secrets.token_hex(20))
     vals[key] = value
 with open(sys.argv[2], "w") as f:
     for key, value in vals.items():

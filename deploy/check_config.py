@@ -25,7 +25,7 @@
   the same files, is checked like the connection URLs below (for those two);
 - every workload with more than one replica (its own or its HPA's minimum)
   has a PodDisruptionBudget, and every budget covers such a workload;
-- compose: no secret has a default (every ${...PASSWORD/TOKEN/SECRET...} is
+- compose: no secret has a default (every ${...PASSWORD/TOKEN/SECRET/ENCRYPTION_KEY...} is
   ${VAR:?message}); every published port is bound to 127.0.0.1 but the media
   tier's SIP/RTP (UDP); nothing mounts the Docker socket; every service carries
   the `dialstack_service` label with its name and has the json-file driver
@@ -116,6 +116,9 @@ def required_vars(service):
     if service == "user-service":
         # The admin password is required on first start; deployments always set it.
         found.add("DIALSTACK_ADMIN_PASSWORD")
+        # Required in production, where the signing keys are sealed with it
+        # (src/kek.rs); every deployment sets it.
+        found.add("DIALSTACK_KEY_ENCRYPTION_KEY")
     return found
 
 
@@ -266,7 +269,7 @@ def check_compose(compose, errors):
         check_spool("compose: media-processor", env_of(media).get(SPOOL_VAR), targets, errors)
 
 
-SECRET_VAR = re.compile(r"PASSWORD|TOKEN|SECRET")
+SECRET_VAR = re.compile(r"PASSWORD|TOKEN|SECRET|ENCRYPTION_KEY")
 
 
 def check_compose_security(compose, errors):
@@ -277,8 +280,10 @@ def check_compose_security(compose, errors):
     for m in re.finditer(r"(?<!\$)\$\{([A-Za-z0-9_]+)([^}]*)\}", raw):
         var, rest = m.groups()
         if SECRET_VAR.search(var) and not rest.startswith(":?"):
-            # The SIP credentials and alert channels' secrets are optional.
-            if var in ("DIALSTACK_SIP_PASSWORD", "DIALSTACK_ALERT_SMTP_PASSWORD") and rest == ":-":
+            # The SIP credentials, alert channels' secrets and the previous
+            # key-encryption key (set during a rotation only) are optional.
+            if var in ("DIALSTACK_SIP_PASSWORD", "DIALSTACK_ALERT_SMTP_PASSWORD",
+                       "DIALSTACK_KEY_ENCRYPTION_KEY_PREVIOUS") and rest == ":-":
                 continue
             errors.append(f"compose.yml: ${{{var}{rest}}} gives a secret a default or lets it be empty; "
                           f"use ${{{var}:?message}}")

@@ -58,29 +58,58 @@ pub async fn start_campaign_paced(
     id
 }
 
+/// The campaign's view (state and progress), or why it could not be read.
+pub async fn campaign(scheduler: &str, token: &str, id: &str) -> Result<Value, String> {
+    let resp = reqwest::Client::new()
+        .get(format!("{scheduler}/v1/campaigns/{id}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("status {}", resp.status()));
+    }
+    resp.json().await.map_err(|e| e.to_string())
+}
+
 /// Waits until the campaign is completed and returns its view.
 pub async fn wait_completed(scheduler: &str, token: &str, id: &str) -> Value {
-    let http = reqwest::Client::new();
-    eventually("campaign completed", Duration::from_secs(180), || {
-        let http = http.clone();
-        async move {
-            let v: Value = http
-                .get(format!("{scheduler}/v1/campaigns/{id}"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            if v["state"] == "completed" {
-                Ok(v)
-            } else {
-                Err(v["progress"].to_string())
-            }
+    eventually("campaign completed", Duration::from_secs(180), || async {
+        let v = campaign(scheduler, token, id).await?;
+        if v["state"] == "completed" {
+            Ok(v)
+        } else {
+            Err(v["progress"].to_string())
         }
     })
     .await
+}
+
+/// Every lead of the campaign with its attempts, following cursors.
+pub async fn leads(scheduler: &str, token: &str, id: &str) -> Vec<Value> {
+    let http = reqwest::Client::new();
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{scheduler}/v1/campaigns/{id}/leads?limit=500");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        out.extend(page["items"].as_array().cloned().unwrap_or_default());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return out,
+        }
+    }
 }
 
 /// Every CDR of the campaign, following cursors.
@@ -215,6 +244,7 @@ pub fn call_event(
                         talk_ms: 20_000,
                         tries: 0,
                         quality: None,
+                        transfer: None,
                     })
                 }),
                 ..CallCompleted::unanswered(call, outcome, None)

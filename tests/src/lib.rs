@@ -9,12 +9,14 @@
 //! (`http://127.0.0.1:9000`, see [`s3`]).
 
 pub mod campaigns;
+pub mod faults;
 pub mod issuer;
 pub mod procs;
 pub mod proxy;
 pub mod rtpengine;
 pub mod s3;
 pub mod smtp;
+pub mod tls;
 pub mod users;
 pub mod wecom;
 

@@ -185,6 +185,13 @@ fn env_of(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 impl Suite {
     /// Starts the five services, each on its own fresh MariaDB database.
     pub async fn start(opts: SuiteOptions) -> Self {
+        Self::start_on(opts, &crate::mysql_server()).await
+    }
+
+    /// Starts the five services, each on its own fresh database on the
+    /// MariaDB server `mysql_server` (`mysql://user@host:port`, e.g. a
+    /// private server that the test restarts).
+    pub async fn start_on(opts: SuiteOptions, mysql_server: &str) -> Self {
         let logs = log_dir(&opts.test);
         let admin_password = "correct horse battery staple".to_owned();
         let service_password = "service account secret 42".to_owned();
@@ -193,11 +200,7 @@ impl Suite {
                 ("DIALSTACK_HTTP_ADDR", "127.0.0.1:0"),
                 (
                     "DIALSTACK_DATABASE_URL",
-                    &format!(
-                        "{}/{}",
-                        crate::mysql_server(),
-                        crate::unique(&format!("dstest_{db}_"))
-                    ),
+                    &format!("{mysql_server}/{}", crate::unique(&format!("dstest_{db}_"))),
                 ),
                 ("DIALSTACK_EVENTS_URL", &opts.events_url),
                 ("DIALSTACK_COMMANDS_URL", &opts.commands_url),
@@ -455,6 +458,31 @@ impl Sipp {
                 .map(|b| b.split(';').next().unwrap_or(b).trim().to_owned());
             if let (Some(id), Some(b)) = (call_id, branch) {
                 out.entry(id.trim().to_owned()).or_default().insert(b);
+            }
+        }
+        out
+    }
+
+    /// For each number dialled (the user part of the INVITE's request URI),
+    /// the Call-IDs of the INVITEs SIPp received for it.
+    pub fn calls_by_number(&self) -> HashMap<String, std::collections::HashSet<String>> {
+        let text = std::fs::read_to_string(&self.trace).unwrap_or_default();
+        let mut out: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+        for block in text.split("UDP message received") {
+            let mut lines = block
+                .lines()
+                .skip_while(|l| l.trim().is_empty() || l.contains("bytes"));
+            let Some(number) = lines
+                .next()
+                .and_then(|l| l.strip_prefix("INVITE sip:"))
+                .and_then(|l| l.split('@').next())
+            else {
+                continue;
+            };
+            if let Some(id) = block.lines().find_map(|l| l.strip_prefix("Call-ID: ")) {
+                out.entry(number.to_owned())
+                    .or_default()
+                    .insert(id.trim().to_owned());
             }
         }
         out

@@ -1607,6 +1607,7 @@ async fn a_bridged_call_keeps_its_agent_leg_and_its_disposition() {
             talk_ms: 61_000,
             tries: 1,
             quality: None,
+            transfer: None,
         };
         let done = dialstack_contract::CallEvent::Completed(dialstack_contract::CallCompleted {
             agent_id: Some("agent-7".into()),

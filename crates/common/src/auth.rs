@@ -432,11 +432,18 @@ pub struct JwksCache {
 }
 
 impl JwksCache {
-    /// A cache of the JWKS at `url`.
+    /// A cache of the JWKS at `url`, trusting the system's CAs for `https://`.
     pub fn new(url: impl Into<String>) -> Self {
+        Self::with_tls(url, &crate::tls::TlsConfig::system())
+    }
+
+    /// A cache of the JWKS at `url`, trusting the system's CAs and those of
+    /// `tls` for `https://`.
+    pub fn with_tls(url: impl Into<String>, tls: &crate::tls::TlsConfig) -> Self {
         Self {
             url: url.into(),
-            client: reqwest::Client::builder()
+            client: tls
+                .http_client()
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),

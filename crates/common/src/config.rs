@@ -161,6 +161,11 @@ pub struct CommonConfig {
     pub jwks_url: Option<String>,
     /// `DIALSTACK_SHUTDOWN_GRACE_SECS`: how long in-flight work may take after SIGTERM.
     pub shutdown_grace: std::time::Duration,
+    /// `DIALSTACK_CA_FILE`: extra CAs trusted by outbound TLS connections.
+    pub tls: crate::tls::TlsConfig,
+    /// The broker settings kept out of the channel URLs: the CA bundle and
+    /// `DIALSTACK_KAFKA_SASL_USERNAME` / `DIALSTACK_KAFKA_SASL_PASSWORD`.
+    pub bus: crate::bus::BusOptions,
 }
 
 impl CommonConfig {
@@ -185,6 +190,8 @@ impl CommonConfig {
             check_scheme("DIALSTACK_JWKS_URL", url, &["http://", "https://"])?;
         }
         let grace: u64 = env.parse_or("DIALSTACK_SHUTDOWN_GRACE_SECS", 20)?;
+        let tls = crate::tls::TlsConfig::from_env(env)?;
+        let bus = crate::bus::BusOptions::from_env(env, &tls);
         Ok(Self {
             http_addr,
             database_url,
@@ -192,6 +199,8 @@ impl CommonConfig {
             commands_url,
             jwks_url,
             shutdown_grace: std::time::Duration::from_secs(grace),
+            tls,
+            bus,
         })
     }
 }

@@ -239,6 +239,17 @@ impl RecordingStore {
         let mut client = object_store::ClientOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(300));
+        // An https endpoint signed by a private CA: DIALSTACK_CA_FILE's
+        // certificates are trusted besides the system's.
+        if let Some(ca) = crate::tls::TlsConfig::from_env(env)?.ca_file() {
+            let pem = crate::tls::read_ca_file(ca)
+                .map_err(|e| ConfigError::new(crate::tls::CA_FILE_VAR, e))?;
+            for cert in object_store::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| ConfigError::new(crate::tls::CA_FILE_VAR, e))?
+            {
+                client = client.with_root_certificate(cert);
+            }
+        }
         if let Some(endpoint) = env.get("DIALSTACK_S3_ENDPOINT") {
             crate::config::check_scheme(
                 "DIALSTACK_S3_ENDPOINT",

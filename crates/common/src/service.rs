@@ -64,14 +64,15 @@ impl ServiceBase {
         channels: Channels,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let db = Db::connect(&config.database_url).await?;
+        let db = Db::connect_with(&config.database_url, &config.tls).await?;
         db.migrate(migrations).await?;
         let metrics = Metrics::new(name);
         let readiness = Readiness::default();
         readiness.add(Arc::new(DbReady(db.clone())));
         let mut outbox_channels = HashMap::new();
         let events = if channels.events {
-            let ch = Channel::connect(&config.events_url, crate::bus::EVENTS).await?;
+            let ch =
+                Channel::connect_with(&config.events_url, crate::bus::EVENTS, &config.bus).await?;
             readiness.add(Arc::new(ChannelReady {
                 name: "events broker",
                 channel: ch.clone(),
@@ -82,7 +83,8 @@ impl ServiceBase {
             None
         };
         let commands = if channels.commands {
-            let ch = Channel::connect(&config.commands_url, crate::bus::COMMANDS).await?;
+            let ch = Channel::connect_with(&config.commands_url, crate::bus::COMMANDS, &config.bus)
+                .await?;
             readiness.add(Arc::new(ChannelReady {
                 name: "commands broker",
                 channel: ch.clone(),
@@ -96,7 +98,7 @@ impl ServiceBase {
         readiness.add(relay.health());
         let tasks = TaskTracker::new();
         let keys = config.jwks_url.as_ref().map(|url| {
-            let cache = Arc::new(JwksCache::new(url.clone()));
+            let cache = Arc::new(JwksCache::with_tls(url.clone(), &config.tls));
             tasks.spawn(cache.clone().run(JWKS_REFRESH, shutdown.clone()));
             cache as Keys
         });

@@ -156,8 +156,8 @@ pub fn check_template(node: &str, t: &str) -> Result<(), ContractError> {
 }
 
 /// Fills `{field}` placeholders from `fields` (a missing field becomes
-/// empty text; values lose control characters and are cut at 200
-/// characters). The template must have passed [`check_template`].
+/// empty text; values lose control characters, are cut at 200
+/// characters, and `[[`, the TTS engine's phoneme input, is broken up). The template must have passed [`check_template`].
 pub fn render_template(t: &str, fields: &BTreeMap<String, String>) -> String {
     let mut out = String::with_capacity(t.len());
     let mut chars = t.chars().peekable();
@@ -174,7 +174,10 @@ pub fn render_template(t: &str, fields: &BTreeMap<String, String>) -> String {
             '{' => {
                 let name: String = chars.by_ref().take_while(|&c| c != '}').collect();
                 if let Some(v) = fields.get(&name) {
-                    out.extend(v.chars().filter(|c| !c.is_control()).take(200));
+                    // `[[` starts espeak-ng's phoneme input: a lead's data
+                    // is only ever spoken as words.
+                    let clean: String = v.chars().filter(|c| !c.is_control()).take(200).collect();
+                    out.push_str(&clean.replace("[[", "[ ["));
                 }
             }
             c => out.push(c),

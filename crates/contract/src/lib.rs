@@ -571,6 +571,25 @@ pub struct AgentLeg {
     /// Voice quality of the agent's audio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality: Option<Quality>,
+    /// The agent handed the callee on (a blind transfer by REFER): the
+    /// agent's `talk_ms` ends there and the callee talked on with
+    /// `transfer.target`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferLeg>,
+}
+
+/// Where an agent transferred the callee, and how that leg went.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct TransferLeg {
+    /// The SIP URI the agent referred the call to.
+    pub target: String,
+    /// From the target's INVITE to its answer (ms).
+    pub ring_ms: i64,
+    /// From the target's answer until the call ended (ms).
+    pub talk_ms: i64,
+    /// Voice quality of the target's audio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<Quality>,
 }
 
 /// `call.transcript`: the words of a recorded call, by speech

@@ -6,7 +6,7 @@
 //! writes of every call in progress: under load, one transaction carries
 //! the writes of many calls instead of one each.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use dialstack_common::db::{
     outbox_enqueue, outbox_enqueue_many, BatchWrite, Db, Dialect, GroupCommit, GroupCommitError,
@@ -14,6 +14,7 @@ use dialstack_common::db::{
 };
 use dialstack_common::events::CloudEvent;
 use dialstack_contract::{types, CallEvent, RecordingReady};
+use sqlx::Row;
 
 /// media-processor's schema.
 pub const MIGRATIONS: &[Migration] = &[
@@ -107,6 +108,25 @@ impl Repo {
         tx.commit().await
     }
 
+    /// Which of the outbox rows `ids` the broker has not confirmed yet.
+    pub async fn unsent(&self, ids: &[String]) -> Result<HashSet<String>, sqlx::Error> {
+        let mut out = HashSet::new();
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "SELECT id FROM outbox WHERE sent_at IS NULL{}",
+                dialstack_common::db::and_in("id", chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(&self.db.pool).await? {
+                out.insert(row.try_get::<String, _>(0)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Writes `call.recording.ready` into the outbox.
     pub async fn emit_recording(
         &self,
@@ -182,6 +202,14 @@ impl CallWrite {
                 _ => None,
             },
             event: CloudEvent::new(source, event.ty(), &call.call_id, &event.to_value()),
+        }
+    }
+
+    /// The id of the event (and of its outbox row) this write stores, if any.
+    pub fn event_id(&self) -> Option<&str> {
+        match self {
+            Self::Emit { event, .. } => Some(&event.id),
+            Self::Record { .. } => None,
         }
     }
 }
@@ -309,11 +337,10 @@ impl CallLog {
     }
 
     /// Writes a call event into the outbox with the call row's new state,
-    /// committed when this returns.
-    pub async fn emit(&self, source: &str, event: &CallEvent) -> Result<(), GroupCommitError> {
-        self.0
-            .submit(CallWrite::emit(source, event))
-            .await
-            .map(|_| ())
+    /// committed when this returns; returns the event's id (its outbox row's).
+    pub async fn emit(&self, source: &str, event: &CallEvent) -> Result<String, GroupCommitError> {
+        let write = CallWrite::emit(source, event);
+        let id = write.event_id().unwrap_or_default().to_owned();
+        self.0.submit(write).await.map(|_| id)
     }
 }

@@ -49,7 +49,9 @@
 //! `DIALSTACK_AGENT_ANSWER_MS` (how long an agent's phone may ring before
 //! the next agent is tried, default 8000, 500-60000),
 //! `DIALSTACK_ABANDON_PROMPT` (a WAV file, PCM mono 8 kHz 16-bit, of the
-//! compliance message an abandoned callee hears; default a built-in chime).
+//! compliance message an abandoned callee hears; default a built-in chime),
+//! `DIALSTACK_TRANSFER_HOSTS` (comma-separated hosts an agent may transfer
+//! a callee to by REFER, besides their own phone's host; default none).
 
 pub mod ai;
 pub mod call;
@@ -133,6 +135,8 @@ pub struct Config {
     pub agent_answer: Duration,
     /// The compliance message for abandoned calls (8 kHz linear).
     pub abandon_prompt: Arc<Vec<i16>>,
+    /// Hosts agents may transfer callees to, besides their phones' hosts.
+    pub transfer_hosts: Vec<String>,
     /// Claim lease.
     pub lease: Duration,
     /// OPTIONS keepalive interval (`None`: off).
@@ -319,6 +323,26 @@ impl Config {
                 })?
             }
         };
+        let mut transfer_hosts = Vec::new();
+        for h in env.or("DIALSTACK_TRANSFER_HOSTS", "").split(',') {
+            let h = h.trim();
+            if h.is_empty() {
+                continue;
+            }
+            let bare = h.trim_matches(['[', ']']);
+            let name_ok = bare.len() <= 253
+                && !bare.is_empty()
+                && bare
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+            if !name_ok && bare.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(ConfigError::new(
+                    "DIALSTACK_TRANSFER_HOSTS",
+                    format!("{h:?}: not a host name or address"),
+                ));
+            }
+            transfer_hosts.push(bare.to_ascii_lowercase());
+        }
         let production = env
             .get("DIALSTACK_ENVIRONMENT")
             .is_some_and(|e| e.eq_ignore_ascii_case("production"));
@@ -356,6 +380,7 @@ impl Config {
             webhook_allow_private,
             agent_answer: Duration::from_millis(agent_answer_ms),
             abandon_prompt: Arc::new(abandon_prompt),
+            transfer_hosts,
             jitter,
             recordings,
             recordings_spool: env
@@ -551,16 +576,19 @@ impl Service for Application {
             &config.users_url,
             &config.service_user,
             &config.service_password,
+            &config.common.tls,
         ));
         let bridge_metrics = call::bridge::BridgeMetrics::new()?;
         base.metrics.register(&bridge_metrics.calls);
         base.metrics.register(&bridge_metrics.agent_legs);
         base.metrics.register(&bridge_metrics.wait);
+        base.metrics.register(&bridge_metrics.transfers);
         let bridge = Arc::new(call::bridge::BridgeContext {
             desk: client.clone(),
             agent_answer: config.agent_answer,
             prompt: config.abandon_prompt.clone(),
             metrics: bridge_metrics,
+            transfer_hosts: config.transfer_hosts.clone(),
         });
         let ai_metrics = ai::metrics::AiMetrics::new()?;
         ai_metrics.register(&base.metrics);
@@ -586,10 +614,11 @@ impl Service for Application {
                     tts: tts.clone(),
                     asr,
                     prompts: Arc::new(prompts.clone()),
-                    webhooks: call::ivr::webhook::Webhooks::new(
+                    webhooks: call::ivr::webhook::Webhooks::with_tls(
                         config.webhook_secret.as_bytes().to_vec(),
                         Duration::from_secs(5),
                         config.webhook_allow_private,
+                        &config.common.tls,
                     )?,
                     messages: Some(recorder.store().clone()),
                     amd: dialstack_media::amd::AmdConfig::default(),
@@ -669,6 +698,9 @@ impl Service for Application {
             client,
             claimer,
             live.clone(),
+            db::Repo {
+                db: base.db.clone(),
+            },
             config.lease,
             heartbeat_stop.clone(),
         ));
@@ -846,6 +878,15 @@ mod tests {
         for bad in ["0", "100", "600000", "soon"] {
             let e = with(&[("DIALSTACK_AGENT_ANSWER_MS", bad)]).unwrap_err();
             assert_eq!(e.var, "DIALSTACK_AGENT_ANSWER_MS", "{bad}");
+        }
+        // Transfer hosts: a list, lower-cased; anything but host names
+        // and addresses refused.
+        assert!(c.transfer_hosts.is_empty());
+        let c = with(&[("DIALSTACK_TRANSFER_HOSTS", " PBX.example, 10.0.0.7 ,[::1],")]).unwrap();
+        assert_eq!(c.transfer_hosts, ["pbx.example", "10.0.0.7", "::1"]);
+        for bad in ["pbx.example/x", "a b", "sip:pbx", "*"] {
+            let e = with(&[("DIALSTACK_TRANSFER_HOSTS", bad)]).unwrap_err();
+            assert_eq!(e.var, "DIALSTACK_TRANSFER_HOSTS", "{bad}");
         }
         let e = with(&[("DIALSTACK_ABANDON_PROMPT", "/no/such/prompt.wav")]).unwrap_err();
         assert_eq!(e.var, "DIALSTACK_ABANDON_PROMPT");

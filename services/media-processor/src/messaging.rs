@@ -6,9 +6,11 @@
 //! Dial once: the claim is made only once a call slot is held, so a lease
 //! never runs while the dial waits; while the call lives its lease is
 //! renewed every third of the lease ([`DEFAULT_LEASE`] unless
-//! `DIALSTACK_LEASE_SECS` says otherwise). If this process dies, the leases run
-//! out and task-scheduler resolves the attempts as `failed/media_lost`
-//! without ever redialing them.
+//! `DIALSTACK_LEASE_SECS` says otherwise), and after it ended until the
+//! broker has confirmed its `call.completed`: while the events broker is
+//! away the outcome waits in the outbox, and the lease must not run out
+//! under it. If this process dies, the leases run out and task-scheduler
+//! resolves the attempts as `failed/media_lost` without ever redialing them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -51,6 +53,9 @@ const EARLY_HANGUPS: usize = 4_096;
 struct LiveCall {
     attempt_id: String,
     hangup: CancellationToken,
+    /// Once the call ended: the outbox row of its `call.completed`, not yet
+    /// confirmed by the broker.
+    settling: Option<String>,
 }
 
 impl LiveCalls {
@@ -65,17 +70,50 @@ impl LiveCalls {
             LiveCall {
                 attempt_id: attempt_id.to_owned(),
                 hangup: hangup.clone(),
+                settling: None,
             },
         );
         hangup
     }
 
-    fn remove(&self, call_id: &str) {
-        self.lock().calls.remove(call_id);
+    /// The call ended and its `call.completed` is the outbox row `event_id`
+    /// (`None`: it could not be stored): its lease is kept until the broker
+    /// has the event.
+    fn settle(&self, call_id: &str, event_id: Option<String>) {
+        let mut live = self.lock();
+        match event_id {
+            Some(id) => {
+                if let Some(c) = live.calls.get_mut(call_id) {
+                    c.settling = Some(id);
+                }
+            }
+            None => {
+                live.calls.remove(call_id);
+            }
+        }
     }
 
-    /// Ends `call_id` if it lives here (`true`); otherwise remembers the
-    /// hang-up for a dial of that call still on its way (`false`).
+    /// Forgets ended calls whose `call.completed` the broker has.
+    fn forget<'a>(&self, call_ids: impl Iterator<Item = &'a str>) {
+        let mut live = self.lock();
+        for c in call_ids {
+            live.calls.remove(c);
+        }
+    }
+
+    /// Ended calls whose `call.completed` may still be in the outbox: (call
+    /// id, outbox row id).
+    fn settling(&self) -> Vec<(String, String)> {
+        self.lock()
+            .calls
+            .iter()
+            .filter_map(|(call, c)| c.settling.clone().map(|e| (call.clone(), e)))
+            .collect()
+    }
+
+    /// Ends `call_id` if it lives here (`true`, also for a call that just
+    /// ended); otherwise remembers the hang-up for a dial of that call still
+    /// on its way (`false`).
     pub fn hang_up(&self, call_id: &str) -> bool {
         let mut live = self.lock();
         if let Some(c) = live.calls.get(call_id) {
@@ -102,7 +140,8 @@ impl LiveCalls {
         }
     }
 
-    /// Attempt ids of the live calls.
+    /// Attempt ids of the live calls and of the ended ones still settling:
+    /// the leases to renew.
     pub fn attempts(&self) -> Vec<String> {
         self.lock()
             .calls
@@ -111,9 +150,13 @@ impl LiveCalls {
             .collect()
     }
 
-    /// How many calls live.
+    /// How many calls live (in progress, not ended).
     pub fn len(&self) -> usize {
-        self.lock().calls.len()
+        self.lock()
+            .calls
+            .values()
+            .filter(|c| c.settling.is_none())
+            .count()
     }
 
     /// Whether none lives.
@@ -200,21 +243,12 @@ impl CommandHandler {
             p = self.limit.clone().acquire_owned() => p.map_err(|_| HandleError::Transient("shutting down".into()))?,
             _ = self.shutdown.cancelled() => return Err(HandleError::Transient("shutting down".into())),
         };
-        match self
-            .client
-            .claim(
-                &cmd.attempt_id,
-                &self.claimer,
-                self.lease.as_millis() as i64,
-            )
-            .await
-        {
-            Ok(ClaimResult::Granted) => {}
-            Ok(ClaimResult::Refused(why)) => {
+        match self.claim(&cmd).await? {
+            ClaimResult::Granted => {}
+            ClaimResult::Refused(why) => {
                 tracing::info!(call_id = %cmd.call_id, attempt_id = %cmd.attempt_id, %why, "attempt not claimed, not dialing");
                 return Ok(());
             }
-            Err(e) => return Err(HandleError::Transient(format!("claim: {e}"))),
         }
         let fresh = self
             .log
@@ -240,7 +274,10 @@ impl CommandHandler {
                 team: cmd.team.clone(),
             };
             let done = CallCompleted::unanswered(call, dialstack_contract::Outcome::Canceled, None);
-            emit(&self.log, &self.relay, &CallEvent::Completed(done)).await;
+            let stored = emit(&self.log, &self.relay, &CallEvent::Completed(done)).await;
+            // Claimed: its lease is kept until the outcome is out.
+            self.live.insert(&cmd.call_id, &cmd.attempt_id);
+            self.live.settle(&cmd.call_id, stored);
             return Ok(());
         }
         let hangup = self.live.insert(&cmd.call_id, &cmd.attempt_id);
@@ -254,22 +291,61 @@ impl CommandHandler {
             let _permit = permit;
             active.inc();
             let call_id = cmd.call_id.clone();
-            run_call(ctx, cmd, log, relay, hangup, shutdown).await;
-            live.remove(&call_id);
+            let completed = run_call(ctx, cmd, log, relay, hangup, shutdown).await;
+            live.settle(&call_id, completed);
             active.dec();
         });
         Ok(())
     }
 }
 
-async fn emit(log: &CallLog, relay: &OutboxRelay, event: &CallEvent) {
+/// How long a claim is retried while task-scheduler does not answer (a
+/// restart, its database away) before the dial goes back to the channel.
+const CLAIM_PATIENCE: Duration = Duration::from_secs(120);
+
+impl CommandHandler {
+    /// Claims the attempt of `cmd`. A scheduler that does not answer is not
+    /// the command's fault: the claim is retried here (the claim is
+    /// idempotent for this claimer) rather than spending the command's
+    /// deliveries, which would dead-letter a dial after a short outage.
+    async fn claim(&self, cmd: &DialCommand) -> Result<ClaimResult, HandleError> {
+        let lease_ms = self.lease.as_millis() as i64;
+        let deadline = tokio::time::Instant::now() + CLAIM_PATIENCE;
+        let mut tries = 0u32;
+        loop {
+            let e = match self
+                .client
+                .claim(&cmd.attempt_id, &self.claimer, lease_ms)
+                .await
+            {
+                Ok(r) => return Ok(r),
+                Err(e) => e,
+            };
+            tries += 1;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(HandleError::Transient(format!("claim: {e}")));
+            }
+            tracing::warn!(call_id = %cmd.call_id, attempt_id = %cmd.attempt_id, error = %e, tries, "claim failed, retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200 << tries.min(4))) => {}
+                _ = self.shutdown.cancelled() => {
+                    return Err(HandleError::Transient("shutting down".into()))
+                }
+            }
+        }
+    }
+}
+
+/// Stores `event` in the outbox; returns its outbox row's id, `None` if it
+/// could not be stored.
+async fn emit(log: &CallLog, relay: &OutboxRelay, event: &CallEvent) -> Option<String> {
     // An event that cannot be stored is retried: a lost call.completed would
     // leave the attempt to the reaper.
     for attempt in 0..20u32 {
         match log.emit(crate::NAME, event).await {
-            Ok(()) => {
+            Ok(id) => {
                 relay.notify();
-                return;
+                return Some(id);
             }
             Err(e) => {
                 tracing::warn!(call_id = %event.call().call_id, error = %e, attempt, "cannot store call event, retrying");
@@ -278,8 +354,11 @@ async fn emit(log: &CallLog, relay: &OutboxRelay, event: &CallEvent) {
         }
     }
     tracing::error!(call_id = %event.call().call_id, ty = event.ty(), "call event lost after retries");
+    None
 }
 
+/// Places the call and reports it; returns the outbox row of its
+/// `call.completed` (`None` if it could not be stored).
 async fn run_call(
     ctx: Arc<CallContext>,
     cmd: DialCommand,
@@ -287,7 +366,7 @@ async fn run_call(
     relay: OutboxRelay,
     hangup: CancellationToken,
     shutdown: CancellationToken,
-) {
+) -> Option<String> {
     let base = CallRef {
         call_id: cmd.call_id.clone(),
         attempt_id: cmd.attempt_id.clone(),
@@ -368,14 +447,17 @@ async fn run_call(
         ivr: report.ivr.clone(),
         amd: report.amd.clone(),
     };
-    emit(&log, &relay, &CallEvent::Completed(done)).await;
+    emit(&log, &relay, &CallEvent::Completed(done)).await
 }
 
-/// Renews the leases of live calls every third of `lease` until `stop`.
+/// Renews the leases of live calls, and of ended calls whose
+/// `call.completed` is still in the outbox (`repo`'s), every third of
+/// `lease` until `stop`.
 pub async fn run_heartbeat(
     client: Arc<SchedulerClient>,
     claimer: String,
     live: LiveCalls,
+    repo: crate::db::Repo,
     lease: Duration,
     stop: CancellationToken,
 ) {
@@ -389,6 +471,20 @@ pub async fn run_heartbeat(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = beat.tick() => {}
+        }
+        let settling = live.settling();
+        if !settling.is_empty() {
+            let rows: Vec<String> = settling.iter().map(|(_, e)| e.clone()).collect();
+            match repo.unsent(&rows).await {
+                Ok(unsent) => live.forget(
+                    settling
+                        .iter()
+                        .filter(|(_, e)| !unsent.contains(e))
+                        .map(|(c, _)| c.as_str()),
+                ),
+                // Kept, and renewed, until it is known.
+                Err(e) => tracing::warn!(error = %e, "cannot read the outbox for ended calls"),
+            }
         }
         let ids = live.attempts();
         if ids.is_empty() {
@@ -436,5 +532,25 @@ mod tests {
         assert!(live.hung_up_early(&format!("c-{}", EARLY_HANGUPS + 9)));
         assert_eq!(live.lock().early_hangups.len(), EARLY_HANGUPS - 1);
         assert_eq!(live.attempts(), vec!["a-live".to_owned()]);
+    }
+
+    #[test]
+    fn an_ended_call_keeps_its_lease_until_its_outcome_is_out() {
+        let live = LiveCalls::default();
+        live.insert("c-1", "a-1");
+        live.insert("c-2", "a-2");
+        live.settle("c-1", Some("ev-1".into()));
+        // Ended: no longer counted as in progress, still renewed.
+        assert_eq!(live.len(), 1);
+        let mut renewed = live.attempts();
+        renewed.sort();
+        assert_eq!(renewed, ["a-1", "a-2"]);
+        assert_eq!(live.settling(), vec![("c-1".to_owned(), "ev-1".to_owned())]);
+        // The broker has it: forgotten.
+        live.forget(["c-1"].into_iter());
+        assert_eq!(live.attempts(), ["a-2"]);
+        // An outcome that could not be stored leaves nothing to wait for.
+        live.settle("c-2", None);
+        assert!(live.attempts().is_empty() && live.is_empty());
     }
 }

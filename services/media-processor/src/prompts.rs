@@ -252,7 +252,9 @@ impl PromptSource for PromptRepo {
             let Some(bytes) = self.audio(id).await? else {
                 return Ok(None);
             };
-            PromptAudio::Pcm(Arc::new(crate::ai::audio::decode(&bytes)?))
+            let pcm =
+                tokio::task::spawn_blocking(move || crate::ai::audio::decode(&bytes)).await??;
+            PromptAudio::Pcm(Arc::new(pcm))
         };
         let mut cache = self.lock();
         if cache.len() >= CACHE_MAX {
@@ -414,7 +416,12 @@ pub async fn create(
     if body.is_empty() {
         return Err(ApiError::invalid("body", "the audio file is empty"));
     }
-    let pcm = crate::ai::audio::decode(&body).map_err(|e| ApiError::invalid("body", e))?;
+    // Decoding (and resampling) minutes of audio is CPU work: off the
+    // async workers.
+    let pcm = tokio::task::spawn_blocking(move || crate::ai::audio::decode(&body))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::invalid("body", e))?;
     if pcm.len() > MAX_PROMPT_SECONDS * 8_000 {
         return Err(ApiError::invalid(
             "body",

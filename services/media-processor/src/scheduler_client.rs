@@ -35,10 +35,18 @@ struct TokenResponse {
 }
 
 impl SchedulerClient {
-    /// A client for the given base URLs and service account.
-    pub fn new(scheduler_url: &str, users_url: &str, username: &str, password: &str) -> Self {
+    /// A client for the given base URLs and service account, trusting
+    /// `tls`'s CA bundle for `https://` URLs.
+    pub fn new(
+        scheduler_url: &str,
+        users_url: &str,
+        username: &str,
+        password: &str,
+        tls: &dialstack_common::tls::TlsConfig,
+    ) -> Self {
         Self {
-            http: reqwest::Client::builder()
+            http: tls
+                .http_client()
                 .timeout(Duration::from_secs(10))
                 .pool_max_idle_per_host(64)
                 .build()

@@ -15,6 +15,10 @@
 //! - no agent within the abandon time: the callee hears the compliance
 //!   message and is hung up, outcome `abandoned`
 //! - preview: the agent is called first, then the customer
+//! - blind transfer: the agent's REFER moves the callee to the target
+//!   (NOTIFY 100 then 200, the agent hung up and in wrap-up, audio between
+//!   callee and target); a busy target leaves the agent on the call; a
+//!   target host that is not allowed and a callee's REFER are refused
 
 mod common;
 
@@ -35,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 const T1: Duration = Duration::from_millis(100);
 
 /// How a test user agent behaves.
-#[derive(Clone, Copy)]
+#[derive(Clone, Default)]
 struct Behaviour {
     /// Answer at all (otherwise: 180 and wait for CANCEL).
     answer: bool,
@@ -43,6 +47,10 @@ struct Behaviour {
     level: i16,
     /// Hang up (BYE) this long after the ACK.
     bye_after: Option<Duration>,
+    /// Send REFER to this URI this long after the ACK (a blind transfer).
+    refer: Option<(Duration, String)>,
+    /// Answer 486 Busy Here instead of ringing.
+    busy: bool,
 }
 
 /// What a test user agent saw.
@@ -53,6 +61,10 @@ struct Seen {
     means: Vec<i32>,
     got_bye: bool,
     got_cancel: bool,
+    /// Status codes of the responses to our REFER.
+    refer_answers: Vec<u16>,
+    /// NOTIFYs received: (Subscription-State, body).
+    notifies: Vec<(String, String)>,
 }
 
 struct Ua {
@@ -126,6 +138,12 @@ impl Ua {
                             remote_rtp = Some(SocketAddr::new(ip.parse().unwrap(), port));
                         }
                         invite = Some((msg.clone(), from));
+                        if b.busy {
+                            let _ = sip
+                                .send_to(reply("486 Busy Here", "", "").as_bytes(), from)
+                                .await;
+                            continue;
+                        }
                         let _ = sip
                             .send_to(reply("180 Ringing", "", "").as_bytes(), from)
                             .await;
@@ -158,6 +176,30 @@ impl Ua {
                                 let _ = sip.send_to(bye.as_bytes(), peer).await;
                             });
                         }
+                        if let (Some((after, target)), Some((inv, peer))) =
+                            (b.refer.clone(), invite.clone())
+                        {
+                            let sip = sip.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(after).await;
+                                let refer = refer_for(&inv, addr, rtp_port, &target);
+                                let _ = sip.send_to(refer.as_bytes(), peer).await;
+                            });
+                        }
+                    }
+                    "NOTIFY" => {
+                        let state = header(&msg, "Subscription-State").unwrap_or("").to_owned();
+                        let body = msg.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned();
+                        seen.lock().unwrap().notifies.push((state, body));
+                        let _ = sip.send_to(reply("200 OK", "", "").as_bytes(), from).await;
+                    }
+                    "SIP/2.0" if header(&msg, "CSeq").is_some_and(|c| c.ends_with("REFER")) => {
+                        let code = msg
+                            .split_whitespace()
+                            .nth(1)
+                            .and_then(|c| c.parse().ok())
+                            .unwrap_or(0);
+                        seen.lock().unwrap().refer_answers.push(code);
                     }
                     "BYE" => {
                         seen.lock().unwrap().got_bye = true;
@@ -257,7 +299,22 @@ fn bye_for(invite: &str, me: SocketAddr, rtp_port: u16) -> String {
         .trim_matches(|c| c == '<' || c == '>')
         .to_owned();
     format!(
-        "BYE {contact} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKbye{rtp_port}\r\nFrom: {to};tag=ua{rtp_port}\r\nTo: {from}\r\nCall-ID: {call_id}\r\nCSeq: 1 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        "BYE {contact} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKbye{rtp_port}\r\nFrom: {to};tag=ua{rtp_port}\r\nTo: {from}\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// A REFER (blind transfer to `target`) from the callee side of the
+/// dialog `invite` created.
+fn refer_for(invite: &str, me: SocketAddr, rtp_port: u16, target: &str) -> String {
+    let from = header(invite, "From").unwrap_or("");
+    let to = header(invite, "To").unwrap_or("");
+    let call_id = header(invite, "Call-ID").unwrap_or("");
+    let contact = header(invite, "Contact")
+        .unwrap_or("")
+        .trim_matches(|c| c == '<' || c == '>')
+        .to_owned();
+    format!(
+        "REFER {contact} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKref{rtp_port}\r\nFrom: {to};tag=ua{rtp_port}\r\nTo: {from}\r\nCall-ID: {call_id}\r\nCSeq: 1 REFER\r\nMax-Forwards: 70\r\nContact: <sip:ua@{me}>\r\nRefer-To: <{target}>\r\nReferred-By: <sip:ua@{me}>\r\nContent-Length: 0\r\n\r\n"
     )
 }
 
@@ -356,6 +413,7 @@ fn with_bridge(mut ctx: CallContext, desk: Arc<Desk>, agent_answer: Duration) ->
         agent_answer,
         prompt: Arc::new(media_processor::call::bridge::builtin_prompt()),
         metrics: BridgeMetrics::new().unwrap(),
+        transfer_hosts: Vec::new(),
     }));
     ctx
 }
@@ -398,12 +456,14 @@ async fn an_answered_call_is_bridged_with_audio_both_ways_and_the_agent_cycles()
         answer: true,
         level: CALLEE,
         bye_after: None,
+        ..Behaviour::default()
     })
     .await;
     let agent = Ua::start(Behaviour {
         answer: true,
         level: AGENT,
         bye_after: None,
+        ..Behaviour::default()
     })
     .await;
     let desk = Arc::new(Desk::default());
@@ -465,12 +525,14 @@ async fn the_callee_hanging_up_ends_the_agent_leg() {
         answer: true,
         level: CALLEE,
         bye_after: Some(Duration::from_millis(1_200)),
+        ..Behaviour::default()
     })
     .await;
     let agent = Ua::start(Behaviour {
         answer: true,
         level: AGENT,
         bye_after: None,
+        ..Behaviour::default()
     })
     .await;
     let desk = Arc::new(Desk::default());
@@ -500,18 +562,21 @@ async fn an_agent_who_does_not_answer_is_released_and_the_next_is_bridged() {
         answer: true,
         level: CALLEE,
         bye_after: None,
+        ..Behaviour::default()
     })
     .await;
     let sleepy = Ua::start(Behaviour {
         answer: false,
         level: AGENT,
         bye_after: None,
+        ..Behaviour::default()
     })
     .await;
     let agent = Ua::start(Behaviour {
         answer: true,
         level: AGENT,
         bye_after: None,
+        ..Behaviour::default()
     })
     .await;
     let desk = Arc::new(Desk::default());
@@ -546,6 +611,7 @@ async fn no_agent_in_time_plays_the_message_and_abandons() {
         answer: true,
         level: CALLEE,
         bye_after: None,
+        ..Behaviour::default()
     })
     .await;
     let desk = Arc::new(Desk::default());
@@ -579,18 +645,21 @@ async fn preview_calls_the_agent_first_then_the_customer() {
         answer: true,
         level: CALLEE,
         bye_after: None,
+        ..Behaviour::default()
     })
     .await;
     let agent = Ua::start(Behaviour {
         answer: true,
         level: AGENT,
         bye_after: None,
+        ..Behaviour::default()
     })
     .await;
     let other = Ua::start(Behaviour {
         answer: true,
         level: AGENT,
         bye_after: None,
+        ..Behaviour::default()
     })
     .await;
     let desk = Arc::new(Desk::default());
@@ -647,4 +716,283 @@ async fn preview_calls_the_agent_first_then_the_customer() {
         n > 30 && share > 0.5,
         "agent heard the customer in {share} of {n}"
     );
+}
+
+const TARGET: i16 = 2_500;
+
+/// A bridged call whose agent asks for a transfer to `target` 0.8 s after
+/// answering; returns the report, the agent's UA and the desk.
+async fn transfer_call(
+    callee: &Ua,
+    target: String,
+    hosts: Vec<String>,
+    talk_ms: u64,
+    agent_bye: Option<Duration>,
+) -> (Report, Ua, Arc<Desk>, BridgeMetrics) {
+    let agent = Ua::start(Behaviour {
+        answer: true,
+        level: AGENT,
+        refer: Some((Duration::from_millis(800), target)),
+        bye_after: agent_bye,
+        ..Behaviour::default()
+    })
+    .await;
+    let desk = Arc::new(Desk::default());
+    desk.agents
+        .lock()
+        .unwrap()
+        .push(("ag1".into(), agent.uri("ag1"), true));
+    let (ctx, _stop) = context(callee.addr, T1).await;
+    let metrics = BridgeMetrics::new().unwrap();
+    let mut ctx = ctx;
+    ctx.bridge = Some(Arc::new(BridgeContext {
+        desk: desk.clone(),
+        agent_answer: Duration::from_secs(2),
+        prompt: Arc::new(media_processor::call::bridge::builtin_prompt()),
+        metrics: metrics.clone(),
+        transfer_hosts: hosts,
+    }));
+    let mut cmd = command(talk_ms, 5_000);
+    cmd.bridge = Some(bridged(2_000));
+    let (report, _) = run(&ctx, &cmd).await;
+    (report, agent, desk, metrics)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_transfers_the_callee_by_refer() {
+    let callee = Ua::start(Behaviour {
+        answer: true,
+        level: CALLEE,
+        ..Behaviour::default()
+    })
+    .await;
+    // The target talks 1.5 s, then hangs up: that ends the call.
+    let target = Ua::start(Behaviour {
+        answer: true,
+        level: TARGET,
+        bye_after: Some(Duration::from_millis(1_500)),
+        ..Behaviour::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let (report, agent, desk, metrics) =
+        transfer_call(&callee, target.uri("sales"), Vec::new(), 20_000, None).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(report.outcome, Outcome::AnsweredHuman, "{report:?}");
+    let leg = report.agent.as_ref().expect("an agent leg");
+    let t = leg.transfer.as_ref().expect("a transfer");
+    assert_eq!(t.target, target.uri("sales"));
+    assert!(t.talk_ms >= 1_300, "{t:?}");
+    assert!(
+        leg.talk_ms < 2_500,
+        "the agent's talk ends at the transfer: {leg:?}"
+    );
+    // The agent's REFER was accepted and followed by NOTIFY 100, then 200
+    // ending the subscription; then the agent's leg was hung up.
+    {
+        let seen = agent.seen.lock().unwrap();
+        assert_eq!(
+            seen.refer_answers.first(),
+            Some(&202),
+            "{:?}",
+            seen.refer_answers
+        );
+        let bodies: Vec<&str> = seen.notifies.iter().map(|(_, b)| b.as_str()).collect();
+        assert_eq!(
+            bodies,
+            ["SIP/2.0 100 Trying", "SIP/2.0 200 OK"],
+            "{:?}",
+            seen.notifies
+        );
+        assert!(
+            seen.notifies[0].0.starts_with("active"),
+            "{:?}",
+            seen.notifies
+        );
+        assert!(
+            seen.notifies[1].0.starts_with("terminated"),
+            "{:?}",
+            seen.notifies
+        );
+        assert!(seen.got_bye, "the agent's leg was hung up");
+    }
+    // The target was called plainly (no auto-answer) and the callee talked
+    // with it: each heard the other.
+    let invites = target.seen.lock().unwrap().invites.clone();
+    assert_eq!(invites.len(), 1);
+    assert_eq!(header(&invites[0], "Answer-Mode"), None);
+    let (share, n) = target.heard_share(CALLEE);
+    assert!(
+        n > 40 && share > 0.6,
+        "target heard the callee in {share} of {n}: {:?}",
+        target.seen.lock().unwrap().means
+    );
+    let heard_target = callee
+        .seen
+        .lock()
+        .unwrap()
+        .means
+        .iter()
+        .filter(|&&m| (m - i32::from(TARGET)).abs() <= 400)
+        .count();
+    assert!(
+        heard_target > 40,
+        "callee heard the target in {heard_target} packets"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        callee.seen.lock().unwrap().got_bye,
+        "the target's hang-up ended the callee"
+    );
+    let states: Vec<String> = desk
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, s)| s.clone())
+        .collect();
+    assert_eq!(states, ["reserved", "on_call", "wrap_up"]);
+    assert_eq!(metrics.transfers.with_label_values(&["completed"]).get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_transfer_target_leaves_the_agent_on_the_call() {
+    let callee = Ua::start(Behaviour {
+        answer: true,
+        level: CALLEE,
+        ..Behaviour::default()
+    })
+    .await;
+    let target = Ua::start(Behaviour {
+        busy: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let (report, agent, _desk, metrics) =
+        transfer_call(&callee, target.uri("sales"), Vec::new(), 3_000, None).await;
+    let leg = report.agent.as_ref().expect("an agent leg");
+    assert!(leg.transfer.is_none(), "{leg:?}");
+    // Talk ran to the limit with the agent.
+    assert!(leg.talk_ms >= 2_500, "{leg:?}");
+    let seen = agent.seen.lock().unwrap();
+    let bodies: Vec<&str> = seen.notifies.iter().map(|(_, b)| b.as_str()).collect();
+    assert_eq!(
+        bodies,
+        ["SIP/2.0 100 Trying", "SIP/2.0 486 Transfer Failed"],
+        "{:?}",
+        seen.notifies
+    );
+    assert_eq!(metrics.transfers.with_label_values(&["failed"]).get(), 1);
+    let (share, n) = callee.heard_share(AGENT);
+    assert!(
+        n > 100 && share > 0.6,
+        "callee still heard the agent in {share} of {n}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_to_a_host_not_allowed_is_refused() {
+    let callee = Ua::start(Behaviour {
+        answer: true,
+        level: CALLEE,
+        ..Behaviour::default()
+    })
+    .await;
+    // A stranger's destination (TEST-NET-2): never dialed.
+    let (report, agent, _desk, metrics) = transfer_call(
+        &callee,
+        "sip:premium@198.51.100.7".into(),
+        vec!["pbx.example".into()],
+        2_500,
+        None,
+    )
+    .await;
+    let leg = report.agent.as_ref().expect("an agent leg");
+    assert!(leg.transfer.is_none(), "{leg:?}");
+    let seen = agent.seen.lock().unwrap();
+    let bodies: Vec<&str> = seen.notifies.iter().map(|(_, b)| b.as_str()).collect();
+    assert_eq!(
+        bodies,
+        ["SIP/2.0 100 Trying", "SIP/2.0 403 Forbidden"],
+        "{:?}",
+        seen.notifies
+    );
+    assert_eq!(metrics.transfers.with_label_values(&["refused"]).get(), 1);
+    assert_eq!(metrics.transfers.with_label_values(&["failed"]).get(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callee_cannot_transfer_the_call() {
+    let target = Ua::start(Behaviour {
+        answer: true,
+        level: TARGET,
+        ..Behaviour::default()
+    })
+    .await;
+    let callee = Ua::start(Behaviour {
+        answer: true,
+        level: CALLEE,
+        refer: Some((Duration::from_millis(300), target.uri("x"))),
+        ..Behaviour::default()
+    })
+    .await;
+    let desk = Arc::new(Desk::default());
+    let (ctx, _stop) = context(callee.addr, T1).await;
+    let ctx = with_bridge(ctx, desk, Duration::from_secs(2));
+    let cmd = command(1_500, 5_000);
+    let (report, _) = run(&ctx, &cmd).await;
+    assert_eq!(report.outcome, Outcome::AnsweredHuman, "{report:?}");
+    assert_eq!(callee.seen.lock().unwrap().refer_answers, [403]);
+    assert!(callee.seen.lock().unwrap().notifies.is_empty());
+    assert!(
+        target.seen.lock().unwrap().invites.is_empty(),
+        "nobody was called"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blind_transfer_goes_on_when_the_agent_hangs_up_at_once() {
+    let callee = Ua::start(Behaviour {
+        answer: true,
+        level: CALLEE,
+        ..Behaviour::default()
+    })
+    .await;
+    // The target answers after its 180 at once, but the agent's phone
+    // sends BYE 50 ms after its REFER, before the target answers.
+    let target = Ua::start(Behaviour {
+        answer: true,
+        level: TARGET,
+        bye_after: Some(Duration::from_millis(1_000)),
+        ..Behaviour::default()
+    })
+    .await;
+    let (report, _agent, desk, metrics) = transfer_call(
+        &callee,
+        target.uri("sales"),
+        Vec::new(),
+        20_000,
+        Some(Duration::from_millis(850)),
+    )
+    .await;
+    let leg = report.agent.as_ref().expect("an agent leg");
+    let t = leg
+        .transfer
+        .as_ref()
+        .expect("the transfer went on without the agent");
+    assert!(t.talk_ms >= 800, "{t:?}");
+    assert_eq!(metrics.transfers.with_label_values(&["completed"]).get(), 1);
+    assert_eq!(target.seen.lock().unwrap().invites.len(), 1);
+    let states: Vec<String> = desk
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, s)| s.clone())
+        .collect();
+    assert_eq!(states, ["reserved", "on_call", "wrap_up"]);
 }

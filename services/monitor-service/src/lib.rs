@@ -252,6 +252,7 @@ impl Service for Application {
                 ..Default::default()
             },
             notifications,
+            &config.common.tls,
         );
         let engine = engine::Engine::new(
             repo.clone(),

@@ -283,7 +283,7 @@ impl Service for Application {
             wrap_up: config
                 .user_service_url
                 .as_deref()
-                .map(http::dispositions::WrapUpClient::new),
+                .map(|url| http::dispositions::WrapUpClient::with_tls(url, &config.common.tls)),
             amd_false_machine_rate: config.amd_false_machine_rate,
         };
         Ok(Self(

@@ -97,6 +97,12 @@ impl From<Busy> for ApiError {
     }
 }
 
+impl From<crate::db::KeyError> for ApiError {
+    fn from(e: crate::db::KeyError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
 impl From<HashError> for ApiError {
     fn from(e: HashError) -> Self {
         match e {

@@ -4,6 +4,10 @@
 //! the publish delay (so every verifier's JWKS cache has seen it); the keys it
 //! replaces stay published until the new one has signed for a token lifetime
 //! plus the verification leeway, then they are retired.
+//!
+//! Seeds not sealed under the current key-encryption key are sealed again
+//! at load and on every tick of [`run_keyring`] (see [`crate::kek`]): a
+//! replica still on the old key during a rolling KEK rotation may write one.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -11,7 +15,7 @@ use std::time::Duration;
 use dialstack_common::auth::{Jwks, SigningKey, StaticKeys, LEEWAY_SECS};
 use tokio_util::sync::CancellationToken;
 
-use crate::db::Repo;
+use crate::db::{KeyError, Repo};
 
 /// The current signer and published keys, reloaded from the database.
 pub struct Keyring {
@@ -23,8 +27,11 @@ pub struct Keyring {
 }
 
 impl Keyring {
-    /// Loads the keys (creating the first one if there is none).
-    pub async fn load(repo: Repo) -> Result<Arc<Self>, sqlx::Error> {
+    /// Seals again the seeds not sealed under the current key-encryption
+    /// key, then loads the keys (creating the first one if there is none).
+    /// Fails on a seed that no configured key opens.
+    pub async fn load(repo: Repo) -> Result<Arc<Self>, KeyError> {
+        reseal(&repo).await?;
         let signer = repo.current_signing_key().await?;
         let jwks = repo.jwks().await?;
         let verify = Arc::new(StaticKeys::from_jwks(&jwks));
@@ -57,7 +64,7 @@ impl Keyring {
     }
 
     /// Re-reads the signer and the published set.
-    pub async fn reload(&self) -> Result<(), sqlx::Error> {
+    pub async fn reload(&self) -> Result<(), KeyError> {
         let signer = self.repo.current_signing_key().await?;
         let jwks = self.repo.jwks().await?;
         self.verify.replace(&jwks);
@@ -69,12 +76,24 @@ impl Keyring {
 
     /// Publishes a new key that signs after `publish_delay`; returns its kid
     /// and activation time (ms since epoch).
-    pub async fn rotate(&self, publish_delay: Duration) -> Result<(String, i64), sqlx::Error> {
+    pub async fn rotate(&self, publish_delay: Duration) -> Result<(String, i64), KeyError> {
         let at = dialstack_common::now_ms() + publish_delay.as_millis() as i64;
         let key = self.repo.add_signing_key(at).await?;
         self.reload().await?;
         Ok((key.kid, at))
     }
+}
+
+/// Seals again the seeds not sealed under the current key-encryption key.
+async fn reseal(repo: &Repo) -> Result<(), KeyError> {
+    for kid in repo.reseal_signing_keys().await? {
+        tracing::info!(
+            %kid,
+            kek_id = repo.kek_id().unwrap_or_default(),
+            "signing key sealed under the current key-encryption key"
+        );
+    }
+    Ok(())
 }
 
 /// Activates and retires keys on time, until shutdown.
@@ -90,8 +109,17 @@ pub async fn run_keyring(keyring: Arc<Keyring>, token_ttl: Duration, shutdown: C
             }
             Err(e) => tracing::warn!(error = %e, "cannot retire signing keys"),
         }
+        if let Err(e) = reseal(&keyring.repo).await {
+            tracing::warn!(
+                error = format!("{:#}", anyhow::Error::new(e)),
+                "cannot seal signing keys again"
+            );
+        }
         if let Err(e) = keyring.reload().await {
-            tracing::warn!(error = %e, "cannot reload signing keys");
+            tracing::warn!(
+                error = format!("{:#}", anyhow::Error::new(e)),
+                "cannot reload signing keys"
+            );
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

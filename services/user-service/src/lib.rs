@@ -15,6 +15,7 @@
 //!   (`POST /v1/agents/reserve`, see [`agents::reserve`]), presence, wrap-up
 //!   timeouts and lapsed reservations
 //! - [`keyring`]: the signing key in use, rotation and retirement
+//! - [`kek`]: the key-encryption key that seals signing seeds at rest
 //! - [`hashing`]: the bounded password hashing pool
 //! - [`throttle`]: login throttling (pair backoff, address and account caps)
 //! - [`extract`]: request extractors shared by the route modules
@@ -40,6 +41,10 @@
 //! backoff), `DIALSTACK_PASSWORD_HASH_WORKERS` (default: the CPUs, at most 4;
 //! each hash holds 19 MiB) and `DIALSTACK_PASSWORD_HASH_QUEUE` (default 32:
 //! requests waiting per lane before 503). See [`throttle`] and [`hashing`].
+//! `DIALSTACK_KEY_ENCRYPTION_KEY` (32 bytes, base64; required when
+//! `DIALSTACK_ENVIRONMENT=production`) seals the signing seeds, and
+//! `DIALSTACK_KEY_ENCRYPTION_KEY_PREVIOUS` still opens them during a
+//! rotation; see [`kek`].
 
 pub mod agents;
 pub mod db;
@@ -47,6 +52,7 @@ pub mod domain;
 pub mod extract;
 pub mod hashing;
 pub mod http;
+pub mod kek;
 pub mod keyring;
 pub mod throttle;
 pub mod users;
@@ -90,6 +96,9 @@ pub struct Config {
     pub hash_workers: usize,
     /// `DIALSTACK_PASSWORD_HASH_QUEUE`: requests waiting per lane.
     pub hash_queue: usize,
+    /// `DIALSTACK_KEY_ENCRYPTION_KEY` and `..._PREVIOUS`: how signing seeds
+    /// are stored.
+    pub seeds: kek::SeedSealer,
 }
 
 impl Config {
@@ -179,6 +188,7 @@ impl Config {
             domain::check_password(p)
                 .map_err(|e| ConfigError::new("DIALSTACK_SERVICE_PASSWORD", e))?;
         }
+        let seeds = kek::SeedSealer::from_env(&env)?;
         Ok(Self {
             common: CommonConfig::from_env(&env, PORT)?,
             admin_password,
@@ -190,6 +200,7 @@ impl Config {
             limits,
             hash_workers,
             hash_queue,
+            seeds,
         })
     }
 }
@@ -243,7 +254,16 @@ impl Service for Application {
             shutdown,
         )
         .await?;
-        let repo = db::Repo::new(base.db.clone());
+        if config.seeds.current_id().is_none() {
+            tracing::warn!(
+                var = kek::KEK_VAR,
+                "signing keys are stored in plaintext: no key-encryption key is set"
+            );
+        }
+        let repo = db::Repo::new(base.db.clone()).with_seeds(config.seeds.clone());
+        // First: a seed that no configured key opens stops the start before
+        // anything else is done.
+        let keyring = keyring::Keyring::load(repo.clone()).await?;
         if !repo.has_role(Role::Admin).await? {
             let Some(password) = &config.admin_password else {
                 anyhow::bail!(ConfigError::new(
@@ -280,7 +300,6 @@ impl Service for Application {
             )
             .await?;
         }
-        let keyring = keyring::Keyring::load(repo.clone()).await?;
         let keys = keyring.verify_keys();
         base.tasks.spawn(keyring::run_keyring(
             keyring.clone(),

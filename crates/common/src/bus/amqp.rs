@@ -3,6 +3,10 @@
 //! queue per group (`dialstack.<group>`), manual acks, a prefetch of the
 //! consumer's concurrency times its batch size, a delivery limit, and a dead-letter queue
 //! `dialstack.<group>.dlq` behind the exchange `dialstack.dlx`.
+//!
+//! `amqps://` connects over TLS (rustls): the broker's certificate must chain
+//! to the system's CAs or to the URL's `ssl_ca=` bundle (else the
+//! [`BusOptions`] one), and name the URL's host.
 
 use std::sync::Arc;
 
@@ -18,11 +22,14 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Backend, BatchHandler, BusError, Delivery, HandleError, OutMessage, ParsedUrl, Subscription,
+    Backend, BatchHandler, BusError, BusOptions, Delivery, HandleError, OutMessage, ParsedUrl,
+    Subscription,
 };
 
 pub(crate) struct AmqpBackend {
     uri: String,
+    /// Extra CAs (PEM) trusted for `amqps://`, read at start.
+    ca_pem: Option<String>,
     exchange: String,
     parsed: ParsedUrl,
     /// The publishing connection and confirm-mode channel; `None` after a failure.
@@ -39,11 +46,20 @@ pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// memory or disk alarm blocks publishers without refusing them).
 pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-async fn open(uri: &str) -> Result<Connection, BusError> {
+async fn open(uri: &str, ca_pem: Option<&str>) -> Result<Connection, BusError> {
     let props = ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio);
-    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(uri, props)).await {
+    let tls = lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        cert_chain: ca_pem.map(str::to_owned),
+    };
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Connection::connect_with_config(uri, props, tls),
+    )
+    .await
+    {
         Ok(r) => r.map_err(broker),
         Err(_) => Err(BusError::Broker(format!(
             "no connection to the broker within {CONNECT_TIMEOUT:?}"
@@ -70,9 +86,22 @@ async fn declare_exchange(
 }
 
 impl AmqpBackend {
-    pub(crate) async fn connect(parsed: &ParsedUrl, logical: &str) -> Result<Self, BusError> {
+    pub(crate) async fn connect(
+        parsed: &ParsedUrl,
+        logical: &str,
+        options: &BusOptions,
+    ) -> Result<Self, BusError> {
+        let ca_file = match parsed.scheme.as_str() {
+            "amqps" => parsed.ssl_ca.as_ref().or(options.ca_file.as_ref()),
+            _ => None,
+        };
+        let ca_pem = ca_file
+            .map(|path| crate::tls::read_ca_file(path))
+            .transpose()
+            .map_err(|e| BusError::Tls(e.to_string()))?;
         let backend = Self {
-            uri: format!("amqp://{}", parsed.rest),
+            uri: format!("{}://{}", parsed.scheme, parsed.rest),
+            ca_pem,
             exchange: parsed.name(logical),
             parsed: parsed.clone(),
             publisher: Mutex::new(None),
@@ -85,7 +114,7 @@ impl AmqpBackend {
     }
 
     async fn open_publisher(&self) -> Result<(Connection, lapin::Channel), BusError> {
-        let conn = open(&self.uri).await?;
+        let conn = open(&self.uri, self.ca_pem.as_deref()).await?;
         let ch = conn.create_channel().await.map_err(broker)?;
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
@@ -186,7 +215,7 @@ impl AmqpBackend {
         handler: &Arc<dyn BatchHandler>,
         shutdown: &CancellationToken,
     ) -> Result<(), BusError> {
-        let conn = open(&self.uri).await?;
+        let conn = open(&self.uri, self.ca_pem.as_deref()).await?;
         let ch = conn.create_channel().await.map_err(broker)?;
         let queue = self.declare(&ch, sub).await?;
         ch.basic_qos(
@@ -442,7 +471,7 @@ impl Backend for AmqpBackend {
     }
 
     async fn prepare(&self, sub: &Subscription) -> Result<(), BusError> {
-        let conn = open(&self.uri).await?;
+        let conn = open(&self.uri, self.ca_pem.as_deref()).await?;
         let ch = conn.create_channel().await.map_err(broker)?;
         let declared = self.declare(&ch, sub).await;
         let _ = conn.close(200, "declared").await;
@@ -450,7 +479,7 @@ impl Backend for AmqpBackend {
     }
 
     async fn dead_letters(&self, group: &str, max: usize) -> Result<Vec<Delivery>, BusError> {
-        let conn = open(&self.uri).await?;
+        let conn = open(&self.uri, self.ca_pem.as_deref()).await?;
         let ch = conn.create_channel().await.map_err(broker)?;
         let dlq = format!("{}.dlq", self.queue_name(group));
         let mut out = Vec::new();

@@ -6,6 +6,13 @@
 //! delivery limit; permanent ones and exhausted retries go to `<topic>.dlq`.
 //! Topics are created at start through the admin API (brokers such as tansu
 //! do not auto-create them).
+//!
+//! TLS and SASL come from the URL (`security_protocol`, `ssl_ca`,
+//! `sasl_mechanism`, `sasl_username`, `sasl_password`) or [`BusOptions`], and
+//! apply alike to the admin client, the producer, the consumers and the lag
+//! and dead-letter readers. librdkafka does TLS with OpenSSL, not rustls: it
+//! verifies the broker's certificate and host name
+//! (`ssl.endpoint.identification.algorithm=https`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -14,8 +21,10 @@ use std::time::Duration;
 use futures_util::FutureExt;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -23,15 +32,19 @@ use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Backend, BatchHandler, BusError, Delivery, HandleError, OutMessage, ParsedUrl, Subscription,
+    Backend, BatchHandler, BusError, BusOptions, Delivery, HandleError, OutMessage, ParsedUrl,
+    Subscription,
 };
 
 pub(crate) struct KafkaBackend {
     brokers: String,
+    /// librdkafka's security properties, set on every client.
+    security: Vec<(&'static str, String)>,
     topic: String,
     dlq: String,
     namespace: ParsedUrl,
-    producer: FutureProducer,
+    /// The producer; a new one replaces it after a fatal error (below).
+    producer: std::sync::Mutex<FutureProducer<ClientErrors>>,
     /// Clients that read each group's committed offsets (never join it).
     lag_readers: std::sync::Mutex<HashMap<String, Arc<BaseConsumer>>>,
 }
@@ -73,6 +86,104 @@ fn group_lag(reader: &BaseConsumer, topic: &str) -> Result<u64, BusError> {
 
 fn broker(e: impl std::fmt::Display) -> BusError {
     BusError::Broker(e.to_string())
+}
+
+/// librdkafka's security properties for `parsed` (URL parameters first,
+/// then `options`).
+fn security(
+    parsed: &ParsedUrl,
+    options: &BusOptions,
+) -> Result<Vec<(&'static str, String)>, BusError> {
+    let bad = |reason: &str| BusError::BadUrl {
+        url: format!("kafka://{}", parsed.rest),
+        reason: reason.to_owned(),
+    };
+    let protocol = parsed.security_protocol.as_deref().unwrap_or("plaintext");
+    let mut out = vec![("security.protocol", protocol.to_owned())];
+    if matches!(protocol, "ssl" | "sasl_ssl") {
+        if let Some(ca) = parsed.ssl_ca.as_ref().or(options.ca_file.as_ref()) {
+            // librdkafka reports an unreadable file only as a failed client:
+            // say which file it is.
+            crate::tls::read_ca_file(ca).map_err(|e| BusError::Tls(e.to_string()))?;
+            out.push(("ssl.ca.location", ca.display().to_string()));
+        }
+    }
+    if protocol.starts_with("sasl_") {
+        let mechanism = parsed.sasl_mechanism.as_deref().ok_or_else(|| {
+            bad("sasl_mechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512) is required with sasl_*")
+        })?;
+        let username = parsed
+            .sasl_username
+            .clone()
+            .or_else(|| options.sasl_username.clone())
+            .ok_or_else(|| bad("no SASL user: sasl_username or DIALSTACK_KAFKA_SASL_USERNAME"))?;
+        let password = parsed
+            .sasl_password
+            .as_ref()
+            .map(|s| s.0.clone())
+            .or_else(|| options.sasl_password.clone())
+            .ok_or_else(|| {
+                bad("no SASL password: sasl_password or DIALSTACK_KAFKA_SASL_PASSWORD")
+            })?;
+        out.push(("sasl.mechanism", mechanism.to_owned()));
+        out.push(("sasl.username", username));
+        out.push(("sasl.password", password));
+    } else if parsed.sasl_mechanism.is_some()
+        || parsed.sasl_username.is_some()
+        || parsed.sasl_password.is_some()
+    {
+        return Err(bad(
+            "sasl_* parameters need security_protocol=sasl_ssl or sasl_plaintext",
+        ));
+    }
+    Ok(out)
+}
+
+/// The producer's context: librdkafka's errors go to the log, and the first
+/// one is kept so that a start that fails says why (a failed TLS handshake,
+/// refused SASL credentials) instead of only "timed out". The producer's
+/// polling thread delivers them; the admin client never polls for them.
+#[derive(Clone, Default)]
+struct ClientErrors(Arc<std::sync::Mutex<Option<String>>>);
+
+impl ClientContext for ClientErrors {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        use RDKafkaLogLevel::{Alert, Critical, Emerg, Error};
+        if matches!(level, Emerg | Alert | Critical | Error) {
+            tracing::warn!(facility = fac, message, "kafka client error");
+            self.remember(message);
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka client error");
+        self.remember(reason);
+    }
+}
+
+impl ClientErrors {
+    fn remember(&self, message: &str) {
+        let mut first = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert_with(|| message.to_owned());
+    }
+
+    /// `e` followed by the first client error, if any.
+    fn explain(&self, e: impl std::fmt::Display) -> BusError {
+        match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => broker(e),
+            Some(first) => BusError::Broker(format!("{e}; first client error: {first}")),
+        }
+    }
+}
+
+/// A client configuration for `brokers` with the security properties set.
+fn client_config(brokers: &str, security: &[(&'static str, String)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (k, v) in security {
+        config.set(*k, v);
+    }
+    config
 }
 
 const TYPE_HEADER: &str = "ce_type";
@@ -141,7 +252,16 @@ impl KafkaBackend {
         }
     }
 
-    pub(crate) async fn connect(parsed: &ParsedUrl, logical: &str) -> Result<Self, BusError> {
+    /// A client configuration for the brokers, TLS and SASL included.
+    fn config(&self) -> ClientConfig {
+        client_config(&self.brokers, &self.security)
+    }
+
+    pub(crate) async fn connect(
+        parsed: &ParsedUrl,
+        logical: &str,
+        options: &BusOptions,
+    ) -> Result<Self, BusError> {
         let brokers = parsed.rest.trim_end_matches('/').to_owned();
         if brokers.is_empty() {
             return Err(BusError::BadUrl {
@@ -149,10 +269,14 @@ impl KafkaBackend {
                 reason: "no broker address".into(),
             });
         }
+        let security = security(parsed, options)?;
         let topic = parsed.name(logical);
         let dlq = format!("{topic}.dlq");
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
+        // The producer first: its context collects the errors that explain
+        // a failed topic creation.
+        let errors = ClientErrors::default();
+        let producer = new_producer(&brokers, &security, errors.clone())?;
+        let admin: AdminClient<DefaultClientContext> = client_config(&brokers, &security)
             .create()
             .map_err(broker)?;
         let topics = [
@@ -162,7 +286,10 @@ impl KafkaBackend {
         let opts = AdminOptions::new()
             .operation_timeout(Some(Duration::from_secs(10)))
             .request_timeout(Some(Duration::from_secs(10)));
-        let results = admin.create_topics(&topics, &opts).await.map_err(broker)?;
+        let results = admin
+            .create_topics(&topics, &opts)
+            .await
+            .map_err(|e| errors.explain(e))?;
         for r in results {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -173,20 +300,13 @@ impl KafkaBackend {
                 }
             }
         }
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("message.timeout.ms", "10000")
-            .create()
-            .map_err(broker)?;
         Ok(Self {
             brokers,
+            security,
             topic,
             dlq,
             namespace: parsed.clone(),
-            producer,
+            producer: std::sync::Mutex::new(producer),
             lag_readers: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -212,12 +332,71 @@ impl KafkaBackend {
             .key(key)
             .payload(payload)
             .headers(headers);
-        self.producer
-            .send(record, Duration::from_secs(0))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| broker(e))
+        let producer = self.producer();
+        match producer.send(record, Duration::from_secs(0)).await {
+            Ok(_) => Ok(()),
+            Err((e, _)) => {
+                let fenced = matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::ProducerFenced
+                            | RDKafkaErrorCode::InvalidProducerEpoch
+                            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                            | RDKafkaErrorCode::UnknownProducerId
+                    )
+                );
+                self.replace_unusable(fenced);
+                Err(broker(e))
+            }
+        }
     }
+
+    fn producer(&self) -> FutureProducer<ClientErrors> {
+        self.producer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the producer after a send failed, if librdkafka declared it
+    /// unusable (a fatal error) or the broker refused its producer id or
+    /// epoch (`fenced`). An idempotent producer that the broker fenced or
+    /// found out of sequence (seen when a broker restarted while messages
+    /// were in flight) fails every send from then on, and librdkafka's answer
+    /// is a new instance; the unsent messages stay in the outbox and go out
+    /// through the new one (consumers drop what they have seen).
+    fn replace_unusable(&self, fenced: bool) {
+        let mut current = self.producer.lock().unwrap_or_else(|p| p.into_inner());
+        let reason = match current.client().fatal_error() {
+            Some((code, reason)) => format!("{code}: {reason}"),
+            None if fenced => "producer id or epoch refused by the broker".to_owned(),
+            None => return,
+        };
+        match new_producer(&self.brokers, &self.security, ClientErrors::default()) {
+            Ok(fresh) => {
+                tracing::warn!(%reason, topic = %self.topic, "kafka producer unusable, replaced");
+                *current = fresh;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %reason, "kafka producer unusable and not replaced yet")
+            }
+        }
+    }
+}
+
+/// The idempotent producer (`acks=all`).
+fn new_producer(
+    brokers: &str,
+    security: &[(&'static str, String)],
+    errors: ClientErrors,
+) -> Result<FutureProducer<ClientErrors>, BusError> {
+    client_config(brokers, security)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "10000")
+        .create_with_context(errors)
+        .map_err(broker)
 }
 
 /// Commits stored offsets (when asked) and closes the consumer on a thread of
@@ -292,8 +471,8 @@ impl Backend for KafkaBackend {
         shutdown: CancellationToken,
     ) -> Result<(), BusError> {
         let group = self.namespace.name(&format!("dialstack.{}", sub.group));
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+        let consumer: StreamConsumer = self
+            .config()
             .set("group.id", &group)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
@@ -451,7 +630,7 @@ impl Backend for KafkaBackend {
     }
 
     async fn health(&self) -> Result<(), String> {
-        let client = self.producer.clone();
+        let client = self.producer();
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
             client
@@ -475,8 +654,8 @@ impl Backend for KafkaBackend {
             match readers.get(&group) {
                 Some(r) => r.clone(),
                 None => {
-                    let r: BaseConsumer = ClientConfig::new()
-                        .set("bootstrap.servers", &self.brokers)
+                    let r: BaseConsumer = self
+                        .config()
                         .set("group.id", &group)
                         .set("enable.auto.commit", "false")
                         .create()
@@ -499,8 +678,8 @@ impl Backend for KafkaBackend {
     }
 
     async fn dead_letters(&self, _group: &str, max: usize) -> Result<Vec<Delivery>, BusError> {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+        let consumer: StreamConsumer = self
+            .config()
             .set(
                 "group.id",
                 format!("dialstack.dlq-reader.{}", uuid::Uuid::now_v7().simple()),
@@ -527,5 +706,71 @@ impl Backend for KafkaBackend {
         }
         close_in_background(consumer, false);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(url: &str, options: &BusOptions) -> Result<HashMap<&'static str, String>, BusError> {
+        security(&ParsedUrl::parse(url)?, options).map(|v| v.into_iter().collect())
+    }
+
+    #[test]
+    fn plaintext_unless_the_url_asks_for_more() {
+        let p = props("kafka://k:9092?namespace=n", &BusOptions::default()).unwrap();
+        assert_eq!(p["security.protocol"], "plaintext");
+        assert_eq!(p.len(), 1);
+        // A CA bundle from the variables is for TLS connections only.
+        let with_ca = BusOptions {
+            ca_file: Some("/nonexistent.pem".into()),
+            ..Default::default()
+        };
+        assert_eq!(props("kafka://k:9092", &with_ca).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn sasl_credentials_come_from_the_url_or_the_variables() {
+        let vars = BusOptions {
+            sasl_username: Some("svc".into()),
+            sasl_password: Some("from-vars".into()),
+            ..Default::default()
+        };
+        let p = props(
+            "kafka://k:9094?security_protocol=sasl_plaintext&sasl_mechanism=SCRAM-SHA-256",
+            &vars,
+        )
+        .unwrap();
+        assert_eq!(p["sasl.mechanism"], "SCRAM-SHA-256");
+        assert_eq!(p["sasl.username"], "svc");
+        assert_eq!(p["sasl.password"], "from-vars");
+        let p = props(
+            "kafka://k:9094?security_protocol=sasl_plaintext&sasl_mechanism=PLAIN&sasl_password=from-url",
+            &vars,
+        )
+        .unwrap();
+        assert_eq!(p["sasl.password"], "from-url");
+
+        let none = BusOptions::default();
+        let url = "kafka://k:9094?security_protocol=sasl_ssl&sasl_mechanism=PLAIN";
+        let err = props(url, &none).unwrap_err().to_string();
+        assert!(err.contains("DIALSTACK_KAFKA_SASL_USERNAME"), "{err}");
+        let err = props("kafka://k?security_protocol=sasl_ssl", &vars)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sasl_mechanism"), "{err}");
+        assert!(props("kafka://k?sasl_username=u", &none).is_err());
+    }
+
+    #[test]
+    fn an_unreadable_ca_file_is_named() {
+        let err = props(
+            "kafka://k:9093?security_protocol=ssl&ssl_ca=/nonexistent/ca.pem",
+            &BusOptions::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, BusError::Tls(_)), "{err}");
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
     }
 }

@@ -1,6 +1,6 @@
 //! One publish/subscribe abstraction over three backends, chosen by URL:
-//! `memory://` (in-process), `amqp://` (RabbitMQ through lapin) and `kafka://`
-//! (rdkafka).
+//! `memory://` (in-process), `amqp://` or `amqps://` (RabbitMQ through
+//! lapin, TLS with rustls) and `kafka://` (rdkafka, TLS with OpenSSL).
 //!
 //! A [`Channel`] is one logical stream (the events exchange or the commands
 //! topic). `publish` returns only once the broker has confirmed the message;
@@ -17,8 +17,17 @@
 //! - `partitions=n` (Kafka): partitions of a topic created at start (default 12);
 //! - `queue_expires_ms=n` (RabbitMQ): queues declared by this channel are
 //!   deleted by the broker after `n` ms without consumers (`x-expires`); for
-//!   test namespaces, never for production queues.
+//!   test namespaces, never for production queues;
+//! - `ssl_ca=/path/ca.pem` (`amqps://`, Kafka over TLS): CA bundle for the
+//!   broker's certificate, instead of [`BusOptions::ca_file`];
+//! - `security_protocol=plaintext|ssl|sasl_plaintext|sasl_ssl` (Kafka,
+//!   default `plaintext`), `sasl_mechanism=PLAIN|SCRAM-SHA-256|SCRAM-SHA-512`
+//!   (required with `sasl_*`), `sasl_username=`, `sasl_password=` (Kafka;
+//!   better given as [`BusOptions`], from variables, than in a URL).
+//!
+//! Values are percent-decoded. Errors show the URL with its passwords masked.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +39,7 @@ pub mod kafka;
 pub mod memory;
 
 /// The URL schemes accepted for a channel.
-pub const SCHEMES: &[&str] = &["memory://", "amqp://", "kafka://"];
+pub const SCHEMES: &[&str] = &["memory://", "amqp://", "amqps://", "kafka://"];
 
 /// Logical name of the events channel (DESIGN §2).
 pub const EVENTS: &str = "dialstack.events";
@@ -213,6 +222,93 @@ pub enum BusError {
     /// The broker refused, did not confirm, or is unreachable.
     #[error("broker error: {0}")]
     Broker(String),
+    /// The TLS settings cannot be used (an unreadable CA file).
+    #[error("bus tls: {0}")]
+    Tls(String),
+}
+
+/// Connection settings that stay out of the channel URLs (and so out of
+/// logs); a URL parameter of the same meaning wins over them.
+#[derive(Clone, Default)]
+pub struct BusOptions {
+    /// CA bundle (PEM) for `amqps://`, trusted besides the system's CAs, and
+    /// for Kafka over TLS, used instead of them (`DIALSTACK_CA_FILE`).
+    pub ca_file: Option<PathBuf>,
+    /// Kafka SASL user (`DIALSTACK_KAFKA_SASL_USERNAME`).
+    pub sasl_username: Option<String>,
+    /// Kafka SASL password (`DIALSTACK_KAFKA_SASL_PASSWORD`).
+    pub sasl_password: Option<String>,
+}
+
+impl std::fmt::Debug for BusOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusOptions")
+            .field("ca_file", &self.ca_file)
+            .field("sasl_username", &self.sasl_username)
+            .field("sasl_password", &self.sasl_password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl BusOptions {
+    /// The CA bundle of `tls` and the Kafka SASL credentials of `env`.
+    pub fn from_env(env: &crate::config::Env, tls: &crate::tls::TlsConfig) -> Self {
+        Self {
+            ca_file: tls.ca_file().map(PathBuf::from),
+            sasl_username: env.get("DIALSTACK_KAFKA_SASL_USERNAME").map(str::to_owned),
+            sasl_password: env.get("DIALSTACK_KAFKA_SASL_PASSWORD").map(str::to_owned),
+        }
+    }
+}
+
+/// A password that never shows in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// `url` with the password of its user part and `sasl_password=` masked.
+pub(crate) fn redact(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some((scheme, after)) = url.split_once("://") {
+        let authority_end = after.find(['/', '?']).unwrap_or(after.len());
+        if let Some(at) = after[..authority_end].rfind('@') {
+            if let Some(colon) = after[..at].find(':') {
+                out = format!("{scheme}://{}:***{}", &after[..colon], &after[at..]);
+            }
+        }
+    }
+    if let Some(pos) = out.find("sasl_password=") {
+        let start = pos + "sasl_password=".len();
+        let end = out[start..].find('&').map_or(out.len(), |e| start + e);
+        out.replace_range(start..end, "***");
+    }
+    out
+}
+
+/// `%XX` escapes decoded (a malformed escape is kept as it is).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[async_trait::async_trait]
@@ -258,12 +354,22 @@ pub(crate) struct ParsedUrl {
     pub namespace: Option<String>,
     pub partitions: i32,
     pub queue_expires_ms: Option<i64>,
+    /// `ssl_ca=`: CA bundle for the broker's certificate.
+    pub ssl_ca: Option<PathBuf>,
+    /// Kafka `security_protocol=` (lower case).
+    pub security_protocol: Option<String>,
+    /// Kafka `sasl_mechanism=`.
+    pub sasl_mechanism: Option<String>,
+    /// Kafka `sasl_username=`.
+    pub sasl_username: Option<String>,
+    /// Kafka `sasl_password=`.
+    pub sasl_password: Option<Secret>,
 }
 
 impl ParsedUrl {
     pub(crate) fn parse(url: &str) -> Result<Self, BusError> {
         let bad = |reason: &str| BusError::BadUrl {
-            url: url.to_owned(),
+            url: redact(url),
             reason: reason.to_owned(),
         };
         let (scheme, after) = url.split_once("://").ok_or_else(|| bad("missing scheme"))?;
@@ -274,6 +380,11 @@ impl ParsedUrl {
         let mut namespace = None;
         let mut partitions = 12;
         let mut queue_expires_ms = None;
+        let mut ssl_ca = None;
+        let mut security_protocol = None;
+        let mut sasl_mechanism = None;
+        let mut sasl_username = None;
+        let mut sasl_password = None;
         let mut passthrough = Vec::new();
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -303,8 +414,61 @@ impl ParsedUrl {
                             .ok_or_else(|| bad("queue_expires_ms must be a positive integer"))?,
                     );
                 }
+                "ssl_ca" => {
+                    if v.is_empty() {
+                        return Err(bad("ssl_ca needs the path of a PEM file"));
+                    }
+                    ssl_ca = Some(PathBuf::from(percent_decode(v)));
+                }
+                "security_protocol" => {
+                    let p = v.to_ascii_lowercase();
+                    if !["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&p.as_str()) {
+                        return Err(bad(
+                            "security_protocol must be plaintext, ssl, sasl_plaintext or sasl_ssl",
+                        ));
+                    }
+                    security_protocol = Some(p);
+                }
+                "sasl_mechanism" => {
+                    let m = v.to_ascii_uppercase();
+                    if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&m.as_str()) {
+                        return Err(bad(
+                            "sasl_mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+                        ));
+                    }
+                    sasl_mechanism = Some(m);
+                }
+                "sasl_username" => sasl_username = Some(percent_decode(v)),
+                "sasl_password" => sasl_password = Some(Secret(percent_decode(v))),
                 _ => passthrough.push(pair),
             }
+        }
+        let kafka_only = security_protocol.is_some()
+            || sasl_mechanism.is_some()
+            || sasl_username.is_some()
+            || sasl_password.is_some();
+        if kafka_only && scheme != "kafka" {
+            return Err(bad(
+                "security_protocol and sasl_* are kafka:// parameters (amqps:// takes the user from the URL)",
+            ));
+        }
+        if ssl_ca.is_some() {
+            let tls = match scheme {
+                "amqps" => true,
+                "kafka" => matches!(security_protocol.as_deref(), Some("ssl" | "sasl_ssl")),
+                _ => false,
+            };
+            if !tls {
+                return Err(bad(
+                    "ssl_ca needs amqps:// or kafka:// with security_protocol=ssl or sasl_ssl",
+                ));
+            }
+        }
+        if scheme == "kafka" && !passthrough.is_empty() {
+            return Err(bad(&format!(
+                "unknown kafka:// parameter {:?}",
+                passthrough[0].split('=').next().unwrap_or_default()
+            )));
         }
         let rest = if passthrough.is_empty() {
             base.to_owned()
@@ -317,6 +481,11 @@ impl ParsedUrl {
             namespace,
             partitions,
             queue_expires_ms,
+            ssl_ca,
+            security_protocol,
+            sasl_mechanism,
+            sasl_username,
+            sasl_password,
         })
     }
 
@@ -332,14 +501,26 @@ impl Channel {
     /// Connects to the channel `logical` (e.g. [`EVENTS`]) on the backend named
     /// by `url`, creating the exchange or topic if needed.
     pub async fn connect(url: &str, logical: &str) -> Result<Self, BusError> {
+        Self::connect_with(url, logical, &BusOptions::default()).await
+    }
+
+    /// As [`Self::connect`], with the CA bundle and credentials of `options`
+    /// where the URL names none.
+    pub async fn connect_with(
+        url: &str,
+        logical: &str,
+        options: &BusOptions,
+    ) -> Result<Self, BusError> {
         let parsed = ParsedUrl::parse(url)?;
         let backend: Arc<dyn Backend> = match parsed.scheme.as_str() {
             "memory" => Arc::new(memory::MemoryBackend::new(&parsed, logical)),
-            "amqp" => Arc::new(amqp::AmqpBackend::connect(&parsed, logical).await?),
-            "kafka" => Arc::new(kafka::KafkaBackend::connect(&parsed, logical).await?),
+            "amqp" | "amqps" => {
+                Arc::new(amqp::AmqpBackend::connect(&parsed, logical, options).await?)
+            }
+            "kafka" => Arc::new(kafka::KafkaBackend::connect(&parsed, logical, options).await?),
             other => {
                 return Err(BusError::BadUrl {
-                    url: url.to_owned(),
+                    url: redact(url),
                     reason: format!("unknown scheme {other}"),
                 })
             }
@@ -459,5 +640,52 @@ mod tests {
         assert!(ParsedUrl::parse("kafka://x?partitions=0").is_err());
         assert!(ParsedUrl::parse("kafka://x?namespace=a/b").is_err());
         assert!(ParsedUrl::parse("nothing").is_err());
+    }
+
+    #[test]
+    fn tls_parameters_are_ours_and_checked_per_scheme() {
+        let p = ParsedUrl::parse("amqps://u:p@mq:5671/%2f?ssl_ca=/etc/ca%20x.pem&heartbeat=10")
+            .unwrap();
+        assert_eq!(p.scheme, "amqps");
+        assert_eq!(p.rest, "u:p@mq:5671/%2f?heartbeat=10");
+        assert_eq!(
+            p.ssl_ca.as_deref(),
+            Some(std::path::Path::new("/etc/ca x.pem"))
+        );
+        // A CA for a plaintext connection is a mistake, not a no-op.
+        assert!(ParsedUrl::parse("amqp://mq/%2f?ssl_ca=/ca.pem").is_err());
+        assert!(ParsedUrl::parse("kafka://k:9093?ssl_ca=/ca.pem").is_err());
+        assert!(ParsedUrl::parse("amqps://mq/%2f?security_protocol=ssl").is_err());
+
+        let p = ParsedUrl::parse(
+            "kafka://k:9093?namespace=n&security_protocol=SASL_SSL&sasl_mechanism=scram-sha-512\
+             &sasl_username=svc&sasl_password=a%26b&ssl_ca=/ca.pem",
+        )
+        .unwrap();
+        assert_eq!(p.rest, "k:9093");
+        assert_eq!(p.security_protocol.as_deref(), Some("sasl_ssl"));
+        assert_eq!(p.sasl_mechanism.as_deref(), Some("SCRAM-SHA-512"));
+        assert_eq!(p.sasl_username.as_deref(), Some("svc"));
+        assert_eq!(p.sasl_password, Some(Secret("a&b".into())));
+        assert!(!format!("{p:?}").contains("a&b"));
+        assert!(ParsedUrl::parse("kafka://k?security_protocol=tls").is_err());
+        assert!(ParsedUrl::parse("kafka://k?sasl_mechanism=GSSAPI").is_err());
+        assert!(ParsedUrl::parse("kafka://k?acks=1").is_err());
+    }
+
+    #[test]
+    fn errors_mask_passwords() {
+        assert_eq!(
+            redact("amqps://user:hunter2@mq:5671/%2f?x=1"),
+            "amqps://user:***@mq:5671/%2f?x=1"
+        );
+        assert_eq!(
+            redact("kafka://k?sasl_username=u&sasl_password=hunter2&namespace=n"),
+            "kafka://k?sasl_username=u&sasl_password=***&namespace=n"
+        );
+        let err = ParsedUrl::parse("kafka://k?sasl_password=hunter2&partitions=0").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = ParsedUrl::parse("amqp://u:hunter2@mq/?namespace=a/b").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 }

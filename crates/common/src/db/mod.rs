@@ -7,6 +7,13 @@
 //! the few statements that differ (insert-or-ignore, upsert) come from
 //! [`Dialect`]. Aggregates are cast to `SIGNED` where MySQL would return DECIMAL.
 //!
+//! MySQL over TLS (rustls, the system's CAs) is asked for in the URL:
+//! `?ssl-mode=required` (encrypted, certificate not checked), `verify_ca`
+//! (chains to a trusted CA) or `verify_identity` (and names the URL's host);
+//! `ssl-ca=/path/ca.pem` adds a CA bundle, and [`Db::connect_with`] adds
+//! `DIALSTACK_CA_FILE`'s when the URL names none. `disabled` never uses TLS;
+//! the default, `preferred`, uses it when the server offers it, unverified.
+//!
 //! # Layout
 //! - this module: the pool, dialects, migrations, [`outbox_enqueue`],
 //!   [`inbox_claim`] and the [`OutboxRelay`]
@@ -191,8 +198,21 @@ pub struct Db {
 static DRIVERS: Once = Once::new();
 
 impl Db {
+    /// As [`Self::connect`], trusting the CA bundle of `tls` for a MySQL URL
+    /// that verifies certificates (`ssl-mode=verify_ca|verify_identity`)
+    /// without an `ssl-ca` of its own.
+    pub async fn connect_with(url: &str, tls: &crate::tls::TlsConfig) -> Result<Self, DbError> {
+        match tls.ca_file() {
+            Some(ca) if url.starts_with("mysql:") => {
+                Self::connect(&with_default_ssl_ca(url, ca)).await
+            }
+            _ => Self::connect(url).await,
+        }
+    }
+
     /// Connects, creating the SQLite file (and its folder) or the MySQL
-    /// database when missing.
+    /// database when missing. The database is created over a connection
+    /// with the URL's parameters (TLS included).
     pub async fn connect(url: &str) -> Result<Self, DbError> {
         DRIVERS.call_once(sqlx::any::install_default_drivers);
         if let Some(rest) = url.strip_prefix("sqlite:") {
@@ -297,6 +317,11 @@ impl Db {
             .chain(migrations.iter().map(|m| (m.version, m)));
         let mut pending: Vec<_> = all.filter(|(v, _)| !applied.contains(v)).collect();
         pending.sort_by_key(|(v, _)| *v);
+        // One connection for every statement: SQLite checks names against a
+        // connection's cached schema when it prepares DDL, so a table rebuilt
+        // under its old name (create, copy, drop, rename) fails on a pooled
+        // connection that has not yet seen the drop.
+        let mut conn = self.pool.acquire().await?;
         for (version, m) in pending {
             let wrap = |source| DbError::Migration {
                 version: m.version,
@@ -304,7 +329,7 @@ impl Db {
                 source,
             };
             for stmt in m.sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                sqlx::query(stmt).execute(&self.pool).await.map_err(wrap)?;
+                sqlx::query(stmt).execute(&mut *conn).await.map_err(wrap)?;
             }
             sqlx::query(
                 "INSERT INTO dialstack_migrations (version, name, applied_at) VALUES (?, ?, ?)",
@@ -312,7 +337,7 @@ impl Db {
             .bind(version)
             .bind(m.name)
             .bind(crate::now_ms())
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await
             .map_err(wrap)?;
             tracing::info!(version = m.version, name = m.name, "migration applied");
@@ -331,6 +356,39 @@ impl Db {
             Dialect::MySql => self.pool.begin().await,
         }
     }
+}
+
+/// `url` plus `ssl-ca=<ca>` when its `ssl-mode` verifies certificates and it
+/// names no CA of its own.
+fn with_default_ssl_ca(url: &str, ca: &std::path::Path) -> String {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let mut verifies = false;
+    for (k, v) in query.split('&').filter_map(|p| p.split_once('=')) {
+        match k {
+            "ssl-ca" | "sslca" => return url.to_owned(),
+            "ssl-mode" | "sslmode" => {
+                verifies = matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "verify_ca" | "verify_identity"
+                );
+            }
+            _ => {}
+        }
+    }
+    if !verifies {
+        return url.to_owned();
+    }
+    let path: String = ca
+        .to_string_lossy()
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    format!("{url}&ssl-ca={path}")
 }
 
 fn split_mysql_url(url: &str) -> Result<(String, String), DbError> {
@@ -672,6 +730,47 @@ impl OutboxRelay {
     }
 }
 
+/// Whether `e` is a conflict between concurrent transactions that the
+/// database resolved by rolling this one back (MySQL's deadlock 1213 or
+/// lock wait timeout 1205, SQLSTATE 40001, SQLite's busy database): running
+/// the whole transaction again is the remedy the server asks for.
+pub fn is_conflict(e: &sqlx::Error) -> bool {
+    let Some(db) = e.as_database_error() else {
+        return false;
+    };
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return matches!(my.number(), 1205 | 1213);
+    }
+    db.code().as_deref() == Some("40001") || db.message().contains("database is locked")
+}
+
+/// Runs `op`, one whole transaction, again while it fails with a conflict
+/// ([`is_conflict`]), up to `tries` runs in all; any other error, or the
+/// last conflict, is returned. Consumers use it so that a deadlock between
+/// two of their own batches is settled here instead of spending a
+/// message's deliveries (the broker dead-letters a message after a few).
+pub async fn retry_conflicts<T, F, Fut>(tries: u32, mut op: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    use std::hash::BuildHasher;
+    let mut run = 1;
+    loop {
+        match op().await {
+            Err(e) if run < tries && is_conflict(&e) => {
+                tracing::debug!(error = %e, run, "transaction conflict, running it again");
+                // A short random pause, so that the parties of a deadlock
+                // do not meet again at once.
+                let jitter = std::collections::hash_map::RandomState::new().hash_one(run) % 20;
+                tokio::time::sleep(Duration::from_millis(5 * u64::from(run) + jitter)).await;
+                run += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Deletes inbox entries received before `cutoff` (ms), in bounded
 /// batches; returns how many went.
 pub async fn prune_inbox(db: &Db, cutoff: i64) -> Result<u64, sqlx::Error> {
@@ -747,5 +846,28 @@ mod tests {
         assert_eq!(db, "dialstack_x");
         assert!(split_mysql_url("mysql://root@127.0.0.1:3306/").is_err());
         assert!(split_mysql_url("mysql://h/a;drop").is_err());
+        // The connection that creates the database uses TLS as the pool does.
+        let (server, _) =
+            split_mysql_url("mysql://u@db:3306/x?ssl-mode=verify_ca&ssl-ca=/ca.pem").unwrap();
+        assert_eq!(
+            server,
+            "mysql://u@db:3306?ssl-mode=verify_ca&ssl-ca=/ca.pem"
+        );
+    }
+
+    #[test]
+    fn the_ca_bundle_applies_only_to_verifying_urls_without_a_ca() {
+        let ca = std::path::Path::new("/etc/dial stack/ca.pem");
+        assert_eq!(
+            with_default_ssl_ca("mysql://u@db/x?ssl-mode=VERIFY_CA", ca),
+            "mysql://u@db/x?ssl-mode=VERIFY_CA&ssl-ca=/etc/dial%20stack/ca.pem"
+        );
+        for url in [
+            "mysql://u@db/x",
+            "mysql://u@db/x?ssl-mode=required",
+            "mysql://u@db/x?ssl-mode=verify_identity&ssl-ca=/own.pem",
+        ] {
+            assert_eq!(with_default_ssl_ca(url, ca), url);
+        }
     }
 }

@@ -245,3 +245,34 @@ fn result_summary_is_stable() {
     }
     assert_eq!(r.summary(), "a=yes&b=2");
 }
+
+#[test]
+fn field_values_cannot_carry_engine_commands() {
+    let evil = BTreeMap::from([(
+        "name".to_owned(),
+        "Bob\u{1}20S\u{1}\n[[h@l'oU]]<speak>x</speak>".to_owned(),
+    )]);
+    let out = render_template("Hi {name}", &evil);
+    assert!(!out.chars().any(char::is_control), "{out:?}");
+    assert!(!out.contains("[["), "{out:?}");
+    // The template's own text is the operator's and kept as written.
+    assert_eq!(render_template("[[h@l'oU]]", &evil), "[[h@l'oU]]");
+}
+
+#[test]
+fn voices_are_checked() {
+    for ok in ["en-us", "en+f3", "en-gb-x-rp", "a_b", &"a".repeat(40)] {
+        assert!(valid_voice(ok), "{ok}");
+    }
+    for bad in [
+        "",
+        "en us",
+        "en;rm",
+        "../x",
+        "en$(id)",
+        "é",
+        &"a".repeat(41),
+    ] {
+        assert!(!valid_voice(bad), "{bad}");
+    }
+}

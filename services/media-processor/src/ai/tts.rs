@@ -1,5 +1,6 @@
 //! Text to speech with espeak-ng, run as a separate process (it is GPL:
-//! never linked), and the `{field}` templates of per-call prompts.
+//! never linked). Per-call prompts are filled in by
+//! `dialstack_contract::ivr::render_template` before they get here.
 //!
 //! - A render is keyed by the SHA-256 of the engine's version line (read
 //!   once at start), the voice, the rate and the text. Renders are kept in
@@ -18,7 +19,7 @@
 //! - espeak-ng writes its WAV to a pipe with the data size at its maximum;
 //!   [`super::audio`] reads the data chunk to the end of the output.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,8 +36,6 @@ use super::metrics::AiMetrics;
 pub const MEMORY_ENTRIES: usize = 64;
 /// Bytes of samples kept in memory.
 pub const MEMORY_BYTES: usize = 32 * 1024 * 1024;
-/// Longest field value in a template (characters).
-pub const MAX_FIELD_CHARS: usize = 200;
 /// Changes whenever the cached samples would differ for the same engine
 /// output (resampler, format): old cache files are then never read.
 const CACHE_FORMAT: &str = "dialstack-tts-1";
@@ -349,7 +348,7 @@ impl Tts {
 
     /// The checked request's text (control characters as spaces).
     fn check_request(&self, req: &TtsRequest) -> Result<String, TtsError> {
-        if !valid_voice(&req.voice) {
+        if !dialstack_contract::ivr::valid_voice(&req.voice) {
             return Err(TtsError::BadVoice(req.voice.clone()));
         }
         if !(80..=450).contains(&req.rate_wpm) {
@@ -475,13 +474,6 @@ fn engine_version(bin: &Path) -> Result<String, String> {
     }
 }
 
-/// Whether `v` can name a voice: `[A-Za-z0-9_+-]{1,40}`.
-pub fn valid_voice(v: &str) -> bool {
-    (1..=40).contains(&v.len())
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_+-".contains(&b))
-}
-
 /// The cache key of a render (hex SHA-256).
 fn cache_key(version: &str, voice: &str, rate: u16, text: &str) -> String {
     let mut h = Sha256::new();
@@ -530,206 +522,9 @@ fn write_cache(path: &Path, pcm: &[i16]) -> std::io::Result<()> {
     })
 }
 
-/// A template that cannot be rendered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TemplateError {
-    /// A `{` without its `}`.
-    #[error("unclosed '{{' at character {at}")]
-    Unclosed {
-        /// Position of the `{` (1-based, in characters).
-        at: usize,
-    },
-    /// `{...}` around something that is not a field name.
-    #[error("'{{{name}}}' at character {at} is not a field name (a-z, 0-9 and _, not starting with a digit, at most 40)")]
-    BadName {
-        /// What was between the braces.
-        name: String,
-        /// Position of the `{` (1-based, in characters).
-        at: usize,
-    },
-}
-
-/// Checks a template: `{name}` placeholders with names
-/// `[a-z_][a-z0-9_]{0,39}`, `{{` and `}}` for literal braces (a lone `}`
-/// is literal too).
-pub fn validate_template(template: &str) -> Result<(), TemplateError> {
-    parse_template(template, |_| {})
-}
-
-/// Fills `{name}` placeholders from `fields`. A field that is not there
-/// renders as empty text (a lead without a first name still gets the
-/// rest of the prompt). Values lose control characters (espeak-ng's
-/// embedded commands start with one), `[[` (its phoneme input) is broken
-/// up, and each is cut at [`MAX_FIELD_CHARS`] characters: a lead's data
-/// is only ever spoken as words.
-pub fn render_template(
-    template: &str,
-    fields: &BTreeMap<String, String>,
-) -> Result<String, TemplateError> {
-    let mut out = String::with_capacity(template.len());
-    parse_template(template, |piece| match piece {
-        Piece::Text(c) => out.push(c),
-        Piece::Field(name) => {
-            if let Some(v) = fields.get(name) {
-                out.push_str(&sanitize_field(v));
-            }
-        }
-    })?;
-    Ok(out)
-}
-
-/// A field value as it may be spoken.
-pub fn sanitize_field(v: &str) -> String {
-    let clean: String = v
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_FIELD_CHARS)
-        .collect();
-    clean.replace("[[", "[ [")
-}
-
-enum Piece<'a> {
-    Text(char),
-    Field(&'a str),
-}
-
-fn parse_template<'a>(t: &'a str, mut emit: impl FnMut(Piece<'a>)) -> Result<(), TemplateError> {
-    let chars: Vec<(usize, char)> = t.char_indices().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        let (byte, c) = chars[i];
-        let next = chars.get(i + 1).map(|p| p.1);
-        match c {
-            '{' if next == Some('{') => {
-                emit(Piece::Text('{'));
-                i += 2;
-            }
-            '}' if next == Some('}') => {
-                emit(Piece::Text('}'));
-                i += 2;
-            }
-            '{' => {
-                let at = i + 1;
-                let Some(close) = chars[i + 1..].iter().position(|p| p.1 == '}') else {
-                    return Err(TemplateError::Unclosed { at });
-                };
-                let end = chars[i + 1 + close].0;
-                let name = &t[byte + 1..end];
-                if !valid_field_name(name) {
-                    return Err(TemplateError::BadName {
-                        name: name.to_owned(),
-                        at,
-                    });
-                }
-                emit(Piece::Field(name));
-                i += close + 2;
-            }
-            c => {
-                emit(Piece::Text(c));
-                i += 1;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn valid_field_name(n: &str) -> bool {
-    (1..=40).contains(&n.len())
-        && n.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && n.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn templates_fill_fields_and_keep_escaped_braces() {
-        let f = fields(&[("first_name", "Ada"), ("day", "Monday")]);
-        assert_eq!(
-            render_template("Hello {first_name}, see you {day}.", &f).unwrap(),
-            "Hello Ada, see you Monday."
-        );
-        assert_eq!(render_template("Hi {missing}!", &f).unwrap(), "Hi !");
-        assert_eq!(
-            render_template("{{literal}} and }} and } {_x9}", &f).unwrap(),
-            "{literal} and } and } "
-        );
-        assert_eq!(render_template("", &f).unwrap(), "");
-        assert_eq!(render_template("né {day} ü", &f).unwrap(), "né Monday ü");
-        assert!(validate_template("Hello {first_name}").is_ok());
-    }
-
-    #[test]
-    fn bad_templates_name_the_position() {
-        assert_eq!(
-            validate_template("Hello {first_name").unwrap_err(),
-            TemplateError::Unclosed { at: 7 }
-        );
-        assert_eq!(
-            validate_template("ü {Name}").unwrap_err(),
-            TemplateError::BadName {
-                name: "Name".into(),
-                at: 3
-            }
-        );
-        for bad in ["{}", "{9a}", "{a b}", "{a-b}", "{{{x y}}}"] {
-            assert!(
-                matches!(validate_template(bad), Err(TemplateError::BadName { .. })),
-                "{bad}"
-            );
-        }
-        assert!(validate_template(&format!("{{{}}}", "a".repeat(41))).is_err());
-        assert!(validate_template(&format!("{{{}}}", "a".repeat(40))).is_ok());
-        assert_eq!(
-            TemplateError::Unclosed { at: 7 }.to_string(),
-            "unclosed '{' at character 7"
-        );
-        assert!(TemplateError::BadName {
-            name: "X".into(),
-            at: 1
-        }
-        .to_string()
-        .starts_with("'{X}' at character 1 is not a field name"));
-    }
-
-    #[test]
-    fn field_values_cannot_carry_engine_commands() {
-        let evil = fields(&[("name", "Bob\u{1}20S\u{1}\n[[h@l'oU]]<speak>x</speak>")]);
-        let out = render_template("Hi {name}", &evil).unwrap();
-        assert!(!out.chars().any(char::is_control), "{out:?}");
-        assert!(!out.contains("[["), "{out:?}");
-        let long = fields(&[("name", &"x".repeat(500))]);
-        assert_eq!(render_template("{name}", &long).unwrap().len(), 200);
-        // The template's own text is the operator's and kept as written.
-        assert_eq!(render_template("[[h@l'oU]]", &long).unwrap(), "[[h@l'oU]]");
-    }
-
-    #[test]
-    fn voices_are_checked() {
-        for ok in ["en-us", "en+f3", "en-gb-x-rp", "a_b", &"a".repeat(40)] {
-            assert!(valid_voice(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "en us",
-            "en;rm",
-            "../x",
-            "en$(id)",
-            "é",
-            &"a".repeat(41),
-        ] {
-            assert!(!valid_voice(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn the_memory_cache_is_bounded_by_count_and_bytes() {

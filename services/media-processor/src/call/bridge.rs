@@ -17,8 +17,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dialstack_contract::{AgentLeg, BridgeSpec, DialCommand};
+use dialstack_contract::{AgentLeg, BridgeSpec, DialCommand, TransferLeg};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{resolve_hop, CallContext, LegOptions, Progress, Report};
@@ -79,6 +80,9 @@ pub struct BridgeMetrics {
     pub agent_legs: prometheus::IntCounterVec,
     /// The callee's wait from answer to agent (s).
     pub wait: prometheus::Histogram,
+    /// Transfers asked for by agents (REFER), by result: `completed`,
+    /// `refused` (target not allowed), `failed` (the target did not answer).
+    pub transfers: prometheus::IntCounterVec,
 }
 
 impl BridgeMetrics {
@@ -106,6 +110,13 @@ impl BridgeMetrics {
                 )
                 .buckets(vec![0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0]),
             )?,
+            transfers: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "dialstack_agent_transfers_total",
+                    "blind transfers asked for by agents (REFER), by result: completed, refused (target not allowed), failed (target did not answer)",
+                ),
+                &["result"],
+            )?,
         })
     }
 }
@@ -121,6 +132,22 @@ pub struct BridgeContext {
     pub prompt: Arc<Vec<i16>>,
     /// Counters.
     pub metrics: BridgeMetrics,
+    /// Hosts an agent may transfer a callee to besides their own phone's
+    /// host (`DIALSTACK_TRANSFER_HOSTS`); anything else is refused, so a
+    /// REFER cannot send a customer to an arbitrary destination.
+    pub transfer_hosts: Vec<String>,
+}
+
+/// Whether an agent whose phone is `agent_uri` may transfer to `target`:
+/// the same host as the agent's phone (the agents' PBX), or a listed one.
+/// Hosts compare without case; ports do not matter.
+pub fn transfer_allowed(target: &str, agent_uri: &str, hosts: &[String]) -> bool {
+    let host = |u: &str| crate::sip::dialog::host_port(u).map(|(h, _)| h.to_ascii_lowercase());
+    let Some(t) = host(target) else {
+        return false;
+    };
+    host(agent_uri).as_deref() == Some(t.as_str())
+        || hosts.iter().any(|h| h.eq_ignore_ascii_case(&t))
 }
 
 /// How the agent side of a call ended.
@@ -215,7 +242,7 @@ async fn run_job(job: Job) -> BridgeEnd {
             AgentTry::Connected(leg) => {
                 job.bctx.metrics.calls.with_label_values(&["bridged"]).inc();
                 return BridgeEnd {
-                    agent: Some(leg),
+                    agent: Some(*leg),
                     abandoned: false,
                 };
             }
@@ -281,7 +308,7 @@ async fn abandon(job: &Job) -> BridgeEnd {
 
 enum AgentTry {
     /// The agent answered; the bridge ran until one side hung up.
-    Connected(AgentLeg),
+    Connected(Box<AgentLeg>),
     /// The agent did not answer in time (or refused).
     NotAnswered,
     /// The callee hung up, or the abandon deadline passed, before the agent answered.
@@ -318,10 +345,12 @@ async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: In
         say: job.io.heard.clone(),
         keys: None,
     };
+    let (ttx, mut transfers) = mpsc::unbounded_channel();
     let leg = LegOptions {
         remote_uri: Some(agent.sip_uri.clone()),
         invite_headers: auto_answer_headers(&ctx),
         io: Some(io),
+        transfer: Some(ttx),
     };
     let (ptx, mut prx) = mpsc::unbounded_channel();
     let hangup = CancellationToken::new();
@@ -388,28 +417,117 @@ async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: In
         agent_ring_ms,
     });
     tracing::info!(%call_id, agent_id = %agent.id, wait_ms, ring_ms = agent_ring_ms, since_invite_ms = invited.elapsed().as_millis() as u64, "bridged");
-    // Talking: whichever side hangs up first ends the other.
+    // Talking: whichever side hangs up first ends the other, unless the
+    // agent handed the callee on (REFER) first.
     let mut leg_task = leg_task;
-    let report: Option<Report> = tokio::select! {
-        r = &mut leg_task => {
-            job.end_callee.cancel();
-            r.ok()
+    let mut agent_report: Option<Option<Report>> = None;
+    let mut pending: Option<PendingTransfer> = None;
+    let mut transfer: Option<(TransferLeg, JoinHandle<Report>, CancellationToken)> = None;
+    let mut transfers_tried = 0u32;
+    while transfer.is_none() {
+        tokio::select! {
+            r = &mut leg_task, if agent_report.is_none() => {
+                agent_report = Some(r.ok());
+                // A blind transfer goes on without the agent; otherwise the
+                // agent's hang-up ends the call.
+                if pending.is_none() {
+                    job.end_callee.cancel();
+                    break;
+                }
+            }
+            _ = job.callee_gone.cancelled() => {
+                hangup.cancel();
+                if let Some(p) = pending.take() {
+                    p.hangup.cancel();
+                    let _ = p.task.await;
+                    let _ = p.status.send((487, "Request Terminated".into()));
+                }
+                break;
+            }
+            req = transfers.recv(), if pending.is_none() && agent_report.is_none() => {
+                let Some(req) = req else { continue };
+                transfers_tried += 1;
+                if !transfer_allowed(&req.target, &agent.sip_uri, &job.bctx.transfer_hosts) || transfers_tried > MAX_TRANSFERS {
+                    tracing::warn!(%call_id, agent_id = %agent.id, target = %req.target, "transfer refused: target not allowed");
+                    job.bctx.metrics.transfers.with_label_values(&["refused"]).inc();
+                    let _ = req.status.send((403, "Forbidden".into()));
+                    continue;
+                }
+                tracing::info!(%call_id, agent_id = %agent.id, target = %req.target, "agent transfers the call");
+                pending = Some(dial_transfer(job, req, transfers_tried));
+            }
+            p = async {
+                match pending.as_mut() {
+                    Some(p) => p.progress.recv().await,
+                    None => std::future::pending().await,
+                }
+            }, if pending.is_some() => {
+                match p {
+                    Some(Progress::Answered { ring_ms }) => {
+                        let Some(p) = pending.take() else { continue };
+                        job.bctx.metrics.transfers.with_label_values(&["completed"]).inc();
+                        let _ = p.status.send((200, "OK".into()));
+                        tracing::info!(%call_id, agent_id = %agent.id, target = %p.target, ring_ms, "transfer answered");
+                        transfer = Some((
+                            TransferLeg { target: p.target, ring_ms, talk_ms: 0, quality: None },
+                            p.task,
+                            p.hangup,
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        // The target's leg ended unanswered.
+                        let Some(p) = pending.take() else { continue };
+                        let report = p.task.await.ok();
+                        let code = report.as_ref().and_then(|r| r.sip_status).filter(|c| *c >= 300).unwrap_or(480);
+                        tracing::info!(%call_id, agent_id = %agent.id, target = %p.target, code, "transfer target did not answer");
+                        job.bctx.metrics.transfers.with_label_values(&["failed"]).inc();
+                        let _ = p.status.send((code, "Transfer Failed".into()));
+                        if agent_report.is_some() {
+                            // The agent already left: nobody is there for the callee.
+                            job.end_callee.cancel();
+                            break;
+                        }
+                    }
+                }
+            }
         }
-        _ = job.callee_gone.cancelled() => {
-            hangup.cancel();
-            leg_task.await.ok()
-        }
-    };
-    if let Err(e) = job
-        .bctx
-        .desk
-        .set_state(&agent.id, "wrap_up", call_id, "hangup")
-        .await
-    {
-        tracing::warn!(%call_id, agent_id = %agent.id, error = %e, "agent state wrap_up refused");
     }
     let talk_ms = connected.elapsed().as_millis() as i64;
-    AgentTry::Connected(AgentLeg {
+    let mut transfer_leg = None;
+    if let Some((mut leg, mut task, target_hangup)) = transfer {
+        // The agent's part is over (a phone usually hangs up itself on the
+        // final NOTIFY; we do not wait for it).
+        hangup.cancel();
+        if agent_report.is_none() {
+            agent_report = Some((&mut leg_task).await.ok());
+        }
+        set_wrap_up(job, &agent.id).await;
+        let since = Instant::now();
+        let report = tokio::select! {
+            r = &mut task => {
+                job.end_callee.cancel();
+                r.ok()
+            }
+            _ = job.callee_gone.cancelled() => {
+                target_hangup.cancel();
+                task.await.ok()
+            }
+        };
+        leg.talk_ms = report
+            .as_ref()
+            .map_or(0, |r| r.talk_ms)
+            .max(since.elapsed().as_millis() as i64);
+        leg.quality = report.as_ref().and_then(|r| r.quality().cloned());
+        transfer_leg = Some(leg);
+    } else {
+        if agent_report.is_none() {
+            agent_report = Some((&mut leg_task).await.ok());
+        }
+        set_wrap_up(job, &agent.id).await;
+    }
+    let report = agent_report.flatten();
+    AgentTry::Connected(Box::new(AgentLeg {
         agent_id: agent.id.clone(),
         wait_ms,
         ring_ms: agent_ring_ms,
@@ -418,7 +536,86 @@ async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: In
             .map_or(talk_ms, |r| if r.talk_ms > 0 { r.talk_ms } else { talk_ms }),
         tries: attempt - 1,
         quality: report.as_ref().and_then(|r| r.quality().cloned()),
-    })
+        transfer: transfer_leg,
+    }))
+}
+
+/// Most transfers one agent leg may ask for (refused ones included).
+const MAX_TRANSFERS: u32 = 8;
+
+/// How long a transfer target's phone may ring.
+const TRANSFER_RING_MS: u64 = 30_000;
+
+/// The agent's bridge ended (hang-up or transfer): `wrap_up`.
+async fn set_wrap_up(job: &Job, agent_id: &str) {
+    if let Err(e) = job
+        .bctx
+        .desk
+        .set_state(agent_id, "wrap_up", &job.cmd.call_id, "hangup")
+        .await
+    {
+        tracing::warn!(call_id = %job.cmd.call_id, %agent_id, error = %e, "agent state wrap_up refused");
+    }
+}
+
+/// A transfer target being called.
+struct PendingTransfer {
+    target: String,
+    task: JoinHandle<Report>,
+    progress: mpsc::UnboundedReceiver<Progress>,
+    hangup: CancellationToken,
+    status: mpsc::UnboundedSender<(u16, String)>,
+}
+
+/// Calls the target of an agent's REFER as a new leg of the callee's
+/// bridge: once it answers it hears the callee and the callee hears it
+/// (its media starts with its answer, so until then the agent's leg is
+/// alone on the callee's pipes).
+fn dial_transfer(job: &Job, req: super::TransferRequest, n: u32) -> PendingTransfer {
+    let mut ctx = job.ctx.clone();
+    ctx.credentials = None;
+    let cmd = DialCommand {
+        call_id: format!("{}-x{n}", job.cmd.call_id),
+        ring_timeout_ms: TRANSFER_RING_MS.clamp(
+            dialstack_contract::MIN_RING_TIMEOUT_MS,
+            dialstack_contract::MAX_RING_TIMEOUT_MS,
+        ),
+        record: false,
+        bridge: None,
+        ivr: None,
+        amd: None,
+        transcribe: false,
+        fields: Default::default(),
+        ..job.cmd.clone()
+    };
+    let leg = LegOptions {
+        remote_uri: Some(req.target.clone()),
+        invite_headers: String::new(),
+        io: Some(BridgeIo {
+            heard: job.io.say.clone(),
+            say: job.io.heard.clone(),
+            keys: None,
+        }),
+        transfer: None,
+    };
+    let (ptx, progress) = mpsc::unbounded_channel();
+    let hangup = CancellationToken::new();
+    let shutdown = job.shutdown.clone();
+    let task = {
+        let hangup = hangup.clone();
+        let target = req.target.clone();
+        tokio::spawn(async move {
+            ctx.trunk = resolve_hop(&target, ctx.trunk).await;
+            super::place_leg(&ctx, &cmd, leg, ptx, hangup, shutdown).await
+        })
+    };
+    PendingTransfer {
+        target: req.target,
+        task,
+        progress,
+        hangup,
+        status: req.status,
+    }
 }
 
 /// Preview dialing: the agent who asked for the lead is called first; once
@@ -486,6 +683,9 @@ pub async fn run_preview(
             say: to_agent.clone(),
             keys: None,
         }),
+        // Transfers are for calls an agent was bridged to; a preview
+        // agent's phone gets 403 to REFER.
+        transfer: None,
     };
     let (atx, mut arx) = mpsc::unbounded_channel();
     let agent_hangup = CancellationToken::new();
@@ -597,6 +797,7 @@ pub async fn run_preview(
         talk_ms: connected.elapsed().as_millis() as i64,
         tries: 0,
         quality: agent_report.as_ref().and_then(|r| r.quality().cloned()),
+        transfer: None,
     }));
     report
 }
@@ -733,6 +934,32 @@ mod tests {
     }
 
     use crate::rtp::stream::{AudioPipe, LIVE_FRAMES};
+
+    #[test]
+    fn transfers_stay_on_the_agents_pbx_or_listed_hosts() {
+        let listed = vec!["sales.example".to_owned(), "10.1.2.3".to_owned()];
+        let agent = "sip:ag1@PBX.example:5070";
+        // The agent's own PBX, any user or port, any case.
+        assert!(transfer_allowed("sip:sales@pbx.example", agent, &[]));
+        assert!(transfer_allowed(
+            "sips:2001@pbx.EXAMPLE:5061;transport=tls",
+            agent,
+            &[]
+        ));
+        // Listed hosts.
+        assert!(transfer_allowed("sip:q@Sales.Example", agent, &listed));
+        assert!(transfer_allowed("sip:q@10.1.2.3:5080", agent, &listed));
+        // Anything else: a lookalike, a suffix, a premium-rate gateway, garbage.
+        assert!(!transfer_allowed("sip:x@pbx.example.evil", agent, &listed));
+        assert!(!transfer_allowed("sip:x@evilsales.example", agent, &listed));
+        assert!(!transfer_allowed(
+            "sip:+19005550100@198.51.100.7",
+            agent,
+            &listed
+        ));
+        assert!(!transfer_allowed("sip:", agent, &listed));
+        assert!(!transfer_allowed("sip:x@h:port", agent, &listed));
+    }
 
     #[test]
     fn pipes_keep_live_audio_short_and_prompts_whole() {

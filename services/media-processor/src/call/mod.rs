@@ -302,6 +302,20 @@ pub struct LegOptions {
     pub invite_headers: String,
     /// The leg's audio comes from and goes to a bridge.
     pub io: Option<crate::rtp::stream::BridgeIo>,
+    /// Where the peer's REFER (a blind transfer) is handed; a leg without
+    /// it refuses REFER with 403 (a callee cannot move the call).
+    pub transfer: Option<mpsc::UnboundedSender<TransferRequest>>,
+}
+
+/// A transfer the peer of a leg asked for by REFER (RFC 3515), accepted
+/// with 202; the bridge reports its progress on `status`, which the leg
+/// sends back as NOTIFYs. A status of 200 or more is the last one.
+#[derive(Debug)]
+pub struct TransferRequest {
+    /// The Refer-To URI (sip: or sips:, without header parameters).
+    pub target: String,
+    /// Progress: (SIP status, reason phrase).
+    pub status: mpsc::UnboundedSender<(u16, String)>,
 }
 
 /// [`place_call`] for one leg: the callee at the trunk, or an agent.
@@ -381,6 +395,7 @@ pub async fn place_leg(
                 &stop,
                 &mut phase,
                 leg.io,
+                leg.transfer,
             )
             .await
         }

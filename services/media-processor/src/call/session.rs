@@ -35,6 +35,7 @@ pub async fn run(
     stop: &StopSignals,
     phase: &mut Phase,
     leg_io: Option<BridgeIo>,
+    transfer: Option<mpsc::UnboundedSender<super::TransferRequest>>,
 ) -> Report {
     let call_id = cmd.call_id.as_str();
     dialog.confirm(&answer);
@@ -168,6 +169,11 @@ pub async fn run(
     // style, T1 doubling to T2) until its ACK, for at most 64·T1.
     let mut last_response: Option<(u32, String)> = None;
     let mut pending_2xx: Option<Pending2xx> = None;
+    // A transfer the peer asked for (REFER accepted): the CSeq of its
+    // REFER and the bridge's progress, sent on as NOTIFYs; and our last
+    // NOTIFY, retransmitted until it is answered.
+    let mut refer: Option<(u32, mpsc::UnboundedReceiver<(u16, String)>)> = None;
+    let mut pending_notify: Option<PendingRequest> = None;
     let reliable = ctx.transport.reliable_to(hop);
     let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
     loop {
@@ -179,6 +185,35 @@ pub async fn run(
                         pending_2xx = None;
                     } else {
                         ctx.transport.send(p.to, &p.response).await;
+                        p.interval = (p.interval * 2).min(Duration::from_secs(4));
+                        p.next += p.interval;
+                    }
+                }
+            }
+            status = async {
+                match refer.as_mut() {
+                    Some((_, r)) => r.recv().await,
+                    None => std::future::pending().await,
+                }
+            }, if refer.is_some() => {
+                let refer_cseq = refer.as_ref().map_or(0, |r| r.0);
+                // The bridge gone without a last word: the transfer failed.
+                let (code, reason) = status.unwrap_or((503, "Service Unavailable".into()));
+                let last = code >= 200;
+                if last {
+                    refer = None;
+                }
+                let (branch, req) = dialog.notify_refer(refer_cseq, code, &reason, last);
+                ctx.transport.send_for(call_id, hop, &req).await;
+                pending_notify = Some(PendingRequest::new(branch, req, ctx.t1, reliable));
+            }
+            _ = sleep_until(pending_notify.as_ref().map_or(far, |p| p.next)), if pending_notify.is_some() => {
+                if let Some(p) = pending_notify.as_mut() {
+                    if tokio::time::Instant::now() >= p.give_up {
+                        tracing::warn!(%call_id, "no answer to our NOTIFY (timer F)");
+                        pending_notify = None;
+                    } else {
+                        ctx.transport.send_for(call_id, hop, &p.request).await;
                         p.interval = (p.interval * 2).min(Duration::from_secs(4));
                         p.next += p.interval;
                     }
@@ -198,6 +233,10 @@ pub async fn run(
                         // A retransmitted 2xx of our INVITE: our ACK was lost.
                         if dialog.matches_invite(&m) && m.status().is_some_and(|c| (200..300).contains(&c)) {
                             ctx.transport.send_for(call_id, hop, &ack).await;
+                        } else if pending_notify.as_ref().is_some_and(|p| m.top_branch() == Some(p.branch.as_str())) {
+                            if m.status().is_some_and(|c| c >= 200) {
+                                pending_notify = None;
+                            }
                         } else {
                             ctx.transport.metrics().drop(DropReason::NoTransaction);
                         }
@@ -255,6 +294,38 @@ pub async fn run(
                                 }
                                 last_response = Some((cseq, resp));
                             }
+                            "REFER" => {
+                                let accepted = match (&transfer, refer.is_some()) {
+                                    (None, _) => Err((403, "Forbidden")),
+                                    (Some(_), true) => Err((491, "Request Pending")),
+                                    (Some(tx), false) => refer_target(&m).and_then(|target| {
+                                        let (stx, srx) = mpsc::unbounded_channel();
+                                        tx.send(super::TransferRequest { target, status: stx })
+                                            .map(|_| srx)
+                                            .map_err(|_| (403, "Forbidden"))
+                                    }),
+                                };
+                                let resp = match accepted {
+                                    Ok(srx) => {
+                                        refer = Some((cseq, srx));
+                                        let contact = format!("Contact: <{}>\r\n", dialog.contact);
+                                        response_to(&m, 202, "Accepted", None, &contact, "")
+                                    }
+                                    Err((code, reason)) => {
+                                        tracing::warn!(%call_id, %from, code, refer_to = ?m.header("refer-to"), "REFER refused");
+                                        response_to(&m, code, reason, None, "", "")
+                                    }
+                                };
+                                let ok = resp.starts_with("SIP/2.0 2");
+                                ctx.transport.send(from, &resp).await;
+                                last_response = Some((cseq, resp));
+                                if ok {
+                                    // RFC 3515 §2.4.4: a NOTIFY right away.
+                                    let (branch, req) = dialog.notify_refer(cseq, 100, "Trying", false);
+                                    ctx.transport.send_for(call_id, hop, &req).await;
+                                    pending_notify = Some(PendingRequest::new(branch, req, ctx.t1, reliable));
+                                }
+                            }
                             _ => {
                                 let resp = response_to(&m, 200, "OK", None, "", "");
                                 ctx.transport.send(from, &resp).await;
@@ -272,6 +343,14 @@ pub async fn run(
             }
             _ = stop.hangup.cancelled() => {
                 tracing::info!(%call_id, "hang-up requested");
+                // A transfer's last word (the bridge hangs up the agent
+                // right after it) goes out before our BYE.
+                if let Some((refer_cseq, mut r)) = refer.take() {
+                    while let Ok((code, reason)) = r.try_recv() {
+                        let (_, req) = dialog.notify_refer(refer_cseq, code, &reason, code >= 200);
+                        ctx.transport.send_for(call_id, hop, &req).await;
+                    }
+                }
                 break;
             }
             _ = stop.shutdown.cancelled(), if !draining => {
@@ -330,6 +409,64 @@ pub async fn run(
         rtp_received: stats.received,
         rtp_dropped: dropped,
         media: Some(stats),
+    }
+}
+
+/// Longest Refer-To we take.
+const MAX_REFER_TO: usize = 512;
+
+/// The target of a REFER: one Refer-To with a `sip:` or `sips:` URI. An
+/// attended transfer (a `Replaces` header in the URI) is not supported.
+fn refer_target(m: &Message) -> Result<String, (u16, &'static str)> {
+    let mut values = m.header_values("refer-to");
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err((400, "Bad Request"));
+    };
+    if value.len() > MAX_REFER_TO || value.chars().any(char::is_control) {
+        return Err((400, "Bad Request"));
+    }
+    let uri = match value.find('<') {
+        Some(i) => value[i + 1..].split('>').next().unwrap_or(""),
+        None => value.split(';').next().unwrap_or(""),
+    }
+    .trim();
+    let lower = uri.to_ascii_lowercase();
+    if !(lower.starts_with("sip:") || lower.starts_with("sips:")) {
+        return Err((416, "Unsupported URI Scheme"));
+    }
+    let (uri, headers) = uri.split_once('?').unwrap_or((uri, ""));
+    if headers.to_ascii_lowercase().contains("replaces") {
+        return Err((501, "Not Implemented"));
+    }
+    if crate::sip::dialog::host_port(uri).is_none() || uri.contains(char::is_whitespace) {
+        return Err((400, "Bad Request"));
+    }
+    Ok(uri.to_owned())
+}
+
+/// A request of ours inside the dialog (NOTIFY), retransmitted over UDP
+/// (Timer E, T1 doubling to T2) until a final response or Timer F.
+struct PendingRequest {
+    branch: String,
+    request: String,
+    next: tokio::time::Instant,
+    interval: Duration,
+    give_up: tokio::time::Instant,
+}
+
+impl PendingRequest {
+    fn new(branch: String, request: String, t1: Duration, reliable: bool) -> Self {
+        let now = tokio::time::Instant::now();
+        let give_up = now + t1 * 64;
+        Self {
+            branch,
+            request,
+            // Over TCP the transport is reliable: no retransmission, only
+            // the timeout.
+            next: if reliable { give_up } else { now + t1 },
+            interval: t1,
+            give_up,
+        }
     }
 }
 
@@ -494,5 +631,61 @@ async fn hang_up(
                 next += interval;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refer(headers: &str) -> Message {
+        let raw = format!(
+            "REFER sip:dialstack@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK1\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@y>;tag=2\r\nCall-ID: c1\r\nCSeq: 5 REFER\r\n{headers}Content-Length: 0\r\n\r\n"
+        );
+        Message::parse(raw.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn refer_to_targets_are_read_and_bad_ones_refused() {
+        let ok = |h: &str| refer_target(&refer(h));
+        assert_eq!(
+            ok("Refer-To: <sip:sales@10.0.0.9:5070>\r\n"),
+            Ok("sip:sales@10.0.0.9:5070".into())
+        );
+        assert_eq!(
+            ok("Refer-To: \"Sales\" <sips:sales@pbx.example;transport=tls>;x=1\r\n"),
+            Ok("sips:sales@pbx.example;transport=tls".into())
+        );
+        // The compact form.
+        assert_eq!(ok("r: sip:bob@pbx\r\n"), Ok("sip:bob@pbx".into()));
+        // None, two, another scheme, an attended transfer, garbage.
+        assert_eq!(ok(""), Err((400, "Bad Request")));
+        assert_eq!(
+            ok("Refer-To: <sip:a@h>\r\nRefer-To: <sip:b@h>\r\n"),
+            Err((400, "Bad Request"))
+        );
+        assert_eq!(
+            ok("Refer-To: <sip:a@h>, <sip:b@h>\r\n"),
+            Err((400, "Bad Request"))
+        );
+        assert_eq!(
+            ok("Refer-To: <tel:+15551234567>\r\n"),
+            Err((416, "Unsupported URI Scheme"))
+        );
+        assert_eq!(
+            ok("Refer-To: <http://evil.example/x>\r\n"),
+            Err((416, "Unsupported URI Scheme"))
+        );
+        assert_eq!(
+            ok("Refer-To: <sip:bob@pbx?Replaces=abc%3Bto-tag%3D1%3Bfrom-tag%3D2>\r\n"),
+            Err((501, "Not Implemented"))
+        );
+        assert_eq!(ok("Refer-To: <sip:>\r\n"), Err((400, "Bad Request")));
+        assert_eq!(
+            ok("Refer-To: <sip:a@h:notaport>\r\n"),
+            Err((400, "Bad Request"))
+        );
+        let long = format!("Refer-To: <sip:{}@h>\r\n", "a".repeat(600));
+        assert_eq!(ok(&long), Err((400, "Bad Request")));
     }
 }

@@ -263,6 +263,43 @@ impl Dialog {
         (branch, out)
     }
 
+    /// A NOTIFY of the `refer` event package (RFC 3515) carrying the
+    /// transfer's progress as a `message/sipfrag` status line; `final_`
+    /// ends the implicit subscription. Returns the branch and the request.
+    pub fn notify_refer(
+        &mut self,
+        refer_cseq: u32,
+        code: u16,
+        reason: &str,
+        final_: bool,
+    ) -> (String, String) {
+        self.local_cseq += 1;
+        let branch = new_branch();
+        let (ruri, routes) = self.in_dialog_target();
+        let mut out = format!("NOTIFY {ruri} SIP/2.0\r\n");
+        self.common(
+            &mut out,
+            "NOTIFY",
+            self.local_cseq,
+            &branch,
+            self.remote_tag.as_deref(),
+        );
+        out.push_str(&routes);
+        let body = format!("SIP/2.0 {code} {reason}\r\n");
+        let state = if final_ {
+            "terminated;reason=noresource"
+        } else {
+            "active;expires=60"
+        };
+        let _ = write!(
+            out,
+            "Contact: <{}>\r\nEvent: refer;id={refer_cseq}\r\nSubscription-State: {state}\r\nContent-Type: message/sipfrag;version=2.0\r\nContent-Length: {}\r\n\r\n{body}",
+            self.contact,
+            body.len()
+        );
+        (branch, out)
+    }
+
     /// The Request-URI a BYE goes to (for its digest `uri`).
     pub fn bye_uri(&self) -> String {
         self.in_dialog_target().0

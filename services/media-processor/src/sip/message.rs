@@ -65,6 +65,7 @@ fn long_name(name: &str) -> String {
         "l" => "content-length".into(),
         "c" => "content-type".into(),
         "k" => "supported".into(),
+        "r" => "refer-to".into(),
         _ => n,
     }
 }

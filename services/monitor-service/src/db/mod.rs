@@ -177,8 +177,14 @@ pub struct Repo {
 }
 
 impl Repo {
-    /// Applies one call event, once.
+    /// Applies one call event, once. A deadlock with a concurrent
+    /// consumer's transaction runs it again here rather than spending the
+    /// event's deliveries.
     pub async fn apply(&self, event_id: &str, ev: &CallEvent) -> Result<Applied, sqlx::Error> {
+        dialstack_common::db::retry_conflicts(5, || self.apply_once(event_id, ev)).await
+    }
+
+    async fn apply_once(&self, event_id: &str, ev: &CallEvent) -> Result<Applied, sqlx::Error> {
         let (outcome, failure, sip_status, mos) = match ev {
             CallEvent::Answered(a) => {
                 let d = &a.call;

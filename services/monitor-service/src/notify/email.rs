@@ -1,12 +1,14 @@
 //! E-mail over SMTP with lettre: plain, STARTTLS (required, not
 //! opportunistic) or TLS from the first byte; an HTML part with a plain-text
-//! alternative; one message to all of a channel's recipients.
+//! alternative; one message to all of a channel's recipients. TLS is rustls
+//! with the system's CAs plus `DIALSTACK_CA_FILE`'s, when set.
 
 use std::time::Duration;
 
 use dialstack_common::config::Env;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use super::{Message, SendError};
@@ -41,14 +43,43 @@ pub async fn send(
     let mail = builder
         .multipart(MultiPart::alternative_plain_html(msg.text(), msg.html()))
         .map_err(|e| permanent("message", &e))?;
-    let mut transport = match tls {
-        SmtpTls::None => {
+    let ca = match env.get(dialstack_common::tls::CA_FILE_VAR) {
+        None => None,
+        Some(path) => {
+            let pem = dialstack_common::tls::read_ca_file(std::path::Path::new(path))
+                .map_err(|e| permanent(dialstack_common::tls::CA_FILE_VAR, &e))?;
+            Some(
+                Certificate::from_pem(pem.as_bytes())
+                    .map_err(|e| permanent(dialstack_common::tls::CA_FILE_VAR, &e))?,
+            )
+        }
+    };
+    // With an extra CA the TLS parameters are built here; without, lettre's
+    // relay constructors build the same with the system's CAs only.
+    let with_ca = |ca: Certificate| {
+        TlsParameters::builder(smtp_host.clone())
+            .add_root_certificate(ca)
+            .build_rustls()
+            .map_err(|e| permanent("smtp tls", &e))
+    };
+    let mut transport = match (tls, ca) {
+        (SmtpTls::None, _) => {
             AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp_host.as_str())
         }
-        SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(smtp_host)
+        (SmtpTls::Starttls, None) => {
+            AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(smtp_host)
+                .map_err(|e| permanent("smtp_host", &e))?
+        }
+        (SmtpTls::Tls, None) => AsyncSmtpTransport::<Tokio1Executor>::relay(smtp_host)
             .map_err(|e| permanent("smtp_host", &e))?,
-        SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(smtp_host)
-            .map_err(|e| permanent("smtp_host", &e))?,
+        (SmtpTls::Starttls, Some(ca)) => {
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp_host.as_str())
+                .tls(Tls::Required(with_ca(ca)?))
+        }
+        (SmtpTls::Tls, Some(ca)) => {
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp_host.as_str())
+                .tls(Tls::Wrapper(with_ca(ca)?))
+        }
     }
     .port(*smtp_port)
     .timeout(Some(timeout));

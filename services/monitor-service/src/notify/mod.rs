@@ -250,14 +250,17 @@ pub struct Notifier {
 
 impl Notifier {
     /// A notifier reading secrets from `env`, counting into `counter`
-    /// (`dialstack_notifications_total{channel,result}`).
+    /// (`dialstack_notifications_total{channel,result}`); its HTTP client
+    /// trusts `tls`'s CA bundle besides the system's.
     pub fn new(
         repo: Repo,
         env: Arc<Env>,
         settings: Settings,
         counter: prometheus::IntCounterVec,
+        tls: &dialstack_common::tls::TlsConfig,
     ) -> Self {
-        let http = reqwest::Client::builder()
+        let http = tls
+            .http_client()
             .timeout(settings.timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()

@@ -468,8 +468,13 @@ impl Repo {
     /// one inbox claim for the batch, then each new event's write. Returns,
     /// per item, whether it was applied (`false`: applied before, repeated in
     /// the batch, or of a type that changes nothing). If it fails, nothing of
-    /// the batch is applied.
+    /// the batch is applied. A deadlock with a concurrent batch runs it
+    /// again here rather than spending the events' deliveries.
     pub async fn apply_batch(&self, items: &[Applied<'_>]) -> Result<Vec<bool>, sqlx::Error> {
+        dialstack_common::db::retry_conflicts(5, || self.apply_batch_once(items)).await
+    }
+
+    async fn apply_batch_once(&self, items: &[Applied<'_>]) -> Result<Vec<bool>, sqlx::Error> {
         let ids: Vec<&str> = items.iter().map(|i| i.event_id).collect();
         let mut tx = self.db.begin().await?;
         let fresh = inbox_claim_many(&mut tx, self.db.dialect, crate::NAME, &ids).await?;

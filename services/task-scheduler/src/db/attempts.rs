@@ -346,8 +346,18 @@ impl Repo {
     /// Applies a batch of call events in one transaction: one inbox
     /// statement, each event's conditional updates, one commit. Per event,
     /// in order: the campaign id when it completed its attempt. An event
-    /// seen before (inbox) changes nothing.
+    /// seen before (inbox) changes nothing. A deadlock with a concurrent
+    /// batch (they share leads, the abandon ledger and the inbox) runs the
+    /// transaction again here: redelivered instead, the events would spend
+    /// their deliveries and be dead-lettered under load.
     pub async fn apply_call_events(
+        &self,
+        events: &[(&str, &CallEvent)],
+    ) -> Result<Vec<Option<String>>, sqlx::Error> {
+        dialstack_common::db::retry_conflicts(5, || self.apply_call_events_once(events)).await
+    }
+
+    async fn apply_call_events_once(
         &self,
         events: &[(&str, &CallEvent)],
     ) -> Result<Vec<Option<String>>, sqlx::Error> {

@@ -85,8 +85,14 @@ impl WrapUpClient {
 
     /// A client of the user-service at `base` (`http://host:port`).
     pub fn new(base: &str) -> Self {
+        Self::with_tls(base, &dialstack_common::tls::TlsConfig::system())
+    }
+
+    /// As [`Self::new`], trusting `tls`'s CA bundle for an `https://` base.
+    pub fn with_tls(base: &str, tls: &dialstack_common::tls::TlsConfig) -> Self {
         Self {
-            http: reqwest::Client::builder()
+            http: tls
+                .http_client()
                 .timeout(Self::TIMEOUT)
                 .build()
                 .unwrap_or_default(),

@@ -856,6 +856,7 @@ mod tests {
             talk_ms: 29_000,
             tries: 0,
             quality: None,
+            transfer: None,
         };
         let obs = call_observations(&done(Outcome::AnsweredHuman, Some(leg)), 2_000);
         let events: Vec<PacingEvent> = obs.iter().map(|o| o.event).collect();

@@ -1,18 +1,41 @@
 //! Signing keys (published, active, retired) and access-token revocations.
+//!
+//! Seeds are stored as [`SeedSealer`](crate::kek::SeedSealer) writes them
+//! (sealed under the key-encryption key); a seed that does not open is an
+//! error, never a reason to generate a new key over it.
 
-use base64::Engine as _;
 use dialstack_common::auth::{Jwks, SigningKey};
 use sqlx::Row;
 
 use super::Repo;
+use crate::kek::OpenError;
 
-fn b64() -> base64::engine::GeneralPurpose {
-    base64::engine::general_purpose::STANDARD
+/// A signing key that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    /// A stored seed does not open under the configured keys.
+    #[error("signing key {kid} cannot be read")]
+    Seed {
+        /// The signing key's id.
+        kid: String,
+        /// Why.
+        #[source]
+        source: OpenError,
+    },
 }
 
 impl Repo {
+    /// The id of the key-encryption key that seals new seeds (`None`: they
+    /// are stored in plaintext).
+    pub fn kek_id(&self) -> Option<&str> {
+        self.seeds.current_id()
+    }
+
     /// The newest active signing key, created on first use.
-    pub async fn current_signing_key(&self) -> Result<SigningKey, sqlx::Error> {
+    pub async fn current_signing_key(&self) -> Result<SigningKey, KeyError> {
         let row = sqlx::query(
             "SELECT kid, seed FROM signing_keys WHERE retired_at IS NULL AND activates_at <= ?
              ORDER BY activates_at DESC, created_at DESC, kid DESC LIMIT 1",
@@ -21,13 +44,7 @@ impl Repo {
         .fetch_optional(&self.db.pool)
         .await?;
         if let Some(r) = row {
-            let kid: String = r.get(0);
-            let seed = b64()
-                .decode(r.get::<String, _>(1))
-                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-            if let Some(k) = SigningKey::from_seed(kid, &seed) {
-                return Ok(k);
-            }
+            return self.open_signing_key(r.try_get(0)?, &r.try_get::<String, _>(1)?);
         }
         let key = self.add_signing_key(0).await?;
         tracing::info!(kid = %key.kid, "signing key created");
@@ -35,21 +52,69 @@ impl Repo {
     }
 
     /// The public keys of every key not retired.
-    pub async fn jwks(&self) -> Result<Jwks, sqlx::Error> {
+    pub async fn jwks(&self) -> Result<Jwks, KeyError> {
         let rows = sqlx::query("SELECT kid, seed FROM signing_keys WHERE retired_at IS NULL")
             .fetch_all(&self.db.pool)
             .await?;
         let keys = rows
             .iter()
-            .filter_map(|r| {
-                let seed = b64().decode(r.get::<String, _>(1)).ok()?;
-                SigningKey::from_seed(r.get(0), &seed).map(|k| k.jwk())
+            .map(|r| {
+                let key = self.open_signing_key(r.try_get(0)?, &r.try_get::<String, _>(1)?)?;
+                Ok(key.jwk())
             })
-            .collect();
+            .collect::<Result<_, KeyError>>()?;
         Ok(Jwks {
             keys,
             ..Default::default()
         })
+    }
+
+    /// Seals again under the current key-encryption key every stored seed
+    /// that is not sealed under it (sealed under the previous key, or in
+    /// plaintext from before seeds were sealed), retired keys included.
+    /// Returns the kids sealed again. Without a key-encryption key it does
+    /// nothing.
+    pub async fn reseal_signing_keys(&self) -> Result<Vec<String>, KeyError> {
+        let Some(prefix) = self.seeds.current_prefix() else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query("SELECT kid, seed FROM signing_keys WHERE seed NOT LIKE ?")
+            .bind(format!("{prefix}%"))
+            .fetch_all(&self.db.pool)
+            .await?;
+        let mut resealed = Vec::new();
+        for r in rows {
+            let (kid, stored): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+            let seed = self
+                .seeds
+                .open(&kid, &stored)
+                .map_err(|source| KeyError::Seed {
+                    kid: kid.clone(),
+                    source,
+                })?;
+            // Only if the row is still as read: another replica may have
+            // sealed it meanwhile.
+            let done = sqlx::query("UPDATE signing_keys SET seed = ? WHERE kid = ? AND seed = ?")
+                .bind(self.seeds.seal(&kid, &seed))
+                .bind(&kid)
+                .bind(&stored)
+                .execute(&self.db.pool)
+                .await?;
+            if done.rows_affected() == 1 {
+                resealed.push(kid);
+            }
+        }
+        Ok(resealed)
+    }
+
+    fn open_signing_key(&self, kid: String, stored: &str) -> Result<SigningKey, KeyError> {
+        match self.seeds.open(&kid, stored) {
+            Ok(seed) => SigningKey::from_seed(kid.clone(), &seed).ok_or(KeyError::Seed {
+                kid,
+                source: OpenError::Malformed("not an Ed25519 seed"),
+            }),
+            Err(source) => Err(KeyError::Seed { kid, source }),
+        }
     }
 
     /// Adds a key that is published now and signs from `activates_at`.
@@ -59,7 +124,7 @@ impl Repo {
             "INSERT INTO signing_keys (kid, seed, created_at, activates_at) VALUES (?, ?, ?, ?)",
         )
         .bind(&key.kid)
-        .bind(b64().encode(key.seed()))
+        .bind(self.seeds.seal(&key.kid, &key.seed()))
         .bind(dialstack_common::now_ms())
         .bind(activates_at)
         .execute(&self.db.pool)

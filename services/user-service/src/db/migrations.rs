@@ -13,6 +13,7 @@ pub const MIGRATIONS: &[Migration] = &[
     MIGRATION_REVOCATIONS,
     MIGRATION_LOGIN_THROTTLE,
     MIGRATION_AGENT_CALLS,
+    MIGRATION_SEALED_SEEDS,
 ];
 
 /// Users and signing keys.
@@ -140,4 +141,24 @@ pub const MIGRATION_AGENT_CALLS: Migration = Migration {
     sql: "ALTER TABLE agents ADD COLUMN call_id VARCHAR(64) NULL;
           ALTER TABLE agents ADD COLUMN reserved_until BIGINT NULL;
           CREATE INDEX agents_call ON agents (call_id)",
+};
+
+/// Room for sealed signing seeds (`v1:<kek id>:<nonce>:<ciphertext>`, see
+/// [`crate::kek`]): `seed` was VARCHAR(64), which MySQL enforces. Neither
+/// engine widens a column with the same statement, so the table is copied;
+/// the values are sealed by the service at start, not here.
+pub const MIGRATION_SEALED_SEEDS: Migration = Migration {
+    version: 9,
+    name: "signing seeds sealed at rest",
+    sql: "CREATE TABLE signing_keys_sealed (
+            kid VARCHAR(64) NOT NULL PRIMARY KEY,
+            seed VARCHAR(255) NOT NULL,
+            created_at BIGINT NOT NULL,
+            retired_at BIGINT NULL,
+            activates_at BIGINT NOT NULL DEFAULT 0
+          );
+          INSERT INTO signing_keys_sealed (kid, seed, created_at, retired_at, activates_at)
+            SELECT kid, seed, created_at, retired_at, activates_at FROM signing_keys;
+          DROP TABLE signing_keys;
+          ALTER TABLE signing_keys_sealed RENAME TO signing_keys",
 };

@@ -11,7 +11,8 @@
 //! - [`reservations`]: reserving an available agent for a call, and lapsing
 //!   reservations not used in time
 //! - [`teams`]: team settings
-//! - [`keys`]: signing keys and access-token revocations
+//! - [`keys`]: signing keys (seeds sealed with the key-encryption key, see
+//!   [`crate::kek`]) and access-token revocations
 //!
 //! A change that ends sessions (role, password, deletion) revokes the refresh
 //! tokens and writes the access-token revocation in the same transaction as
@@ -29,6 +30,7 @@ pub mod users;
 
 pub use agents::{Agent, AgentCall, AgentRow, StateChange};
 pub use audit::AuditEntry;
+pub use keys::KeyError;
 pub use migrations::MIGRATIONS;
 pub use reservations::Reservation;
 pub use sessions::RefreshUse;
@@ -38,16 +40,29 @@ pub use users::{User, UserChange, UserUpdate};
 
 use dialstack_common::db::{Db, Dialect};
 
+use crate::kek::SeedSealer;
+
 /// The repository.
 #[derive(Clone, Debug)]
 pub struct Repo {
     db: Db,
+    /// How signing seeds are stored.
+    seeds: SeedSealer,
 }
 
 impl Repo {
-    /// A repository over `db`.
+    /// A repository over `db` that stores signing seeds in plaintext (see
+    /// [`Repo::with_seeds`]).
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self {
+            db,
+            seeds: SeedSealer::plaintext(),
+        }
+    }
+
+    /// The same repository, sealing signing seeds with `seeds`.
+    pub fn with_seeds(self, seeds: SeedSealer) -> Self {
+        Self { seeds, ..self }
     }
 
     /// The SQL engine behind the repository.

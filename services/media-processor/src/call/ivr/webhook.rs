@@ -53,7 +53,19 @@ impl Webhooks {
     /// Deliveries signed with `secret`, each try timing out after
     /// `timeout`; `allow_private` lets them reach private addresses.
     pub fn new(secret: Vec<u8>, timeout: Duration, allow_private: bool) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
+        let tls = dialstack_common::tls::TlsConfig::system();
+        Self::with_tls(secret, timeout, allow_private, &tls)
+    }
+
+    /// As [`Self::new`], trusting `tls`'s CA bundle besides the system's.
+    pub fn with_tls(
+        secret: Vec<u8>,
+        timeout: Duration,
+        allow_private: bool,
+        tls: &dialstack_common::tls::TlsConfig,
+    ) -> anyhow::Result<Self> {
+        let client = tls
+            .http_client()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
