@@ -85,13 +85,14 @@ pub async fn wait_completed(scheduler: &str, token: &str, id: &str) -> Value {
     .await
 }
 
-/// Every lead of the campaign with its attempts, following cursors.
-pub async fn leads(scheduler: &str, token: &str, id: &str) -> Vec<Value> {
+/// Every item of a paged list (`url` already has a query), following
+/// `next_cursor`.
+async fn all_pages(url: &str, token: &str) -> Vec<Value> {
     let http = reqwest::Client::new();
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let mut url = format!("{scheduler}/v1/campaigns/{id}/leads?limit=500");
+        let mut url = url.to_owned();
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
@@ -112,31 +113,22 @@ pub async fn leads(scheduler: &str, token: &str, id: &str) -> Vec<Value> {
     }
 }
 
+/// Every lead of the campaign with its attempts, following cursors.
+pub async fn leads(scheduler: &str, token: &str, id: &str) -> Vec<Value> {
+    all_pages(
+        &format!("{scheduler}/v1/campaigns/{id}/leads?limit=500"),
+        token,
+    )
+    .await
+}
+
 /// Every CDR of the campaign, following cursors.
 pub async fn cdrs(storage: &str, token: &str, id: &str) -> Vec<Value> {
-    let http = reqwest::Client::new();
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = format!("{storage}/v1/calls?campaign_id={id}&limit=20");
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let page: Value = http
-            .get(url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        out.extend(page["items"].as_array().cloned().unwrap_or_default());
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => return out,
-        }
-    }
+    all_pages(
+        &format!("{storage}/v1/calls?campaign_id={id}&limit=20"),
+        token,
+    )
+    .await
 }
 
 /// CDRs of the campaign once all `n` are completed.

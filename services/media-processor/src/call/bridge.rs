@@ -323,28 +323,12 @@ async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: In
     let mut ctx = job.ctx.clone();
     ctx.trunk = hop;
     ctx.credentials = None;
-    let answer_ms = (job.bctx.agent_answer.as_millis() as u64).clamp(
-        dialstack_contract::MIN_RING_TIMEOUT_MS,
-        dialstack_contract::MAX_RING_TIMEOUT_MS,
+    let cmd = side_leg(
+        &job.cmd,
+        format!("{call_id}-a{attempt}"),
+        job.bctx.agent_answer.as_millis() as u64,
     );
-    let cmd = DialCommand {
-        call_id: format!("{call_id}-a{attempt}"),
-        ring_timeout_ms: answer_ms,
-        record: false,
-        bridge: None,
-        ivr: None,
-        amd: None,
-        transcribe: false,
-        fields: Default::default(),
-        ..job.cmd.clone()
-    };
-    // The agent hears the callee (the callee's `heard`) and speaks into
-    // the callee's `say`; stale audio from before the connection is dropped.
-    let io = BridgeIo {
-        heard: job.io.say.clone(),
-        say: job.io.heard.clone(),
-        keys: None,
-    };
+    let io = facing(&job.io);
     let (ttx, mut transfers) = mpsc::unbounded_channel();
     let leg = LegOptions {
         remote_uri: Some(agent.sip_uri.clone()),
@@ -540,6 +524,37 @@ async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: In
     }))
 }
 
+/// The command of a leg beside the callee's (an agent, a transfer target):
+/// the callee's command under its own Call-ID, ringing at most `ring_ms`
+/// (within the contract's limits), with no recording, bridge, IVR or
+/// machine detection of its own.
+fn side_leg(cmd: &DialCommand, call_id: String, ring_ms: u64) -> DialCommand {
+    DialCommand {
+        call_id,
+        ring_timeout_ms: ring_ms.clamp(
+            dialstack_contract::MIN_RING_TIMEOUT_MS,
+            dialstack_contract::MAX_RING_TIMEOUT_MS,
+        ),
+        record: false,
+        bridge: None,
+        ivr: None,
+        amd: None,
+        transcribe: false,
+        fields: Default::default(),
+        ..cmd.clone()
+    }
+}
+
+/// The pipes of a leg facing the callee: it hears what the callee says
+/// (the callee's `heard`) and speaks into the callee's `say`.
+fn facing(callee: &BridgeIo) -> BridgeIo {
+    BridgeIo {
+        heard: callee.say.clone(),
+        say: callee.heard.clone(),
+        keys: None,
+    }
+}
+
 /// Most transfers one agent leg may ask for (refused ones included).
 const MAX_TRANSFERS: u32 = 8;
 
@@ -574,28 +589,15 @@ struct PendingTransfer {
 fn dial_transfer(job: &Job, req: super::TransferRequest, n: u32) -> PendingTransfer {
     let mut ctx = job.ctx.clone();
     ctx.credentials = None;
-    let cmd = DialCommand {
-        call_id: format!("{}-x{n}", job.cmd.call_id),
-        ring_timeout_ms: TRANSFER_RING_MS.clamp(
-            dialstack_contract::MIN_RING_TIMEOUT_MS,
-            dialstack_contract::MAX_RING_TIMEOUT_MS,
-        ),
-        record: false,
-        bridge: None,
-        ivr: None,
-        amd: None,
-        transcribe: false,
-        fields: Default::default(),
-        ..job.cmd.clone()
-    };
+    let cmd = side_leg(
+        &job.cmd,
+        format!("{}-x{n}", job.cmd.call_id),
+        TRANSFER_RING_MS,
+    );
     let leg = LegOptions {
         remote_uri: Some(req.target.clone()),
         invite_headers: String::new(),
-        io: Some(BridgeIo {
-            heard: job.io.say.clone(),
-            say: job.io.heard.clone(),
-            keys: None,
-        }),
+        io: Some(facing(&job.io)),
         transfer: None,
     };
     let (ptx, progress) = mpsc::unbounded_channel();
@@ -661,20 +663,11 @@ pub async fn run_preview(
     let mut actx = ctx.clone();
     actx.trunk = hop;
     actx.credentials = None;
-    let acmd = DialCommand {
-        call_id: format!("{call_id}-a1"),
-        ring_timeout_ms: (bctx.agent_answer.as_millis() as u64).clamp(
-            dialstack_contract::MIN_RING_TIMEOUT_MS,
-            dialstack_contract::MAX_RING_TIMEOUT_MS,
-        ),
-        record: false,
-        bridge: None,
-        ivr: None,
-        amd: None,
-        transcribe: false,
-        fields: Default::default(),
-        ..cmd.clone()
-    };
+    let acmd = side_leg(
+        cmd,
+        format!("{call_id}-a1"),
+        bctx.agent_answer.as_millis() as u64,
+    );
     let leg = LegOptions {
         remote_uri: Some(agent.sip_uri.clone()),
         invite_headers: auto_answer_headers(&actx),
