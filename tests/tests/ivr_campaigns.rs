@@ -514,3 +514,148 @@ async fn ivr_campaigns_send_their_flow_detection_and_lead_fields_and_count_machi
         drop(s);
     }
 }
+
+/// A campaign's own compliance message for abandoned calls: refused when
+/// malformed (the field named, nothing created), stored and read back on
+/// each engine, sent in the bridge of every dial command (an IVR flow's
+/// `transfer` needs it too) with the lead's fields it says, replaced and
+/// removed by PATCH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaigns_carry_their_own_compliance_message() {
+    let issuer = TestIssuer::start().await;
+    let message = json!({"text": "This is Acme calling {first_name}. Call us back on 0800 123 456, or press 9 to opt out.", "voice": "en-us"});
+    for (engine, url) in both_databases() {
+        let s = Stack::start(&url, &issuer).await;
+        let cases: Vec<(Value, Vec<&str>, &str)> = vec![
+            (json!({"txt": "typo"}), vec!["txt"], "an unknown key"),
+            (json!({"text": "  "}), vec!["text"], "an empty text"),
+            (
+                json!({"prompt": "p1", "text": "both"}),
+                vec!["not both"],
+                "a prompt and a text",
+            ),
+            (json!({}), vec!["prompt or a text"], "neither"),
+            (
+                json!({"text": "Hello {first name}"}),
+                vec!["first name"],
+                "a malformed lead field",
+            ),
+            (
+                json!({"text": "Hello", "rate": 5000}),
+                vec!["rate"],
+                "a rate out of range",
+            ),
+            (json!("Acme"), vec!["abandon_message"], "not an object"),
+        ];
+        for (m, words, what) in cases {
+            let (st, b) = s
+                .call(
+                    Method::POST,
+                    "/v1/campaigns",
+                    Some(body(
+                        json!({"team": "east", "mode": "progressive", "abandon_message": m}),
+                    )),
+                )
+                .await;
+            refused(
+                st,
+                &b,
+                "abandon_message",
+                &words,
+                &format!("{engine}: {what}"),
+            );
+        }
+        assert_eq!(s.campaign_count().await, 0, "{engine}: nothing was created");
+
+        // An agent campaign stores it and reads it back.
+        let (st, c) = s
+            .call(
+                Method::POST,
+                "/v1/campaigns",
+                Some(body(
+                    json!({"team": "east", "mode": "progressive", "abandon_message": message}),
+                )),
+            )
+            .await;
+        assert_eq!(st, 201, "{engine}: {c}");
+        let agents = c["id"].as_str().unwrap().to_owned();
+        let (st, got) = s
+            .call(Method::GET, &format!("/v1/campaigns/{agents}"), None)
+            .await;
+        assert_eq!(st, 200, "{engine}: {got}");
+        assert_eq!(got["abandon_message"], message, "{engine}");
+
+        // An IVR flow whose `transfer` hands calls to agents: every command
+        // carries the message in its bridge, and the lead's first name.
+        let (st, c) = s
+            .call(
+                Method::POST,
+                "/v1/campaigns",
+                Some(body(json!({
+                    "team": "east", "ivr_flow": flow(), "abandon_message": message,
+                    "contacts": [{"phone": "+14155550201", "first_name": "Ada"}],
+                }))),
+            )
+            .await;
+        assert_eq!(st, 201, "{engine}: {c}");
+        let ivr = c["id"].as_str().unwrap().to_owned();
+        s.call(Method::POST, &format!("/v1/campaigns/{ivr}/start"), None)
+            .await;
+        let dials = s.dials.wait_for(1).await;
+        let d = &dials[0];
+        assert!(d.validate().is_ok(), "{engine}: {d:?}");
+        let bridge = d.bridge.as_ref().expect("a bridge for the flow's transfer");
+        assert_eq!(
+            bridge.abandon_message.text.as_deref(),
+            message["text"].as_str(),
+            "{engine}"
+        );
+        assert_eq!(bridge.abandon_message.voice.as_deref(), Some("en-us"));
+        assert_eq!(bridge.abandon_after_ms, 2_000, "{engine}: the legal wait");
+        assert_eq!(d.fields["first_name"], "Ada", "{engine}");
+
+        // PATCH replaces it (a bad one is refused and changes nothing),
+        // and null goes back to the deployment's message.
+        let (st, b) = s
+            .call(
+                Method::PATCH,
+                &format!("/v1/campaigns/{agents}"),
+                Some(json!({"abandon_message": {"prompt": "not an id!"}})),
+            )
+            .await;
+        refused(
+            st,
+            &b,
+            "abandon_message",
+            &["prompt"],
+            &format!("{engine}: a bad patch"),
+        );
+        let (_, got) = s
+            .call(Method::GET, &format!("/v1/campaigns/{agents}"), None)
+            .await;
+        assert_eq!(got["abandon_message"], message, "{engine}: unchanged");
+        let (st, c) = s
+            .call(
+                Method::PATCH,
+                &format!("/v1/campaigns/{agents}"),
+                Some(json!({"abandon_message": {"prompt": "acme-abandon"}})),
+            )
+            .await;
+        assert_eq!(st, 200, "{engine}: {c}");
+        assert_eq!(
+            c["abandon_message"],
+            json!({"prompt": "acme-abandon"}),
+            "{engine}"
+        );
+        let (st, c) = s
+            .call(
+                Method::PATCH,
+                &format!("/v1/campaigns/{agents}"),
+                Some(json!({"abandon_message": null})),
+            )
+            .await;
+        assert_eq!(st, 200, "{engine}: {c}");
+        assert_eq!(c["abandon_message"], Value::Null, "{engine}");
+        drop(s);
+    }
+}

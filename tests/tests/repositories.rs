@@ -458,6 +458,7 @@ mod scheduler {
             dispositions: None,
             ivr_flow: None,
             amd: None,
+            abandon_message: None,
             transcribe: false,
         };
         let c = repo

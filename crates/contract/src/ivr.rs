@@ -64,6 +64,15 @@ impl Say {
         self.prompt.is_none() && self.text.is_none()
     }
 
+    /// The rules of a message said outside a flow (a campaign's compliance
+    /// message); errors name `field`.
+    pub fn check(&self, field: &'static str, required: bool) -> Result<(), ContractError> {
+        self.validate(field, required).map_err(|e| {
+            let prefix = format!("node '{field}': ");
+            bad(field, e.reason.strip_prefix(&prefix).unwrap_or(&e.reason))
+        })
+    }
+
     fn validate(&self, node: &str, required: bool) -> Result<(), ContractError> {
         match (&self.prompt, &self.text) {
             (Some(_), Some(_)) => {
@@ -488,6 +497,7 @@ impl IvrNode {
                     skills: skills.clone(),
                     agent_id: None,
                     abandon_after_ms: 2_000,
+                    abandon_message: Say::default(),
                 };
                 spec.validate()
                     .map_err(|e| node_err(name, format!("{}: {}", e.field, e.reason)))?;

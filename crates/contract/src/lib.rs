@@ -172,6 +172,12 @@ pub struct BridgeSpec {
     /// compliance message and hang-up (ms; the law says 2,000).
     #[serde(default = "default_abandon_after_ms")]
     pub abandon_after_ms: u64,
+    /// The campaign's compliance message (the seller's name and a number
+    /// to call back, with an opt-out): a stored prompt or text rendered
+    /// with the lead's fields. Empty: the deployment's message
+    /// (`DIALSTACK_ABANDON_PROMPT`, or the built-in chime).
+    #[serde(default, skip_serializing_if = "ivr::Say::is_empty")]
+    pub abandon_message: ivr::Say,
 }
 
 fn default_abandon_after_ms() -> u64 {
@@ -200,6 +206,9 @@ impl BridgeSpec {
         if !(100..=10_000).contains(&self.abandon_after_ms) {
             return Err(bad("bridge.abandon_after_ms", "must be 100-10000"));
         }
+        self.abandon_message
+            .check("bridge.abandon_message", false)
+            .map_err(|e| bad("bridge.abandon_message", e.reason))?;
         Ok(())
     }
 }
@@ -1112,6 +1121,21 @@ mod tests {
         // The default wait is the legal 2 s once read from JSON.
         let spec: BridgeSpec = serde_json::from_str("{}").unwrap();
         assert_eq!(spec.abandon_after_ms, 2_000);
+        assert!(spec.abandon_message.is_empty());
+        // A campaign's own message travels with the spec and is checked by
+        // the rules of prompts; an empty one is left out of the JSON.
+        let with_text: BridgeSpec = serde_json::from_value(serde_json::json!({
+            "abandon_message": {"text": "This is Acme, call us on 0800 123 456.", "voice": "en-us"}
+        }))
+        .unwrap();
+        assert!(with_text.validate().is_ok());
+        assert!(!serde_json::to_string(&spec)
+            .unwrap()
+            .contains("abandon_message"));
+        let e = serde_json::from_value::<BridgeSpec>(serde_json::json!({
+            "abandon_message": {"txt": "typo"}
+        }));
+        assert!(e.is_err(), "unknown fields of a message are refused");
         cmd.bridge = Some(spec.clone());
         assert!(cmd.validate().is_ok());
         for (bad, field) in [
@@ -1142,6 +1166,27 @@ mod tests {
                     ..spec.clone()
                 },
                 "bridge.skills",
+            ),
+            (
+                BridgeSpec {
+                    abandon_message: ivr::Say {
+                        text: Some("Hello {first name}".into()),
+                        ..ivr::Say::default()
+                    },
+                    ..spec.clone()
+                },
+                "bridge.abandon_message",
+            ),
+            (
+                BridgeSpec {
+                    abandon_message: ivr::Say {
+                        prompt: Some("p1".into()),
+                        text: Some("both".into()),
+                        ..ivr::Say::default()
+                    },
+                    ..spec.clone()
+                },
+                "bridge.abandon_message",
             ),
         ] {
             cmd.bridge = Some(bad);

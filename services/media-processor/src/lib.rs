@@ -49,7 +49,8 @@
 //! `DIALSTACK_AGENT_ANSWER_MS` (how long an agent's phone may ring before
 //! the next agent is tried, default 8000, 500-60000),
 //! `DIALSTACK_ABANDON_PROMPT` (a WAV file, PCM mono 8 kHz 16-bit, of the
-//! compliance message an abandoned callee hears; default a built-in chime),
+//! compliance message an abandoned callee hears when its campaign has no
+//! `abandon_message` of its own; default a built-in chime),
 //! `DIALSTACK_TRANSFER_HOSTS` (comma-separated hosts an agent may transfer
 //! a callee to by REFER, besides their own phone's host; default none).
 

@@ -13,7 +13,10 @@
 //! - an agent that does not answer is canceled and released, the next one
 //!   is bridged
 //! - no agent within the abandon time: the callee hears the compliance
-//!   message and is hung up, outcome `abandoned`
+//!   message and is hung up, outcome `abandoned`; the campaign's own
+//!   message (a stored prompt, or text rendered by espeak-ng with the
+//!   lead's fields) when it has one, the deployment's when that prompt is
+//!   missing
 //! - preview: the agent is called first, then the customer
 //! - blind transfer: the agent's REFER moves the callee to the target
 //!   (NOTIFY 100 then 200, the agent hung up and in wrap-up, audio between
@@ -28,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{command, context};
+use dialstack_contract::ivr::Say;
 use dialstack_contract::{BridgeSpec, Outcome};
 use media_processor::call::bridge::{
     AgentDesk, BridgeContext, BridgeMetrics, Reservation, ReservedAgent,
@@ -444,6 +448,7 @@ fn bridged(abandon_after_ms: u64) -> BridgeSpec {
         skills: BTreeMap::new(),
         agent_id: None,
         abandon_after_ms,
+        abandon_message: Say::default(),
     }
 }
 
@@ -995,4 +1000,94 @@ async fn a_blind_transfer_goes_on_when_the_agent_hangs_up_at_once() {
         .map(|(_, s)| s.clone())
         .collect();
     assert_eq!(states, ["reserved", "on_call", "wrap_up"]);
+}
+
+/// An abandoned call of a campaign with its own message: `say` played
+/// instead of the chime. Returns the report, the time to the BYE and the
+/// loud packets the callee heard.
+async fn abandon_with(
+    test: &str,
+    say: Say,
+    stored: Option<(&str, Vec<i16>)>,
+) -> (media_processor::call::Report, Duration, usize) {
+    let callee = Ua::start(Behaviour {
+        answer: true,
+        level: CALLEE,
+        ..Behaviour::default()
+    })
+    .await;
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/test-logs/bridge")
+        .join(format!("{test}-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let engines = common::engines::engines(&dir);
+    if let Some((id, pcm)) = stored {
+        engines.prompts.0.lock().unwrap().insert(
+            id.to_owned(),
+            media_processor::call::ivr::PromptAudio::Pcm(Arc::new(pcm)),
+        );
+    }
+    let (ctx, _stop) = context(callee.addr, T1).await;
+    let mut ctx = with_bridge(ctx, Arc::new(Desk::default()), Duration::from_secs(2));
+    ctx.ivr = Some(engines.ivr.clone());
+    let mut cmd = command(30_000, 5_000);
+    cmd.fields = BTreeMap::from([("first_name".to_owned(), "Ada".to_owned())]);
+    cmd.bridge = Some(BridgeSpec {
+        abandon_message: say,
+        ..bridged(500)
+    });
+    let started = std::time::Instant::now();
+    let (report, _) = run(&ctx, &cmd).await;
+    let took = started.elapsed();
+    assert!(callee.seen.lock().unwrap().got_bye, "{test}: hung up");
+    (report, took, callee.loud_packets())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_call_hears_the_campaigns_own_message() {
+    // A stored prompt: 3 s of steady sound, 150 packets, not the chime's 45.
+    let (report, took, loud) = abandon_with(
+        "stored",
+        Say {
+            prompt: Some("acme-abandon".into()),
+            ..Say::default()
+        },
+        Some(("acme-abandon", vec![4_000; 24_000])),
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::Abandoned, "{report:?}");
+    assert!((140..=160).contains(&loud), "{loud} loud packets");
+    assert!(
+        took > Duration::from_millis(3_400) && took < Duration::from_secs(8),
+        "0.5 s wait, 3 s message: {took:?}"
+    );
+
+    // Text rendered by espeak-ng with the lead's name: seconds of speech.
+    let (report, took, loud) = abandon_with(
+        "text",
+        Say {
+            text: Some(
+                "This is Acme calling {first_name}. Please call us back on 0800 123 456.".into(),
+            ),
+            ..Say::default()
+        },
+        None,
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::Abandoned, "{report:?}");
+    assert!(loud > 100, "{loud} loud packets: speech, not the chime");
+    assert!(took > Duration::from_millis(2_500), "{took:?}");
+
+    // A prompt that is not there: the deployment's chime, never silence.
+    let (report, _, loud) = abandon_with(
+        "missing",
+        Say {
+            prompt: Some("deleted-prompt".into()),
+            ..Say::default()
+        },
+        None,
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::Abandoned, "{report:?}");
+    assert!((40..=60).contains(&loud), "{loud} loud packets: the chime");
 }

@@ -9,7 +9,10 @@
 //!   is canceled, its reservation released, and the next agent is tried.
 //! - When no agent is connected within the command's `abandon_after_ms`
 //!   (2 s by law) of the callee's answer, the callee hears the compliance
-//!   message and is hung up: outcome `abandoned`.
+//!   message and is hung up: outcome `abandoned`. The message is the
+//!   campaign's (`BridgeSpec::abandon_message`, rendered as soon as the
+//!   first try finds no agent, so that it is ready at the deadline) or,
+//!   without one, the deployment's.
 //! - Either side hanging up ends both legs. The agent goes `reserved →
 //!   on_call` when its leg answers and `on_call → wrap_up` when the bridge
 //!   ends; a reservation that was not used is released (`available`).
@@ -30,6 +33,13 @@ pub const PROMPT_FRAMES: usize = 3_000;
 
 /// How long to wait before asking for an agent again when none was free.
 const RESERVE_RETRY: Duration = Duration::from_millis(150);
+
+/// Longest wait past the deadline for the campaign's message to render;
+/// after it the deployment's message is played instead.
+const MESSAGE_GRACE: Duration = Duration::from_millis(1_000);
+
+/// The campaign's compliance message being rendered.
+type Rendering = JoinHandle<Option<Arc<Vec<i16>>>>;
 
 /// An agent reserved for a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,17 +216,18 @@ async fn run_job(job: Job) -> BridgeEnd {
     let deadline = job.answered_at + Duration::from_millis(job.spec.abandon_after_ms);
     let mut exclude: Vec<String> = Vec::new();
     let mut tries: u32 = 0;
-    loop {
+    let mut message: Option<Rendering> = None;
+    let end = loop {
         if job.callee_gone.is_cancelled() {
             job.bctx
                 .metrics
                 .calls
                 .with_label_values(&["callee_gone"])
                 .inc();
-            return BridgeEnd::default();
+            break BridgeEnd::default();
         }
         if Instant::now() >= deadline {
-            return abandon(&job).await;
+            break abandon(&job, message.take()).await;
         }
         let want = Reservation {
             team: job.cmd.team.clone(),
@@ -228,11 +239,13 @@ async fn run_job(job: Job) -> BridgeEnd {
         let agent = match job.bctx.desk.reserve(&want).await {
             Ok(Some(a)) => a,
             Ok(None) => {
+                message = message.or_else(|| render_message(&job));
                 wait_a_little(&job, deadline).await;
                 continue;
             }
             Err(e) => {
                 tracing::warn!(%call_id, error = %e, "agent reservation failed");
+                message = message.or_else(|| render_message(&job));
                 wait_a_little(&job, deadline).await;
                 continue;
             }
@@ -241,12 +254,13 @@ async fn run_job(job: Job) -> BridgeEnd {
         match call_agent(&job, &agent, tries, deadline).await {
             AgentTry::Connected(leg) => {
                 job.bctx.metrics.calls.with_label_values(&["bridged"]).inc();
-                return BridgeEnd {
+                break BridgeEnd {
                     agent: Some(*leg),
                     abandoned: false,
                 };
             }
             AgentTry::NotAnswered => {
+                message = message.or_else(|| render_message(&job));
                 release(&job, &agent.id).await;
                 exclude.push(agent.id);
                 if exclude.len() > 64 {
@@ -254,10 +268,32 @@ async fn run_job(job: Job) -> BridgeEnd {
                 }
             }
             AgentTry::Stopped => {
+                message = message.or_else(|| render_message(&job));
                 release(&job, &agent.id).await;
             }
         }
+    };
+    if let Some(m) = message {
+        m.abort();
     }
+    end
+}
+
+/// Starts rendering the campaign's compliance message, when it has one
+/// and this process has the engines and prompts to render it.
+fn render_message(job: &Job) -> Option<Rendering> {
+    if job.spec.abandon_message.is_empty() {
+        return None;
+    }
+    let Some(ictx) = job.ctx.ivr.clone() else {
+        tracing::warn!(call_id = %job.cmd.call_id, "the campaign's compliance message needs the speech engines, which this process lacks: the deployment's message is used");
+        return None;
+    };
+    let say = job.spec.abandon_message.clone();
+    let cmd = job.cmd.clone();
+    Some(tokio::spawn(async move {
+        super::ivr::render_say(&ictx, &say, &cmd).await
+    }))
 }
 
 /// Sleeps until the next reservation try, the deadline or the callee's
@@ -281,12 +317,33 @@ async fn release(job: &Job, agent_id: &str) {
     }
 }
 
-/// Plays the compliance message to the callee, then hangs it up.
-async fn abandon(job: &Job) -> BridgeEnd {
+/// Plays the compliance message to the callee (the campaign's when it is
+/// rendered in time, else the deployment's), then hangs it up.
+async fn abandon(job: &Job, message: Option<Rendering>) -> BridgeEnd {
     let call_id = &job.cmd.call_id;
+    let mut campaign = false;
+    let pcm = match message {
+        Some(mut m) => {
+            let got = tokio::select! {
+                r = &mut m => r.ok().flatten(),
+                _ = tokio::time::sleep(MESSAGE_GRACE) => {
+                    tracing::warn!(%call_id, "the campaign's compliance message was not rendered in time: the deployment's is played");
+                    m.abort();
+                    None
+                }
+                _ = job.callee_gone.cancelled() => {
+                    m.abort();
+                    None
+                }
+            };
+            campaign = got.is_some();
+            got.unwrap_or_else(|| job.bctx.prompt.clone())
+        }
+        None => job.bctx.prompt.clone(),
+    };
     job.io.say.clear();
-    let frames = job.io.say.push_all(&job.bctx.prompt);
-    tracing::info!(%call_id, frames, "no agent in time: compliance message, then hang-up");
+    let frames = job.io.say.push_all(&pcm);
+    tracing::info!(%call_id, frames, campaign, "no agent in time: compliance message, then hang-up");
     job.bctx
         .metrics
         .calls

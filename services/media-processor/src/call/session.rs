@@ -89,7 +89,10 @@ pub async fn run(
             }
         }
     }
-    if let (None, Some(spec), Some(bctx)) = (&io, &cmd.bridge, &ctx.bridge) {
+    // (An IVR campaign's command carries a bridge for its flow's
+    // `transfer`; without the engines that flow cannot run, and the call is
+    // not handed to an agent either.)
+    if let (None, None, Some(spec), Some(bctx)) = (&io, &cmd.ivr, &cmd.bridge, &ctx.bridge) {
         let callee_io = BridgeIo {
             heard: AudioPipe::new(LIVE_FRAMES),
             say: AudioPipe::new(super::bridge::PROMPT_FRAMES),

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use dialstack_common::db::{outbox_enqueue, Tx};
 use dialstack_common::events::CloudEvent;
+use dialstack_contract::ivr::Say;
 use dialstack_contract::{types, AmdSpec, CampaignStateChanged, CampaignUpdated, IvrFlow};
 use dialstack_dialrules::hours::CallingHours;
 use sqlx::Row;
@@ -76,6 +77,10 @@ pub struct Campaign {
     pub amd: Option<AmdSpec>,
     /// Recorded calls are transcribed after they end.
     pub transcribe: bool,
+    /// The compliance message abandoned callees hear (`null`: the
+    /// deployment's).
+    #[schema(value_type = Option<Object>)]
+    pub abandon_message: Option<Say>,
 }
 
 impl Campaign {
@@ -87,7 +92,7 @@ impl Campaign {
     /// Whether its dial commands carry the lead's fields (see
     /// [`Settings::needs_lead_fields`]).
     pub fn needs_lead_fields(&self) -> bool {
-        crate::domain::ivr::needs_lead_fields(self.ivr_flow.as_ref(), self.amd.as_ref())
+        self.settings().needs_lead_fields()
     }
 
     /// Its dialing settings.
@@ -118,11 +123,12 @@ impl Campaign {
             ivr_flow: self.ivr_flow.clone(),
             amd: self.amd.clone(),
             transcribe: self.transcribe,
+            abandon_message: self.abandon_message.clone(),
         }
     }
 }
 
-pub(crate) const CAMPAIGN_COLS: &str = "id, name, caller_id, max_concurrent, max_cps, talk_time_ms, ring_timeout_ms, state, created_at, team, record, recording_retention_days, priority, calling_hours, retry_policy, max_attempts, max_attempts_per_day, default_region, cdr_retention_days, mode, dial_ratio, abandon_cap_pct, skills, abandon_after_ms, dispositions, ivr_flow, amd, transcribe";
+pub(crate) const CAMPAIGN_COLS: &str = "id, name, caller_id, max_concurrent, max_cps, talk_time_ms, ring_timeout_ms, state, created_at, team, record, recording_retention_days, priority, calling_hours, retry_policy, max_attempts, max_attempts_per_day, default_region, cdr_retention_days, mode, dial_ratio, abandon_cap_pct, skills, abandon_after_ms, dispositions, ivr_flow, amd, transcribe, abandon_message";
 
 /// A JSON column: `None` when NULL, a decode error naming the column when
 /// it does not parse (never a silent default).
@@ -187,6 +193,7 @@ pub(crate) fn campaign_from(r: &sqlx::any::AnyRow) -> Result<Campaign, sqlx::Err
         ivr_flow: json_col(r, 25, "ivr_flow")?,
         amd: json_col(r, 26, "amd")?,
         transcribe: r.try_get::<i64, _>(27)? != 0,
+        abandon_message: json_col(r, 28, "abandon_message")?,
     })
 }
 
@@ -250,15 +257,16 @@ fn dispositions_json(s: &Settings) -> String {
     serde_json::to_string(&s.dispositions).unwrap_or_default()
 }
 
-/// The stored flow and machine detection: `NULL` when there are none.
-fn ivr_json(s: &Settings) -> (Option<String>, Option<String>) {
+/// The stored flow, machine detection and compliance message: `NULL`
+/// when there are none.
+fn ivr_json(s: &Settings) -> (Option<String>, Option<String>, Option<String>) {
+    fn json<T: serde::Serialize>(v: Option<&T>) -> Option<String> {
+        v.map(|v| serde_json::to_string(v).unwrap_or_default())
+    }
     (
-        s.ivr_flow
-            .as_ref()
-            .map(|f| serde_json::to_string(f).unwrap_or_default()),
-        s.amd
-            .as_ref()
-            .map(|a| serde_json::to_string(a).unwrap_or_default()),
+        json(s.ivr_flow.as_ref()),
+        json(s.amd.as_ref()),
+        json(s.abandon_message.as_ref()),
     )
 }
 
@@ -269,7 +277,7 @@ impl Repo {
         let now = dialstack_common::now_ms();
         let s = &c.settings;
         let (hours, retry) = settings_json(s);
-        let (flow, amd) = ivr_json(s);
+        let (flow, amd, message) = ivr_json(s);
         let mut tx = self.db.begin().await?;
         // Every column but `state` (8th, a literal) is bound, then `updated_at`.
         sqlx::query(&format!(
@@ -303,6 +311,7 @@ impl Repo {
         .bind(flow)
         .bind(amd)
         .bind(i64::from(s.transcribe))
+        .bind(message)
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -375,7 +384,7 @@ impl Repo {
         s: &Settings,
     ) -> Result<Transition, sqlx::Error> {
         let (hours, retry) = settings_json(s);
-        let (flow, amd) = ivr_json(s);
+        let (flow, amd, message) = ivr_json(s);
         let editable: Vec<CampaignState> = CampaignState::ALL
             .iter()
             .copied()
@@ -388,7 +397,7 @@ impl Repo {
                record = ?, recording_retention_days = ?, priority = ?, calling_hours = ?, retry_policy = ?,
                max_attempts = ?, max_attempts_per_day = ?, cdr_retention_days = ?,
                mode = ?, dial_ratio = ?, abandon_cap_pct = ?, skills = ?, abandon_after_ms = ?, dispositions = ?,
-               ivr_flow = ?, amd = ?, transcribe = ?, updated_at = ?
+               ivr_flow = ?, amd = ?, transcribe = ?, abandon_message = ?, updated_at = ?
              WHERE id = ?{}",
             sql_in("state", &editable, CampaignState::as_str)
         ))
@@ -414,6 +423,7 @@ impl Repo {
         .bind(flow)
         .bind(amd)
         .bind(i64::from(s.transcribe))
+        .bind(message)
         .bind(now)
         .bind(id)
         .execute(&mut *tx)

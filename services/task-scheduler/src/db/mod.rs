@@ -221,6 +221,12 @@ pub const MIGRATIONS: &[Migration] = &[
               ALTER TABLE abandon_ledger ADD COLUMN machine BIGINT NOT NULL DEFAULT 0;
               ALTER TABLE abandon_ledger ADD COLUMN amd_unsure BIGINT NOT NULL DEFAULT 0",
     },
+    // A campaign's own compliance message for abandoned calls (issue 11).
+    Migration {
+        version: 10,
+        name: "campaign compliance message",
+        sql: "ALTER TABLE campaigns ADD COLUMN abandon_message TEXT NULL",
+    },
 ];
 
 /// The repository.

@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use dialstack_contract::ivr::Say;
 use dialstack_contract::{AmdSpec, BridgeSpec, IvrFlow, MAX_BRIDGE_SKILLS};
 use dialstack_dialrules::hours::CallingHours;
 use serde::{Deserialize, Deserializer};
 
 use super::compliance::RetryPolicy;
-use super::ivr::{parse_amd, parse_ivr_flow};
+use super::ivr::{parse_abandon_message, parse_amd, parse_ivr_flow};
 use super::lead::{LeadInput, ValidLead};
 
 /// A phone number in E.164: `+`, a non-zero digit, 7 to 15 digits in all.
@@ -208,6 +209,15 @@ pub struct NewCampaignRequest {
     /// by storage-service); needs `record` (default off).
     #[serde(default)]
     pub transcribe: bool,
+    /// The compliance message an answered callee hears when no agent is
+    /// free in time, before the hang-up: `{"prompt": "<id>"}` or `{"text":
+    /// "This is <seller>, ... call us on <number>, or press ... to opt out",
+    /// "voice", "rate"}`; text may use the lead's fields. Default: the
+    /// deployment's message. Used by agent modes and by a flow's
+    /// `transfer` node.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub abandon_message: Option<serde_json::Value>,
 }
 
 /// `PATCH /v1/campaigns/{id}`: only the fields given change.
@@ -263,6 +273,11 @@ pub struct CampaignPatch {
     pub amd: Option<Option<serde_json::Value>>,
     /// Transcribe recorded calls (needs `record`).
     pub transcribe: Option<bool>,
+    /// The compliance message for abandoned calls, replaced whole; `null`
+    /// goes back to the deployment's message.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>, nullable)]
+    pub abandon_message: Option<Option<serde_json::Value>>,
 }
 
 /// A field that is present (`Some`), with JSON `null` as `Some(None)`; an
@@ -369,6 +384,9 @@ pub struct Settings {
     pub amd: Option<AmdSpec>,
     /// Transcribe recorded calls.
     pub transcribe: bool,
+    /// The campaign's compliance message for abandoned calls (`None`: the
+    /// deployment's).
+    pub abandon_message: Option<Say>,
 }
 
 /// Parses a sent mode.
@@ -437,10 +455,18 @@ pub fn check_team(s: &Settings, team: Option<&str>) -> Result<(), Invalid> {
 impl Settings {
     /// What dial commands carry for the agent bridge: `None` for `ivr`.
     pub fn bridge(&self) -> Option<BridgeSpec> {
-        self.mode.uses_agents().then(|| BridgeSpec {
+        // An IVR campaign's flow may hand calls to agents (`transfer`);
+        // its commands carry the wait and the message for that.
+        let transfers = self.abandon_message.is_some()
+            && self
+                .ivr_flow
+                .as_ref()
+                .is_some_and(|f| super::ivr::transfer_node(f).is_some());
+        (self.mode.uses_agents() || transfers).then(|| BridgeSpec {
             skills: self.skills.clone(),
             agent_id: None,
             abandon_after_ms: self.abandon_after_ms,
+            abandon_message: self.abandon_message.clone().unwrap_or_default(),
         })
     }
 
@@ -453,7 +479,11 @@ impl Settings {
     /// Whether dial commands carry the lead's fields: only a flow or a
     /// machine message can say them.
     pub fn needs_lead_fields(&self) -> bool {
-        super::ivr::needs_lead_fields(self.ivr_flow.as_ref(), self.amd.as_ref())
+        super::ivr::needs_lead_fields(
+            self.ivr_flow.as_ref(),
+            self.amd.as_ref(),
+            self.abandon_message.as_ref(),
+        )
     }
 
     /// Validates every field; the first failure names its field.
@@ -534,6 +564,10 @@ impl Settings {
         if let Some(a) = &self.amd {
             a.validate().map_err(|e| invalid(e.field, e.reason))?;
         }
+        if let Some(m) = &self.abandon_message {
+            m.check("abandon_message", true)
+                .map_err(|e| invalid(e.field, e.reason))?;
+        }
         if self.transcribe && !self.record {
             return Err(invalid(
                 "transcribe",
@@ -588,6 +622,9 @@ impl Settings {
             s.amd = a.as_ref().map(parse_amd).transpose()?;
         }
         set!(transcribe);
+        if let Some(m) = &patch.abandon_message {
+            s.abandon_message = m.as_ref().map(parse_abandon_message).transpose()?;
+        }
         s.validate()?;
         Ok(s)
     }
@@ -688,6 +725,11 @@ impl NewCampaignRequest {
             ivr_flow: self.ivr_flow.as_ref().map(parse_ivr_flow).transpose()?,
             amd: self.amd.as_ref().map(parse_amd).transpose()?,
             transcribe: self.transcribe,
+            abandon_message: self
+                .abandon_message
+                .as_ref()
+                .map(parse_abandon_message)
+                .transpose()?,
         };
         settings.validate()?;
         if self.contacts.len() > MAX_CONTACTS {
@@ -794,6 +836,7 @@ mod tests {
             ivr_flow: None,
             amd: None,
             transcribe: false,
+            abandon_message: None,
         }
     }
 
@@ -988,6 +1031,55 @@ mod tests {
             "team"
         );
         assert!(check_mode_team(DialMode::Ivr, None).is_ok());
+        // The campaign's compliance message travels in the bridge; its
+        // text's lead fields make commands carry the lead's fields.
+        assert!(b.abandon_message.is_empty() && !c.settings.needs_lead_fields());
+        let p: CampaignPatch = serde_json::from_value(serde_json::json!({
+            "abandon_message": {"text": "This is Acme for {first_name}, call 0800 123 456"}
+        }))
+        .unwrap();
+        let s = c.settings.patched(&p).unwrap();
+        let b = s.bridge().unwrap();
+        assert!(b.abandon_message.text.as_deref().unwrap().contains("Acme"));
+        assert!(b.validate().is_ok());
+        assert!(s.needs_lead_fields());
+        let p: CampaignPatch =
+            serde_json::from_value(serde_json::json!({"abandon_message": null})).unwrap();
+        assert_eq!(s.patched(&p).unwrap().abandon_message, None);
+        for bad in [
+            serde_json::json!({"text": ""}),
+            serde_json::json!({"prompt": "a b"}),
+            serde_json::json!({"text": "x", "prompt": "p"}),
+            serde_json::json!({"voice": "en-us"}),
+            serde_json::json!({"text": "{"}),
+            serde_json::json!({"text": "x".repeat(10_000)}),
+            serde_json::json!([1, 2]),
+        ] {
+            let p: CampaignPatch =
+                serde_json::from_value(serde_json::json!({ "abandon_message": bad })).unwrap();
+            assert_eq!(
+                c.settings.patched(&p).unwrap_err().field,
+                "abandon_message",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_ivr_flow_that_transfers_carries_the_campaigns_message() {
+        let mut r = req();
+        r.team = Some("east".into());
+        r.ivr_flow = Some(flow());
+        let c = r.validate(&rules()).unwrap();
+        assert_eq!(c.settings.bridge(), None, "no message: nothing to carry");
+        let mut r = req();
+        r.team = Some("east".into());
+        r.ivr_flow = Some(flow());
+        r.abandon_message = Some(serde_json::json!({"prompt": "acme-abandon"}));
+        let c = r.validate(&rules()).unwrap();
+        let b = c.settings.bridge().expect("the flow's transfer needs it");
+        assert_eq!(b.abandon_message.prompt.as_deref(), Some("acme-abandon"));
+        assert_eq!(b.abandon_after_ms, 2_000);
     }
 
     fn flow() -> serde_json::Value {

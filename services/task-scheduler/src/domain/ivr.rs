@@ -3,7 +3,7 @@
 //! and the node at fault, or `amd`), and what dial commands need of them.
 //! No I/O here.
 
-use dialstack_contract::ivr::{AmdMode, MachineAction};
+use dialstack_contract::ivr::{AmdMode, MachineAction, Say};
 use dialstack_contract::{AmdSpec, IvrFlow, IvrNode};
 use serde::Deserialize;
 
@@ -69,13 +69,31 @@ pub fn parse_amd(v: &serde_json::Value) -> Result<AmdSpec, Invalid> {
     Ok(amd)
 }
 
-/// Whether a campaign with this flow and machine detection says lead
-/// fields: only a flow or a machine message can.
-pub fn needs_lead_fields(flow: Option<&IvrFlow>, amd: Option<&AmdSpec>) -> bool {
+/// Validates a sent compliance message for abandoned calls: a stored
+/// prompt's id or text (with lead fields), as in a flow's `play`.
+pub fn parse_abandon_message(v: &serde_json::Value) -> Result<Say, Invalid> {
+    if json_len(v) > 8 * 1024 {
+        return Err(invalid("abandon_message", "at most 8192 bytes of JSON"));
+    }
+    let say = Say::deserialize(v).map_err(|e| invalid("abandon_message", e.to_string()))?;
+    say.check("abandon_message", true)
+        .map_err(|e| invalid(e.field, e.reason))?;
+    Ok(say)
+}
+
+/// Whether a campaign with this flow, machine detection and compliance
+/// message says lead fields: only a flow, a machine message or a
+/// compliance text can.
+pub fn needs_lead_fields(
+    flow: Option<&IvrFlow>,
+    amd: Option<&AmdSpec>,
+    abandon_message: Option<&Say>,
+) -> bool {
     flow.is_some()
         || amd.is_some_and(|a| {
             detects(a) && a.on_machine == MachineAction::Message && !a.message.is_empty()
         })
+        || abandon_message.is_some_and(|m| m.text.as_deref().is_some_and(|t| t.contains('{')))
 }
 
 /// Whether machine detection is on (`off` is the same as none).
@@ -128,7 +146,7 @@ mod tests {
         assert_eq!((f.start.as_str(), f.nodes.len()), ("hello", 5));
         assert_eq!(transfer_node(&f), Some("agent"));
         assert!(
-            needs_lead_fields(Some(&f), None),
+            needs_lead_fields(Some(&f), None, None),
             "a flow can say lead fields"
         );
 
@@ -164,7 +182,7 @@ mod tests {
         .unwrap();
         assert!(detects(&a));
         assert!(
-            needs_lead_fields(None, Some(&a)),
+            needs_lead_fields(None, Some(&a), None),
             "the message can say lead fields"
         );
         let e = parse_amd(&json!({"mode": "detect", "on_machine": "message"})).unwrap_err();
@@ -181,9 +199,9 @@ mod tests {
         assert!(!detects(&off));
         let hangup = parse_amd(&json!({"mode": "detect"})).unwrap();
         assert!(
-            !needs_lead_fields(None, Some(&hangup)),
+            !needs_lead_fields(None, Some(&hangup), None),
             "hang-ups say nothing"
         );
-        assert!(!needs_lead_fields(None, Some(&off)));
+        assert!(!needs_lead_fields(None, Some(&off), None));
     }
 }

@@ -374,9 +374,16 @@ async fn play(job: &Job, ear: &mut Listener, pcm: &[i16], barge_in: bool) -> Pla
 /// The audio of `say`: a stored prompt, or text rendered (lead fields
 /// filled in) by TTS; `None` (logged) when it cannot be had.
 async fn audio_of(job: &Job, say: &Say) -> Option<Arc<Vec<i16>>> {
-    let call_id = &job.cmd.call_id;
+    render_say(&job.ictx, say, &job.cmd).await
+}
+
+/// The audio of `say` for the call of `cmd` (its lead fields filled in):
+/// a stored prompt, or text rendered by TTS; `None` (logged) when it
+/// cannot be had.
+pub async fn render_say(ictx: &IvrContext, say: &Say, cmd: &DialCommand) -> Option<Arc<Vec<i16>>> {
+    let call_id = &cmd.call_id;
     let (text, voice, rate) = match (&say.prompt, &say.text) {
-        (Some(id), _) => match job.ictx.prompts.load(id).await {
+        (Some(id), _) => match ictx.prompts.load(id).await {
             Ok(Some(PromptAudio::Pcm(pcm))) => return Some(pcm),
             Ok(Some(PromptAudio::Text { text, voice, rate })) => (text, voice, rate),
             Ok(None) => {
@@ -396,11 +403,11 @@ async fn audio_of(job: &Job, say: &Say) -> Option<Arc<Vec<i16>>> {
         (None, None) => return None,
     };
     let req = TtsRequest {
-        text: render_template(&text, &job.cmd.fields),
+        text: render_template(&text, &cmd.fields),
         voice,
         rate_wpm: rate,
     };
-    match job.ictx.tts.render(&req).await {
+    match ictx.tts.render(&req).await {
         Ok(r) => Some(r.pcm),
         Err(e) => {
             tracing::warn!(%call_id, error = %e, "text to speech failed, prompt skipped");
@@ -530,6 +537,12 @@ async fn walk(
                             .bridge
                             .as_ref()
                             .map_or(2_000, |b| b.abandon_after_ms),
+                        abandon_message: job
+                            .cmd
+                            .bridge
+                            .as_ref()
+                            .map(|b| b.abandon_message.clone())
+                            .unwrap_or_default(),
                     };
                     bridge = transfer(job, spec).await;
                     None
