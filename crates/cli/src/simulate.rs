@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use task_scheduler::domain::pacing::{
-    simulate, Predictive, SimConfig, SimReport, Vicidial, VicidialConfig,
+    simulate, DropMethod, Predictive, SimConfig, SimReport, Vicidial, VicidialConfig,
 };
 
 /// `dialstack simulate` options.
@@ -41,12 +41,41 @@ pub struct SimulateArgs {
     /// can let dialstack abandon as much as VICIdial does.
     #[arg(long, default_value_t = 3.0)]
     baseline_drop_limit_pct: f64,
+    /// VICIdial's drop method: `tapered` (the issue's baseline),
+    /// `average` or `hard-limit` (the strictest: level 1.0 while today's
+    /// drops are over the limit).
+    #[arg(long, value_enum, default_value_t = BaselineDropMethod::Tapered)]
+    baseline_drop_method: BaselineDropMethod,
+    /// VICIdial's difference target τ (0; −1 aims at one idle agent).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    baseline_difference_target: f64,
     /// Occupancy gain over the baseline that counts as met (points).
     #[arg(long, default_value_t = 10.0)]
     target_points: f64,
     /// Traces simulated at once.
     #[arg(long, default_value_t = 1)]
     jobs: usize,
+}
+
+/// VICIdial's drop methods, as options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BaselineDropMethod {
+    /// Level × min(1, (21:00 − now as HHMM) / 1000).
+    Tapered,
+    /// Level halved.
+    Average,
+    /// Level 1.0.
+    HardLimit,
+}
+
+impl From<BaselineDropMethod> for DropMethod {
+    fn from(m: BaselineDropMethod) -> Self {
+        match m {
+            BaselineDropMethod::Tapered => DropMethod::Tapered,
+            BaselineDropMethod::Average => DropMethod::Average,
+            BaselineDropMethod::HardLimit => DropMethod::HardLimit,
+        }
+    }
 }
 
 /// One row of the table.
@@ -66,6 +95,11 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.answer_pct.iter().all(|p| *p > 0.0 && *p <= 100.0),
         "--answer-pct values must be in (0, 100]"
+    );
+    anyhow::ensure!(
+        args.baseline_difference_target.is_finite()
+            && (-100.0..=100.0).contains(&args.baseline_difference_target),
+        "--baseline-difference-target must be in [-100, 100]"
     );
     anyhow::ensure!(
         args.talk_s.iter().all(|t| *t > 0.0) && args.wrap_s >= 0.0,
@@ -100,6 +134,8 @@ fn run_matrix(args: &SimulateArgs) -> anyhow::Result<()> {
                 let Some(cfg) = configs.get(i) else { return };
                 let mut baseline = Vicidial::new(VicidialConfig {
                     drop_limit_pct: Some(args.baseline_drop_limit_pct),
+                    drop_method: args.baseline_drop_method.into(),
+                    difference_target: args.baseline_difference_target,
                     ..VicidialConfig::default()
                 });
                 let vicidial = simulate(cfg, &mut baseline);
@@ -134,6 +170,10 @@ fn pct(x: f64) -> String {
 }
 
 fn print_table(args: &SimulateArgs, rows: &[Row]) {
+    println!(
+        "Baseline: VICIdial, drop method {:?}, difference target {}, drop limit {} %.",
+        args.baseline_drop_method, args.baseline_difference_target, args.baseline_drop_limit_pct
+    );
     println!(
         "Occupancy is talk / logged-in time (talk + wrap-up / logged-in in brackets); \
          abandon is abandoned / live over the shift (worst 60-minute window in brackets); \

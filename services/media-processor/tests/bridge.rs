@@ -1091,3 +1091,62 @@ async fn an_abandoned_call_hears_the_campaigns_own_message() {
     assert_eq!(report.outcome, Outcome::Abandoned, "{report:?}");
     assert!((40..=60).contains(&loud), "{loud} loud packets: the chime");
 }
+
+/// The blind transfer against real SIP peers: the agent's phone is SIPp
+/// (auto-answer, then REFER; it fails unless 202, NOTIFY 100, NOTIFY 200
+/// ending the subscription and our BYE come in that order), the target is
+/// SIPp's built-in UAS with RTP echo, which must see our BYE when the
+/// callee hangs up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sipp_agent_transfers_the_callee_to_a_sipp_target() {
+    let target = common::sipp(None).await;
+    let target_uri = format!("sip:sales@{}", target.addr());
+    let agent = common::sipp_with(
+        Some(common::scenario("uas_agent_refer.xml")),
+        &["-key", "target", &target_uri, "-rtp_echo"],
+    )
+    .await;
+    // The callee talks with the target 2 s after answering, then hangs up.
+    let callee = Ua::start(Behaviour {
+        answer: true,
+        level: CALLEE,
+        bye_after: Some(Duration::from_millis(4_000)),
+        ..Behaviour::default()
+    })
+    .await;
+    let desk = Arc::new(Desk::default());
+    desk.agents
+        .lock()
+        .unwrap()
+        .push(("ag1".into(), format!("sip:ag1@{}", agent.addr()), true));
+    let (ctx, _stop) = context(callee.addr, T1).await;
+    let ctx = with_bridge(ctx, desk.clone(), Duration::from_secs(2));
+    let mut cmd = command(30_000, 5_000);
+    cmd.bridge = Some(bridged(2_000));
+    let (report, _) = run(&ctx, &cmd).await;
+    assert_eq!(report.outcome, Outcome::AnsweredHuman, "{report:?}");
+    let leg = report.agent.as_ref().expect("an agent leg");
+    let t = leg.transfer.as_ref().expect("a transfer");
+    assert_eq!(t.target, target_uri);
+    assert!(
+        t.talk_ms >= 1_000,
+        "the callee talked with the target: {t:?}"
+    );
+    assert_eq!(
+        agent.exit_code().await,
+        0,
+        "SIPp agent: REFER, NOTIFYs, BYE"
+    );
+    assert_eq!(
+        target.exit_code().await,
+        0,
+        "SIPp target: answered, then our BYE"
+    );
+    let log = desk.log.lock().unwrap().clone();
+    assert!(log.contains(&("ag1".into(), "wrap_up".into())), "{log:?}");
+    let (share, n) = callee.heard_share(CALLEE);
+    assert!(
+        n > 50 && share > 0.5,
+        "the callee heard the target's echo of its own voice in {share} of {n}"
+    );
+}
