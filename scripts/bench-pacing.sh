@@ -8,6 +8,8 @@
 #   scripts/bench-pacing.sh [dialstack simulate options...]
 #
 # e.g. scripts/bench-pacing.sh --hours 2 --agents 10,50 --seed 7
+#      scripts/bench-pacing.sh --baseline-drop-method hard-limit   (VICIdial
+#      held to the 3 % cap instead of the issue's TAPERED baseline)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"

@@ -373,7 +373,9 @@ async fn bad_input_is_refused(urls: &HashMap<String, String>, token: &str) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap()["renewed"], 0);
+    let beat = r.json::<Value>().await.unwrap();
+    assert_eq!(beat["renewed"], 0);
+    assert_eq!(beat["held"], json!([]), "nothing held: {beat}");
     let long = "c".repeat(37);
     for (call, status, code) in [
         (long.as_str(), 400, "invalid_request"),

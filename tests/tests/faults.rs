@@ -2,7 +2,8 @@
 //! MariaDB server, events on a private RabbitMQ node, commands on a private
 //! tansu broker, SIPp as the trunk, and a 2,000-call campaign. In the middle
 //! of it RabbitMQ, then tansu, then MariaDB are stopped (SIGTERM), kept down
-//! for 10 s and started again on the same data and port. Then:
+//! for 30 s (`DIALSTACK_FAULT_OUTAGE_SECS` to change it) and started again
+//! on the same data and port. Then:
 //! - the campaign completes, every call answered;
 //! - SIPp saw one INVITE transaction per Call-ID and one Call-ID per number:
 //!   nobody was called twice;
@@ -37,8 +38,21 @@ const CALLS: usize = 2_000;
 const TALK_MS: u64 = 300;
 const MAX_CONCURRENT: u32 = 60;
 const MAX_CPS: f64 = 40.0;
-/// How long each dependency stays down.
-const OUTAGE: Duration = Duration::from_secs(10);
+/// How long each dependency stays down: 30 s (longer than media-processor's
+/// 30 s call lease, so an outcome held up by the outage must keep its
+/// lease), or `DIALSTACK_FAULT_OUTAGE_SECS` (10-120).
+fn outage() -> Duration {
+    let secs = std::env::var("DIALSTACK_FAULT_OUTAGE_SECS")
+        .ok()
+        .map(|v| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|s| (10..=120).contains(s))
+                .expect("DIALSTACK_FAULT_OUTAGE_SECS must be 10-120")
+        })
+        .unwrap_or(30);
+    Duration::from_secs(secs)
+}
 /// The recovery the issue asks for.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
 /// Calls completed before the first fault and between two faults.
@@ -187,7 +201,7 @@ async fn restarts_of_rabbitmq_kafka_and_mariadb_mid_campaign_lose_nothing() {
                     before.iter().any(|(_, ty, _)| ty == "quorum"),
                     "the services declared their quorum queues: {before:?}"
                 );
-                let (gone, back) = rabbit.daemon.restart_after(OUTAGE).await;
+                let (gone, back) = rabbit.daemon.restart_after(outage()).await;
                 // Every queue, with its type, survived the restart.
                 let after = rabbit.queues().await;
                 let names = |q: &[(String, String, u64)]| -> HashSet<(String, String)> {
@@ -200,8 +214,8 @@ async fn restarts_of_rabbitmq_kafka_and_mariadb_mid_campaign_lose_nothing() {
                 eprintln!("rabbitmq queues before the stop {before:?}, after the start {after:?}");
                 (gone, back)
             }
-            "kafka" => kafka.daemon.restart_after(OUTAGE).await,
-            _ => db.daemon.restart_after(OUTAGE).await,
+            "kafka" => kafka.daemon.restart_after(outage()).await,
+            _ => db.daemon.restart_after(outage()).await,
         };
         let (ready, flowing) = recovery(&suite, &token, &id, back).await;
         let figure = Figure {
@@ -324,7 +338,7 @@ async fn restarts_of_rabbitmq_kafka_and_mariadb_mid_campaign_lose_nothing() {
     }
     for f in &figures {
         assert!(
-            f.down >= OUTAGE,
+            f.down >= outage(),
             "{} was down {:?}, less than the outage asked for",
             f.dependency,
             f.down

@@ -692,6 +692,24 @@ mod scheduler {
                 "{engine}: only the heartbeat's own claims"
             );
             assert_eq!(repo.renew_leases("mp-1", &[], until).await.unwrap(), 0);
+            // What the heartbeat answers as still held: its own open claims.
+            let mut held = repo
+                .held_leases(
+                    "mp-1",
+                    &[
+                        ids[0].clone(),
+                        ids[1].clone(),
+                        ids[2].clone(),
+                        "nope".into(),
+                    ],
+                )
+                .await
+                .unwrap();
+            held.sort();
+            let mut want = vec![ids[0].clone(), ids[1].clone()];
+            want.sort();
+            assert_eq!(held, want, "{engine}: mp-1's claimed and dialing");
+            assert!(repo.held_leases("mp-1", &[]).await.unwrap().is_empty());
             // The queued one is young: left alone with a long timeout.
             let touched = repo.reap_stuck(600_000, 500, "test").await.unwrap();
             assert_eq!(touched, vec![c.id.clone()], "{engine}");
@@ -770,6 +788,13 @@ mod scheduler {
                     .await
                     .unwrap(),
                 0
+            );
+            assert!(
+                repo.held_leases("mp-1", &[ids[1].clone()])
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "{engine}: a resolved attempt is no longer held"
             );
             assert_eq!(
                 repo.claim(&ids[3], "mp-1", until).await.unwrap(),

@@ -6,15 +6,20 @@
 //! Dial once: the claim is made only once a call slot is held, so a lease
 //! never runs while the dial waits; while the call lives its lease is
 //! renewed every third of the lease ([`DEFAULT_LEASE`] unless
-//! `DIALSTACK_LEASE_SECS` says otherwise), and after it ended until the
-//! broker has confirmed its `call.completed`: while the events broker is
-//! away the outcome waits in the outbox, and the lease must not run out
-//! under it. If this process dies, the leases run out and task-scheduler
-//! resolves the attempts as `failed/media_lost` without ever redialing them.
+//! `DIALSTACK_LEASE_SECS` says otherwise), and after it ended until
+//! task-scheduler has taken in its `call.completed` (the heartbeat's answer
+//! no longer lists the attempt as held) or, from a scheduler that does not
+//! say, until the broker has confirmed the event: while the events broker
+//! is away the outcome waits in the outbox, and then in the scheduler's
+//! queue, and the lease must not run out under it. Not past
+//! [`SETTLE_LIMIT`] after the broker confirmed it, so that an event lost
+//! downstream still lets the reaper resolve the attempt. If this process
+//! dies, the leases run out and task-scheduler resolves the attempts as
+//! `failed/media_lost` without ever redialing them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dialstack_common::bus::{Delivery, HandleError, Handler};
 use dialstack_common::db::OutboxRelay;
@@ -35,6 +40,11 @@ use crate::scheduler_client::{ClaimResult, SchedulerClient};
 /// (`DIALSTACK_LEASE_SECS`); live calls renew theirs every third of it.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
+/// Longest an ended call's lease is renewed after the broker confirmed its
+/// `call.completed` while task-scheduler still holds the attempt open (the
+/// event waits in a queue, or was lost on the way).
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(600);
+
 /// The calls this instance is placing now, by call id, and the hang-ups
 /// that arrived before their call started (bounded).
 #[derive(Clone, Default)]
@@ -53,9 +63,10 @@ const EARLY_HANGUPS: usize = 4_096;
 struct LiveCall {
     attempt_id: String,
     hangup: CancellationToken,
-    /// Once the call ended: the outbox row of its `call.completed`, not yet
-    /// confirmed by the broker.
+    /// Once the call ended: the outbox row of its `call.completed`.
     settling: Option<String>,
+    /// When the broker confirmed that row (the call's outcome is out).
+    confirmed: Option<Instant>,
 }
 
 impl LiveCalls {
@@ -71,6 +82,7 @@ impl LiveCalls {
                 attempt_id: attempt_id.to_owned(),
                 hangup: hangup.clone(),
                 settling: None,
+                confirmed: None,
             },
         );
         hangup
@@ -93,12 +105,32 @@ impl LiveCalls {
         }
     }
 
-    /// Forgets ended calls whose `call.completed` the broker has.
-    fn forget<'a>(&self, call_ids: impl Iterator<Item = &'a str>) {
+    /// Marks ended calls whose `call.completed` the broker has (at `now`).
+    fn confirmed<'a>(&self, call_ids: impl Iterator<Item = &'a str>, now: Instant) {
         let mut live = self.lock();
         for c in call_ids {
-            live.calls.remove(c);
+            if let Some(c) = live.calls.get_mut(c) {
+                c.confirmed.get_or_insert(now);
+            }
         }
+    }
+
+    /// Forgets ended calls whose outcome the broker has and that no longer
+    /// need their lease: task-scheduler does not hold the attempt any more
+    /// (`held`; `None`: it did not say, so the broker's confirmation is
+    /// enough), or [`SETTLE_LIMIT`] has passed since the confirmation.
+    /// Returns how many were forgotten.
+    fn forget_settled(&self, held: Option<&HashSet<String>>, now: Instant) -> usize {
+        let mut live = self.lock();
+        let before = live.calls.len();
+        live.calls.retain(|_, c| {
+            let Some(at) = c.confirmed else {
+                return true;
+            };
+            let still_held = held.is_some_and(|h| h.contains(&c.attempt_id));
+            still_held && now.duration_since(at) < SETTLE_LIMIT
+        });
+        before - live.calls.len()
     }
 
     /// Ended calls whose `call.completed` may still be in the outbox: (call
@@ -107,6 +139,7 @@ impl LiveCalls {
         self.lock()
             .calls
             .iter()
+            .filter(|(_, c)| c.confirmed.is_none())
             .filter_map(|(call, c)| c.settling.clone().map(|e| (call.clone(), e)))
             .collect()
     }
@@ -476,11 +509,12 @@ pub async fn run_heartbeat(
         if !settling.is_empty() {
             let rows: Vec<String> = settling.iter().map(|(_, e)| e.clone()).collect();
             match repo.unsent(&rows).await {
-                Ok(unsent) => live.forget(
+                Ok(unsent) => live.confirmed(
                     settling
                         .iter()
                         .filter(|(_, e)| !unsent.contains(e))
                         .map(|(c, _)| c.as_str()),
+                    Instant::now(),
                 ),
                 // Kept, and renewed, until it is known.
                 Err(e) => tracing::warn!(error = %e, "cannot read the outbox for ended calls"),
@@ -490,22 +524,36 @@ pub async fn run_heartbeat(
         if ids.is_empty() {
             continue;
         }
+        // What the scheduler still holds open (`None`: a scheduler that
+        // does not say); after a failed heartbeat nothing is forgotten.
+        let mut held: Option<HashSet<String>> = Some(HashSet::new());
+        let mut failed = false;
         for chunk in ids.chunks(2_000) {
             let renew = client.heartbeat(&claimer, chunk, lease.as_millis() as i64);
             match tokio::time::timeout(lease / 4, renew)
                 .await
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
             {
-                Ok(n) if n < chunk.len() as u64 => {
-                    tracing::warn!(
-                        live = chunk.len(),
-                        renewed = n,
-                        "some call leases were not renewed (resolved by the reaper)"
-                    );
+                Ok(beat) => match (&mut held, beat.held) {
+                    (Some(all), Some(h)) => all.extend(h),
+                    (h, _) => *h = None,
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, calls = chunk.len(), "lease heartbeat failed");
+                    failed = true;
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, calls = chunk.len(), "lease heartbeat failed"),
             }
+        }
+        if failed {
+            // Every ended call keeps its lease until a heartbeat answers.
+            continue;
+        }
+        let forgotten = live.forget_settled(held.as_ref(), Instant::now());
+        if forgotten > 0 {
+            tracing::debug!(
+                forgotten,
+                "ended calls' leases released: their outcome is in"
+            );
         }
     }
 }
@@ -535,22 +583,54 @@ mod tests {
     }
 
     #[test]
-    fn an_ended_call_keeps_its_lease_until_its_outcome_is_out() {
+    fn an_ended_call_keeps_its_lease_until_the_scheduler_has_its_outcome() {
+        let t0 = Instant::now();
         let live = LiveCalls::default();
         live.insert("c-1", "a-1");
         live.insert("c-2", "a-2");
+        live.insert("c-3", "a-3");
         live.settle("c-1", Some("ev-1".into()));
         // Ended: no longer counted as in progress, still renewed.
-        assert_eq!(live.len(), 1);
+        assert_eq!(live.len(), 2);
         let mut renewed = live.attempts();
         renewed.sort();
-        assert_eq!(renewed, ["a-1", "a-2"]);
+        assert_eq!(renewed, ["a-1", "a-2", "a-3"]);
         assert_eq!(live.settling(), vec![("c-1".to_owned(), "ev-1".to_owned())]);
-        // The broker has it: forgotten.
-        live.forget(["c-1"].into_iter());
-        assert_eq!(live.attempts(), ["a-2"]);
+        // Not confirmed by the broker: kept whatever the scheduler says.
+        assert_eq!(live.forget_settled(Some(&HashSet::new()), t0), 0);
+        // The broker has it, but the scheduler still holds the attempt (the
+        // event waits in its queue): kept and renewed.
+        live.confirmed(["c-1"].into_iter(), t0);
+        assert!(
+            live.settling().is_empty(),
+            "no longer looked up in the outbox"
+        );
+        let held: HashSet<String> = ["a-1", "a-2", "a-3"].map(String::from).into();
+        assert_eq!(
+            live.forget_settled(Some(&held), t0 + Duration::from_secs(60)),
+            0
+        );
+        assert_eq!(live.attempts().len(), 3);
+        // The scheduler took it in: forgotten. Live calls are never
+        // forgotten, held or not.
+        assert_eq!(live.forget_settled(Some(&HashSet::new()), t0), 1);
+        let mut left = live.attempts();
+        left.sort();
+        assert_eq!(left, ["a-2", "a-3"]);
+        // Held for too long (the event was lost downstream): let go, so
+        // the reaper can resolve it.
+        live.settle("c-2", Some("ev-2".into()));
+        live.confirmed(["c-2"].into_iter(), t0);
+        assert_eq!(live.forget_settled(Some(&held), t0 + SETTLE_LIMIT), 1);
+        assert_eq!(live.attempts(), ["a-3"]);
+        // A scheduler that does not say: the broker's word is enough.
+        live.settle("c-3", Some("ev-3".into()));
+        live.confirmed(["c-3"].into_iter(), t0);
+        assert_eq!(live.forget_settled(None, t0), 1);
+        assert!(live.attempts().is_empty());
         // An outcome that could not be stored leaves nothing to wait for.
-        live.settle("c-2", None);
+        live.insert("c-4", "a-4");
+        live.settle("c-4", None);
         assert!(live.attempts().is_empty() && live.is_empty());
     }
 }

@@ -152,7 +152,7 @@ impl SchedulerClient {
         claimer: &str,
         attempt_ids: &[String],
         lease_ms: i64,
-    ) -> anyhow::Result<u64> {
+    ) -> anyhow::Result<Heartbeat> {
         let resp = self
             .post(
                 "/v1/attempts/heartbeat",
@@ -166,11 +166,31 @@ impl SchedulerClient {
         match resp.status().as_u16() {
             200 => {
                 let body: serde_json::Value = resp.json().await?;
-                Ok(body["renewed"].as_u64().unwrap_or(0))
+                let held = match body.get("held") {
+                    None => None,
+                    Some(v) => Some(
+                        serde_json::from_value::<Vec<String>>(v.clone())
+                            .map_err(|e| anyhow::anyhow!("heartbeat answer: held: {e}"))?,
+                    ),
+                };
+                Ok(Heartbeat {
+                    renewed: body["renewed"].as_u64().unwrap_or(0),
+                    held,
+                })
             }
             other => anyhow::bail!("heartbeat failed with status {other}"),
         }
     }
+}
+
+/// A heartbeat's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Leases extended.
+    pub renewed: u64,
+    /// The attempts still held open (`None`: a scheduler that does not
+    /// say).
+    pub held: Option<Vec<String>>,
 }
 
 #[async_trait::async_trait]

@@ -19,6 +19,11 @@
 //!
 //! Service-specific settings:
 //! - `DIALSTACK_QUEUED_TIMEOUT_SECS` (default 600)
+//! - `DIALSTACK_REAPER_GRACE_SECS`: after the database comes back, or the
+//!   service starts, the reaper leaves lapsed leases alone this long, so
+//!   media processors can renew the leases they could not renew meanwhile
+//!   (default 20: two of media-processor's renewals at its default 30 s
+//!   lease; 0-600)
 //! - `DIALSTACK_MAX_CPS`: new calls per second across all campaigns (default 200)
 //! - `DIALSTACK_ALLOWED_PREFIXES`: E.164 prefixes that may be dialed, comma-separated (default every one)
 //! - `DIALSTACK_DENIED_PREFIXES`: prefixes refused on top of the built-in premium ranges
@@ -60,6 +65,10 @@ pub struct Config {
     /// before the reaper fails it as `dial_lost`
     /// (`DIALSTACK_QUEUED_TIMEOUT_SECS`, default 600).
     pub queued_timeout: std::time::Duration,
+    /// How long the reaper waits after the database came back (or the
+    /// service started) before it takes lapsed leases for lost calls
+    /// (`DIALSTACK_REAPER_GRACE_SECS`, default 20).
+    pub reaper_grace: std::time::Duration,
     /// New calls per second across all campaigns.
     pub max_cps: f64,
     /// The destination guard.
@@ -89,6 +98,13 @@ impl Config {
             return Err(ConfigError::new(
                 "DIALSTACK_QUEUED_TIMEOUT_SECS",
                 "must be 5-86400",
+            ));
+        }
+        let grace: u64 = env.parse_or("DIALSTACK_REAPER_GRACE_SECS", 20)?;
+        if grace > 600 {
+            return Err(ConfigError::new(
+                "DIALSTACK_REAPER_GRACE_SECS",
+                "must be 0-600",
             ));
         }
         let max_cps: f64 = env.parse_or("DIALSTACK_MAX_CPS", 200.0)?;
@@ -152,6 +168,7 @@ impl Config {
             max_live_streams,
             common,
             queued_timeout: std::time::Duration::from_secs(secs),
+            reaper_grace: std::time::Duration::from_secs(grace),
             max_cps,
             guard: Arc::new(guard),
             number_daily_cap: (cap > 0).then_some(cap),
@@ -259,6 +276,7 @@ impl Service for Application {
             base.relay.clone(),
             wake.clone(),
             config.queued_timeout,
+            config.reaper_grace,
             base.shutdown.clone(),
         ));
         let keys = base

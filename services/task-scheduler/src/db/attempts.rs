@@ -482,6 +482,32 @@ impl Repo {
         Ok(q.execute(&self.db.pool).await?.rows_affected())
     }
 
+    /// Which of `ids` `claimer` still holds (claimed or dialing): the
+    /// others were completed (their `call.completed` was taken in, or the
+    /// reaper resolved them) or are another claimer's.
+    pub async fn held_leases(
+        &self,
+        claimer: &str,
+        ids: &[String],
+    ) -> Result<Vec<String>, sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT id FROM attempts WHERE claimed_by = ? AND state IN ('claimed', 'dialing'){}",
+            dialstack_common::db::and_in("id", ids.len())
+        );
+        let mut q = sqlx::query(&sql).bind(claimer);
+        for id in ids {
+            q = q.bind(id);
+        }
+        q.fetch_all(&self.db.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect()
+    }
+
     /// Resolves attempts that will never hear from a media processor, each
     /// to `failed` with a typed reason and a `call.completed` event (so the
     /// CDR and the counters see it), never to a redial:

@@ -35,11 +35,18 @@ pub struct HeartbeatRequest {
     pub lease_ms: Option<i64>,
 }
 
-/// How many leases a heartbeat extended.
+/// How many leases a heartbeat extended, and which are still held.
 #[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatResponse {
     /// Leases extended; attempts not counted were resolved or are held by another claimer.
     pub renewed: u64,
+    /// The attempts of the request the claimer still holds (claimed or
+    /// dialing). An ended call's attempt missing here has been completed,
+    /// so its media processor may stop renewing it; one still here has its
+    /// `call.completed` not taken in yet (in a broker or a queue), and its
+    /// lease must be kept, or the reaper would take the call for lost.
+    #[serde(default)]
+    pub held: Vec<String>,
 }
 
 /// A granted claim.
@@ -174,8 +181,10 @@ pub(super) async fn heartbeat(
     }
     let until = dialstack_common::now_ms() + lease_ms;
     let mut renewed = 0;
+    let mut held = Vec::new();
     for chunk in req.attempt_ids.chunks(500) {
         renewed += state.repo.renew_leases(&req.claimer, chunk, until).await?;
+        held.extend(state.repo.held_leases(&req.claimer, chunk).await?);
     }
-    Ok(ApiJson(HeartbeatResponse { renewed }))
+    Ok(ApiJson(HeartbeatResponse { renewed, held }))
 }
