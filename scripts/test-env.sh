@@ -135,6 +135,10 @@ dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need+=(libcurl4-openssl-dev)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v pocketsphinx_continuous >/dev/null || need+=(pocketsphinx)
 [ -f /usr/share/pocketsphinx/model/en-us/cmudict-en-us.dict ] || need+=(pocketsphinx-en-us)
+# sphinxtrain and sphinx_fe adapt that model to telephone audio
+# (scripts/asr-adapt.sh, below).
+[ -x /usr/lib/sphinxtrain/bw ] || need+=(sphinxtrain)
+command -v sphinx_fe >/dev/null || need+=(sphinxbase-utils)
 # lame makes the MP3 that the prompt upload test decodes.
 command -v lame >/dev/null || need+=(lame)
 if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
@@ -311,4 +315,15 @@ for tool in "${PY_TOOLS[@]}"; do
   [ -x "$VENV/bin/${tool#*:}" ] || { say "${tool#*:} is still missing from $VENV; see $LOGS" >&2; exit 1; }
   say "${tool#*:}: $VENV/bin/${tool#*:}"
 done
+# --- The telephone-adapted speech model -----------------------------------
+# Cached under $TOOLS/asr and rebuilt only when its inputs change (about
+# 3 minutes); asr-adapt.sh answers at once when it is up to date.
+
+if asr_model="$(DIALSTACK_TOOLS="$TOOLS" "$(dirname "$0")/asr-adapt.sh" 2>"$LOGS/asr-adapt.log")"; then
+  say "asr model: $asr_model"
+else
+  say "asr-adapt.sh failed, see $LOGS/asr-adapt.log" >&2
+  exit 1
+fi
+
 say "ready"

@@ -9,8 +9,17 @@
 //!
 //! Usage: `cargo bench -p media-processor --bench asr_accuracy`
 //! (`-- --quick`: one voice of each engine, one rate; `-- --sets
-//! yesno,digits,keywords,text`; `-- --espeak-only` where flite is not
-//! installed: `apt-get install flite`).
+//! yesno,digits,keywords,text`; `-- --voices en-us,flite:slt`; `--
+//! --espeak-only` where flite is not installed: `apt-get install flite`).
+//!
+//! The packaged model is always measured. `-- --model DIR` (repeatable;
+//! or `DIALSTACK_ASR_ADAPTED_DIR`) measures a model folder laid out like
+//! `DIALSTACK_ASR_MODEL_DIR` on the same audio in the same run, e.g. the
+//! telephone-adapted one: `-- --model "$(scripts/asr-adapt.sh)"`; `--
+//! --mllr FILE` the packaged model with an MLLR transform. None of the
+//! voices here is in the adaptation corpus (`examples/asr_adapt.rs`), and
+//! flite not at all: its rows measure a synthesizer the adaptation never
+//! heard.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -52,6 +61,12 @@ const SENTENCES: &[&str] = &[
     "the delivery was late again",
     "yes i can talk now",
 ];
+
+/// A model under test.
+struct Model {
+    label: String,
+    asr: Arc<Asr>,
+}
 
 /// One utterance to recognize.
 struct Case {
@@ -193,6 +208,12 @@ async fn main() {
             |s| s.split(',').map(str::to_owned).collect(),
         );
     let espeak_only = args.iter().any(|a| a == "--espeak-only");
+    let values = |flag: &str| -> Vec<String> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].clone())
+            .collect()
+    };
     let mut voices: Vec<&'static str> = if quick {
         ESPEAK[..1].to_vec()
     } else {
@@ -200,6 +221,10 @@ async fn main() {
     };
     if !espeak_only {
         voices.extend_from_slice(if quick { &FLITE[..1] } else { FLITE });
+    }
+    if let Some(only) = values("--voices").first() {
+        let only: Vec<&str> = only.split(',').collect();
+        voices.retain(|v| only.contains(v));
     }
     let rates = if quick { &RATES[1..2] } else { RATES };
     let dir = std::env::temp_dir().join(format!("dialstack-asr-bench-{}", std::process::id()));
@@ -215,15 +240,48 @@ async fn main() {
     let tmp = dir.join("tmp");
     std::fs::create_dir_all(&tmp).expect("temporary folder");
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let asr = Arc::new(Asr::new(
-        AsrConfig {
-            max_concurrent: cores,
-            max_queue: 100_000,
-            tmp_dir: tmp,
-            ..AsrConfig::default()
-        },
-        metrics,
-    ));
+    let model = |label: String, cfg: AsrConfig| Model {
+        label,
+        asr: Arc::new(Asr::new(
+            AsrConfig {
+                max_concurrent: cores,
+                max_queue: 100_000,
+                tmp_dir: tmp.clone(),
+                ..cfg
+            },
+            metrics.clone(),
+        )),
+    };
+    let mut models = vec![model("packaged".into(), AsrConfig::default())];
+    let mut dirs = values("--model");
+    dirs.extend(std::env::var("DIALSTACK_ASR_ADAPTED_DIR").ok());
+    for d in dirs.into_iter().filter(|d| !d.is_empty()) {
+        let path = std::path::PathBuf::from(&d);
+        assert!(
+            path.join("en-us/mdef").is_file(),
+            "{d}: not a model folder (no en-us/mdef)"
+        );
+        let name = path
+            .file_name()
+            .map_or(d.clone(), |n| n.to_string_lossy().into_owned());
+        models.push(model(
+            name,
+            AsrConfig {
+                model_dir: path,
+                ..AsrConfig::default()
+            },
+        ));
+    }
+    for m in values("--mllr") {
+        assert!(std::path::Path::new(&m).is_file(), "{m}: no such file");
+        models.push(model(
+            format!("packaged+mllr {m}"),
+            AsrConfig {
+                mllr: Some(m.clone().into()),
+                ..AsrConfig::default()
+            },
+        ));
+    }
     let mut rng = fastrand::Rng::with_seed(20_26);
     let mut cases = Vec::new();
     let has = |s: &str| sets.iter().any(|x| x == s);
@@ -313,80 +371,126 @@ async fn main() {
         audio.push(degrade(&pcm, c.noise, i as u64));
     }
     let mut set = tokio::task::JoinSet::new();
-    for (i, (c, pcm)) in cases.iter().zip(audio).enumerate() {
-        let asr = asr.clone();
-        let grammar = c.grammar.clone();
-        set.spawn(async move {
-            let r = match grammar {
-                Some(g) => asr.recognize(&pcm, &g).await,
-                None => asr.transcribe(&pcm).await,
-            };
-            (i, r.expect("recognition"))
-        });
-    }
-    let mut results: Vec<Option<Recognition>> = vec![None; cases.len()];
-    while let Some(r) = set.join_next().await {
-        let (i, r) = r.expect("task");
-        results[i] = Some(r);
-    }
-    let mut by_noise: BTreeMap<(&str, String), Tally> = BTreeMap::new();
-    let mut by_set: BTreeMap<&str, Tally> = BTreeMap::new();
-    let mut by_voice: BTreeMap<(&str, &str), Tally> = BTreeMap::new();
-    let mut by_rate: BTreeMap<(&str, u16), Tally> = BTreeMap::new();
-    let mut misses: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (c, r) in cases.iter().zip(results) {
-        let r = r.expect("every case ran");
-        // Digit strings count errors per digit.
-        let spaced = |t: &str| t.chars().map(String::from).collect::<Vec<_>>().join(" ");
-        let (errors, words) = if c.set == "digits" {
-            word_errors(&spaced(&c.expected), &spaced(&r.text))
-        } else {
-            word_errors(&c.expected, &r.text)
-        };
-        let ok = r.text == c.expected;
-        for t in [
-            by_noise.entry((c.set, label(c.noise))).or_default(),
-            by_set.entry(c.set).or_default(),
-            by_voice.entry((c.set, c.voice)).or_default(),
-            by_rate.entry((c.set, c.rate)).or_default(),
-        ] {
-            t.add(ok, errors, words, &r);
+    for (m, model) in models.iter().enumerate() {
+        for (i, (c, pcm)) in cases.iter().zip(&audio).enumerate() {
+            let asr = model.asr.clone();
+            let grammar = c.grammar.clone();
+            let pcm = pcm.clone();
+            set.spawn(async move {
+                let r = match grammar {
+                    Some(g) => asr.recognize(&pcm, &g).await,
+                    None => asr.transcribe(&pcm).await,
+                };
+                (m, i, r.expect("recognition"))
+            });
         }
-        if !ok && c.grammar.is_some() {
-            misses.entry(c.set).or_default().push(format!(
-                "{} {} {}: \"{}\" heard \"{}\"",
-                c.voice,
-                c.rate,
-                label(c.noise),
-                c.text,
-                r.raw
-            ));
+    }
+    let mut results: Vec<Vec<Option<Recognition>>> = vec![vec![None; cases.len()]; models.len()];
+    while let Some(r) = set.join_next().await {
+        let (m, i, r) = r.expect("task");
+        results[m][i] = Some(r);
+    }
+    type Key<'a> = (&'a str, &'a str);
+    let mut summary: BTreeMap<(&str, &str, &str, String), Tally> = BTreeMap::new();
+    let mut by_noise: BTreeMap<(Key, String), Tally> = BTreeMap::new();
+    let mut by_set: BTreeMap<Key, Tally> = BTreeMap::new();
+    let mut by_voice: BTreeMap<(Key, &str), Tally> = BTreeMap::new();
+    let mut by_rate: BTreeMap<(Key, u16), Tally> = BTreeMap::new();
+    let mut misses: BTreeMap<Key, Vec<String>> = BTreeMap::new();
+    for (model, results) in models.iter().zip(results) {
+        let m = model.label.as_str();
+        for (c, r) in cases.iter().zip(results) {
+            let r = r.expect("every case ran");
+            // Digit strings count errors per digit.
+            let spaced = |t: &str| t.chars().map(String::from).collect::<Vec<_>>().join(" ");
+            let (errors, words) = if c.set == "digits" {
+                word_errors(&spaced(&c.expected), &spaced(&r.text))
+            } else {
+                word_errors(&c.expected, &r.text)
+            };
+            let ok = r.text == c.expected;
+            let family = if c.voice.starts_with("flite:") {
+                "flite (unseen synthesizer)"
+            } else {
+                "espeak-ng test voices"
+            };
+            for (voices, noise) in [
+                (family, label(c.noise)),
+                (family, "all".into()),
+                ("all", label(c.noise)),
+                ("all", "all".into()),
+            ] {
+                summary
+                    .entry((c.set, m, voices, noise))
+                    .or_default()
+                    .add(ok, errors, words, &r);
+            }
+            for t in [
+                by_noise.entry(((c.set, m), label(c.noise))).or_default(),
+                by_set.entry((c.set, m)).or_default(),
+                by_voice.entry(((c.set, m), c.voice)).or_default(),
+                by_rate.entry(((c.set, m), c.rate)).or_default(),
+            ] {
+                t.add(ok, errors, words, &r);
+            }
+            if !ok && c.grammar.is_some() {
+                misses.entry((c.set, m)).or_default().push(format!(
+                    "{} {} {}: \"{}\" heard \"{}\"",
+                    c.voice,
+                    c.rate,
+                    label(c.noise),
+                    c.text,
+                    r.raw
+                ));
+            }
         }
     }
     println!(
-        "\n{} utterances ({} voices x {} rates x {} noise levels), {:.0} s\n",
+        "\n{} utterances ({} voices x {} rates x {} noise levels) x {} models, {:.0} s\n",
         cases.len(),
         voices.len(),
         rates.len(),
         NOISE.len(),
+        models.len(),
         started.elapsed().as_secs_f64()
     );
-    println!("| set | noise | accuracy | word (digit) error rate | mean engine ms |");
-    println!("| --- | --- | --- | --- | --- |");
-    for ((set, noise), t) in &by_noise {
+    let pct = |t: Option<&Tally>| {
+        t.map_or("-".into(), |t| {
+            format!("{:.1} %", 100.0 * t.right as f64 / t.total.max(1) as f64)
+        })
+    };
+    println!("| set | model | voices | clean | 20 dB SNR | 10 dB SNR | overall | WER (digits: per digit) |");
+    println!("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    let rows: std::collections::BTreeSet<(&str, &str, &str)> =
+        summary.keys().map(|k| (k.0, k.1, k.2)).collect();
+    for (set, m, family) in rows {
+        let get = |noise: &str| summary.get(&(set, m, family, noise.to_owned()));
+        let all = get("all").expect("every row has a total");
         println!(
-            "| {set} | {noise} | {} | {} | {} |",
+            "| {set} | {m} | {family} | {} | {} | {} | {} | {} |",
+            pct(get("clean")),
+            pct(get("20 dB SNR")),
+            pct(get("10 dB SNR")),
+            all.accuracy(),
+            all.wer()
+        );
+    }
+    println!("\n| set | model | noise | accuracy | word (digit) error rate | mean engine ms |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (((set, m), noise), t) in &by_noise {
+        println!(
+            "| {set} | {m} | {noise} | {} | {} | {} |",
             t.accuracy(),
             t.wer(),
             t.ms / t.total.max(1) as u64
         );
     }
-    println!("\n| set | overall accuracy | WER | mean confidence right / wrong |");
-    println!("| --- | --- | --- | --- |");
-    for (set, t) in &by_set {
+    println!("\n| set | model | overall accuracy | WER | mean confidence right / wrong |");
+    println!("| --- | --- | --- | --- | --- |");
+    for ((set, m), t) in &by_set {
         let wrong = t.total - t.right;
         println!(
-            "| {set} | {} | {} | {:.2} / {} |",
+            "| {set} | {m} | {} | {} | {:.2} / {} |",
             t.accuracy(),
             t.wer(),
             t.confidence_right / t.right.max(1) as f64,
@@ -397,20 +501,20 @@ async fn main() {
             }
         );
     }
-    println!("\n| set | voice | accuracy | WER |");
-    println!("| --- | --- | --- | --- |");
-    for ((set, voice), t) in &by_voice {
-        println!("| {set} | {voice} | {} | {} |", t.accuracy(), t.wer());
+    println!("\n| set | model | voice | accuracy | WER |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (((set, m), voice), t) in &by_voice {
+        println!("| {set} | {m} | {voice} | {} | {} |", t.accuracy(), t.wer());
     }
-    println!("\n| set | rate (wpm) | accuracy | WER |");
-    println!("| --- | --- | --- | --- |");
-    for ((set, rate), t) in &by_rate {
-        println!("| {set} | {rate} | {} | {} |", t.accuracy(), t.wer());
+    println!("\n| set | model | rate (wpm) | accuracy | WER |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (((set, m), rate), t) in &by_rate {
+        println!("| {set} | {m} | {rate} | {} | {} |", t.accuracy(), t.wer());
     }
-    for (set, list) in &misses {
-        println!("\n{set} misses ({}):", list.len());
-        for m in list.iter().take(25) {
-            println!("- {m}");
+    for ((set, m), list) in &misses {
+        println!("\n{set} misses, {m} ({}):", list.len());
+        for miss in list.iter().take(25) {
+            println!("- {miss}");
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -57,6 +57,11 @@ pub struct AsrConfig {
     /// `/usr/share/pocketsphinx/model/en-us`): `en-us/` (acoustic model),
     /// `cmudict-en-us.dict`, `en-us.lm.bin`.
     pub model_dir: PathBuf,
+    /// An MLLR transform applied to the acoustic model's means at load
+    /// (`DIALSTACK_ASR_MLLR`, a `mllr_matrix` from sphinxtrain's
+    /// `mllr_solve`; default none). `scripts/asr-adapt.sh` builds a fully
+    /// adapted model folder instead, which needs none.
+    pub mllr: Option<PathBuf>,
     /// Recognitions at once (`DIALSTACK_ASR_CONCURRENCY`, default: cores).
     pub max_concurrent: usize,
     /// Recognitions that may wait for a slot (default 4 per slot).
@@ -73,6 +78,7 @@ impl Default for AsrConfig {
         Self {
             bin: "pocketsphinx_continuous".into(),
             model_dir: "/usr/share/pocketsphinx/model/en-us".into(),
+            mllr: None,
             max_concurrent: cores,
             max_queue: cores * 4,
             timeout: Duration::from_secs(10),
@@ -102,10 +108,34 @@ impl AsrConfig {
                     "/usr/share/pocketsphinx/model/en-us",
                 )
                 .into(),
+            mllr: env.get("DIALSTACK_ASR_MLLR").map(PathBuf::from),
             max_concurrent,
             max_queue: max_concurrent * 4,
             ..d
         })
+    }
+
+    /// The engine's arguments for one run over `wav`, with the grammar
+    /// file `jsgf` or else the language model.
+    fn engine_args(&self, wav: &Path, jsgf: Option<&Path>) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "-infile".into(),
+            wav.into(),
+            "-hmm".into(),
+            self.hmm().into(),
+            "-dict".into(),
+            self.dict().into(),
+            "-time".into(),
+            "yes".into(),
+        ];
+        if let Some(mllr) = &self.mllr {
+            args.extend(["-mllr".into(), mllr.into()]);
+        }
+        match jsgf {
+            Some(g) => args.extend(["-jsgf".into(), g.into()]),
+            None => args.extend(["-lm".into(), self.lm().into()]),
+        }
+        args
     }
 
     fn hmm(&self) -> PathBuf {
@@ -449,7 +479,7 @@ impl Asr {
         let pcm = pcm8k.to_vec();
         let (wav_path, gram_path) = (wav.clone(), gram.clone());
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::write(&wav_path, wav_16k(&prepare(&pcm)))?;
+            std::fs::write(&wav_path, engine_wav(&pcm))?;
             if let (Some(path), Some(text)) = (gram_path, jsgf) {
                 std::fs::write(path, text)?;
             }
@@ -464,17 +494,7 @@ impl Asr {
             ))
         })?;
         let mut cmd = tokio::process::Command::new(&self.cfg.bin);
-        cmd.arg("-infile")
-            .arg(&wav)
-            .arg("-hmm")
-            .arg(self.cfg.hmm())
-            .arg("-dict")
-            .arg(self.cfg.dict())
-            .args(["-time", "yes"]);
-        match &gram {
-            Some(g) => cmd.arg("-jsgf").arg(g),
-            None => cmd.arg("-lm").arg(self.cfg.lm()),
-        };
+        cmd.args(self.cfg.engine_args(&wav, gram.as_deref()));
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -529,6 +549,14 @@ fn read_dictionary(path: &Path) -> Result<HashSet<String>, AsrError> {
         .filter(|w| !w.contains('('))
         .map(str::to_owned)
         .collect())
+}
+
+/// The 16 kHz WAV the engine reads for `pcm8k` (one utterance, 8 kHz):
+/// exactly what [`Asr::recognize`] writes for it. Acoustic model
+/// adaptation (`examples/asr_adapt.rs`) passes its corpus through this so
+/// that the model learns the channel calls really have.
+pub fn engine_wav(pcm8k: &[i16]) -> Vec<u8> {
+    wav_16k(&prepare(pcm8k))
 }
 
 /// The 16 kHz audio the engine reads: padded, upsampled, with a mirror
@@ -805,6 +833,30 @@ mod tests {
         assert_eq!(c.lm(), PathBuf::from("/m/en-us.lm.bin"));
         assert_eq!((c.max_concurrent, c.max_queue), (3, 12));
         assert_eq!(c.timeout, Duration::from_secs(10));
+        assert_eq!(c.mllr, None);
+        let args = |c: &AsrConfig, jsgf: Option<&str>| -> Vec<String> {
+            c.engine_args(Path::new("/t/a.wav"), jsgf.map(Path::new))
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            args(&c, Some("/t/a.gram")).join(" "),
+            "-infile /t/a.wav -hmm /m/en-us -dict /m/cmudict-en-us.dict -time yes -jsgf /t/a.gram"
+        );
+        assert!(args(&c, None).join(" ").ends_with("-lm /m/en-us.lm.bin"));
+        // An MLLR transform goes to the engine as -mllr; empty is unset.
+        let m = AsrConfig::from_env(&Env::from_pairs([
+            ("DIALSTACK_ASR_MODEL_DIR", "/m"),
+            ("DIALSTACK_ASR_MLLR", "/a/mllr_matrix"),
+        ]))
+        .unwrap();
+        assert_eq!(m.mllr, Some(PathBuf::from("/a/mllr_matrix")));
+        assert!(args(&m, None)
+            .join(" ")
+            .contains("-time yes -mllr /a/mllr_matrix -lm"));
+        let unset = AsrConfig::from_env(&Env::from_pairs([("DIALSTACK_ASR_MLLR", "")])).unwrap();
+        assert_eq!(unset.mllr, None);
         for bad in ["0", "257", "x"] {
             let e = AsrConfig::from_env(&Env::from_pairs([("DIALSTACK_ASR_CONCURRENCY", bad)]))
                 .unwrap_err();
