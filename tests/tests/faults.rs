@@ -2,7 +2,7 @@
 //! MariaDB server, events on a private RabbitMQ node, commands on a private
 //! tansu broker, SIPp as the trunk, and a 2,000-call campaign. In the middle
 //! of it RabbitMQ, then tansu, then MariaDB are stopped (SIGTERM), kept down
-//! for 30 s (`DIALSTACK_FAULT_OUTAGE_SECS` to change it) and started again
+//! for 10 s (`DIALSTACK_FAULT_OUTAGE_SECS` to change it) and started again
 //! on the same data and port. Then:
 //! - the campaign completes, every call answered;
 //! - SIPp saw one INVITE transaction per Call-ID and one Call-ID per number:
@@ -38,9 +38,9 @@ const CALLS: usize = 2_000;
 const TALK_MS: u64 = 300;
 const MAX_CONCURRENT: u32 = 60;
 const MAX_CPS: f64 = 40.0;
-/// How long each dependency stays down: 30 s (longer than media-processor's
-/// 30 s call lease, so an outcome held up by the outage must keep its
-/// lease), or `DIALSTACK_FAULT_OUTAGE_SECS` (10-120).
+/// How long each dependency stays down: 10 s, or
+/// `DIALSTACK_FAULT_OUTAGE_SECS` (10-120; 30 s and more outlast a call's
+/// 30 s lease, so an outcome held up by the outage must keep its lease).
 fn outage() -> Duration {
     let secs = std::env::var("DIALSTACK_FAULT_OUTAGE_SECS")
         .ok()
@@ -50,7 +50,7 @@ fn outage() -> Duration {
                 .filter(|s| (10..=120).contains(s))
                 .expect("DIALSTACK_FAULT_OUTAGE_SECS must be 10-120")
         })
-        .unwrap_or(30);
+        .unwrap_or(10);
     Duration::from_secs(secs)
 }
 /// The recovery the issue asks for.
