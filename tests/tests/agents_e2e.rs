@@ -136,8 +136,9 @@ fn campaign(name: &str, numbers: Vec<String>) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_progressive_campaign_bridges_every_answered_call_to_one_agent() {
     let test = "agents_e2e";
-    // The carrier: 30 calls of the campaign and the abandoned one.
-    let mut carrier = Sipp::uas(test, None, 31).await;
+    // The carrier: 30 calls of the campaign, the abandoned one and the
+    // transferred one.
+    let mut carrier = Sipp::uas(test, None, 32).await;
     let mut phones = Vec::new();
     for _ in 0..3 {
         phones.push(Sipp::uas(test, None, 100).await);
@@ -336,6 +337,113 @@ async fn a_progressive_campaign_bridges_every_answered_call_to_one_agent() {
         "the west agent was called once"
     );
     let _ = west;
+
+    // A blind transfer through the API. Team north's agent is on a call:
+    // another agent's request is refused as if the call did not exist, a
+    // bad target is a 400 naming it, and the agent's own request hands the
+    // callee to the target; the agent goes to wrap-up while the callee
+    // talks on, and the CDR names the target.
+    let north_phone = Sipp::uas(test, None, 1).await;
+    let desk = Sipp::uas(test, None, 1).await;
+    let (north, north_token) =
+        agent(&http, &users, &admin, "north0", "north", north_phone.port).await;
+    let mut held = campaign("transferred", vec!["+14155559998".into()]);
+    held["team"] = json!("north");
+    held["talk_time_ms"] = json!(20_000);
+    let held_id = create_campaign(&suite.scheduler.url, &admin, held).await;
+    start(&suite.scheduler.url, &admin, &held_id).await;
+    let call_id = eventually("north0 on a call", Duration::from_secs(60), || {
+        let states = states.clone();
+        let north = north.clone();
+        async move {
+            let s = states.0.lock().unwrap();
+            s.iter()
+                .find(|(a, _, st, _)| *a == north && st == "on_call")
+                .and_then(|(.., c)| c.clone())
+                .ok_or_else(|| format!("{} events", s.len()))
+        }
+    })
+    .await;
+    let url = format!("{}/v1/calls/{call_id}/transfer", suite.scheduler.url);
+    let target = format!("sip:desk@127.0.0.1:{}", desk.port);
+    let (status, body) = call(
+        &http,
+        Method::POST,
+        &url,
+        &agents[0].1,
+        Some(json!({"target": target})),
+    )
+    .await;
+    assert_eq!(status, 404, "another agent's call: {body}");
+    assert!(body["request_id"].is_string(), "{body}");
+    for bad in [
+        json!({"target": "tel:+14155550123"}),
+        json!({"target": "sip:x@h\r\nX: 1"}),
+        json!({}),
+    ] {
+        let (status, body) = call(&http, Method::POST, &url, &north_token, Some(bad.clone())).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (status, body) = call(
+        &http,
+        Method::POST,
+        &url,
+        &north_token,
+        Some(json!({"target": target})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["state"], "transfer_requested", "{body}");
+    eventually(
+        "north0 in wrap-up after the transfer",
+        Duration::from_secs(15),
+        || {
+            let states = states.clone();
+            let (north, call_id) = (north.clone(), call_id.clone());
+            async move {
+                let s = states.0.lock().unwrap();
+                s.iter()
+                    .any(|(a, p, st, c)| {
+                        *a == north
+                            && p == "on_call"
+                            && st == "wrap_up"
+                            && c.as_deref() == Some(call_id.as_str())
+                    })
+                    .then_some(())
+                    .ok_or_else(|| "not yet".to_owned())
+            }
+        },
+    )
+    .await;
+    let view = wait_completed(&suite.scheduler.url, &admin, &held_id).await;
+    assert_eq!(
+        view["progress"]["outcomes"],
+        json!({"answered_human": 1}),
+        "{view}"
+    );
+    let cdr = completed_cdrs(&suite.storage.url, &admin, &held_id, 1)
+        .await
+        .remove(0);
+    assert_eq!(cdr["agent"]["transfer"]["target"], json!(target), "{cdr}");
+    assert!(
+        cdr["agent"]["transfer"]["talk_ms"].as_i64().unwrap() > 1_000,
+        "{cdr}"
+    );
+    assert!(
+        cdr["agent"]["talk_ms"].as_i64().unwrap() < 15_000,
+        "the agent left early: {cdr}"
+    );
+    assert_eq!(desk.invites().0.len(), 1, "the target was called once");
+    let (status, body) = call(
+        &http,
+        Method::POST,
+        &url,
+        &north_token,
+        Some(json!({"target": target})),
+    )
+    .await;
+    assert_eq!(status, 409, "the call is over: {body}");
+
     assert_eq!(carrier.wait(Duration::from_secs(60)).await, 0);
 
     stop.cancel();

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dialstack_common::bus::{
-    BatchHandler, Channel, Delivery, HandleError, Handler, OutMessage, Subscription, EVENTS,
+    BatchHandler, Channel, Delivery, HandleError, Handler, OutMessage, Subscription, COMMANDS,
+    EVENTS,
 };
 use dialstack_common::db::{inbox_claim, outbox_enqueue, Db, OutboxRelay};
 use dialstack_common::events::CloudEvent;
@@ -27,7 +28,7 @@ use dialstack_tests::proxy::Proxy;
 use dialstack_tests::{eventually, unique};
 use tokio_util::sync::CancellationToken;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Memory,
     Amqp,
@@ -770,6 +771,171 @@ async fn unanswered_batch_is_redelivered_rabbitmq() {
 #[tokio::test]
 async fn unanswered_batch_is_redelivered_kafka() {
     unanswered_batch_is_redelivered(Kind::Kafka).await;
+}
+
+fn command(i: usize, routing_key: &str, body: &str) -> OutMessage {
+    OutMessage {
+        id: format!("{routing_key}-{i}"),
+        routing_key: routing_key.into(),
+        key: format!("call-{i}"),
+        payload: bytes::Bytes::from(body.to_owned()),
+    }
+}
+
+/// The commands of a service with several replicas: dials on the shared
+/// queue, each replica's hang-ups on its own (`for_instance`). Each gets
+/// exactly what is addressed to it; on RabbitMQ an instance's queue is gone
+/// soon after its consumer; on Kafka an instance does not replay the topic.
+async fn instance_queues_get_only_their_own(kind: Kind) {
+    let ns = unique("iq");
+    let ch = Channel::connect(&url(kind, &ns), COMMANDS)
+        .await
+        .expect("connect");
+    let expires = Duration::from_secs(2);
+    let shared = Subscription::new("svc", &["dial"]).with_concurrency(4);
+    let a = Subscription::for_instance("svc.a", &["hangup.a", "transfer.a"], expires);
+    let b = Subscription::for_instance("svc.b", &["hangup.b"], expires);
+    for s in [&shared, &a, &b] {
+        ch.prepare(s).await.expect("prepare");
+    }
+    if kind == Kind::Kafka {
+        // Before the instance existed: not for it.
+        ch.publish(&command(0, "hangup.a", "before"))
+            .await
+            .expect("confirmed");
+    }
+    let (recs, subs) = (
+        [
+            Arc::new(Recorder::default()),
+            Arc::new(Recorder::default()),
+            Arc::new(Recorder::default()),
+        ],
+        [shared, a, b],
+    );
+    let mut consumers = Vec::new();
+    for (r, s) in recs.iter().zip(subs) {
+        consumers.push(spawn_consumer(&ch, s, r.clone()));
+    }
+    // Each consumer is in place once a probe addressed to it arrives.
+    for (r, key) in recs.iter().zip(["dial", "hangup.a", "hangup.b"]) {
+        let mut i = 0;
+        eventually(
+            &format!("{kind:?}: {key} consumer up"),
+            Duration::from_secs(60),
+            || {
+                i += 1;
+                let (ch, r) = (ch.clone(), r.clone());
+                async move {
+                    if r.set().iter().any(|b| b.starts_with("probe")) {
+                        return Ok(());
+                    }
+                    ch.publish(&command(1000 + i, key, &format!("probe-{i}")))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Err("no probe yet".to_owned())
+                }
+            },
+        )
+        .await;
+    }
+    let probes = |r: &Recorder| r.set().iter().filter(|b| b.starts_with("probe")).count();
+    let base: Vec<usize> = recs.iter().map(|r| probes(r)).collect();
+    for i in 0..10 {
+        ch.publish(&command(i, "dial", &format!("dial-{i}")))
+            .await
+            .expect("confirmed");
+        if i < 5 {
+            ch.publish(&command(i, "hangup.a", &format!("a-{i}")))
+                .await
+                .expect("confirmed");
+            ch.publish(&command(i, "hangup.b", &format!("b-{i}")))
+                .await
+                .expect("confirmed");
+        }
+        // The plain type, and an instance's key with another word after
+        // it: nobody's.
+        ch.publish(&command(i, "hangup", "plain"))
+            .await
+            .expect("confirmed");
+        ch.publish(&command(i, "hangup.a.b", "deeper"))
+            .await
+            .expect("confirmed");
+    }
+    ch.publish(&command(0, "transfer.a", "t-0"))
+        .await
+        .expect("confirmed");
+    let want = |prefix: &str, n: usize| -> HashSet<String> {
+        (0..n).map(|i| format!("{prefix}-{i}")).collect()
+    };
+    let expected = [
+        want("dial", 10),
+        want("a", 5).into_iter().chain(["t-0".to_owned()]).collect(),
+        want("b", 5),
+    ];
+    eventually(
+        &format!("{kind:?}: everyone got theirs"),
+        Duration::from_secs(30),
+        || async {
+            let got: Vec<HashSet<String>> = recs
+                .iter()
+                .map(|r| {
+                    r.set()
+                        .into_iter()
+                        .filter(|b| !b.starts_with("probe"))
+                        .collect()
+                })
+                .collect();
+            if got == expected {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    )
+    .await;
+    // Nothing more comes (no stray copy of another's message).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for ((r, e), b) in recs.iter().zip(&expected).zip(&base) {
+        assert!(probes(r) >= *b);
+        assert_eq!(r.count() - probes(r), e.len(), "{kind:?}: {:?}", r.set());
+    }
+    let (stop_a, handle_a) = consumers.remove(1);
+    stop_a.cancel();
+    handle_a.await.unwrap();
+    if kind == Kind::Amqp {
+        eventually(
+            &format!("{kind:?}: the gone instance's queue deleted"),
+            Duration::from_secs(30),
+            || async {
+                match ch.backlog("svc.a").await {
+                    Err(_) => Ok(()),
+                    Ok(n) => Err(format!("still there ({n} waiting)")),
+                }
+            },
+        )
+        .await;
+        assert!(
+            ch.backlog("svc.b").await.is_ok(),
+            "a live instance's queue stays"
+        );
+    }
+    for (stop, handle) in consumers {
+        stop.cancel();
+        handle.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn instance_queues_get_only_their_own_memory() {
+    instance_queues_get_only_their_own(Kind::Memory).await;
+}
+#[tokio::test]
+async fn instance_queues_get_only_their_own_rabbitmq() {
+    instance_queues_get_only_their_own(Kind::Amqp).await;
+}
+#[tokio::test]
+async fn instance_queues_get_only_their_own_kafka() {
+    instance_queues_get_only_their_own(Kind::Kafka).await;
 }
 
 #[tokio::test]

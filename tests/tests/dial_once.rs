@@ -340,3 +340,113 @@ async fn hangup_over_rest_ends_an_answered_call_with_bye() {
         "only the campaign's call reached SIPp"
     );
 }
+
+/// Calls this media-processor ended, from its `/metrics`.
+async fn calls_completed(media_url: &str) -> u64 {
+    let text = reqwest::get(format!("{media_url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("dialstack_media_calls_completed_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Two media-processor replicas take dials from one RabbitMQ queue, which
+/// hands each message to one of them; a hang-up sent the same way would
+/// reach the replica that does not hold the call about half the time. Each
+/// hang-up is addressed to the instance that claimed the call: every call
+/// of both replicas ends early with our BYE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hangups_reach_the_replica_that_holds_the_call() {
+    let test = "dial_once_replica_hangup";
+    let calls = 8usize;
+    let sipp = Sipp::uas(test, None, calls as u32).await;
+    let ns = unique("d1r");
+    let suite = Suite::start(SuiteOptions {
+        test: test.into(),
+        trunk: format!("sip:127.0.0.1:{}", sipp.port),
+        events_url: amqp_url(&ns),
+        commands_url: amqp_url(&ns),
+        media_env: vec![],
+    })
+    .await;
+    let second_logs = suite.logs.join("second-replica");
+    std::fs::create_dir_all(&second_logs).unwrap();
+    let mut env = suite.media_env.clone();
+    env.insert(
+        "DIALSTACK_RECORDINGS_SPOOL".into(),
+        second_logs.join("spool").display().to_string(),
+    );
+    let second = ServiceProc::start("media-processor", &env, &second_logs).await;
+    let token = suite.admin_token().await;
+    // One call every half second: the queue alternates between the two
+    // consumers.
+    let id = start_campaign_paced(
+        &suite.scheduler.url,
+        &token,
+        calls,
+        120_000,
+        calls as u32,
+        2.0,
+    )
+    .await;
+    let answered = eventually("every call answered", Duration::from_secs(90), || async {
+        let all = cdrs(&suite.storage.url, &token, &id).await;
+        let up: Vec<String> = all
+            .iter()
+            .filter(|c| c["answered_at"].as_i64().is_some())
+            .map(|c| c["call_id"].as_str().unwrap().to_owned())
+            .collect();
+        if up.len() == calls {
+            Ok(up)
+        } else {
+            Err(format!("{} of {calls} answered", up.len()))
+        }
+    })
+    .await;
+    // Every other call first: a hang-up dealt round-robin like the dials
+    // would then miss (the dials alternated between the replicas).
+    let order = answered
+        .iter()
+        .step_by(2)
+        .chain(answered.iter().skip(1).step_by(2));
+    let http = reqwest::Client::new();
+    for call_id in order {
+        let r = http
+            .post(format!("{}/v1/calls/{call_id}/hangup", suite.scheduler.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{call_id}");
+    }
+    let view = wait_completed(&suite.scheduler.url, &token, &id).await;
+    assert_eq!(
+        view["progress"]["outcomes"]["answered_human"], calls,
+        "{view}"
+    );
+    for c in completed_cdrs(&suite.storage.url, &token, &id, calls).await {
+        assert!(
+            c["talk_ms"].as_i64().unwrap() < 60_000,
+            "hung up by us, not by the talk time: {c}"
+        );
+    }
+    assert_eq!(
+        sipp.received("BYE "),
+        calls,
+        "SIPp got our BYE for each call"
+    );
+    let (first_n, second_n) = (
+        calls_completed(&suite.media.url).await,
+        calls_completed(&second.url).await,
+    );
+    assert_eq!(first_n + second_n, calls as u64);
+    assert!(
+        first_n > 0 && second_n > 0,
+        "both replicas held calls: {first_n} and {second_n}"
+    );
+}

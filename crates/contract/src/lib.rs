@@ -28,6 +28,9 @@ pub mod types {
     pub const DIAL: &str = "dial";
     /// Command: end a call.
     pub const HANGUP: &str = "hangup";
+    /// Command: hand an agent's call on to another destination (blind
+    /// transfer asked for through the API rather than by the phone's REFER).
+    pub const TRANSFER: &str = "transfer";
     /// The INVITE was sent.
     pub const CALL_DIALING: &str = "call.dialing";
     /// 180/183 received.
@@ -287,6 +290,89 @@ impl HangupCommand {
     pub fn validate(&self) -> Result<(), ContractError> {
         check_id("call_id", &self.call_id)
     }
+}
+
+/// Longest transfer target the edge accepts.
+pub const MAX_TRANSFER_TARGET: usize = 512;
+
+/// `transfer`: the agent bridged to a call hands the callee on to
+/// `target` (a blind transfer, as a REFER from the agent's phone would).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TransferCommand {
+    /// The call.
+    pub call_id: String,
+    /// Where to: a `sip:` or `sips:` URI.
+    pub target: String,
+    /// Who asked (user id), for the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+}
+
+impl TransferCommand {
+    /// The call id's rules, and a target that is one `sip:`/`sips:` URI
+    /// with a host, of at most [`MAX_TRANSFER_TARGET`] bytes, with nothing
+    /// that could leave the URI in a SIP header (spaces, controls, `<>"`).
+    pub fn validate(&self) -> Result<(), ContractError> {
+        check_id("call_id", &self.call_id)?;
+        check_transfer_target(&self.target)
+    }
+}
+
+/// The target rules of [`TransferCommand::validate`].
+pub fn check_transfer_target(target: &str) -> Result<(), ContractError> {
+    if target.is_empty() || target.len() > MAX_TRANSFER_TARGET {
+        return Err(bad(
+            "target",
+            format!("must be 1-{MAX_TRANSFER_TARGET} characters"),
+        ));
+    }
+    if target
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || "<>\"".contains(c))
+    {
+        return Err(bad(
+            "target",
+            "must not contain spaces, control characters or <>\"",
+        ));
+    }
+    let lower = target.to_ascii_lowercase();
+    let Some(rest) = lower
+        .strip_prefix("sip:")
+        .or_else(|| lower.strip_prefix("sips:"))
+    else {
+        return Err(bad("target", "must be a sip: or sips: URI"));
+    };
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = host.split([';', '?']).next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') {
+        return Err(bad("target", "must name a host"));
+    }
+    Ok(())
+}
+
+/// Longest instance word in a routing key (the outbox keeps keys of up to
+/// 128 bytes).
+const MAX_INSTANCE_WORD: usize = 100;
+
+/// The routing key of a command of type `ty` addressed to the one process
+/// that holds the call: `ty.<instance>`, the instance being the claimer id
+/// the process claims attempts with, reduced to letters, digits, `-` and
+/// `_` (no `.`, `*` or `#`, which mean something in a topic pattern) and
+/// to at most 100 bytes. task-scheduler addresses `hangup` and `transfer`
+/// with it; each media-processor binds its own keys.
+pub fn instance_route(ty: &str, claimer: &str) -> String {
+    let word: String = claimer
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(MAX_INSTANCE_WORD)
+        .collect();
+    format!("{ty}.{word}")
 }
 
 macro_rules! named_enum {
@@ -922,6 +1008,67 @@ impl CampaignUpdated {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transfer_targets_are_sip_uris_with_a_host_and_nothing_else() {
+        let t = |target: &str| {
+            TransferCommand {
+                call_id: "c-1".into(),
+                target: target.into(),
+                requested_by: None,
+            }
+            .validate()
+        };
+        for ok in [
+            "sip:2001@pbx.example",
+            "SIPS:sales@10.1.2.3:5061;transport=tls",
+            "sip:pbx.example",
+            "sip:q@[2001:db8::1]:5060",
+        ] {
+            assert_eq!(t(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("", "characters"),
+            ("tel:+14155550101", "sip: or sips:"),
+            ("sip:", "host"),
+            ("sip:user@", "host"),
+            ("sip:a@h\r\nX-Injected: 1", "spaces"),
+            ("sip:a@h>;x", "<>"),
+            ("sip:a b@h", "spaces"),
+            ("http://evil.example/", "sip: or sips:"),
+        ] {
+            let e = t(bad).unwrap_err();
+            assert_eq!(e.field, "target", "{bad}");
+            assert!(e.reason.contains(why), "{bad}: {e}");
+        }
+        let long = format!("sip:{}@h", "a".repeat(MAX_TRANSFER_TARGET));
+        assert_eq!(t(&long).unwrap_err().field, "target");
+        let bad_call = TransferCommand {
+            call_id: "c 1".into(),
+            target: "sip:a@h".into(),
+            requested_by: None,
+        };
+        assert_eq!(bad_call.validate().unwrap_err().field, "call_id");
+        // A payload with an unknown shape does not parse.
+        assert!(serde_json::from_str::<TransferCommand>(r#"{"call_id":"c"}"#).is_err());
+    }
+
+    #[test]
+    fn instance_routes_are_one_topic_word_per_instance() {
+        assert_eq!(
+            instance_route(types::HANGUP, "media-7f-0190abc"),
+            "hangup.media-7f-0190abc"
+        );
+        // Dots, wildcards and anything else become '-': one word, so a
+        // binding of one instance never matches another's key.
+        assert_eq!(
+            instance_route(types::TRANSFER, "pod.ns.svc*#x y"),
+            "transfer.pod-ns-svc--x-y"
+        );
+        let long = instance_route(types::TRANSFER, &"x".repeat(500));
+        assert!(long.len() <= 128 - 1, "{}", long.len());
+        assert_eq!(long.matches('.').count(), 1);
+    }
 
     fn dial() -> DialCommand {
         DialCommand {

@@ -81,6 +81,11 @@ pub const NAME: &str = "media-processor";
 /// Default HTTP port (DESIGN §1).
 pub const PORT: u16 = 9090;
 
+/// How long RabbitMQ keeps an instance's own command queue after the
+/// instance went away (its calls went with it; a restarted pod is a new
+/// instance with a new queue).
+pub const INSTANCE_QUEUE_EXPIRES: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Where calls go.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Trunk {
@@ -590,6 +595,7 @@ impl Service for Application {
             prompt: config.abandon_prompt.clone(),
             metrics: bridge_metrics,
             transfer_hosts: config.transfer_hosts.clone(),
+            transfers: Default::default(),
         });
         let ai_metrics = ai::metrics::AiMetrics::new()?;
         ai_metrics.register(&base.metrics);
@@ -672,6 +678,22 @@ impl Service for Application {
             trunk: trunk_health.clone(),
         });
         if let Some(commands) = &base.commands {
+            // First this instance's own queue (hang-ups and transfers of the
+            // calls it claims are addressed to it), so that it is in place
+            // before the first claim; then the shared queue of dials.
+            let hangup = dialstack_contract::instance_route(types::HANGUP, &claimer);
+            let transfer = dialstack_contract::instance_route(types::TRANSFER, &claimer);
+            base.spawn_consumer(
+                commands,
+                Subscription::for_instance(
+                    dialstack_contract::instance_route(NAME, &claimer),
+                    &[&hangup, &transfer],
+                    INSTANCE_QUEUE_EXPIRES,
+                )
+                .with_concurrency(16),
+                handler.clone(),
+            )
+            .await?;
             base.spawn_consumer(
                 commands,
                 Subscription::new(NAME, &[types::DIAL, types::HANGUP]).with_concurrency(64),

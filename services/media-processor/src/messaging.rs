@@ -26,7 +26,7 @@ use dialstack_common::db::OutboxRelay;
 use dialstack_common::events::CloudEvent;
 use dialstack_contract::{
     types, CallAnswered, CallCompleted, CallDialing, CallEvent, CallRef, CallRinging, DialCommand,
-    HangupCommand,
+    HangupCommand, TransferCommand,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -198,7 +198,9 @@ impl LiveCalls {
     }
 }
 
-/// Consumes `dial` and `hangup` commands.
+/// Consumes `dial`, `hangup` and `transfer` commands (the last two
+/// addressed to this instance, or the plain `hangup` of an older
+/// task-scheduler).
 pub struct CommandHandler {
     /// Where calls go.
     pub ctx: Arc<CallContext>,
@@ -241,6 +243,26 @@ impl Handler for CommandHandler {
                     .map_err(|e| HandleError::Permanent(format!("hangup: {e}")))?;
                 let here = self.live.hang_up(&cmd.call_id);
                 tracing::info!(call_id = %cmd.call_id, here, "hang-up command");
+                Ok(())
+            }
+            types::TRANSFER => {
+                let cmd: TransferCommand = ev
+                    .data_as()
+                    .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                cmd.validate()
+                    .map_err(|e| HandleError::Permanent(format!("transfer: {e}")))?;
+                let result = match &self.ctx.bridge {
+                    Some(b) => b.transfers.request(&cmd.call_id, &cmd.target),
+                    None => crate::call::bridge::ApiTransfer::NotBridged,
+                };
+                match result {
+                    crate::call::bridge::ApiTransfer::Handed => {
+                        tracing::info!(call_id = %cmd.call_id, target = %cmd.target, by = ?cmd.requested_by, "transfer command")
+                    }
+                    other => {
+                        tracing::warn!(call_id = %cmd.call_id, target = %cmd.target, by = ?cmd.requested_by, result = ?other, "transfer command not taken")
+                    }
+                }
                 Ok(())
             }
             other => {

@@ -418,6 +418,7 @@ fn with_bridge(mut ctx: CallContext, desk: Arc<Desk>, agent_answer: Duration) ->
         prompt: Arc::new(media_processor::call::bridge::builtin_prompt()),
         metrics: BridgeMetrics::new().unwrap(),
         transfer_hosts: Vec::new(),
+        transfers: Default::default(),
     }));
     ctx
 }
@@ -756,6 +757,7 @@ async fn transfer_call(
         prompt: Arc::new(media_processor::call::bridge::builtin_prompt()),
         metrics: metrics.clone(),
         transfer_hosts: hosts,
+        transfers: Default::default(),
     }));
     let mut cmd = command(talk_ms, 5_000);
     cmd.bridge = Some(bridged(2_000));

@@ -157,7 +157,16 @@ impl AmqpBackend {
             "x-queue-type".into(),
             AMQPValue::LongString("quorum".into()),
         );
-        if let Some(ms) = self.parsed.queue_expires_ms {
+        // An instance's queues go with the instance; a test namespace's
+        // with the test.
+        let expires = [
+            self.parsed.queue_expires_ms,
+            sub.instance_expires.map(|d| d.as_millis() as i64),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if let Some(ms) = expires {
             dlq_args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
         }
         ch.queue_declare(&dlq, durable, dlq_args)
@@ -177,7 +186,7 @@ impl AmqpBackend {
             "x-queue-type".into(),
             AMQPValue::LongString("quorum".into()),
         );
-        if let Some(ms) = self.parsed.queue_expires_ms {
+        if let Some(ms) = expires {
             args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
         }
         args.insert(

@@ -84,6 +84,32 @@ fn group_lag(reader: &BaseConsumer, topic: &str) -> Result<u64, BusError> {
     Ok(lag)
 }
 
+/// Every partition of `topic` at its current end (high watermark).
+/// Blocking calls to the broker, made once when an instance starts.
+fn end_offsets<C: Consumer>(
+    consumer: &C,
+    topic: &str,
+) -> Result<rdkafka::TopicPartitionList, BusError> {
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(broker)?;
+    let mut out = rdkafka::TopicPartitionList::new();
+    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p.id(), timeout)
+                .map_err(broker)?;
+            out.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset(high))
+                .map_err(broker)?;
+        }
+    }
+    if out.count() == 0 {
+        return Err(BusError::Broker(format!("topic {topic} has no partitions")));
+    }
+    Ok(out)
+}
+
 fn broker(e: impl std::fmt::Display) -> BusError {
     BusError::Broker(e.to_string())
 }
@@ -477,7 +503,16 @@ impl Backend for KafkaBackend {
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            // A service's group replays what it missed; an instance's own
+            // group is new each time and only wants what comes after it.
+            .set(
+                "auto.offset.reset",
+                if sub.instance_expires.is_some() {
+                    "latest"
+                } else {
+                    "earliest"
+                },
+            )
             // The longest a fetch may wait for data. tansu 0.6 sleeps through
             // part of it even when data is there (half of the default 500 ms
             // per fetch), which became most of the dial latency.
@@ -490,7 +525,27 @@ impl Backend for KafkaBackend {
             .set("max.poll.interval.ms", "30000")
             .create()
             .map_err(broker)?;
-        consumer.subscribe(&[&self.topic]).map_err(broker)?;
+        if sub.instance_expires.is_some() {
+            // An instance reads every partition itself, from what is
+            // published after this point (the end offsets are read before
+            // `consume` gets going, not when a rebalance completes seconds
+            // later), and never shares a partition.
+            let at_end = loop {
+                match end_offsets(&consumer, &self.topic) {
+                    Ok(at_end) => break at_end,
+                    Err(e) => {
+                        tracing::warn!(topic = %self.topic, %group, error = %e, "cannot read the topic's end offsets yet");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = shutdown.cancelled() => return Ok(()),
+                        }
+                    }
+                }
+            };
+            consumer.assign(&at_end).map_err(broker)?;
+        } else {
+            consumer.subscribe(&[&self.topic]).map_err(broker)?;
+        }
         let consumer = Closing(Some(consumer));
         tracing::info!(topic = %self.topic, %group, concurrency = sub.concurrency, "consuming");
 

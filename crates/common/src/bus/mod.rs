@@ -156,6 +156,12 @@ pub struct Subscription {
     /// How long to let in-flight handlers finish after shutdown; the rest are
     /// left unacknowledged and will be redelivered.
     pub drain_timeout: Duration,
+    /// A subscription of one process rather than of a service (commands
+    /// addressed to the instance that holds a call): its queue is deleted
+    /// by RabbitMQ this long after its last consumer went away, and on
+    /// Kafka its group starts at the end of the topic instead of replaying
+    /// it. `None` for a service's durable subscription.
+    pub instance_expires: Option<Duration>,
 }
 
 impl Subscription {
@@ -168,6 +174,17 @@ impl Subscription {
             max_batch: 1,
             max_deliveries: 5,
             drain_timeout: Duration::from_secs(10),
+            instance_expires: None,
+        }
+    }
+
+    /// One process's own subscription (see [`Self::instance_expires`]):
+    /// `group` must name the instance, and its queue goes away `expires`
+    /// after the instance does.
+    pub fn for_instance(group: impl Into<String>, bindings: &[&str], expires: Duration) -> Self {
+        Self {
+            instance_expires: Some(expires.max(Duration::from_secs(1))),
+            ..Self::new(group, bindings)
         }
     }
 

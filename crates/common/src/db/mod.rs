@@ -451,13 +451,26 @@ pub async fn outbox_enqueue(
     key: &str,
     event: &CloudEvent,
 ) -> Result<(), sqlx::Error> {
+    outbox_enqueue_routed(tx, channel, key, &event.ty, event).await
+}
+
+/// As [`outbox_enqueue`], with a routing key other than the event's type
+/// (a command addressed to one instance: `hangup.<instance>`); at most 128
+/// bytes.
+pub async fn outbox_enqueue_routed(
+    tx: &mut Tx,
+    channel: &str,
+    key: &str,
+    routing_key: &str,
+    event: &CloudEvent,
+) -> Result<(), sqlx::Error> {
     let payload = serde_json::to_string(event).unwrap_or_default();
     sqlx::query(
         "INSERT INTO outbox (id, channel, routing_key, msg_key, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(&event.id)
     .bind(channel)
-    .bind(&event.ty)
+    .bind(routing_key)
     .bind(key)
     .bind(payload)
     .bind(crate::now_ms())

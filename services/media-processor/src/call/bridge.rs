@@ -146,6 +146,100 @@ pub struct BridgeContext {
     /// host (`DIALSTACK_TRANSFER_HOSTS`); anything else is refused, so a
     /// REFER cannot send a customer to an arbitrary destination.
     pub transfer_hosts: Vec<String>,
+    /// Bridged calls that take a transfer from the API (`transfer`
+    /// commands), by call id.
+    pub transfers: Transfers,
+}
+
+/// Most transfers the API may ask for on one call while it is bridged
+/// (beyond the agent leg's own limit, so that a flood of commands cannot
+/// queue without bound).
+const MAX_API_TRANSFERS: u32 = 8;
+
+/// The bridged calls of this process that can be transferred through the
+/// API: a `transfer` command is handed to the call's bridge as if the
+/// agent's phone had sent REFER (same host rules, same limits).
+#[derive(Clone, Default)]
+pub struct Transfers(Arc<std::sync::Mutex<Mailboxes>>);
+
+/// Each bridged call's transfer mailbox and how many requests the API put
+/// in it.
+type Mailboxes =
+    std::collections::HashMap<String, (mpsc::UnboundedSender<super::TransferRequest>, u32)>;
+
+/// What became of a transfer asked for through the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiTransfer {
+    /// Handed to the call's bridge (the target is checked and called there).
+    Handed,
+    /// No call by that id is bridged to an agent here now.
+    NotBridged,
+    /// The call already had [`MAX_API_TRANSFERS`] requests.
+    TooMany,
+}
+
+impl Transfers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Mailboxes> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes requests for `call_id` into `tx` until the returned guard drops.
+    fn register(
+        &self,
+        call_id: &str,
+        tx: mpsc::UnboundedSender<super::TransferRequest>,
+    ) -> TransferRegistration {
+        self.lock().insert(call_id.to_owned(), (tx, 0));
+        TransferRegistration {
+            transfers: self.clone(),
+            call_id: call_id.to_owned(),
+        }
+    }
+
+    /// Asks the bridge of `call_id` to transfer its callee to `target`.
+    pub fn request(&self, call_id: &str, target: &str) -> ApiTransfer {
+        let mut all = self.lock();
+        let Some((tx, asked)) = all.get_mut(call_id) else {
+            return ApiTransfer::NotBridged;
+        };
+        if *asked >= MAX_API_TRANSFERS {
+            return ApiTransfer::TooMany;
+        }
+        *asked += 1;
+        // Nobody waits for the progress of an API transfer: the bridge logs
+        // it, counts it and puts it in the CDR.
+        let (status, _) = mpsc::unbounded_channel();
+        let req = super::TransferRequest {
+            target: target.to_owned(),
+            status,
+        };
+        if tx.send(req).is_err() {
+            return ApiTransfer::NotBridged;
+        }
+        ApiTransfer::Handed
+    }
+
+    /// How many calls take transfers now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none does.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Removes a call from [`Transfers`] when dropped.
+struct TransferRegistration {
+    transfers: Transfers,
+    call_id: String,
+}
+
+impl Drop for TransferRegistration {
+    fn drop(&mut self) {
+        self.transfers.lock().remove(&self.call_id);
+    }
 }
 
 /// Whether an agent whose phone is `agent_uri` may transfer to `target`:
@@ -387,6 +481,7 @@ async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: In
     );
     let io = facing(&job.io);
     let (ttx, mut transfers) = mpsc::unbounded_channel();
+    let api_transfers = ttx.clone();
     let leg = LegOptions {
         remote_uri: Some(agent.sip_uri.clone()),
         invite_headers: auto_answer_headers(&ctx),
@@ -465,6 +560,9 @@ async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: In
     let mut pending: Option<PendingTransfer> = None;
     let mut transfer: Option<(TransferLeg, JoinHandle<Report>, CancellationToken)> = None;
     let mut transfers_tried = 0u32;
+    // The API's transfers reach the same loop as the phone's REFER, while
+    // the agent is connected.
+    let registration = job.bctx.transfers.register(call_id, api_transfers);
     while transfer.is_none() {
         tokio::select! {
             r = &mut leg_task, if agent_report.is_none() => {
@@ -534,6 +632,7 @@ async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: In
             }
         }
     }
+    drop(registration);
     let talk_ms = connected.elapsed().as_millis() as i64;
     let mut transfer_leg = None;
     if let Some((mut leg, mut task, target_hangup)) = transfer {

@@ -2,10 +2,10 @@
 //! renewals and the reaper; each attempt that ends settles its lead (retry
 //! or done) in the same transaction.
 
-use dialstack_common::db::{outbox_enqueue, Tx};
+use dialstack_common::db::{outbox_enqueue, outbox_enqueue_routed, Tx};
 use dialstack_common::events::CloudEvent;
 use dialstack_contract::{
-    types, CallCompleted, CallEvent, CallRef, FailReason, HangupCommand, Outcome,
+    types, CallCompleted, CallEvent, CallRef, FailReason, HangupCommand, Outcome, TransferCommand,
 };
 use sqlx::Row;
 
@@ -33,8 +33,21 @@ pub struct DialTarget {
     pub lease_until: i64,
 }
 
+/// What became of a transfer request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferRequest {
+    /// The command is on its way.
+    Sent,
+    /// The call already ended.
+    Over,
+    /// The call is not (yet) connected to an agent.
+    NoAgent,
+    /// No call by that id (or not one the caller may see).
+    NoSuchCall,
+}
+
 /// What became of a hang-up request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HangupRequest {
     /// The command is on its way.
     Sent,
@@ -379,10 +392,11 @@ impl Repo {
         Ok(out)
     }
 
-    /// Asks media-processor to end the call `call_id` (a `hangup` command
-    /// on the commands channel, keyed by the call so that it reaches the
-    /// consumer of the call's dial). `may` decides on the call's campaign
-    /// team before anything is written.
+    /// Asks media-processor to end the call `call_id`: a `hangup` command
+    /// on the commands channel, addressed to the instance that claimed the
+    /// attempt ([`dialstack_contract::instance_route`]), since with several
+    /// replicas any other one would not hold the call. `may` decides on the
+    /// call's campaign team before anything is written.
     pub async fn request_hangup(
         &self,
         call_id: &str,
@@ -391,7 +405,7 @@ impl Repo {
         source: &str,
     ) -> Result<HangupRequest, sqlx::Error> {
         let row = sqlx::query(
-            "SELECT a.state, c.team, a.id, a.campaign_id, a.phone FROM attempts a
+            "SELECT a.state, c.team, a.id, a.campaign_id, a.phone, a.claimed_by FROM attempts a
              JOIN campaigns c ON c.id = a.campaign_id WHERE a.call_id = ?",
         )
         .bind(call_id)
@@ -400,6 +414,7 @@ impl Repo {
         let Some(row) = row else {
             return Ok(HangupRequest::NoSuchCall);
         };
+        let claimed_by: Option<String> = row.get(5);
         let state: String = row.get(0);
         let team: Option<String> = row.get(1);
         if !may(team.as_ref()) {
@@ -448,15 +463,77 @@ impl Repo {
             requested_by: Some(requested_by.to_owned()),
         };
         let ev = CloudEvent::new(source, types::HANGUP, call_id, &cmd);
-        outbox_enqueue(
+        // Claimed between our read and now, or by a claimer unknown: the
+        // plain key, which every instance's shared queue takes.
+        let route = claimed_by.map_or_else(
+            || types::HANGUP.to_owned(),
+            |c| dialstack_contract::instance_route(types::HANGUP, &c),
+        );
+        outbox_enqueue_routed(
             &mut tx,
             dialstack_common::db::channel::COMMANDS,
             call_id,
+            &route,
             &ev,
         )
         .await?;
         tx.commit().await?;
         Ok(HangupRequest::Sent)
+    }
+
+    /// Asks the media-processor instance holding the call `call_id` to hand
+    /// its callee on to `target` (a `transfer` command addressed as
+    /// [`Self::request_hangup`]'s). `may` decides on the call's campaign
+    /// team and agent before anything is written; only a call that is live
+    /// and bridged to an agent can be transferred.
+    pub async fn request_transfer(
+        &self,
+        call_id: &str,
+        target: &str,
+        requested_by: &str,
+        may: impl Fn(Option<&String>, Option<&String>) -> bool,
+        source: &str,
+    ) -> Result<TransferRequest, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT a.state, c.team, a.agent_id, a.claimed_by FROM attempts a
+             JOIN campaigns c ON c.id = a.campaign_id WHERE a.call_id = ?",
+        )
+        .bind(call_id)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(TransferRequest::NoSuchCall);
+        };
+        let state: String = row.get(0);
+        let team: Option<String> = row.get(1);
+        let agent_id: Option<String> = row.get(2);
+        let claimed_by: Option<String> = row.get(3);
+        if !may(team.as_ref(), agent_id.as_ref()) {
+            return Ok(TransferRequest::NoSuchCall);
+        }
+        if state == "completed" {
+            return Ok(TransferRequest::Over);
+        }
+        let (Some(_), Some(claimer)) = (agent_id, claimed_by) else {
+            return Ok(TransferRequest::NoAgent);
+        };
+        let cmd = TransferCommand {
+            call_id: call_id.to_owned(),
+            target: target.to_owned(),
+            requested_by: Some(requested_by.to_owned()),
+        };
+        let ev = CloudEvent::new(source, types::TRANSFER, call_id, &cmd);
+        let mut tx = self.db.begin().await?;
+        outbox_enqueue_routed(
+            &mut tx,
+            dialstack_common::db::channel::COMMANDS,
+            call_id,
+            &dialstack_contract::instance_route(types::TRANSFER, &claimer),
+            &ev,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(TransferRequest::Sent)
     }
 
     /// Extends the lease of the attempts `claimer` holds (claimed or

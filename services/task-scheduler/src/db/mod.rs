@@ -29,7 +29,7 @@ pub mod preview;
 
 use dialstack_common::db::{Db, Migration};
 
-pub use attempts::{Claim, DialTarget, HangupRequest};
+pub use attempts::{Claim, DialTarget, HangupRequest, TransferRequest};
 pub use campaigns::{Campaign, CampaignQuery, Progress, Transition};
 pub use dispatch::{Candidate, Queued};
 pub use dnc::{DncEntry, DncScope};

@@ -1,15 +1,15 @@
 //! Routes of the media tier and of live calls: claim an attempt, renew
-//! leases, hang a call up.
+//! leases, hang a call up, transfer it.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use dialstack_common::auth::Principal;
+use dialstack_common::auth::{Principal, Role};
 use dialstack_common::http::{ApiError, ApiJson, ErrorBody, ErrorCode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{sees_campaign, CLAIM, MANAGE};
-use crate::db::{Claim, HangupRequest};
+use crate::db::{Claim, HangupRequest, TransferRequest};
 use crate::AppState;
 
 /// `POST /v1/attempts/{id}/claim` body.
@@ -146,6 +146,84 @@ pub(super) async fn hangup_call(
         }
         HangupRequest::Over => Err(ApiError::new(ErrorCode::Conflict, "call already ended")),
         HangupRequest::NoSuchCall => Err(ApiError::not_found("call")),
+    }
+}
+
+/// Who may transfer a call: the agent on it, supervisors for their teams'
+/// campaigns, admins.
+pub(super) const TRANSFER: &[Role] = &[Role::Agent, Role::Supervisor, Role::Admin];
+
+/// `POST /v1/calls/{call_id}/transfer` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequestBody {
+    /// Where to hand the callee: a `sip:` or `sips:` URI on the agent's own
+    /// PBX (the host of the agent's phone) or a host listed in
+    /// media-processor's `DIALSTACK_TRANSFER_HOSTS`.
+    pub target: String,
+}
+
+/// A transfer on its way to the media tier.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TransferAccepted {
+    /// The call.
+    pub call_id: String,
+    /// The target.
+    pub target: String,
+    /// `transfer_requested`: the target is called; when it answers the
+    /// callee is joined to it and the agent leg ends (the agent goes to
+    /// `wrap_up`). The result is in the call's CDR (`agent.transfer`) and
+    /// in `dialstack_agent_transfers_total`; a target outside the allowed
+    /// hosts is refused there, and the agent stays on the call.
+    pub state: String,
+}
+
+/// Hands the callee of a live call that is bridged to an agent on to
+/// another destination (a blind transfer, as the agent's phone would ask
+/// with REFER): by the agent on the call, a supervisor of the campaign's
+/// team, or an admin (anyone else: 404, so call ids cannot be probed).
+#[utoipa::path(post, path = "/v1/calls/{call_id}/transfer", request_body = TransferRequestBody, security(("bearer" = [])),
+    responses((status = 202, body = TransferAccepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "the call is over, or not connected to an agent", body = ErrorBody)))]
+pub(super) async fn transfer_call(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(call_id): Path<String>,
+    ApiJson(body): ApiJson<TransferRequestBody>,
+) -> Result<(StatusCode, ApiJson<TransferAccepted>), ApiError> {
+    who.require(TRANSFER)?;
+    if !crate::domain::name_ok(&call_id) {
+        return Err(ApiError::not_found("call"));
+    }
+    dialstack_contract::check_transfer_target(&body.target)
+        .map_err(|e| ApiError::invalid("target", e.reason))?;
+    let may = |team: Option<&String>, agent: Option<&String>| match who.role {
+        Role::Agent => agent.map(String::as_str) == Some(who.sub.as_str()),
+        _ => sees_campaign(&who, team),
+    };
+    match state
+        .repo
+        .request_transfer(&call_id, &body.target, &who.sub, may, crate::NAME)
+        .await?
+    {
+        TransferRequest::Sent => {
+            state.relay.notify();
+            tracing::info!(%call_id, by = %who.sub, target = %body.target, "transfer requested");
+            Ok((
+                StatusCode::ACCEPTED,
+                ApiJson(TransferAccepted {
+                    call_id,
+                    target: body.target,
+                    state: "transfer_requested".into(),
+                }),
+            ))
+        }
+        TransferRequest::Over => Err(ApiError::new(ErrorCode::Conflict, "call already ended")),
+        TransferRequest::NoAgent => Err(ApiError::new(
+            ErrorCode::Conflict,
+            "the call is not connected to an agent",
+        )),
+        TransferRequest::NoSuchCall => Err(ApiError::not_found("call")),
     }
 }
 

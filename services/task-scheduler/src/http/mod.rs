@@ -38,6 +38,7 @@ const READ_LEADS: &[Role] = &[Role::Admin, Role::Supervisor, Role::Agent, Role::
 const CALLBACK: &[Role] = &[Role::Admin, Role::Supervisor, Role::Agent];
 const DNC_ADD: &[Role] = &[Role::Admin, Role::Supervisor, Role::Agent];
 const DNC_READ: &[Role] = &[Role::Admin, Role::Supervisor, Role::Agent, Role::Service];
+use attempts::TRANSFER;
 use dispositions::DISPOSE;
 use preview::AGENT;
 
@@ -93,12 +94,12 @@ fn page(
         leads::import_leads, leads::campaign_leads, leads::list_leads, leads::get_lead, leads::book_callback,
         leads::cancel_callback,
         dnc::add_dnc, dnc::get_dnc, dnc::delete_dnc,
-        attempts::claim_attempt, attempts::heartbeat, attempts::hangup_call,
+        attempts::claim_attempt, attempts::heartbeat, attempts::hangup_call, attempts::transfer_call,
         live::abandon, live::abandon_csv, live::live, live::live_stream,
         dispositions::set_disposition, preview::next_lead, preview::dial_lead, preview::skip_lead
     ),
     components(schemas(
-        attempts::HangupAccepted, NewCampaignRequest, CampaignPatch, ContactInput, Campaign, Progress,
+        attempts::HangupAccepted, attempts::TransferRequestBody, attempts::TransferAccepted, NewCampaignRequest, CampaignPatch, ContactInput, Campaign, Progress,
         RetryPolicy, RetryRule, campaigns::CampaignView, campaigns::CampaignPage,
         attempts::ClaimRequest, attempts::ClaimResponse, attempts::HeartbeatRequest, attempts::HeartbeatResponse,
         Lead, LeadAttempt, leads::LeadPage, LeadInput, ImportReport, RowError, leads::CallbackRequest,
@@ -143,6 +144,7 @@ route_roles! {
     "POST" "/v1/attempts/{id}/claim" CLAIM,
     "POST" "/v1/attempts/heartbeat" CLAIM,
     "POST" "/v1/calls/{call_id}/hangup" MANAGE,
+    "POST" "/v1/calls/{call_id}/transfer" TRANSFER,
     "GET" "/v1/campaigns/{id}/abandon" MANAGE,
     "GET" "/v1/campaigns/{id}/abandon.csv" MANAGE,
     "GET" "/v1/campaigns/{id}/live" MANAGE,
@@ -241,6 +243,10 @@ pub fn router(state: AppState, keys: Keys) -> Router {
         .route(
             "/v1/calls/{call_id}/hangup",
             post(attempts::hangup_call).route_layer(roles(MANAGE)),
+        )
+        .route(
+            "/v1/calls/{call_id}/transfer",
+            post(attempts::transfer_call).route_layer(roles(TRANSFER)),
         )
         .route(
             "/v1/attempts/heartbeat",
