@@ -449,4 +449,71 @@ async fn hangups_reach_the_replica_that_holds_the_call() {
         first_n > 0 && second_n > 0,
         "both replicas held calls: {first_n} and {second_n}"
     );
+
+    // Malformed transfer commands are dead-lettered, not retried or
+    // half-applied; a well-formed one for a call no replica holds is
+    // dropped with a log line.
+    let commands = Channel::connect(&amqp_url(&ns), COMMANDS).await.unwrap();
+    for (call_id, data) in [
+        (
+            "t-bad-target",
+            json!({"call_id": "t-bad-target", "target": "tel:+14155550123"}),
+        ),
+        (
+            "t-injected",
+            json!({"call_id": "t-injected", "target": "sip:a@h
+X-Evil: 1"}),
+        ),
+        ("t-no-target", json!({"call_id": "t-no-target"})),
+        (
+            "t-bad-call",
+            json!({"call_id": "../etc", "target": "sip:a@h"}),
+        ),
+        (
+            "t-nobody",
+            json!({"call_id": "t-nobody", "target": "sip:a@127.0.0.1"}),
+        ),
+    ] {
+        let ev = CloudEvent::new("test", "transfer", call_id, &data);
+        commands
+            .publish(&OutMessage {
+                id: ev.id.clone(),
+                routing_key: "hangup".into(),
+                key: call_id.into(),
+                payload: ev.to_bytes(),
+            })
+            .await
+            .unwrap();
+    }
+    let dead = eventually(
+        "bad transfers dead-lettered",
+        Duration::from_secs(30),
+        || {
+            let commands = commands.clone();
+            async move {
+                let dead = commands
+                    .dead_letters("media-processor", 20)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let ids: Vec<String> = dead
+                    .iter()
+                    .filter_map(|d| CloudEvent::from_slice(&d.payload).ok())
+                    .map(|e| e.subject.unwrap_or_default())
+                    .collect();
+                if ids.len() >= 4 {
+                    Ok(ids)
+                } else {
+                    Err(format!("{ids:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    let mut dead = dead;
+    dead.sort();
+    assert_eq!(
+        dead,
+        ["t-bad-call", "t-bad-target", "t-injected", "t-no-target"],
+        "only the malformed ones"
+    );
 }

@@ -1085,6 +1085,36 @@ mod tests {
     use crate::rtp::stream::{AudioPipe, LIVE_FRAMES};
 
     #[test]
+    fn api_transfers_reach_only_bridged_calls_and_are_bounded() {
+        let transfers = Transfers::default();
+        assert_eq!(transfers.request("c1", "sip:a@h"), ApiTransfer::NotBridged);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let registration = transfers.register("c1", tx);
+        assert_eq!(transfers.request("c2", "sip:a@h"), ApiTransfer::NotBridged);
+        for i in 0..MAX_API_TRANSFERS {
+            assert_eq!(
+                transfers.request("c1", &format!("sip:{i}@h")),
+                ApiTransfer::Handed
+            );
+        }
+        // A flood of commands for one call stops at the limit.
+        assert_eq!(transfers.request("c1", "sip:x@h"), ApiTransfer::TooMany);
+        let first = rx.try_recv().unwrap();
+        assert_eq!(first.target, "sip:0@h");
+        // Nobody listens to an API transfer's progress; sending it is harmless.
+        assert!(first.status.send((200, "OK".into())).is_err());
+        // The bridge ended: the call is gone from the registry.
+        drop(registration);
+        assert!(transfers.is_empty());
+        assert_eq!(transfers.request("c1", "sip:a@h"), ApiTransfer::NotBridged);
+        // A bridge whose loop already ended (receiver dropped) takes nothing.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _r = transfers.register("c3", tx);
+        drop(rx);
+        assert_eq!(transfers.request("c3", "sip:a@h"), ApiTransfer::NotBridged);
+    }
+
+    #[test]
     fn transfers_stay_on_the_agents_pbx_or_listed_hosts() {
         let listed = vec!["sales.example".to_owned(), "10.1.2.3".to_owned()];
         let agent = "sip:ag1@PBX.example:5070";
