@@ -1152,3 +1152,176 @@ async fn a_sipp_agent_transfers_the_callee_to_a_sipp_target() {
         "the callee heard the target's echo of its own voice in {share} of {n}"
     );
 }
+
+/// A preview call whose agent asks for a transfer to `target` 0.8 s after
+/// answering; the customer is `customer`. Returns the report, the agent's
+/// UA, the desk and the bridge's counters.
+async fn preview_transfer(customer: &Ua, target: String) -> (Report, Ua, Arc<Desk>, BridgeMetrics) {
+    let agent = Ua::start(Behaviour {
+        answer: true,
+        level: AGENT,
+        refer: Some((Duration::from_millis(800), target)),
+        ..Behaviour::default()
+    })
+    .await;
+    let desk = Arc::new(Desk::default());
+    desk.agents
+        .lock()
+        .unwrap()
+        .push(("me".into(), agent.uri("me"), true));
+    let (mut ctx, _stop) = context(customer.addr, T1).await;
+    let metrics = BridgeMetrics::new().unwrap();
+    let bctx = Arc::new(BridgeContext {
+        desk: desk.clone(),
+        agent_answer: Duration::from_secs(2),
+        prompt: Arc::new(media_processor::call::bridge::builtin_prompt()),
+        metrics: metrics.clone(),
+        transfer_hosts: Vec::new(),
+        transfers: Default::default(),
+    });
+    ctx.bridge = Some(bctx.clone());
+    let mut cmd = command(20_000, 3_000);
+    cmd.bridge = Some(BridgeSpec {
+        agent_id: Some("me".into()),
+        ..bridged(2_000)
+    });
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let report = tokio::time::timeout(
+        Duration::from_secs(30),
+        media_processor::call::bridge::run_preview(
+            &ctx,
+            &bctx,
+            &cmd,
+            "me",
+            tx,
+            CancellationToken::new(),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("the preview call ends");
+    (report, agent, desk, metrics)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_agent_transfers_the_customer_by_refer() {
+    let customer = Ua::start(Behaviour {
+        answer: true,
+        level: CALLEE,
+        ..Behaviour::default()
+    })
+    .await;
+    // The target talks 1.5 s, then hangs up: that ends the call.
+    let target = Ua::start(Behaviour {
+        answer: true,
+        level: TARGET,
+        bye_after: Some(Duration::from_millis(1_500)),
+        ..Behaviour::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let (report, agent, desk, metrics) = preview_transfer(&customer, target.uri("sales")).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(report.outcome, Outcome::AnsweredHuman, "{report:?}");
+    let leg = report.agent.as_ref().expect("an agent leg");
+    let t = leg.transfer.as_ref().expect("a transfer");
+    assert_eq!(t.target, target.uri("sales"));
+    assert!(t.talk_ms >= 1_300, "{t:?}");
+    {
+        let seen = agent.seen.lock().unwrap();
+        assert_eq!(
+            seen.refer_answers.first(),
+            Some(&202),
+            "{:?}",
+            seen.refer_answers
+        );
+        let bodies: Vec<&str> = seen.notifies.iter().map(|(_, b)| b.as_str()).collect();
+        assert_eq!(bodies, ["SIP/2.0 100 Trying", "SIP/2.0 200 OK"]);
+        assert!(seen.got_bye, "the agent's leg was hung up");
+    }
+    // The customer and the target heard each other.
+    let (share, n) = target.heard_share(CALLEE);
+    assert!(
+        n > 40 && share > 0.6,
+        "target heard the customer in {share} of {n}"
+    );
+    let heard_target = customer
+        .seen
+        .lock()
+        .unwrap()
+        .means
+        .iter()
+        .filter(|&&m| (m - i32::from(TARGET)).abs() <= 400)
+        .count();
+    assert!(
+        heard_target > 40,
+        "customer heard the target in {heard_target} packets"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        customer.seen.lock().unwrap().got_bye,
+        "the target's hang-up ended the customer"
+    );
+    let states: Vec<String> = desk
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, s)| s.clone())
+        .collect();
+    assert_eq!(states, ["reserved", "on_call", "wrap_up"]);
+    assert_eq!(metrics.transfers.with_label_values(&["completed"]).get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_agent_cannot_transfer_a_customer_still_ringing() {
+    // The customer never answers (rings until our CANCEL at 3 s).
+    let customer = Ua::start(Behaviour {
+        answer: false,
+        level: CALLEE,
+        ..Behaviour::default()
+    })
+    .await;
+    let target = Ua::start(Behaviour {
+        answer: true,
+        level: TARGET,
+        ..Behaviour::default()
+    })
+    .await;
+    let (report, agent, desk, metrics) = preview_transfer(&customer, target.uri("sales")).await;
+    assert_eq!(report.outcome, Outcome::NoAnswer, "{report:?}");
+    assert!(report.agent.as_ref().unwrap().transfer.is_none());
+    {
+        let seen = agent.seen.lock().unwrap();
+        assert_eq!(
+            seen.refer_answers.first(),
+            Some(&202),
+            "{:?}",
+            seen.refer_answers
+        );
+        let bodies: Vec<&str> = seen.notifies.iter().map(|(_, b)| b.as_str()).collect();
+        assert_eq!(bodies, ["SIP/2.0 100 Trying", "SIP/2.0 403 Forbidden"]);
+        assert!(
+            seen.got_bye,
+            "the agent's leg ended with the unanswered customer"
+        );
+    }
+    assert!(
+        target.seen.lock().unwrap().invites.is_empty(),
+        "nobody was called"
+    );
+    assert!(customer.seen.lock().unwrap().got_cancel);
+    let states: Vec<String> = desk
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, s)| s.clone())
+        .collect();
+    assert_eq!(states, ["reserved", "on_call", "wrap_up"]);
+    assert_eq!(metrics.transfers.with_label_values(&["refused"]).get(), 1);
+}

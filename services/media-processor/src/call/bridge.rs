@@ -480,7 +480,7 @@ async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: In
         job.bctx.agent_answer.as_millis() as u64,
     );
     let io = facing(&job.io);
-    let (ttx, mut transfers) = mpsc::unbounded_channel();
+    let (ttx, transfers) = mpsc::unbounded_channel();
     let api_transfers = ttx.clone();
     let leg = LegOptions {
         remote_uri: Some(agent.sip_uri.clone()),
@@ -553,16 +553,87 @@ async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: In
         agent_ring_ms,
     });
     tracing::info!(%call_id, agent_id = %agent.id, wait_ms, ring_ms = agent_ring_ms, since_invite_ms = invited.elapsed().as_millis() as u64, "bridged");
-    // Talking: whichever side hangs up first ends the other, unless the
-    // agent handed the callee on (REFER) first.
-    let mut leg_task = leg_task;
+    let callee = Callee {
+        ctx: &job.ctx,
+        bctx: &job.bctx,
+        cmd: &job.cmd,
+        io: &job.io,
+        answered: None,
+        gone: &job.callee_gone,
+        end: &job.end_callee,
+        shutdown: &job.shutdown,
+    };
+    let talked = talk(&callee, agent, leg_task, hangup, transfers, api_transfers).await;
+    AgentTry::Connected(Box::new(AgentLeg {
+        agent_id: agent.id.clone(),
+        wait_ms,
+        ring_ms: agent_ring_ms,
+        talk_ms: talked.agent_talk_ms(connected),
+        tries: attempt - 1,
+        quality: talked.quality(),
+        transfer: talked.transfer,
+    }))
+}
+
+/// The callee's side of a call an agent is connected to, as the talk loop
+/// needs it.
+struct Callee<'a> {
+    ctx: &'a CallContext,
+    bctx: &'a BridgeContext,
+    /// The callee's command.
+    cmd: &'a DialCommand,
+    /// The callee's pipes.
+    io: &'a BridgeIo,
+    /// Cancelled once the callee answered; `None`: it has.
+    answered: Option<&'a CancellationToken>,
+    /// Cancelled when the callee's leg ended.
+    gone: &'a CancellationToken,
+    /// Cancel to hang the callee up.
+    end: &'a CancellationToken,
+    shutdown: &'a CancellationToken,
+}
+
+/// How the agent's part of a call went.
+struct Talked {
+    /// The agent leg's report.
+    agent: Option<Report>,
+    /// The transfer that took the callee on, if any.
+    transfer: Option<TransferLeg>,
+}
+
+impl Talked {
+    /// The agent's talk time: the leg's own, else since `connected`.
+    fn agent_talk_ms(&self, connected: Instant) -> i64 {
+        let since = connected.elapsed().as_millis() as i64;
+        self.agent
+            .as_ref()
+            .map_or(since, |r| if r.talk_ms > 0 { r.talk_ms } else { since })
+    }
+
+    fn quality(&self) -> Option<dialstack_contract::Quality> {
+        self.agent.as_ref().and_then(|r| r.quality().cloned())
+    }
+}
+
+/// The agent is connected to the callee: whichever side hangs up first
+/// ends the other, unless the agent hands the callee on first (the phone's
+/// REFER arriving on `transfers`, or the API's through `api_transfers`,
+/// registered in [`BridgeContext::transfers`] meanwhile). The agent goes
+/// to `wrap_up` when their part ends.
+async fn talk(
+    callee: &Callee<'_>,
+    agent: &ReservedAgent,
+    mut leg_task: JoinHandle<Report>,
+    hangup: CancellationToken,
+    mut transfers: mpsc::UnboundedReceiver<super::TransferRequest>,
+    api_transfers: mpsc::UnboundedSender<super::TransferRequest>,
+) -> Talked {
+    let call_id = &callee.cmd.call_id;
     let mut agent_report: Option<Option<Report>> = None;
     let mut pending: Option<PendingTransfer> = None;
     let mut transfer: Option<(TransferLeg, JoinHandle<Report>, CancellationToken)> = None;
     let mut transfers_tried = 0u32;
-    // The API's transfers reach the same loop as the phone's REFER, while
-    // the agent is connected.
-    let registration = job.bctx.transfers.register(call_id, api_transfers);
+    let registration = callee.bctx.transfers.register(call_id, api_transfers);
     while transfer.is_none() {
         tokio::select! {
             r = &mut leg_task, if agent_report.is_none() => {
@@ -570,11 +641,11 @@ async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: In
                 // A blind transfer goes on without the agent; otherwise the
                 // agent's hang-up ends the call.
                 if pending.is_none() {
-                    job.end_callee.cancel();
+                    callee.end.cancel();
                     break;
                 }
             }
-            _ = job.callee_gone.cancelled() => {
+            _ = callee.gone.cancelled() => {
                 hangup.cancel();
                 if let Some(p) = pending.take() {
                     p.hangup.cancel();
@@ -586,14 +657,15 @@ async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: In
             req = transfers.recv(), if pending.is_none() && agent_report.is_none() => {
                 let Some(req) = req else { continue };
                 transfers_tried += 1;
-                if !transfer_allowed(&req.target, &agent.sip_uri, &job.bctx.transfer_hosts) || transfers_tried > MAX_TRANSFERS {
-                    tracing::warn!(%call_id, agent_id = %agent.id, target = %req.target, "transfer refused: target not allowed");
-                    job.bctx.metrics.transfers.with_label_values(&["refused"]).inc();
+                let ringing = callee.answered.is_some_and(|a| !a.is_cancelled());
+                if ringing || !transfer_allowed(&req.target, &agent.sip_uri, &callee.bctx.transfer_hosts) || transfers_tried > MAX_TRANSFERS {
+                    tracing::warn!(%call_id, agent_id = %agent.id, target = %req.target, ringing, "transfer refused");
+                    callee.bctx.metrics.transfers.with_label_values(&["refused"]).inc();
                     let _ = req.status.send((403, "Forbidden".into()));
                     continue;
                 }
                 tracing::info!(%call_id, agent_id = %agent.id, target = %req.target, "agent transfers the call");
-                pending = Some(dial_transfer(job, req, transfers_tried));
+                pending = Some(dial_transfer(callee, req, transfers_tried));
             }
             p = async {
                 match pending.as_mut() {
@@ -604,7 +676,7 @@ async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: In
                 match p {
                     Some(Progress::Answered { ring_ms }) => {
                         let Some(p) = pending.take() else { continue };
-                        job.bctx.metrics.transfers.with_label_values(&["completed"]).inc();
+                        callee.bctx.metrics.transfers.with_label_values(&["completed"]).inc();
                         let _ = p.status.send((200, "OK".into()));
                         tracing::info!(%call_id, agent_id = %agent.id, target = %p.target, ring_ms, "transfer answered");
                         transfer = Some((
@@ -620,11 +692,11 @@ async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: In
                         let report = p.task.await.ok();
                         let code = report.as_ref().and_then(|r| r.sip_status).filter(|c| *c >= 300).unwrap_or(480);
                         tracing::info!(%call_id, agent_id = %agent.id, target = %p.target, code, "transfer target did not answer");
-                        job.bctx.metrics.transfers.with_label_values(&["failed"]).inc();
+                        callee.bctx.metrics.transfers.with_label_values(&["failed"]).inc();
                         let _ = p.status.send((code, "Transfer Failed".into()));
                         if agent_report.is_some() {
                             // The agent already left: nobody is there for the callee.
-                            job.end_callee.cancel();
+                            callee.end.cancel();
                             break;
                         }
                     }
@@ -633,7 +705,6 @@ async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: In
         }
     }
     drop(registration);
-    let talk_ms = connected.elapsed().as_millis() as i64;
     let mut transfer_leg = None;
     if let Some((mut leg, mut task, target_hangup)) = transfer {
         // The agent's part is over (a phone usually hangs up itself on the
@@ -642,14 +713,14 @@ async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: In
         if agent_report.is_none() {
             agent_report = Some((&mut leg_task).await.ok());
         }
-        set_wrap_up(job, &agent.id).await;
+        set_wrap_up(callee, &agent.id).await;
         let since = Instant::now();
         let report = tokio::select! {
             r = &mut task => {
-                job.end_callee.cancel();
+                callee.end.cancel();
                 r.ok()
             }
-            _ = job.callee_gone.cancelled() => {
+            _ = callee.gone.cancelled() => {
                 target_hangup.cancel();
                 task.await.ok()
             }
@@ -664,20 +735,12 @@ async fn call_agent(job: &Job, agent: &ReservedAgent, attempt: u32, deadline: In
         if agent_report.is_none() {
             agent_report = Some((&mut leg_task).await.ok());
         }
-        set_wrap_up(job, &agent.id).await;
+        set_wrap_up(callee, &agent.id).await;
     }
-    let report = agent_report.flatten();
-    AgentTry::Connected(Box::new(AgentLeg {
-        agent_id: agent.id.clone(),
-        wait_ms,
-        ring_ms: agent_ring_ms,
-        talk_ms: report
-            .as_ref()
-            .map_or(talk_ms, |r| if r.talk_ms > 0 { r.talk_ms } else { talk_ms }),
-        tries: attempt - 1,
-        quality: report.as_ref().and_then(|r| r.quality().cloned()),
+    Talked {
+        agent: agent_report.flatten(),
         transfer: transfer_leg,
-    }))
+    }
 }
 
 /// The command of a leg beside the callee's (an agent, a transfer target):
@@ -718,14 +781,15 @@ const MAX_TRANSFERS: u32 = 8;
 const TRANSFER_RING_MS: u64 = 30_000;
 
 /// The agent's bridge ended (hang-up or transfer): `wrap_up`.
-async fn set_wrap_up(job: &Job, agent_id: &str) {
-    if let Err(e) = job
+async fn set_wrap_up(callee: &Callee<'_>, agent_id: &str) {
+    let call_id = &callee.cmd.call_id;
+    if let Err(e) = callee
         .bctx
         .desk
-        .set_state(agent_id, "wrap_up", &job.cmd.call_id, "hangup")
+        .set_state(agent_id, "wrap_up", call_id, "hangup")
         .await
     {
-        tracing::warn!(call_id = %job.cmd.call_id, %agent_id, error = %e, "agent state wrap_up refused");
+        tracing::warn!(%call_id, %agent_id, error = %e, "agent state wrap_up refused");
     }
 }
 
@@ -742,23 +806,23 @@ struct PendingTransfer {
 /// bridge: once it answers it hears the callee and the callee hears it
 /// (its media starts with its answer, so until then the agent's leg is
 /// alone on the callee's pipes).
-fn dial_transfer(job: &Job, req: super::TransferRequest, n: u32) -> PendingTransfer {
-    let mut ctx = job.ctx.clone();
+fn dial_transfer(callee: &Callee<'_>, req: super::TransferRequest, n: u32) -> PendingTransfer {
+    let mut ctx = callee.ctx.clone();
     ctx.credentials = None;
     let cmd = side_leg(
-        &job.cmd,
-        format!("{}-x{n}", job.cmd.call_id),
+        callee.cmd,
+        format!("{}-x{n}", callee.cmd.call_id),
         TRANSFER_RING_MS,
     );
     let leg = LegOptions {
         remote_uri: Some(req.target.clone()),
         invite_headers: String::new(),
-        io: Some(facing(&job.io)),
+        io: Some(facing(callee.io)),
         transfer: None,
     };
     let (ptx, progress) = mpsc::unbounded_channel();
     let hangup = CancellationToken::new();
-    let shutdown = job.shutdown.clone();
+    let shutdown = callee.shutdown.clone();
     let task = {
         let hangup = hangup.clone();
         let target = req.target.clone();
@@ -824,6 +888,7 @@ pub async fn run_preview(
         format!("{call_id}-a1"),
         bctx.agent_answer.as_millis() as u64,
     );
+    let (ttx, transfers) = mpsc::unbounded_channel();
     let leg = LegOptions {
         remote_uri: Some(agent.sip_uri.clone()),
         invite_headers: auto_answer_headers(&actx),
@@ -832,9 +897,9 @@ pub async fn run_preview(
             say: to_agent.clone(),
             keys: None,
         }),
-        // Transfers are for calls an agent was bridged to; a preview
-        // agent's phone gets 403 to REFER.
-        transfer: None,
+        // Once the customer answered, the agent may hand them on (REFER
+        // or the API), as on a bridged call.
+        transfer: Some(ttx.clone()),
     };
     let (atx, mut arx) = mpsc::unbounded_channel();
     let agent_hangup = CancellationToken::new();
@@ -878,22 +943,27 @@ pub async fn run_preview(
     {
         tracing::warn!(%call_id, error = %e, "agent state on_call refused");
     }
-    // The customer's call, relayed to the agent; the agent hanging up ends it.
+    // The customer's call, relayed to the agent; the agent hanging up ends
+    // it, and the customer hanging up ends the agent's leg.
     let customer_io = BridgeIo {
         heard: to_agent,
         say: to_customer,
         keys: None,
     };
     let customer_hangup = hangup.child_token();
+    let customer_answered = CancellationToken::new();
+    let customer_gone = CancellationToken::new();
     let (ctx_tx, mut ctx_rx) = mpsc::unbounded_channel();
     let forward = {
         let progress = progress.clone();
         let agent_id = agent.id.clone();
+        let answered = customer_answered.clone();
         tokio::spawn(async move {
             while let Some(p) = ctx_rx.recv().await {
-                let answered = matches!(p, Progress::Answered { .. });
+                let is_answer = matches!(p, Progress::Answered { .. });
                 let _ = progress.send(p);
-                if answered {
+                if is_answer {
+                    answered.cancel();
                     let _ = progress.send(Progress::Bridged {
                         agent_id: agent_id.clone(),
                         wait_ms: 0,
@@ -904,49 +974,45 @@ pub async fn run_preview(
         })
     };
     let customer = LegOptions {
-        io: Some(customer_io),
+        io: Some(customer_io.clone()),
         ..LegOptions::default()
     };
-    let mut report = {
-        let call = super::place_leg(
+    let call = async {
+        let r = super::place_leg(
             ctx,
             cmd,
             customer,
             ctx_tx,
             customer_hangup.clone(),
-            shutdown,
-        );
-        tokio::pin!(call);
-        tokio::select! {
-            r = &mut call => r,
-            _ = &mut agent_task => {
-                customer_hangup.cancel();
-                call.await
-            }
-        }
+            shutdown.clone(),
+        )
+        .await;
+        customer_gone.cancel();
+        r
     };
+    let callee = Callee {
+        ctx,
+        bctx,
+        cmd,
+        io: &customer_io,
+        answered: Some(&customer_answered),
+        gone: &customer_gone,
+        end: &customer_hangup,
+        shutdown: &shutdown,
+    };
+    let (mut report, talked) = tokio::join!(
+        call,
+        talk(&callee, &agent, agent_task, agent_hangup, transfers, ttx)
+    );
     let _ = forward.await;
-    agent_hangup.cancel();
-    let agent_report = if agent_task.is_finished() {
-        None
-    } else {
-        agent_task.await.ok()
-    };
-    if let Err(e) = bctx
-        .desk
-        .set_state(&agent.id, "wrap_up", call_id, "hangup")
-        .await
-    {
-        tracing::warn!(%call_id, error = %e, "agent state wrap_up refused");
-    }
     report.agent = Some(Box::new(AgentLeg {
         agent_id: agent.id.clone(),
         wait_ms: 0,
         ring_ms: agent_ring_ms,
-        talk_ms: connected.elapsed().as_millis() as i64,
+        talk_ms: talked.agent_talk_ms(connected),
         tries: 0,
-        quality: agent_report.as_ref().and_then(|r| r.quality().cloned()),
-        transfer: None,
+        quality: talked.quality(),
+        transfer: talked.transfer,
     }));
     report
 }
