@@ -518,32 +518,30 @@ pub async fn run_heartbeat(
 ) {
     // On a fixed beat, whatever the last request took; each request gets a
     // quarter of the lease, so a slow one still leaves two more tries
-    // before the lease runs out.
-    let mut beat = tokio::time::interval(lease / 3);
+    // before the lease runs out. After a failed beat the next comes sooner
+    // (1 s, doubling up to the beat): when task-scheduler or its database
+    // comes back from an outage, during which every lease lapsed, the
+    // leases are renewed within seconds, well inside the reaper's grace.
+    let every = lease / 3;
+    let mut beat = tokio::time::interval(every);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     beat.tick().await;
+    let mut failures = 0u32;
     loop {
+        let wait = async {
+            if failures == 0 {
+                beat.tick().await;
+            } else {
+                tokio::time::sleep(retry_after(failures, every)).await;
+            }
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = beat.tick() => {}
-        }
-        let settling = live.settling();
-        if !settling.is_empty() {
-            let rows: Vec<String> = settling.iter().map(|(_, e)| e.clone()).collect();
-            match repo.unsent(&rows).await {
-                Ok(unsent) => live.confirmed(
-                    settling
-                        .iter()
-                        .filter(|(_, e)| !unsent.contains(e))
-                        .map(|(c, _)| c.as_str()),
-                    Instant::now(),
-                ),
-                // Kept, and renewed, until it is known.
-                Err(e) => tracing::warn!(error = %e, "cannot read the outbox for ended calls"),
-            }
+            _ = wait => {}
         }
         let ids = live.attempts();
         if ids.is_empty() {
+            failures = 0;
             continue;
         }
         // What the scheduler still holds open (`None`: a scheduler that
@@ -561,14 +559,35 @@ pub async fn run_heartbeat(
                     (h, _) => *h = None,
                 },
                 Err(e) => {
-                    tracing::warn!(error = %e, calls = chunk.len(), "lease heartbeat failed");
+                    tracing::warn!(error = %e, calls = chunk.len(), failures, "lease heartbeat failed");
                     failed = true;
                 }
             }
         }
         if failed {
             // Every ended call keeps its lease until a heartbeat answers.
+            failures = failures.saturating_add(1);
             continue;
+        }
+        failures = 0;
+        // Which ended calls' outcomes the broker has: read after the
+        // renewal, and briefly, so that this instance's own database being
+        // slow never delays a renewal.
+        let settling = live.settling();
+        if !settling.is_empty() {
+            let rows: Vec<String> = settling.iter().map(|(_, e)| e.clone()).collect();
+            match tokio::time::timeout(lease / 6, repo.unsent(&rows)).await {
+                Ok(Ok(unsent)) => live.confirmed(
+                    settling
+                        .iter()
+                        .filter(|(_, e)| !unsent.contains(e))
+                        .map(|(c, _)| c.as_str()),
+                    Instant::now(),
+                ),
+                // Kept, and renewed, until it is known.
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the outbox for ended calls"),
+                Err(_) => tracing::warn!("reading the outbox for ended calls timed out"),
+            }
         }
         let forgotten = live.forget_settled(held.as_ref(), Instant::now());
         if forgotten > 0 {
@@ -580,9 +599,28 @@ pub async fn run_heartbeat(
     }
 }
 
+/// How long to wait after the `failures`-th failed heartbeat in a row: 1 s,
+/// doubling, at most `every` (the regular beat).
+fn retry_after(failures: u32, every: Duration) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(10)).min(every)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_heartbeats_are_retried_soon_then_on_the_beat() {
+        let every = Duration::from_secs(10);
+        let waits: Vec<u64> = (1..=6).map(|n| retry_after(n, every).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(retry_after(u32::MAX, every), every);
+        // A short lease: never longer than its beat.
+        assert_eq!(
+            retry_after(1, Duration::from_millis(300)),
+            Duration::from_millis(300)
+        );
+    }
 
     #[test]
     fn early_hangups_are_remembered_bounded_and_used_once() {
