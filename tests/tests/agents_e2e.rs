@@ -366,14 +366,11 @@ async fn a_progressive_campaign_bridges_every_answered_call_to_one_agent() {
     .await;
     let url = format!("{}/v1/calls/{call_id}/transfer", suite.scheduler.url);
     let target = format!("sip:desk@127.0.0.1:{}", desk.port);
-    let (status, body) = call(
-        &http,
-        Method::POST,
-        &url,
-        &agents[0].1,
-        Some(json!({"target": target})),
-    )
-    .await;
+    let transfer = |token: &str, body: Value| {
+        let (http, url, token) = (http.clone(), url.clone(), token.to_owned());
+        async move { call(&http, Method::POST, &url, &token, Some(body)).await }
+    };
+    let (status, body) = transfer(&agents[0].1, json!({"target": target})).await;
     assert_eq!(status, 404, "another agent's call: {body}");
     assert!(body["request_id"].is_string(), "{body}");
     for bad in [
@@ -381,17 +378,10 @@ async fn a_progressive_campaign_bridges_every_answered_call_to_one_agent() {
         json!({"target": "sip:x@h\r\nX: 1"}),
         json!({}),
     ] {
-        let (status, body) = call(&http, Method::POST, &url, &north_token, Some(bad.clone())).await;
+        let (status, body) = transfer(&north_token, bad.clone()).await;
         assert_eq!(status, 400, "{bad}: {body}");
     }
-    let (status, body) = call(
-        &http,
-        Method::POST,
-        &url,
-        &north_token,
-        Some(json!({"target": target})),
-    )
-    .await;
+    let (status, body) = transfer(&north_token, json!({"target": target})).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["state"], "transfer_requested", "{body}");
     eventually(
@@ -434,14 +424,7 @@ async fn a_progressive_campaign_bridges_every_answered_call_to_one_agent() {
         "the agent left early: {cdr}"
     );
     assert_eq!(desk.invites().0.len(), 1, "the target was called once");
-    let (status, body) = call(
-        &http,
-        Method::POST,
-        &url,
-        &north_token,
-        Some(json!({"target": target})),
-    )
-    .await;
+    let (status, body) = transfer(&north_token, json!({"target": target})).await;
     assert_eq!(status, 409, "the call is over: {body}");
 
     assert_eq!(carrier.wait(Duration::from_secs(60)).await, 0);

@@ -411,15 +411,26 @@ impl AgentDesk for Desk {
     }
 }
 
-fn with_bridge(mut ctx: CallContext, desk: Arc<Desk>, agent_answer: Duration) -> CallContext {
-    ctx.bridge = Some(Arc::new(BridgeContext {
+/// The bridge's context over `desk`, and its counters.
+fn bridge_ctx(
+    desk: Arc<Desk>,
+    agent_answer: Duration,
+    transfer_hosts: Vec<String>,
+) -> (Arc<BridgeContext>, BridgeMetrics) {
+    let metrics = BridgeMetrics::new().unwrap();
+    let bctx = Arc::new(BridgeContext {
         desk,
         agent_answer,
         prompt: Arc::new(media_processor::call::bridge::builtin_prompt()),
-        metrics: BridgeMetrics::new().unwrap(),
-        transfer_hosts: Vec::new(),
+        metrics: metrics.clone(),
+        transfer_hosts,
         transfers: Default::default(),
-    }));
+    });
+    (bctx, metrics)
+}
+
+fn with_bridge(mut ctx: CallContext, desk: Arc<Desk>, agent_answer: Duration) -> CallContext {
+    ctx.bridge = Some(bridge_ctx(desk, agent_answer, Vec::new()).0);
     ctx
 }
 
@@ -726,14 +737,17 @@ async fn preview_calls_the_agent_first_then_the_customer() {
 
 const TARGET: i16 = 2_500;
 
-/// A bridged call whose agent asks for a transfer to `target` 0.8 s after
-/// answering; returns the report, the agent's UA and the desk.
+/// A call whose agent asks for a transfer to `target` 0.8 s after
+/// answering: bridged to the callee, or with `preview` a preview call (the
+/// agent first, then the callee as the customer); returns the report, the
+/// agent's UA, the desk and the bridge's counters.
 async fn transfer_call(
     callee: &Ua,
     target: String,
     hosts: Vec<String>,
     talk_ms: u64,
     agent_bye: Option<Duration>,
+    preview: bool,
 ) -> (Report, Ua, Arc<Desk>, BridgeMetrics) {
     let agent = Ua::start(Behaviour {
         answer: true,
@@ -748,25 +762,41 @@ async fn transfer_call(
         .lock()
         .unwrap()
         .push(("ag1".into(), agent.uri("ag1"), true));
-    let (ctx, _stop) = context(callee.addr, T1).await;
-    let metrics = BridgeMetrics::new().unwrap();
-    let mut ctx = ctx;
-    ctx.bridge = Some(Arc::new(BridgeContext {
-        desk: desk.clone(),
-        agent_answer: Duration::from_secs(2),
-        prompt: Arc::new(media_processor::call::bridge::builtin_prompt()),
-        metrics: metrics.clone(),
-        transfer_hosts: hosts,
-        transfers: Default::default(),
-    }));
+    let (mut ctx, _stop) = context(callee.addr, T1).await;
+    let (bctx, metrics) = bridge_ctx(desk.clone(), Duration::from_secs(2), hosts);
+    ctx.bridge = Some(bctx.clone());
     let mut cmd = command(talk_ms, 5_000);
     cmd.bridge = Some(bridged(2_000));
-    let (report, _) = run(&ctx, &cmd).await;
+    let report = if preview {
+        cmd.bridge = Some(BridgeSpec {
+            agent_id: Some("ag1".into()),
+            ..bridged(2_000)
+        });
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            media_processor::call::bridge::run_preview(
+                &ctx,
+                &bctx,
+                &cmd,
+                "ag1",
+                tx,
+                CancellationToken::new(),
+                CancellationToken::new(),
+            ),
+        )
+        .await
+        .expect("the preview call ends")
+    } else {
+        run(&ctx, &cmd).await.0
+    };
     (report, agent, desk, metrics)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_transfers_the_callee_by_refer() {
+/// A callee (bridged or preview) and its agent, talking; the agent
+/// transfers to a target that talks 1.5 s and hangs up. Checks everything
+/// a completed blind transfer must show.
+async fn transferred_by_refer(preview: bool) {
     let callee = Ua::start(Behaviour {
         answer: true,
         level: CALLEE,
@@ -782,8 +812,15 @@ async fn an_agent_transfers_the_callee_by_refer() {
     })
     .await;
     let started = std::time::Instant::now();
-    let (report, agent, desk, metrics) =
-        transfer_call(&callee, target.uri("sales"), Vec::new(), 20_000, None).await;
+    let (report, agent, desk, metrics) = transfer_call(
+        &callee,
+        target.uri("sales"),
+        Vec::new(),
+        20_000,
+        None,
+        preview,
+    )
+    .await;
     assert!(
         started.elapsed() < Duration::from_secs(8),
         "{:?}",
@@ -867,6 +904,16 @@ async fn an_agent_transfers_the_callee_by_refer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_transfers_the_callee_by_refer() {
+    transferred_by_refer(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_agent_transfers_the_customer_by_refer() {
+    transferred_by_refer(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_transfer_target_leaves_the_agent_on_the_call() {
     let callee = Ua::start(Behaviour {
         answer: true,
@@ -880,7 +927,7 @@ async fn a_busy_transfer_target_leaves_the_agent_on_the_call() {
     })
     .await;
     let (report, agent, _desk, metrics) =
-        transfer_call(&callee, target.uri("sales"), Vec::new(), 3_000, None).await;
+        transfer_call(&callee, target.uri("sales"), Vec::new(), 3_000, None, false).await;
     let leg = report.agent.as_ref().expect("an agent leg");
     assert!(leg.transfer.is_none(), "{leg:?}");
     // Talk ran to the limit with the agent.
@@ -916,6 +963,7 @@ async fn a_transfer_to_a_host_not_allowed_is_refused() {
         vec!["pbx.example".into()],
         2_500,
         None,
+        false,
     )
     .await;
     let leg = report.agent.as_ref().expect("an agent leg");
@@ -984,6 +1032,7 @@ async fn a_blind_transfer_goes_on_when_the_agent_hangs_up_at_once() {
         Vec::new(),
         20_000,
         Some(Duration::from_millis(850)),
+        false,
     )
     .await;
     let leg = report.agent.as_ref().expect("an agent leg");
@@ -1153,130 +1202,6 @@ async fn a_sipp_agent_transfers_the_callee_to_a_sipp_target() {
     );
 }
 
-/// A preview call whose agent asks for a transfer to `target` 0.8 s after
-/// answering; the customer is `customer`. Returns the report, the agent's
-/// UA, the desk and the bridge's counters.
-async fn preview_transfer(customer: &Ua, target: String) -> (Report, Ua, Arc<Desk>, BridgeMetrics) {
-    let agent = Ua::start(Behaviour {
-        answer: true,
-        level: AGENT,
-        refer: Some((Duration::from_millis(800), target)),
-        ..Behaviour::default()
-    })
-    .await;
-    let desk = Arc::new(Desk::default());
-    desk.agents
-        .lock()
-        .unwrap()
-        .push(("me".into(), agent.uri("me"), true));
-    let (mut ctx, _stop) = context(customer.addr, T1).await;
-    let metrics = BridgeMetrics::new().unwrap();
-    let bctx = Arc::new(BridgeContext {
-        desk: desk.clone(),
-        agent_answer: Duration::from_secs(2),
-        prompt: Arc::new(media_processor::call::bridge::builtin_prompt()),
-        metrics: metrics.clone(),
-        transfer_hosts: Vec::new(),
-        transfers: Default::default(),
-    });
-    ctx.bridge = Some(bctx.clone());
-    let mut cmd = command(20_000, 3_000);
-    cmd.bridge = Some(BridgeSpec {
-        agent_id: Some("me".into()),
-        ..bridged(2_000)
-    });
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let report = tokio::time::timeout(
-        Duration::from_secs(30),
-        media_processor::call::bridge::run_preview(
-            &ctx,
-            &bctx,
-            &cmd,
-            "me",
-            tx,
-            CancellationToken::new(),
-            CancellationToken::new(),
-        ),
-    )
-    .await
-    .expect("the preview call ends");
-    (report, agent, desk, metrics)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_preview_agent_transfers_the_customer_by_refer() {
-    let customer = Ua::start(Behaviour {
-        answer: true,
-        level: CALLEE,
-        ..Behaviour::default()
-    })
-    .await;
-    // The target talks 1.5 s, then hangs up: that ends the call.
-    let target = Ua::start(Behaviour {
-        answer: true,
-        level: TARGET,
-        bye_after: Some(Duration::from_millis(1_500)),
-        ..Behaviour::default()
-    })
-    .await;
-    let started = std::time::Instant::now();
-    let (report, agent, desk, metrics) = preview_transfer(&customer, target.uri("sales")).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "{:?}",
-        started.elapsed()
-    );
-    assert_eq!(report.outcome, Outcome::AnsweredHuman, "{report:?}");
-    let leg = report.agent.as_ref().expect("an agent leg");
-    let t = leg.transfer.as_ref().expect("a transfer");
-    assert_eq!(t.target, target.uri("sales"));
-    assert!(t.talk_ms >= 1_300, "{t:?}");
-    {
-        let seen = agent.seen.lock().unwrap();
-        assert_eq!(
-            seen.refer_answers.first(),
-            Some(&202),
-            "{:?}",
-            seen.refer_answers
-        );
-        let bodies: Vec<&str> = seen.notifies.iter().map(|(_, b)| b.as_str()).collect();
-        assert_eq!(bodies, ["SIP/2.0 100 Trying", "SIP/2.0 200 OK"]);
-        assert!(seen.got_bye, "the agent's leg was hung up");
-    }
-    // The customer and the target heard each other.
-    let (share, n) = target.heard_share(CALLEE);
-    assert!(
-        n > 40 && share > 0.6,
-        "target heard the customer in {share} of {n}"
-    );
-    let heard_target = customer
-        .seen
-        .lock()
-        .unwrap()
-        .means
-        .iter()
-        .filter(|&&m| (m - i32::from(TARGET)).abs() <= 400)
-        .count();
-    assert!(
-        heard_target > 40,
-        "customer heard the target in {heard_target} packets"
-    );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        customer.seen.lock().unwrap().got_bye,
-        "the target's hang-up ended the customer"
-    );
-    let states: Vec<String> = desk
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, s)| s.clone())
-        .collect();
-    assert_eq!(states, ["reserved", "on_call", "wrap_up"]);
-    assert_eq!(metrics.transfers.with_label_values(&["completed"]).get(), 1);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preview_agent_cannot_transfer_a_customer_still_ringing() {
     // The customer never answers (rings until our CANCEL at 3 s).
@@ -1292,7 +1217,15 @@ async fn a_preview_agent_cannot_transfer_a_customer_still_ringing() {
         ..Behaviour::default()
     })
     .await;
-    let (report, agent, desk, metrics) = preview_transfer(&customer, target.uri("sales")).await;
+    let (report, agent, desk, metrics) = transfer_call(
+        &customer,
+        target.uri("sales"),
+        Vec::new(),
+        20_000,
+        None,
+        true,
+    )
+    .await;
     assert_eq!(report.outcome, Outcome::NoAnswer, "{report:?}");
     assert!(report.agent.as_ref().unwrap().transfer.is_none());
     {

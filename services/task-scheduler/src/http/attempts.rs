@@ -8,7 +8,7 @@ use dialstack_common::http::{ApiError, ApiJson, ErrorBody, ErrorCode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{sees_campaign, CLAIM, MANAGE};
+use super::{sees_call, sees_campaign, CLAIM, MANAGE};
 use crate::db::{Claim, HangupRequest, TransferRequest};
 use crate::AppState;
 
@@ -197,9 +197,8 @@ pub(super) async fn transfer_call(
     }
     dialstack_contract::check_transfer_target(&body.target)
         .map_err(|e| ApiError::invalid("target", e.reason))?;
-    let may = |team: Option<&String>, agent: Option<&String>| match who.role {
-        Role::Agent => agent.map(String::as_str) == Some(who.sub.as_str()),
-        _ => sees_campaign(&who, team),
+    let may = |team: Option<&String>, agent: Option<&String>| {
+        sees_call(&who, team, agent.map(String::as_str))
     };
     match state
         .repo

@@ -17,7 +17,7 @@ use dialstack_common::http::{ApiError, ErrorBody, ErrorCode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::sees_campaign;
+use super::sees_call;
 use crate::db::dispositions::{Disposition, DispositionTarget, NewDisposition, Recorded};
 use crate::domain::disposition::{Effect, MAX_NOTE_CHARS};
 use crate::domain::state::AttemptState;
@@ -265,10 +265,7 @@ pub(super) async fn set_disposition(
         .repo
         .disposition_target(&call_id)
         .await?
-        .filter(|t| match who.role {
-            Role::Agent => t.agent_id.as_deref() == Some(who.sub.as_str()),
-            _ => sees_campaign(&who, t.team.as_ref()),
-        })
+        .filter(|t| sees_call(&who, t.team.as_ref(), t.agent_id.as_deref()))
         .ok_or_else(|| ApiError::not_found("call"))?;
     if let Some(e) = &t.existing {
         return Ok(already(e));

@@ -51,6 +51,15 @@ fn sees_campaign(who: &Principal, team: Option<&String>) -> bool {
     who.sees_all() || team.is_some_and(|t| who.leads_any(&[t]))
 }
 
+/// Whether `who` may act on a call: the agent it was bridged to (`agent`),
+/// or as for its campaign (`team`).
+fn sees_call(who: &Principal, team: Option<&String>, agent: Option<&str>) -> bool {
+    match who.role {
+        Role::Agent => agent == Some(who.sub.as_str()),
+        _ => sees_campaign(who, team),
+    }
+}
+
 /// Whether `who` may read a lead: as for its campaign, and agents the leads
 /// they own.
 fn sees_lead(who: &Principal, lead: &Lead) -> bool {
