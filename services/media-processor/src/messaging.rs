@@ -519,7 +519,7 @@ pub async fn run_heartbeat(
     // On a fixed beat, whatever the last request took; each request gets a
     // quarter of the lease, so a slow one still leaves two more tries
     // before the lease runs out. After a failed beat the next comes sooner
-    // (1 s, doubling up to the beat): when task-scheduler or its database
+    // (1 s, then every 2 s): when task-scheduler or its database
     // comes back from an outage, during which every lease lapsed, the
     // leases are renewed within seconds, well inside the reaper's grace.
     let every = lease / 3;
@@ -600,9 +600,12 @@ pub async fn run_heartbeat(
 }
 
 /// How long to wait after the `failures`-th failed heartbeat in a row: 1 s,
-/// doubling, at most `every` (the regular beat).
+/// then 2 s (one small request per instance), at most `every` (the regular
+/// beat). A failed request during a database outage already takes up to a
+/// quarter of the lease, so waiting longer would only delay the renewal
+/// once the database is back.
 fn retry_after(failures: u32, every: Duration) -> Duration {
-    Duration::from_secs(1u64 << failures.saturating_sub(1).min(10)).min(every)
+    Duration::from_secs(if failures <= 1 { 1 } else { 2 }).min(every)
 }
 
 #[cfg(test)]
@@ -612,9 +615,9 @@ mod tests {
     #[test]
     fn failed_heartbeats_are_retried_soon_then_on_the_beat() {
         let every = Duration::from_secs(10);
-        let waits: Vec<u64> = (1..=6).map(|n| retry_after(n, every).as_secs()).collect();
-        assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
-        assert_eq!(retry_after(u32::MAX, every), every);
+        let waits: Vec<u64> = (1..=5).map(|n| retry_after(n, every).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 2, 2, 2]);
+        assert_eq!(retry_after(u32::MAX, every).as_secs(), 2);
         // A short lease: never longer than its beat.
         assert_eq!(
             retry_after(1, Duration::from_millis(300)),
