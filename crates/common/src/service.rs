@@ -117,6 +117,22 @@ impl ServiceBase {
         })
     }
 
+    /// Keeps `dialstack_consumer_lag_messages` of the channel from the
+    /// service's own subscription. An instance's subscription is left out:
+    /// its few addressed commands say nothing of the service's backlog, and
+    /// on Kafka a group that never committed would count the whole topic.
+    fn watch_lag(&self, channel: &Channel, sub: &Subscription) {
+        if sub.instance_expires.is_some() {
+            return;
+        }
+        self.tasks.spawn(watch_lag(
+            channel.clone(),
+            sub.group.clone(),
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        ));
+    }
+
     /// Declares the consumer's queue, then runs the consumer until shutdown
     /// as a tracked task.
     pub async fn spawn_consumer(
@@ -126,12 +142,7 @@ impl ServiceBase {
         handler: Arc<dyn Handler>,
     ) -> Result<(), crate::bus::BusError> {
         channel.prepare(&sub).await?;
-        self.tasks.spawn(watch_lag(
-            channel.clone(),
-            sub.group.clone(),
-            self.metrics.clone(),
-            self.shutdown.clone(),
-        ));
+        self.watch_lag(channel, &sub);
         let channel = channel.clone();
         let shutdown = self.shutdown.clone();
         let group = sub.group.clone();
@@ -153,12 +164,7 @@ impl ServiceBase {
         handler: Arc<dyn BatchHandler>,
     ) -> Result<(), crate::bus::BusError> {
         channel.prepare(&sub).await?;
-        self.tasks.spawn(watch_lag(
-            channel.clone(),
-            sub.group.clone(),
-            self.metrics.clone(),
-            self.shutdown.clone(),
-        ));
+        self.watch_lag(channel, &sub);
         let channel = channel.clone();
         let shutdown = self.shutdown.clone();
         let group = sub.group.clone();
