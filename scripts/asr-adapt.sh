@@ -56,8 +56,9 @@ MP="$ROOT/services/media-processor"
 key="$(
   {
     echo "utterances=$UTTERANCES passes=$PASSES seed=$SEED"
-    cat "$0" "$MP/examples/asr_adapt.rs" "$MP/src/ai/asr.rs" "$MP/src/ai/tts.rs" \
-      "$MP/src/ai/audio.rs" "$ROOT/crates/media/src/resample.rs" "$ROOT/crates/media/src/g711.rs"
+    cat "$0" "$MP/examples/asr_adapt.rs" "$MP/benches/common/channel.rs" "$MP/src/ai/asr.rs" \
+      "$MP/src/ai/tts.rs" "$MP/src/ai/audio.rs" "$ROOT/crates/media/src/resample.rs" \
+      "$ROOT/crates/media/src/g711.rs"
     sha256sum "$BASE"/en-us/* "$BASE/cmudict-en-us.dict" | cut -d' ' -f1
     espeak-ng --version
     dpkg-query -W sphinxtrain sphinxbase-utils pocketsphinx 2>/dev/null || true

@@ -25,10 +25,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use dialstack_media::g711;
 use media_processor::ai::asr::{Asr, AsrConfig, Grammar, Recognition};
 use media_processor::ai::metrics::AiMetrics;
 use media_processor::ai::tts::{Tts, TtsConfig, TtsRequest};
+
+// The call's channel, shared with the adaptation corpus.
+#[path = "common/channel.rs"]
+mod channel;
 
 /// espeak-ng voices (`espeak-ng --voices=en`).
 const ESPEAK: &[&str] = &["en-us", "en", "en+f3", "en+m3", "en-gb-x-rp"];
@@ -81,33 +84,6 @@ struct Case {
 
 fn label(noise: Option<f64>) -> String {
     noise.map_or("clean".into(), |db| format!("{db:.0} dB SNR"))
-}
-
-/// White noise at `snr` dB under the speech (its RMS over frames louder
-/// than -40 dBFS), seeded; then µ-law and back.
-fn degrade(pcm: &[i16], snr: Option<f64>, seed: u64) -> Vec<i16> {
-    let mut out: Vec<f64> = pcm.iter().map(|&v| f64::from(v)).collect();
-    if let Some(snr) = snr {
-        let active: Vec<f64> = pcm
-            .chunks(160)
-            .map(|f| f.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / f.len() as f64)
-            .filter(|&e| e > (32_768.0f64 * 0.01).powi(2))
-            .collect();
-        let speech = (active.iter().sum::<f64>() / active.len().max(1) as f64).sqrt();
-        let noise_rms = speech / 10f64.powf(snr / 20.0);
-        let mut rng = fastrand::Rng::with_seed(seed);
-        for v in &mut out {
-            // Sum of uniforms: close enough to Gaussian, RMS 1.
-            let g: f64 = (0..12).map(|_| rng.f64()).sum::<f64>() - 6.0;
-            *v += g * noise_rms;
-        }
-    }
-    out.iter()
-        .map(|&v| {
-            let s = v.round().clamp(-32_768.0, 32_767.0) as i16;
-            g711::ulaw_to_linear(g711::linear_to_ulaw(s))
-        })
-        .collect()
 }
 
 /// `text` said by a flite voice, at 8 kHz; `rate` (words a minute, 170
@@ -368,7 +344,7 @@ async fn main() {
                 .pcm
                 .to_vec(),
         };
-        audio.push(degrade(&pcm, c.noise, i as u64));
+        audio.push(channel::degrade(&pcm, c.noise, i as u64));
     }
     let mut set = tokio::task::JoinSet::new();
     for (m, model) in models.iter().enumerate() {

@@ -25,10 +25,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use dialstack_media::g711;
 use media_processor::ai::asr;
 use media_processor::ai::metrics::AiMetrics;
 use media_processor::ai::tts::{Tts, TtsConfig, TtsRequest};
+
+// The call's channel, shared with the ASR bench.
+#[path = "../benches/common/channel.rs"]
+mod channel;
 
 /// espeak-ng voices of the corpus. None of them is a voice of the bench.
 const VOICES: &[&str] = &[
@@ -263,7 +266,7 @@ async fn corpus(dir: &Path, n: usize, seed: u64) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{voice} {text:?}: {e}"))?
                 .pcm;
             let wav = tokio::task::spawn_blocking(move || {
-                asr::engine_wav(&channel(&pcm, snr, noise_seed))
+                asr::engine_wav(&channel::degrade(&pcm, snr, noise_seed))
             })
             .await?;
             tokio::fs::write(&path, wav).await?;
@@ -285,32 +288,6 @@ async fn corpus(dir: &Path, n: usize, seed: u64) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(dir.join("tts-cache"));
     println!("{n} utterances in {}", dir.display());
     Ok(())
-}
-
-/// The call's channel: white noise at `snr` dB under the speech (RMS of
-/// its frames louder than -40 dBFS), then G.711 µ-law and back.
-fn channel(pcm: &[i16], snr: Option<f64>, seed: u64) -> Vec<i16> {
-    let mut out: Vec<f64> = pcm.iter().map(|&v| f64::from(v)).collect();
-    if let Some(snr) = snr {
-        let active: Vec<f64> = pcm
-            .chunks(160)
-            .map(|f| f.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / f.len() as f64)
-            .filter(|&e| e > (32_768.0f64 * 0.01).powi(2))
-            .collect();
-        let speech = (active.iter().sum::<f64>() / active.len().max(1) as f64).sqrt();
-        let rms = speech / 10f64.powf(snr / 20.0);
-        let mut rng = fastrand::Rng::with_seed(seed);
-        for v in &mut out {
-            // Twelve uniforms: near Gaussian with unit variance.
-            *v += ((0..12).map(|_| rng.f64()).sum::<f64>() - 6.0) * rms;
-        }
-    }
-    out.iter()
-        .map(|&v| {
-            let s = v.round().clamp(-32_768.0, 32_767.0) as i16;
-            g711::ulaw_to_linear(g711::linear_to_ulaw(s))
-        })
-        .collect()
 }
 
 /// sphinxtrain's binary header: no checksum (readers then check none).

@@ -145,8 +145,10 @@ impl SchedulerClient {
         }
     }
 
-    /// Renews the leases of `attempt_ids` held by `claimer`; returns how many
-    /// task-scheduler renewed.
+    /// Renews the leases of `attempt_ids` held by `claimer`; returns
+    /// task-scheduler's answer. An answer that is not one (not JSON, no
+    /// `renewed` count, `held` not a list of strings) is an error like a
+    /// refused request: the caller then keeps every lease.
     pub async fn heartbeat(
         &self,
         claimer: &str,
@@ -165,22 +167,34 @@ impl SchedulerClient {
             .await?;
         match resp.status().as_u16() {
             200 => {
-                let body: serde_json::Value = resp.json().await?;
-                let held = match body.get("held") {
-                    None => None,
-                    Some(v) => Some(
-                        serde_json::from_value::<Vec<String>>(v.clone())
-                            .map_err(|e| anyhow::anyhow!("heartbeat answer: held: {e}"))?,
-                    ),
-                };
+                let body = resp.bytes().await?;
+                let answer: HeartbeatAnswer = serde_json::from_slice(&body)
+                    .map_err(|e| anyhow::anyhow!("heartbeat answer: {e}"))?;
                 Ok(Heartbeat {
-                    renewed: body["renewed"].as_u64().unwrap_or(0),
-                    held,
+                    renewed: answer.renewed,
+                    held: answer.held,
                 })
             }
             other => anyhow::bail!("heartbeat failed with status {other}"),
         }
     }
+}
+
+/// task-scheduler's heartbeat answer as it comes. Every version sends
+/// `renewed`; `held` came later, and only its absence means "does not
+/// say": `null` or anything but a list of strings is malformed, since
+/// reading it as absent would let the caller release leases the scheduler
+/// may still hold.
+#[derive(Deserialize)]
+struct HeartbeatAnswer {
+    renewed: u64,
+    #[serde(default, deserialize_with = "present")]
+    held: Option<Vec<String>>,
+}
+
+/// A field that, when there, must be a list of strings (not `null`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    Vec::<String>::deserialize(d).map(Some)
 }
 
 /// A heartbeat's answer.
@@ -254,6 +268,104 @@ impl crate::call::bridge::AgentDesk for SchedulerClient {
                 "agent state {state} refused: {status} {}",
                 body["message"].as_str().unwrap_or("")
             )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::http::{header, StatusCode};
+    use axum::routing::post;
+
+    use super::*;
+
+    /// user-service's token endpoint and task-scheduler's heartbeat on one
+    /// local port; the heartbeat answers 200 with whatever body `answer`
+    /// holds at the time, as JSON.
+    async fn stub() -> (SchedulerClient, Arc<Mutex<String>>) {
+        let answer = Arc::new(Mutex::new(String::new()));
+        let body = answer.clone();
+        let app = axum::Router::new()
+            .route(
+                "/v1/auth/token",
+                post(|| async {
+                    axum::Json(serde_json::json!({"access_token": "t", "expires_in": 3600}))
+                }),
+            )
+            .route(
+                "/v1/attempts/heartbeat",
+                post(move || {
+                    let body = body.lock().unwrap().clone();
+                    async move {
+                        (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, "application/json")],
+                            body,
+                        )
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let tls = dialstack_common::tls::TlsConfig::default();
+        (
+            SchedulerClient::new(&url, &url, "media", "secret", &tls),
+            answer,
+        )
+    }
+
+    /// A malformed answer is an error, never a panic and never "the
+    /// scheduler does not say" (`held: None`, after which
+    /// `messaging::run_heartbeat` would release the leases of ended calls
+    /// whose outcome is in the broker): on an error it keeps every lease
+    /// and beats again soon.
+    #[tokio::test]
+    async fn malformed_heartbeat_answers_are_failed_heartbeats() {
+        let (client, answer) = stub().await;
+        let ids = vec!["a-1".to_owned(), "a-2".to_owned()];
+        let beat = |body: &str| {
+            *answer.lock().unwrap() = body.to_owned();
+            client.heartbeat("mp-1", &ids, 30_000)
+        };
+
+        // Well-formed: the current scheduler, and one from before `held`.
+        assert_eq!(
+            beat(r#"{"renewed": 2, "held": ["a-1"]}"#).await.unwrap(),
+            Heartbeat {
+                renewed: 2,
+                held: Some(vec!["a-1".into()]),
+            }
+        );
+        assert_eq!(
+            beat(r#"{"renewed": 2, "held": []}"#).await.unwrap().held,
+            Some(vec![])
+        );
+        assert_eq!(beat(r#"{"renewed": 2}"#).await.unwrap().held, None);
+
+        for bad in [
+            "",
+            "not json",
+            r#"{"renewed": 2, "held": ["a-1""#,
+            "null",
+            "[]",
+            r#"["a-1"]"#,
+            r#""a-1""#,
+            "42",
+            "{}",
+            r#"{"held": ["a-1"]}"#,
+            r#"{"renewed": "2", "held": ["a-1"]}"#,
+            r#"{"renewed": -1, "held": ["a-1"]}"#,
+            r#"{"renewed": 2, "held": null}"#,
+            r#"{"renewed": 2, "held": "a-1"}"#,
+            r#"{"renewed": 2, "held": {"a-1": true}}"#,
+            r#"{"renewed": 2, "held": [1, 2]}"#,
+            r#"{"renewed": 2, "held": ["a-1", null]}"#,
+            r#"{"renewed": 2, "held": [["a-1"]]}"#,
+        ] {
+            assert!(beat(bad).await.is_err(), "{bad:?} read as an answer");
         }
     }
 }
