@@ -809,7 +809,7 @@ mod scheduler {
 
     #[tokio::test]
     async fn a_hangup_before_the_claim_ends_the_attempt_and_the_claim_is_refused() {
-        use task_scheduler::db::HangupRequest;
+        use task_scheduler::db::{HangupRequest, TransferRequest};
         for (engine, url) in both_databases() {
             let repo = Repo {
                 db: db(&url, MIGRATIONS).await,
@@ -851,7 +851,8 @@ mod scheduler {
                     .unwrap(),
                 HangupRequest::Over
             );
-            // A claimed call gets a hangup command on the commands channel.
+            // A claimed call gets a hangup command on the commands channel,
+            // addressed to the instance that claimed it.
             assert_eq!(
                 repo.request_hangup(&claimed_call, "sup", anyone, "test")
                     .await
@@ -860,10 +861,55 @@ mod scheduler {
             );
             let commands = count(
                 &repo.db,
-                "SELECT COUNT(*) FROM outbox WHERE channel = 'commands' AND routing_key = 'hangup'",
+                "SELECT COUNT(*) FROM outbox WHERE channel = 'commands' AND routing_key = 'hangup.mp-1'",
             )
             .await;
             assert_eq!(commands, 1, "{engine}");
+            // A transfer needs an agent on the call; then it goes to the
+            // same instance; on a call that is over it is refused.
+            let anyone2 = |_: Option<&String>, _: Option<&String>| true;
+            assert_eq!(
+                repo.request_transfer(&claimed_call, "sip:a@h", "ag", anyone2, "test")
+                    .await
+                    .unwrap(),
+                TransferRequest::NoAgent
+            );
+            sqlx::query("UPDATE attempts SET agent_id = 'ag' WHERE id = ?")
+                .bind(&ids[1])
+                .execute(&repo.db.pool)
+                .await
+                .unwrap();
+            assert_eq!(
+                repo.request_transfer(
+                    &claimed_call,
+                    "sip:a@h",
+                    "ag",
+                    |_, a| a.map(String::as_str) == Some("other"),
+                    "test"
+                )
+                .await
+                .unwrap(),
+                TransferRequest::NoSuchCall,
+                "{engine}: another agent's call"
+            );
+            assert_eq!(
+                repo.request_transfer(&claimed_call, "sip:a@h", "ag", anyone2, "test")
+                    .await
+                    .unwrap(),
+                TransferRequest::Sent
+            );
+            let transfers = count(
+                &repo.db,
+                "SELECT COUNT(*) FROM outbox WHERE channel = 'commands' AND routing_key = 'transfer.mp-1'",
+            )
+            .await;
+            assert_eq!(transfers, 1, "{engine}");
+            assert_eq!(
+                repo.request_transfer(&queued_call, "sip:a@h", "ag", anyone2, "test")
+                    .await
+                    .unwrap(),
+                TransferRequest::Over
+            );
             let completed = count(
                 &repo.db,
                 "SELECT COUNT(*) FROM outbox WHERE routing_key = 'call.completed'",
