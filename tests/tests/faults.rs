@@ -153,6 +153,43 @@ async fn recovery(suite: &Suite, token: &str, id: &str, back: Instant) -> (Durat
     tokio::join!(ready, flowing)
 }
 
+/// Prints every attempt that did not end answered, with what each service
+/// logged about it, so a failure in CI says which path lost the call.
+async fn explain_lost_calls(suite: &Suite, token: &str, id: &str) {
+    let mut logs: Vec<(String, String)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(&suite.logs) {
+        for e in dir.flatten() {
+            let path = e.path();
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                logs.push((e.file_name().to_string_lossy().into_owned(), text));
+            }
+        }
+    }
+    logs.sort();
+    for lead in leads(&suite.scheduler.url, token, id).await {
+        for a in lead["attempts"].as_array().into_iter().flatten() {
+            if a["outcome"] == "answered_human" {
+                continue;
+            }
+            eprintln!("not answered: {a}");
+            let keys: Vec<&str> = [&a["id"], &a["call_id"]]
+                .into_iter()
+                .filter_map(Value::as_str)
+                .collect();
+            for (name, text) in &logs {
+                let hits: Vec<&str> = text
+                    .lines()
+                    .filter(|l| keys.iter().any(|k| l.contains(k)))
+                    .take(60)
+                    .collect();
+                for l in hits {
+                    eprintln!("  {name}: {l}");
+                }
+            }
+        }
+    }
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
@@ -239,6 +276,9 @@ async fn restarts_of_rabbitmq_kafka_and_mariadb_mid_campaign_lose_nothing() {
     let view = wait_completed(&suite.scheduler.url, &token, &id).await;
     let wall = started.elapsed();
     assert_eq!(view["progress"]["done"], CALLS, "{view}");
+    if view["progress"]["outcomes"] != serde_json::json!({"answered_human": CALLS}) {
+        explain_lost_calls(&suite, &token, &id).await;
+    }
     assert_eq!(
         view["progress"]["outcomes"],
         serde_json::json!({"answered_human": CALLS}),

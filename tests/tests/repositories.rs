@@ -1833,9 +1833,14 @@ mod media {
             let recorded = futures_util::future::join_all((0..40).map(|i| {
                 let log = log.clone();
                 async move {
-                    log.record_call(&format!("c{}", i % 20), &format!("a{}", i % 20), "k1")
-                        .await
-                        .unwrap()
+                    log.record_call(
+                        &format!("c{}", i % 20),
+                        &format!("a{}", i % 20),
+                        "k1",
+                        &format!("p{i}"),
+                    )
+                    .await
+                    .unwrap()
                 }
             }))
             .await;
@@ -1873,7 +1878,128 @@ mod media {
                 40,
                 "{engine}"
             );
+            // A row is its placer's: the same placer again (its earlier
+            // try's answer was lost) may place the call, another may not.
+            let mut placers = Vec::new();
+            for i in 0..20 {
+                let p = format!("p{}", if recorded[i] { i } else { i + 20 });
+                let ours = log
+                    .record_call(&format!("c{i}"), &format!("a{i}"), "k1", &p)
+                    .await
+                    .unwrap();
+                placers.push(ours);
+            }
+            assert_eq!(
+                placers.iter().filter(|o| **o).count(),
+                20,
+                "{engine}: each row is the placer's that wrote it first"
+            );
+            let p0 = if recorded[0] { "p0" } else { "p20" };
+            assert!(
+                !log.record_call("c0", "a0", "k1", "stranger").await.unwrap(),
+                "{engine}"
+            );
+            // A call id reused for another attempt is not ours either.
+            assert!(
+                !log.record_call("c0", "a-other", "k1", p0).await.unwrap(),
+                "{engine}"
+            );
+            // Rows written before placers existed are nobody's.
+            sqlx::query("UPDATE calls SET placer = NULL WHERE call_id = 'c1'")
+                .execute(&db.pool)
+                .await
+                .unwrap();
+            let p1 = if recorded[1] { "p1" } else { "p21" };
+            assert!(
+                !log.record_call("c1", "a1", "k1", p1).await.unwrap(),
+                "{engine}"
+            );
         }
+    }
+
+    /// The commit of a call's row reaches MariaDB but its answer is lost
+    /// (the connection is cut right after the `COMMIT`): the writer sees an
+    /// error, the row is there. Its retry with the same placer finds the row
+    /// its own and may place the call; any other delivery may not. Before
+    /// placers, the retry took the row for a redelivered dial's and dropped
+    /// the call, leaving its claimed attempt to the reaper (`media_lost`).
+    #[tokio::test]
+    async fn a_call_row_whose_commit_answer_was_lost_is_still_its_placers() {
+        use dialstack_tests::proxy::CuttingProxy;
+        let server = dialstack_tests::mysql_server();
+        let hostport = server
+            .rsplit('@')
+            .next()
+            .and_then(|h| h.strip_prefix("mysql://").or(Some(h)))
+            .unwrap()
+            .trim_end_matches('/')
+            .to_owned();
+        let upstream: std::net::SocketAddr = tokio::net::lookup_host(&hostport)
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+        let url = dialstack_tests::fresh_mysql_url();
+        // Schema first, straight to the server.
+        let direct = db(&url, MIGRATIONS).await;
+        let proxy = CuttingProxy::start(upstream, b"INTO calls (", b"COMMIT").await;
+        let through = url.replace(&hostport, &format!("127.0.0.1:{}", proxy.port));
+        let log = CallLog::start(db(&through, MIGRATIONS).await);
+        let first = log.record_call("c-cut", "a-cut", "k1", "placer-1").await;
+        assert!(
+            proxy.cut.load(std::sync::atomic::Ordering::SeqCst),
+            "the proxy cut the commit's answer"
+        );
+        assert!(first.is_err(), "the writer saw its commit fail: {first:?}");
+        assert_eq!(
+            count(
+                &direct,
+                "SELECT COUNT(*) FROM calls WHERE call_id = 'c-cut' AND placer = 'placer-1'"
+            )
+            .await,
+            1,
+            "the row was committed all the same"
+        );
+        assert!(
+            log.record_call("c-cut", "a-cut", "k1", "placer-1")
+                .await
+                .expect("the retry through a new connection"),
+            "the retry knows the row for its own"
+        );
+        assert!(
+            !log.record_call("c-cut", "a-cut", "k1", "placer-2")
+                .await
+                .unwrap(),
+            "another delivery does not"
+        );
+
+        // The same for an event: the retry of the same write finds its row
+        // and is its success, with one outbox row, not two events.
+        let proxy = CuttingProxy::start(upstream, b"INTO outbox (", b"COMMIT").await;
+        let through = url.replace(&hostport, &format!("127.0.0.1:{}", proxy.port));
+        let log = CallLog::start(db(&through, MIGRATIONS).await);
+        let e = event("c-cut", "a-cut", "k1", Some(Outcome::AnsweredHuman));
+        let write = media_processor::db::CallWrite::emit(
+            "media-processor",
+            &typed(types::CALL_COMPLETED, &e),
+        );
+        let first = log.emit_write(write.clone()).await;
+        assert!(proxy.cut.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(first.is_err(), "{first:?}");
+        let id = log.emit_write(write).await.expect("the retry succeeds");
+        assert_eq!(
+            count(
+                &direct,
+                &format!("SELECT COUNT(*) FROM outbox WHERE id = '{id}'")
+            )
+            .await,
+            1
+        );
+        assert_eq!(
+            count(&direct, "SELECT COUNT(*) FROM outbox").await,
+            1,
+            "one event for one write"
+        );
     }
 }
 

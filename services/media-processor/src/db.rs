@@ -48,6 +48,15 @@ pub const MIGRATIONS: &[Migration] = &[
             created_at BIGINT NOT NULL
           )",
     },
+    Migration {
+        version: 3,
+        name: "calls_placer",
+        // Which delivery of the dial wrote the row: a write that failed
+        // after it had committed (the connection dropped at the commit)
+        // is then recognised as its own by the same delivery's retry,
+        // instead of passing for a call already placed.
+        sql: "ALTER TABLE calls ADD COLUMN placer VARCHAR(100) NULL",
+    },
 ];
 
 /// The repository.
@@ -58,29 +67,6 @@ pub struct Repo {
 }
 
 impl Repo {
-    /// Records a call about to be placed; `false` when the attempt already
-    /// has one (the `dial` was redelivered).
-    pub async fn record_call(
-        &self,
-        call_id: &str,
-        attempt_id: &str,
-        campaign_id: &str,
-    ) -> Result<bool, sqlx::Error> {
-        let now = dialstack_common::now_ms();
-        let done = sqlx::query(&format!(
-            "{} INTO calls (call_id, attempt_id, campaign_id, state, created_at, updated_at) VALUES (?, ?, ?, 'placing', ?, ?)",
-            self.db.dialect.insert_ignore()
-        ))
-        .bind(call_id)
-        .bind(attempt_id)
-        .bind(campaign_id)
-        .bind(now)
-        .bind(now)
-        .execute(&self.db.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
     /// Writes a call event into the outbox, updating the call's row in the
     /// same transaction.
     pub async fn emit(&self, source: &str, event: &CallEvent) -> Result<(), sqlx::Error> {
@@ -165,7 +151,7 @@ impl Repo {
 }
 
 /// One write of a call's life.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum CallWrite {
     /// A call about to be placed, as [`Repo::record_call`].
     Record {
@@ -175,6 +161,8 @@ pub enum CallWrite {
         attempt_id: String,
         /// Campaign id.
         campaign_id: String,
+        /// The delivery of the dial that writes it.
+        placer: String,
     },
     /// A call event into the outbox with the call row's new state, as
     /// [`Repo::emit`].
@@ -225,7 +213,7 @@ pub struct CallWriter {
 #[async_trait::async_trait]
 impl BatchWrite for CallWriter {
     type Op = CallWrite;
-    /// For a record, whether the call is new; `true` for an event.
+    /// For a record, whether the row is its placer's; `true` for an event.
     type Out = bool;
 
     async fn write(&self, tx: &mut Tx, ops: &[CallWrite]) -> Result<Vec<bool>, sqlx::Error> {
@@ -241,19 +229,40 @@ impl BatchWrite for CallWriter {
                     call_id,
                     attempt_id,
                     campaign_id,
+                    placer,
                 } => {
                     let done = sqlx::query(&format!(
-                        "{} INTO calls (call_id, attempt_id, campaign_id, state, created_at, updated_at) VALUES (?, ?, ?, 'placing', ?, ?)",
+                        "{} INTO calls (call_id, attempt_id, campaign_id, state, placer, created_at, updated_at) VALUES (?, ?, ?, 'placing', ?, ?, ?)",
                         self.dialect.insert_ignore()
                     ))
                     .bind(call_id)
                     .bind(attempt_id)
                     .bind(campaign_id)
+                    .bind(placer)
                     .bind(now)
                     .bind(now)
                     .execute(&mut **tx)
                     .await?;
-                    out.push(done.rows_affected() == 1);
+                    let ours = if done.rows_affected() == 1 {
+                        true
+                    } else {
+                        // Taken: by this placer's own earlier try, or by
+                        // another delivery (rows from before placers were
+                        // written have none, and are never ours).
+                        let rows = sqlx::query(
+                            "SELECT placer, call_id, attempt_id FROM calls WHERE attempt_id = ? OR call_id = ?",
+                        )
+                        .bind(attempt_id)
+                        .bind(call_id)
+                        .fetch_all(&mut **tx)
+                        .await?;
+                        rows.len() == 1
+                            && rows[0].try_get::<Option<String>, _>(0)?.as_deref()
+                                == Some(placer.as_str())
+                            && rows[0].try_get::<String, _>(1)? == *call_id
+                            && rows[0].try_get::<String, _>(2)? == *attempt_id
+                    };
+                    out.push(ours);
                 }
                 CallWrite::Emit {
                     call_id,
@@ -319,19 +328,24 @@ impl CallLog {
         ))
     }
 
-    /// Records a call about to be placed, committed when this returns;
-    /// `false` when the attempt already has one (the `dial` was redelivered).
+    /// Records a call about to be placed by `placer` (one delivery of its
+    /// dial), committed when this returns. `true` when the row is
+    /// `placer`'s: new, or written by `placer` in an earlier try whose
+    /// answer was lost; `false` when another delivery has it (the `dial`
+    /// was redelivered, and that call may have been placed).
     pub async fn record_call(
         &self,
         call_id: &str,
         attempt_id: &str,
         campaign_id: &str,
+        placer: &str,
     ) -> Result<bool, GroupCommitError> {
         self.0
             .submit(CallWrite::Record {
                 call_id: call_id.to_owned(),
                 attempt_id: attempt_id.to_owned(),
                 campaign_id: campaign_id.to_owned(),
+                placer: placer.to_owned(),
             })
             .await
     }
@@ -339,8 +353,25 @@ impl CallLog {
     /// Writes a call event into the outbox with the call row's new state,
     /// committed when this returns; returns the event's id (its outbox row's).
     pub async fn emit(&self, source: &str, event: &CallEvent) -> Result<String, GroupCommitError> {
-        let write = CallWrite::emit(source, event);
+        self.emit_write(CallWrite::emit(source, event)).await
+    }
+
+    /// Writes an event made by [`CallWrite::emit`]; returns its id. The same
+    /// write may be retried after an error: when its outbox row is already
+    /// there (an earlier try committed although its answer was lost), that
+    /// is its success, not a second event.
+    pub async fn emit_write(&self, write: CallWrite) -> Result<String, GroupCommitError> {
         let id = write.event_id().unwrap_or_default().to_owned();
-        self.0.submit(write).await.map(|_| id)
+        match self.0.submit(write).await {
+            Ok(_) => Ok(id),
+            Err(GroupCommitError::Sql(e))
+                if e.as_database_error()
+                    .is_some_and(|d| d.is_unique_violation()) =>
+            {
+                tracing::info!(event_id = %id, "call event found already stored by an earlier try");
+                Ok(id)
+            }
+            Err(e) => Err(e),
+        }
     }
 }

@@ -54,10 +54,15 @@ pub struct LiveCalls(Arc<Mutex<Live>>);
 struct Live {
     calls: HashMap<String, LiveCall>,
     early_hangups: std::collections::VecDeque<String>,
+    /// (call id, placer) of calls whose row could not be written for sure
+    /// (the database did not answer), for the next delivery of their dial.
+    unsure_records: std::collections::VecDeque<(String, String)>,
 }
 
 /// Hang-ups remembered for calls not started yet.
 const EARLY_HANGUPS: usize = 4_096;
+/// Unsure call rows remembered for their dial's next delivery.
+const UNSURE_RECORDS: usize = 4_096;
 
 #[derive(Clone)]
 struct LiveCall {
@@ -74,9 +79,17 @@ impl LiveCalls {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn insert(&self, call_id: &str, attempt_id: &str) -> CancellationToken {
+    /// Takes `call_id` for a delivery of its dial that holds the claim:
+    /// from now on its lease is renewed and a hang-up reaches it. `None`
+    /// when the call is already here (another delivery of the same dial is
+    /// placing it, or it ended and is settling).
+    fn reserve(&self, call_id: &str, attempt_id: &str) -> Option<CancellationToken> {
+        let mut live = self.lock();
+        if live.calls.contains_key(call_id) {
+            return None;
+        }
         let hangup = CancellationToken::new();
-        self.lock().calls.insert(
+        live.calls.insert(
             call_id.to_owned(),
             LiveCall {
                 attempt_id: attempt_id.to_owned(),
@@ -85,7 +98,42 @@ impl LiveCalls {
                 confirmed: None,
             },
         );
-        hangup
+        Some(hangup)
+    }
+
+    /// Gives back a reservation whose call will not be placed here: its
+    /// lease is no longer renewed.
+    fn release(&self, call_id: &str) {
+        let mut live = self.lock();
+        if live
+            .calls
+            .get(call_id)
+            .is_some_and(|c| c.settling.is_none())
+        {
+            live.calls.remove(call_id);
+        }
+    }
+
+    /// The placer to write `call_id`'s row with: the one of an earlier
+    /// delivery whose write was left unsure (taken), or `fresh`.
+    fn placer_for(&self, call_id: &str, fresh: String) -> String {
+        let mut live = self.lock();
+        match live.unsure_records.iter().position(|(c, _)| c == call_id) {
+            Some(i) => live.unsure_records.remove(i).map_or(fresh, |(_, p)| p),
+            None => fresh,
+        }
+    }
+
+    /// `placer`'s write of `call_id`'s row may or may not have committed:
+    /// the next delivery of the dial writes with the same placer, so that a
+    /// row that did commit is known for its own (bounded: the oldest go
+    /// first).
+    fn unsure(&self, call_id: &str, placer: String) {
+        let mut live = self.lock();
+        if live.unsure_records.len() >= UNSURE_RECORDS {
+            live.unsure_records.pop_front();
+        }
+        live.unsure_records.push_back((call_id.to_owned(), placer));
     }
 
     /// The call ended and its `call.completed` is the outbox row `event_id`
@@ -305,16 +353,30 @@ impl CommandHandler {
                 return Ok(());
             }
         }
-        let fresh = self
-            .log
-            .record_call(&cmd.call_id, &cmd.attempt_id, &cmd.campaign_id)
-            .await
-            .map_err(|e| HandleError::Transient(e.to_string()))?;
-        if !fresh {
+        // Held from the claim on: the lease is renewed while the call's row
+        // is written, however long the database takes.
+        let Some(hangup) = self.live.reserve(&cmd.call_id, &cmd.attempt_id) else {
+            tracing::info!(call_id = %cmd.call_id, "dial redelivered for a call in hand here, dropped");
+            return Ok(());
+        };
+        let placer = self.live.placer_for(
+            &cmd.call_id,
+            format!("{}/{}", self.claimer, uuid::Uuid::now_v7()),
+        );
+        let ours = match self.record(&cmd, &placer).await {
+            Ok(ours) => ours,
+            Err(e) => {
+                self.live.release(&cmd.call_id);
+                self.live.unsure(&cmd.call_id, placer);
+                return Err(e);
+            }
+        };
+        if !ours {
+            self.live.release(&cmd.call_id);
             tracing::info!(call_id = %cmd.call_id, "dial redelivered for a call already placed, dropped");
             return Ok(());
         }
-        let hung_up = self.live.hung_up_early(&cmd.call_id);
+        let hung_up = self.live.hung_up_early(&cmd.call_id) || hangup.is_cancelled();
         if self.shutdown.is_cancelled() || hung_up {
             // Claimed but not dialed: nobody's phone rings for a process on
             // its way out, or for a call already hung up; the attempt ends
@@ -331,11 +393,9 @@ impl CommandHandler {
             let done = CallCompleted::unanswered(call, dialstack_contract::Outcome::Canceled, None);
             let stored = emit(&self.log, &self.relay, &CallEvent::Completed(done)).await;
             // Claimed: its lease is kept until the outcome is out.
-            self.live.insert(&cmd.call_id, &cmd.attempt_id);
             self.live.settle(&cmd.call_id, stored);
             return Ok(());
         }
-        let hangup = self.live.insert(&cmd.call_id, &cmd.attempt_id);
         let ctx = self.ctx.clone();
         let log = self.log.clone();
         let relay = self.relay.clone();
@@ -354,8 +414,9 @@ impl CommandHandler {
     }
 }
 
-/// How long a claim is retried while task-scheduler does not answer (a
-/// restart, its database away) before the dial goes back to the channel.
+/// How long a claim, and then the call's row, are retried while
+/// task-scheduler or the database does not answer (a restart, an outage)
+/// before the dial goes back to the channel.
 const CLAIM_PATIENCE: Duration = Duration::from_secs(120);
 
 impl CommandHandler {
@@ -365,22 +426,52 @@ impl CommandHandler {
     /// deliveries, which would dead-letter a dial after a short outage.
     async fn claim(&self, cmd: &DialCommand) -> Result<ClaimResult, HandleError> {
         let lease_ms = self.lease.as_millis() as i64;
+        self.patiently(cmd, "claim", || {
+            self.client.claim(&cmd.attempt_id, &self.claimer, lease_ms)
+        })
+        .await
+    }
+
+    /// Writes the row of `cmd`'s call for `placer`; whether it is ours to
+    /// place (see [`CallLog::record_call`]). A database that does not
+    /// answer is retried here with the same placer, so that a write that
+    /// committed although its answer was lost is recognised as ours rather
+    /// than taken for a redelivered dial (which would leave the claimed
+    /// attempt to the reaper as `media_lost`).
+    async fn record(&self, cmd: &DialCommand, placer: &str) -> Result<bool, HandleError> {
+        self.patiently(cmd, "record the call", || {
+            self.log
+                .record_call(&cmd.call_id, &cmd.attempt_id, &cmd.campaign_id, placer)
+        })
+        .await
+    }
+
+    /// Runs `step` for `cmd` until it succeeds, backing off, for at most
+    /// [`CLAIM_PATIENCE`] or until shutdown; then the dial goes back to the
+    /// channel (a transient error).
+    async fn patiently<T, E, F, Fut>(
+        &self,
+        cmd: &DialCommand,
+        what: &str,
+        mut step: F,
+    ) -> Result<T, HandleError>
+    where
+        E: std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
         let deadline = tokio::time::Instant::now() + CLAIM_PATIENCE;
         let mut tries = 0u32;
         loop {
-            let e = match self
-                .client
-                .claim(&cmd.attempt_id, &self.claimer, lease_ms)
-                .await
-            {
+            let e = match step().await {
                 Ok(r) => return Ok(r),
                 Err(e) => e,
             };
             tries += 1;
             if tokio::time::Instant::now() >= deadline {
-                return Err(HandleError::Transient(format!("claim: {e}")));
+                return Err(HandleError::Transient(format!("{what}: {e}")));
             }
-            tracing::warn!(call_id = %cmd.call_id, attempt_id = %cmd.attempt_id, error = %e, tries, "claim failed, retrying");
+            tracing::warn!(call_id = %cmd.call_id, attempt_id = %cmd.attempt_id, error = %e, tries, "{what} failed, retrying");
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(200 << tries.min(4))) => {}
                 _ = self.shutdown.cancelled() => {
@@ -395,9 +486,11 @@ impl CommandHandler {
 /// could not be stored.
 async fn emit(log: &CallLog, relay: &OutboxRelay, event: &CallEvent) -> Option<String> {
     // An event that cannot be stored is retried: a lost call.completed would
-    // leave the attempt to the reaper.
+    // leave the attempt to the reaper. The same write (one event id) each
+    // time, so a try that committed unbeknown to us is not stored twice.
+    let write = crate::db::CallWrite::emit(crate::NAME, event);
     for attempt in 0..20u32 {
-        match log.emit(crate::NAME, event).await {
+        match log.emit_write(write.clone()).await {
             Ok(id) => {
                 relay.notify();
                 return Some(id);
@@ -626,9 +719,48 @@ mod tests {
     }
 
     #[test]
+    fn a_call_is_reserved_once_and_an_unsure_rows_placer_is_reused_once() {
+        let live = LiveCalls::default();
+        let hangup = live.reserve("c-1", "a-1").expect("free");
+        assert!(
+            live.reserve("c-1", "a-1").is_none(),
+            "a second delivery of the same dial finds it in hand"
+        );
+        assert_eq!(live.attempts(), ["a-1"], "its lease is renewed from now on");
+        // A hang-up while the row is written reaches the reservation.
+        assert!(live.hang_up("c-1"));
+        assert!(hangup.is_cancelled());
+        // Released: no longer renewed, and free for the next delivery.
+        live.release("c-1");
+        assert!(live.attempts().is_empty());
+        assert!(live.reserve("c-1", "a-1").is_some());
+        // A settling call is never released (its outcome's lease is kept).
+        live.settle("c-1", Some("ev-1".into()));
+        live.release("c-1");
+        assert_eq!(live.attempts(), ["a-1"]);
+
+        // The row's write was left unsure: the next delivery writes with the
+        // same placer, once; others get their own.
+        live.unsure("c-2", "mp-1/first".into());
+        assert_eq!(live.placer_for("c-2", "mp-1/second".into()), "mp-1/first");
+        assert_eq!(live.placer_for("c-2", "mp-1/third".into()), "mp-1/third");
+        assert_eq!(live.placer_for("c-3", "mp-1/x".into()), "mp-1/x");
+        // Bounded: the oldest go first.
+        for i in 0..UNSURE_RECORDS + 5 {
+            live.unsure(&format!("u-{i}"), format!("p-{i}"));
+        }
+        assert_eq!(live.lock().unsure_records.len(), UNSURE_RECORDS);
+        assert_eq!(live.placer_for("u-0", "fresh".into()), "fresh");
+        assert_eq!(
+            live.placer_for(&format!("u-{}", UNSURE_RECORDS + 4), "fresh".into()),
+            format!("p-{}", UNSURE_RECORDS + 4)
+        );
+    }
+
+    #[test]
     fn early_hangups_are_remembered_bounded_and_used_once() {
         let live = LiveCalls::default();
-        let token = live.insert("c-live", "a-live");
+        let token = live.reserve("c-live", "a-live").unwrap();
         assert!(live.hang_up("c-live"));
         assert!(token.is_cancelled());
         // A hang-up before its call starts is kept for the dial...
@@ -649,9 +781,9 @@ mod tests {
     fn an_ended_call_keeps_its_lease_until_the_scheduler_has_its_outcome() {
         let t0 = Instant::now();
         let live = LiveCalls::default();
-        live.insert("c-1", "a-1");
-        live.insert("c-2", "a-2");
-        live.insert("c-3", "a-3");
+        live.reserve("c-1", "a-1").unwrap();
+        live.reserve("c-2", "a-2").unwrap();
+        live.reserve("c-3", "a-3").unwrap();
         live.settle("c-1", Some("ev-1".into()));
         // Ended: no longer counted as in progress, still renewed.
         assert_eq!(live.len(), 2);
@@ -692,7 +824,7 @@ mod tests {
         assert_eq!(live.forget_settled(None, t0), 1);
         assert!(live.attempts().is_empty());
         // An outcome that could not be stored leaves nothing to wait for.
-        live.insert("c-4", "a-4");
+        live.reserve("c-4", "a-4").unwrap();
         live.settle("c-4", None);
         assert!(live.attempts().is_empty() && live.is_empty());
     }
