@@ -5,7 +5,10 @@
 //!   call dialed twice, every attempt has one outcome and one CDR;
 //! - media-processor gets SIGTERM with calls ringing and answered: ringing
 //!   calls are canceled, answered ones get BYE, every call reports
-//!   `call.completed`, and the process exits 0.
+//!   `call.completed`, and the process exits 0;
+//! - media-processor's own database goes away between a claim and the
+//!   call's row: the claim's lease is kept while the row waits, and the
+//!   calls are placed once it is back.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,6 +17,7 @@ use dialstack_common::bus::{Channel, OutMessage, COMMANDS};
 use dialstack_common::events::CloudEvent;
 use dialstack_tests::campaigns::{cdrs, completed_cdrs, start_campaign_paced, wait_completed};
 use dialstack_tests::procs::{scenario, ServiceProc, Sipp, Suite, SuiteOptions};
+use dialstack_tests::proxy::Proxy;
 use dialstack_tests::{amqp_url, eventually, kafka_url, unique};
 use serde_json::{json, Value};
 
@@ -132,6 +136,89 @@ async fn kill_9_of_media_processor_mid_campaign_dials_no_one_twice() {
         let name = s.name.clone();
         assert_eq!(s.stop().await, Some(0), "{name} exits cleanly");
     }
+}
+
+/// media-processor's database is cut right before a few dials arrive, for
+/// longer than the claims' 3 s lease and past the reaper's grace: the
+/// claims are made (task-scheduler's database is up), the calls' rows
+/// cannot be written. The leases are renewed while the rows wait, so the
+/// reaper leaves the attempts alone, and once the database is back every
+/// call is placed once and answered. (Before, a claimed attempt whose row
+/// could not be written was not renewed: the reaper failed it as
+/// `media_lost` and its dial, retried after the outage, was refused.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_call_keeps_its_lease_while_its_row_waits_for_the_database() {
+    let test = "dial_once_media_db_away";
+    let calls = 3;
+    let sipp = Sipp::uas(test, None, calls as u32).await;
+    let ns = unique("d1db");
+    let server = dialstack_tests::mysql_server();
+    let hostport = server
+        .rsplit('@')
+        .next()
+        .map(|h| h.trim_start_matches("mysql://").trim_end_matches('/'))
+        .unwrap()
+        .to_owned();
+    let upstream = tokio::net::lookup_host(&hostport)
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Proxy::start(upstream).await;
+    let media_db = format!(
+        "{}/{}",
+        server.replace(&hostport, &format!("127.0.0.1:{}", proxy.port)),
+        unique("dstest_media_")
+    );
+    let suite = Suite::start(SuiteOptions {
+        test: test.into(),
+        trunk: format!("sip:127.0.0.1:{}", sipp.port),
+        events_url: amqp_url(&ns),
+        commands_url: amqp_url(&format!("{ns}c")),
+        media_env: vec![
+            ("DIALSTACK_LEASE_SECS".into(), "3".into()),
+            ("DIALSTACK_DATABASE_URL".into(), media_db),
+        ],
+    })
+    .await;
+    let token = suite.admin_token().await;
+    proxy.down();
+    let away = std::time::Instant::now();
+    let id = start_campaign_paced(&suite.scheduler.url, &token, calls, 500, 10, 10.0).await;
+    // Claimed while the database is away.
+    eventually("the attempts claimed", Duration::from_secs(30), || async {
+        let v = dialstack_tests::campaigns::campaign(&suite.scheduler.url, &token, &id).await?;
+        if v["progress"]["states"]["claimed"].as_i64() == Some(calls as i64) {
+            Ok(())
+        } else {
+            Err(v["progress"].to_string())
+        }
+    })
+    .await;
+    // Well past the lease and the reaper's 20 s grace after its start.
+    tokio::time::sleep(Duration::from_secs(25).saturating_sub(away.elapsed())).await;
+    let v = dialstack_tests::campaigns::campaign(&suite.scheduler.url, &token, &id)
+        .await
+        .unwrap();
+    assert_eq!(
+        v["progress"]["states"]["claimed"].as_i64(),
+        Some(calls as i64),
+        "the claims held through the outage: {v}"
+    );
+    proxy.up().await;
+    let view = wait_completed(&suite.scheduler.url, &token, &id).await;
+    assert_eq!(
+        view["progress"]["outcomes"],
+        json!({"answered_human": calls}),
+        "{view}"
+    );
+    let branches = sipp.invite_branches();
+    assert_eq!(branches.len(), calls, "each call reached SIPp");
+    for (call_id, b) in &branches {
+        assert_eq!(b.len(), 1, "{call_id} was dialed {} times", b.len());
+    }
+    let all = completed_cdrs(&suite.storage.url, &token, &id, calls).await;
+    assert_eq!(outcomes(&all).get("answered_human"), Some(&calls));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
