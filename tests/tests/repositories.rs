@@ -1881,8 +1881,8 @@ mod media {
             // A row is its placer's: the same placer again (its earlier
             // try's answer was lost) may place the call, another may not.
             let mut placers = Vec::new();
-            for i in 0..20 {
-                let p = format!("p{}", if recorded[i] { i } else { i + 20 });
+            for (i, first) in recorded.iter().take(20).enumerate() {
+                let p = format!("p{}", if *first { i } else { i + 20 });
                 let ours = log
                     .record_call(&format!("c{i}"), &format!("a{i}"), "k1", &p)
                     .await
