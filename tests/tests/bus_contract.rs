@@ -946,3 +946,57 @@ async fn bad_urls_are_refused() {
     // Every kind is exercised above; keep the list honest.
     assert_eq!(KINDS.len(), 3);
 }
+
+/// A connection to RabbitMQ that neither opens nor fails (the broker side
+/// accepts the socket and never answers the protocol header) is abandoned
+/// after its timeout and a new one is tried, so a service's start-up does
+/// not fail on one hung socket. Seen on the shared broker under load: a
+/// replica's start-up failed with "no connection to the broker within 10s"
+/// while the broker logged no connection from it at all.
+#[tokio::test]
+async fn a_hung_connection_to_rabbitmq_is_abandoned_and_tried_again() {
+    use dialstack_common::bus::amqp::{CONNECT_TIMEOUT, CONNECT_TRIES};
+    let base = dialstack_tests::amqp_url(&unique("hung"));
+    let broker = "127.0.0.1:5672";
+    assert!(
+        base.contains(broker),
+        "this test fronts the broker at {broker}: {base}"
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let seen = accepted.clone();
+    let front = tokio::spawn(async move {
+        let mut silent = Vec::new();
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                // The first one is held open and never answered.
+                silent.push(inbound);
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(broker).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    let started = std::time::Instant::now();
+    let ch = Channel::connect(&base.replace(broker, &format!("127.0.0.1:{port}")), EVENTS)
+        .await
+        .expect("connected on the second try");
+    let took = started.elapsed();
+    assert!(CONNECT_TRIES >= 2);
+    assert!(
+        took >= CONNECT_TIMEOUT,
+        "the hung try was waited out first ({took:?})"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "one hung socket, one good"
+    );
+    // The connection works: a subscription is declared through it.
+    ch.prepare(&sub("after-hang")).await.expect("prepare");
+    front.abort();
+}

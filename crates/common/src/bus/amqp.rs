@@ -40,8 +40,13 @@ fn broker(e: impl std::fmt::Display) -> BusError {
     BusError::Broker(e.to_string())
 }
 
-/// How long a connection to the broker may take to open.
+/// How long one try to open a connection to the broker may take.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Tries to open a connection that hangs (neither opens nor fails) before
+/// giving up. A refused or rejected connection fails at once; a hung one
+/// (a SYN lost to a full accept queue, a handshake that never starts) is
+/// abandoned after [`CONNECT_TIMEOUT`] and tried again on a new socket.
+pub const CONNECT_TRIES: u32 = 3;
 /// How long a publish may wait for the broker's confirm (a broker under a
 /// memory or disk alarm blocks publishers without refusing them).
 pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -50,21 +55,28 @@ async fn open(uri: &str, ca_pem: Option<&str>) -> Result<Connection, BusError> {
     let props = ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio);
-    let tls = lapin::tcp::OwnedTLSConfig {
+    let tls = || lapin::tcp::OwnedTLSConfig {
         identity: None,
         cert_chain: ca_pem.map(str::to_owned),
     };
-    match tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        Connection::connect_with_config(uri, props, tls),
-    )
-    .await
-    {
-        Ok(r) => r.map_err(broker),
-        Err(_) => Err(BusError::Broker(format!(
-            "no connection to the broker within {CONNECT_TIMEOUT:?}"
-        ))),
+    for attempt in 1..=CONNECT_TRIES {
+        match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect_with_config(uri, props.clone(), tls()),
+        )
+        .await
+        {
+            Ok(r) => return r.map_err(broker),
+            Err(_) => tracing::warn!(
+                attempt,
+                timeout_secs = CONNECT_TIMEOUT.as_secs(),
+                "connection to the broker neither opened nor failed in time, trying a new one"
+            ),
+        }
     }
+    Err(BusError::Broker(format!(
+        "no connection to the broker in {CONNECT_TRIES} tries of {CONNECT_TIMEOUT:?}"
+    )))
 }
 
 async fn declare_exchange(
