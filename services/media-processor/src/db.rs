@@ -249,9 +249,16 @@ impl BatchWrite for CallWriter {
                         // Taken: by this placer's own earlier try, or by
                         // another delivery (rows from before placers were
                         // written have none, and are never ours).
-                        let rows = sqlx::query(
-                            "SELECT placer, call_id, attempt_id FROM calls WHERE attempt_id = ? OR call_id = ?",
-                        )
+                        // A locking read on MariaDB: the row that blocked
+                        // the insert, even if it committed after this
+                        // transaction's snapshot was taken.
+                        let lock = match self.dialect {
+                            Dialect::MySql => " LOCK IN SHARE MODE",
+                            Dialect::Sqlite => "",
+                        };
+                        let rows = sqlx::query(&format!(
+                            "SELECT placer, call_id, attempt_id FROM calls WHERE attempt_id = ? OR call_id = ?{lock}"
+                        ))
                         .bind(attempt_id)
                         .bind(call_id)
                         .fetch_all(&mut **tx)

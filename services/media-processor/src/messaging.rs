@@ -101,19 +101,6 @@ impl LiveCalls {
         Some(hangup)
     }
 
-    /// Gives back a reservation whose call will not be placed here: its
-    /// lease is no longer renewed.
-    fn release(&self, call_id: &str) {
-        let mut live = self.lock();
-        if live
-            .calls
-            .get(call_id)
-            .is_some_and(|c| c.settling.is_none())
-        {
-            live.calls.remove(call_id);
-        }
-    }
-
     /// The placer to write `call_id`'s row with: the one of an earlier
     /// delivery whose write was left unsure (taken), or `fresh`.
     fn placer_for(&self, call_id: &str, fresh: String) -> String {
@@ -124,16 +111,34 @@ impl LiveCalls {
         }
     }
 
-    /// `placer`'s write of `call_id`'s row may or may not have committed:
-    /// the next delivery of the dial writes with the same placer, so that a
-    /// row that did commit is known for its own (bounded: the oldest go
-    /// first).
-    fn unsure(&self, call_id: &str, placer: String) {
+    /// Gives back a reservation whose call will not be placed by this
+    /// delivery: its lease is no longer renewed (a settling call is never
+    /// given back). `unsure`: the placer whose write of the call's row may
+    /// or may not have committed, for the dial's next delivery to write
+    /// with, so that a row that did commit is known for its own. `hung_up`:
+    /// a hang-up reached the reservation, kept for the next delivery. Both
+    /// lists are bounded (the oldest go first).
+    fn give_back(&self, call_id: &str, unsure: Option<String>, hung_up: bool) {
         let mut live = self.lock();
-        if live.unsure_records.len() >= UNSURE_RECORDS {
-            live.unsure_records.pop_front();
+        if live
+            .calls
+            .get(call_id)
+            .is_some_and(|c| c.settling.is_none())
+        {
+            live.calls.remove(call_id);
         }
-        live.unsure_records.push_back((call_id.to_owned(), placer));
+        if let Some(placer) = unsure {
+            if live.unsure_records.len() >= UNSURE_RECORDS {
+                live.unsure_records.pop_front();
+            }
+            live.unsure_records.push_back((call_id.to_owned(), placer));
+        }
+        if hung_up {
+            if live.early_hangups.len() >= EARLY_HANGUPS {
+                live.early_hangups.pop_front();
+            }
+            live.early_hangups.push_back(call_id.to_owned());
+        }
     }
 
     /// The call ended and its `call.completed` is the outbox row `event_id`
@@ -354,25 +359,26 @@ impl CommandHandler {
             }
         }
         // Held from the claim on: the lease is renewed while the call's row
-        // is written, however long the database takes.
+        // is written, however long the database takes. Given back if this
+        // handler returns or is dropped before the call is handed on.
         let Some(hangup) = self.live.reserve(&cmd.call_id, &cmd.attempt_id) else {
             tracing::info!(call_id = %cmd.call_id, "dial redelivered for a call in hand here, dropped");
             return Ok(());
         };
-        let placer = self.live.placer_for(
-            &cmd.call_id,
-            format!("{}/{}", self.claimer, uuid::Uuid::now_v7()),
-        );
-        let ours = match self.record(&cmd, &placer).await {
-            Ok(ours) => ours,
-            Err(e) => {
-                self.live.release(&cmd.call_id);
-                self.live.unsure(&cmd.call_id, placer);
-                return Err(e);
-            }
+        let mut reservation = Reservation {
+            live: self.live.clone(),
+            call_id: cmd.call_id.clone(),
+            hangup: hangup.clone(),
+            placer: None,
+            handed_on: false,
         };
-        if !ours {
-            self.live.release(&cmd.call_id);
+        let placer = self
+            .live
+            .placer_for(&cmd.call_id, uuid::Uuid::now_v7().to_string());
+        reservation.placer = Some(placer.clone());
+        if !self.record(&cmd, &placer).await? {
+            // Another delivery's row: nothing unsure to remember.
+            reservation.placer = None;
             tracing::info!(call_id = %cmd.call_id, "dial redelivered for a call already placed, dropped");
             return Ok(());
         }
@@ -394,8 +400,10 @@ impl CommandHandler {
             let stored = emit(&self.log, &self.relay, &CallEvent::Completed(done)).await;
             // Claimed: its lease is kept until the outcome is out.
             self.live.settle(&cmd.call_id, stored);
+            reservation.handed_on = true;
             return Ok(());
         }
+        reservation.handed_on = true;
         let ctx = self.ctx.clone();
         let log = self.log.clone();
         let relay = self.relay.clone();
@@ -411,6 +419,33 @@ impl CommandHandler {
             active.dec();
         });
         Ok(())
+    }
+}
+
+/// A call reserved by one delivery of its dial. Dropped before it is
+/// handed on (to the call's task, or settled), whether the handler returned
+/// early or was itself dropped (a consumer abandoning its handlers), it
+/// gives the call back ([`LiveCalls::give_back`]): no lease is renewed
+/// forever for a call nobody will place, and neither an unsure row nor a
+/// hang-up is forgotten.
+struct Reservation {
+    live: LiveCalls,
+    call_id: String,
+    hangup: CancellationToken,
+    /// The placer of a write of the call's row that may have committed.
+    placer: Option<String>,
+    handed_on: bool,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.handed_on {
+            self.live.give_back(
+                &self.call_id,
+                self.placer.take(),
+                self.hangup.is_cancelled(),
+            );
+        }
     }
 }
 
@@ -730,24 +765,55 @@ mod tests {
         // A hang-up while the row is written reaches the reservation.
         assert!(live.hang_up("c-1"));
         assert!(hangup.is_cancelled());
-        // Released: no longer renewed, and free for the next delivery.
-        live.release("c-1");
+        // Given back: no longer renewed, free for the next delivery, and the
+        // hang-up that reached it is kept for that delivery.
+        live.give_back("c-1", None, true);
         assert!(live.attempts().is_empty());
+        assert!(live.hung_up_early("c-1"));
         assert!(live.reserve("c-1", "a-1").is_some());
-        // A settling call is never released (its outcome's lease is kept).
+        // A settling call is never given back (its outcome's lease is kept).
         live.settle("c-1", Some("ev-1".into()));
-        live.release("c-1");
+        live.give_back("c-1", None, false);
         assert_eq!(live.attempts(), ["a-1"]);
 
         // The row's write was left unsure: the next delivery writes with the
         // same placer, once; others get their own.
-        live.unsure("c-2", "mp-1/first".into());
-        assert_eq!(live.placer_for("c-2", "mp-1/second".into()), "mp-1/first");
-        assert_eq!(live.placer_for("c-2", "mp-1/third".into()), "mp-1/third");
-        assert_eq!(live.placer_for("c-3", "mp-1/x".into()), "mp-1/x");
+        live.reserve("c-2", "a-2").unwrap();
+        live.give_back("c-2", Some("first".into()), false);
+        assert!(!live.hung_up_early("c-2"));
+        assert_eq!(live.placer_for("c-2", "second".into()), "first");
+        assert_eq!(live.placer_for("c-2", "third".into()), "third");
+        assert_eq!(live.placer_for("c-3", "x".into()), "x");
+
+        // A handler dropped mid-way (its consumer abandoned it) gives its
+        // reservation back through the guard.
+        let hangup = live.reserve("c-4", "a-4").unwrap();
+        let guard = Reservation {
+            live: live.clone(),
+            call_id: "c-4".into(),
+            hangup: hangup.clone(),
+            placer: Some("p-4".into()),
+            handed_on: false,
+        };
+        hangup.cancel();
+        drop(guard);
+        assert!(!live.attempts().contains(&"a-4".to_owned()));
+        assert_eq!(live.placer_for("c-4", "fresh".into()), "p-4");
+        assert!(live.hung_up_early("c-4"));
+        // Handed on: kept.
+        let hangup = live.reserve("c-5", "a-5").unwrap();
+        drop(Reservation {
+            live: live.clone(),
+            call_id: "c-5".into(),
+            hangup,
+            placer: Some("p-5".into()),
+            handed_on: true,
+        });
+        assert!(live.attempts().contains(&"a-5".to_owned()));
+
         // Bounded: the oldest go first.
         for i in 0..UNSURE_RECORDS + 5 {
-            live.unsure(&format!("u-{i}"), format!("p-{i}"));
+            live.give_back(&format!("u-{i}"), Some(format!("p-{i}")), false);
         }
         assert_eq!(live.lock().unsure_records.len(), UNSURE_RECORDS);
         assert_eq!(live.placer_for("u-0", "fresh".into()), "fresh");
