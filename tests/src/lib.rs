@@ -33,6 +33,24 @@ pub fn mysql_server() -> String {
     std::env::var("DIALSTACK_TEST_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
 }
 
+/// The test MariaDB server's `host:port` as written in [`mysql_server`]
+/// (to put a proxy's address in its place) and the address it resolves to.
+pub async fn mysql_server_addr() -> (String, std::net::SocketAddr) {
+    let server = mysql_server();
+    let hostport = server
+        .rsplit('@')
+        .next()
+        .map(|h| h.trim_start_matches("mysql://").trim_end_matches('/'))
+        .unwrap_or_default()
+        .to_owned();
+    let addr = tokio::net::lookup_host(&hostport)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| panic!("the test MariaDB server {server} has no address"));
+    (hostport, addr)
+}
+
 /// A URL of a fresh MariaDB database (created on first connect).
 pub fn fresh_mysql_url() -> String {
     format!("{}/{}", mysql_server(), unique("dstest_"))

@@ -153,17 +153,7 @@ async fn a_claimed_call_keeps_its_lease_while_its_row_waits_for_the_database() {
     let sipp = Sipp::uas(test, None, calls as u32).await;
     let ns = unique("d1db");
     let server = dialstack_tests::mysql_server();
-    let hostport = server
-        .rsplit('@')
-        .next()
-        .map(|h| h.trim_start_matches("mysql://").trim_end_matches('/'))
-        .unwrap()
-        .to_owned();
-    let upstream = tokio::net::lookup_host(&hostport)
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
+    let (hostport, upstream) = dialstack_tests::mysql_server_addr().await;
     let proxy = Proxy::start(upstream).await;
     let media_db = format!(
         "{}/{}",

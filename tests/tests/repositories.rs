@@ -1926,19 +1926,7 @@ mod media {
     #[tokio::test]
     async fn a_call_row_whose_commit_answer_was_lost_is_still_its_placers() {
         use dialstack_tests::proxy::CuttingProxy;
-        let server = dialstack_tests::mysql_server();
-        let hostport = server
-            .rsplit('@')
-            .next()
-            .and_then(|h| h.strip_prefix("mysql://").or(Some(h)))
-            .unwrap()
-            .trim_end_matches('/')
-            .to_owned();
-        let upstream: std::net::SocketAddr = tokio::net::lookup_host(&hostport)
-            .await
-            .unwrap()
-            .next()
-            .unwrap();
+        let (hostport, upstream) = dialstack_tests::mysql_server_addr().await;
         let url = dialstack_tests::fresh_mysql_url();
         // Schema first, straight to the server.
         let direct = db(&url, MIGRATIONS).await;
