@@ -526,6 +526,7 @@ impl Service for Application {
         base.metrics.register(&sip_metrics.dropped);
         base.metrics.register(&sip_metrics.restarts);
         base.metrics.register(&sip_metrics.rtp_dropped);
+        base.metrics.register(&sip_metrics.rtp_frames_skipped);
         let setup = base.metrics.register(&prometheus::Histogram::with_opts(
             prometheus::HistogramOpts::new(
                 "dialstack_call_setup_seconds",

@@ -586,3 +586,106 @@ async fn no_audio_is_sent_while_held() {
         "{m:?}"
     );
 }
+
+/// A stream whose process stalls keeps to the wall clock: a stall of up to
+/// `MAX_CATCH_UP` is made up by sending the missed frames at once
+/// (consecutive timestamps); a longer one is skipped, the timestamp jumping
+/// over the gap and the next packet marked as a new talkspurt. Sent plus skipped frames cover the stream's whole life, so a
+/// recording lasts as long as the call.
+#[tokio::test(flavor = "current_thread")]
+async fn a_stalled_stream_catches_up_and_then_skips_keeping_to_the_clock() {
+    use media_processor::rtp::stream::{run_stream, MediaContext, MAX_CATCH_UP};
+    use media_processor::sip::sdp::{Direction, RemoteMedia};
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let ours = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (_tx, rx) = tokio::sync::watch::channel(RemoteMedia {
+        addr: peer.local_addr().unwrap(),
+        payload_type: 0,
+        dtmf_payload_type: None,
+        direction: Direction::SendRecv,
+    });
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let stream = tokio::spawn(run_stream(
+        ours,
+        None,
+        rx,
+        MediaContext::standalone(Default::default(), false),
+        None,
+        stop.clone(),
+        None,
+    ));
+    // Packets as they come: (sequence, timestamp, marker).
+    let mut got: Vec<(u16, u32, bool)> = Vec::new();
+    let mut buf = [0u8; 1500];
+    let collect = |buf: &[u8], got: &mut Vec<(u16, u32, bool)>| {
+        got.push((
+            u16::from_be_bytes([buf[2], buf[3]]),
+            u32::from_be_bytes(buf[4..8].try_into().unwrap()),
+            buf[1] & 0x80 != 0,
+        ));
+    };
+    let mut stalls = vec![Duration::from_millis(120), Duration::from_millis(600)];
+    stalls.reverse();
+    let mut next_stall = Instant::now() + Duration::from_millis(300);
+    let until = Instant::now() + Duration::from_millis(1_800);
+    while Instant::now() < until {
+        if Instant::now() >= next_stall {
+            if let Some(d) = stalls.pop() {
+                // The runtime's only thread is blocked: nothing ticks.
+                std::thread::sleep(d);
+                next_stall = Instant::now() + Duration::from_millis(300);
+            }
+        }
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(5), peer.recv(&mut buf)).await
+        {
+            assert!(n >= 12);
+            collect(&buf[..n], &mut got);
+        }
+    }
+    stop.cancel();
+    let report = stream.await.unwrap();
+    let lived = started.elapsed();
+    while let Ok(n) = peer.try_recv(&mut buf) {
+        collect(&buf[..n], &mut got);
+    }
+    assert!(stalls.is_empty(), "both stalls happened");
+    assert_eq!(
+        got.len() as u64,
+        report.sent,
+        "every packet sent arrived on loopback"
+    );
+    // The 120 ms stall is made up; the 600 ms one, past the catch-up bound,
+    // is skipped (its whole frames, less one of scheduling slack).
+    const { assert!(MAX_CATCH_UP.as_millis() > 120 && MAX_CATCH_UP.as_millis() < 600) };
+    assert!(
+        (27..=31).contains(&report.frames_skipped),
+        "skipped {} frames, about 30 expected",
+        report.frames_skipped
+    );
+    // Sent plus skipped frames span the stream's life (20 ms each).
+    let frames = report.sent + report.frames_skipped;
+    let expected = lived.as_millis() as u64 / 20;
+    assert!(
+        frames + 3 >= expected && frames <= expected + 1,
+        "{frames} frames over {lived:?} ({} sent, {} skipped)",
+        report.sent,
+        report.frames_skipped
+    );
+    // Sequence numbers never jump (nothing was lost on the way); the
+    // timestamp moves 160 a packet, except once: over the skipped gap,
+    // where the packet is marked.
+    let mut jumps = Vec::new();
+    for w in got.windows(2) {
+        assert_eq!(w[1].0, w[0].0.wrapping_add(1), "sequence is continuous");
+        let step = w[1].1.wrapping_sub(w[0].1);
+        if step != 160 {
+            jumps.push((step, w[1].2));
+        }
+    }
+    assert_eq!(
+        jumps,
+        vec![(160 * (report.frames_skipped as u32 + 1), true)],
+        "one marked jump over the skipped frames"
+    );
+}

@@ -381,7 +381,18 @@ pub async fn run(
         Some(t) => t.await.unwrap_or_default(),
         None => std::mem::take(&mut ivr_end.bridge),
     };
-    tracing::info!(%call_id, talk_ms, peer_hung_up, abandoned = bridged.abandoned, "call ended");
+    tracing::info!(
+        %call_id,
+        talk_ms,
+        peer_hung_up,
+        abandoned = bridged.abandoned,
+        frames_skipped = stats.frames_skipped,
+        "call ended"
+    );
+    ctx.transport
+        .metrics()
+        .rtp_frames_skipped
+        .inc_by(stats.frames_skipped);
     let mut dropped = 0;
     for (reason, n) in [
         ("malformed", stats.malformed),

@@ -468,6 +468,18 @@ impl ToneStream {
         self.last_ts
     }
 
+    /// Moves the media clock on by `frames` frames that are not sent (the
+    /// sender fell too far behind its 20 ms grid to catch up): the
+    /// timestamp keeps pace with the wall clock, the sequence number does
+    /// not move (nothing was lost on the way), and the next packet begins
+    /// a talkspurt, as after silence.
+    pub fn skip(&mut self, frames: u64) {
+        let samples = frames.saturating_mul(SAMPLES_PER_PACKET as u64);
+        self.ts = self.ts.wrapping_add(samples as u32);
+        self.samples = self.samples.wrapping_add(samples);
+        self.first = true;
+    }
+
     /// The next packet begins a talkspurt (after a re-negotiation).
     pub fn restart_talkspurt(&mut self) {
         self.first = true;

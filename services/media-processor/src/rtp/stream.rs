@@ -329,7 +329,18 @@ pub struct StreamReport {
     pub delay_p95_ms: u32,
     /// Frames played out (audio or concealed).
     pub frames_played: u64,
+    /// 20 ms frames skipped because the stream fell more than
+    /// [`MAX_CATCH_UP`] behind its grid (a stalled process): not sent,
+    /// recorded as silence, so the recording keeps the call's length.
+    pub frames_skipped: u64,
 }
+
+/// The longest stall (the process starved of CPU or paused) a stream makes
+/// up by sending the missed frames at once. A longer gap is skipped whole:
+/// a burst of more than ten frames would mostly be thrown away as late by
+/// the peer's jitter buffer, and would load a machine that is already
+/// behind.
+pub const MAX_CATCH_UP: Duration = Duration::from_millis(200);
 
 /// Playout delays per frame in 5 ms buckets up to 1 s: fixed size, so a
 /// long call costs nothing more.
@@ -458,9 +469,12 @@ pub async fn run_stream(
         }
     };
     // Every call ticks on the same 20 ms grid, so the runtime wakes once
-    // per tick for all of them rather than at scattered instants.
-    let mut tick = tokio::time::interval_at(next_grid_tick(), Duration::from_millis(20));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // per tick for all of them rather than at scattered instants. Ticks
+    // missed while the process stalled are made up (one frame each, sent
+    // at once) when the stall was at most MAX_CATCH_UP, and skipped when
+    // longer, so the stream's recording and timestamps keep to the clock.
+    let mut tick = tokio::time::interval_at(next_grid_tick(), FRAME);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut rtcp_io = rtcp_sock.and_then(|s| {
         let s = s.into_std().ok()?;
         let r = BatchReceiver::new(&s).ok()?;
@@ -483,9 +497,20 @@ pub async fn run_stream(
     // are looked at on each tick (an atomic load each, no waiter to
     // register), RTCP is read every 5 s with kernel arrival times.
     loop {
-        tick.tick().await;
+        let due = tick.tick().await;
         if stop.is_cancelled() {
             break;
+        }
+        let skipped = frames_to_skip(Instant::now().saturating_duration_since(due.into_std()));
+        if skipped > 0 {
+            tone.skip(skipped);
+            if let Some(rec) = recording.as_mut() {
+                for _ in 0..skipped {
+                    rec.push(&silence, &silence);
+                }
+            }
+            report.frames_skipped += skipped;
+            tick.reset_at(next_grid_tick());
         }
         match media.has_changed() {
             Err(_) => break,
@@ -694,6 +719,20 @@ fn key_packet(
 }
 
 /// The next instant on the process-wide 20 ms grid.
+/// One frame of audio: the stream's tick.
+const FRAME: Duration = Duration::from_millis(20);
+
+/// Frames to skip when a tick comes `late` after its due time: none when
+/// the stream can catch up by sending the missed frames at once; beyond
+/// [`MAX_CATCH_UP`], every whole frame of the delay (one frame is still
+/// sent now, and the grid resumes at the next 20 ms boundary).
+fn frames_to_skip(late: Duration) -> u64 {
+    if late <= MAX_CATCH_UP {
+        return 0;
+    }
+    (late.as_micros() / FRAME.as_micros()) as u64
+}
+
 fn next_grid_tick() -> tokio::time::Instant {
     static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
     let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);

@@ -104,6 +104,10 @@ pub struct SipMetrics {
     /// `dialstack_rtp_packets_dropped_total{reason}`: RTP refused by the
     /// stream gate (`source`, `ssrc`, `malformed`), added as calls end.
     pub rtp_dropped: prometheus::IntCounterVec,
+    /// `dialstack_rtp_frames_skipped_total`: 20 ms frames a call's stream
+    /// skipped (recorded as silence) because the process stalled for more
+    /// than the stream can catch up; added as calls end.
+    pub rtp_frames_skipped: prometheus::IntCounter,
 }
 
 impl SipMetrics {
@@ -129,6 +133,11 @@ impl SipMetrics {
                     "RTP packets refused: from the wrong source, of the wrong SSRC, or not RTP",
                 ),
                 &["reason"],
+            )
+            .unwrap_or_else(|_| unreachable!("static metric definition")),
+            rtp_frames_skipped: prometheus::IntCounter::new(
+                "dialstack_rtp_frames_skipped_total",
+                "20 ms frames skipped because the media loop fell too far behind the clock",
             )
             .unwrap_or_else(|_| unreachable!("static metric definition")),
         }
