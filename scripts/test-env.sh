@@ -9,6 +9,9 @@
 #
 #   scripts/test-env.sh         start (or install) what is missing
 #   scripts/test-env.sh stop    stop what this script started, and only that
+#   scripts/test-env.sh suite-broker
+#                               (re)start the test suite's own RabbitMQ node
+#                               on 5673 with no queues (scripts/test.sh does)
 #
 # Every process it starts is recorded in $LOGS/pids/<name>.pid (its PID and
 # start time, so a stale file never names a later process with the same
@@ -97,12 +100,12 @@ stop_ours() { # name: TERM, then KILL after 30 s; only a process recorded as our
 }
 
 if [ "${1:-}" = stop ]; then
-  for name in s3s-fs tansu rabbitmq mariadb; do
+  for name in s3s-fs tansu rabbitmq-suite rabbitmq mariadb; do
     stop_ours "$name" || say "$name: not started by test-env (or already stopped); left alone"
   done
   exit 0
-elif [ $# -gt 0 ]; then
-  echo "usage: $0 [stop]" >&2
+elif [ $# -gt 0 ] && [ "$1" != suite-broker ]; then
+  echo "usage: $0 [stop|suite-broker]" >&2
   exit 2
 fi
 
@@ -203,6 +206,73 @@ elif answers 127.0.0.1 5672; then
 else
   start_rabbitmq
   say "rabbitmq: started on 5672 (pid $(ours rabbitmq))"
+fi
+
+# --- The suite's own RabbitMQ node on 5673, fresh on every start ----------
+# The test suite declares about a thousand short-lived quorum queues. A
+# RabbitMQ that deletes such queues (their expiry, or an explicit delete)
+# stops accepting new connections for seconds at a time, long enough to
+# fail a service's start-up; seen on the shared broker at 5672 as
+# "no connection to the broker in 3 tries of 10s". So the suite runs on a
+# node of its own whose queues never expire: it is started with an empty
+# data folder by `scripts/test-env.sh suite-broker` (scripts/test.sh does),
+# so nothing is ever deleted while tests run, and it is stopped by `stop`.
+
+SUITE_AMQP_PORT="${DIALSTACK_SUITE_AMQP_PORT:-5673}"
+SUITE_DIR="$LOGS/rabbitmq-suite"
+
+suite_amqp_answers() {
+  timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$SUITE_AMQP_PORT && printf 'AMQP\x00\x00\x09\x01' >&3 && timeout 4 head -c 8 <&3 | grep -q ." 2>/dev/null
+}
+start_suite_rabbitmq() {
+  local bin=/usr/lib/rabbitmq/bin
+  [ -x "$bin/rabbitmq-server" ] || apt_install rabbitmq-server
+  stop_ours rabbitmq-suite >/dev/null || true
+  if answers 127.0.0.1 "$SUITE_AMQP_PORT"; then
+    say "rabbitmq-suite: a process test-env did not start holds $SUITE_AMQP_PORT;" \
+      "free it or set DIALSTACK_SUITE_AMQP_PORT (ss -ltnp 'sport = :$SUITE_AMQP_PORT' names it)" >&2
+    exit 1
+  fi
+  rm -rf "$SUITE_DIR"
+  mkdir -p "$SUITE_DIR"/{home,mnesia,log,plugins-expand}
+  echo "[]." >"$SUITE_DIR/enabled_plugins"
+  : >"$SUITE_DIR/rabbitmq-env.conf"
+  printf 'listeners.tcp.local = 127.0.0.1:%s\n' "$SUITE_AMQP_PORT" >"$SUITE_DIR/rabbitmq.conf"
+  # Its own HOME (the Erlang cookie), data, logs and configuration; none of
+  # /etc/rabbitmq's, which names the shared node.
+  (
+    ulimit -n 65536 2>/dev/null || true
+    env HOME="$SUITE_DIR/home" \
+      RABBITMQ_NODENAME="dialstack-suite-$SUITE_AMQP_PORT@localhost" \
+      RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+      RABBITMQ_NODE_PORT="$SUITE_AMQP_PORT" \
+      RABBITMQ_DIST_PORT="$((SUITE_AMQP_PORT + 20000))" \
+      RABBITMQ_MNESIA_BASE="$SUITE_DIR/mnesia" \
+      RABBITMQ_LOG_BASE="$SUITE_DIR/log" \
+      RABBITMQ_PID_FILE="$SUITE_DIR/rabbitmq.pid" \
+      RABBITMQ_ENABLED_PLUGINS_FILE="$SUITE_DIR/enabled_plugins" \
+      RABBITMQ_PLUGINS_EXPAND_DIR="$SUITE_DIR/plugins-expand" \
+      RABBITMQ_CONF_ENV_FILE="$SUITE_DIR/rabbitmq-env.conf" \
+      RABBITMQ_CONFIG_FILE="$SUITE_DIR/rabbitmq.conf" \
+      ERL_EPMD_ADDRESS=127.0.0.1 \
+      "$bin/rabbitmq-server" -detached >"$LOGS/rabbitmq-suite.log" 2>&1
+  ) || true
+  local i
+  for ((i = 0; i < 120; i++)); do
+    if suite_amqp_answers && [ -s "$SUITE_DIR/rabbitmq.pid" ]; then
+      record rabbitmq-suite "$(cat "$SUITE_DIR/rabbitmq.pid")"
+      say "rabbitmq-suite: started fresh on $SUITE_AMQP_PORT (pid $(ours rabbitmq-suite))"
+      return 0
+    fi
+    sleep 1
+  done
+  say "rabbitmq-suite did not answer AMQP on $SUITE_AMQP_PORT within 120 s; see $LOGS/rabbitmq-suite.log and $SUITE_DIR/log" >&2
+  exit 1
+}
+if [ "${1:-}" = suite-broker ]; then
+  start_suite_rabbitmq
+  echo "amqp://guest:guest@127.0.0.1:$SUITE_AMQP_PORT/%2f" >"$LOGS/suite-amqp-url"
+  exit 0
 fi
 
 # --- Kafka-protocol broker on 9092: tansu, built once and cached ---------

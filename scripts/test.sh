@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/test-env.sh
+# The suite's RabbitMQ node, started empty (see test-env.sh): the suite's
+# queues are never deleted while it runs.
+scripts/test-env.sh suite-broker
+export DIALSTACK_TEST_AMQP="$(cat "${DIALSTACK_ENV_LOGS:-/tmp/dialstack-test-env}/suite-amqp-url")"
 export PATH="${DIALSTACK_TOOLS:-$HOME/.cache/dialstack/tools}/venv/bin:${DIALSTACK_TOOLS:-$HOME/.cache/dialstack/tools}/bin:$HOME/.cargo/bin:$PATH"
 
 echo "== deployment files"

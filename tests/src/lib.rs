@@ -4,7 +4,8 @@
 //!
 //! Addresses come from the environment with loopback defaults:
 //! `DIALSTACK_TEST_MYSQL` (`mysql://root@127.0.0.1:3306`),
-//! `DIALSTACK_TEST_AMQP` (`amqp://guest:guest@127.0.0.1:5672/%2f`),
+//! `DIALSTACK_TEST_AMQP` (`amqp://guest:guest@127.0.0.1:5672/%2f`; set by
+//! `scripts/test.sh` to the suite's own node, see [`amqp_url`]),
 //! `DIALSTACK_TEST_KAFKA` (`127.0.0.1:9092`), `DIALSTACK_TEST_S3`
 //! (`http://127.0.0.1:9000`, see [`s3`]).
 
@@ -79,11 +80,29 @@ pub fn both_databases() -> [(&'static str, String); 2] {
 
 /// RabbitMQ URL with a fresh namespace.
 pub fn amqp_url(namespace: &str) -> String {
-    let base = std::env::var("DIALSTACK_TEST_AMQP")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    // Test queues disappear ten minutes after their last consumer left, so
-    // runs do not pile up quorum queues on the shared broker.
-    format!("{base}?namespace={namespace}&queue_expires_ms=600000")
+    match std::env::var("DIALSTACK_TEST_AMQP") {
+        // The suite's own node (scripts/test.sh starts it empty): queues are
+        // never deleted while tests run, as RabbitMQ stops accepting
+        // connections for seconds while it deletes quorum queues.
+        Ok(base) => format!("{base}?namespace={namespace}"),
+        // The machine's shared broker (a test run by hand): queues go ten
+        // minutes after their last consumer, so runs do not pile them up.
+        Err(_) => format!("{SHARED_AMQP}?namespace={namespace}&queue_expires_ms=600000"),
+    }
+}
+
+/// The machine's shared RabbitMQ, used when `DIALSTACK_TEST_AMQP` is unset.
+const SHARED_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The host and port of the RabbitMQ the tests use (see [`amqp_url`]).
+pub fn amqp_server_addr() -> std::net::SocketAddr {
+    let base = std::env::var("DIALSTACK_TEST_AMQP").unwrap_or_else(|_| SHARED_AMQP.into());
+    let rest = base.split_once("://").map_or(base.as_str(), |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    host_port
+        .parse()
+        .unwrap_or_else(|e| panic!("DIALSTACK_TEST_AMQP host:port {host_port:?}: {e}"))
 }
 
 /// Kafka bootstrap address.

@@ -324,12 +324,11 @@ impl Outage {
                 _broker: None,
             },
             Kind::Amqp => {
-                let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+                let broker = dialstack_tests::amqp_server_addr();
+                let proxy = Proxy::start(broker).await;
                 Self {
-                    url: format!(
-                        "amqp://guest:guest@127.0.0.1:{}/%2f?namespace={ns}&queue_expires_ms=600000",
-                        proxy.port
-                    ),
+                    url: dialstack_tests::amqp_url(ns)
+                        .replace(&broker.to_string(), &format!("127.0.0.1:{}", proxy.port)),
                     proxy: Some(proxy),
                     _broker: None,
                 }
@@ -957,9 +956,9 @@ async fn bad_urls_are_refused() {
 async fn a_hung_connection_to_rabbitmq_is_abandoned_and_tried_again() {
     use dialstack_common::bus::amqp::{CONNECT_TIMEOUT, CONNECT_TRIES};
     let base = dialstack_tests::amqp_url(&unique("hung"));
-    let broker = "127.0.0.1:5672";
+    let broker = dialstack_tests::amqp_server_addr();
     assert!(
-        base.contains(broker),
+        base.contains(&broker.to_string()),
         "this test fronts the broker at {broker}: {base}"
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -982,9 +981,12 @@ async fn a_hung_connection_to_rabbitmq_is_abandoned_and_tried_again() {
         }
     });
     let started = std::time::Instant::now();
-    let ch = Channel::connect(&base.replace(broker, &format!("127.0.0.1:{port}")), EVENTS)
-        .await
-        .expect("connected on the second try");
+    let ch = Channel::connect(
+        &base.replace(&broker.to_string(), &format!("127.0.0.1:{port}")),
+        EVENTS,
+    )
+    .await
+    .expect("connected on the second try");
     let took = started.elapsed();
     const { assert!(CONNECT_TRIES >= 2) };
     assert!(
