@@ -625,7 +625,7 @@ async fn a_stalled_stream_catches_up_and_then_skips_keeping_to_the_clock() {
             buf[1] & 0x80 != 0,
         ));
     };
-    let mut stalls = vec![Duration::from_millis(120), Duration::from_millis(600)];
+    let mut stalls = vec![Duration::from_millis(80), Duration::from_millis(600)];
     stalls.reverse();
     let mut next_stall = Instant::now() + Duration::from_millis(300);
     let until = Instant::now() + Duration::from_millis(1_800);
@@ -655,14 +655,10 @@ async fn a_stalled_stream_catches_up_and_then_skips_keeping_to_the_clock() {
         report.sent,
         "every packet sent arrived on loopback"
     );
-    // The 120 ms stall is made up; the 600 ms one, past the catch-up bound,
-    // is skipped (its whole frames, less one of scheduling slack).
-    const { assert!(MAX_CATCH_UP.as_millis() > 120 && MAX_CATCH_UP.as_millis() < 600) };
-    assert!(
-        (27..=31).contains(&report.frames_skipped),
-        "skipped {} frames, about 30 expected",
-        report.frames_skipped
-    );
+    // The short stall is made up; the long one, past the catch-up bound,
+    // is skipped. (A machine so busy that the test's thread stalls on its
+    // own past the bound adds skips of its own: the checks allow for them.)
+    const { assert!(MAX_CATCH_UP.as_millis() > 80 && MAX_CATCH_UP.as_millis() < 600) };
     // Sent plus skipped frames span the stream's life (20 ms each).
     let frames = report.sent + report.frames_skipped;
     let expected = lived.as_millis() as u64 / 20;
@@ -673,19 +669,30 @@ async fn a_stalled_stream_catches_up_and_then_skips_keeping_to_the_clock() {
         report.frames_skipped
     );
     // Sequence numbers never jump (nothing was lost on the way); the
-    // timestamp moves 160 a packet, except once: over the skipped gap,
-    // where the packet is marked.
-    let mut jumps = Vec::new();
+    // timestamp moves 160 a packet, except over skipped frames: a jump of
+    // whole frames, its packet marked. The jumps add up to the frames
+    // skipped, and one of them is the long stall's (its whole frames, less
+    // one of scheduling slack).
+    let mut jumped: Vec<u64> = Vec::new();
     for w in got.windows(2) {
         assert_eq!(w[1].0, w[0].0.wrapping_add(1), "sequence is continuous");
         let step = w[1].1.wrapping_sub(w[0].1);
         if step != 160 {
-            jumps.push((step, w[1].2));
+            assert!(
+                step % 160 == 0 && step > 160 && w[1].2,
+                "a marked jump of whole frames, not {step} (marker {})",
+                w[1].2
+            );
+            jumped.push(u64::from(step / 160 - 1));
         }
     }
     assert_eq!(
-        jumps,
-        vec![(160 * (report.frames_skipped as u32 + 1), true)],
-        "one marked jump over the skipped frames"
+        jumped.iter().sum::<u64>(),
+        report.frames_skipped,
+        "jumps {jumped:?}"
+    );
+    assert!(
+        jumped.iter().any(|n| (27..=40).contains(n)),
+        "the 600 ms stall is skipped, about 30 frames: jumps {jumped:?}"
     );
 }
