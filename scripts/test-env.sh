@@ -168,8 +168,8 @@ fi
 # A broker that accepts TCP but no longer answers the AMQP handshake is
 # restarted if this script started it, and reported otherwise.
 
-amqp_answers() {
-  timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672 && printf "AMQP\x00\x00\x09\x01" >&3 && timeout 4 head -c 8 <&3 | grep -q .' 2>/dev/null
+amqp_answers() { # [port]: does a broker answer the AMQP protocol header there
+  timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/${1:-5672} && printf 'AMQP\x00\x00\x09\x01' >&3 && timeout 4 head -c 8 <&3 | grep -q ." 2>/dev/null
 }
 start_rabbitmq() {
   command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || apt_install rabbitmq-server
@@ -209,7 +209,7 @@ else
 fi
 
 # --- The suite's own RabbitMQ node on 5673, fresh on every start ----------
-# The test suite declares about a thousand short-lived quorum queues. A
+# The test suite declares hundreds of short-lived quorum queues. A
 # RabbitMQ that deletes such queues (their expiry, or an explicit delete)
 # stops accepting new connections for seconds at a time, long enough to
 # fail a service's start-up; seen on the shared broker at 5672 as
@@ -221,9 +221,6 @@ fi
 SUITE_AMQP_PORT="${DIALSTACK_SUITE_AMQP_PORT:-5673}"
 SUITE_DIR="$LOGS/rabbitmq-suite"
 
-suite_amqp_answers() {
-  timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$SUITE_AMQP_PORT && printf 'AMQP\x00\x00\x09\x01' >&3 && timeout 4 head -c 8 <&3 | grep -q ." 2>/dev/null
-}
 start_suite_rabbitmq() {
   local bin=/usr/lib/rabbitmq/bin
   [ -x "$bin/rabbitmq-server" ] || apt_install rabbitmq-server
@@ -259,7 +256,7 @@ start_suite_rabbitmq() {
   ) || true
   local i
   for ((i = 0; i < 120; i++)); do
-    if suite_amqp_answers && [ -s "$SUITE_DIR/rabbitmq.pid" ]; then
+    if amqp_answers "$SUITE_AMQP_PORT" && [ -s "$SUITE_DIR/rabbitmq.pid" ]; then
       record rabbitmq-suite "$(cat "$SUITE_DIR/rabbitmq.pid")"
       say "rabbitmq-suite: started fresh on $SUITE_AMQP_PORT (pid $(ours rabbitmq-suite))"
       return 0

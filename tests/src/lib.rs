@@ -96,7 +96,7 @@ const SHARED_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// The host and port of the RabbitMQ the tests use (see [`amqp_url`]).
 pub fn amqp_server_addr() -> std::net::SocketAddr {
-    let base = std::env::var("DIALSTACK_TEST_AMQP").unwrap_or_else(|_| SHARED_AMQP.into());
+    let base = amqp_url("");
     let rest = base.split_once("://").map_or(base.as_str(), |(_, r)| r);
     let authority = rest.split('/').next().unwrap_or(rest);
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);

@@ -718,7 +718,6 @@ fn key_packet(
     }
 }
 
-/// The next instant on the process-wide 20 ms grid.
 /// One frame of audio: the stream's tick.
 const FRAME: Duration = Duration::from_millis(20);
 
@@ -733,12 +732,14 @@ fn frames_to_skip(late: Duration) -> u64 {
     (late.as_micros() / FRAME.as_micros()) as u64
 }
 
+/// The next instant on the process-wide 20 ms grid.
 fn next_grid_tick() -> tokio::time::Instant {
     static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
     let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
     let now = tokio::time::Instant::now();
     let since = now.duration_since(epoch).as_micros() as u64;
-    epoch + Duration::from_micros((since / 20_000 + 1) * 20_000)
+    let frame = FRAME.as_micros() as u64;
+    epoch + Duration::from_micros((since / frame + 1) * frame)
 }
 
 /// Reads the RTCP that arrived (each report at its kernel arrival time) and
